@@ -1,0 +1,142 @@
+"""Training configuration: a ``TrainingArguments`` subclass, and recipe YAML loading.
+
+A recipe is a serialised :class:`RewardConfig`; ``hsrm train RECIPE.yaml --key value`` overrides
+any key. Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional
+
+import yaml
+from transformers import TrainingArguments
+
+OBJECTIVES = ("regression", "bt", "margin_bt", "scaled_bt", "justifier")
+PAIRWISE_OBJECTIVES = ("bt", "margin_bt", "scaled_bt")
+
+
+@dataclass
+class RewardConfig(TrainingArguments):
+    """Everything a reward-model run needs. Defaults follow HelpSteer2-Preference appendix E where
+    it gives one (AdamW, constant LR after 10 warm-up steps, 1 epoch for BT, 2 for regression)."""
+
+    # --- model
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "backbone path or Hub id; empty = embedded SmolLM2-135M-Instruct"})
+    init_from: Optional[str] = field(default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"})
+    model_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    attn_implementation: Optional[str] = field(default=None, metadata={"help": "eager | sdpa | flex_attention | flash_attention_2"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the Hub (off unless you trust it)"})
+    # --- objective
+    objective: str = field(default="bt", metadata={"help": "regression | bt | margin_bt | scaled_bt | justifier"})
+    attributes: list[str] = field(default_factory=lambda: ["helpfulness"], metadata={"help": "regression targets; ['all'] = five"})
+    attribute_weights: Optional[list[float]] = field(default=None, metadata={"help": "scalar reward = weights · attributes"})
+    center_rewards_coefficient: float = field(default=0.0, metadata={"help": "× mean (r_c + r_r)²; 0 = off"})
+    # --- data
+    train_data: Optional[str] = field(default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id"})
+    eval_data: Optional[str] = field(default=None, metadata={"help": "validation source; empty = none"})
+    data_format: str = field(default="auto", metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | pairs | rewardbench"})
+    train_split: str = field(default="train")
+    eval_split: str = field(default="val")
+    max_length: int = field(default=2048, metadata={"help": "tokens per sequence; longer ones lose prompt tokens from the left"})
+    max_train_samples: Optional[int] = field(default=None)
+    max_eval_samples: Optional[int] = field(default=None)
+    on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skips are counted and logged)"})
+    # --- generative pairwise justifier (objective: justifier; HelpSteer2-Preference §3.2, appendix C)
+    justification_set: str = field(default="overall", metadata={"help": "justifier: overall (one per task) | all (up to three per task)"})
+    justifier_target: str = field(default="full", metadata={"help": "justifier: full (elaboration then statement) | statement | label"})
+    flip_augmentation: bool = field(default=False, metadata={"help": "justifier: also train on each example with the responses swapped"})
+    max_new_tokens: int = field(default=512, metadata={"help": "justifier: tokens generated per verdict when evaluating"})
+    # --- LoRA
+    use_lora: bool = field(default=False)
+    lora_r: int = field(default=16)
+    lora_alpha: int = field(default=32)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "empty = all linear layers"})
+    merge_lora_on_save: bool = field(default=True, metadata={"help": "save a plain sequence classifier, not an adapter"})
+    # --- reliability
+    max_consecutive_nonfinite: int = field(default=5, metadata={"help": "stop after this many skipped non-finite steps"})
+
+    # TrainingArguments defaults that suit reward models.
+    output_dir: Optional[str] = field(default="runs/reward-model")
+    learning_rate: float = field(default=2e-6)
+    lr_scheduler_type: str = field(default="constant_with_warmup")
+    warmup_steps: float = field(default=10)
+    num_train_epochs: float = field(default=1.0)
+    per_device_train_batch_size: int = field(default=4)
+    per_device_eval_batch_size: int = field(default=8)
+    logging_steps: float = field(default=10)
+    report_to: Any = field(default="none")
+    remove_unused_columns: bool = field(default=False)
+    save_only_model: bool = field(default=False)
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if self.on_bad_rows not in ("raise", "skip"):
+            raise ValueError(f"on_bad_rows must be 'raise' or 'skip', not {self.on_bad_rows!r}")
+        if self.attributes == ["all"] or self.attributes == "all":
+            self.attributes = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+        if self.objective != "regression" and len(self.attributes) != 1:
+            self.attributes = ["helpfulness"]
+        if self.attribute_weights is not None and len(self.attribute_weights) != len(self.attributes):
+            raise ValueError(f"{len(self.attribute_weights)} attribute_weights for {len(self.attributes)} attributes")
+        super().__post_init__()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.attributes) if self.objective == "regression" else 1
+
+
+def _coerce(text: str) -> Any:
+    """A command-line value as YAML would read it: 3 → int, 1e-6 → float, true → bool, [a, b] → list."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # PyYAML reads "1e-6" (no dot) as text
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` / ``--flag`` pairs into a dict."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}; overrides look like --key value")
+        key = token[2:].replace("-", "_")
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            overrides[key] = _coerce(raw)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides[key] = _coerce(argv[i + 1])
+            i += 2
+        else:
+            overrides[key] = True
+            i += 1
+    return overrides
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> RewardConfig:
+    """A recipe YAML (or nothing) plus overrides → a validated RewardConfig."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a recipe must be a YAML mapping of config keys")
+        values.update(loaded)
+    values.update(overrides or {})
+    known = {f.name for f in fields(RewardConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {difflib.get_close_matches(k, known, 1)[0]}?)" if difflib.get_close_matches(k, known, 1) else k for k in unknown]
+        raise ValueError(f"unknown config keys: {', '.join(hints)}")
+    return RewardConfig(**values)

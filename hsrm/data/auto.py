@@ -1,0 +1,66 @@
+"""Pick the right loader for a source: by an explicit format name, or by looking at the first row."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .helpsteer import load_helpsteer2_preference, load_helpsteer2_ratings
+from .io import DataError, OnError, is_local_source, read_rows
+from .pairs import load_preference_pairs
+from .rewardbench import load_rewardbench
+
+DataFormat = Literal["auto", "helpsteer2_preference", "helpsteer2_ratings", "pairs", "rewardbench"]
+FORMATS = ("helpsteer2_preference", "helpsteer2_ratings", "pairs", "rewardbench")
+
+
+def detect_format(source: str, want: Literal["pairs", "ratings"] = "pairs") -> str:
+    """The format of a source from its first row (local files) or its name (Hub ids)."""
+    if not is_local_source(source):
+        lowered = source.lower()
+        if "helpsteer" in lowered:
+            return "helpsteer2_ratings" if want == "ratings" else "helpsteer2_preference"
+        if "reward-bench" in lowered or "rewardbench" in lowered:
+            return "rewardbench"
+        return "pairs"
+    rows = read_rows(source)
+    if not rows:
+        raise DataError(source, None, None, "the file holds no rows")
+    first = rows[0] if isinstance(rows[0], dict) else {}
+    if "all_preferences_unprocessed" in first or "response_1" in first:
+        return "helpsteer2_preference"
+    if "helpfulness" in first and "response" in first:
+        return "helpsteer2_ratings"
+    if "subset" in first and "chosen" in first:
+        return "rewardbench"
+    if "chosen" in first and "rejected" in first:
+        return "pairs"
+    raise DataError(source, 0, None, f"cannot tell the format from the fields {sorted(first)}; "
+                    f"set data_format to one of {FORMATS}")
+
+
+def load_pairs_any(source: str, split: str = "train", data_format: str = "auto", on_error: OnError = "raise",
+                   limit: int | None = None, return_report: bool = False):
+    """Pairs ``prompt, chosen, rejected, margin`` from any pairwise format (HelpSteer2-Preference's
+    strength becomes the margin)."""
+    fmt = detect_format(source, "pairs") if data_format == "auto" else data_format
+    if fmt == "helpsteer2_preference":
+        ds, report = load_helpsteer2_preference(source, split, on_error=on_error, return_report=True)
+        ds = ds.map(lambda row: {"margin": float(row["strength"])})
+    elif fmt == "rewardbench":
+        ds, report = load_rewardbench(source, on_error=on_error, return_report=True)
+        ds = ds.map(lambda row: {"margin": 1.0})
+    elif fmt == "pairs":
+        ds, report = load_preference_pairs(source, split, on_error=on_error, limit=limit, return_report=True)
+    else:
+        raise ValueError(f"{source}: format {fmt!r} holds ratings, not pairs; use objective 'regression'")
+    if limit is not None and len(ds) > limit:
+        ds = ds.select(range(limit))
+    return (ds, report) if return_report else ds
+
+
+def load_ratings_any(source: str, split: str = "train", attributes=("helpfulness",), on_error: OnError = "raise",
+                     limit: int | None = None, return_report: bool = False):
+    ds, report = load_helpsteer2_ratings(source, split, attributes, on_error=on_error, return_report=True)
+    if limit is not None and len(ds) > limit:
+        ds = ds.select(range(limit))
+    return (ds, report) if return_report else ds

@@ -1,0 +1,123 @@
+"""Reading rows from a local file or a Hub dataset, and the error/report types every loader shares.
+
+A *source* is a path to ``.jsonl``, ``.jsonl.gz``, ``.json`` or ``.parquet``, or a Hub dataset id
+(``nvidia/HelpSteer2``). Loaders validate each row and either raise :class:`DataError` naming the
+row and the field, or, with ``on_error="skip"``, count the skip in a :class:`LoadReport`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+
+
+class DataError(ValueError):
+    """A row that cannot be used, with where it came from and what is wrong with it."""
+
+    def __init__(self, source: str, row: int | None, field: str | None, problem: str):
+        self.source, self.row, self.field, self.problem = source, row, field, problem
+        where = f"{source}" + (f", row {row}" if row is not None else "") + (f", field {field!r}" if field else "")
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class LoadReport:
+    """What a loader read, kept, dropped (by reason) and truncated; logged, never silent."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def summary(self) -> str:
+        parts = [f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}"]
+        parts += [f"dropped {n} ({reason})" for reason, n in sorted(self.dropped.items())]
+        return "; ".join(parts)
+
+    def log(self) -> None:
+        logger.info(self.summary())
+
+
+def is_local_source(source: str | os.PathLike) -> bool:
+    text = str(source)
+    return os.path.exists(text) or text.endswith(LOCAL_SUFFIXES)
+
+
+def _iter_json_lines(path: str) -> Iterator[dict]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        raw_bytes = handle.read()
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = raw_bytes[: err.start].count(b"\n") + 1
+        raise DataError(path, line_no, None, f"not valid UTF-8 at byte {err.start} (line {line_no}); re-encode the file as UTF-8") from None
+    if path.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(path, None, None, f"not valid JSON: {err.msg} at line {err.lineno}") from None
+        for row in rows:
+            yield row
+        return
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, line_no, None, f"not valid JSON ({err.msg}); each line must hold one JSON object") from None
+        if not isinstance(row, dict):
+            raise DataError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
+        yield row
+
+
+def read_rows(source: str | os.PathLike, split: str | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """All rows of a local file, or of one split of a Hub dataset, as plain dicts.
+
+    For local files ``split`` is not applied here: HelpSteer2-Preference keeps its split in a
+    ``split`` column, which the loader filters.
+    """
+    path = str(source)
+    if is_local_source(path):
+        if not os.path.exists(path):
+            raise DataError(path, None, None, "file not found")
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        return list(_iter_json_lines(path))
+    # A Hub id: datasets handles download and caching; offline this raises its own clear error.
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(path, data_dir=data_dir, split=split or "train")
+    except Exception as err:  # network or name errors: say what to do instead
+        raise DataError(path, None, None, f"could not load from the Hugging Face Hub ({type(err).__name__}: {err}); "
+                        "pass a local .jsonl/.jsonl.gz/.parquet file instead") from None
+    return ds.to_list()
+
+
+def require_text(row: dict, name: str, source: str, index: int, allow_empty: bool = False) -> str:
+    """The field as a string, or a DataError naming row and field."""
+    if name not in row or row[name] is None:
+        raise DataError(source, index, name, "missing")
+    value = row[name]
+    if not isinstance(value, str):
+        raise DataError(source, index, name, f"expected text, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(source, index, name, "empty text")
+    return value

@@ -1,0 +1,90 @@
+"""Reward-model objectives as pure functions of tensors.
+
+Every function takes rewards (or predictions) and labels and returns a scalar loss (mean over the
+batch). Nothing here knows about models, tokenizers or trainers, so each formula can be checked
+against hand computation (tests/test_losses.py reproduces appendix J of HelpSteer2-Preference).
+
+Paper: Wang et al. (2024), "HelpSteer2-Preference: Complementing Ratings with Preferences",
+section 3.2, equations (1)-(3), and appendix J (table 10).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+PairwiseObjective = Literal["bt", "margin_bt", "scaled_bt"]
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 → fp32 for the loss math; fp32 and fp64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def regression_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SteerLM Regression: mean squared error between predicted and rated attributes.
+
+    L = mean_{i,a} (ŷ_{i,a} − y_{i,a})²   over rows i and attributes a (one head or five).
+
+    predictions, targets: (batch, n_attributes) or (batch,).
+    mask: optional bool tensor of the same shape; False entries (a missing rating, HelpSteer's −100)
+    take no part in the mean, as NeMo-Aligner masks them.
+    """
+    if predictions.shape != targets.shape:
+        raise ValueError(f"regression_loss: predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape")
+    squared = (_upcast(predictions) - _upcast(targets)) ** 2
+    if mask is None:
+        return squared.mean()
+    mask = mask.to(squared.dtype)
+    return (squared * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Regular Bradley-Terry, eq. (1): L = −log σ(r_c − r_r).
+
+    ``margin`` is accepted and ignored so that the three pairwise objectives share one signature.
+    """
+    return -F.logsigmoid(_upcast(chosen_rewards - rejected_rewards)).mean()
+
+
+def margin_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Margin Bradley-Terry (Touvron et al., 2023), eq. (2): L = −log σ(r_c − r_r − m).
+
+    m is the annotated preference strength (1 slightly, 2 better, 3 much better).
+    """
+    if margin is None:
+        raise ValueError("margin_bt needs a margin per pair (a `strength` or `margin` column in the data)")
+    return -F.logsigmoid(_upcast(chosen_rewards - rejected_rewards - margin)).mean()
+
+
+def scaled_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled Bradley-Terry, eq. (3): L = −m · log σ(r_c − r_r).
+
+    The strength multiplies the loss instead of shifting the logit: like repeating a pair m times.
+    """
+    if margin is None:
+        raise ValueError("scaled_bt needs a margin per pair (a `strength` or `margin` column in the data)")
+    return (-_upcast(margin) * F.logsigmoid(_upcast(chosen_rewards - rejected_rewards))).mean()
+
+
+def centering_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Reward centering (Eisenstein et al., 2023): mean of (r_c + r_r)², to be multiplied by a
+    coefficient. It pins the free additive constant of a BT model near zero."""
+    return (_upcast(chosen_rewards + rejected_rewards) ** 2).mean()
+
+
+PAIRWISE_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "bt": bt_loss,
+    "margin_bt": margin_bt_loss,
+    "scaled_bt": scaled_bt_loss,
+}
+
+
+def get_pairwise_loss(name: str) -> Callable[..., torch.Tensor]:
+    """Look up a pairwise objective by name; a typo is an error, never a silent fallback."""
+    try:
+        return PAIRWISE_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown pairwise objective {name!r}; choose one of {sorted(PAIRWISE_LOSSES)}") from None

@@ -1,0 +1,132 @@
+"""Train a reward model from a recipe.
+
+    hsrm train recipes/tiny_bt.yaml --max_steps 20
+    accelerate launch --config_file recipes/accelerate/zero2.yaml -m hsrm.train recipes/scaled_bt.yaml
+
+Reads: setup (config → data → model) → train → save (plain HF folder + hsrm metadata).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from .config import PAIRWISE_OBJECTIVES, RewardConfig, load_recipe, parse_overrides
+from .data.auto import load_pairs_any, load_ratings_any
+from .trainers.base import build_model, reward_stats, save_reward_model, tokenize_pairs, tokenize_ratings
+from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
+from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
+
+logger = logging.getLogger("hsrm.train")
+
+
+def load_datasets(cfg: RewardConfig, tokenizer):
+    """Tokenized (train, eval-or-None) datasets and a summary of what loading kept and cut."""
+    if not cfg.train_data:
+        raise ValueError("no train_data: set it in the recipe or pass --train_data FILE")
+    summary: dict[str, Any] = {}
+
+    def load(role: str, source: str, split: str, limit: int | None):
+        if cfg.objective == "regression":
+            ds, report = load_ratings_any(source, split, cfg.attributes, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
+            tokenized, stats = tokenize_ratings(ds, tokenizer, cfg.attributes, cfg.max_length)
+        else:
+            ds, report = load_pairs_any(source, split, cfg.data_format, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
+            if cfg.objective in ("margin_bt", "scaled_bt") and "has_margin" in ds.column_names and not any(ds["has_margin"]):
+                raise ValueError(f"{source}: objective {cfg.objective} needs a preference strength per pair, and the data has none; "
+                                 "use objective 'bt' or add a 'margin'/'strength' column")
+            tokenized, stats = tokenize_pairs(ds, tokenizer, cfg.max_length)
+        summary[role] = {"load": report.summary(), "truncation": stats.summary()}
+        logger.info("%s | %s", report.summary(), stats.summary())
+        if len(tokenized) == 0:
+            raise ValueError(f"{source} ({split}): no usable rows after filtering ({report.summary()}); nothing to train on")
+        return tokenized
+
+    train = load("train", cfg.train_data, cfg.train_split, cfg.max_train_samples)
+    evaluation = load("eval", cfg.eval_data, cfg.eval_split, cfg.max_eval_samples) if cfg.eval_data else None
+    return train, evaluation, summary
+
+
+def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
+    from .data.render import PairwiseCollator, PointwiseCollator
+
+    if eval_ds is None:
+        cfg.eval_strategy = "no"
+        cfg.load_best_model_at_end = False
+    pad_id = tokenizer.pad_token_id
+    if cfg.objective == "regression":
+        trainer_cls, collator, metrics = PointwiseRewardTrainer, PointwiseCollator(pad_id), regression_metrics(cfg.attributes)
+    elif cfg.objective in PAIRWISE_OBJECTIVES:
+        trainer_cls, collator, metrics = PairwiseRewardTrainer, PairwiseCollator(pad_id), pairwise_metrics
+    else:
+        raise ValueError(f"objective {cfg.objective!r} is trained by `hsrm train` with the justifier trainer")
+    return trainer_cls(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                       data_collator=collator, compute_metrics=metrics)
+
+
+def run_training(cfg: RewardConfig) -> dict[str, Any]:
+    """Train, save the final model at ``cfg.output_dir``, and return a summary."""
+    if cfg.objective == "justifier":
+        from .trainers.justifier import run_justifier_training
+
+        return run_justifier_training(cfg)
+    model, tokenizer = build_model(cfg)
+    train_ds, eval_ds, data_summary = load_datasets(cfg, tokenizer)
+    final_dir = cfg.output_dir
+    # Checkpoints live under the model folder, so the folder itself holds only the final model.
+    cfg.output_dir = f"{final_dir}/checkpoints"
+    trainer = make_trainer(cfg, model, tokenizer, train_ds, eval_ds)
+    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    eval_metrics: dict[str, float] = {}
+    stats_source = eval_ds if eval_ds is not None else train_ds.select(range(min(len(train_ds), 256)))
+    prediction = trainer.predict(stats_source, metric_key_prefix="eval")
+    eval_metrics = {k: float(v) for k, v in prediction.metrics.items() if isinstance(v, (int, float))}
+    rewards = prediction.predictions[:, 0] if cfg.objective == "regression" else prediction.predictions
+    meta = {
+        "objective": cfg.objective,
+        "attributes": list(cfg.attributes),
+        "attribute_weights": cfg.attribute_weights,
+        "base_model": cfg.init_from or cfg.model_name_or_path or "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "init_from": cfg.init_from,
+        "train_data": cfg.train_data,
+        "max_length": cfg.max_length,
+        "reward_stats_on": "validation" if eval_ds is not None else "train (first 256 rows; no validation set given)",
+        **reward_stats(rewards),
+        "eval_metrics": eval_metrics,
+        "lora": bool(cfg.use_lora),
+    }
+    model_ref = trainer.model
+    if cfg.objective == "regression":
+        names = list(cfg.attributes)
+        base_model = getattr(model_ref, "get_base_model", lambda: model_ref)()
+        base_model.config.id2label = dict(enumerate(names))
+        base_model.config.label2id = {n: i for i, n in enumerate(names)}
+    save_reward_model(trainer, cfg, final_dir, meta)
+    cfg.output_dir = final_dir
+    summary = {"output_dir": final_dir, "train_loss": result.training_loss, "global_step": result.global_step,
+               "log_history": trainer.state.log_history, "data": data_summary, **meta}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Config keys (recipe YAML or --key value):")
+        from dataclasses import fields
+
+        for f in fields(RewardConfig):
+            if f.metadata.get("help"):
+                print(f"  --{f.name:28s} {f.metadata['help']}")
+        return {}
+    recipe = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_recipe(recipe, parse_overrides(argv))
+    summary = run_training(cfg)
+    logger.info("done: %s (train loss %.4f, %d steps)", summary["output_dir"], summary["train_loss"], summary["global_step"])
+    return summary
+
+
+if __name__ == "__main__":
+    main()

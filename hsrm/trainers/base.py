@@ -1,0 +1,195 @@
+"""What the pointwise and pairwise trainers share: model set-up, tokenization, metric logging,
+the non-finite guard, and saving a plain Hugging Face folder.
+
+The loop belongs to ``transformers.Trainer``; subclasses override ``compute_loss`` and
+``prediction_step`` only. DeepSpeed and multi-GPU come in through ``TrainingArguments``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from ..config import RewardConfig
+from ..data.render import TruncationStats, encode
+from ..modeling import apply_lora, load_reward_model
+
+logger = logging.getLogger(__name__)
+
+HSRM_CONFIG_KEY = "hsrm"  # where hsrm writes its metadata inside config.json
+
+
+# ------------------------------------------------------------------------------------------ model
+def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
+    """(model, tokenizer) for a run: the backbone, or ``init_from`` a trained reward model.
+    ``with_lora=False`` builds the bare base an adapter is merged into.
+
+    Two-stage training (HelpSteer2-Preference §3.2): a BT run initialised from a regression model
+    keeps its body and its *helpfulness* head (row 0 of a five-attribute head).
+    """
+    source = cfg.init_from or cfg.model_name_or_path
+    if cfg.init_from:
+        from transformers import AutoConfig
+
+        init_labels = AutoConfig.from_pretrained(cfg.init_from).num_labels
+        model, tokenizer = load_reward_model(cfg.init_from, num_labels=init_labels, dtype=cfg.model_dtype,
+                                             trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+        if init_labels != cfg.num_labels:
+            if cfg.num_labels != 1:
+                raise ValueError(f"init_from {cfg.init_from} has {init_labels} outputs; can only reduce to the helpfulness head")
+            helpfulness = model.score.weight.data[:1].clone()
+            model.score = torch.nn.Linear(helpfulness.shape[1], 1, bias=False, dtype=helpfulness.dtype)
+            model.score.weight.data.copy_(helpfulness)
+            model.config.num_labels = 1
+            model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
+    else:
+        model, tokenizer = load_reward_model(source, num_labels=cfg.num_labels, dtype=cfg.model_dtype,
+                                             trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+    model.config.use_cache = False
+    if cfg.use_lora if with_lora is None else with_lora:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=cfg.lora_target_modules or "all-linear")
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------- tokenization
+def tokenize_pairs(dataset, tokenizer, max_length: int):
+    """Pairs → ``chosen_ids, rejected_ids, margin``; truncation counted, no row dropped."""
+    import datasets
+
+    stats = TruncationStats()
+    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "margin": []}
+    rejected_prompts = dataset["rejected_prompt"] if "rejected_prompt" in dataset.column_names else None
+    for i, row in enumerate(dataset):
+        out["chosen_ids"].append(encode(tokenizer, row["prompt"], row["chosen"], max_length, stats))
+        other_prompt = rejected_prompts[i] if rejected_prompts is not None else row["prompt"]
+        out["rejected_ids"].append(encode(tokenizer, other_prompt, row["rejected"], max_length, stats))
+        out["margin"].append(float(row.get("margin", 1.0)))
+    logger.info("tokenized %d pairs: %s", len(dataset), stats.summary())
+    return datasets.Dataset.from_dict(out), stats
+
+
+def tokenize_ratings(dataset, tokenizer, attributes, max_length: int):
+    """Rated responses → ``input_ids, labels`` (one float per attribute)."""
+    import datasets
+
+    stats = TruncationStats()
+    out: dict[str, list] = {"input_ids": [], "labels": []}
+    for row in dataset:
+        out["input_ids"].append(encode(tokenizer, row["prompt"], row["response"], max_length, stats))
+        out["labels"].append([float(row[a]) for a in attributes])
+    logger.info("tokenized %d rated responses: %s", len(dataset), stats.summary())
+    return datasets.Dataset.from_dict(out), stats
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class RewardTrainerBase(Trainer):
+    """Adds per-step metric logging and a non-finite-loss guard to ``transformers.Trainer``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._metric_sums: dict[str, float] = defaultdict(float)
+        self._metric_counts: dict[str, int] = defaultdict(int)
+        self.consecutive_nonfinite = 0
+        self.skipped_steps: list[int] = []
+
+    def store_metrics(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._metric_sums[key] += float(value)
+            self._metric_counts[key] += 1
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # Training logs carry "loss"; add the metric means gathered since the last log.
+        if "loss" in logs and self._metric_counts:
+            for key in list(self._metric_sums):
+                logs[key] = round(self._metric_sums[key] / max(self._metric_counts[key], 1), 6)
+            self._metric_sums.clear()
+            self._metric_counts.clear()
+            if self.skipped_steps:
+                logs["skipped_nonfinite_steps"] = len(self.skipped_steps)
+        super().log(logs, *args, **kwargs)
+
+    def guard_nonfinite(self, loss: torch.Tensor, model) -> torch.Tensor:
+        """A NaN/inf loss is replaced by a zero that still touches every trainable parameter, so
+        the step applies no update; after ``max_consecutive_nonfinite`` in a row training stops."""
+        if torch.isfinite(loss.detach()).all():
+            self.consecutive_nonfinite = 0
+            return loss
+        step = self.state.global_step
+        self.consecutive_nonfinite += 1
+        self.skipped_steps.append(step)
+        logger.warning("non-finite loss at step %d: step skipped (%d in a row)", step, self.consecutive_nonfinite)
+        limit = getattr(self.args, "max_consecutive_nonfinite", 5)
+        if self.consecutive_nonfinite >= limit:
+            raise NonFiniteLossError(f"training stopped at step {step}: {self.consecutive_nonfinite} consecutive non-finite "
+                                     "losses (check the learning rate, the data's margins, or use float32)")
+        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+
+def reward_stats(rewards: torch.Tensor | list[float]) -> dict[str, float]:
+    values = torch.as_tensor(rewards, dtype=torch.float64).flatten()
+    return {"reward_mean": float(values.mean()), "reward_std": float(values.std(unbiased=False))}
+
+
+# ------------------------------------------------------------------------------------------ save
+def _write_metadata(folder: Path, meta: dict[str, Any]) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config[HSRM_CONFIG_KEY] = meta
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, meta: dict[str, Any]) -> None:
+    """Write a plain ``AutoModelForSequenceClassification`` folder at ``output_dir``.
+
+    The files are written to a temporary folder beside the target, a LoRA adapter is merged when
+    asked, and ``config.json`` is moved in last: a folder without it cannot be loaded, so a crash
+    midway never leaves something that loads as a model.
+    """
+    target = Path(output_dir)
+    staging = target.parent / f".{target.name}.saving"
+    trainer.save_model(str(staging))  # collective under DeepSpeed: every rank calls it
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.model
+    is_peft = hasattr(model, "peft_config") or (staging / "adapter_config.json").exists()
+    if is_peft and cfg.merge_lora_on_save:
+        from peft import PeftModel
+
+        base, tokenizer = build_model(cfg, with_lora=False)
+        merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+        shutil.rmtree(staging)
+        merged.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+    elif trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(str(staging))
+    if (staging / "config.json").exists():
+        _write_metadata(staging, meta)
+    target.mkdir(parents=True, exist_ok=True)
+    if (target / "config.json").exists():
+        os.remove(target / "config.json")  # the old model stops being loadable before its files change
+    names = sorted(os.listdir(staging), key=lambda n: n == "config.json")  # config.json last
+    for name in names:
+        destination = target / name
+        if destination.is_dir():
+            shutil.rmtree(destination)
+        os.replace(staging / name, destination)
+    shutil.rmtree(staging, ignore_errors=True)
+    logger.info("saved reward model to %s", target)
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None

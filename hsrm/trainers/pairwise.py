@@ -1,0 +1,76 @@
+"""Pairwise reward-model trainer: the Bradley-Terry family (Regular, Margin, Scaled BT).
+
+HelpSteer2-Preference §3.2, eqs. (1)-(3). Chosen and rejected go through the model in one forward
+pass (the collator stacks them), the reward is read at each sequence's last real token, and the
+objective is looked up by name in ``hsrm.losses.PAIRWISE_LOSSES``.
+
+    hsrm train recipes/tiny_bt.yaml
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import centering_loss, get_pairwise_loss
+from ..modeling import reward_forward, scalar_reward
+from .base import RewardTrainerBase
+
+
+def split_pair_rewards(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen rewards, rejected rewards), each (n_pairs,), from a stacked pair batch."""
+    outputs = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
+    rewards = scalar_reward(outputs)
+    n_pairs = inputs["margin"].shape[0]
+    return rewards[:n_pairs], rewards[n_pairs:]
+
+
+class PairwiseRewardTrainer(RewardTrainerBase):
+    """``args.objective`` ∈ {bt, margin_bt, scaled_bt}; ``args.center_rewards_coefficient`` adds
+    reward centering. Logged: loss, accuracy, margin (r_c − r_r), reward mean and std."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pairwise_loss = get_pairwise_loss(self.args.objective)  # unknown names fail here
+
+    def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+        loss = self.pairwise_loss(chosen, rejected, margin.to(chosen.dtype))
+        if self.args.center_rewards_coefficient:
+            loss = loss + self.args.center_rewards_coefficient * centering_loss(chosen, rejected)
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        chosen, rejected = split_pair_rewards(model, inputs)
+        loss = self.pair_loss(chosen, rejected, inputs["margin"])
+        if model.training:
+            with torch.no_grad():
+                both = torch.cat([chosen, rejected]).float()
+                self.store_metrics({
+                    "accuracy": (chosen > rejected).float().mean().item(),
+                    "margin": (chosen - rejected).float().mean().item(),
+                    "reward_mean": both.mean().item(),
+                    "reward_std": both.std(unbiased=False).item(),
+                })
+            loss = self.guard_nonfinite(loss, model)
+        if return_outputs:
+            return loss, {"chosen": chosen, "rejected": rejected}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            chosen, rejected = split_pair_rewards(model, inputs)
+            loss = self.pair_loss(chosen, rejected, inputs["margin"]).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, torch.stack([chosen, rejected], dim=-1).float(), inputs["margin"]
+
+
+def pairwise_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy (chosen > rejected strictly; ties are wrong), mean margin, reward mean/std."""
+    import numpy as np
+
+    rewards = np.asarray(eval_pred.predictions, dtype=np.float64)
+    chosen, rejected = rewards[:, 0], rewards[:, 1]
+    both = rewards.reshape(-1)
+    return {"accuracy": float((chosen > rejected).mean()), "margin": float((chosen - rejected).mean()),
+            "reward_mean": float(both.mean()), "reward_std": float(both.std())}

@@ -1,0 +1,63 @@
+"""Pointwise reward-model trainer: SteerLM Regression on Likert ratings.
+
+HelpSteer2-Preference §3.2: a linear head on the end-of-response hidden state predicts one value
+(helpfulness only) or five (the HelpSteer attributes), trained with MSE.
+
+    hsrm train recipes/tiny_regression.yaml
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import regression_loss
+from ..modeling import reward_forward
+from .base import RewardTrainerBase
+
+
+class PointwiseRewardTrainer(RewardTrainerBase):
+    """Logged: loss (MSE), mean absolute error, reward (first output) mean and std."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        predictions = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
+        loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype))
+        if model.training:
+            with torch.no_grad():
+                reward = predictions[:, 0].float()
+                self.store_metrics({
+                    "mae": (predictions.float() - inputs["labels"].float()).abs().mean().item(),
+                    "reward_mean": reward.mean().item(),
+                    "reward_std": reward.std(unbiased=False).item(),
+                })
+            loss = self.guard_nonfinite(loss, model)
+        return (loss, {"predictions": predictions}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            predictions = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
+            loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype)).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, predictions.float(), inputs["labels"].float()
+
+
+def regression_metrics(attributes):
+    """MAE, RMSE and Pearson r per attribute; reward mean/std of the first output."""
+    import numpy as np
+
+    def compute(eval_pred) -> dict[str, float]:
+        predictions = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, len(attributes))
+        labels = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1, len(attributes))
+        metrics: dict[str, float] = {}
+        for k, name in enumerate(attributes):
+            error = predictions[:, k] - labels[:, k]
+            metrics[f"{name}_mae"] = float(np.abs(error).mean())
+            metrics[f"{name}_rmse"] = float(np.sqrt((error ** 2).mean()))
+            if predictions[:, k].std() > 0 and labels[:, k].std() > 0:
+                metrics[f"{name}_pearson"] = float(np.corrcoef(predictions[:, k], labels[:, k])[0, 1])
+        metrics["reward_mean"] = float(predictions[:, 0].mean())
+        metrics["reward_std"] = float(predictions[:, 0].std())
+        return metrics
+
+    return compute
