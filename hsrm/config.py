@@ -91,6 +91,8 @@ class RewardConfig(TrainingArguments):
 
 def _coerce(text: str) -> Any:
     """A command-line value as YAML would read it: 3 → int, 1e-6 → float, true → bool, [a, b] → list."""
+    if text.strip().lower() in ("yes", "no", "on", "off", "y", "n"):
+        return text  # YAML 1.1 would read `--save_strategy no` as False
     value = yaml.safe_load(text)
     if isinstance(value, str):  # PyYAML reads "1e-6" (no dot) as text
         try:
@@ -132,7 +134,12 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
             raise ValueError(f"{path}: a recipe must be a YAML mapping of config keys")
         values.update(loaded)
     values.update(overrides or {})
-    known = {f.name for f in fields(RewardConfig)}
+    field_types = {f.name: str(f.type) for f in fields(RewardConfig)}
+    known = set(field_types)
+    for key, value in list(values.items()):
+        # `save_strategy: no` in YAML 1.1 is False; a non-bool field wants the word back.
+        if isinstance(value, bool) and key in field_types and "bool" not in field_types[key]:
+            values[key] = "yes" if value else "no"
     unknown = sorted(set(values) - known)
     if unknown:
         import difflib

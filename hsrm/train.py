@@ -71,6 +71,15 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
         from .trainers.justifier import run_justifier_training
 
         return run_justifier_training(cfg)
+    # Set up the process group now: ZeRO-3 partitions weights inside from_pretrained (zero.Init)
+    # and must already see the world size there.
+    _ = cfg.device
+    if cfg.deepspeed:
+        import deepspeed
+
+        # On the CPU path transformers creates the torch process group itself; DeepSpeed's own
+        # comm layer must adopt it before zero.Init asks it for the world size.
+        deepspeed.init_distributed(dist_backend=cfg.ddp_backend or None)
     model, tokenizer = build_model(cfg)
     train_ds, eval_ds, data_summary = load_datasets(cfg, tokenizer)
     final_dir = cfg.output_dir

@@ -176,6 +176,8 @@ def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, meta
         tokenizer.save_pretrained(str(staging))
     elif trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(str(staging))
+    # training_args.bin is a pickle (and may hold hub_token): a model folder does not need it.
+    (staging / "training_args.bin").unlink(missing_ok=True)
     if (staging / "config.json").exists():
         _write_metadata(staging, meta)
     target.mkdir(parents=True, exist_ok=True)
