@@ -51,9 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     entry = getattr(module, function_name)
+    from .trainers.base import NonFiniteLossError, TrainingInterrupted
+
     try:
         entry(rest)
-    except (ValueError, FileNotFoundError) as err:
+    except TrainingInterrupted as err:
+        print(f"hsrm {verb}: {err}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, what a scheduler expects from a job it stopped
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
         # Input problems get one clear line, not a traceback; HSRM_DEBUG=1 shows the traceback.
         import os
 

@@ -81,7 +81,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
     cfg = load_recipe(None, {
         "model_name_or_path": model, "objective": "bt", "train_data": train_src, "eval_data": eval_src, "eval_split": "train",
         "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "warmup_steps": 10 if not quick else 0,
-        "lr_scheduler_type": "constant_with_warmup", "logging_steps": 5, "save_strategy": "no", "use_cpu": True,
+        "lr_scheduler_type": "constant_with_warmup", "logging_steps": 5, "on_bad_rows": "skip", "save_strategy": "no", "use_cpu": True,
         "output_dir": str(out / "reward-model"), **settings})
     summary = run_training(cfg)
     accuracy = summary["eval_metrics"].get("eval_accuracy")

@@ -102,6 +102,9 @@ def check_model_folder(path: str) -> None:
     if not os.path.exists(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
     names = os.listdir(path)
+    if os.path.basename(os.path.normpath(path)).startswith("checkpoint-") and not (
+            "hsrm_checkpoint_complete" in names or "trainer_state.json" in names):
+        raise ValueError(f"{path} is a half-written checkpoint (its save was interrupted); use an earlier checkpoint")
     if not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
         if any(n.endswith((".bin", ".pt", ".pth")) for n in names):
             raise ValueError(f"{path} holds only pickle weights (.bin/.pt); hsrm loads safetensors only. "

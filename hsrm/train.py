@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config import PAIRWISE_OBJECTIVES, RewardConfig, load_recipe, parse_overrides
 from .data.auto import load_pairs_any, load_ratings_any
-from .trainers.base import build_model, reward_stats, save_reward_model, tokenize_pairs, tokenize_ratings
+from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints, reward_stats, save_reward_model,
+                            tokenize_pairs, tokenize_ratings)
 from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
 from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
 
@@ -65,6 +67,24 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
                        data_collator=collator, compute_metrics=metrics)
 
 
+def resolve_resume(value: str | bool | None, checkpoint_dir: str) -> str | None:
+    """``true``/``last`` → the newest *complete* checkpoint (or a fresh start if there is none);
+    a path → that checkpoint, which must be complete."""
+    if value in (None, False, "", "no", "false", "False"):
+        return None
+    if value in (True, "yes", "true", "True", "last", "latest"):
+        found = complete_checkpoints(checkpoint_dir)
+        if not found:
+            logger.warning("resume asked, but %s holds no complete checkpoint: starting from step 0", checkpoint_dir)
+            return None
+        return str(found[-1])
+    path = Path(str(value))
+    if not (path / CHECKPOINT_COMPLETE).exists():
+        raise ValueError(f"{path} is not a complete hsrm checkpoint (no {CHECKPOINT_COMPLETE}; a save may have been "
+                         "interrupted): pick an earlier one or use --resume_from_checkpoint true")
+    return str(path)
+
+
 def run_training(cfg: RewardConfig) -> dict[str, Any]:
     """Train, save the final model at ``cfg.output_dir``, and return a summary."""
     if cfg.objective == "justifier":
@@ -86,7 +106,11 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     # Checkpoints live under the model folder, so the folder itself holds only the final model.
     cfg.output_dir = f"{final_dir}/checkpoints"
     trainer = make_trainer(cfg, model, tokenizer, train_ds, eval_ds)
-    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir))
+    if trainer.graceful_stop.requested:
+        found = complete_checkpoints(cfg.output_dir)
+        cfg.output_dir = final_dir
+        raise TrainingInterrupted(trainer.state.global_step, str(found[-1]) if found else None)
     eval_metrics: dict[str, float] = {}
     stats_source = eval_ds if eval_ds is not None else train_ds.select(range(min(len(train_ds), 256)))
     prediction = trainer.predict(stats_source, metric_key_prefix="eval")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..config import RewardConfig
 from ..data.render import TruncationStats, encode
@@ -92,24 +92,104 @@ def tokenize_ratings(dataset, tokenizer, attributes, max_length: int):
 
 
 # ---------------------------------------------------------------------------------------- trainer
+CHECKPOINT_COMPLETE = "hsrm_checkpoint_complete"  # written last: a checkpoint without it is half-written
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived: a checkpoint was written at the step boundary and training stopped."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"training interrupted at step {step}; resume with --resume_from_checkpoint true "
+                         f"(checkpoint: {checkpoint})")
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Before each optimizer step: if any gradient is NaN/inf (a NaN loss makes them all NaN), drop
+    every gradient so AdamW skips the step entirely (no moment or weight-decay update), and log it.
+    After ``limit`` consecutive skips, stop with an error naming the step."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.consecutive = 0
+        self.skipped_steps: list[int] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        params = [p for p in model.parameters() if p.grad is not None]
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        if finite:
+            self.consecutive = 0
+            return
+        step = state.global_step + 1  # the step being taken
+        for p in params:
+            p.grad = None
+        self.consecutive += 1
+        self.skipped_steps.append(step)
+        logger.warning("non-finite loss or gradient at step %d: update skipped (%d in a row)", step, self.consecutive)
+        if self.consecutive >= self.limit:
+            raise NonFiniteLossError(f"training stopped at step {step}: {self.consecutive} consecutive non-finite losses or "
+                                     "gradients (check the learning rate, the data's margins, or train in float32)")
+
+
+class GracefulStop(TrainerCallback):
+    """On SIGTERM/SIGINT, finish the current step, write a checkpoint, and stop."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        logger.warning("signal %d received: will checkpoint at the next step boundary and stop", signum)
+        self.requested = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import signal
+
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
 class RewardTrainerBase(Trainer):
-    """Adds per-step metric logging and a non-finite-loss guard to ``transformers.Trainer``."""
+    """Adds per-step metric logging, the non-finite guard, graceful stop on SIGTERM and
+    crash-safe checkpoints to ``transformers.Trainer``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_counts: dict[str, int] = defaultdict(int)
-        self.consecutive_nonfinite = 0
-        self.skipped_steps: list[int] = []
+        self.nonfinite_guard = NonFiniteGuard(getattr(self.args, "max_consecutive_nonfinite", 5))
+        self.graceful_stop = GracefulStop()
+        self.add_callback(self.nonfinite_guard)
+        self.add_callback(self.graceful_stop)
+
+    def guard_nonfinite(self, loss: torch.Tensor, model) -> torch.Tensor:
+        """Kept for subclasses written before the NonFiniteGuard callback; the callback now skips
+        non-finite steps, so this returns the loss unchanged."""
+        return loss
 
     def store_metrics(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
-            self._metric_sums[key] += float(value)
-            self._metric_counts[key] += 1
+            if math.isfinite(float(value)):
+                self._metric_sums[key] += float(value)
+                self._metric_counts[key] += 1
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # Training logs carry "loss"; add the metric means gathered since the last log.
@@ -118,25 +198,39 @@ class RewardTrainerBase(Trainer):
                 logs[key] = round(self._metric_sums[key] / max(self._metric_counts[key], 1), 6)
             self._metric_sums.clear()
             self._metric_counts.clear()
-            if self.skipped_steps:
-                logs["skipped_nonfinite_steps"] = len(self.skipped_steps)
+        if "loss" in logs and self.nonfinite_guard.skipped_steps:
+            logs["skipped_nonfinite_steps"] = len(self.nonfinite_guard.skipped_steps)
         super().log(logs, *args, **kwargs)
 
-    def guard_nonfinite(self, loss: torch.Tensor, model) -> torch.Tensor:
-        """A NaN/inf loss is replaced by a zero that still touches every trainable parameter, so
-        the step applies no update; after ``max_consecutive_nonfinite`` in a row training stops."""
-        if torch.isfinite(loss.detach()).all():
-            self.consecutive_nonfinite = 0
-            return loss
-        step = self.state.global_step
-        self.consecutive_nonfinite += 1
-        self.skipped_steps.append(step)
-        logger.warning("non-finite loss at step %d: step skipped (%d in a row)", step, self.consecutive_nonfinite)
-        limit = getattr(self.args, "max_consecutive_nonfinite", 5)
-        if self.consecutive_nonfinite >= limit:
-            raise NonFiniteLossError(f"training stopped at step {step}: {self.consecutive_nonfinite} consecutive non-finite "
-                                     "losses (check the learning rate, the data's margins, or use float32)")
-        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+    def _save_checkpoint(self, model, trial):
+        """transformers writes a checkpoint in place; hsrm marks it complete only after every file
+        is written, and resume ignores checkpoints without the mark (a crash mid-save)."""
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.parallel_mode.value == "distributed":
+            import torch.distributed as dist
+
+            dist.barrier()
+        if self.is_world_process_zero() and folder.exists():
+            (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle that may hold hub_token
+            (folder / CHECKPOINT_COMPLETE).write_text(json.dumps({"global_step": self.state.global_step}))
+
+
+def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints with the completion mark, oldest first; half-written ones are left out."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.glob("checkpoint-*"):
+        step = folder.name.rsplit("-", 1)[-1]
+        if not step.isdigit():
+            continue
+        if (folder / CHECKPOINT_COMPLETE).exists():
+            found.append((int(step), folder))
+        else:
+            logger.warning("ignoring %s: it has no completion mark (a save was interrupted)", folder)
+    return [folder for _, folder in sorted(found)]
 
 
 def reward_stats(rewards: torch.Tensor | list[float]) -> dict[str, float]:

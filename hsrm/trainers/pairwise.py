@@ -50,7 +50,6 @@ class PairwiseRewardTrainer(RewardTrainerBase):
                     "reward_mean": both.mean().item(),
                     "reward_std": both.std(unbiased=False).item(),
                 })
-            loss = self.guard_nonfinite(loss, model)
         if return_outputs:
             return loss, {"chosen": chosen, "rejected": rejected}
         return loss

@@ -29,7 +29,6 @@ class PointwiseRewardTrainer(RewardTrainerBase):
                     "reward_mean": reward.mean().item(),
                     "reward_std": reward.std(unbiased=False).item(),
                 })
-            loss = self.guard_nonfinite(loss, model)
         return (loss, {"predictions": predictions}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
