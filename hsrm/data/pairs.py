@@ -94,7 +94,7 @@ def load_preference_pairs(source: str, split: str = "train", *, on_error: OnErro
         except DataError as err:
             if on_error == "raise":
                 raise
-            report.drop(err.problem.split(":")[0] if "HH-RLHF" in err.problem else f"{err.field or 'row'}: {err.problem}")
+            report.drop(err.problem if "HH-RLHF" in err.problem else f"{err.field or 'row'}: {err.problem}")
             continue
         out["prompt"].append(prompt)
         out["chosen"].append(chosen)

@@ -1,0 +1,316 @@
+"""Evaluate a reward model: RewardBench sections, pairwise accuracy, or rating errors.
+
+    hsrm evaluate --model runs/scaled-bt --data ../shared/data/rewardbench_sample/reward_bench_filtered_sample.jsonl
+    hsrm evaluate --model runs/scaled-bt --data pairs.jsonl --output pairs_eval.json
+    hsrm evaluate --model runs/regression --data ../shared/data/helpsteer1/nvidia_HelpSteer_sample.jsonl
+    hsrm evaluate --justifier …          (generative justifier models: hsrm.justifier_eval)
+
+What is measured depends on the data (detected from its first row, or ``--format``):
+
+* RewardBench rows ``{prompt, chosen, rejected, subset}`` (Lambert et al., 2024; HelpSteer2-Preference
+  §3.1): per-subset accuracy, where a pair counts only when r(chosen) > r(rejected) *strictly*
+  (a tie is wrong); section score = Σ_s acc_s · w_s / Σ_s w_s over the section's subsets present,
+  with w_s the official counts in ``hsrm.data.rewardbench.SECTIONS`` (math-prm weighted 984 so
+  math equals code in Reasoning); overall = mean of the sections present.
+* any other preference pairs: accuracy (strict) and mean margin r(chosen) − r(rejected);
+* ratings (HelpSteer-style): MAE, RMSE and Pearson r per attribute the model predicts.
+
+Rewards come from ``hsrm.scoring.score_token_ids``: the model's chat template, left truncation to
+``--max-length`` (2048, RewardBench's value), the head read at the last real token. Any
+``AutoModelForSequenceClassification`` folder works, not only hsrm's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
+from .data.render import TruncationStats, encode
+from .scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, RewardScorer
+
+logger = logging.getLogger(__name__)
+
+EVAL_KINDS = ("rewardbench", "pairs", "ratings")
+DEFAULT_SPLITS = {"rewardbench": "filtered", "helpsteer2_preference": "val", "helpsteer2_ratings": "validation", "pairs": "test"}
+
+
+# ------------------------------------------------------------------------------ pure metrics
+def pairwise_summary(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
+    """Accuracy with ties counted wrong, the tie count, mean margin, and reward mean/std over both sides.
+
+    >>> pairwise_summary([2.0, 1.0, 0.5], [1.0, 1.0, 1.5])
+    {'n_pairs': 3, 'accuracy': 0.3333333333333333, 'ties': 1, 'margin': 0.0, 'reward_mean': 1.1666666666666667, 'reward_std': 0.4714045207910317}
+    """
+    c = torch.as_tensor(list(chosen), dtype=torch.float64)
+    r = torch.as_tensor(list(rejected), dtype=torch.float64)
+    if c.shape != r.shape or c.numel() == 0:
+        raise ValueError(f"need as many chosen as rejected rewards, and at least one ({c.numel()} vs {r.numel()})")
+    both = torch.cat([c, r])
+    return {"n_pairs": int(c.numel()), "accuracy": float((c > r).double().mean()), "ties": int((c == r).sum()),
+            "margin": float((c - r).mean()), "reward_mean": float(both.mean()), "reward_std": float(both.std(unbiased=False))}
+
+
+def rewardbench_scores(subsets: Sequence[str], correct: Sequence[bool]) -> dict[str, Any]:
+    """RewardBench v1 scores from per-pair correctness (``correct`` = chosen > rejected strictly).
+
+    Section score = Σ acc_s · w_s / Σ w_s over the section's subsets present (w_s: official counts);
+    overall = mean of the sections present. Subsets outside the official map are reported but
+    count in no section.
+    """
+    if len(subsets) != len(correct):
+        raise ValueError(f"{len(subsets)} subset labels for {len(correct)} results")
+    per_subset: dict[str, dict[str, Any]] = {}
+    for subset, ok in zip(subsets, correct):
+        entry = per_subset.setdefault(subset, {"section": SUBSET_TO_SECTION.get(subset), "n": 0, "correct": 0})
+        entry["n"] += 1
+        entry["correct"] += int(bool(ok))
+    for entry in per_subset.values():
+        entry["accuracy"] = entry["correct"] / entry["n"]
+    sections: dict[str, dict[str, Any]] = {}
+    for section, weights in SECTIONS.items():
+        present = [s for s in weights if s in per_subset]
+        if not present:
+            continue
+        total = sum(weights[s] for s in present)
+        score = sum(per_subset[s]["accuracy"] * weights[s] for s in present) / total
+        sections[section] = {"score": score, "subsets_present": len(present), "subsets_official": len(weights),
+                             "n": sum(per_subset[s]["n"] for s in present)}
+    overall = sum(v["score"] for v in sections.values()) / len(sections) if sections else None
+    return {"subsets": dict(sorted(per_subset.items(), key=lambda kv: _subset_order(kv[0]))), "sections": sections,
+            "overall": overall, "sections_missing": [s for s in SECTIONS if s not in sections],
+            "unscored_subsets": sorted(s for s in per_subset if s not in SUBSET_TO_SECTION)}
+
+
+def _subset_order(subset: str) -> tuple[int, int, str]:
+    names = list(SECTIONS)
+    section = SUBSET_TO_SECTION.get(subset)
+    if section is None:
+        return (len(names), 0, subset)
+    return (names.index(section), list(SECTIONS[section]).index(subset), subset)
+
+
+def rating_metrics(predictions: torch.Tensor, labels: torch.Tensor, attributes: Sequence[str]) -> dict[str, float]:
+    """MAE, RMSE and Pearson r per attribute (the pointwise trainer's own metric function, so
+    training-time and offline numbers are the same computation)."""
+    from types import SimpleNamespace
+
+    from .trainers.pointwise import regression_metrics
+
+    eval_pred = SimpleNamespace(predictions=predictions.double().numpy(), label_ids=labels.double().numpy())
+    return regression_metrics(list(attributes))(eval_pred)
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class EvalSet:
+    """Validation data tokenized once, so it can be scored again cheaply (the ExPO search does)."""
+
+    kind: str  # rewardbench | pairs | ratings
+    source: str
+    sequences: list[list[int]]  # pairs: all chosen rows, then all rejected rows
+    n_items: int
+    subsets: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    attributes: list[str] = field(default_factory=list)  # ratings: data attribute per model output used
+    output_index: list[int] = field(default_factory=list)  # ratings: which head output predicts it
+    labels: torch.Tensor | None = None
+    load_summary: str = ""
+    truncation: str = ""
+    split: str = ""
+
+
+def detect_kind(source: str, data_format: str = "auto") -> str:
+    from .data.auto import detect_format
+
+    fmt = detect_format(source, "pairs") if data_format == "auto" else data_format
+    if fmt not in ("rewardbench", "pairs", "helpsteer2_preference", "helpsteer2_ratings"):
+        raise ValueError(f"unknown data format {fmt!r}; use auto, rewardbench, pairs, helpsteer2_preference or helpsteer2_ratings")
+    return fmt
+
+
+def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
+                  max_length: int | None = DEFAULT_MAX_LENGTH, model_attributes: Sequence[str] = ("reward",),
+                  on_error: str = "raise") -> EvalSet:
+    """Load ``source`` and tokenize it with ``tokenizer`` exactly as training does."""
+    from .data.auto import load_pairs_any, load_ratings_any
+    from .data.helpsteer import ATTRIBUTES
+    from .data.rewardbench import load_rewardbench
+
+    fmt = detect_kind(str(source), data_format)
+    split = split or DEFAULT_SPLITS[fmt]
+    stats = TruncationStats()
+    if fmt == "helpsteer2_ratings":
+        # Each model output named like a HelpSteer attribute is compared with that rating; an
+        # unnamed single output (a BT model) is compared with helpfulness.
+        pairs = [(a, k) for k, a in enumerate(model_attributes) if a in ATTRIBUTES] or [("helpfulness", 0)]
+        attributes = [a for a, _ in pairs]
+        ds, report = load_ratings_any(source, split, attributes, on_error=on_error, limit=limit, return_report=True)
+        sequences = [encode(tokenizer, row["prompt"], row["response"], max_length, stats) for row in ds]
+        labels = torch.tensor([[float(row[a]) for a in attributes] for row in ds], dtype=torch.float64)
+        return EvalSet("ratings", str(source), sequences, len(ds), attributes=attributes, output_index=[k for _, k in pairs],
+                       labels=labels, load_summary=report.summary(), truncation=stats.summary(), split=split)
+    if fmt == "rewardbench":
+        ds, report = load_rewardbench(source, split, on_error=on_error, return_report=True)
+        if limit is not None and len(ds) > limit:
+            ds = ds.select(range(limit))
+    else:
+        ds, report = load_pairs_any(source, split, fmt, on_error=on_error, limit=limit, return_report=True)
+    if len(ds) == 0:
+        raise ValueError(f"{source} ({split}): no usable pairs ({report.summary()})")
+    chosen = [encode(tokenizer, row["prompt"], row["chosen"], max_length, stats) for row in ds]
+    rejected = [encode(tokenizer, row["prompt"], row["rejected"], max_length, stats) for row in ds]
+    kind = "rewardbench" if fmt == "rewardbench" else "pairs"
+    return EvalSet(kind, str(source), chosen + rejected, len(ds), subsets=list(ds["subset"]) if kind == "rewardbench" else [],
+                   ids=list(ds["id"]) if "id" in ds.column_names else [], load_summary=report.summary(),
+                   truncation=stats.summary(), split=split)
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_prepared(scorer: RewardScorer, eval_set: EvalSet) -> dict[str, Any]:
+    """Score ``eval_set`` with ``scorer``'s current weights; return the metrics as a dict."""
+    result: dict[str, Any] = {"format": eval_set.kind, "data": eval_set.source, "n": eval_set.n_items}
+    if eval_set.kind == "ratings":
+        outputs = scorer.score_ids(eval_set.sequences, all_outputs=True, desc="scoring ratings")
+        predictions = outputs[:, eval_set.output_index]
+        result["metrics"] = rating_metrics(predictions, eval_set.labels, eval_set.attributes)
+        first = eval_set.attributes[0]
+        result["primary_metric"] = {"name": f"{first}_pearson", "value": result["metrics"].get(f"{first}_pearson", float("nan"))}
+        return result
+    rewards = scorer.score_ids(eval_set.sequences, desc="scoring pairs")
+    n = eval_set.n_items
+    chosen, rejected = rewards[:n], rewards[n:]
+    result["metrics"] = pairwise_summary(chosen.tolist(), rejected.tolist())
+    result["primary_metric"] = {"name": "accuracy", "value": result["metrics"]["accuracy"]}
+    if eval_set.kind == "rewardbench":
+        bench = rewardbench_scores(eval_set.subsets, (chosen > rejected).tolist())
+        result["rewardbench"] = bench
+        if bench["overall"] is not None:
+            result["primary_metric"] = {"name": "rewardbench_overall", "value": bench["overall"]}
+    return result
+
+
+def primary_metric(result: dict[str, Any]) -> float:
+    """The one number a factor search maximises: RewardBench overall, else pairwise accuracy,
+    else the helpfulness Pearson r."""
+    return float(result["primary_metric"]["value"])
+
+
+def evaluate_model(model: str, data: str, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = DEFAULT_MAX_LENGTH, dtype: str = "float32",
+                   device: str | None = None, progress: bool = True, scorer: RewardScorer | None = None) -> dict[str, Any]:
+    detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
+    scorer = scorer or RewardScorer(model, batch_size=batch_size, max_length=max_length, dtype=dtype, device=device,
+                                    progress=progress)
+    eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
+                             max_length=scorer.max_length, model_attributes=scorer.attributes)
+    logger.info("%s | %s", eval_set.load_summary, eval_set.truncation)
+    result = evaluate_prepared(scorer, eval_set)
+    result.update({"model": scorer.model_dir, "split": eval_set.split, "max_length": scorer.max_length, "dtype": str(dtype),
+                   "load": eval_set.load_summary, "truncation": eval_set.truncation,
+                   "attribute_weights": scorer.attribute_weights})
+    return result
+
+
+# ------------------------------------------------------------------------------ report
+def _pct(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A plain-text table of the result (percentages with one decimal, as RewardBench reports)."""
+    lines = [f"model: {result.get('model', '?')}", f"data:  {result['data']} ({result['format']}, {result['n']} items)"]
+    metrics = result["metrics"]
+    if result["format"] == "ratings":
+        lines.append(f"{'attribute':<14}{'MAE':>8}{'RMSE':>8}{'Pearson':>9}")
+        for name in [k[: -len("_mae")] for k in metrics if k.endswith("_mae")]:
+            pearson = metrics.get(f"{name}_pearson")
+            lines.append(f"{name:<14}{metrics[f'{name}_mae']:>8.3f}{metrics[f'{name}_rmse']:>8.3f}"
+                         f"{('—' if pearson is None else f'{pearson:.3f}'):>9}")
+        return "\n".join(lines)
+    if "rewardbench" in result:
+        bench = result["rewardbench"]
+        lines.append(f"{'subset':<26}{'section':<11}{'n':>6}{'correct':>9}{'acc %':>8}")
+        for subset, entry in bench["subsets"].items():
+            lines.append(f"{subset:<26}{entry['section'] or '(none)':<11}{entry['n']:>6}{entry['correct']:>9}{_pct(entry['accuracy']):>8}")
+        lines.append("")
+        lines.append(f"{'section':<26}{'subsets':>17}{'score %':>9}")
+        for section in SECTIONS:
+            entry = bench["sections"].get(section)
+            if entry is None:
+                lines.append(f"{section:<26}{'0 of ' + str(len(SECTIONS[section])):>17}{'—':>9}")
+            else:
+                lines.append(f"{section:<26}{str(entry['subsets_present']) + ' of ' + str(entry['subsets_official']):>17}"
+                             f"{_pct(entry['score']):>9}")
+        present = len(bench["sections"])
+        lines.append(f"{'overall (mean of ' + str(present) + ' section' + ('s' if present != 1 else '') + ')':<43}{_pct(bench['overall']):>9}")
+        if bench["sections_missing"]:
+            lines.append(f"note: no data for {', '.join(bench['sections_missing'])}; overall is not comparable to the leaderboard")
+    lines.append(f"pairwise accuracy {_pct(metrics['accuracy'])} % ({metrics['ties']} ties counted wrong), "
+                 f"mean margin {metrics['margin']:.4f}, reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}")
+    return "\n".join(lines)
+
+
+def default_output_path(model: str, data: str) -> Path:
+    """``<model>/evaluation/<data name>.json`` for a local model folder (``hsrm push`` puts it in the
+    model card), else ``<model name>.<data name>.eval.json`` in the current folder."""
+    name = Path(str(data).rstrip("/")).name
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    name = name.replace("/", "__") if not os.path.exists(data) else name
+    if os.path.isdir(model) and os.access(model, os.W_OK):
+        return Path(model) / "evaluation" / f"{name}.json"
+    return Path(f"{Path(model.rstrip('/')).name}.{name}.eval.json")
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(payload, out, indent=2, allow_nan=True)
+    os.replace(tmp, target)
+    return target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsrm evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="reward model folder (any AutoModelForSequenceClassification)")
+    parser.add_argument("--data", required=True, help="RewardBench / preference / ratings file or Hub id")
+    parser.add_argument("--output", help="JSON result path (default: <model>/evaluation/<data name>.json)")
+    parser.add_argument("--format", "--data-format", "--data_format", default="auto", dest="data_format",
+                        help="auto | rewardbench | pairs | helpsteer2_preference | helpsteer2_ratings")
+    parser.add_argument("--split", default=None, help="split for Hub ids / files with a split column (default per format)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per forward pass")
+    parser.add_argument("--max-length", "--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens kept per sequence (cut from the left)")
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: GPU when present)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(argv or [])
+    if "--justifier" in argv:
+        # Generative pairwise justifiers are judged by their generated verdicts, not a scalar head.
+        from .justifier_eval import main as justifier_main
+
+        return justifier_main([a for a in argv if a != "--justifier"])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = evaluate_model(args.model, args.data, data_format=args.data_format, split=args.split, limit=args.limit,
+                            batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device)
+    print(format_report(result))
+    path = write_json_atomic(args.output or default_output_path(result["model"], args.data), result)
+    print(f"wrote {path}")
+    return result

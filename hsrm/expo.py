@@ -1,0 +1,394 @@
+"""ExPO: extrapolate a reward model's weights past a stronger checkpoint, with a factor search.
+
+    hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --alpha 1.52 --out runs/scaled-bt-expo
+    hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --search \\
+              --data val_rewardbench.jsonl --out runs/scaled-bt-expo
+
+Model extrapolation (Zheng et al., 2024), as HelpSteer2-Preference §4 uses it for reward models:
+
+    θ = θ_weak + α · (θ_strong − θ_weak)
+
+applied to every floating-point tensor (α = 0 gives the weak model, α = 1 the strong one, α > 1
+moves further along the direction training took). The paper's weak model is the helpfulness-only
+SteerLM Regression RM and its strong model the Scaled BT RM initialised from it; the factor was
+searched from 1.1 to 2.0 in steps of 0.1, then by 0.01 around the best (1.6 → 1.51…1.69), and
+1.52 was kept (RewardBench 93.7 → 94.1).
+
+The arithmetic is done in a wider type than the weights (fp32 for 16-bit weights, fp64 for fp32
+weights) and rounded once into the strong model's dtype, so α = 0 and α = 1 give back the two
+models bit for bit. Tensors are streamed one at a time from the safetensors files and written one
+shard at a time, so peak memory stays near one shard, far below one model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CHUNK_ELEMENTS = 1 << 24  # 16M elements per arithmetic chunk: bounds the wide-precision temporaries
+PAPER_COARSE = (1.1, 2.0, 0.1)  # start, stop, step (§4)
+PAPER_FINE_STEP, PAPER_FINE_RADIUS = 0.01, 0.09  # 1.6 → 1.51 … 1.69 (§4)
+SEARCH_TABLE = "expo_search"  # .json and .csv written inside the chosen model's folder
+
+
+# ------------------------------------------------------------------------------ the formula
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """fp64 when any input is fp32/fp64 (so α ∈ {0, 1} round-trips exactly), else fp32."""
+    return torch.float64 if any(d in (torch.float32, torch.float64) for d in dtypes) else torch.float32
+
+
+def extrapolate_tensor(weak: torch.Tensor, strong: torch.Tensor, alpha: float) -> torch.Tensor:
+    """θ_weak + α(θ_strong − θ_weak), computed wide, returned in ``strong``'s dtype.
+
+    Non-floating tensors (integer buffers) are taken from the strong model unchanged.
+    """
+    if weak.shape != strong.shape:
+        raise ValueError(f"shapes differ: weak {tuple(weak.shape)} vs strong {tuple(strong.shape)}")
+    if not strong.is_floating_point():
+        return strong.clone()
+    wide = compute_dtype(weak.dtype, strong.dtype)
+    result = torch.empty_like(strong, memory_format=torch.contiguous_format)
+    flat_out, flat_weak, flat_strong = result.view(-1), weak.reshape(-1), strong.reshape(-1)
+    for start in range(0, flat_out.numel(), CHUNK_ELEMENTS):
+        part = slice(start, start + CHUNK_ELEMENTS)
+        w = flat_weak[part].to(wide)
+        s = flat_strong[part].to(wide)
+        flat_out[part] = (w + alpha * (s - w)).to(strong.dtype)
+    return result
+
+
+def factor_grid(start: float, stop: float, step: float) -> list[float]:
+    """Evenly spaced factors from ``start`` to ``stop`` inclusive, free of float drift.
+
+    >>> factor_grid(1.1, 2.0, 0.1)
+    [1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0]
+    """
+    if step <= 0 or stop < start:
+        raise ValueError(f"bad factor grid start={start} stop={stop} step={step}: need step > 0 and stop ≥ start")
+    count = int(round((stop - start) / step))
+    return [round(start + k * step, 6) for k in range(count + 1)]
+
+
+def fine_grid(center: float, step: float = PAPER_FINE_STEP, radius: float = PAPER_FINE_RADIUS) -> list[float]:
+    """Factors ``center ± radius`` by ``step`` (paper: 1.6 → 1.51 … 1.69).
+
+    >>> fine_grid(1.6)[:3], fine_grid(1.6)[-1], len(fine_grid(1.6))
+    ([1.51, 1.52, 1.53], 1.69, 19)
+    """
+    count = int(round(radius / step))
+    return [round(center + k * step, 6) for k in range(-count, count + 1)]
+
+
+def best_factor(table: Sequence[dict]) -> dict:
+    """The row with the highest score; on a tie the smallest factor (closest to the trained model)."""
+    scored = [row for row in table if row.get("stage") != "reference"]
+    if not scored:
+        raise ValueError("no factor was scored")
+    return max(scored, key=lambda row: (row["score"], -row["alpha"]))
+
+
+# ------------------------------------------------------------------------------ reading folders
+def weight_map(folder: str | os.PathLike) -> dict[str, str]:
+    """tensor name → safetensors file name (relative to ``folder``), single-file or sharded."""
+    from safetensors import safe_open
+
+    root = Path(folder)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"{root} has no config.json: not a Hugging Face model folder")
+    if (root / INDEX_FILE).is_file():
+        index = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
+        mapping = dict(index.get("weight_map") or {})
+        if not mapping:
+            raise ValueError(f"{root / INDEX_FILE} has an empty weight_map")
+        missing = sorted({f for f in mapping.values() if not (root / f).is_file()})
+        if missing:
+            raise FileNotFoundError(f"{root}: shard files listed in {INDEX_FILE} are missing: {missing[:5]}")
+        return mapping
+    if (root / SINGLE_FILE).is_file():
+        with safe_open(str(root / SINGLE_FILE), framework="pt") as handle:
+            return {key: SINGLE_FILE for key in handle.keys()}
+    if any(p.suffix in (".bin", ".pt", ".pth") for p in root.iterdir()):
+        raise ValueError(f"{root} holds pickle weights only; ExPO reads safetensors (re-save with safe_serialization=True)")
+    raise FileNotFoundError(f"{root} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+class ShardReader:
+    """Reads single tensors from a folder's safetensors files, keeping each file open once."""
+
+    def __init__(self, folder: str | os.PathLike, mapping: dict[str, str] | None = None):
+        self.root = Path(folder)
+        self.mapping = mapping or weight_map(folder)
+        self._handles: dict[str, Any] = {}
+
+    def _handle(self, file: str):
+        from safetensors import safe_open
+
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(self.root / file), framework="pt")
+        return self._handles[file]
+
+    def shape(self, key: str) -> list[int]:
+        return list(self._handle(self.mapping[key]).get_slice(key).get_shape())
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._handle(self.mapping[key]).get_tensor(key)
+
+
+def _config(folder: str | os.PathLike) -> dict:
+    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+
+
+def check_compatible(weak: str | os.PathLike, strong: str | os.PathLike) -> tuple[ShardReader, ShardReader]:
+    """Readers for both folders, after checking they are the same architecture with the same
+    tensor names and shapes; otherwise a ValueError that names what differs."""
+    weak_config, strong_config = _config(weak), _config(strong)
+    for key in ("model_type", "architectures"):
+        if weak_config.get(key) != strong_config.get(key):
+            raise ValueError(f"ExPO needs two checkpoints of one architecture: {key} is {weak_config.get(key)!r} in {weak} "
+                             f"but {strong_config.get(key)!r} in {strong}")
+    weak_reader, strong_reader = ShardReader(weak), ShardReader(strong)
+    only_weak = sorted(set(weak_reader.mapping) - set(strong_reader.mapping))
+    only_strong = sorted(set(strong_reader.mapping) - set(weak_reader.mapping))
+    if only_weak or only_strong:
+        raise ValueError(f"the two models hold different tensors: only in weak {only_weak[:5]}"
+                         f"{' …' if len(only_weak) > 5 else ''}, only in strong {only_strong[:5]}"
+                         f"{' …' if len(only_strong) > 5 else ''}; ExPO needs the same architecture and head size")
+    mismatched = [(k, weak_reader.shape(k), strong_reader.shape(k)) for k in strong_reader.mapping
+                  if weak_reader.shape(k) != strong_reader.shape(k)]
+    if mismatched:
+        listed = "; ".join(f"{k}: weak {w} vs strong {s}" for k, w, s in mismatched[:5])
+        raise ValueError(f"{len(mismatched)} tensors differ in shape ({listed}); ExPO needs models of the same size "
+                         "(same vocabulary, hidden size and number of reward outputs)")
+    return weak_reader, strong_reader
+
+
+# ------------------------------------------------------------------------------ writing
+def _copy_side_files(strong: Path, staging: Path) -> None:
+    """Config, tokenizer, chat template, generation config … from the strong model (its tokenizer
+    is the one the extrapolated weights go with). Weights, sub-folders and old results are not copied."""
+    skip_suffixes = (".safetensors", ".bin", ".pt", ".pth")
+    skip_names = {INDEX_FILE, "README.md", f"{SEARCH_TABLE}.json", f"{SEARCH_TABLE}.csv"}
+    for path in strong.iterdir():
+        if path.is_file() and not path.name.startswith(".") and path.suffix not in skip_suffixes and path.name not in skip_names:
+            shutil.copy2(path, staging / path.name)
+
+
+def _update_metadata(folder: Path, expo_meta: dict[str, Any], reward_stats: dict[str, float] | None) -> None:
+    """Record the extrapolation in config.json's ``hsrm`` block. The strong model's reward statistics
+    and validation metrics describe other weights, so they are replaced or dropped."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    meta = dict(config.get("hsrm") or {})
+    for stale in ("reward_mean", "reward_std", "reward_stats_on", "eval_metrics"):
+        meta.pop(stale, None)
+    if reward_stats:
+        meta.update(reward_stats)
+    meta["expo"] = expo_meta
+    config["hsrm"] = meta
+    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha: float, out: str | os.PathLike, *,
+                       overwrite: bool = False, extra_meta: dict[str, Any] | None = None,
+                       reward_stats: dict[str, float] | None = None, progress: bool = True) -> Path:
+    """Write θ_weak + α(θ_strong − θ_weak) as a model folder at ``out``, sharded like the strong model.
+
+    The folder is assembled beside ``out`` and renamed into place at the end, so an interrupted
+    run never leaves a half-written model behind.
+    """
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    weak_dir, strong_dir, target = Path(weak), Path(strong), Path(out)
+    if target.resolve() in (weak_dir.resolve(), strong_dir.resolve()):
+        raise ValueError(f"--out {target} is one of the input models; choose a new folder")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise ValueError(f"{target} already exists and is not empty; pass --overwrite or choose another --out")
+    weak_reader, strong_reader = check_compatible(weak_dir, strong_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.expo-tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        _copy_side_files(strong_dir, staging)
+        files: dict[str, list[str]] = {}
+        for key, file in strong_reader.mapping.items():
+            files.setdefault(file, []).append(key)
+        with tqdm(total=len(strong_reader.mapping), desc=f"ExPO α={alpha:g}", unit="tensor", disable=not progress) as bar:
+            for file, keys in files.items():
+                shard = {}
+                for key in keys:
+                    shard[key] = extrapolate_tensor(weak_reader.tensor(key), strong_reader.tensor(key), alpha)
+                    bar.update(1)
+                save_file(shard, str(staging / file), metadata={"format": "pt"})
+                del shard  # one shard in memory at a time
+        if (strong_dir / INDEX_FILE).is_file():
+            shutil.copy2(strong_dir / INDEX_FILE, staging / INDEX_FILE)
+        meta = {"weak": str(weak_dir), "strong": str(strong_dir), "alpha": alpha,
+                "formula": "theta_weak + alpha * (theta_strong - theta_weak)", **(extra_meta or {})}
+        _update_metadata(staging, meta, reward_stats)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote ExPO model (α=%g) to %s", alpha, target)
+    return target
+
+
+@torch.no_grad()
+def apply_extrapolation_(model, weak_reader: ShardReader, strong_reader: ShardReader, alpha: float) -> None:
+    """Overwrite a loaded model's weights with the extrapolation, tensor by tensor from disk — what
+    the factor search uses so that one model is in memory, not three. Values are rounded to the
+    strong checkpoint's dtype first, so they equal what :func:`extrapolate_folder` writes."""
+    state = model.state_dict()
+    for key in strong_reader.mapping:
+        if key not in state:
+            raise ValueError(f"tensor {key} of the checkpoint is not in the loaded model; cannot search in memory")
+        value = extrapolate_tensor(weak_reader.tensor(key), strong_reader.tensor(key), alpha)
+        param = state[key]
+        if param.shape == value.shape:
+            param.copy_(value)
+        elif param.dim() == value.dim() and param.shape[1:] == value.shape[1:] and param.shape[0] > value.shape[0]:
+            # Embeddings grown by a pad token added at load time: the added rows are never scored.
+            param[: value.shape[0]].copy_(value)
+        else:
+            raise ValueError(f"{key}: loaded shape {tuple(param.shape)} vs checkpoint {tuple(value.shape)}")
+
+
+# ------------------------------------------------------------------------------ search
+def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] = PAPER_COARSE,
+                  fine_step: float = PAPER_FINE_STEP, fine_radius: float = PAPER_FINE_RADIUS, data_format: str = "auto",
+                  split: str | None = None, limit: int | None = None, batch_size: int = 8, max_length: int | None = 2048,
+                  device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Score factors on ``data`` with ``hsrm evaluate``'s metric: the coarse grid, then ``fine_step``
+    steps within ``fine_radius`` of the coarse best. α = 1 (the strong model) is scored as a reference.
+
+    Returns ``{"best": row, "table": [rows], "metric": name, "results": {alpha: evaluate result}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluate import evaluate_prepared, load_eval_set, primary_metric
+    from .scoring import RewardScorer
+
+    weak_reader, strong_reader = check_compatible(weak, strong)
+    scorer = RewardScorer(strong, batch_size=batch_size, max_length=max_length, device=device, progress=False)
+    eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
+                             max_length=scorer.max_length, model_attributes=scorer.attributes)
+    logger.info("ExPO search on %s | %s", eval_set.load_summary, eval_set.truncation)
+    table: list[dict[str, Any]] = []
+    results: dict[float, dict[str, Any]] = {}
+
+    def run(alphas: Sequence[float], stage: str) -> None:
+        for alpha in tqdm(alphas, desc=f"ExPO {stage}", unit="factor", disable=not progress):
+            if alpha in results:
+                continue
+            apply_extrapolation_(scorer.model, weak_reader, strong_reader, alpha)
+            result = evaluate_prepared(scorer, eval_set)
+            results[alpha] = result
+            row = {"alpha": alpha, "stage": stage, "metric": result["primary_metric"]["name"], "score": primary_metric(result)}
+            if "accuracy" in result["metrics"]:
+                row.update(accuracy=result["metrics"]["accuracy"], margin=result["metrics"]["margin"])
+            table.append(row)
+            logger.info("α=%g (%s): %s = %.6f", alpha, stage, row["metric"], row["score"])
+
+    run([1.0], "reference")
+    run(factor_grid(*coarse), "coarse")
+    coarse_best = best_factor(table)
+    run(fine_grid(coarse_best["alpha"], fine_step, fine_radius), "fine")
+    best = best_factor(table)
+    reference = table[0]
+    if reference["score"] > best["score"]:
+        logger.warning("no searched factor beats the strong model itself (α=1: %.4f > α=%g: %.4f)",
+                       reference["score"], best["alpha"], best["score"])
+    return {"best": best, "coarse_best": coarse_best, "table": sorted(table, key=lambda r: r["alpha"]),
+            "metric": best["metric"], "results": results, "data": str(data), "eval_summary": eval_set.load_summary}
+
+
+def write_search_table(folder: str | os.PathLike, search: dict[str, Any]) -> tuple[Path, Path]:
+    """``expo_search.json`` (table + choice) and ``expo_search.csv`` (alpha, stage, score …)."""
+    root = Path(folder)
+    payload = {"chosen_alpha": search["best"]["alpha"], "metric": search["metric"], "data": search["data"],
+               "coarse_best_alpha": search["coarse_best"]["alpha"], "table": search["table"]}
+    json_path = root / f"{SEARCH_TABLE}.json"
+    json_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    csv_path = root / f"{SEARCH_TABLE}.csv"
+    columns = ["alpha", "stage", "metric", "score", "accuracy", "margin"]
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in search["table"]:
+            writer.writerow(row)
+    return json_path, csv_path
+
+
+# ------------------------------------------------------------------------------ CLI
+def _parse_grid(text: str) -> tuple[float, float, float]:
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("expected START,STOP,STEP such as 1.1,2.0,0.1")
+    return parts[0], parts[1], parts[2]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsrm expo", description="θ = θ_weak + α(θ_strong − θ_weak) for reward models.")
+    parser.add_argument("--weak", required=True, help="the weaker checkpoint (paper: helpfulness-only regression RM)")
+    parser.add_argument("--strong", required=True, help="the stronger checkpoint trained from it (paper: Scaled BT)")
+    parser.add_argument("--out", required=True, help="folder for the extrapolated model")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--alpha", type=float, help="the extrapolation factor")
+    how.add_argument("--search", action="store_true", help="search the factor on --data (coarse 1.1…2.0 by 0.1, then ±0.09 by 0.01)")
+    parser.add_argument("--data", help="validation set for --search (RewardBench format → overall score; pairs → accuracy)")
+    parser.add_argument("--format", "--data-format", "--data_format", default="auto", dest="data_format", help="data format, as for hsrm evaluate")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--limit", type=int, default=None, help="use the first N validation rows")
+    parser.add_argument("--coarse", type=_parse_grid, default=PAPER_COARSE, help="START,STOP,STEP (default 1.1,2.0,0.1)")
+    parser.add_argument("--fine-step", "--fine_step", type=float, default=PAPER_FINE_STEP)
+    parser.add_argument("--fine-radius", "--fine_radius", type=float, default=PAPER_FINE_RADIUS)
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    parser.add_argument("--max-length", "--max_length", type=int, default=2048)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.search and not args.data:
+        raise ValueError("--search needs --data: a validation set to score each factor on")
+    if not args.search:
+        path = extrapolate_folder(args.weak, args.strong, args.alpha, args.out, overwrite=args.overwrite)
+        print(f"wrote {path} (α = {args.alpha:g})")
+        return path
+    search = search_factor(args.weak, args.strong, args.data, coarse=args.coarse, fine_step=args.fine_step,
+                           fine_radius=args.fine_radius, data_format=args.data_format, split=args.split, limit=args.limit,
+                           batch_size=args.batch_size, max_length=args.max_length, device=args.device)
+    best = search["best"]
+    chosen = search["results"][best["alpha"]]["metrics"]
+    stats = ({"reward_mean": chosen["reward_mean"], "reward_std": chosen["reward_std"],
+              "reward_stats_on": f"ExPO validation set {args.data}"} if "reward_mean" in chosen else None)
+    path = extrapolate_folder(args.weak, args.strong, best["alpha"], args.out, overwrite=args.overwrite, reward_stats=stats,
+                              extra_meta={"searched_on": args.data, "metric": best["metric"], "score": best["score"],
+                                          "strong_score": next(r["score"] for r in search["table"] if r["stage"] == "reference"),
+                                          "table": f"{SEARCH_TABLE}.json"})
+    json_path, csv_path = write_search_table(path, search)
+    print(f"{'alpha':>6}  {'stage':<9} {best['metric']}")
+    for row in search["table"]:
+        print(f"{row['alpha']:>6.2f}  {row['stage']:<9} {row['score']:.4f}{'  ← chosen' if row is best else ''}")
+    print(f"wrote {path} (α = {best['alpha']:g}); table: {json_path.name}, {csv_path.name}")
+    return path

@@ -1,0 +1,313 @@
+"""Publish a reward model: a model card, then an upload with huggingface_hub.
+
+    hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --private
+    hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --dry-run   # prepare the folder only
+
+The folder that is uploaded (``--stage``, default ``<model>.hub`` beside the model) holds the
+safetensors weights, config, tokenizer files, the evaluation results hsrm wrote
+(``evaluation/*.json``, ``expo_search.*``) and a README.md model card with: base model, training
+objective, data, the evaluation table, the ExPO factor, the reward statistics, and a usage
+snippet that needs plain transformers only. Pickle files and training checkpoints are left out.
+
+The token comes from ``--token``, else ``HF_TOKEN``, else the stored ``huggingface-cli login``.
+It is never printed, logged, written to the card or kept in an error message: anything that
+huggingface_hub raises is re-raised with the token masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+logger = logging.getLogger(__name__)
+
+KEEP_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".csv", ".tiktoken")
+SKIP_NAMES = {"README.md", "training_args.bin", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
+OBJECTIVE_TEXT = {
+    "regression": "SteerLM Regression: MSE between the head's outputs and Likert ratings (0–4) "
+                  "(HelpSteer2-Preference §3.2)",
+    "bt": "Regular Bradley-Terry: −log σ(r(x, y_c) − r(x, y_r)) (eq. 1)",
+    "margin_bt": "Margin Bradley-Terry: −log σ(r(x, y_c) − r(x, y_r) − m) (eq. 2)",
+    "scaled_bt": "Scaled Bradley-Terry: −m · log σ(r(x, y_c) − r(x, y_r)) (eq. 3)",
+}
+
+
+# ------------------------------------------------------------------------------ secrets
+class HubUploadError(RuntimeError):
+    """An upload failed; the message never contains the token."""
+
+
+def resolve_token(explicit: str | None = None) -> str | None:
+    """``--token``, else HF_TOKEN / the stored login (huggingface_hub's own lookup), else None."""
+    if explicit:
+        return explicit
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # an unreadable token file is the same as no token here
+        return os.environ.get("HF_TOKEN")
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+# ------------------------------------------------------------------------------ model card
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def collect_evaluations(model_dir: Path, extra: Iterable[str | os.PathLike] = ()) -> list[dict]:
+    """Results written by ``hsrm evaluate`` into ``<model>/evaluation/``, plus any extra files."""
+    paths = sorted((model_dir / "evaluation").glob("*.json")) if (model_dir / "evaluation").is_dir() else []
+    paths += [Path(p) for p in extra]
+    results = []
+    for path in paths:
+        data = _read_json(path)
+        if isinstance(data, dict) and "metrics" in data and "format" in data:
+            data = dict(data)
+            data["_file"] = path.name
+            results.append(data)
+        else:
+            logger.warning("%s is not an hsrm evaluate result; left out of the card", path)
+    return results
+
+
+def _pct(x: Any) -> str:
+    return "—" if not isinstance(x, (int, float)) else f"{100 * x:.1f}"
+
+
+def evaluation_markdown(results: list[dict]) -> str:
+    if not results:
+        return "No evaluation was recorded. Run `hsrm evaluate --model DIR --data FILE` before pushing to add one.\n"
+    parts = []
+    for result in results:
+        name = Path(str(result.get("data", result["_file"]))).name
+        metrics = result["metrics"]
+        parts.append(f"**{name}** ({result['format']}, {result.get('n', '?')} items, max length {result.get('max_length', '?')})\n")
+        if result["format"] == "rewardbench" and "rewardbench" in result:
+            bench = result["rewardbench"]
+            parts.append("| section | subsets present | score (%) |\n| --- | --- | --- |")
+            for section, entry in bench["sections"].items():
+                parts.append(f"| {section} | {entry['subsets_present']} of {entry['subsets_official']} | {_pct(entry['score'])} |")
+            parts.append(f"| **overall** (mean of {len(bench['sections'])} sections) | | **{_pct(bench['overall'])}** |")
+            if bench.get("sections_missing"):
+                parts.append(f"\nNo data for {', '.join(bench['sections_missing'])}: the overall score is not the leaderboard's.")
+        elif result["format"] == "ratings":
+            parts.append("| attribute | MAE | RMSE | Pearson r |\n| --- | --- | --- | --- |")
+            for key in [k for k in metrics if k.endswith("_mae")]:
+                attr = key[: -len("_mae")]
+                pearson = metrics.get(f"{attr}_pearson")
+                parts.append(f"| {attr} | {metrics[key]:.3f} | {metrics[f'{attr}_rmse']:.3f} | "
+                             f"{'—' if pearson is None else f'{pearson:.3f}'} |")
+        if "accuracy" in metrics:
+            parts.append(f"\nPairwise accuracy {_pct(metrics['accuracy'])} % (ties counted wrong: {metrics.get('ties', 0)}), "
+                         f"mean margin {metrics['margin']:.4f}.")
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def _is_hub_id(text: Any) -> bool:
+    return isinstance(text, str) and text.count("/") == 1 and not text.startswith((".", "/", "~")) and not os.path.exists(text)
+
+
+def usage_snippet(repo_id: str, attribute_weights: list[float] | None, max_length: int) -> str:
+    """Plain-transformers code that reproduces hsrm's reward for one conversation."""
+    if attribute_weights:
+        reward_line = (f"weights = torch.tensor({list(attribute_weights)})\n"
+                       "    reward = (model(input_ids=ids).logits[0] @ weights).item()  # weighted attributes")
+    else:
+        reward_line = "reward = model(input_ids=ids).logits[0, 0].item()"
+    return f"""```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+repo = "{repo_id}"
+tokenizer = AutoTokenizer.from_pretrained(repo)
+model = AutoModelForSequenceClassification.from_pretrained(repo, dtype=torch.float32).eval()
+
+messages = [
+    {{"role": "user", "content": "What is the capital of France?"}},
+    {{"role": "assistant", "content": "The capital of France is Paris."}},
+]
+text = tokenizer.apply_chat_template(messages, tokenize=False)
+# The chat template already holds the special tokens; keep the *end* when too long (left truncation).
+ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -{max_length}:]
+with torch.no_grad():
+    {reward_line}
+print(reward)
+```
+"""
+
+
+def build_model_card(model_dir: str | os.PathLike, repo_id: str, evaluations: list[dict] | None = None) -> str:
+    """README.md text for the model folder (YAML front matter + sections)."""
+    root = Path(model_dir)
+    config = _read_json(root / "config.json") or {}
+    meta = config.get("hsrm") if isinstance(config.get("hsrm"), dict) else {}
+    evaluations = collect_evaluations(root) if evaluations is None else evaluations
+    base_model = meta.get("base_model")
+    expo = meta.get("expo") if isinstance(meta.get("expo"), dict) else None
+    objective = meta.get("objective")
+    front = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- reward-model", "- hsrm"]
+    if objective:
+        front.append(f"- {objective.replace('_', '-')}")
+    if expo:
+        front.append("- expo")
+    if _is_hub_id(base_model):
+        front.append(f"base_model: {base_model}")
+    if _is_hub_id(meta.get("train_data")):
+        front += ["datasets:", f"- {meta['train_data']}"]
+    front.append("---")
+    lines = ["\n".join(front), "", f"# {repo_id.split('/')[-1]}", "",
+             "A reward model trained with hsrm: a sequence classifier whose score head is read at the last "
+             "token of the conversation, rendered with this repository's chat template.", "", "## Training", ""]
+    rows = [("base model", base_model or "unknown"),
+            ("objective", OBJECTIVE_TEXT.get(objective, objective or "unknown (not trained by hsrm)")),
+            ("initialised from", meta.get("init_from")), ("training data", meta.get("train_data")),
+            ("outputs", ", ".join(meta.get("attributes") or []) or None),
+            ("attribute weights", meta.get("attribute_weights")),
+            ("max length (tokens, left-truncated)", meta.get("max_length")), ("LoRA (merged)", meta.get("lora") or None)]
+    lines += ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v not in (None, "", [])]
+    lines += ["", "## ExPO", ""]
+    if expo:
+        lines.append(f"Weights extrapolated as θ = θ_weak + α(θ_strong − θ_weak) with **α = {expo.get('alpha')}** "
+                     f"(Zheng et al., 2024; HelpSteer2-Preference §4). Weak: `{expo.get('weak')}`, strong: `{expo.get('strong')}`.")
+        if expo.get("searched_on"):
+            lines.append(f"The factor was searched on `{expo['searched_on']}` ({expo.get('metric')}: "
+                         f"{expo.get('score', float('nan')):.4f} against {expo.get('strong_score', float('nan')):.4f} "
+                         f"for the strong model); the full table is in `expo_search.csv`.")
+    else:
+        lines.append("No extrapolation (α = 1: the trained weights as they are).")
+    lines += ["", "## Evaluation", "", evaluation_markdown(evaluations)]
+    lines += ["## Reward scale", ""]
+    if "reward_mean" in meta:
+        lines.append(f"Rewards on {meta.get('reward_stats_on', 'held-out data')}: mean {meta['reward_mean']:.4f}, "
+                     f"std {meta['reward_std']:.4f}. Bradley-Terry rewards are not calibrated: compare rewards of "
+                     "responses to the same prompt, or normalise with these numbers.")
+    else:
+        lines.append("No reward statistics were recorded.")
+    lines += ["", "## Usage", "", "Plain transformers, no hsrm needed (the reward is read at the last token):", "",
+              usage_snippet(repo_id, meta.get("attribute_weights"), int(meta.get("max_length") or 2048)),
+              "With hsrm (batched, length-sorted, also a TRL `reward_funcs` entry):", "",
+              f"```python\nfrom hsrm.scoring import RewardScorer\n\nscorer = RewardScorer(\"{repo_id}\")\n"
+              "scorer.score([\"What is the capital of France?\"], [\"Paris.\"])\n```", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ folder + upload
+def _files_to_upload(model_dir: Path) -> list[Path]:
+    picked = []
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix in KEEP_SUFFIXES and path.name not in SKIP_NAMES:
+            picked.append(path)
+    if (model_dir / "evaluation").is_dir():
+        picked += sorted(p for p in (model_dir / "evaluation").glob("*.json") if p.is_file())
+    return picked
+
+
+def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str | os.PathLike | None = None,
+                          eval_files: Iterable[str | os.PathLike] = ()) -> Path:
+    """Copy (hard-link where possible) the publishable files and write README.md into ``stage``."""
+    from .modeling import check_model_folder
+
+    root = Path(model_dir)
+    check_model_folder(str(root))
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a local model folder")
+    config = _read_json(root / "config.json") or {}
+    if config.get("pad_token_id") is not None and config.get("pad_token_id") == config.get("eos_token_id"):
+        # transformers' own pooling finds "the last non-pad token"; with pad == eos it can skip the
+        # real end of the conversation (trl#2758), so the card's snippet could disagree with hsrm.
+        logger.warning("%s: pad_token_id equals eos_token_id; plain transformers may read the reward at the wrong "
+                       "token. Models saved by `hsrm train` have a distinct pad token.", root)
+    stage_dir = Path(stage) if stage else root.parent / f"{root.name}.hub"
+    if stage_dir.resolve() == root.resolve():
+        raise ValueError("--stage must differ from --model (the card would overwrite the model's files)")
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True)
+    for path in _files_to_upload(root):
+        destination = stage_dir / path.relative_to(root)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)  # weights can be large: share the bytes instead of copying
+        except OSError:
+            shutil.copy2(path, destination)
+    extra = []
+    for file in eval_files:
+        destination = stage_dir / "evaluation" / Path(file).name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, destination)
+        extra.append(destination)
+    evaluations = collect_evaluations(root, [p for p in extra])
+    (stage_dir / "README.md").write_text(build_model_card(root, repo_id, evaluations), encoding="utf-8")
+    return stage_dir
+
+
+def push(model_dir: str, repo_id: str, *, private: bool = False, token: str | None = None, stage: str | None = None,
+         dry_run: bool = False, commit_message: str = "Upload reward model with hsrm", eval_files: Iterable[str] = ()) -> dict:
+    """Prepare the folder and (unless ``dry_run``) create the repo and upload it. Returns a summary
+    that never holds the token."""
+    if "/" not in repo_id or repo_id.count("/") != 1:
+        raise ValueError(f"--repo-id {repo_id!r} must look like 'user-or-org/name'")
+    folder = prepare_upload_folder(model_dir, repo_id, stage, eval_files)
+    summary = {"stage": str(folder), "repo_id": repo_id, "private": private, "uploaded": False,
+               "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())}
+    if dry_run:
+        return summary
+    from huggingface_hub import HfApi
+
+    secret = resolve_token(token)
+    if secret is None:
+        raise ValueError("no Hugging Face token: set HF_TOKEN, run `huggingface-cli login`, or pass --token")
+    try:
+        api = HfApi(token=secret)
+        repo_url = api.create_repo(repo_id=repo_id, private=private, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message)
+    except Exception as err:  # huggingface_hub errors may quote request headers; mask before showing anything
+        raise HubUploadError(f"upload to {repo_id} failed: {type(err).__name__}: "
+                             f"{redact(str(err), [secret, os.environ.get('HF_TOKEN')])}") from None
+    summary.update(uploaded=True, url=str(getattr(commit, "commit_url", None) or repo_url))
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsrm push", description="Write a model card and upload a reward model to the Hub.")
+    parser.add_argument("--model", required=True, help="local reward model folder")
+    parser.add_argument("--repo-id", "--repo_id", required=True, help="user-or-org/name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dry-run", "--dry_run", action="store_true", help="prepare the upload folder and card only")
+    parser.add_argument("--stage", help="upload folder to prepare (default: <model>.hub beside the model)")
+    parser.add_argument("--eval", action="append", default=[], dest="eval_files",
+                        help="an `hsrm evaluate` JSON to add to the card (repeatable)")
+    parser.add_argument("--token", help="Hub token (prefer HF_TOKEN or `huggingface-cli login`: a flag ends up in shell history)")
+    parser.add_argument("--commit-message", "--commit_message", default="Upload reward model with hsrm")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.token:
+        logger.warning("a token given with --token is visible in the process list and shell history; prefer HF_TOKEN")
+    summary = push(args.model, args.repo_id, private=args.private, token=args.token, stage=args.stage,
+                   dry_run=args.dry_run, commit_message=args.commit_message, eval_files=args.eval_files)
+    if summary["uploaded"]:
+        print(f"uploaded {len(summary['files'])} files to {summary['url']}")
+    else:
+        print(f"dry run: prepared {summary['stage']} ({len(summary['files'])} files, README.md model card); nothing uploaded")
+    return summary

@@ -1,0 +1,159 @@
+"""Align a policy with an hsrm reward model: REINFORCE with a leave-one-out baseline (RLOO).
+
+    python -m hsrm.rloo recipes/rloo_tiny.yaml
+    accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.rloo recipes/rloo_helpsteer2.yaml
+
+HelpSteer2-Preference §5.2 / appendix E (after Ahmadian et al., 2024; Kool et al., 2019): sample
+k = 4 responses per prompt, reward each with the reward model, subtract β·KL(π ‖ π_ref) from the
+sequence reward, and use the mean reward of the *other* k − 1 samples as the baseline:
+
+    A_i = R_i − (1 / (k − 1)) Σ_{j≠i} R_j,   R_i = r(x, y_i) − β · KL_i
+
+TRL's ``RLOOTrainer`` owns the loop (generation, KL, baseline, update); hsrm provides the recipe,
+the prompts and the reward function (:class:`hsrm.scoring.RewardScorer`), which renders each
+prompt + completion with the *reward model's* chat template and left-truncates exactly as in
+reward-model training.
+
+A recipe is one flat YAML: the hsrm keys below plus any ``trl.RLOOConfig`` field.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+logger = logging.getLogger("hsrm.rloo")
+
+TINY = "tiny-random"  # model value that builds a random tiny model locally (smoke runs, tests)
+
+
+@dataclass
+class RLOOSetup:
+    """The recipe keys that are hsrm's, not TRL's."""
+
+    policy_model: str = TINY  # causal LM folder or Hub id (paper: Llama-3.1-70B-Instruct)
+    reward_model: str = TINY  # an `hsrm train` / `hsrm expo` output folder (paper: Scaled BT + ExPO)
+    prompt_data: Optional[str] = None  # HelpSteer2(-Preference) or any file with a `prompt` column
+    prompts: Optional[list[str]] = None  # inline prompts, used when prompt_data is empty
+    prompt_split: str = "train"
+    max_prompts: Optional[int] = None  # keep the first N distinct prompts
+    reward_batch_size: int = 8  # reward-model sequences per forward pass
+    reward_max_length: int = 2048  # reward-model tokens per sequence, cut from the left
+    reward_dtype: str = "float32"  # bfloat16 for large reward models on GPU
+
+
+def load_rloo_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None):
+    """(RLOOSetup, trl.RLOOConfig) from a YAML recipe plus ``--key value`` overrides."""
+    from trl import RLOOConfig
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: an RLOO recipe must be a YAML mapping")
+        values.update(loaded)
+    values.update(overrides or {})
+    setup_names = {f.name for f in fields(RLOOSetup)}
+    setup = RLOOSetup(**{k: values.pop(k) for k in list(values) if k in setup_names})
+    known = {f.name for f in fields(RLOOConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        import difflib
+
+        hints = [k + (f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known | setup_names, 1)) else "") for k in unknown]
+        raise ValueError(f"unknown RLOO recipe keys: {', '.join(hints)}")
+    values.setdefault("report_to", "none")
+    return setup, RLOOConfig(**values)
+
+
+def _split_matches(row: dict, split: str) -> bool:
+    aliases = {"val": "val", "validation": "val", "valid": "val", "train": "train"}
+    row_split = row.get("split")
+    return row_split is None or aliases.get(str(row_split).lower(), str(row_split)) == aliases.get(split.lower(), split)
+
+
+def load_prompts(setup: RLOOSetup):
+    """A ``datasets.Dataset`` with one conversational ``prompt`` (chat messages ending on a user
+    turn) per distinct prompt. HelpSteer2 prompts have their ``<extra_id_1>`` turns split."""
+    import datasets
+
+    from .data.io import DataError, read_rows
+    from .data.messages import HELPSTEER_TURN_SEPARATOR, split_helpsteer_turns, to_messages
+
+    if setup.prompt_data:
+        source = setup.prompt_data
+        is_helpsteer = "helpsteer" in source.lower()
+        rows = read_rows(source, split=setup.prompt_split, data_dir="preference" if is_helpsteer else None)
+        raw = [row.get("prompt") for row in rows if isinstance(row, dict) and _split_matches(row, setup.prompt_split)]
+    elif setup.prompts:
+        source, raw = "recipe prompts", list(setup.prompts)
+    else:
+        raise ValueError("the recipe gives no prompts: set prompt_data (a file or Hub id) or prompts (a list)")
+    seen, prompts = set(), []
+    for index, prompt in enumerate(raw):
+        if isinstance(prompt, str) and HELPSTEER_TURN_SEPARATOR in prompt:
+            messages = split_helpsteer_turns(prompt)
+        else:
+            messages = to_messages(prompt, source, index)
+        if messages[-1]["role"] != "user":
+            raise DataError(source, index, "prompt", "a prompt must end with a user turn for the policy to answer")
+        key = repr(messages)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(messages)
+        if setup.max_prompts is not None and len(prompts) >= setup.max_prompts:
+            break
+    if not prompts:
+        raise ValueError(f"{source}: no prompts found")
+    logger.info("%d distinct prompts from %s", len(prompts), source)
+    return datasets.Dataset.from_dict({"prompt": prompts})
+
+
+def _resolve_models(setup: RLOOSetup, output_dir: str) -> tuple[str, str]:
+    from .testing import build_tiny_llama
+
+    policy, reward = setup.policy_model, setup.reward_model
+    if policy == TINY:
+        policy = str(build_tiny_llama(Path(output_dir) / "tiny-policy", causal_lm=True, seed=1))
+    if reward == TINY:
+        reward = str(build_tiny_llama(Path(output_dir) / "tiny-reward", seed=2))
+    return policy, reward
+
+
+def build_trainer(setup: RLOOSetup, cfg, scorer=None):
+    """The ``trl.RLOOTrainer`` for a recipe; ``scorer`` replaces the reward model (tests)."""
+    from trl import RLOOTrainer
+
+    from .scoring import RewardScorer
+
+    policy, reward = _resolve_models(setup, cfg.output_dir)
+    scorer = scorer or RewardScorer(reward, batch_size=setup.reward_batch_size, max_length=setup.reward_max_length,
+                                    dtype=setup.reward_dtype)
+    return RLOOTrainer(model=policy, reward_funcs=scorer, args=cfg, train_dataset=load_prompts(setup))
+
+
+def main(argv: list[str] | None = None):
+    from .config import parse_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return None
+    recipe = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup, cfg = load_rloo_recipe(recipe, parse_overrides(argv))
+    trainer = build_trainer(setup, cfg)
+    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    trainer.save_model(cfg.output_dir)
+    logger.info("done: %s (%d steps)", cfg.output_dir, result.global_step)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
