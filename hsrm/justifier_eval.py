@@ -1,0 +1,244 @@
+"""Evaluate a generative Pairwise Justifier (HelpSteer2-Preference §3.2, §4).
+
+    hsrm evaluate --justifier --model DIR --data SOURCE [--output F.json] [--max_new_tokens N]
+    python -m hsrm.justifier_eval --model DIR --data ../shared/data/rewardbench_sample/reward_bench_filtered_sample.jsonl
+
+Every pair is judged twice, with the chosen response first and then second. The verdict is the
+last "@Response N … better" statement of the generated text (or a bare "@Response N" from a
+label-only model); text with neither is *unparseable* and counts as wrong.
+
+Metrics, over n pairs and 2n judgements:
+  accuracy              = correct judgements / 2n
+  both_orders_accuracy  = pairs judged correctly in both orders / n
+  position_bias_rate    = pairs whose two verdicts name the same *position* / n (the verdict
+                          followed the position, not the content; 0 for an unbiased judge)
+  response_1_rate       = parsed verdicts naming @Response 1 / parsed verdicts (0.5 = no lean)
+  parse_failure_rate    = unparseable judgements / 2n
+On RewardBench data also per-subset accuracy and the section scores (Σ subset accuracy ×
+official count / Σ count over the subsets present; overall = mean of the sections present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from typing import Any, Sequence
+
+logger = logging.getLogger("hsrm.justifier_eval")
+
+ORDERS = ("chosen_first", "chosen_second")  # where the chosen response sits: @Response 1, @Response 2
+
+
+# -------------------------------------------------------------------------------------- metrics
+def justifier_metrics(verdicts_chosen_first: Sequence[int | None], verdicts_chosen_second: Sequence[int | None]) -> dict[str, float]:
+    """Metrics of a judge from its verdicts (1, 2 or None = unparseable) on each pair shown with the
+    chosen response first (correct verdict 1) and second (correct verdict 2).
+
+    >>> m = justifier_metrics([1, 1, None], [2, 1, 2])
+    >>> m["accuracy"], m["both_orders_accuracy"], m["position_bias_rate"], m["parse_failure_rate"]
+    (0.6666666666666666, 0.3333333333333333, 0.3333333333333333, 0.16666666666666666)
+    """
+    if len(verdicts_chosen_first) != len(verdicts_chosen_second):
+        raise ValueError("one verdict per pair and order is needed: the two lists differ in length")
+    n = len(verdicts_chosen_first)
+    if n == 0:
+        raise ValueError("no pairs to score")
+    first, second = list(verdicts_chosen_first), list(verdicts_chosen_second)
+    correct_first = [v == 1 for v in first]
+    correct_second = [v == 2 for v in second]
+    parsed = [v for v in first + second if v is not None]
+    return {
+        "pairs": n,
+        "judgements": 2 * n,
+        "accuracy": (sum(correct_first) + sum(correct_second)) / (2 * n),
+        "accuracy_chosen_first": sum(correct_first) / n,
+        "accuracy_chosen_second": sum(correct_second) / n,
+        "both_orders_accuracy": sum(a and b for a, b in zip(correct_first, correct_second)) / n,
+        "position_bias_rate": sum(a is not None and a == b for a, b in zip(first, second)) / n,
+        "response_1_rate": (sum(v == 1 for v in parsed) / len(parsed)) if parsed else float("nan"),
+        "parse_failure_rate": sum(v is None for v in first + second) / (2 * n),
+        "parse_failures": sum(v is None for v in first + second),
+    }
+
+
+def rewardbench_scores(subsets: Sequence[str], verdicts_chosen_first, verdicts_chosen_second) -> dict[str, Any]:
+    """Per-subset accuracy (both orders) and RewardBench section scores with official weights."""
+    from .data.rewardbench import SECTIONS
+
+    by_subset: dict[str, list[int]] = defaultdict(list)
+    for i, subset in enumerate(subsets):
+        by_subset[subset].append(i)
+    subset_accuracy = {
+        name: (sum(verdicts_chosen_first[i] == 1 for i in idx) + sum(verdicts_chosen_second[i] == 2 for i in idx)) / (2 * len(idx))
+        for name, idx in sorted(by_subset.items())
+    }
+    sections = {}
+    for section, weights in SECTIONS.items():
+        present = {s: w for s, w in weights.items() if s in subset_accuracy}
+        if present:
+            sections[section] = sum(subset_accuracy[s] * w for s, w in present.items()) / sum(present.values())
+    result: dict[str, Any] = {"subsets": subset_accuracy, "sections": sections}
+    if sections:
+        result["overall"] = sum(sections.values()) / len(sections)
+    return result
+
+
+# ----------------------------------------------------------------------------------- generation
+def end_of_turn_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end a generated turn: EOS, the model's generation EOS and known end-of-turn
+    tokens (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``)."""
+    ids = {tokenizer.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>") if t in vocab}
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if generation_eos is not None:
+        ids |= set(generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def generate_justifications(model, tokenizer, comparisons: Sequence[tuple[Any, str, str]], *, max_new_tokens: int = 512,
+                            batch_size: int = 8, max_length: int | None = 4096, show_progress: bool = True) -> list[str]:
+    """Greedy justifications for ``(prompt, response_1, response_2)`` comparisons, in order.
+
+    Prompts are rendered exactly as in training (:func:`encode_justifier_prompt`), left-padded,
+    and batched by length so little compute goes to padding.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data.justifications import encode_justifier_prompt, truncation_summary
+    from .data.render import TruncationStats, pad_sequences
+
+    stats = TruncationStats()
+    reserve = max_new_tokens if max_length is not None and max_length > 2 * max_new_tokens else 0
+    encoded = [encode_justifier_prompt(tokenizer, p, r1, r2, max_length, reserve=reserve, stats=stats) for p, r1, r2 in comparisons]
+    if stats.truncated:
+        logger.info(truncation_summary(stats))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = end_of_turn_ids(tokenizer, model)
+    device = next(model.parameters()).device
+    texts: list[str] = [""] * len(encoded)
+    model.eval()
+    batches = range(0, len(order), batch_size)
+    for start in tqdm(batches, desc="judging", disable=not show_progress or len(batches) < 2):
+        index = order[start:start + batch_size]
+        ids, mask = pad_sequences([encoded[i] for i in index], pad_id, side="left")
+        with torch.no_grad():
+            output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                                    do_sample=False, eos_token_id=stop_ids, pad_token_id=pad_id)
+        for row, i in enumerate(index):
+            texts[i] = tokenizer.decode(output[row, ids.shape[1]:], skip_special_tokens=True).strip()
+    return texts
+
+
+def evaluate_justifier(model, tokenizer, pairs, *, max_new_tokens: int = 512, batch_size: int = 8,
+                       max_length: int | None = 4096, show_progress: bool = True) -> dict[str, Any]:
+    """Judge every pair in both orders; ``pairs`` has ``prompt, chosen, rejected`` (+ ``subset``).
+    Returns ``{"metrics": …, "examples": [one record per judgement]}``."""
+    from .data.justifications import parse_verdict
+
+    rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
+    if not rows:
+        raise ValueError("no pairs to evaluate")
+    comparisons = []
+    for row in rows:
+        comparisons.append((row["prompt"], row["chosen"], row["rejected"]))  # chosen is @Response 1
+        comparisons.append((row["prompt"], row["rejected"], row["chosen"]))  # chosen is @Response 2
+    texts = generate_justifications(model, tokenizer, comparisons, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                    max_length=max_length, show_progress=show_progress)
+    verdicts = [parse_verdict(t) for t in texts]
+    first, second = verdicts[0::2], verdicts[1::2]
+    metrics: dict[str, Any] = justifier_metrics(first, second)
+    if rows and "subset" in rows[0]:
+        metrics["rewardbench"] = rewardbench_scores([r["subset"] for r in rows], first, second)
+    examples = []
+    for k, (text, verdict) in enumerate(zip(texts, verdicts)):
+        pair, order = divmod(k, 2)
+        correct_position = 1 if order == 0 else 2
+        record = {"pair": pair, "order": ORDERS[order], "verdict": verdict, "correct": verdict == correct_position,
+                  "parsed": verdict is not None, "generated": text}
+        if "subset" in rows[pair]:
+            record["subset"] = rows[pair]["subset"]
+        examples.append(record)
+    return {"metrics": metrics, "examples": examples}
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _model_metadata(path: str) -> dict:
+    import os
+
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        return {}
+    with open(config_path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    architectures = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(f"{path} is a scalar reward model ({architectures[0]}), not a generative justifier; "
+                         "evaluate it without --justifier")
+    return config.get("hsrm") or {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsrm evaluate --justifier", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--justifier", action="store_true", help="(accepted for `hsrm evaluate --justifier`)")
+    parser.add_argument("--model", required=True, help="a justifier folder (plain causal LM) or Hub id")
+    parser.add_argument("--data", required=True, help="preference pairs, HelpSteer2-Preference or RewardBench (file or Hub id)")
+    parser.add_argument("--output", default=None, help="write metrics and every generated judgement to this JSON file")
+    parser.add_argument("--max_new_tokens", type=int, default=None,
+                        help="tokens generated per judgement (default: the model's training setting, else 512)")
+    parser.add_argument("--data_format", default="auto", help="auto | helpsteer2_preference | pairs | rewardbench")
+    parser.add_argument("--split", default=None, help="split (default: val for HelpSteer2-Preference, else train)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N pairs only")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_length", type=int, default=None, help="prompt + generation tokens (default: training max_length, else 4096)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    from .data.auto import detect_format, load_pairs_any
+    from .trainers.justifier import load_causal_lm
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    meta = _model_metadata(args.model)
+    max_new_tokens = args.max_new_tokens or meta.get("max_new_tokens") or 512
+    if meta.get("justifier_target") == "label" and args.max_new_tokens is None:
+        max_new_tokens = min(max_new_tokens, 16)  # "@Response N" and the end of turn
+    max_length = args.max_length or meta.get("max_length") or 4096
+    fmt = detect_format(args.data, "pairs") if args.data_format == "auto" else args.data_format
+    split = args.split or ("val" if fmt == "helpsteer2_preference" else "train")
+    pairs = load_pairs_any(args.data, split, fmt, limit=args.limit)
+    if args.limit is not None:
+        pairs = pairs.select(range(min(args.limit, len(pairs))))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    model, tokenizer = load_causal_lm(args.model, dtype=dtype)
+    model.to(device)
+    result = evaluate_justifier(model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=args.batch_size,
+                                max_length=max_length)
+    result["settings"] = {"model": args.model, "data": args.data, "split": split, "format": fmt,
+                          "max_new_tokens": max_new_tokens, "max_length": max_length, "device": device, "dtype": dtype}
+    m = result["metrics"]
+    print(f"justifier on {args.data}: {m['pairs']} pairs x 2 orders | accuracy {m['accuracy']:.4f} | "
+          f"both orders {m['both_orders_accuracy']:.4f} | position bias {m['position_bias_rate']:.4f} | "
+          f"parse failures {m['parse_failure_rate']:.4f} ({m['parse_failures']})")
+    if "rewardbench" in m:
+        sections = ", ".join(f"{k} {v:.4f}" for k, v in m["rewardbench"]["sections"].items())
+        print(f"RewardBench sections: {sections}" + (f" | overall {m['rewardbench']['overall']:.4f}" if "overall" in m["rewardbench"] else ""))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+        print(f"wrote {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
