@@ -48,6 +48,9 @@ class RewardConfig(TrainingArguments):
     justifier_target: str = field(default="full", metadata={"help": "justifier: full (elaboration then statement) | statement | label"})
     flip_augmentation: bool = field(default=False, metadata={"help": "justifier: also train on each example with the responses swapped"})
     max_new_tokens: int = field(default=512, metadata={"help": "justifier: tokens generated per verdict when evaluating"})
+    # --- speed (issue 8; hsrm/packing.py, docs/speed.md)
+    padding_free: bool = field(default=False, metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"})
+    max_tokens_per_batch: Optional[int] = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
     # --- LoRA
     use_lora: bool = field(default=False)
     lora_r: int = field(default=16)

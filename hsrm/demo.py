@@ -1,11 +1,16 @@
 """`hsrm demo`: the first hour in one command, on the embedded default model and real data.
 
-    hsrm demo --out demo_report            # about 10 minutes on 2 CPU cores
-    hsrm demo --out demo_report --quick    # a tiny random model, seconds (used by the tests)
+    hsrm demo --out demo_report            # SmolLM2-135M-Instruct on 2 CPU cores
+    hsrm demo --out demo_report --quick    # a tiny random model, about a minute (used by the tests)
 
-Steps: train a Bradley-Terry reward model on HH-RLHF helpful-base (../shared/data when present),
-evaluate it on held-out helpful-online pairs, and pick the best of N responses for a prompt.
-Everything lands in a report folder with a markdown summary and the commands to reproduce it.
+Steps, as the HelpSteer2-Preference paper's best recipe (regression → BT → ExPO), at demo size:
+  1. helpfulness regression on HelpSteer ratings (../shared/data; generated data as a last resort);
+  2. Regular BT initialised from it, on HH-RLHF helpful-base pairs; held-out accuracy on helpful-online;
+  3. `hsrm evaluate` on the RewardBench sample;
+  4. ExPO between the regression (weak) and BT (strong) models, factor searched on validation pairs;
+  5. Best-of-N: score four answers to one prompt;
+  6. a small embedding-path study (BT-MLP vs classifiers on synthetic embeddings).
+Everything lands in a report folder: README.md (tables + the command of each step) and PNG plots.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("hsrm.demo")
 
-SHARED_HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BEST_OF_N_PROMPT = [{"role": "user", "content": "How do I make a simple loaf of bread at home?"}]
 BEST_OF_N_RESPONSES = [
     "Mix 500 g flour, 350 ml warm water, 7 g yeast and 10 g salt; knead for 10 minutes, let it rise for an hour, "
@@ -30,88 +36,236 @@ BEST_OF_N_RESPONSES = [
 ]
 
 
-def find_hh_data(quick: bool, workdir: Path) -> tuple[str, str, str]:
-    """(train source, eval source, description): shared HH-RLHF, else a generated set (said so)."""
-    base, online = SHARED_HH / "helpful-base.test.jsonl.gz", SHARED_HH / "helpful-online.test.jsonl.gz"
-    if base.exists() and online.exists():
-        return str(base), str(online), "Anthropic HH-RLHF helpful-base (train) / helpful-online (held out), from ../shared/data"
-    logger.warning("../shared/data/hh_rlhf not found: falling back to a GENERATED toy preference set")
+@dataclass
+class Profile:
+    """Sizes of one demo run. ``full`` fits about 10 minutes of SmolLM2 on 2 CPU cores."""
+
+    regression_steps: int
+    regression_rows: int
+    bt_steps: int
+    bt_pairs: int
+    heldout_pairs: int
+    rewardbench_rows: int
+    rewardbench_max_length: int
+    expo_pairs: int
+    max_length: int
+    learning_rate: float
+
+
+FULL = Profile(regression_steps=15, regression_rows=120, bt_steps=40, bt_pairs=160, heldout_pairs=200, rewardbench_rows=60,
+               rewardbench_max_length=512, expo_pairs=40, max_length=256, learning_rate=2e-5)
+QUICK = Profile(regression_steps=8, regression_rows=64, bt_steps=12, bt_pairs=64, heldout_pairs=48, rewardbench_rows=40,
+                rewardbench_max_length=256, expo_pairs=24, max_length=128, learning_rate=2e-3)
+
+
+def data_sources(workdir: Path) -> dict[str, str]:
+    """Real data from ../shared/data when present; otherwise a generated toy set, said loudly."""
+    hh, helpsteer, rb = SHARED / "hh_rlhf", SHARED / "helpsteer1" / "nvidia_HelpSteer_sample.jsonl", SHARED / "rewardbench_sample"
+    if (hh / "helpful-base.test.jsonl.gz").exists() and helpsteer.exists():
+        return {"train_pairs": str(hh / "helpful-base.test.jsonl.gz"), "heldout_pairs": str(hh / "helpful-online.test.jsonl.gz"),
+                "validation_pairs": str(hh / "helpful-rejection-sampled.test.jsonl.gz"), "ratings": str(helpsteer),
+                "rewardbench": str(rb / "reward_bench_filtered_sample.jsonl"),
+                "note": "real data from ../shared/data: HelpSteer ratings, HH-RLHF helpful-base / -rejection-sampled / -online, "
+                        "RewardBench sample"}
+    logger.warning("../shared/data not found: the demo falls back to a GENERATED toy data set")
     import random
 
     rng = random.Random(0)
     good = ["Here is a clear, step-by-step answer with the details you asked for.", "Thank you for asking: the answer is below."]
     bad = ["no", "I don't know, figure it out."]
-    for name, n in (("train", 200), ("eval", 100)):
-        with open(workdir / f"generated_{name}.jsonl", "w") as handle:
+    paths = {}
+    for name, n in (("train_pairs", 200), ("heldout_pairs", 100), ("validation_pairs", 60), ("rewardbench", 60)):
+        path = workdir / f"generated_{name}.jsonl"
+        with open(path, "w") as handle:
             for i in range(n):
-                handle.write(json.dumps({"prompt": f"Question {i}?", "chosen": rng.choice(good), "rejected": rng.choice(bad)}) + "\n")
-    return str(workdir / "generated_train.jsonl"), str(workdir / "generated_eval.jsonl"), "GENERATED toy pairs (no real data found)"
+                row = {"prompt": f"Question {i}?", "chosen": rng.choice(good), "rejected": rng.choice(bad)}
+                if name == "rewardbench":
+                    row.update(subset="alpacaeval-easy", id=str(i))
+                handle.write(json.dumps(row) + "\n")
+        paths[name] = str(path)
+    path = workdir / "generated_ratings.jsonl"
+    with open(path, "w") as handle:
+        for i in range(200):
+            score = rng.randint(0, 4)
+            handle.write(json.dumps({"prompt": f"Question {i}?", "response": good[0] if score > 2 else bad[0], "helpfulness": score,
+                                     "correctness": score, "coherence": 4, "complexity": 1, "verbosity": 2}) + "\n")
+    paths["ratings"] = str(path)
+    paths["note"] = "GENERATED toy data (../shared/data was not found); numbers are not meaningful"
+    return paths
 
 
-def score_responses(model_dir: str, prompt, responses) -> list[float]:
-    import torch
-
-    from .data.render import encode, pad_sequences
-    from .modeling import load_reward_model, reward_forward
-
-    model, tokenizer = load_reward_model(model_dir)
-    ids = [encode(tokenizer, prompt, r, 2048) for r in responses]
-    with torch.no_grad():
-        return reward_forward(model.eval(), *pad_sequences(ids, tokenizer.pad_token_id))[:, 0].tolist()
-
-
-def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
+def train_step(name: str, out: Path, overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
     from .config import load_recipe
     from .train import run_training
 
+    settings = {"use_cpu": True, "save_strategy": "no", "logging_steps": 5, "warmup_steps": 5, "on_bad_rows": "skip",
+                "lr_scheduler_type": "constant_with_warmup", "output_dir": str(out / name), **overrides}
+    command = "hsrm train " + " ".join(f"--{k} {v}" for k, v in settings.items() if not isinstance(v, (list, dict)))
+    return run_training(load_recipe(None, settings)), command
+
+
+def pair_rewards(model_dir: str, data: str, limit: int, max_length: int):
+    """Chosen and rejected rewards of the first ``limit`` pairs (for the distribution plot)."""
+    from .evaluate import load_eval_set
+    from .scoring import RewardScorer
+
+    scorer = RewardScorer(model_dir, max_length=max_length)
+    eval_set = load_eval_set(data, scorer.tokenizer, limit=limit, max_length=scorer.max_length)
+    rewards = scorer.score_ids(eval_set.sequences, desc="held-out rewards")
+    return rewards[: eval_set.n_items].tolist(), rewards[eval_set.n_items:].tolist()
+
+
+def plot_report(out: Path, curves: dict[str, list[tuple[int, float]]], chosen: list[float], rejected: list[float],
+                expo_table: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, points in curves.items():
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel("step"), ax.set_ylabel("training loss"), ax.set_title("Training curves"), ax.legend()
+    fig.tight_layout(), fig.savefig(out / "training_curves.png", dpi=110), plt.close(fig)
+    files.append("training_curves.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(chosen, bins=30, alpha=0.6, label="chosen"), ax.hist(rejected, bins=30, alpha=0.6, label="rejected")
+    ax.set_xlabel("reward"), ax.set_ylabel("responses"), ax.set_title("Held-out rewards: chosen vs rejected"), ax.legend()
+    fig.tight_layout(), fig.savefig(out / "reward_distributions.png", dpi=110), plt.close(fig)
+    files.append("reward_distributions.png")
+
+    if expo_table:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        rows = sorted(expo_table, key=lambda r: r["alpha"])
+        ax.plot([r["alpha"] for r in rows], [r["score"] for r in rows], marker="o")
+        ax.set_xlabel("extrapolation factor α (1 = the BT model)"), ax.set_ylabel(rows[0]["metric"]), ax.set_title("ExPO factor search")
+        fig.tight_layout(), fig.savefig(out / "expo_search.png", dpi=110), plt.close(fig)
+        files.append("expo_search.png")
+    return files
+
+
+def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
+    from .evaluate import evaluate_model, format_report
+    from .expo import extrapolate_folder, search_factor, write_search_table
+    from .scoring import RewardScorer
+
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    train_src, eval_src, data_note = find_hh_data(quick, out)
+    started, timings = time.time(), {}
+    profile = QUICK if quick else FULL
+    data = data_sources(out)
     if quick:
         from .testing import build_tiny_llama
 
-        model = str(build_tiny_llama(out / "tiny-model"))
-        settings = {"max_steps": 10, "max_train_samples": 64, "max_eval_samples": 32, "max_length": 128, "learning_rate": 1e-3}
+        model = str(build_tiny_llama(out / "tiny-backbone"))
     else:
         from .modeling import default_model_path
 
         model = default_model_path()
-        # The setting of the TRL baseline in shared/docs/anchors.md, at a demo's length.
-        settings = {"max_steps": 60, "max_train_samples": 240, "max_eval_samples": 200, "max_length": 320, "learning_rate": 2e-5}
-    cfg = load_recipe(None, {
-        "model_name_or_path": model, "objective": "bt", "train_data": train_src, "eval_data": eval_src, "eval_split": "train",
-        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "warmup_steps": 10 if not quick else 0,
-        "lr_scheduler_type": "constant_with_warmup", "logging_steps": 5, "on_bad_rows": "skip", "save_strategy": "no", "use_cpu": True,
-        "output_dir": str(out / "reward-model"), **settings})
-    summary = run_training(cfg)
-    accuracy = summary["eval_metrics"].get("eval_accuracy")
+    common = {"model_name_or_path": model, "max_length": profile.max_length, "learning_rate": profile.learning_rate,
+              "per_device_eval_batch_size": 8}
 
-    # Best-of-N with the trained model.
-    rewards = score_responses(summary["output_dir"], BEST_OF_N_PROMPT, BEST_OF_N_RESPONSES)
+    # 1. helpfulness-only SteerLM regression (the weak model of ExPO, and the BT initialisation)
+    t = time.time()
+    regression, regression_cmd = train_step("regression", out, {**common, "objective": "regression", "train_data": data["ratings"],
+                                                                "max_train_samples": profile.regression_rows,
+                                                                "max_steps": profile.regression_steps, "per_device_train_batch_size": 8})
+    timings["1. regression"] = time.time() - t
+    # 2. Regular BT initialised from the regression model, evaluated on held-out pairs
+    t = time.time()
+    bt, bt_cmd = train_step("bt", out, {**common, "objective": "bt", "init_from": regression["output_dir"],
+                                        "train_data": data["train_pairs"], "eval_data": data["heldout_pairs"], "eval_split": "train",
+                                        "max_train_samples": profile.bt_pairs, "max_eval_samples": profile.heldout_pairs,
+                                        "max_steps": profile.bt_steps, "per_device_train_batch_size": 4})
+    timings["2. bt (+ held-out eval)"] = time.time() - t
+    heldout_accuracy = bt["eval_metrics"]["eval_accuracy"]
+    # 3. RewardBench sample
+    t = time.time()
+    rewardbench = evaluate_model(bt["output_dir"], data["rewardbench"], limit=profile.rewardbench_rows,
+                                 max_length=profile.rewardbench_max_length, progress=True)
+    (out / "rewardbench.json").write_text(json.dumps(rewardbench, indent=2, default=str))
+    timings["3. rewardbench"] = time.time() - t
+    # 4. ExPO: weak = regression, strong = BT-from-regression (paper section 4), coarse grid at demo size
+    t = time.time()
+    search = search_factor(regression["output_dir"], bt["output_dir"], data["validation_pairs"], coarse=(1.2, 2.0, 0.4),
+                           fine_step=0.1, fine_radius=0.1, limit=profile.expo_pairs, max_length=profile.max_length)
+    alpha = search["best"]["alpha"]
+    expo_dir = extrapolate_folder(regression["output_dir"], bt["output_dir"], alpha, out / "expo", overwrite=True, progress=False)
+    write_search_table(expo_dir, search)
+    expo_heldout = evaluate_model(str(expo_dir), data["heldout_pairs"], limit=profile.heldout_pairs,
+                                  max_length=profile.max_length, progress=False)
+    timings["4. expo (search + held-out eval)"] = time.time() - t
+    # 5. Best-of-N
+    scorer = RewardScorer(bt["output_dir"], max_length=profile.max_length)
+    rewards = scorer([BEST_OF_N_PROMPT] * len(BEST_OF_N_RESPONSES), BEST_OF_N_RESPONSES)
     best = max(range(len(rewards)), key=rewards.__getitem__)
-    report = {
-        "data": data_note, "model": model, "steps": summary["global_step"], "train_loss": summary["train_loss"],
-        "heldout_pairs": summary["data"].get("eval", {}).get("load"), "heldout_accuracy": accuracy,
-        "best_of_n": {"rewards": rewards, "best_index": best}, "wall_time_s": round(time.time() - started, 1),
-    }
-    (out / "summary.json").write_text(json.dumps(report, indent=2))
+    # 6. embedding-path study (synthetic embeddings with a known golden reward)
+    t = time.time()
+    from .embedding.study import load_study, run_study
+
+    repo = Path(__file__).resolve().parents[1]
+    study_overrides: dict[str, Any] = {"output_dir": str(out / "study")}
+    if quick:  # two setups instead of the tiny study's 27
+        study_overrides.update(grids=[{"methods": ["bt-mlp", "clf-lgb"]}])
+    study_cfg = load_study(repo / "recipes" / "studies" / "tiny.yaml", study_overrides)
+    study_table = run_study(study_cfg, progress=True)
+    timings["6. embedding study"] = time.time() - t
+
+    chosen, rejected = pair_rewards(bt["output_dir"], data["heldout_pairs"], profile.heldout_pairs, profile.max_length)
+    curves = {name: [(e["step"], e["loss"]) for e in summary["log_history"] if "loss" in e]
+              for name, summary in (("regression (MSE)", regression), ("BT from regression", bt))}
+    plots = plot_report(out, curves, chosen, rejected, search["table"])
+    study_plots = sorted(p.name for p in (out / "study").glob("*.png"))
+    wall = time.time() - started
+    report = {"data": data["note"], "backbone": model, "heldout_accuracy": heldout_accuracy,
+              "heldout_pairs": bt["data"].get("eval", {}).get("load"), "expo_alpha": alpha,
+              "expo_heldout_accuracy": expo_heldout["metrics"]["accuracy"], "rewardbench": rewardbench.get("rewardbench"),
+              "best_of_n": {"rewards": rewards, "best_index": best}, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "wall_time_s": round(wall, 1)}
+    (out / "summary.json").write_text(json.dumps(report, indent=2, default=str))
+
     lines = [
-        "# hsrm demo report", "", f"- data: {data_note}", f"- backbone: `{model}`",
-        f"- training: {summary['global_step']} steps of Regular BT, train loss {summary['train_loss']:.4f}",
-        f"- held-out pairwise accuracy: **{accuracy:.3f}** ({summary['data'].get('eval', {}).get('load')})",
-        f"- wall time: {report['wall_time_s']} s", "", "## Best-of-N", "", "| # | reward | response |", "|---|---|---|",
+        "# hsrm demo report", "",
+        f"- data: {data['note']}", f"- backbone: `{model}`", f"- wall time: {wall:.0f} s", "",
+        "## Results", "", "| step | result |", "|---|---|",
+        f"| 1. helpfulness regression, {regression['global_step']} steps | train MSE {regression['train_loss']:.3f} |",
+        f"| 2. Regular BT from the regression model, {bt['global_step']} steps | held-out pairwise accuracy **{heldout_accuracy:.3f}** "
+        f"on {profile.heldout_pairs} HH-RLHF helpful-online pairs |",
+        f"| 3. RewardBench sample ({profile.rewardbench_rows} rows) | overall {rewardbench['primary_metric']['value']:.3f} "
+        f"(sections present only) |",
+        f"| 4. ExPO, factor searched on {profile.expo_pairs} validation pairs | α = {alpha}; held-out accuracy "
+        f"{expo_heldout['metrics']['accuracy']:.3f} (BT alone: {heldout_accuracy:.3f}) |",
+        f"| 5. Best-of-{len(rewards)} | picks answer {best}: \"{BEST_OF_N_RESPONSES[best][:60]}…\" |", "",
+        "## Best-of-N rewards", "", "| # | reward | response |", "|---|---|---|",
         *[f"| {i}{' (best)' if i == best else ''} | {r:.3f} | {BEST_OF_N_RESPONSES[i][:70]} |" for i, r in enumerate(rewards)],
-        "", "## Reproduce", "", "```", f"hsrm demo --out {out}" + (" --quick" if quick else ""), "```",
+        "", "## RewardBench sample", "", "```", format_report(rewardbench), "```", "",
+        "## ExPO factor search", "", "| α | stage | " + search["metric"] + " |", "|---|---|---|",
+        *[f"| {r['alpha']} | {r['stage']} | {r['score']:.3f} |" for r in search["table"]], "",
+        "## Embedding-path study (synthetic, known golden reward)", "",
+        (out / "study" / "summary.md").read_text() if (out / "study" / "summary.md").exists() else str(study_table), "",
+        "## Plots", "", *[f"![{p}]({p})" for p in plots], *[f"![{p}](study/{p})" for p in study_plots], "",
+        "## Timings (s)", "", *[f"- {k}: {v:.0f}" for k, v in timings.items()], "",
+        "## Reproduce each step", "", "```",
+        regression_cmd, bt_cmd,
+        f"hsrm evaluate --model {bt['output_dir']} --data {data['rewardbench']} --limit {profile.rewardbench_rows} "
+        f"--max-length {profile.rewardbench_max_length}",
+        f"hsrm expo --weak {regression['output_dir']} --strong {bt['output_dir']} --search --data {data['validation_pairs']} "
+        f"--limit {profile.expo_pairs} --out {expo_dir}",
+        f"hsrm study recipes/studies/tiny.yaml --output_dir {out / 'study'}",
+        f"hsrm demo --out {out}" + (" --quick" if quick else ""), "```",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines[:20]))
+    print(f"\nreport: {out / 'README.md'}")
     return report
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="hsrm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_report", help="report folder (default: demo_report)")
-    parser.add_argument("--quick", action="store_true", help="tiny random model, seconds; for smoke tests")
+    parser.add_argument("--quick", action="store_true", help="tiny random model, about a minute; for smoke tests")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return run_demo(Path(args.out), quick=args.quick)

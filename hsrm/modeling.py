@@ -168,15 +168,22 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.to(positions.dtype)).argmax(-1)
 
 
+def body_and_score_head(model):
+    """(transformer body, ``score`` head) of a sequence classifier under any wrapper; either is
+    None when the model has no such part. Shared by the padded and the packed forward."""
+    inner = _unwrap(model)
+    head = getattr(inner, "score", None)
+    body = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    return body, head
+
+
 def reward_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Per-sequence head outputs, shape (batch, num_labels), read at each sequence's last real token.
 
     Runs the transformer body once and applies the score head only at the gathered positions.
     Models without a ``score`` head fall back to their own forward (which pools by pad id).
     """
-    inner = _unwrap(model)
-    head = getattr(inner, "score", None)
-    body = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    body, head = body_and_score_head(model)
     if head is None or body is None:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

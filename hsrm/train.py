@@ -52,15 +52,20 @@ def load_datasets(cfg: RewardConfig, tokenizer):
 
 def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     from .data.render import PairwiseCollator, PointwiseCollator
+    from .packing import PackedPairwiseCollator, PackedPointwiseCollator, check_packing_support
 
     if eval_ds is None:
         cfg.eval_strategy = "no"
         cfg.load_best_model_at_end = False
     pad_id = tokenizer.pad_token_id
+    if cfg.padding_free:  # one packed row per micro-batch (issue 8); refuses attention paths that would mix sequences
+        check_packing_support(model)
+    pointwise_collator = PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id)
+    pairwise_collator = PackedPairwiseCollator(pad_id) if cfg.padding_free else PairwiseCollator(pad_id)
     if cfg.objective == "regression":
-        trainer_cls, collator, metrics = PointwiseRewardTrainer, PointwiseCollator(pad_id), regression_metrics(cfg.attributes)
+        trainer_cls, collator, metrics = PointwiseRewardTrainer, pointwise_collator, regression_metrics(cfg.attributes)
     elif cfg.objective in PAIRWISE_OBJECTIVES:
-        trainer_cls, collator, metrics = PairwiseRewardTrainer, PairwiseCollator(pad_id), pairwise_metrics
+        trainer_cls, collator, metrics = PairwiseRewardTrainer, pairwise_collator, pairwise_metrics
     else:
         raise ValueError(f"objective {cfg.objective!r} is trained by `hsrm train` with the justifier trainer")
     return trainer_cls(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,

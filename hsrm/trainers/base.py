@@ -120,7 +120,8 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         params = [p for p in model.parameters() if p.grad is not None]
-        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        # One device sync for the whole model, not one per parameter.
+        finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()) if params else True
         if finite:
             self.consecutive = 0
             return
@@ -180,10 +181,13 @@ class RewardTrainerBase(Trainer):
         self.add_callback(self.nonfinite_guard)
         self.add_callback(self.graceful_stop)
 
-    def guard_nonfinite(self, loss: torch.Tensor, model) -> torch.Tensor:
-        """Kept for subclasses written before the NonFiniteGuard callback; the callback now skips
-        non-finite steps, so this returns the loss unchanged."""
-        return loss
+    def get_train_dataloader(self):
+        """``max_tokens_per_batch`` set: micro-batches filled up to a token budget (hsrm.packing)."""
+        if getattr(self.args, "max_tokens_per_batch", None):
+            from ..packing import token_budget_dataloader
+
+            return token_budget_dataloader(self)
+        return super().get_train_dataloader()
 
     def store_metrics(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

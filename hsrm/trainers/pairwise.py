@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 
 from ..losses import centering_loss, get_pairwise_loss
-from ..modeling import reward_forward, scalar_reward
+from ..modeling import scalar_reward
+from ..packing import batch_reward_forward
 from .base import RewardTrainerBase
 
 
 def split_pair_rewards(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen rewards, rejected rewards), each (n_pairs,), from a stacked pair batch."""
-    outputs = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
+    """(chosen rewards, rejected rewards), each (n_pairs,), from a stacked pair batch (padded or packed)."""
+    outputs = batch_reward_forward(model, inputs)
     rewards = scalar_reward(outputs)
     n_pairs = inputs["margin"].shape[0]
     return rewards[:n_pairs], rewards[n_pairs:]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import regression_loss
-from ..modeling import reward_forward
+from ..packing import batch_reward_forward
 from .base import RewardTrainerBase
 
 
@@ -19,7 +19,7 @@ class PointwiseRewardTrainer(RewardTrainerBase):
     """Logged: loss (MSE), mean absolute error, reward (first output) mean and std."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        predictions = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
+        predictions = batch_reward_forward(model, inputs)
         loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype))
         if model.training:
             with torch.no_grad():
@@ -34,7 +34,7 @@ class PointwiseRewardTrainer(RewardTrainerBase):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            predictions = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
+            predictions = batch_reward_forward(model, inputs)
             loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype)).detach()
         if prediction_loss_only:
             return loss, None, None
