@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-import yaml
 from transformers import TrainingArguments
+
+from .overrides import parse_overrides, read_yaml_mapping  # noqa: F401  (parse_overrides re-exported)
 
 OBJECTIVES = ("regression", "bt", "margin_bt", "scaled_bt", "justifier")
 PAIRWISE_OBJECTIVES = ("bt", "margin_bt", "scaled_bt")
@@ -92,50 +93,9 @@ class RewardConfig(TrainingArguments):
         return len(self.attributes) if self.objective == "regression" else 1
 
 
-def _coerce(text: str) -> Any:
-    """A command-line value as YAML would read it: 3 → int, 1e-6 → float, true → bool, [a, b] → list."""
-    if text.strip().lower() in ("yes", "no", "on", "off", "y", "n"):
-        return text  # YAML 1.1 would read `--save_strategy no` as False
-    value = yaml.safe_load(text)
-    if isinstance(value, str):  # PyYAML reads "1e-6" (no dot) as text
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """``--key value`` / ``--key=value`` / ``--flag`` pairs into a dict."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r}; overrides look like --key value")
-        key = token[2:].replace("-", "_")
-        if "=" in key:
-            key, raw = key.split("=", 1)
-            overrides[key] = _coerce(raw)
-            i += 1
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            overrides[key] = _coerce(argv[i + 1])
-            i += 2
-        else:
-            overrides[key] = True
-            i += 1
-    return overrides
-
-
 def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> RewardConfig:
     """A recipe YAML (or nothing) plus overrides → a validated RewardConfig."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a recipe must be a YAML mapping of config keys")
-        values.update(loaded)
+    values: dict[str, Any] = dict(read_yaml_mapping(path)) if path is not None else {}
     values.update(overrides or {})
     field_types = {f.name: str(f.type) for f in fields(RewardConfig)}
     known = set(field_types)

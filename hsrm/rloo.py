@@ -25,7 +25,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 logger = logging.getLogger("hsrm.rloo")
 
@@ -51,13 +50,9 @@ def load_rloo_recipe(path: str | Path | None, overrides: dict[str, Any] | None =
     """(RLOOSetup, trl.RLOOConfig) from a YAML recipe plus ``--key value`` overrides."""
     from trl import RLOOConfig
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: an RLOO recipe must be a YAML mapping")
-        values.update(loaded)
+    from .overrides import read_yaml_mapping
+
+    values: dict[str, Any] = dict(read_yaml_mapping(path, "an RLOO recipe")) if path is not None else {}
     values.update(overrides or {})
     setup_names = {f.name for f in fields(RLOOSetup)}
     setup = RLOOSetup(**{k: values.pop(k) for k in list(values) if k in setup_names})

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import write_jsonl
 from hsrm.data import (DataError, cross_prompt_pairs, flip_pair, in_prompt_pairs, load_preference_pairs, load_rewardbench,
-                       parse_hh_transcript, split_hh_pair)
+                       split_hh_pair)
 from hsrm.data.auto import detect_format, load_pairs_any
 
 

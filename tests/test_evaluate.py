@@ -16,16 +16,6 @@ from conftest import write_jsonl
 from hsrm.evaluate import pairwise_summary, rewardbench_scores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread; on a shared 2-core machine OpenMP spin-waiting
-    makes two threads far slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_rewardbench_sections_match_hand_computation():
     subsets = ["alpacaeval-easy", "alpacaeval-easy", "mt-bench-easy",  # Chat
                "llmbar-natural", "llmbar-natural",                      # Chat Hard

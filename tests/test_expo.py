@@ -13,16 +13,6 @@ from safetensors.torch import load_file
 from hsrm.expo import extrapolate_folder, factor_grid, fine_grid, search_factor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP's
-    spin-waiting makes two threads ~30× slower; restored afterwards for other modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def read_all(folder) -> dict[str, torch.Tensor]:
     tensors = {}
     for path in sorted(folder.glob("*.safetensors")):

@@ -10,19 +10,8 @@ import shutil
 import traceback
 
 import pytest
-import torch
 
 SECRET = "hf_SeCrEtToKeN1234567890abcdefXYZ"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread; on a shared 2-core machine OpenMP spin-waiting
-    makes two threads far slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture()

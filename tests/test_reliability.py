@@ -1,7 +1,6 @@
 """Reliability promises (issue 9): exact resume after SIGTERM or a kill, crash-safe saves, the
 non-finite guard, safe loading, token hygiene, hostile input, determinism."""
 
-import json
 import os
 import re
 import shutil

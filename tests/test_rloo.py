@@ -11,16 +11,6 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread; on a shared 2-core machine OpenMP spin-waiting
-    makes two threads far slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class RecordingScorer:
     """Passes calls through to a RewardScorer and keeps what TRL sent and got back."""
 

@@ -17,17 +17,6 @@ PROMPTS = ["How do I bake bread?", "What is the capital of France?", "Say thank 
 RESPONSES = ["Mix flour, water, yeast and salt, knead, then bake.", "Paris.", "Thank you!", "print([1, 2, 3])",
              "0 1 2 3 4 5 6 7 8 9 " * 6, "no"]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread; on a shared 2-core machine OpenMP spin-waiting
-    makes two threads far slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-
 def plain_hf_reward(model, tokenizer, messages, max_length=None) -> torch.Tensor:
     """An independent path: chat template → ids → the model's own forward on one unpadded sequence."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)

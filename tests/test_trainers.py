@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm.config import load_recipe, parse_overrides
-from hsrm.data.render import PairwiseCollator, encode
+from hsrm.data.render import PairwiseCollator
 from hsrm.modeling import reward_forward
 from hsrm.train import run_training
 
