@@ -1,0 +1,34 @@
+"""The lightweight path: reward models on a frozen backbone's embeddings.
+
+Paper: Sun et al., "Rethinking Bradley-Terry Models in Preference-Based Reward Modeling"
+(sections 3, 4, 6; appendix D). Modules: extract (embeddings + disk cache), models (BT-MLP,
+CLF-MLP, CLF-LGB), annotate (golden reward, simulated annotators, pair designs), metrics
+(Best-of-N gain, Spearman), synthetic (embeddings with a known reward), study (grid sweeps).
+Heavy pieces (transformers, lightgbm, matplotlib) are imported only where used.
+"""
+
+from .models import (  # noqa: F401
+    METHOD_NAMES,
+    EnsembleRewardModel,
+    LGBRewardModel,
+    MLPRewardModel,
+    fit_bt_mlp,
+    fit_clf_lgb,
+    fit_clf_mlp,
+    fit_ensemble,
+    fit_reward_model,
+    load_model,
+    pairs_to_pointwise,
+    save_model,
+)
+from .annotate import (  # noqa: F401
+    AnnotatedPairs,
+    ResponsePool,
+    annotate_pairs,
+    build_pairs,
+    expected_error_rate,
+    select_design,
+    simulate_annotations,
+)
+from .metrics import best_of_n_gain, evaluate_scores, per_prompt_spearman  # noqa: F401
+from .synthetic import SyntheticWorld  # noqa: F401

@@ -1,0 +1,369 @@
+"""`hsrm active` (the simulated study) and `hsrm select` (live selection for human annotators).
+
+    hsrm active recipes/studies/active_synthetic.yaml [--key value …]
+    hsrm select STATE_DIR --embeddings ITEMS.npy|POOL.npz [--pairs PAIRS.jsonl|PAIRS.npy] [options]   # first call
+    hsrm select STATE_DIR [--strategy S] [--batch-size K]                                              # every later call
+
+The `hsrm select` file protocol (docs/active.md has a worked example)
+--------------------------------------------------------------------
+STATE_DIR holds everything; nothing else is written.
+
+  state.json        the settings fixed at the first call (pool paths and shapes, model sizes,
+                    seed), the strategy and batch size of the last call, and the round counter.
+  batch_NNNN.jsonl  the pairs to annotate now, one JSON object per line:
+                      {"pair_id": 17, "first": 3, "second": 8, …fields of the pairs file…, "label": null}
+                    Annotators replace ``null`` with 1 (first preferred), 0 (second preferred) or
+                    "skip" (neither: the pair is dropped, never asked again). ``true``/``false``,
+                    "first"/"second" are accepted too. Do not change the other fields.
+  labels.jsonl      every label ingested so far: {"pair_id", "first", "second", "label", "batch"}.
+  model/            the BT-MLP trained on labels.jsonl (reload with hsrm.embedding.models.load_model).
+
+Each call: if a batch is pending, read it; when every row has a label (or ``--partial``, which
+keeps unlabelled rows in the pool), append the labels to labels.jsonl, retrain the model from
+scratch on all of them, and write the next batch, chosen by the strategy from the pairs not yet
+labelled, skipped or pending (a random subset of ``--candidates`` of them, 20,000 as in the
+paper). The first batch has no model and is chosen by ``--initial-strategy`` (random).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..overrides import parse_overrides
+from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
+
+STATE_FILE = "state.json"
+LABELS_FILE = "labels.jsonl"
+MODEL_DIR = "model"
+
+
+# ----------------------------------------------------------------------------------------------
+# hsrm active
+# ----------------------------------------------------------------------------------------------
+
+
+def active_main(argv: list[str]) -> None:
+    """`hsrm active STUDY.yaml [--key value …]`: run the simulated online study, print the table."""
+    from .loop import load_study, run_study, summary_table
+
+    if not argv or argv[0] in ("-h", "--help"):
+        from . import loop
+
+        print(loop.__doc__)
+        return
+    path, overrides = (argv[0], parse_overrides(argv[1:])) if not argv[0].startswith("--") else (None, parse_overrides(argv))
+    config = load_study(path, overrides)
+    start = time.perf_counter()
+    results = run_study(config)
+    out = Path(config.output_dir)
+    print(summary_table(results))
+    print(f"\n{len(results)} rounds from {results.groupby(['strategy', 'batch_size', 'pairing', 'seed']).ngroups} runs in "
+          f"{time.perf_counter() - start:.1f} s → {out / 'results.csv'}, {out / 'summary.md'}, "
+          + ", ".join(str(p) for p in sorted(out.glob("*.png"))))
+
+
+# ----------------------------------------------------------------------------------------------
+# hsrm select: the pool
+# ----------------------------------------------------------------------------------------------
+
+
+def load_items(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(embeddings (n, D), prompt_ids or None) from an .npy array or an .npz with ``embeddings``
+    (and optionally ``prompt_ids``, as ``hsrm embed`` writes)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings file {path} does not exist")
+    if path.suffix == ".npy":
+        embeddings = np.load(path, allow_pickle=False, mmap_mode="r")
+        prompt_ids = None
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "embeddings" not in data.files:
+                raise ValueError(f"{path}: no `embeddings` array (found {', '.join(data.files)})")
+            embeddings = data["embeddings"]
+            prompt_ids = data["prompt_ids"] if "prompt_ids" in data.files else None
+    else:
+        raise ValueError(f"{path}: embeddings must be an .npy array (n, dim) or an .npz with an `embeddings` array")
+    if embeddings.ndim != 2:
+        raise ValueError(f"{path}: embeddings must be 2-D (n, dim), got shape {embeddings.shape}")
+    return np.asarray(embeddings), prompt_ids
+
+
+def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarray | None) -> tuple[np.ndarray, list[dict]]:
+    """Candidate pairs (N, 2) and per-pair extra fields to show annotators.
+
+    ``.jsonl`` rows {"first": i, "second": j, …}: any other field (prompt, responses, ids) is
+    copied into the batch files. ``.npy``: an (N, 2) integer array. No file: every in-prompt pair
+    of the pool's ``prompt_ids`` (the .npz must carry them).
+    """
+    if path is None:
+        if prompt_ids is None:
+            raise ValueError("no --pairs given and the embeddings carry no prompt_ids to pair responses within; pass --pairs")
+        from .annotate import group_by_prompt
+        from .loop import in_prompt_candidates
+
+        pairs = in_prompt_candidates(group_by_prompt(prompt_ids))
+        return pairs, [{"prompt_id": _plain(prompt_ids[a])} for a, _ in pairs]
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    if path.suffix == ".npy":
+        pairs = np.load(path, allow_pickle=False)
+        extras = [{} for _ in range(len(pairs))]
+    else:
+        from ..data.io import read_rows
+
+        rows = read_rows(str(path))
+        firsts, seconds, extras = [], [], []
+        for index, row in enumerate(rows):
+            for name in ("first", "second"):
+                value = row.get(name)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"{path} row {index}: `{name}` must be an integer row of the embeddings, got {value!r}")
+            firsts.append(row["first"])
+            seconds.append(row["second"])
+            extras.append({k: v for k, v in row.items() if k not in ("first", "second", "label", "pair_id")})
+        pairs = np.array([firsts, seconds], dtype=np.int64).T.reshape(-1, 2)
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
+        raise ValueError(f"{path}: pairs must be (N, 2) integers, got {pairs.shape} {pairs.dtype}")
+    if len(pairs) and (pairs.min() < 0 or pairs.max() >= n_items):
+        raise ValueError(f"{path}: pairs refer to rows {pairs.min()}..{pairs.max()} but the embeddings have {n_items} rows")
+    if len(pairs) and np.any(pairs[:, 0] == pairs[:, 1]):
+        raise ValueError(f"{path}: row {int(np.flatnonzero(pairs[:, 0] == pairs[:, 1])[0])} pairs a response with itself")
+    return pairs.astype(np.int64), extras
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+LABEL_VALUES = {1: 1, 0: 0, True: 1, False: 0, "first": 1, "second": 0, "1": 1, "0": 0, "skip": "skip"}
+
+
+def parse_label(value: Any, where: str) -> int | str | None:
+    """1 (first preferred), 0 (second preferred), "skip", or None (not labelled yet)."""
+    if value is None:
+        return None
+    key = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(key, float) and key in (0.0, 1.0):
+        key = int(key)
+    if key not in LABEL_VALUES:
+        raise ValueError(f"{where}: label {value!r} is not one of 1 (first preferred), 0 (second preferred), \"skip\" or null")
+    return LABEL_VALUES[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# hsrm select: one call
+# ----------------------------------------------------------------------------------------------
+
+
+def _select_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsrm select", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("state_dir", help="folder holding state.json, batch files, labels and the model")
+    parser.add_argument("--embeddings", help="first call: .npy (n, dim) or .npz with `embeddings` (+ `prompt_ids`)")
+    parser.add_argument("--pairs", help="first call: candidate pairs, .jsonl rows {first, second, …} or an (N, 2) .npy; "
+                                        "default: all in-prompt pairs of the .npz's prompt_ids")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="selection strategy (default dopt; may change between calls)")
+    parser.add_argument("--batch-size", type=int, help="pairs per batch (default 100; may change between calls)")
+    parser.add_argument("--initial-strategy", choices=("random", "det_xtx"), default=None, help="first batch, before any model (default random)")
+    parser.add_argument("--candidates", type=int, default=None, help="random subset of the unlabelled pool scored per round (default 20000)")
+    parser.add_argument("--hidden", default=None, help="BT-MLP hidden sizes, comma-separated (default 64,64,64)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="BT-MLP epochs at most (default 30)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the selection and the model (default 0)")
+    parser.add_argument("--partial", action="store_true", help="ingest the labelled rows of a partly labelled batch; "
+                                                               "its unlabelled rows go back to the pool")
+    return parser
+
+
+def _read_state(state_dir: Path) -> dict | None:
+    path = state_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg}); fix the line and rerun") from err
+    return rows
+
+
+def select_main(argv: list[str]) -> None:
+    """`hsrm select STATE_DIR …`: ingest the pending batch's labels, retrain, write the next batch."""
+    args = _select_parser().parse_args(argv)
+    summary = select_step(
+        args.state_dir, embeddings=args.embeddings, pairs=args.pairs, strategy=args.strategy, batch_size=args.batch_size,
+        initial_strategy=args.initial_strategy, candidates=args.candidates,
+        hidden=None if args.hidden is None else [int(h) for h in str(args.hidden).split(",") if h.strip()],
+        max_epochs=args.max_epochs, seed=args.seed, partial=args.partial)
+    print(json.dumps(summary, indent=2))
+
+
+def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: str | None = None, strategy: str | None = None,
+                batch_size: int | None = None, initial_strategy: str | None = None, candidates: int | None = None,
+                hidden: list[int] | None = None, max_epochs: int | None = None, seed: int | None = None,
+                partial: bool = False) -> dict:
+    """One turn of the live protocol (module docstring); returns a summary dict (also printed by the CLI)."""
+    state_dir = Path(state_dir)
+    state = _read_state(state_dir)
+    if state is None:
+        if embeddings is None:
+            raise ValueError(f"{state_dir} has no {STATE_FILE}: the first call needs --embeddings (and --pairs unless the .npz has prompt_ids)")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        items, prompt_ids = load_items(embeddings)
+        pool_pairs, extras = load_pool_pairs(pairs, len(items), prompt_ids)
+        state = {
+            "embeddings": str(Path(embeddings).resolve()), "pairs": None if pairs is None else str(Path(pairs).resolve()),
+            "n_items": int(len(items)), "dim": int(items.shape[1]), "n_pairs": int(len(pool_pairs)),
+            "strategy": strategy or "dopt", "batch_size": int(batch_size or 100), "initial_strategy": initial_strategy or "random",
+            "candidates": int(candidates or 20000), "hidden": hidden or [64, 64, 64], "max_epochs": int(max_epochs or 30),
+            "seed": int(seed or 0), "selection": {}, "round": 0, "pending": None, "skipped": [],
+        }
+    else:
+        for name, value in (("embeddings", embeddings), ("pairs", pairs), ("hidden", hidden), ("seed", seed)):
+            if value is not None:
+                raise ValueError(f"--{name} is fixed at the first call ({state.get(name)!r}); start a new STATE_DIR to change it")
+        items, prompt_ids = load_items(state["embeddings"])
+        if items.shape != (state["n_items"], state["dim"]):
+            raise ValueError(f"{state['embeddings']} changed since the first call: shape {items.shape}, expected {(state['n_items'], state['dim'])}")
+        pool_pairs, extras = load_pool_pairs(state["pairs"], len(items), prompt_ids)
+        if len(pool_pairs) != state["n_pairs"]:
+            raise ValueError(f"the pairs changed since the first call: {len(pool_pairs)} rows, expected {state['n_pairs']}")
+        for name, value in (("strategy", strategy), ("batch_size", batch_size), ("candidates", candidates), ("max_epochs", max_epochs)):
+            if value is not None:
+                state[name] = value
+    check_strategy(state["strategy"])
+    if state["batch_size"] < 1:
+        raise ValueError(f"--batch-size must be positive, got {state['batch_size']}")
+
+    pending_before = state["pending"]
+    ingested = _ingest_pending(state_dir, state, pool_pairs, partial)
+    if state["pending"] != pending_before:
+        # record the ingestion at once, so a crash while retraining never ingests the batch twice
+        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    labels = _read_jsonl(state_dir / LABELS_FILE)
+    model = None
+    train_seconds = None
+    if ingested or (labels and not (state_dir / MODEL_DIR / "config.json").exists()):
+        model, train_seconds = _retrain(state_dir, state, items, labels)
+    elif labels:
+        from .models import load_model
+
+        model = load_model(state_dir / MODEL_DIR)
+
+    # the pool still open: not labelled, not skipped (pending was just ingested or is re-chosen)
+    closed = np.zeros(len(pool_pairs), dtype=bool)
+    closed[[row["pair_id"] for row in labels]] = True
+    closed[state["skipped"]] = True
+    open_ids = np.flatnonzero(~closed)
+    summary = {"state_dir": str(state_dir), "labels": len(labels), "ingested_now": ingested, "open_pairs": int(len(open_ids))}
+    if train_seconds is not None:
+        summary["train_seconds"] = round(train_seconds, 2)
+    if state["pending"] is not None:
+        summary["pending"] = state["pending"]
+        summary["message"] = "the pending batch is not fully labelled yet; label it (or pass --partial) and call again"
+        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        return summary
+    if len(open_ids) == 0:
+        summary["message"] = "every pair of the pool is labelled or skipped; nothing left to select"
+        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        return summary
+
+    rng = np.random.default_rng([state["seed"], state["round"]])
+    if len(open_ids) > state["candidates"]:
+        open_ids = np.sort(rng.choice(open_ids, size=state["candidates"], replace=False))
+    k = min(state["batch_size"], len(open_ids))
+    strategy = state["strategy"] if model is not None else state["initial_strategy"]
+    labelled_ids = np.array([row["pair_id"] for row in labels], dtype=np.int64)
+    start = time.perf_counter()
+    chosen = select_pairs(model, CandidatePairs(items, pool_pairs[open_ids]), k, strategy,
+                          labelled=CandidatePairs(items, pool_pairs[labelled_ids]) if len(labelled_ids) else None,
+                          seed=rng, options=SelectionOptions(**state["selection"]))
+    select_seconds = time.perf_counter() - start
+    chosen_ids = open_ids[chosen]
+    state["round"] += 1
+    batch_path = state_dir / f"batch_{state['round']:04d}.jsonl"
+    lines = []
+    for pair_id in chosen_ids:
+        first, second = (int(x) for x in pool_pairs[pair_id])
+        lines.append(json.dumps({"pair_id": int(pair_id), "first": first, "second": second, **extras[pair_id], "label": None}))
+    _write_atomic(batch_path, "\n".join(lines) + "\n")
+    state["pending"] = batch_path.name
+    _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    summary.update({"batch_file": str(batch_path), "batch_size": int(k), "strategy": strategy,
+                    "select_seconds": round(select_seconds, 3), "round": state["round"]})
+    return summary
+
+
+def _ingest_pending(state_dir: Path, state: dict, pool_pairs: np.ndarray, partial: bool) -> int:
+    """Move the labels of the pending batch into labels.jsonl; returns how many were ingested.
+    Leaves ``state['pending']`` set when the batch is not fully labelled and ``partial`` is off."""
+    if state["pending"] is None:
+        return 0
+    path = state_dir / state["pending"]
+    if not path.exists():
+        raise FileNotFoundError(f"the pending batch {path} is missing; restore it (state.json points to it)")
+    rows = _read_jsonl(path)
+    parsed = []
+    for number, row in enumerate(rows, 1):
+        where = f"{path} line {number}"
+        pair_id = row.get("pair_id")
+        if not isinstance(pair_id, int) or not 0 <= pair_id < len(pool_pairs):
+            raise ValueError(f"{where}: `pair_id` {pair_id!r} is not a pair of the pool; do not edit it")
+        if [row.get("first"), row.get("second")] != [int(x) for x in pool_pairs[pair_id]]:
+            raise ValueError(f"{where}: `first`/`second` do not match pair {pair_id} of the pool; do not edit them")
+        parsed.append((pair_id, parse_label(row.get("label"), where)))
+    missing = sum(label is None for _, label in parsed)
+    if missing and not partial:
+        return 0
+    batch_number = int(path.stem.split("_")[-1])
+    already = {row["pair_id"] for row in _read_jsonl(state_dir / LABELS_FILE)}
+    with open(state_dir / LABELS_FILE, "a", encoding="utf-8") as handle:
+        for pair_id, label in parsed:
+            if label in (0, 1) and pair_id not in already:
+                first, second = (int(x) for x in pool_pairs[pair_id])
+                handle.write(json.dumps({"pair_id": pair_id, "first": first, "second": second, "label": label, "batch": batch_number}) + "\n")
+    state["skipped"] = sorted(set(state["skipped"]) | {pair_id for pair_id, label in parsed if label == "skip"})
+    state["pending"] = None
+    return sum(label in (0, 1) and pair_id not in already for pair_id, label in parsed)
+
+
+def _retrain(state_dir: Path, state: dict, items: np.ndarray, labels: list[dict]):
+    """Fit the BT-MLP from scratch on every label and save it to STATE_DIR/model."""
+    from .models import fit_bt_mlp, save_model
+
+    if len(labels) < 2:
+        return None, None
+    first = np.array([row["first"] for row in labels], dtype=np.int64)
+    second = np.array([row["second"] for row in labels], dtype=np.int64)
+    wins = np.array([row["label"] == 1 for row in labels])
+    start = time.perf_counter()
+    model = fit_bt_mlp(np.asarray(items[first]), np.asarray(items[second]), wins, hidden=tuple(state["hidden"]),
+                       max_epochs=state["max_epochs"], seed=state["seed"])
+    seconds = time.perf_counter() - start
+    save_model(model, state_dir / MODEL_DIR)
+    return model, seconds
+
+
+if __name__ == "__main__":  # python -m hsrm.embedding.active_cli select STATE …
+    verb, rest = sys.argv[1], sys.argv[2:]
+    (select_main if verb == "select" else active_main)(rest)

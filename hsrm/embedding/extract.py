@@ -1,0 +1,402 @@
+"""Embeddings of (prompt, response) pairs from a frozen backbone, with a resumable disk cache.
+
+An embedding is the hidden state of the *last real token* (the last position whose attention
+mask is 1) of the conversation rendered by the tokenizer's chat template and left-truncated to
+``max_length`` — exactly the tokens and the position the full-LLM reward model reads
+(hsrm.data.render.encode, hsrm.modeling.last_token_index), so the two paths see the same input.
+Paper: Sun et al. (2024), appendix D.4 (Gemma-2b embeddings of every generated response).
+
+Layers: ``layer=-1`` (default) is the final, normalised hidden state (what a score head sees);
+``layer=k`` for 0 ≤ k ≤ L is ``hidden_states[k]`` (0 = token embeddings), negative values count
+from the end of that list.
+
+Cache layout (append-only, safe to interrupt)::
+
+    CACHE/<model key>/layer_<k>/<shard>.vectors.npy   (n, d) float32, written first
+    CACHE/<model key>/layer_<k>/<shard>.keys.npy      (n,) sha256 of the token ids, written last
+
+A shard counts only once its keys file exists (written by atomic rename), so a run killed midway
+loses at most the texts since the last flush; the next run embeds only keys not yet present. The
+model key hashes the resolved model path, its config.json, the size and mtime of its weight files
+and the compute dtype: retraining a folder in place starts a fresh cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_EVERY = 512  # texts per cache shard: bounds what an interruption can lose
+
+
+def text_key(token_ids: Sequence[int]) -> str:
+    """Cache key of one input: sha256 of its final token ids (template and truncation included)."""
+    return hashlib.sha256(np.asarray(token_ids, dtype=np.int64).tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- the cache
+
+
+class EmbeddingCache:
+    """Append-only store of embeddings for one (model, layer), keyed by :func:`text_key`."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._where: dict[str, tuple[Path, int]] = {}  # key → (vectors file, row)
+        self._open: dict[Path, np.ndarray] = {}
+        for keys_file in sorted(self.folder.glob("*.keys.npy")):
+            vectors_file = keys_file.with_name(keys_file.name.replace(".keys.npy", ".vectors.npy"))
+            if not vectors_file.exists():
+                logger.warning("cache shard %s has keys but no vectors; ignored", keys_file)
+                continue
+            for row, key in enumerate(np.load(keys_file, allow_pickle=False)):
+                self._where[str(key)] = (vectors_file, row)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Vectors of ``keys`` (all must be present), shape (len(keys), d)."""
+        rows = []
+        for key in keys:
+            path, row = self._where[key]
+            if path not in self._open:
+                self._open[path] = np.load(path, mmap_mode="r", allow_pickle=False)
+            rows.append(np.asarray(self._open[path][row], dtype=np.float32))
+        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Append one shard. Vectors are written before keys, each by atomic rename."""
+        if len(keys) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(keys) != len(vectors):
+            raise ValueError(f"EmbeddingCache.put: {len(keys)} keys for {len(vectors)} vectors")
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        vectors_file = self.folder / f"{stem}.vectors.npy"
+        keys_file = self.folder / f"{stem}.keys.npy"
+        _atomic_save(vectors_file, vectors)
+        _atomic_save(keys_file, np.asarray(list(keys), dtype="U64"))
+        for row, key in enumerate(keys):
+            self._where[str(key)] = (vectors_file, row)
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npy")
+    np.save(tmp, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def model_cache_key(model_path: str, dtype_name: str) -> str:
+    """A readable, collision-safe folder name for a backbone at a compute dtype."""
+    digest = hashlib.sha256()
+    digest.update(os.path.abspath(model_path).encode() if os.path.isdir(model_path) else model_path.encode())
+    digest.update(dtype_name.encode())
+    if os.path.isdir(model_path):
+        config = Path(model_path) / "config.json"
+        if config.exists():
+            digest.update(config.read_bytes())
+        for weights in sorted(Path(model_path).glob("*.safetensors")):
+            stat = weights.stat()
+            digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_path.rstrip("/")).name)[:40] or "model"
+    return f"{name}-{dtype_name}-{digest.hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------- the backbone
+
+
+@dataclass
+class Backbone:
+    """A frozen transformer body (no head), its tokenizer, and where and how it runs."""
+
+    model: object
+    tokenizer: object
+    path: str
+    device: str
+    dtype_name: str
+
+    @property
+    def num_hidden_states(self) -> int:
+        """Entries of ``hidden_states``: the token embeddings plus one per layer."""
+        return int(self.model.config.num_hidden_layers) + 1
+
+    def resolve_layer(self, layer: int) -> int:
+        """Layer index in [0, L]; −1 is the last (L)."""
+        n = self.num_hidden_states
+        index = layer if layer >= 0 else n + layer
+        if not 0 <= index < n:
+            raise ValueError(f"layer {layer} is out of range for a model with {n - 1} layers (use −{n}…{n - 1})")
+        return index
+
+    def cache_key(self) -> str:
+        return model_cache_key(self.path, self.dtype_name)
+
+
+def load_backbone(name_or_path: str | None = None, *, device: str | None = None, dtype: str | None = None) -> Backbone:
+    """The base model (``AutoModel``) of any decoder or sequence-classifier folder, frozen, in eval
+    mode; bf16 on GPU and fp32 on CPU unless ``dtype`` says otherwise."""
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from ..modeling import check_model_folder, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(name_or_path)
+    check_model_folder(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    torch_dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+                   "float32": torch.float32, "fp32": torch.float32}.get(dtype_name)
+    if torch_dtype is None:
+        raise ValueError(f"dtype {dtype_name!r}: choose bfloat16, float16 or float32")
+    dtype_name = str(torch_dtype).replace("torch.", "")
+    # A sequence-classifier folder carries a score head that AutoModel does not use: expected, not news.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.to(device).eval().requires_grad_(False)
+    return Backbone(model, load_tokenizer(path), path, device, dtype_name)
+
+
+# ---------------------------------------------------------------- embedding
+
+
+@dataclass
+class EmbedReport:
+    """What one call did: inputs, distinct inputs, found in the cache, computed, forward passes."""
+
+    inputs: int = 0
+    distinct: int = 0
+    from_cache: int = 0
+    computed: int = 0
+    forward_passes: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    cache_folder: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{self.inputs} inputs ({self.distinct} distinct): {self.from_cache} from cache, {self.computed} embedded "
+                f"in {self.forward_passes} batches, {self.truncated} left-truncated, {self.seconds:.1f} s")
+
+
+def _last_token_states(backbone: Backbone, sequences: list[list[int]], layer_index: int):
+    import torch
+
+    from ..data.render import pad_sequences
+    from ..modeling import last_token_index
+
+    pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
+    input_ids, mask = pad_sequences(sequences, pad_id, side="right")
+    input_ids, mask = input_ids.to(backbone.device), mask.to(backbone.device)
+    last_layer = layer_index == backbone.num_hidden_states - 1
+    with torch.inference_mode():
+        out = backbone.model(input_ids=input_ids, attention_mask=mask, use_cache=False, output_hidden_states=not last_layer)
+        hidden = out.last_hidden_state if last_layer else out.hidden_states[layer_index]
+        index = last_token_index(mask)
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+    return picked.float().cpu().numpy()
+
+
+def embed_conversations(backbone: Backbone, prompts: Sequence, responses: Sequence[str], *, layer: int = -1,
+                        max_length: int | None = 1024, batch_size: int = 16, cache_dir: str | os.PathLike | None = None,
+                        flush_every: int = DEFAULT_FLUSH_EVERY) -> tuple[np.ndarray, EmbedReport]:
+    """(n, d) float32 embeddings of prompt + response conversations, and a report.
+
+    prompts: chat-message lists (or plain strings, taken as one user turn); responses: strings.
+    Identical inputs are embedded once; with ``cache_dir`` only inputs missing from the cache are
+    embedded, in length-sorted batches (longest first, so memory problems show at once), and
+    flushed to the cache every ``flush_every`` texts.
+    """
+    from tqdm.auto import tqdm
+
+    from ..data.messages import to_messages
+    from ..data.render import TruncationStats, encode
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"embed: {len(prompts)} prompts but {len(responses)} responses")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    start = time.perf_counter()
+    layer_index = backbone.resolve_layer(layer)
+    stats = TruncationStats()
+    token_ids = [encode(backbone.tokenizer, to_messages(p), r, max_length, stats) for p, r in zip(prompts, responses)]
+    keys = [text_key(ids) for ids in token_ids]
+    report = EmbedReport(inputs=len(keys), truncated=stats.truncated)
+    first_row = {}
+    for row, key in enumerate(keys):
+        first_row.setdefault(key, row)
+    report.distinct = len(first_row)
+
+    cache = None
+    if cache_dir is not None:
+        cache = EmbeddingCache(Path(cache_dir) / backbone.cache_key() / f"layer_{layer_index}")
+        report.cache_folder = str(cache.folder)
+    vectors: dict[str, np.ndarray] = {}
+    missing = [k for k in first_row if cache is None or k not in cache]
+    report.from_cache = report.distinct - len(missing)
+    missing.sort(key=lambda k: -len(token_ids[first_row[k]]))
+
+    pending_keys: list[str] = []
+    pending_vectors: list[np.ndarray] = []
+
+    def flush():
+        if cache is not None and pending_keys:
+            cache.put(pending_keys, np.concatenate(pending_vectors))
+        pending_keys.clear()
+        pending_vectors.clear()
+
+    try:
+        for lo in tqdm(range(0, len(missing), batch_size), desc=f"embed (layer {layer_index})", unit="batch",
+                       leave=False, disable=None):
+            batch_keys = missing[lo:lo + batch_size]
+            states = _last_token_states(backbone, [token_ids[first_row[k]] for k in batch_keys], layer_index)
+            report.forward_passes += 1
+            report.computed += len(batch_keys)
+            for key, vec in zip(batch_keys, states):
+                vectors[key] = vec
+            pending_keys.extend(batch_keys)
+            pending_vectors.append(states)
+            if len(pending_keys) >= flush_every:
+                flush()
+    finally:
+        flush()  # what was computed survives an interruption (KeyboardInterrupt included)
+
+    cached_keys = [k for k in first_row if k not in vectors]
+    if cached_keys:
+        for key, vec in zip(cached_keys, cache.get(cached_keys)):
+            vectors[key] = vec
+    dim = next(iter(vectors.values())).shape[-1] if vectors else 0
+    out = np.empty((len(keys), dim), dtype=np.float32)
+    for row, key in enumerate(keys):
+        out[row] = vectors[key]
+    report.seconds = time.perf_counter() - start
+    logger.info("embed: %s", report.summary())
+    return out, report
+
+
+# ---------------------------------------------------------------- files in, .npz out
+
+
+@dataclass
+class EmbeddedData:
+    """What ``hsrm embed`` writes: one row per response, prompts grouped, pairs when the input had them."""
+
+    embeddings: np.ndarray
+    prompt_ids: np.ndarray
+    golden: np.ndarray | None = None
+    pair_first: np.ndarray | None = None
+    pair_second: np.ndarray | None = None
+    pair_first_wins: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        arrays = {"embeddings": self.embeddings, "prompt_ids": self.prompt_ids, "meta": np.asarray(json.dumps(self.meta))}
+        for name in ("golden", "pair_first", "pair_second", "pair_first_wins"):
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = value
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "EmbeddedData":
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such embeddings file (write one with `hsrm embed`)")
+        with np.load(path, allow_pickle=False) as data:
+            if "embeddings" not in data.files or "prompt_ids" not in data.files:
+                raise ValueError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
+            get = lambda name: data[name] if name in data.files else None  # noqa: E731
+            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+            return cls(data["embeddings"], data["prompt_ids"], get("golden"), get("pair_first"), get("pair_second"),
+                       get("pair_first_wins"), meta)
+
+    @property
+    def has_pairs(self) -> bool:
+        return self.pair_first is not None
+
+    def pool(self):
+        """As a :class:`ResponsePool` (needs golden rewards)."""
+        from .annotate import ResponsePool
+
+        if self.golden is None:
+            raise ValueError("these embeddings carry no golden reward; embed with --golden-column or --golden-model")
+        return ResponsePool(self.embeddings, self.golden, self.prompt_ids)
+
+
+def _prompt_key(prompt) -> str:
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def read_conversations(source: str, *, limit: int | None = None, golden_column: str | None = None):
+    """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included) or of
+    single responses (``prompt``, ``response``[, golden column]).
+
+    Returns (prompts, responses, prompt_ids, golden or None, pairs or None) where pairs is
+    (first, second, first_wins) indexing the responses (chosen first, so first_wins is all True).
+    """
+    from ..data.io import DataError, read_rows
+    from ..data.messages import response_text, to_messages
+
+    rows = read_rows(source)
+    if not rows:
+        raise ValueError(f"{source}: no rows")
+    first = rows[0] if isinstance(rows[0], dict) else {}
+    prompts, responses, golden = [], [], []
+    prompt_index: dict[str, int] = {}
+    prompt_ids = []
+
+    def add(prompt, response, score=None):
+        key = _prompt_key(prompt)
+        prompt_ids.append(prompt_index.setdefault(key, len(prompt_index)))
+        prompts.append(prompt)
+        responses.append(response)
+        golden.append(score)
+
+    if "chosen" in first and "rejected" in first:
+        from ..data.auto import load_pairs_any
+
+        pairs = load_pairs_any(source, limit=limit)
+        firsts, seconds = [], []
+        for row in pairs:
+            firsts.append(len(responses))
+            add(row["prompt"], row["chosen"])
+            seconds.append(len(responses))
+            add(row["prompt"], row["rejected"])
+        pair_arrays = (np.asarray(firsts), np.asarray(seconds), np.ones(len(firsts), dtype=bool))
+        golden_array = None
+        if golden_column:
+            raise ValueError("--golden-column applies to single-response rows; for pairs use --golden-model")
+    else:
+        if "response" not in first:
+            raise ValueError(f"{source}: rows need `prompt` + `response` (or `chosen` + `rejected`); found {sorted(first)}")
+        for index, row in enumerate(rows[:limit] if limit else rows):
+            score = None
+            if golden_column:
+                if golden_column not in row or not isinstance(row[golden_column], (int, float)) or isinstance(row[golden_column], bool):
+                    raise DataError(source, index, golden_column, "missing or not a number (the golden reward column)")
+                score = float(row[golden_column])
+            add(to_messages(row.get("prompt"), source, index), response_text(row.get("response"), source, index), score)
+        pair_arrays = None
+        golden_array = np.asarray(golden, dtype=np.float64) if golden_column else None
+    return prompts, responses, np.asarray(prompt_ids, dtype=np.int64), golden_array, pair_arrays

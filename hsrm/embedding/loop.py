@@ -1,0 +1,436 @@
+"""The online active-annotation loop of Shen, Sun & Ton (2025), section 5 and figure 2.
+
+Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` overrides any field).
+
+Each run (strategy × annotation batch size × pairing × seed) repeats, round after round:
+
+1. draw ``prompts_per_round`` (500) training prompts;
+2. form candidate pairs among their responses: *in-prompt*, every pair of a prompt's responses
+   (45 for 10 responses); *cross-prompt*, random pairs of responses to different prompts; keep
+   ``candidates_per_round`` (20,000) of them at random, never a pair already annotated;
+3. choose a batch (125, 250, 500 or 1,000) with the strategy, using the model of the previous
+   round (the first batch, with no model yet, is ``initial_strategy``, random by default);
+4. label it with the simulated annotator, correct with probability σ(β|Δr_golden|);
+5. retrain the BT-MLP on every label so far (from scratch, as the paper retrains "the entire model");
+6. evaluate on held-out prompts: 1 − Spearman (per prompt, averaged) and the Best-of-N reward.
+
+For one seed every strategy sees the same prompts and candidate pools each round and the same
+first batch (separate random streams for data, selection and annotation), so differences
+between the lines of the plots come from the selection, not from luck of the draw.
+
+Outputs in ``output_dir``: ``results.csv`` (one row per run and round), ``summary.md`` (mean ±
+sd over seeds at the final round), ``efficiency.png`` (metric against annotations, one line
+per strategy, bands = ± one sd over seeds: the paper's figures 3 and 5), and when swept,
+``batch_sizes.png`` (figure 4) and ``pairings.png`` (appendix A.3). Finished runs are kept in
+``runs/`` and skipped when the study is run again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
+
+PAIRINGS = ("in-prompt", "cross-prompt")
+METRICS = {  # column → (label, lower is better)
+    "one_minus_spearman": ("1 − Spearman (lower is better)", True),
+    "bon_reward": ("Best-of-N golden reward (higher is better)", False),
+}
+
+
+@dataclass
+class ActiveStudyConfig:
+    """One YAML file of ``recipes/studies/`` = one of these; every key is a field here."""
+
+    # --- data: a ResponsePool .npz (`hsrm embed` with a golden reward) or a synthetic world
+    pool: str | None = None  # path to embeddings/golden/prompt_ids .npz; None → synthetic data
+    test_fraction: float = 0.1  # real pool: share of prompts held out for evaluation
+    synthetic: dict = field(default_factory=dict)  # SyntheticWorld fields (dim, latent_dim, …)
+    train_prompts: int = 4000  # synthetic: training prompts
+    responses_per_prompt: int = 10  # synthetic: responses per training prompt (paper: 10)
+    test_prompts: int = 100  # synthetic: held-out prompts
+    test_responses: int = 500  # synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)
+    # --- the loop (paper section 5.1)
+    strategies: list = field(default_factory=lambda: list(STRATEGIES))
+    batch_sizes: list = field(default_factory=lambda: [500])  # annotations per round (paper: 125, 250, 500, 1000)
+    pairings: list = field(default_factory=lambda: ["in-prompt"])  # in-prompt and/or cross-prompt
+    seeds: list = field(default_factory=lambda: [0, 1, 2])  # repetitions (paper: 5)
+    annotations: int = 5000  # budget per run; rounds = annotations // batch size
+    prompts_per_round: int = 500  # prompts drawn each round (paper: 500)
+    candidates_per_round: int = 20000  # candidate pairs kept each round (paper: 20,000)
+    initial_strategy: str = "random"  # the first batch, chosen before any model exists
+    beta: float = 1.0  # annotator quality: P(correct) = σ(β·|Δr|)
+    # --- the reward model, retrained every round
+    hidden: list = field(default_factory=lambda: [64, 64, 64])  # paper section 5.1 / A.4: three hidden layers of 64
+    lr: float = 1e-3  # Adam learning rate
+    max_epochs: int = 30  # upper bound; early stopping usually ends sooner
+    patience: int = 3  # epochs without validation improvement before stopping
+    train_batch_size: int = 256  # pairs per Adam step
+    warm_start: bool = False  # True: start each round from the previous model instead of from scratch
+    selection: dict = field(default_factory=dict)  # SelectionOptions fields (ridge, batchbald_samples, …)
+    # --- running
+    output_dir: str = "active_study"  # results, plots and finished runs go here
+    workers: int = 1  # runs in parallel processes (each uses one thread)
+
+    def __post_init__(self):
+        for name in self.strategies:
+            check_strategy(name)
+        check_strategy(self.initial_strategy)
+        if self.initial_strategy not in ("random", "det_xtx"):
+            raise ValueError(f"initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the first batch), got {self.initial_strategy!r}")
+        for pairing in self.pairings:
+            if pairing not in PAIRINGS:
+                raise ValueError(f"unknown pairing {pairing!r}; choose from {', '.join(PAIRINGS)}")
+        if not self.strategies or not self.batch_sizes or not self.pairings or not self.seeds:
+            raise ValueError("strategies, batch_sizes, pairings and seeds must each list at least one value")
+        for size in self.batch_sizes:
+            if int(size) < 1:
+                raise ValueError(f"batch sizes must be positive, got {size}")
+            if int(size) > self.annotations:
+                raise ValueError(f"batch size {size} exceeds the annotation budget {self.annotations}; raise `annotations`")
+            if int(size) > self.candidates_per_round:
+                raise ValueError(f"batch size {size} exceeds candidates_per_round {self.candidates_per_round}")
+        if self.prompts_per_round < 2:
+            raise ValueError(f"prompts_per_round must be ≥ 2, got {self.prompts_per_round}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be ≥ 0, got {self.beta}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be ≥ 1, got {self.workers}")
+        self.selection_options()  # validate early
+
+    def selection_options(self) -> SelectionOptions:
+        known = {f.name for f in fields(SelectionOptions)}
+        unknown = sorted(set(self.selection) - known)
+        if unknown:
+            raise ValueError(f"selection: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return SelectionOptions(**self.selection)
+
+
+def load_study(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ActiveStudyConfig:
+    """A study YAML plus ``--key value`` overrides → a validated config (unknown keys are an error)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"study file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a study file must be a YAML mapping of config keys")
+        values.update(loaded)
+    values.update(overrides or {})
+    known = {f.name for f in fields(ActiveStudyConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        import difflib
+
+        hints = [k + (f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else "") for k in unknown]
+        raise ValueError(f"unknown study keys: {', '.join(hints)}")
+    for name in ("strategies", "batch_sizes", "pairings", "seeds", "hidden"):
+        if name in values and not isinstance(values[name], (list, tuple)):
+            values[name] = [values[name]]  # `--strategies dopt` means a list of one
+    return ActiveStudyConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: train / test response pools
+# ----------------------------------------------------------------------------------------------
+
+
+def load_pools(config: ActiveStudyConfig, seed: int = 0):
+    """(train, test) ``ResponsePool``s: the synthetic world's, or the .npz pool split by prompt."""
+    from .annotate import ResponsePool
+
+    if config.pool is not None:
+        path = Path(config.pool)
+        if not path.exists():
+            raise FileNotFoundError(f"pool {path} does not exist (write one with `hsrm embed … --golden-…`)")
+        return ResponsePool.load(path).split_by_prompt(config.test_fraction, rng=seed)
+    from .synthetic import SyntheticWorld
+
+    world = SyntheticWorld(**config.synthetic)
+    return world.train_test(config.train_prompts, config.test_prompts, config.responses_per_prompt, config.test_responses, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Candidate pairs of a round
+# ----------------------------------------------------------------------------------------------
+
+
+def in_prompt_candidates(groups: Sequence[np.ndarray]) -> np.ndarray:
+    """Every unordered pair of responses within each prompt: (Σ n_p(n_p−1)/2, 2) item indices."""
+    blocks = []
+    for members in groups:
+        if len(members) >= 2:
+            a, b = np.triu_indices(len(members), k=1)
+            blocks.append(np.stack([members[a], members[b]], axis=1))
+    return np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
+
+
+def cross_prompt_candidates(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_pairs`` distinct random pairs of responses answering different prompts."""
+    if len(np.unique(prompt_ids[members])) < 2:
+        raise ValueError("cross-prompt candidates need responses to at least two prompts")
+    found: dict[tuple[int, int], None] = {}
+    possible = len(members) * (len(members) - 1) // 2
+    for _ in range(100):
+        draw = members[rng.integers(len(members), size=(2 * (n_pairs - len(found)) + 16, 2))]
+        draw = draw[prompt_ids[draw[:, 0]] != prompt_ids[draw[:, 1]]]
+        for a, b in draw:
+            key = (int(min(a, b)), int(max(a, b)))
+            if key not in found:
+                found[key] = None
+                if len(found) == n_pairs:
+                    break
+        if len(found) >= min(n_pairs, possible):
+            break
+    return np.array(list(found), dtype=np.int64).reshape(-1, 2)
+
+
+def round_candidates(prompt_groups: Sequence[np.ndarray], prompt_ids: np.ndarray, pairing: str, prompts_per_round: int,
+                     n_candidates: int, rng: np.random.Generator) -> np.ndarray:
+    """The candidate pairs of one round: draw prompts, pair their responses, keep ``n_candidates``
+    at random, each in a random order (position carries no information)."""
+    chosen = rng.choice(len(prompt_groups), size=min(prompts_per_round, len(prompt_groups)), replace=False)
+    groups = [prompt_groups[i] for i in chosen]
+    if pairing == "in-prompt":
+        pairs = in_prompt_candidates(groups)
+        if len(pairs) > n_candidates:
+            pairs = pairs[rng.choice(len(pairs), size=n_candidates, replace=False)]
+    else:
+        pairs = cross_prompt_candidates(np.concatenate(groups), prompt_ids, n_candidates, rng)
+    swap = rng.random(len(pairs)) < 0.5
+    return np.where(swap[:, None], pairs[:, ::-1], pairs)
+
+
+def _pair_keys(pairs: np.ndarray, n_items: int) -> np.ndarray:
+    """One integer per unordered pair, to find pairs already annotated."""
+    return np.minimum(pairs[:, 0], pairs[:, 1]) * n_items + np.maximum(pairs[:, 0], pairs[:, 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunKey:
+    strategy: str
+    batch_size: int
+    pairing: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}__b{self.batch_size}__{self.pairing}__s{self.seed}"
+
+
+def best_of_n_reward(scores: np.ndarray, golden: np.ndarray, prompt_ids: np.ndarray) -> float:
+    """Mean over prompts of the golden reward of the response the model ranks first (section 5.1)."""
+    from .annotate import group_by_prompt
+
+    return float(np.mean([golden[m][np.argmax(scores[m])] for m in group_by_prompt(prompt_ids)]))
+
+
+def evaluate_model(model, test) -> dict:
+    """1 − Spearman (per test prompt, averaged), Best-of-N reward and gain on the held-out pool."""
+    from .metrics import evaluate_scores
+
+    scores = model.score(test.embeddings)
+    metrics = evaluate_scores(scores, test.golden, test.prompt_ids)
+    return {"one_minus_spearman": 1.0 - metrics["spearman"], "spearman": metrics["spearman"],
+            "bon_reward": best_of_n_reward(scores, test.golden, test.prompt_ids), "bon_gain": metrics["bon_gain"],
+            "bon_gain_fraction": metrics["bon_gain_fraction"]}
+
+
+def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bool = True) -> list[dict]:
+    """One strategy's online loop; returns one record per round."""
+    from tqdm.auto import tqdm
+
+    from .annotate import group_by_prompt, observed_error_rate, simulate_annotations
+    from .models import fit_bt_mlp
+
+    data_rng = np.random.default_rng([key.seed, 11])  # prompts and candidates: shared by all strategies
+    label_rng = np.random.default_rng([key.seed, 12])  # the annotator
+    select_rng = np.random.default_rng([key.seed, 13])  # the selection's own randomness
+    first_rng = np.random.default_rng([key.seed, 14])  # the first batch, identical for every strategy
+    options = config.selection_options()
+    groups = group_by_prompt(train.prompt_ids)
+    n_items = len(train.golden)
+    labelled = np.zeros((0, 2), dtype=np.int64)
+    wins = np.zeros(0, dtype=bool)
+    model = None
+    records = []
+    rounds = config.annotations // key.batch_size
+    for round_index in tqdm(range(rounds), desc=key.name, leave=False, disable=None if progress else True):
+        candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round, config.candidates_per_round, data_rng)
+        fresh = ~np.isin(_pair_keys(candidates, n_items), _pair_keys(labelled, n_items))
+        candidates = candidates[fresh]
+        if len(candidates) < key.batch_size:
+            raise ValueError(f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of {key.batch_size}; "
+                             "raise prompts_per_round or lower the batch size")
+        start = time.perf_counter()
+        if model is None:
+            chosen = select_pairs(None, CandidatePairs(train.embeddings, candidates), key.batch_size, config.initial_strategy,
+                                  seed=first_rng, options=options)
+        else:
+            chosen = select_pairs(model, CandidatePairs(train.embeddings, candidates), key.batch_size, key.strategy,
+                                  labelled=CandidatePairs(train.embeddings, labelled), seed=select_rng, options=options)
+        select_seconds = time.perf_counter() - start
+        batch = candidates[chosen]
+        batch_wins = simulate_annotations(train.golden[batch[:, 0]], train.golden[batch[:, 1]], config.beta, label_rng)
+        labelled = np.concatenate([labelled, batch])
+        wins = np.concatenate([wins, batch_wins])
+        start = time.perf_counter()
+        model = fit_bt_mlp(train.embeddings[labelled[:, 0]], train.embeddings[labelled[:, 1]], wins, hidden=tuple(config.hidden),
+                           lr=config.lr, max_epochs=config.max_epochs, patience=config.patience,
+                           batch_size=config.train_batch_size, seed=key.seed * 10007 + round_index,
+                           init=model if config.warm_start else None)
+        train_seconds = time.perf_counter() - start
+        golden_first, golden_second = train.golden[batch[:, 0]], train.golden[batch[:, 1]]
+        records.append({
+            **asdict(key), "round": round_index + 1, "annotations": len(labelled), **evaluate_model(model, test),
+            "batch_error_rate": observed_error_rate(golden_first, golden_second, batch_wins),
+            "batch_mean_abs_delta": float(np.mean(np.abs(golden_first - golden_second))),
+            "candidates": len(candidates), "select_seconds": select_seconds, "train_seconds": train_seconds,
+        })
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# The study: all runs, the table, the plots
+# ----------------------------------------------------------------------------------------------
+
+
+def study_runs(config: ActiveStudyConfig) -> list[RunKey]:
+    return [RunKey(s, int(b), p, int(seed)) for seed in config.seeds for p in config.pairings for b in config.batch_sizes
+            for s in config.strategies]
+
+
+def _run_in_worker(args) -> tuple[str, list[dict]]:
+    config, key, data_seed = args
+    import torch
+
+    torch.set_num_threads(1)  # the pool already spreads runs over the cores
+    train, test = load_pools(config, data_seed)
+    return key.name, run_active(config, key, train, test, progress=False)
+
+
+def run_study(config: ActiveStudyConfig, data_seed: int = 0) -> "Any":
+    """Every run of the grid (skipping those already in ``output_dir/runs``), then the table and
+    plots. Returns the results as a pandas DataFrame."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    out = Path(config.output_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    todo = [key for key in study_runs(config) if not (out / "runs" / f"{key.name}.json").exists()]
+    if todo:
+        if config.workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(config.workers) as pool:
+                jobs = pool.map(_run_in_worker, [(config, key, data_seed) for key in todo])
+                for name, records in tqdm(jobs, total=len(todo), desc="active study", disable=None):
+                    _write_json(out / "runs" / f"{name}.json", records)
+        else:
+            train, test = load_pools(config, data_seed)
+            for key in tqdm(todo, desc="active study", disable=None):
+                _write_json(out / "runs" / f"{key.name}.json", run_active(config, key, train, test))
+    rows = []
+    for key in study_runs(config):
+        rows.extend(json.loads((out / "runs" / f"{key.name}.json").read_text()))
+    results = pd.DataFrame(rows)
+    results.to_csv(out / "results.csv", index=False)
+    (out / "summary.md").write_text(summary_table(results) + "\n")
+    plot_study(results, out)
+    return results
+
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload) + "\n")
+    tmp.replace(path)  # a killed study never leaves a half-written run behind
+
+
+def summary_table(results) -> str:
+    """Markdown: per (pairing, batch size, strategy), mean ± sd over seeds at the last round, and
+    the mean of 1 − Spearman over all rounds (area under the efficiency curve, lower is better)."""
+    lines = ["| pairing | batch | strategy | annotations | 1 − Spearman | BoN reward | mean 1 − Spearman over rounds | select s/round |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (pairing, batch, strategy), group in results.groupby(["pairing", "batch_size", "strategy"], sort=False):
+        last = group[group["round"] == group["round"].max()]
+        auc = group.groupby("seed")["one_minus_spearman"].mean()
+        lines.append(f"| {pairing} | {batch} | {strategy} | {int(last['annotations'].iloc[0])} | "
+                     f"{_mean_sd(last['one_minus_spearman'])} | {_mean_sd(last['bon_reward'])} | {_mean_sd(auc)} | "
+                     f"{group['select_seconds'].mean():.3f} |")
+    return "\n".join(lines)
+
+
+def _mean_sd(values) -> str:
+    values = np.asarray(values, dtype=np.float64)
+    sd = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.3f} ± {sd:.3f}"
+
+
+def _band(ax, group, x: str, y: str, label: str, color=None):
+    stats = group.groupby(x)[y].agg(["mean", "std", "count"]).reset_index()
+    sd = stats["std"].fillna(0.0).to_numpy()
+    line, = ax.plot(stats[x], stats["mean"], marker="o", markersize=3, label=label, color=color)
+    ax.fill_between(stats[x], stats["mean"] - sd, stats["mean"] + sd, alpha=0.15, color=line.get_color())
+
+
+def plot_study(results, out: Path) -> list[Path]:
+    """PNG figures: ``efficiency.png`` always; ``batch_sizes.png`` and ``pairings.png`` when swept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    panels = list(results.groupby(["pairing", "batch_size"], sort=False))
+    fig, axes = plt.subplots(len(METRICS), len(panels), figsize=(4.2 * len(panels), 3.4 * len(METRICS)), squeeze=False)
+    for col, ((pairing, batch), panel) in enumerate(panels):
+        for row, (metric, (label, _)) in enumerate(METRICS.items()):
+            ax = axes[row, col]
+            for strategy, group in panel.groupby("strategy", sort=False):
+                _band(ax, group, "annotations", metric, strategy)
+            ax.set_title(f"{pairing}, batch {batch}", fontsize=9)
+            ax.set_xlabel("annotations")
+            ax.set_ylabel(label, fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle(f"Annotation efficiency (mean ± sd over {results['seed'].nunique()} seeds)")
+    fig.tight_layout()
+    written.append(out / "efficiency.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    for sweep, name in (("batch_size", "batch_sizes.png"), ("pairing", "pairings.png")):
+        if results[sweep].nunique() < 2:
+            continue
+        other = "pairing" if sweep == "batch_size" else "batch_size"
+        panels = list(results.groupby(["strategy", other], sort=False))
+        fig, axes = plt.subplots(len(METRICS), len(panels), figsize=(3.6 * len(panels), 3.2 * len(METRICS)), squeeze=False)
+        for col, ((strategy, fixed), panel) in enumerate(panels):
+            for row, (metric, (label, _)) in enumerate(METRICS.items()):
+                ax = axes[row, col]
+                for value, group in panel.groupby(sweep, sort=True):
+                    _band(ax, group, "annotations", metric, f"{sweep} {value}")
+                ax.set_title(f"{strategy} ({other} {fixed})", fontsize=9)
+                ax.set_xlabel("annotations")
+                ax.set_ylabel(label, fontsize=8)
+                ax.grid(alpha=0.3)
+        axes[0, -1].legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / name)
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    return written
