@@ -52,8 +52,9 @@ class Profile:
     learning_rate: float
 
 
-FULL = Profile(regression_steps=15, regression_rows=120, bt_steps=40, bt_pairs=160, heldout_pairs=200, rewardbench_rows=60,
-               rewardbench_max_length=512, expo_pairs=40, max_length=256, learning_rate=2e-5)
+# Not yet timed on an idle 2-core machine (only under heavy load, where it ran far slower): tune there.
+FULL = Profile(regression_steps=10, regression_rows=80, bt_steps=40, bt_pairs=160, heldout_pairs=120, rewardbench_rows=60,
+               rewardbench_max_length=512, expo_pairs=32, max_length=256, learning_rate=2e-5)
 QUICK = Profile(regression_steps=8, regression_rows=64, bt_steps=12, bt_pairs=64, heldout_pairs=48, rewardbench_rows=40,
                 rewardbench_max_length=256, expo_pairs=24, max_length=128, learning_rate=2e-3)
 
