@@ -278,17 +278,22 @@ def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, meta
     (staging / "training_args.bin").unlink(missing_ok=True)
     if (staging / "config.json").exists():
         _write_metadata(staging, meta)
+    commit_staged_folder(staging, target)
+    logger.info("saved reward model to %s", target)
+
+
+def commit_staged_folder(staging: Path, target: Path) -> None:
+    """Move a fully written model folder into place with ``config.json`` last: until it lands, the
+    target is not loadable, so a crash midway never leaves a half-written model that loads."""
     target.mkdir(parents=True, exist_ok=True)
     if (target / "config.json").exists():
         os.remove(target / "config.json")  # the old model stops being loadable before its files change
-    names = sorted(os.listdir(staging), key=lambda n: n == "config.json")  # config.json last
-    for name in names:
+    for name in sorted(os.listdir(staging), key=lambda n: n == "config.json"):
         destination = target / name
         if destination.is_dir():
             shutil.rmtree(destination)
         os.replace(staging / name, destination)
     shutil.rmtree(staging, ignore_errors=True)
-    logger.info("saved reward model to %s", target)
 
 
 def finite_or_none(x: float) -> float | None:

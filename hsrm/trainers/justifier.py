@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..data.justifications import (JUSTIFICATION_SETS, JUSTIFIER_TARGETS, encode
                                    label_examples_from_pairs, load_justification_examples, truncation_summary)
 from ..data.render import TruncationStats, ensure_chat_template, pad_sequences
 from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
-from .base import HSRM_CONFIG_KEY, RewardTrainerBase
+from .base import HSRM_CONFIG_KEY, RewardTrainerBase, commit_staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -197,15 +196,7 @@ def save_justifier_model(trainer, cfg: RewardConfig, output_dir: str, meta: dict
         config["use_cache"] = True  # training switched the KV cache off; generation wants it
         config[HSRM_CONFIG_KEY] = meta
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-    target.mkdir(parents=True, exist_ok=True)
-    if (target / "config.json").exists():
-        os.remove(target / "config.json")
-    for name in sorted(os.listdir(staging), key=lambda n: n == "config.json"):  # config.json last
-        destination = target / name
-        if destination.is_dir():
-            shutil.rmtree(destination)
-        os.replace(staging / name, destination)
-    shutil.rmtree(staging, ignore_errors=True)
+    commit_staged_folder(staging, target)
     logger.info("saved justifier to %s", target)
 
 
