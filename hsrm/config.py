@@ -52,6 +52,9 @@ class RewardConfig(TrainingArguments):
     # --- speed (issue 8; hsrm/packing.py, docs/speed.md)
     padding_free: bool = field(default=False, metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"})
     max_tokens_per_batch: Optional[int] = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
+    # --- partial fine-tuning: the cheap middle ground between a frozen-backbone probe and full fine-tuning
+    train_top_layers: Optional[int] = field(default=None, metadata={"help": "train only the top N decoder layers, the final norm and the head; "
+                                                                            "the embeddings and lower layers stay frozen (empty = all)"})
     # --- LoRA
     use_lora: bool = field(default=False)
     lora_r: int = field(default=16)
@@ -86,6 +89,11 @@ class RewardConfig(TrainingArguments):
             self.attributes = ["helpfulness"]
         if self.attribute_weights is not None and len(self.attribute_weights) != len(self.attributes):
             raise ValueError(f"{len(self.attribute_weights)} attribute_weights for {len(self.attributes)} attributes")
+        if self.train_top_layers is not None:
+            if self.train_top_layers < 1:
+                raise ValueError(f"train_top_layers must be at least 1, not {self.train_top_layers} (leave it empty to train every layer)")
+            if self.use_lora:
+                raise ValueError("train_top_layers and use_lora do not combine: pick LoRA on every layer or full fine-tuning of the top layers")
         super().__post_init__()
 
     @property

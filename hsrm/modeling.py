@@ -168,6 +168,43 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.to(positions.dtype)).argmax(-1)
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The stack of transformer blocks of a (possibly wrapped) model: the ModuleList whose length is
+    ``config.num_hidden_layers`` (``model.layers`` in Llama/Qwen/Mistral, ``transformer.h`` in GPT-2)."""
+    inner = _unwrap(model)
+    count = getattr(inner.config, "num_hidden_layers", None)
+    stacks = [m for m in inner.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    if not stacks:
+        raise ValueError(f"{type(inner).__name__}: no list of {count} decoder layers found; train_top_layers needs one")
+    return stacks[0]
+
+
+def freeze_lower_layers(model, top_layers: int) -> tuple[int, int]:
+    """Freeze everything but the top ``top_layers`` decoder blocks, the modules after the stack (the
+    final norm) and the score head. Returns (trainable, total) parameter counts.
+
+    The embeddings and the lower blocks then build no autograd graph at all, so a training step costs
+    about one forward pass plus a backward through the top blocks only.
+    """
+    layers = decoder_layers(model)
+    if top_layers > len(layers):
+        raise ValueError(f"train_top_layers={top_layers} but the model has only {len(layers)} decoder layers")
+    body, head = body_and_score_head(model)
+    frozen = {id(p) for layer in layers[: len(layers) - top_layers] for p in layer.parameters()}
+    embeddings = body.get_input_embeddings() if body is not None and hasattr(body, "get_input_embeddings") else None
+    if embeddings is not None:
+        frozen |= {id(p) for p in embeddings.parameters()}
+    for name, module in (body.named_children() if body is not None else ()):  # position embeddings (GPT-2 wpe)
+        if "embed" in name or name in ("wpe", "wte"):
+            frozen |= {id(p) for p in module.parameters()}
+    trainable = total = 0
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) not in frozen)
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return trainable, total
+
+
 def body_and_score_head(model):
     """(transformer body, ``score`` head) of a sequence classifier under any wrapper; either is
     None when the model has no such part. Shared by the padded and the packed forward."""

@@ -143,7 +143,10 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     save_reward_model(trainer, cfg, final_dir, meta)
     cfg.output_dir = final_dir
     summary = {"output_dir": final_dir, "train_loss": result.training_loss, "global_step": result.global_step,
-               "log_history": trainer.state.log_history, "data": data_summary, **meta}
+               "log_history": trainer.state.log_history, "data": data_summary, **meta,
+               # per-row rewards of the validation set ((n, 2) chosen/rejected for pairs), for callers
+               # that plot them without scoring the set again; not written to config.json
+               "eval_rewards": prediction.predictions if eval_ds is not None else None}
     return summary
 
 
@@ -163,6 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_recipe(recipe, parse_overrides(argv))
     summary = run_training(cfg)
     logger.info("done: %s (train loss %.4f, %d steps)", summary["output_dir"], summary["train_loss"], summary["global_step"])
+    if summary["reward_stats_on"] == "validation":
+        shown = {k.removeprefix("eval_"): round(v, 4) for k, v in summary["eval_metrics"].items()
+                 if not k.endswith(("runtime", "per_second"))}
+        logger.info("validation (%s rows): %s", len(summary["eval_rewards"]), shown)
     return summary
 
 

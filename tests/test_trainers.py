@@ -144,3 +144,28 @@ def test_every_recipe_parses(recipe):
     # bf16 recipes are for GPUs; TrainingArguments refuses bf16 on a CPU-only machine, so only that is overridden.
     cfg = load_recipe(path, {"output_dir": "/tmp/unused", "bf16": False, "use_cpu": True})
     assert cfg.objective in ("regression", "bt", "margin_bt", "scaled_bt", "justifier")
+
+
+def test_train_top_layers_changes_only_the_top_blocks_and_head(tmp_path, tiny_model_dir, pairs_file, caplog):
+    from safetensors.torch import load_file
+
+    before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    with caplog.at_level("WARNING"):
+        summary = train(tmp_path, tiny_model_dir, pairs_file, objective="bt", train_top_layers=1, gradient_checkpointing=True)
+    after = load_file(str(Path(summary["output_dir"]) / "model.safetensors"))
+    # The tiny Llama has 2 decoder layers: layer 0 and the embeddings are frozen, layer 1, the final norm
+    # and the score head train.
+    frozen = [k for k in before if k.startswith(("model.embed_tokens", "model.layers.0."))]
+    trained = [k for k in before if k.startswith(("model.layers.1.", "score"))]
+    assert frozen and trained
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("weight") and "norm" not in k)
+    assert losses(summary)[-1] < losses(summary)[0]
+    assert "gradient_checkpointing turned off" in caplog.text
+
+
+@pytest.mark.parametrize("bad, message", [({"train_top_layers": 0}, "at least 1"), ({"train_top_layers": 3}, "only 2 decoder layers"),
+                                          ({"train_top_layers": 1, "use_lora": True}, "do not combine")])
+def test_train_top_layers_rejects_bad_values(tmp_path, tiny_model_dir, pairs_file, bad, message):
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path, tiny_model_dir, pairs_file, objective="bt", **bad)

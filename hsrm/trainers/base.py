@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..config import RewardConfig
 from ..data.render import TruncationStats, encode
-from ..modeling import apply_lora, load_reward_model
+from ..modeling import apply_lora, freeze_lower_layers, load_reward_model
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,14 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     if cfg.use_lora if with_lora is None else with_lora:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules or "all-linear")
+    if cfg.train_top_layers:
+        trainable, total = freeze_lower_layers(model, cfg.train_top_layers)
+        logger.info("train_top_layers=%d: %s of %s parameters trainable", cfg.train_top_layers, f"{trainable:,}", f"{total:,}")
+        if cfg.gradient_checkpointing:
+            # Checkpointing makes the embedding output require grad, which would backpropagate through
+            # every frozen layer; the frozen layers keep no activations anyway.
+            logger.warning("gradient_checkpointing turned off: with train_top_layers the frozen layers keep no activations")
+            cfg.gradient_checkpointing = False
     return model, tokenizer
 
 
