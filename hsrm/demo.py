@@ -55,9 +55,9 @@ class Profile:
 
 # Measured on an idle 2-core machine (docs/speed.md has the breakdown): a full fine-tuning step of SmolLM2
 # on 8 × 256 tokens takes about 15 s, training only the top 2 of 30 layers about 4 s; scoring runs at
-# about 550 tokens/s. Top-2-layer BT on 320 HH pairs at 128 tokens reaches about 0.60 held-out accuracy
+# about 550 tokens/s. Top-2-layer BT on 240–320 HH pairs at 128 tokens reaches about 0.60 held-out accuracy
 # on 200 helpful-online pairs (95 % interval about 0.53–0.67), within the 10-minute budget.
-FULL = Profile(regression_steps=10, regression_rows=80, bt_steps=80, bt_pairs=320, heldout_pairs=200, rewardbench_rows=48,
+FULL = Profile(regression_steps=10, regression_rows=80, bt_steps=64, bt_pairs=256, heldout_pairs=200, rewardbench_rows=48,
                rewardbench_max_length=256, expo_pairs=32, max_length=128, learning_rate=2e-4, train_top_layers=2)
 QUICK = Profile(regression_steps=8, regression_rows=64, bt_steps=12, bt_pairs=64, heldout_pairs=48, rewardbench_rows=40,
                 rewardbench_max_length=256, expo_pairs=24, max_length=128, learning_rate=2e-3, train_top_layers=None)
@@ -193,18 +193,19 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
     # 3. RewardBench sample
     t = time.time()
     rewardbench = evaluate_model(bt["output_dir"], data["rewardbench"], limit=profile.rewardbench_rows,
-                                 max_length=profile.rewardbench_max_length, progress=True)
+                                 max_length=profile.rewardbench_max_length, on_bad_rows="skip")
     (out / "rewardbench.json").write_text(json.dumps(rewardbench, indent=2, default=str))
     timings["3. rewardbench"] = time.time() - t
     # 4. ExPO: weak = regression, strong = BT-from-regression (paper section 4), coarse grid at demo size
     t = time.time()
     search = search_factor(regression["output_dir"], bt["output_dir"], data["validation_pairs"], coarse=(1.2, 2.0, 0.4),
-                           fine_step=0.1, fine_radius=0.0, limit=profile.expo_pairs, max_length=profile.max_length)
+                           fine_step=0.1, fine_radius=0.0, limit=profile.expo_pairs, max_length=profile.max_length,
+                           on_bad_rows="skip")
     alpha = search["best"]["alpha"]
     expo_dir = extrapolate_folder(regression["output_dir"], bt["output_dir"], alpha, out / "expo", overwrite=True, progress=False)
     write_search_table(expo_dir, search)
     expo_heldout_accuracy = evaluate_model(str(expo_dir), data["heldout_pairs"], limit=profile.heldout_pairs,
-                                           max_length=profile.max_length, progress=True)["metrics"]["accuracy"]
+                                           max_length=profile.max_length, on_bad_rows="skip")["metrics"]["accuracy"]
     timings["4. expo (search + held-out eval)"] = time.time() - t
     # 5. Best-of-N
     scorer = RewardScorer(bt["output_dir"], max_length=profile.max_length)
@@ -261,7 +262,10 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
         f"hsrm evaluate --model {bt['output_dir']} --data {data['rewardbench']} --limit {profile.rewardbench_rows} "
         f"--max-length {profile.rewardbench_max_length}",
         f"hsrm expo --weak {regression['output_dir']} --strong {bt['output_dir']} --search --data {data['validation_pairs']} "
-        f"--limit {profile.expo_pairs} --out {expo_dir}",
+        f"--limit {profile.expo_pairs} --coarse 1.2,2.0,0.4 --fine-radius 0 --max-length {profile.max_length} "
+        f"--on-bad-rows skip --out {expo_dir}",
+        f"hsrm evaluate --model {expo_dir} --data {data['heldout_pairs']} --limit {profile.heldout_pairs} "
+        f"--max-length {profile.max_length} --on-bad-rows skip",
         f"hsrm study recipes/studies/tiny.yaml --output_dir {out / 'study'}",
         f"hsrm demo --out {out}" + (" --quick" if quick else ""), "```",
     ]

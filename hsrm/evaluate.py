@@ -206,12 +206,15 @@ def primary_metric(result: dict[str, Any]) -> float:
 
 def evaluate_model(model: str, data: str, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = DEFAULT_MAX_LENGTH, dtype: str = "float32",
-                   device: str | None = None, progress: bool = True, scorer: RewardScorer | None = None) -> dict[str, Any]:
+                   device: str | None = None, progress: bool = True, scorer: RewardScorer | None = None,
+                   on_bad_rows: str = "raise") -> dict[str, Any]:
+    """Score ``data`` with the reward model at ``model``. ``on_bad_rows="skip"`` skips and counts rows
+    that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping."""
     detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
     scorer = scorer or RewardScorer(model, batch_size=batch_size, max_length=max_length, dtype=dtype, device=device,
                                     progress=progress)
     eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
-                             max_length=scorer.max_length, model_attributes=scorer.attributes)
+                             max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows)
     logger.info("%s | %s", eval_set.load_summary, eval_set.truncation)
     result = evaluate_prepared(scorer, eval_set)
     result.update({"model": scorer.model_dir, "split": eval_set.split, "max_length": scorer.max_length, "dtype": str(dtype),
@@ -296,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", "--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens kept per sequence (cut from the left)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: GPU when present)")
+    parser.add_argument("--on-bad-rows", "--on_bad_rows", default="raise", choices=("raise", "skip"),
+                        help="raise (default) stops at the first unusable row; skip skips and counts them")
     return parser
 
 
@@ -309,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = evaluate_model(args.model, args.data, data_format=args.data_format, split=args.split, limit=args.limit,
-                            batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device)
+                            batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device,
+                            on_bad_rows=args.on_bad_rows)
     print(format_report(result))
     path = write_json_atomic(args.output or default_output_path(result["model"], args.data), result)
     print(f"wrote {path}")

@@ -274,7 +274,7 @@ def apply_extrapolation_(model, weak_reader: ShardReader, strong_reader: ShardRe
 def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] = PAPER_COARSE,
                   fine_step: float = PAPER_FINE_STEP, fine_radius: float = PAPER_FINE_RADIUS, data_format: str = "auto",
                   split: str | None = None, limit: int | None = None, batch_size: int = 8, max_length: int | None = 2048,
-                  device: str | None = None, progress: bool = True) -> dict[str, Any]:
+                  device: str | None = None, progress: bool = True, on_bad_rows: str = "raise") -> dict[str, Any]:
     """Score factors on ``data`` with ``hsrm evaluate``'s metric: the coarse grid, then ``fine_step``
     steps within ``fine_radius`` of the coarse best. α = 1 (the strong model) is scored as a reference.
 
@@ -288,7 +288,7 @@ def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] 
     weak_reader, strong_reader = check_compatible(weak, strong)
     scorer = RewardScorer(strong, batch_size=batch_size, max_length=max_length, device=device, progress=False)
     eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
-                             max_length=scorer.max_length, model_attributes=scorer.attributes)
+                             max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows)
     logger.info("ExPO search on %s | %s", eval_set.load_summary, eval_set.truncation)
     table: list[dict[str, Any]] = []
     results: dict[float, dict[str, Any]] = {}
@@ -362,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", type=int, default=8)
     parser.add_argument("--max-length", "--max_length", type=int, default=2048)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--on-bad-rows", "--on_bad_rows", default="raise", choices=("raise", "skip"),
+                        help="unusable validation rows: raise (default) or skip and count them")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
@@ -377,7 +379,8 @@ def main(argv: list[str] | None = None) -> Path:
         return path
     search = search_factor(args.weak, args.strong, args.data, coarse=args.coarse, fine_step=args.fine_step,
                            fine_radius=args.fine_radius, data_format=args.data_format, split=args.split, limit=args.limit,
-                           batch_size=args.batch_size, max_length=args.max_length, device=args.device)
+                           batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                           on_bad_rows=args.on_bad_rows)
     best = search["best"]
     chosen = search["results"][best["alpha"]]["metrics"]
     stats = ({"reward_mean": chosen["reward_mean"], "reward_std": chosen["reward_std"],

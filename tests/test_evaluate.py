@@ -160,3 +160,19 @@ def test_real_rewardbench_sample_first_rows(shared_data, tiny_model_dir):
     assert bench["overall"] == bench["subsets"]["alpacaeval-easy"]["accuracy"]
     assert bench["subsets"]["alpacaeval-easy"]["n"] == 24
     assert 0 < result["metrics"]["reward_std"]  # real text gives distinct rewards
+
+
+def test_bad_rows_stop_evaluation_unless_skipped_and_counted(tmp_path, tiny_model_dir, capsys):
+    from hsrm.data.io import DataError
+    from hsrm.evaluate import evaluate_model, main
+
+    rows = [{"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"}, {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
+            {"prompt": "Q3?", "chosen": "Yes, gladly.", "rejected": ""}, {"prompt": "Q4?", "chosen": "Bake it.", "rejected": "bad"}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(DataError, match="row 1, field .rejected.: identical"):  # rows count from 0
+        evaluate_model(str(tiny_model_dir), str(data), progress=False)
+    kept = evaluate_model(str(tiny_model_dir), str(data), progress=False, on_bad_rows="skip")
+    assert kept["n"] == 2 and "kept 2" in kept["load"]
+    result = main(["--model", str(tiny_model_dir), "--data", str(data), "--on-bad-rows", "skip",
+                   "--output", str(tmp_path / "eval.json")])
+    assert result["n"] == 2 and json.loads((tmp_path / "eval.json").read_text())["n"] == 2
