@@ -45,7 +45,7 @@ class Profile:
     bt_steps: int
     bt_pairs: int
     heldout_pairs: int
-    rewardbench_rows: int
+    rewardbench_per_subset: int
     rewardbench_max_length: int
     expo_pairs: int
     max_length: int
@@ -57,9 +57,9 @@ class Profile:
 # on 8 × 256 tokens takes about 15 s, training only the top 2 of 30 layers about 4 s; scoring runs at
 # about 550 tokens/s. Top-2-layer BT on 240–320 HH pairs at 128 tokens reaches about 0.60 held-out accuracy
 # on 200 helpful-online pairs (95 % interval about 0.53–0.67), within the 10-minute budget.
-FULL = Profile(regression_steps=10, regression_rows=80, bt_steps=64, bt_pairs=256, heldout_pairs=200, rewardbench_rows=48,
+FULL = Profile(regression_steps=10, regression_rows=80, bt_steps=64, bt_pairs=256, heldout_pairs=200, rewardbench_per_subset=6,
                rewardbench_max_length=256, expo_pairs=32, max_length=128, learning_rate=2e-4, train_top_layers=2)
-QUICK = Profile(regression_steps=8, regression_rows=64, bt_steps=12, bt_pairs=64, heldout_pairs=48, rewardbench_rows=40,
+QUICK = Profile(regression_steps=8, regression_rows=64, bt_steps=12, bt_pairs=64, heldout_pairs=48, rewardbench_per_subset=5,
                 rewardbench_max_length=256, expo_pairs=24, max_length=128, learning_rate=2e-3, train_top_layers=None)
 
 
@@ -192,7 +192,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
     heldout_low, heldout_high = wilson_interval(sum(c > r for c, r in zip(chosen, rejected)), heldout_n)
     # 3. RewardBench sample
     t = time.time()
-    rewardbench = evaluate_model(bt["output_dir"], data["rewardbench"], limit=profile.rewardbench_rows,
+    rewardbench = evaluate_model(bt["output_dir"], data["rewardbench"], per_subset=profile.rewardbench_per_subset,
                                  max_length=profile.rewardbench_max_length, on_bad_rows="skip")
     (out / "rewardbench.json").write_text(json.dumps(rewardbench, indent=2, default=str))
     timings["3. rewardbench"] = time.time() - t
@@ -243,7 +243,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
         f"| 1. helpfulness regression, {regression['global_step']} steps | train MSE {regression['train_loss']:.3f} |",
         f"| 2. Regular BT from the regression model, {bt['global_step']} steps | held-out pairwise accuracy **{heldout_accuracy:.3f}** "
         f"(95 % interval {heldout_low:.3f}–{heldout_high:.3f}) on {heldout_n} HH-RLHF helpful-online pairs |",
-        f"| 3. RewardBench sample ({profile.rewardbench_rows} rows) | overall {rewardbench['primary_metric']['value']:.3f} "
+        f"| 3. RewardBench sample ({rewardbench['n']} rows, {profile.rewardbench_per_subset} per subset) | overall {rewardbench['primary_metric']['value']:.3f} "
         f"(sections present only) |",
         f"| 4. ExPO, factor searched on {profile.expo_pairs} validation pairs | α = {alpha}; held-out accuracy "
         f"{expo_heldout_accuracy:.3f} (BT alone: {heldout_accuracy:.3f}) |",
@@ -259,7 +259,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
         "## Timings (s)", "", *[f"- {k}: {v:.0f}" for k, v in timings.items()], "",
         "## Reproduce each step", "", "```",
         regression_cmd, bt_cmd,
-        f"hsrm evaluate --model {bt['output_dir']} --data {data['rewardbench']} --limit {profile.rewardbench_rows} "
+        f"hsrm evaluate --model {bt['output_dir']} --data {data['rewardbench']} --per-subset {profile.rewardbench_per_subset} "
         f"--max-length {profile.rewardbench_max_length}",
         f"hsrm expo --weak {regression['output_dir']} --strong {bt['output_dir']} --search --data {data['validation_pairs']} "
         f"--limit {profile.expo_pairs} --coarse 1.2,2.0,0.4 --fine-radius 0 --max-length {profile.max_length} "

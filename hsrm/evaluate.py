@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -139,8 +140,9 @@ def detect_kind(source: str, data_format: str = "auto") -> str:
 
 def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
                   max_length: int | None = DEFAULT_MAX_LENGTH, model_attributes: Sequence[str] = ("reward",),
-                  on_error: str = "raise") -> EvalSet:
-    """Load ``source`` and tokenize it with ``tokenizer`` exactly as training does."""
+                  on_error: str = "raise", per_subset: int | None = None) -> EvalSet:
+    """Load ``source`` and tokenize it with ``tokenizer`` exactly as training does. ``per_subset`` keeps
+    the first N rows of every RewardBench subset (a quick run that still reaches every section)."""
     from .data.auto import load_pairs_any, load_ratings_any
     from .data.helpsteer import ATTRIBUTES
     from .data.rewardbench import load_rewardbench
@@ -158,8 +160,20 @@ def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: s
         labels = torch.tensor([[float(row[a]) for a in attributes] for row in ds], dtype=torch.float64)
         return EvalSet("ratings", str(source), sequences, len(ds), attributes=attributes, output_index=[k for _, k in pairs],
                        labels=labels, load_summary=report.summary(), truncation=stats.summary(), split=split)
+    if per_subset is not None and fmt != "rewardbench":
+        raise ValueError(f"per_subset needs RewardBench-format data (rows with a 'subset'); {source} is {fmt}")
     if fmt == "rewardbench":
         ds, report = load_rewardbench(source, split, on_error=on_error, return_report=True)
+        if per_subset is not None:
+            if per_subset < 1:
+                raise ValueError(f"per_subset must be at least 1, not {per_subset}")
+            taken: dict[str, int] = defaultdict(int)
+            keep = []
+            for index, subset in enumerate(ds["subset"]):
+                if taken[subset] < per_subset:
+                    taken[subset] += 1
+                    keep.append(index)
+            ds = ds.select(keep)
         if limit is not None and len(ds) > limit:
             ds = ds.select(range(limit))
     else:
@@ -207,14 +221,15 @@ def primary_metric(result: dict[str, Any]) -> float:
 def evaluate_model(model: str, data: str, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = DEFAULT_MAX_LENGTH, dtype: str = "float32",
                    device: str | None = None, progress: bool = True, scorer: RewardScorer | None = None,
-                   on_bad_rows: str = "raise") -> dict[str, Any]:
+                   on_bad_rows: str = "raise", per_subset: int | None = None) -> dict[str, Any]:
     """Score ``data`` with the reward model at ``model``. ``on_bad_rows="skip"`` skips and counts rows
     that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping."""
     detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
     scorer = scorer or RewardScorer(model, batch_size=batch_size, max_length=max_length, dtype=dtype, device=device,
                                     progress=progress)
     eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
-                             max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows)
+                             max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows,
+                             per_subset=per_subset)
     logger.info("%s | %s", eval_set.load_summary, eval_set.truncation)
     result = evaluate_prepared(scorer, eval_set)
     result.update({"model": scorer.model_dir, "split": eval_set.split, "max_length": scorer.max_length, "dtype": str(dtype),
@@ -295,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto | rewardbench | pairs | helpsteer2_preference | helpsteer2_ratings")
     parser.add_argument("--split", default=None, help="split for Hub ids / files with a split column (default per format)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    parser.add_argument("--per-subset", "--per_subset", type=int, default=None,
+                        help="RewardBench: the first N rows of every subset (quick, and every section still scores)")
     parser.add_argument("--batch-size", "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per forward pass")
     parser.add_argument("--max-length", "--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens kept per sequence (cut from the left)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
@@ -315,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = evaluate_model(args.model, args.data, data_format=args.data_format, split=args.split, limit=args.limit,
                             batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device,
-                            on_bad_rows=args.on_bad_rows)
+                            on_bad_rows=args.on_bad_rows, per_subset=args.per_subset)
     print(format_report(result))
     path = write_json_atomic(args.output or default_output_path(result["model"], args.data), result)
     print(f"wrote {path}")

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_recipe(recipe, parse_overrides(argv))
     summary = run_training(cfg)
     logger.info("done: %s (train loss %.4f, %d steps)", summary["output_dir"], summary["train_loss"], summary["global_step"])
-    if summary["reward_stats_on"] == "validation":
+    if summary.get("reward_stats_on") == "validation":  # scalar runs with eval_data (justifier runs have no such block)
         shown = {k.removeprefix("eval_"): round(v, 4) for k, v in summary["eval_metrics"].items()
                  if not k.endswith(("runtime", "per_second"))}
         logger.info("validation (%s rows): %s", len(summary["eval_rewards"]), shown)

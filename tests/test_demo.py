@@ -21,3 +21,19 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     report = (out / "README.md").read_text()
     assert "held-out pairwise accuracy" in report and "hsrm expo --weak" in report and "## Embedding-path study" in report
     assert (out / "expo" / "expo_search.json").exists() and (out / "study" / "results.csv").exists()
+    assert summary["heldout_accuracy_95ci"][0] <= summary["heldout_accuracy"] <= summary["heldout_accuracy_95ci"][1]
+    rb_sections = summary["rewardbench"]["sections"]
+    assert {"Chat", "Chat Hard"} <= set(rb_sections)  # per-subset sampling reaches both sections of the sample
+
+    # The report's `hsrm evaluate` commands reproduce the report's numbers.
+    import shlex
+
+    block = report.split("## Reproduce each step", 1)[1]
+    evaluate_lines = [line for line in block.splitlines() if line.startswith("hsrm evaluate")]
+    assert len(evaluate_lines) == 2
+    rb_again = tmp_path / "rb_again.json"
+    assert cli_main([*shlex.split(evaluate_lines[0])[1:], "--output", str(rb_again)]) == 0
+    assert json.loads(rb_again.read_text())["rewardbench"]["overall"] == pytest.approx(summary["rewardbench"]["overall"], abs=1e-9)
+    expo_again = tmp_path / "expo_again.json"
+    assert cli_main([*shlex.split(evaluate_lines[1])[1:], "--output", str(expo_again)]) == 0
+    assert json.loads(expo_again.read_text())["metrics"]["accuracy"] == pytest.approx(summary["expo_heldout_accuracy"], abs=1e-9)

@@ -21,14 +21,17 @@ DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*(\.[a-z]+)?$|\.\.\.|…")
 
 
-def shell_lines(path: Path):
+def shell_lines(path: Path, prefixes: tuple[str, ...] = ("hsrm ", "accelerate launch", "torchrun ")):
     """Shell commands in fenced blocks, continuation lines joined, `[optional …]` synopsis parts removed."""
-    in_block, pending, start = False, "", 0
+    in_fence, in_shell, pending, start = False, False, "", 0
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip().startswith("```"):
-            in_block = not in_block and line.strip() in ("```bash", "```sh", "```console", "```")
+            # A fence closes the open block whatever its language (a ```python block's closing ``` is
+            # not the opening of a shell block), else it opens one.
+            in_fence = not in_fence
+            in_shell = in_fence and line.strip() in ("```bash", "```sh", "```console", "```")
             continue
-        if not in_block:
+        if not in_shell:
             continue
         text = line.split(" #")[0].strip().lstrip("$ ")
         if not pending:
@@ -37,7 +40,7 @@ def shell_lines(path: Path):
         if text.endswith("\\"):
             continue
         command, pending = re.sub(r"\[[^\]]*\]", "", pending).strip(), ""
-        if command.startswith(("hsrm ", "accelerate launch", "torchrun ")):
+        if command.startswith(prefixes):
             yield f"{path.name}:{start}", command
 
 
@@ -64,12 +67,19 @@ def test_documented_command_is_valid(command, monkeypatch):
         assert words[0] != "hsrm" or words[1] in VERBS
         return
     if words[0] in ("accelerate", "torchrun"):
-        assert "-m" in words and words[words.index("-m") + 1] == "hsrm.train"
+        assert "-m" in words and words[words.index("-m") + 1] in ("hsrm.train", "hsrm.rloo")
         rest = words[words.index("-m") + 2:]
-        if words[0] == "torchrun":
-            return  # distributed keys (ddp_backend, deepspeed) need a live process group to build; files checked above
+        if words[0] == "torchrun" or words[words.index("-m") + 1] == "hsrm.rloo":
+            # distributed keys (ddp_backend, deepspeed) need a live process group to build; rloo recipes are parsed
+            # by tests/test_rloo.py; files checked above
+            return
     else:
         verb, rest = words[1], words[2:]
+        if verb == "active":  # takes --key value overrides, not argparse: load the study without running it
+            from hsrm.embedding.loop import load_study
+
+            load_study(REPO_ROOT / rest[0], parse_overrides(rest[1:]))
+            return
         assert verb in VERBS, f"unknown verb {verb}"
         if verb != "train":
             module_name, function = VERBS[verb]

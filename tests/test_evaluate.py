@@ -176,3 +176,18 @@ def test_bad_rows_stop_evaluation_unless_skipped_and_counted(tmp_path, tiny_mode
     result = main(["--model", str(tiny_model_dir), "--data", str(data), "--on-bad-rows", "skip",
                    "--output", str(tmp_path / "eval.json")])
     assert result["n"] == 2 and json.loads((tmp_path / "eval.json").read_text())["n"] == 2
+
+
+def test_per_subset_keeps_the_first_rows_of_every_subset(tmp_path, tiny_model_dir):
+    from hsrm.evaluate import evaluate_model
+
+    subsets = ["alpacaeval-easy"] * 5 + ["llmbar-natural"] * 3 + ["alpacaeval-easy"] * 2 + ["mt-bench-hard"]
+    rows = [{"prompt": f"Q{i}?", "chosen": f"A good answer {i}.", "rejected": "no", "subset": s, "id": str(i)}
+            for i, s in enumerate(subsets)]
+    data = write_jsonl(tmp_path / "rb.jsonl", rows)
+    result = evaluate_model(str(tiny_model_dir), str(data), data_format="rewardbench", per_subset=2, progress=False)
+    assert result["n"] == 5  # 2 alpacaeval-easy (rows 0, 1) + 2 llmbar-natural + 1 mt-bench-hard
+    assert {k: v["n"] for k, v in result["rewardbench"]["subsets"].items()} == {"alpacaeval-easy": 2, "llmbar-natural": 2, "mt-bench-hard": 1}
+    assert set(result["rewardbench"]["sections"]) >= {"Chat", "Chat Hard"}
+    with pytest.raises(ValueError, match="per_subset needs RewardBench"):
+        evaluate_model(str(tiny_model_dir), str(write_jsonl(tmp_path / "p.jsonl", rows[:2])), data_format="pairs", per_subset=2)
