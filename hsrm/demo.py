@@ -236,6 +236,9 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
               "wall_time_s": round(wall, 1)}
     (out / "summary.json").write_text(json.dumps(report, indent=2, default=str))
 
+    reference = next(row for row in search["table"] if row["stage"] == "reference")
+    expo_note = (f"; no factor beat the BT model itself on validation (α = 1: {reference['score']:.3f}), so ExPO does not "
+                 f"help at this size" if reference["score"] > search["best"]["score"] else "")
     lines = [
         "# hsrm demo report", "",
         f"- data: {data['note']}", f"- backbone: `{model}`", f"- wall time: {wall:.0f} s", "",
@@ -246,7 +249,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
         f"| 3. RewardBench sample ({rewardbench['n']} rows, {profile.rewardbench_per_subset} per subset) | overall {rewardbench['primary_metric']['value']:.3f} "
         f"(sections present only) |",
         f"| 4. ExPO, factor searched on {profile.expo_pairs} validation pairs | α = {alpha}; held-out accuracy "
-        f"{expo_heldout_accuracy:.3f} (BT alone: {heldout_accuracy:.3f}) |",
+        f"{expo_heldout_accuracy:.3f} (BT alone: {heldout_accuracy:.3f}){expo_note} |",
         f"| 5. Best-of-{len(rewards)} | picks answer {best}: \"{BEST_OF_N_RESPONSES[best][:60]}…\" |", "",
         "## Best-of-N rewards", "", "| # | reward | response |", "|---|---|---|",
         *[f"| {i}{' (best)' if i == best else ''} | {r:.3f} | {BEST_OF_N_RESPONSES[i][:70]} |" for i, r in enumerate(rewards)],

@@ -105,6 +105,11 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
         # On the CPU path transformers creates the torch process group itself; DeepSpeed's own
         # comm layer must adopt it before zero.Init asks it for the world size.
         deepspeed.init_distributed(dist_backend=cfg.ddp_backend or None)
+    # Seed before the model is built: a backbone without a score head gets a freshly initialised one,
+    # and the Trainer only seeds later, in its own __init__.
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
     model, tokenizer = build_model(cfg)
     train_ds, eval_ds, data_summary = load_datasets(cfg, tokenizer)
     final_dir = cfg.output_dir

@@ -191,3 +191,18 @@ def test_cli_embed_response_rows_with_golden_column(tiny_model_dir, tmp_path, ca
     assert main(["embed", "--data", str(bad), "--model", str(tiny_model_dir), "--out", str(out), "--cache", "none",
                  "--golden-column", "score"]) == 1
     assert "score" in capsys.readouterr().err
+
+
+def test_read_conversations_skips_and_counts_bad_pairs_only_when_asked(tmp_path, caplog):
+    from hsrm.data.io import DataError
+    from hsrm.embedding.extract import read_conversations
+
+    rows = [{"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"}, {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
+            {"prompt": "Q3?", "chosen": "Bake it.", "rejected": "bad"}]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(DataError, match="row 1"):
+        read_conversations(str(path))
+    with caplog.at_level("INFO"):
+        prompts, responses, prompt_ids, golden, (first, second, first_wins) = read_conversations(str(path), on_error="skip")
+    assert responses == ["Paris.", "no", "Bake it.", "bad"] and list(first) == [0, 2] and list(second) == [1, 3]
+    assert "kept 2" in caplog.text

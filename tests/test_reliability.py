@@ -221,3 +221,19 @@ def test_cli_train_on_malformed_data_is_one_clear_line_and_no_output(tmp_path, t
     assert code == 1
     assert "bad.jsonl, row 1, field 'chosen': expected text" in err and "Traceback" not in err
     assert not (out / "config.json").exists()
+
+
+def test_same_seed_same_new_score_head_on_a_bare_backbone(tmp_path, pairs):
+    """A causal-LM backbone has no score head: the new head is initialised from the run's seed, so two
+    runs with one seed give the same model, and another seed gives another head."""
+    from hsrm.testing import build_tiny_llama
+
+    backbone = build_tiny_llama(tmp_path / "backbone", causal_lm=True)
+    torch.manual_seed(1)  # whatever the caller's RNG state, the run's seed decides
+    a = run_training(config(backbone, pairs, tmp_path / "a", max_steps=2, save_strategy="no"))
+    torch.manual_seed(2)
+    b = run_training(config(backbone, pairs, tmp_path / "b", max_steps=2, save_strategy="no"))
+    assert step_losses(a["log_history"]) == step_losses(b["log_history"])
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    run_training(config(backbone, pairs, tmp_path / "c", max_steps=2, save_strategy="no", seed=8))
+    assert not torch.equal(weights(tmp_path / "a")["score.weight"], weights(tmp_path / "c")["score.weight"])

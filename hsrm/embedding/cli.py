@@ -38,6 +38,8 @@ def embed_main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="embedding cache folder; 'none' disables it")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N pairs / rows")
+    parser.add_argument("--on-bad-rows", default="raise", choices=("raise", "skip"),
+                        help="pair files: stop at an unusable pair (default) or skip it and count it")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
     golden = parser.add_mutually_exclusive_group()
@@ -50,7 +52,8 @@ def embed_main(argv: list[str] | None = None) -> dict:
     from .extract import EmbeddedData, embed_conversations, load_backbone, read_conversations
 
     prompts, responses, prompt_ids, golden_values, pairs = read_conversations(args.data, limit=args.limit,
-                                                                             golden_column=args.golden_column)
+                                                                             golden_column=args.golden_column,
+                                                                             on_error=args.on_bad_rows)
     backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
     cache = None if args.cache.lower() == "none" else Path(args.cache).expanduser()
     embeddings, report = embed_conversations(backbone, prompts, responses, layer=args.layer, max_length=args.max_length,

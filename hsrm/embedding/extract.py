@@ -348,7 +348,7 @@ def _prompt_key(prompt) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
-def read_conversations(source: str, *, limit: int | None = None, golden_column: str | None = None):
+def read_conversations(source: str, *, limit: int | None = None, golden_column: str | None = None, on_error: str = "raise"):
     """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included) or of
     single responses (``prompt``, ``response``[, golden column]).
 
@@ -376,7 +376,7 @@ def read_conversations(source: str, *, limit: int | None = None, golden_column: 
     if "chosen" in first and "rejected" in first:
         from ..data.auto import load_pairs_any
 
-        pairs = load_pairs_any(source, limit=limit)
+        pairs = load_pairs_any(source, limit=limit, on_error=on_error)  # the loader logs what it kept and dropped
         firsts, seconds = [], []
         for row in pairs:
             firsts.append(len(responses))
