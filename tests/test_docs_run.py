@@ -66,7 +66,7 @@ SUBSTITUTE = {
 # Literal names kept: pool.npz (active.md's SyntheticWorld line, 20 prompts × 10 here), STATE and
 # STATE_DIR (select state folders), scored.jsonl / pairs_eval.json (outputs), runs/toy_pairs.jsonl
 # and runs/tiny-llama (lightweight.md's own set-up lines, repeated by `sandbox`), and
-# runs/hh/base_201_320.jsonl (lightweight.md's `zcat … | sed -n 201,320p`, repeated in Python).
+# runs/hh/base_401_1000.jsonl (lightweight.md's `zcat … | sed -n 401,1000p`, repeated in Python).
 
 # Tiny settings appended to every training command.
 TINY_TRAIN = ("--max_steps", "2", "--max_length", "64", "--max_train_samples", "16", "--max_eval_samples", "8",
@@ -95,10 +95,8 @@ class Run:
     before: str | None = None      # a documented non-hsrm step right before it (annotators labelling a batch)
 
 
-GOLDEN_TRAIN = ("hsrm train recipes/smollm_bt_hh.yaml --max_steps 20 --per_device_train_batch_size 2 --learning_rate 5e-5 "
-                "--warmup_steps 2 --max_length 160 --max_train_samples 40 --max_eval_samples 40 --output_dir runs/golden-smollm-bt")
-HH120_EMBED = ("hsrm embed --data runs/hh/base_201_320.jsonl --out runs/hh/hh120.npz --max-length 256 --batch-size 8 "
-               "--cache runs/hh/cache --golden-model runs/golden-smollm-bt")
+HH600_EMBED = ("hsrm embed --data runs/hh/base_401_1000.jsonl --out runs/hh/hh600.npz --max-length 192 --batch-size 8 "
+               "--cache runs/hh/cache --golden-model runs/smollm-bt-hh --golden-max-length 320 --on-bad-rows skip")
 RUN: dict[str, Run] = {
     # ---- training (docs order: before evaluation, ExPO and scoring, which use its folders)
     "hsrm train recipes/smollm_bt_hh.yaml": Run(TINY_TRAIN + TINY_RM, check="check_smollm_bt"),
@@ -111,7 +109,6 @@ RUN: dict[str, Run] = {
         Run(TINY_TRAIN + TINY_RM + ("--train_data", "data/pairs.jsonl", "--output_dir", "runs/tiny-bt-packed"), check="check_packed"),
     "hsrm train recipes/justifier_all_flip.yaml":
         Run(PAPER_RECIPE + TINY_CAUSAL_LM + ("--train_data", "data/preference.jsonl"), check="check_justifier_all_flip"),
-    GOLDEN_TRAIN: Run(TINY_TRAIN + TINY_RM, check="check_golden_smollm"),
     # launcher commands: the recipe half runs here in-process, the launcher half is COVERED_ELSEWHERE
     "accelerate launch -m hsrm.train RECIPE.yaml":  # REAL_LAUNCH: a real single-process `accelerate launch`
         Run(TINY_TRAIN + TINY_RM + ("--train_data", "data/pairs.jsonl", "--output_dir", "runs/tiny-bt-accelerate"),
@@ -182,9 +179,13 @@ RUN: dict[str, Run] = {
     "hsrm fit --embeddings runs/toy.npz --method clf-lgb --out runs/toy-lgb --beta 5 --pairing cross-prompt --n-annotations 30":
         Run(needs=("runs/toy.npz",), check="check_fit_lgb"),
     "hsrm study recipes/studies/tiny.yaml": Run(STUDY, check="check_tiny_study"),
-    HH120_EMBED: Run(("--model", "runs/tiny-llama", "--limit", "24"), needs=("runs/hh/base_201_320.jsonl", "runs/golden-smollm-bt"),
-                     check="check_hh120"),
-    "hsrm study recipes/studies/hh_smollm.yaml": Run(STUDY, needs=("runs/hh/hh120.npz",), check="check_hh_study"),
+    HH600_EMBED: Run(("--model", "runs/tiny-llama", "--limit", "24"), needs=("runs/hh/base_401_1000.jsonl", "runs/smollm-bt-hh"),
+                     check="check_hh600"),
+    "hsrm study recipes/studies/hh_smollm.yaml": Run(STUDY, needs=("runs/hh/hh600.npz",), check="check_hh_study"),
+    "hsrm active recipes/studies/active_hh_rlhf.yaml": Run(
+        ("--strategies", "[random, dopt]", "--seeds", "[0]", "--annotations", "20", "--batch_sizes", "[10]",
+         "--prompts_per_round", "8", "--candidates_per_round", "100", "--hidden", "[8]", "--max_epochs", "2", "--workers", "1"),
+        needs=("runs/hh/hh600.npz",), check="check_active_hh"),
     "hsrm active recipes/studies/active_tiny.yaml": Run(TINY_ACTIVE, check="check_active_study"),
     "hsrm select STATE_DIR --embeddings pool.npz --strategy dopt --batch-size 100": Run(TINY_SELECT, check="check_select_first"),
     "hsrm select STATE --embeddings pool.npz --strategy dopt --batch-size 100": Run(TINY_SELECT, check="check_select_first"),
@@ -197,7 +198,6 @@ RUN: dict[str, Run] = {
 # the others (no documented command writes these paths) carry their own tiny settings.
 BUILD: dict[str, tuple[str, tuple[str, ...]] | str] = {
     "runs/smollm-bt-hh": "hsrm train recipes/smollm_bt_hh.yaml",
-    "runs/golden-smollm-bt": GOLDEN_TRAIN,
     "runs/scaled-bt-from-regression":
         "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml",
     "runs/scaled-bt-expo":
@@ -206,7 +206,7 @@ BUILD: dict[str, tuple[str, tuple[str, ...]] | str] = {
     "runs/toy.npz": "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz --cache runs/emb-cache "
                     "--golden-model runs/tiny-llama",
     "runs/toy-bt": "hsrm fit --embeddings runs/toy.npz --method bt-mlp --out runs/toy-bt --eval runs/toy.npz",
-    "runs/hh/hh120.npz": HH120_EMBED,
+    "runs/hh/hh600.npz": HH600_EMBED,
     # Not written by any documented command:
     "runs/helpfulness-regression": ("hsrm train recipes/helpfulness_regression.yaml",  # the recipe's own header command
                                     PAPER_RECIPE + TINY_RM + ("--train_data", "data/ratings.jsonl")),
@@ -442,13 +442,13 @@ def sandbox(tmp_path_factory) -> Sandbox:
         {"prompt": "Say thank you.", "response": "no"},
     ])
     if (SHARED / "data" / "hh_rlhf" / "helpful-base.test.jsonl.gz").exists():
-        # lightweight.md: zcat ../shared/data/hh_rlhf/helpful-base.test.jsonl.gz | sed -n 201,320p > runs/hh/base_201_320.jsonl
+        # lightweight.md: zcat ../shared/data/hh_rlhf/helpful-base.test.jsonl.gz | sed -n 401,1000p > runs/hh/base_401_1000.jsonl
         import gzip
 
         (ws / "runs" / "hh").mkdir()
         with gzip.open(SHARED / "data" / "hh_rlhf" / "helpful-base.test.jsonl.gz", "rt") as handle:
-            lines = handle.read().splitlines()[200:320]
-        (ws / "runs" / "hh" / "base_201_320.jsonl").write_text("\n".join(lines) + "\n")
+            lines = handle.read().splitlines()[400:1000]
+        (ws / "runs" / "hh" / "base_401_1000.jsonl").write_text("\n".join(lines) + "\n")
     return box
 
 
@@ -600,10 +600,6 @@ def check_packed(box, outcome):
 def check_train_help(box, outcome):
     for key in ("--objective", "--init_from", "--padding_free", "--max_tokens_per_batch", "--center_rewards_coefficient"):
         assert key in outcome.stdout, key
-
-
-def check_golden_smollm(box, outcome):
-    assert_reward_model(box, "runs/golden-smollm-bt", "bt")
 
 
 def check_accelerate_launch(box, outcome):
@@ -830,8 +826,8 @@ def check_tiny_study(box, outcome):
     assert box.path("runs/studies/tiny/summary.md").stat().st_size > 0
 
 
-def check_hh120(box, outcome):
-    data = load_embeddings(box, "runs/hh/hh120.npz")
+def check_hh600(box, outcome):
+    data = load_embeddings(box, "runs/hh/hh600.npz")
     assert data.embeddings.shape == (48, 32) and data.golden.shape == (48,)
 
 
@@ -840,7 +836,8 @@ def check_hh_study(box, outcome):
 
     table = pd.read_csv(box.path("runs/studies/hh-smollm/results.csv"))
     assert set(table["method"]) == {"bt-mlp", "clf-mlp", "clf-lgb"} and set(table["seed"]) == {0}
-    assert set(table["beta"]) == {1.0, 3.0, 10.0, 30.0}
+    assert set(table["beta"]) == {0.5, 1.0, 3.0, 10.0}
+    assert set(table["n_annotations"]) == {100, 200, 440} and set(table["pairing"]) == {"in-prompt", "cross-prompt"}
 
 
 def check_active_study(box, outcome):
@@ -849,6 +846,14 @@ def check_active_study(box, outcome):
     table = pd.read_csv(box.path("runs/active_tiny/results.csv"))
     assert set(table["strategy"]) == {"random", "dopt"} and table.groupby("strategy").size().tolist() == [2, 2]
     assert box.path("runs/active_tiny/summary.md").stat().st_size > 0
+
+
+def check_active_hh(box, outcome):
+    import pandas as pd
+
+    table = pd.read_csv(box.path("runs/active_hh_rlhf/results.csv"))
+    assert set(table["strategy"]) == {"random", "dopt"} and set(table["pairing"]) == {"cross-prompt"}
+    assert table.groupby("strategy").size().tolist() == [2, 2]  # 20 annotations in rounds of 10
 
 
 def label_pending_batch(box: Sandbox, state: str = "STATE") -> None:
