@@ -53,9 +53,9 @@ class Profile:
     train_top_layers: int | None  # None = every layer
 
 
-# Measured on an idle 2-core machine (docs/speed.md has the breakdown): a full fine-tuning step of SmolLM2
-# on 8 × 256 tokens takes about 15 s, training only the top 2 of 30 layers about 4 s; scoring runs at
-# about 550 tokens/s. Top-2-layer BT on 240–320 HH pairs at 128 tokens reaches about 0.60 held-out accuracy
+# Measured on an idle 2-core machine (bench/cpu_step_cost.py, docs/speed.md): a full fine-tuning step of
+# SmolLM2 on 8 × 256 tokens takes about 10.6 s, training only the top 2 of 30 layers 3.3 s; scoring runs
+# at about 670 tokens/s. The whole demo took 399 s (plus setup) on that machine. Top-2-layer BT on 240–320 HH pairs at 128 tokens reaches about 0.60 held-out accuracy
 # on 200 helpful-online pairs (95 % interval about 0.53–0.67), within the 10-minute budget.
 FULL = Profile(regression_steps=10, regression_rows=80, bt_steps=64, bt_pairs=256, heldout_pairs=200, rewardbench_per_subset=6,
                rewardbench_max_length=256, expo_pairs=32, max_length=128, learning_rate=2e-4, train_top_layers=2)
