@@ -55,8 +55,8 @@ class Profile:
 
 # Measured on an idle 2-core machine (bench/cpu_step_cost.py, docs/speed.md): a full fine-tuning step of
 # SmolLM2 on 8 × 256 tokens takes about 10.6 s, training only the top 2 of 30 layers 3.3 s; scoring runs
-# at about 670 tokens/s. The whole demo took 399 s (plus setup) on that machine. Top-2-layer BT on 240–320 HH pairs at 128 tokens reaches about 0.60 held-out accuracy
-# on 200 helpful-online pairs (95 % interval about 0.53–0.67), within the 10-minute budget.
+# at about 670 tokens/s. Top-2-layer BT on 240–320 HH pairs at 128 tokens reaches about 0.60 held-out
+# accuracy on 200 helpful-online pairs (95 % interval about 0.53–0.67); the whole demo took 399 s plus setup.
 FULL = Profile(regression_steps=10, regression_rows=80, bt_steps=64, bt_pairs=256, heldout_pairs=200, rewardbench_per_subset=6,
                rewardbench_max_length=256, expo_pairs=32, max_length=128, learning_rate=2e-4, train_top_layers=2)
 QUICK = Profile(regression_steps=8, regression_rows=64, bt_steps=12, bt_pairs=64, heldout_pairs=48, rewardbench_per_subset=5,
@@ -187,7 +187,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
                                         "max_steps": profile.bt_steps, "per_device_train_batch_size": 4})
     timings["2. bt (+ held-out eval)"] = time.time() - t
     heldout_accuracy = bt["eval_metrics"]["eval_accuracy"]
-    chosen, rejected = (bt["eval_rewards"][:, 0].tolist(), bt["eval_rewards"][:, 1].tolist())
+    chosen, rejected = bt["eval_rewards"][:, 0].tolist(), bt["eval_rewards"][:, 1].tolist()
     heldout_n = len(chosen)
     heldout_low, heldout_high = wilson_interval(sum(c > r for c, r in zip(chosen, rejected)), heldout_n)
     # 3. RewardBench sample

@@ -189,13 +189,13 @@ def freeze_lower_layers(model, top_layers: int) -> tuple[int, int]:
     layers = decoder_layers(model)
     if top_layers > len(layers):
         raise ValueError(f"train_top_layers={top_layers} but the model has only {len(layers)} decoder layers")
-    body, head = body_and_score_head(model)
+    body, _ = body_and_score_head(model)
     frozen = {id(p) for layer in layers[: len(layers) - top_layers] for p in layer.parameters()}
     embeddings = body.get_input_embeddings() if body is not None and hasattr(body, "get_input_embeddings") else None
     if embeddings is not None:
         frozen |= {id(p) for p in embeddings.parameters()}
     for name, module in (body.named_children() if body is not None else ()):  # position embeddings (GPT-2 wpe)
-        if "embed" in name or name in ("wpe", "wte"):
+        if "embed" in name or name == "wpe":
             frozen |= {id(p) for p in module.parameters()}
     trainable = total = 0
     for parameter in model.parameters():
