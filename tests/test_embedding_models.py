@@ -307,3 +307,64 @@ def test_response_pool_split_keeps_prompts_whole(tmp_path):
     np.testing.assert_array_equal(again.embeddings, pool.embeddings)
     with pytest.raises(ValueError, match="must match"):
         ResponsePool(pool.embeddings, pool.golden[:5], pool.prompt_ids)
+
+
+# ---------------------------------------------------------------- CLF-LGB computes what plain LightGBM computes
+
+
+def _trees(booster) -> str:
+    """A booster's trees without its parameter block (which lists force_col_wise and the like)."""
+    return booster.model_to_string().split("\nparameters:")[0]
+
+
+def test_clf_lgb_trees_equal_plain_lightgbm_on_a_dense_matrix():
+    """hsrm builds the LightGBM Dataset from a column-major (CSC) copy and forces col-wise
+    histograms for speed; the trees must be exactly those of the textbook call
+    ``lgb.train({"objective": "binary", …}, lgb.Dataset(X))``, zeros, NaNs and a constant column included."""
+    import lightgbm as lgb
+
+    from hsrm.embedding.models import fit_clf_lgb
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 120)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = 0.0  # exact zeros: LightGBM's sparse path must not drop them differently
+    x[rng.random(x.shape) < 0.02] = np.nan
+    x[:, 7] = 1.5  # constant
+    x[:, 9] = np.round(x[:, 9])  # few distinct values
+    labels = (np.nan_to_num(x[:, 0]) + 0.5 * np.nan_to_num(x[:, 1]) + rng.standard_normal(3000) > 0).astype(np.float32)
+
+    ours = fit_clf_lgb(x, labels, seed=0, num_threads=1)
+    plain_params = {"objective": "binary", "metric": "binary_logloss", "seed": 0, "verbosity": -1, "num_threads": 1}
+    for layout in ({"force_col_wise": True}, {}):  # {} = LightGBM's own row/col-wise trial
+        plain = lgb.train({**plain_params, **layout}, lgb.Dataset(x, label=labels))
+        assert _trees(ours.booster) == _trees(plain), layout
+        assert np.array_equal(ours.score(x), plain.predict(x, raw_score=True))
+    assert ours.booster.num_trees() == 100  # the paper's defaults: 100 rounds
+
+
+def test_clf_lgb_row_wise_override_is_accepted():
+    from hsrm.embedding.models import fit_clf_lgb
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(np.float32)
+    model = fit_clf_lgb(x, labels, num_threads=1, params={"force_row_wise": True, "num_boost_round": 5})
+    assert model.booster.num_trees() == 5
+    assert "[force_row_wise: 1]" in model.booster.model_to_string()
+
+
+def test_embedding_fit_bench_smoke_reports_identical_trees_to_its_peer(tmp_path):
+    """bench/embedding_fit.py at toy size: it runs, and hsrm's CLF-LGB equals the plain-LightGBM peer."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "embedding_fit.py"
+    spec = importlib.util.spec_from_file_location("embedding_fit_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "fit.json"
+    result = bench.main(["--pairs", "300", "--dim", "16", "--threads", "1", "--methods", "clf-lgb", "--output", str(out)])
+    peer = result["clf-lgb"]["peer_plain_lightgbm"]
+    assert peer["same_trees"] is True
+    assert peer["speedup"] > 0 and json.loads(out.read_text())["clf-lgb"]["peer_plain_lightgbm"]["same_trees"] is True
