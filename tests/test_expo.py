@@ -113,8 +113,10 @@ def test_search_picks_the_best_factor_on_a_constructed_case(tmp_path):
     from hsrm.testing import build_tiny_llama
 
     base = build_tiny_llama(tmp_path / "base", seed=4)
-    lower = [1.15, 1.25, 1.35, 1.45, 1.55, 1.615]   # correct once α is above these
-    upper = [1.625, 1.65, 1.75, 1.85, 1.95]         # correct while α is below these
+    # No threshold sits on a grid point (coarse 0.1 steps, fine 0.01 steps): there the margin is 0
+    # in exact arithmetic and its sign would be float32 rounding.
+    lower = [1.15, 1.25, 1.35, 1.45, 1.555, 1.615]  # correct once α is above these
+    upper = [1.625, 1.655, 1.75, 1.85, 1.95]        # correct while α is below these
     words = ["bread", "Paris", "thank you", "python", "numbers", "quick fox", "lazy dog", "yes", "no", "maybe", "great"]
     rows = [{"prompt": f"Question {i}: {w}?", "chosen": f"Answer {w} {i} good", "rejected": f"{w} bad {i} terrible"}
             for i, w in enumerate(words)]
