@@ -273,7 +273,9 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
         f"hsrm demo --out {out}" + (" --quick" if quick else ""), "```",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:20]))
+    # The console shows the summary down to the end of the Best-of-N table; the rest is in the file.
+    summary_end = lines.index("## RewardBench sample")
+    print("\n".join(lines[:summary_end]).rstrip())
     print(f"\nreport: {out / 'README.md'}")
     return report
 

@@ -9,9 +9,10 @@ from hsrm.cli import main as cli_main
 pytestmark = pytest.mark.slow
 
 
-def test_quick_demo_writes_a_complete_report(tmp_path):
+def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "report"
     assert cli_main(["demo", "--out", str(out), "--quick"]) == 0
+    console = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["heldout_accuracy"] <= 1.0 and summary["expo_alpha"] >= 1.0
     assert len(summary["best_of_n"]["rewards"]) == 4
@@ -19,6 +20,10 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     for name in ("README.md", "training_curves.png", "reward_distributions.png", "expo_search.png", "rewardbench.json"):
         assert (out / name).stat().st_size > 0, name
     report = (out / "README.md").read_text()
+    best = summary["best_of_n"]["rewards"].index(max(summary["best_of_n"]["rewards"]))
+    # the console summary ends with the Best-of-N table, every row of it, the best one marked
+    assert [line.split(" | ")[0] for line in console.splitlines() if line.startswith("| ") and " | " in line][-4:] == \
+        [f"| {i}{' (best)' if i == best else ''}" for i in range(4)]
     assert "held-out pairwise accuracy" in report and "hsrm expo --weak" in report and "## Embedding-path study" in report
     assert (out / "expo" / "expo_search.json").exists() and (out / "study" / "results.csv").exists()
     assert summary["heldout_accuracy_95ci"][0] <= summary["heldout_accuracy"] <= summary["heldout_accuracy_95ci"][1]
