@@ -33,12 +33,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from hsrm.modeling import default_model_path, freeze_lower_layers, load_reward_model, reward_forward
+    from hsrm.modeling import build_reward_model, default_model_path, freeze_lower_layers, reward_outputs
 
     torch.set_num_threads(args.threads)
-    model, _ = load_reward_model(args.model or default_model_path())
+    model, _ = build_reward_model(args.model or default_model_path())
     ids = torch.randint(100, model.config.vocab_size - 1, (args.batch, args.length))
-    mask = torch.ones_like(ids)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     tokens = args.batch * args.length
     rows = []
 
@@ -48,12 +48,12 @@ def main() -> None:
 
     model.eval()
     with torch.no_grad():
-        record("scoring (forward, no_grad)", seconds_per_call(lambda: reward_forward(model, ids, mask), args.repeats))
+        record("scoring (forward, no_grad)", seconds_per_call(lambda: reward_outputs(model, batch), args.repeats))
     model.train()
 
     def train_step(optimizer):
         def step():
-            reward_forward(model, ids, mask).sum().backward()
+            reward_outputs(model, batch).sum().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return step

@@ -14,9 +14,10 @@ the longest sequence (sdpa); hsrm's ``PairwiseRewardTrainer`` packs each micro-b
 attention path in ``--attn``. Reported per run: real (non-pad) tokens/s over the steps after
 ``--warmup``, MFU = 6·N·tokens/s ÷ the GPU's dense bf16 peak (N = all parameters, as in
 anchors.md), peak memory; then the ratio of the best hsrm run to TRL and whether issue 8's targets
-are met. Scoring: hsrm's packed scoring (``hsrm.packing.score_packed``) against a plain padded
-transformers loop (fixed batches in input order, the model's own pad-id pooling) on the same
-sequences, with the largest reward difference between them.
+are met. Scoring: the engine every hsrm verb scores with (``hsrm.engine.score_sequences``), padded
+(length-sorted) and packed, against a plain padded transformers loop (fixed batches in input order,
+the model's own pad-id pooling) on the same sequences, with the ratios and the largest reward
+difference between them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from hsrm.packing import VARLEN_ATTENTION, _torch_varlen_attn, packing_discrepancy, score_packed
+from hsrm.engine import choose_layout, score_sequences
+from hsrm.packing import VARLEN_ATTENTION, _torch_varlen_attn, packing_discrepancy
 from hsrm.trainers.pairwise import PairwiseRewardTrainer
 
 # Llama-3.2-1B's shape (config.json of meta-llama/Llama-3.2-1B), without its weights.
@@ -250,36 +252,39 @@ def timed(fn, device: str, repeats: int = 1):
 
 
 def run_scoring(args, sequences, device, dtype, attn: str) -> dict:
+    """The engine every hsrm verb scores with (``hsrm.engine.score_sequences``), in both layouts,
+    against a plain padded transformers loop on the same sequences and model."""
     model = build_model(args.model_shape, "sdpa", dtype, device, args.seed).eval()
     tokens = sum(len(s) for s in sequences)
     warm = sequences[: max(2, len(sequences) // 16)]
     plain_padded_scores(model, warm, args.score_batch_size, device)
     plain, plain_s = timed(lambda: plain_padded_scores(model, sequences, args.score_batch_size, device), device, args.score_repeats)
-    sorted_padded = sorted_padded_s = None
-    try:  # what `hsrm score` runs today: length-sorted padded batches (hsrm/scoring.py)
-        from hsrm.scoring import score_token_ids
-
-        sorted_padded, sorted_padded_s = timed(lambda: score_token_ids(model, sequences, PAD_ID, batch_size=args.score_batch_size,
-                                                                       progress=False), device, args.score_repeats)
-    except ImportError:
-        pass
+    padded, padded_s = timed(lambda: score_sequences(model, sequences, layout="padded", pad_id=PAD_ID,
+                                                     batch_size=args.score_batch_size), device, args.score_repeats)
     model.set_attn_implementation(attn)
-    score_packed(model, warm, max_tokens=args.score_max_tokens, progress=False)  # compiles flex attention, if chosen
-    packed, packed_s = timed(lambda: score_packed(model, sequences, max_tokens=args.score_max_tokens, progress=False), device,
-                             args.score_repeats)
+    score_sequences(model, warm, layout="packed", max_tokens=args.score_max_tokens)  # compiles flex attention, if chosen
+    packed, packed_s = timed(lambda: score_sequences(model, sequences, layout="packed", max_tokens=args.score_max_tokens),
+                             device, args.score_repeats)
     result = {"sequences": len(sequences), "real_tokens": tokens, "repeats_fastest_counts": args.score_repeats,
+              "auto_layout": choose_layout(model, "auto"),
               "plain_padded": {"batch_size": args.score_batch_size, "attn_implementation": "sdpa",
                                "real_tokens_per_s": round(tokens / plain_s, 1), "seconds": round(plain_s, 3)},
-              "hsrm_packed": {"max_tokens": args.score_max_tokens, "attn_implementation": attn,
-                              "real_tokens_per_s": round(tokens / packed_s, 1), "seconds": round(packed_s, 3)},
-              "ratio_hsrm_over_plain": round(plain_s / packed_s, 3),
+              "engine_padded": {"batch_size": args.score_batch_size, "attn_implementation": "sdpa",
+                                "real_tokens_per_s": round(tokens / padded_s, 1), "seconds": round(padded_s, 3),
+                                "max_abs_reward_difference": float((plain - padded).abs().max())},
+              "engine_packed": {"max_tokens": args.score_max_tokens, "attn_implementation": attn,
+                                "real_tokens_per_s": round(tokens / packed_s, 1), "seconds": round(packed_s, 3),
+                                "max_abs_reward_difference": float((plain - packed).abs().max())},
+              "ratio_engine_padded_over_plain": round(plain_s / padded_s, 3),
+              "ratio_engine_packed_over_plain": round(plain_s / packed_s, 3),
               "max_abs_reward_difference": float((plain - packed).abs().max())}
-    if sorted_padded is not None:
-        result["hsrm_score_sorted_padded"] = {"batch_size": args.score_batch_size, "attn_implementation": "sdpa",
-                                              "real_tokens_per_s": round(tokens / sorted_padded_s, 1), "seconds": round(sorted_padded_s, 3),
-                                              "max_abs_reward_difference": float((plain - sorted_padded).abs().max())}
     check = sequences[:8]
     result["packing_check_8_sequences"] = {k: round(v, 6) for k, v in packing_discrepancy(model, check, PAD_ID).items()}
+    print(f"scoring {len(sequences)} sequences ({tokens} real tokens): plain padded loop "
+          f"{result['plain_padded']['real_tokens_per_s']:,.0f} tokens/s | engine padded "
+          f"{result['engine_padded']['real_tokens_per_s']:,.0f} ({result['ratio_engine_padded_over_plain']:.2f}x) | engine packed "
+          f"[{attn}] {result['engine_packed']['real_tokens_per_s']:,.0f} ({result['ratio_engine_packed_over_plain']:.2f}x) | "
+          f"auto picks {result['auto_layout']}", flush=True)
     del model
     release(device)
     return result
@@ -343,7 +348,11 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = synthetic_pairs(n_pairs, vocab, prompt_median=120 * scale, response_median=300 * scale,
                             max_length=2048 if not tiny else 512, seed=args.seed)
     pair_tokens = [len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs]
-    sequences = [s for p in pairs for s in (p["chosen_ids"], p["rejected_ids"])][: args.score_sequences]
+    # Scoring draws its own pairs when the training set is smaller than --score-sequences.
+    score_pairs = pairs if 2 * n_pairs >= args.score_sequences else synthetic_pairs(
+        (args.score_sequences + 1) // 2, vocab, prompt_median=120 * scale, response_median=300 * scale,
+        max_length=2048 if not tiny else 512, seed=args.seed + 1)
+    sequences = [s for p in score_pairs for s in (p["chosen_ids"], p["rejected_ids"])][: args.score_sequences]
 
     import transformers
     import trl

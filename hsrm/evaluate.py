@@ -15,15 +15,16 @@ What is measured depends on the data (detected from its first row, or ``--format
 * any other preference pairs: accuracy (strict) and mean margin r(chosen) − r(rejected);
 * ratings (HelpSteer-style): MAE, RMSE and Pearson r per attribute the model predicts.
 
-Rewards come from ``hsrm.scoring.score_token_ids``: the model's chat template, left truncation to
-``--max-length`` (2048, RewardBench's value), the head read at the last real token. Any
-``AutoModelForSequenceClassification`` folder works, not only hsrm's.
+Rewards come from the scoring engine through :class:`hsrm.scoring.RewardScorer`: the model's chat
+template, left truncation, the head read at the last real token, the scalar reward of the model's
+record. ``--max-length`` defaults to RewardBench's 2048 on RewardBench data (its protocol) and to the
+length the model was trained with on any other data (``hsrm.modeling.resolve_max_length``). Any
+trained ``AutoModelForSequenceClassification`` folder works, not only hsrm's.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -36,11 +37,17 @@ import torch
 
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
 from .data.render import TruncationStats, encode
-from .scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, RewardScorer
+from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
+from .files import atomic_write_json
+from .record import reward_statistics
+from .scoring import RewardScorer, add_engine_arguments
 
 logger = logging.getLogger(__name__)
 
 EVAL_KINDS = ("rewardbench", "pairs", "ratings")
+# Benchmark protocols that fix the sequence length: RewardBench scores every model at 2048 tokens,
+# cut from the left (allenai/reward-bench), whatever length the model was trained with.
+PROTOCOL_MAX_LENGTH = {"rewardbench": 2048}
 DEFAULT_SPLITS = {"rewardbench": "filtered", "helpsteer2_preference": "val", "helpsteer2_ratings": "validation", "pairs": "test"}
 
 
@@ -139,7 +146,7 @@ def detect_kind(source: str, data_format: str = "auto") -> str:
 
 
 def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
-                  max_length: int | None = DEFAULT_MAX_LENGTH, model_attributes: Sequence[str] = ("reward",),
+                  max_length: int | None, model_attributes: Sequence[str] = ("reward",),
                   on_error: str = "raise", per_subset: int | None = None) -> EvalSet:
     """Load ``source`` and tokenize it with ``tokenizer`` exactly as training does. ``per_subset`` keeps
     the first N rows of every RewardBench subset (a quick run that still reaches every section)."""
@@ -195,13 +202,17 @@ def evaluate_prepared(scorer: RewardScorer, eval_set: EvalSet) -> dict[str, Any]
     if eval_set.kind == "ratings":
         outputs = scorer.score_ids(eval_set.sequences, all_outputs=True, desc="scoring ratings")
         predictions = outputs[:, eval_set.output_index]
-        result["metrics"] = rating_metrics(predictions, eval_set.labels, eval_set.attributes)
+        result["rewards"] = scorer.scalar(outputs).tolist()  # the scalar reward of each rated response
+        # The reward statistics describe the scalar reward, whichever outputs the data rates.
+        result["metrics"] = {**rating_metrics(predictions, eval_set.labels, eval_set.attributes),
+                             **reward_statistics(result["rewards"])}
         first = eval_set.attributes[0]
         result["primary_metric"] = {"name": f"{first}_pearson", "value": result["metrics"].get(f"{first}_pearson", float("nan"))}
         return result
     rewards = scorer.score_ids(eval_set.sequences, desc="scoring pairs")
     n = eval_set.n_items
     chosen, rejected = rewards[:n], rewards[n:]
+    result["rewards"] = {"chosen": chosen.tolist(), "rejected": rejected.tolist()}  # per pair, in data order
     result["metrics"] = pairwise_summary(chosen.tolist(), rejected.tolist())
     result["primary_metric"] = {"name": "accuracy", "value": result["metrics"]["accuracy"]}
     if eval_set.kind == "rewardbench":
@@ -212,6 +223,12 @@ def evaluate_prepared(scorer: RewardScorer, eval_set: EvalSet) -> dict[str, Any]
     return result
 
 
+def scalar_rewards(result: dict[str, Any]) -> list[float]:
+    """Every scalar reward an evaluation computed: both sides of every pair, or every rated response."""
+    rewards = result["rewards"]
+    return rewards["chosen"] + rewards["rejected"] if isinstance(rewards, dict) else list(rewards)
+
+
 def primary_metric(result: dict[str, Any]) -> float:
     """The one number a factor search maximises: RewardBench overall, else pairwise accuracy,
     else the helpfulness Pearson r."""
@@ -219,14 +236,17 @@ def primary_metric(result: dict[str, Any]) -> float:
 
 
 def evaluate_model(model: str, data: str, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = DEFAULT_MAX_LENGTH, dtype: str = "float32",
+                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, dtype: str = "float32",
                    device: str | None = None, progress: bool = True, scorer: RewardScorer | None = None,
-                   on_bad_rows: str = "raise", per_subset: int | None = None) -> dict[str, Any]:
+                   on_bad_rows: str = "raise", per_subset: int | None = None, layout: str = "auto",
+                   max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
     """Score ``data`` with the reward model at ``model``. ``on_bad_rows="skip"`` skips and counts rows
-    that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping."""
-    detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
+    that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping.
+    ``max_length=None``: the benchmark's protocol length on RewardBench data, else the model record's."""
+    kind = detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
     scorer = scorer or RewardScorer(model, batch_size=batch_size, max_length=max_length, dtype=dtype, device=device,
-                                    progress=progress)
+                                    progress=progress, layout=layout, max_tokens=max_tokens,
+                                    protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind), protocol_name=f"{kind} protocol")
     eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
                              max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows,
                              per_subset=per_subset)
@@ -289,18 +309,6 @@ def default_output_path(model: str, data: str) -> Path:
     return Path(f"{Path(model.rstrip('/')).name}.{name}.eval.json")
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    import tempfile
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(payload, out, indent=2, allow_nan=True)
-    os.replace(tmp, target)
-    return target
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsrm evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="reward model folder (any AutoModelForSequenceClassification)")
@@ -313,9 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-subset", "--per_subset", type=int, default=None,
                         help="RewardBench: the first N rows of every subset (quick, and every section still scores)")
     parser.add_argument("--batch-size", "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per forward pass")
-    parser.add_argument("--max-length", "--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens kept per sequence (cut from the left)")
-    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: GPU when present)")
+    parser.add_argument("--max-length", "--max_length", type=int, default=None,
+                        help="tokens kept per sequence, cut from the left (default: 2048 on RewardBench, its protocol; "
+                             "else the model's training max_length, else 2048)")
+    add_engine_arguments(parser)
     parser.add_argument("--on-bad-rows", "--on_bad_rows", default="raise", choices=("raise", "skip"),
                         help="raise (default) stops at the first unusable row; skip skips and counts them")
     return parser
@@ -332,8 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = evaluate_model(args.model, args.data, data_format=args.data_format, split=args.split, limit=args.limit,
                             batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device,
-                            on_bad_rows=args.on_bad_rows, per_subset=args.per_subset)
+                            on_bad_rows=args.on_bad_rows, per_subset=args.per_subset, layout=args.layout,
+                            max_tokens=args.max_tokens)
     print(format_report(result))
-    path = write_json_atomic(args.output or default_output_path(result["model"], args.data), result)
+    path = atomic_write_json(args.output or default_output_path(result["model"], args.data), result)
     print(f"wrote {path}")
     return result

@@ -28,10 +28,13 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from .record import read_record, reward_statistics, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -185,19 +188,14 @@ def _copy_side_files(strong: Path, staging: Path) -> None:
             shutil.copy2(path, staging / path.name)
 
 
-def _update_metadata(folder: Path, expo_meta: dict[str, Any], reward_stats: dict[str, float] | None) -> None:
-    """Record the extrapolation in config.json's ``hsrm`` block. The strong model's reward statistics
+def _update_record(folder: Path, expo_meta: dict[str, Any], reward_stats: dict[str, Any] | None) -> None:
+    """Record the extrapolation in the folder's model record. The strong model's reward statistics
     and validation metrics describe other weights, so they are replaced or dropped."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    meta = dict(config.get("hsrm") or {})
-    for stale in ("reward_mean", "reward_std", "reward_stats_on", "eval_metrics"):
-        meta.pop(stale, None)
+    record = replace(read_record(folder), reward_mean=None, reward_std=None, reward_stats_on=None, eval_metrics={},
+                     expo=expo_meta)
     if reward_stats:
-        meta.update(reward_stats)
-    meta["expo"] = expo_meta
-    config["hsrm"] = meta
-    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        record = replace(record, **reward_stats)
+    write_record(folder, record)
 
 
 def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha: float, out: str | os.PathLike, *,
@@ -239,7 +237,7 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
             shutil.copy2(strong_dir / INDEX_FILE, staging / INDEX_FILE)
         meta = {"weak": str(weak_dir), "strong": str(strong_dir), "alpha": alpha,
                 "formula": "theta_weak + alpha * (theta_strong - theta_weak)", **(extra_meta or {})}
-        _update_metadata(staging, meta, reward_stats)
+        _update_record(staging, meta, reward_stats)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -273,20 +271,27 @@ def apply_extrapolation_(model, weak_reader: ShardReader, strong_reader: ShardRe
 # ------------------------------------------------------------------------------ search
 def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] = PAPER_COARSE,
                   fine_step: float = PAPER_FINE_STEP, fine_radius: float = PAPER_FINE_RADIUS, data_format: str = "auto",
-                  split: str | None = None, limit: int | None = None, batch_size: int = 8, max_length: int | None = 2048,
-                  device: str | None = None, progress: bool = True, on_bad_rows: str = "raise") -> dict[str, Any]:
+                  split: str | None = None, limit: int | None = None, batch_size: int = 8, max_length: int | None = None,
+                  device: str | None = None, progress: bool = True, on_bad_rows: str = "raise", dtype: str = "float32",
+                  layout: str = "auto", max_tokens: int | None = None) -> dict[str, Any]:
     """Score factors on ``data`` with ``hsrm evaluate``'s metric: the coarse grid, then ``fine_step``
     steps within ``fine_radius`` of the coarse best. α = 1 (the strong model) is scored as a reference.
+    Rewards come from the engine exactly as ``hsrm evaluate`` computes them, ``max_length`` included
+    (``None``: RewardBench's 2048 on RewardBench data, else the strong model's recorded length).
 
     Returns ``{"best": row, "table": [rows], "metric": name, "results": {alpha: evaluate result}}``.
     """
     from tqdm.auto import tqdm
 
-    from .evaluate import evaluate_prepared, load_eval_set, primary_metric
+    from .engine import DEFAULT_MAX_TOKENS
+    from .evaluate import PROTOCOL_MAX_LENGTH, detect_kind, evaluate_prepared, load_eval_set, primary_metric
     from .scoring import RewardScorer
 
     weak_reader, strong_reader = check_compatible(weak, strong)
-    scorer = RewardScorer(strong, batch_size=batch_size, max_length=max_length, device=device, progress=False)
+    kind = detect_kind(str(data), data_format)
+    scorer = RewardScorer(strong, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype, progress=False,
+                          layout=layout, max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+                          protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind), protocol_name=f"{kind} protocol")
     eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
                              max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows)
     logger.info("ExPO search on %s | %s", eval_set.load_summary, eval_set.truncation)
@@ -345,6 +350,8 @@ def _parse_grid(text: str) -> tuple[float, float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .scoring import add_engine_arguments
+
     parser = argparse.ArgumentParser(prog="hsrm expo", description="θ = θ_weak + α(θ_strong − θ_weak) for reward models.")
     parser.add_argument("--weak", required=True, help="the weaker checkpoint (paper: helpfulness-only regression RM)")
     parser.add_argument("--strong", required=True, help="the stronger checkpoint trained from it (paper: Scaled BT)")
@@ -360,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine-step", "--fine_step", type=float, default=PAPER_FINE_STEP)
     parser.add_argument("--fine-radius", "--fine_radius", type=float, default=PAPER_FINE_RADIUS)
     parser.add_argument("--batch-size", "--batch_size", type=int, default=8)
-    parser.add_argument("--max-length", "--max_length", type=int, default=2048)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-length", "--max_length", type=int, default=None,
+                        help="tokens per sequence (default: 2048 on RewardBench data, else the strong model's training max_length)")
+    add_engine_arguments(parser)
     parser.add_argument("--on-bad-rows", "--on_bad_rows", default="raise", choices=("raise", "skip"),
                         help="unusable validation rows: raise (default) or skip and count them")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -380,11 +388,12 @@ def main(argv: list[str] | None = None) -> Path:
     search = search_factor(args.weak, args.strong, args.data, coarse=args.coarse, fine_step=args.fine_step,
                            fine_radius=args.fine_radius, data_format=args.data_format, split=args.split, limit=args.limit,
                            batch_size=args.batch_size, max_length=args.max_length, device=args.device,
-                           on_bad_rows=args.on_bad_rows)
+                           on_bad_rows=args.on_bad_rows, dtype=args.dtype, layout=args.layout, max_tokens=args.max_tokens)
     best = search["best"]
-    chosen = search["results"][best["alpha"]]["metrics"]
-    stats = ({"reward_mean": chosen["reward_mean"], "reward_std": chosen["reward_std"],
-              "reward_stats_on": f"ExPO validation set {args.data}"} if "reward_mean" in chosen else None)
+    from .evaluate import scalar_rewards
+
+    stats = {**reward_statistics(scalar_rewards(search["results"][best["alpha"]])),
+             "reward_stats_on": f"ExPO validation set {args.data}"}
     path = extrapolate_folder(args.weak, args.strong, best["alpha"], args.out, overwrite=args.overwrite, reward_stats=stats,
                               extra_meta={"searched_on": args.data, "metric": best["metric"], "score": best["score"],
                                           "strong_score": next(r["score"] for r in search["table"] if r["stage"] == "reference"),

@@ -155,13 +155,13 @@ print(reward)
 
 def build_model_card(model_dir: str | os.PathLike, repo_id: str, evaluations: list[dict] | None = None) -> str:
     """README.md text for the model folder (YAML front matter + sections)."""
+    from .modeling import DEFAULT_MAX_LENGTH
+    from .record import read_record
+
     root = Path(model_dir)
-    config = _read_json(root / "config.json") or {}
-    meta = config.get("hsrm") if isinstance(config.get("hsrm"), dict) else {}
+    record = read_record(root)
     evaluations = collect_evaluations(root) if evaluations is None else evaluations
-    base_model = meta.get("base_model")
-    expo = meta.get("expo") if isinstance(meta.get("expo"), dict) else None
-    objective = meta.get("objective")
+    base_model, expo, objective = record.base_model, record.expo, record.objective
     front = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- reward-model", "- hsrm"]
     if objective:
         front.append(f"- {objective.replace('_', '-')}")
@@ -169,18 +169,18 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str, evaluations: li
         front.append("- expo")
     if _is_hub_id(base_model):
         front.append(f"base_model: {base_model}")
-    if _is_hub_id(meta.get("train_data")):
-        front += ["datasets:", f"- {meta['train_data']}"]
+    if _is_hub_id(record.train_data):
+        front += ["datasets:", f"- {record.train_data}"]
     front.append("---")
     lines = ["\n".join(front), "", f"# {repo_id.split('/')[-1]}", "",
              "A reward model trained with hsrm: a sequence classifier whose score head is read at the last "
              "token of the conversation, rendered with this repository's chat template.", "", "## Training", ""]
     rows = [("base model", base_model or "unknown"),
             ("objective", OBJECTIVE_TEXT.get(objective, objective or "unknown (not trained by hsrm)")),
-            ("initialised from", meta.get("init_from")), ("training data", meta.get("train_data")),
-            ("outputs", ", ".join(meta.get("attributes") or []) or None),
-            ("attribute weights", meta.get("attribute_weights")),
-            ("max length (tokens, left-truncated)", meta.get("max_length")), ("LoRA (merged)", meta.get("lora") or None)]
+            ("initialised from", record.init_from), ("training data", record.train_data),
+            ("outputs", ", ".join(record.attributes or []) or None),
+            ("attribute weights", record.attribute_weights),
+            ("max length (tokens, left-truncated)", record.max_length), ("LoRA (merged)", record.lora or None)]
     lines += ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v not in (None, "", [])]
     lines += ["", "## ExPO", ""]
     if expo:
@@ -194,14 +194,14 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str, evaluations: li
         lines.append("No extrapolation (α = 1: the trained weights as they are).")
     lines += ["", "## Evaluation", "", evaluation_markdown(evaluations)]
     lines += ["## Reward scale", ""]
-    if "reward_mean" in meta:
-        lines.append(f"Rewards on {meta.get('reward_stats_on', 'held-out data')}: mean {meta['reward_mean']:.4f}, "
-                     f"std {meta['reward_std']:.4f}. Bradley-Terry rewards are not calibrated: compare rewards of "
+    if record.reward_mean is not None and record.reward_std is not None:
+        lines.append(f"Scalar rewards on {record.reward_stats_on or 'held-out data'}: mean {record.reward_mean:.4f}, "
+                     f"std {record.reward_std:.4f}. Bradley-Terry rewards are not calibrated: compare rewards of "
                      "responses to the same prompt, or normalise with these numbers.")
     else:
         lines.append("No reward statistics were recorded.")
     lines += ["", "## Usage", "", "Plain transformers, no hsrm needed (the reward is read at the last token):", "",
-              usage_snippet(repo_id, meta.get("attribute_weights"), int(meta.get("max_length") or 2048)),
+              usage_snippet(repo_id, record.attribute_weights, record.max_length or DEFAULT_MAX_LENGTH),
               "With hsrm (batched, length-sorted, also a TRL `reward_funcs` entry):", "",
               f"```python\nfrom hsrm.scoring import RewardScorer\n\nscorer = RewardScorer(\"{repo_id}\")\n"
               "scorer.score([\"What is the capital of France?\"], [\"Paris.\"])\n```", ""]

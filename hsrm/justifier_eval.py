@@ -29,7 +29,8 @@ from typing import Any, Sequence
 
 logger = logging.getLogger("hsrm.justifier_eval")
 
-ORDERS = ("chosen_first", "chosen_second")  # where the chosen response sits: @Response 1, @Response 2
+ORDERS = ("chosen_first", "chosen_second")
+JUSTIFIER_FALLBACK_MAX_LENGTH = 4096  # prompt (two responses) + generation, when the model records none  # where the chosen response sits: @Response 1, @Response 2
 
 
 # -------------------------------------------------------------------------------------- metrics
@@ -100,7 +101,7 @@ def end_of_turn_ids(tokenizer, model=None) -> list[int]:
 
 
 def generate_justifications(model, tokenizer, comparisons: Sequence[tuple[Any, str, str]], *, max_new_tokens: int = 512,
-                            batch_size: int = 8, max_length: int | None = 4096, show_progress: bool = True) -> list[str]:
+                            batch_size: int = 8, max_length: int | None = JUSTIFIER_FALLBACK_MAX_LENGTH, show_progress: bool = True) -> list[str]:
     """Greedy justifications for ``(prompt, response_1, response_2)`` comparisons, in order.
 
     Prompts are rendered exactly as in training (:func:`encode_justifier_prompt`), left-padded,
@@ -136,7 +137,7 @@ def generate_justifications(model, tokenizer, comparisons: Sequence[tuple[Any, s
 
 
 def evaluate_justifier(model, tokenizer, pairs, *, max_new_tokens: int = 512, batch_size: int = 8,
-                       max_length: int | None = 4096, show_progress: bool = True) -> dict[str, Any]:
+                       max_length: int | None = JUSTIFIER_FALLBACK_MAX_LENGTH, show_progress: bool = True) -> dict[str, Any]:
     """Judge every pair in both orders; ``pairs`` has ``prompt, chosen, rejected`` (+ ``subset``).
     Returns ``{"metrics": …, "examples": [one record per judgement]}``."""
     from .data.justifications import parse_verdict
@@ -168,19 +169,21 @@ def evaluate_justifier(model, tokenizer, pairs, *, max_new_tokens: int = 512, ba
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def _model_metadata(path: str) -> dict:
+def _model_record(path: str):
+    """The justifier's model record; a scalar reward model is refused with a pointer to the right verb."""
     import os
+
+    from .record import ModelRecord, read_record
 
     config_path = os.path.join(path, "config.json")
     if not os.path.exists(config_path):
-        return {}
+        return ModelRecord()
     with open(config_path, encoding="utf-8") as handle:
-        config = json.load(handle)
-    architectures = config.get("architectures") or []
+        architectures = json.load(handle).get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         raise ValueError(f"{path} is a scalar reward model ({architectures[0]}), not a generative justifier; "
                          "evaluate it without --justifier")
-    return config.get("hsrm") or {}
+    return read_record(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,11 +211,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    meta = _model_metadata(args.model)
-    max_new_tokens = args.max_new_tokens or meta.get("max_new_tokens") or 512
-    if meta.get("justifier_target") == "label" and args.max_new_tokens is None:
+    record = _model_record(args.model)
+    max_new_tokens = args.max_new_tokens or record.max_new_tokens or 512
+    if record.justifier_target == "label" and args.max_new_tokens is None:
         max_new_tokens = min(max_new_tokens, 16)  # "@Response N" and the end of turn
-    max_length = args.max_length or meta.get("max_length") or 4096
+    # The same precedence as every scorer (user, then the record); a justifier's prompt holds two
+    # responses, so a model without a record gets twice the scalar default.
+    max_length = args.max_length or record.max_length or JUSTIFIER_FALLBACK_MAX_LENGTH
     fmt = detect_format(args.data, "pairs") if args.data_format == "auto" else args.data_format
     split = args.split or ("val" if fmt == "helpsteer2_preference" else "train")
     pairs = load_pairs_any(args.data, split, fmt, limit=args.limit)

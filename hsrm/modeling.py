@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -122,11 +122,31 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_reward_model(name_or_path: str | None, num_labels: int = 1, *, dtype: torch.dtype | str | None = None,
-                      trust_remote_code: bool = False, attn_implementation: str | None = None,
-                      tokenizer=None):
-    """(model, tokenizer): any decoder as ``AutoModelForSequenceClassification`` with ``num_labels``
-    outputs. A backbone without a head gets a fresh one; the pad token is made distinct from EOS."""
+# One table of dtype names for every verb (--dtype, model_dtype, RewardScorer(dtype=...)).
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def torch_dtype(dtype: torch.dtype | str | None, default: torch.dtype | str = torch.float32) -> torch.dtype | str:
+    """A torch dtype from a name (``"auto"`` is passed through for ``from_pretrained``).
+
+    >>> torch_dtype("bf16"), torch_dtype(None)
+    (torch.bfloat16, torch.float32)
+    """
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)} or auto")
+    return DTYPES[dtype]
+
+
+def build_reward_model(name_or_path: str | None, num_labels: int = 1, *, dtype: torch.dtype | str | None = None,
+                       trust_remote_code: bool = False, attn_implementation: str | None = None, tokenizer=None):
+    """(model, tokenizer) to *train*: any decoder as ``AutoModelForSequenceClassification`` with
+    ``num_labels`` outputs. A backbone without a head (or with another head size) gets a fresh one;
+    the pad token is made distinct from EOS. To score with a trained model use :func:`load_reward_model`."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .data.render import ensure_distinct_pad_token
@@ -136,17 +156,133 @@ def load_reward_model(name_or_path: str | None, num_labels: int = 1, *, dtype: t
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs = {}
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if isinstance(dtype, str):
-        dtype = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        kwargs["attn_implementation"] = _register_attention(attn_implementation)
     same_head = getattr(config, "num_labels", None) == num_labels
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
+        path, num_labels=num_labels, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
         use_safetensors=True, ignore_mismatched_sizes=not same_head, **kwargs)
     tokenizer = tokenizer or load_tokenizer(path, trust_remote_code=trust_remote_code)
     ensure_distinct_pad_token(tokenizer, model)
     return model, tokenizer
+
+
+def _register_attention(name: str) -> str:
+    """hsrm's own attention path must be registered with transformers before a model asks for it."""
+    if name == "hsrm_varlen":
+        from .packing import register_varlen_attention
+
+        register_varlen_attention()
+    return name
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto": this process's GPU when there is one (so each accelerate rank scores on its
+    own device), else the CPU."""
+    if device not in (None, "auto"):
+        return torch.device(device)
+    if torch.cuda.is_available():
+        # LOCAL_RANK is set by accelerate/torchrun before any CUDA device is selected; without it
+        # every rank of an RLOO run would put its reward model on GPU 0.
+        local_rank = int(os.environ.get("LOCAL_RANK", -1))
+        index = local_rank if 0 <= local_rank < torch.cuda.device_count() else torch.cuda.current_device()
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def default_scoring_attention(device: torch.device, dtype: torch.dtype | str) -> str | None:
+    """The attention path a scorer asks for when the user names none: PyTorch's varlen
+    FlashAttention (``hsrm_varlen``) on CUDA in half precision, where packed scoring pays; else
+    transformers' own default. ``hsrm_varlen`` runs padded batches through SDPA, so it is safe for both layouts."""
+    from .packing import _torch_varlen_attn
+
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _torch_varlen_attn() is not None:
+        return "hsrm_varlen"
+    return None
+
+
+def load_reward_model(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = "auto",
+                      attn_implementation: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer, record) of a *trained* reward model, in eval mode on ``device`` ("auto":
+    this process's GPU if any, else the CPU; ``None``: where ``from_pretrained`` put it, as training wants).
+
+    The one loader of every verb that reads a reward (score, evaluate, ExPO, RLOO, embed
+    --golden-model, serve). It keeps the head the folder has and refuses a model whose score head
+    would be newly initialised (a causal LM, a backbone): transformers only logs that, and the
+    rewards would be random. Safetensors only; ``trust_remote_code`` off unless asked.
+    ``record`` is the folder's :class:`hsrm.record.ModelRecord` (empty for models hsrm did not train).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from .data.render import ensure_distinct_pad_token
+    from .record import record_from_config
+
+    path = resolve_model_path(os.path.expanduser(name_or_path) if isinstance(name_or_path, str) else name_or_path)
+    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(f"reward model folder {path} does not exist")
+    check_model_folder(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(f"{path} is a {architectures[0]}, not a reward model: it has no trained score head, so its "
+                         "rewards would be random. Train one from it (hsrm train --model_name_or_path ...) first")
+    dtype = torch_dtype(dtype)
+    kwargs = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = _register_attention(attn_implementation)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the missing-head report below replaces transformers' log line
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _, head = body_and_score_head(model)
+    missing = [k for k in info.get("missing_keys", []) if k == "score" or k.startswith("score.")]
+    if head is None or missing:
+        raise ValueError(f"{path} holds no trained score head ({', '.join(missing) or 'no score module'} not in the checkpoint): "
+                         "its rewards would be random. Use a folder written by hsrm train / hsrm expo, or any trained "
+                         "AutoModelForSequenceClassification reward model")
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    ensure_distinct_pad_token(tokenizer, model)
+    record = record_from_config(model.config, os.path.join(path, "config.json") if os.path.isdir(path) else path)
+    if record.attribute_weights is not None and len(record.attribute_weights) != model.config.num_labels:
+        raise ValueError(f"{path}: {len(record.attribute_weights)} attribute weights recorded for a head with "
+                         f"{model.config.num_labels} outputs; the folder is damaged")
+    if device is not None:
+        model.to(pick_device(device))
+    return model.eval(), tokenizer, record
+
+
+DEFAULT_MAX_LENGTH = 2048  # tokens per sequence when neither the user, a benchmark protocol nor the model record says
+
+
+def resolve_max_length(explicit: int | None, record=None, model_config=None, *, protocol: int | None = None,
+                       protocol_name: str = "") -> int:
+    """Tokens kept per sequence (cut from the left), by one rule for every verb:
+
+    1. ``explicit`` — what the user asked for (``--max-length``, ``RewardScorer(max_length=...)``);
+    2. ``protocol`` — a benchmark's own setting (RewardBench: 2048);
+    3. the model record's ``max_length`` — what the model was trained with;
+    4. :data:`DEFAULT_MAX_LENGTH`.
+
+    The result is capped at the model's context (``max_position_embeddings``): past it the positions
+    are meaningless (RoPE) or out of range (learned).
+
+    >>> resolve_max_length(None, None), resolve_max_length(512, None), resolve_max_length(None, None, protocol=2048)
+    (2048, 512, 2048)
+    """
+    if explicit is not None and (isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1):
+        raise ValueError(f"max_length must be a positive number of tokens, got {explicit!r}")
+    recorded = getattr(record, "max_length", None)
+    value, source = next((v, name) for v, name in ((explicit, "asked for"), (protocol, f"{protocol_name or 'protocol'}"),
+                                                    (recorded, "the model record"), (DEFAULT_MAX_LENGTH, "default"))
+                         if v is not None)
+    context = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(context, int) and 0 < context < value:
+        logger.warning("max_length %d (%s) exceeds the model's context of %d tokens; using %d", value, source, context, context)
+        value = context
+    return value
 
 
 def _unwrap(model):
@@ -214,20 +350,60 @@ def body_and_score_head(model):
     return body, head
 
 
-def reward_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence head outputs, shape (batch, num_labels), read at each sequence's last real token.
+def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | None = None) -> torch.Tensor:
+    """Hidden states (n, hidden) of a transformer ``body`` at each sequence's last real token.
 
-    Runs the transformer body once and applies the score head only at the gathered positions.
-    Models without a ``score`` head fall back to their own forward (which pools by pad id).
+    ``batch`` is padded — ``input_ids`` and ``attention_mask`` (n, width), read at the last position
+    whose mask is 1, whatever the padding side or pad id — or packed — one (1, T) row with
+    ``position_ids`` restarting at 0 per sequence and ``last_index`` (n,), optionally ``cu_seqlens``
+    and ``max_seqlen`` (:func:`hsrm.packing.pack`). ``hidden_layer`` picks an entry of
+    ``hidden_states`` (0 = token embeddings); ``None`` is the final, normalised one.
+
+    Packed rows run with ``attention_mask=None``: transformers then keeps sequences apart from the
+    position ids (a block-diagonal mask for eager/sdpa/flex, varlen kernels for flash and
+    ``hsrm_varlen``, which also get the cumulative lengths so no layer recomputes them), and
+    ``use_cache=False`` because a cache turns that detection off.
+    """
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if hidden_layer is not None:
+        kwargs["output_hidden_states"] = True
+    if "last_index" in batch:
+        from .packing import VARLEN_KWARG_ATTENTION, cu_seqlens_from_position_ids
+
+        input_ids, position_ids = batch["input_ids"], batch["position_ids"]
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"packed input_ids must be one row, got shape {tuple(input_ids.shape)}")
+        if getattr(body.config, "_attn_implementation", None) in VARLEN_KWARG_ATTENTION:
+            cu_seqlens, longest = batch.get("cu_seqlens"), batch.get("max_seqlen")
+            if cu_seqlens is None or longest is None:
+                cu_seqlens, longest = cu_seqlens_from_position_ids(position_ids)
+            cu_seqlens = cu_seqlens.to(device=input_ids.device, dtype=torch.int32)
+            kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=int(longest),
+                          max_length_k=int(longest))
+        out = body(input_ids=input_ids, position_ids=position_ids, attention_mask=None, **kwargs)
+        hidden = out.last_hidden_state if hidden_layer is None else out.hidden_states[hidden_layer]
+        return hidden[0, batch["last_index"].to(hidden.device)]
+    mask = batch["attention_mask"]
+    out = body(input_ids=batch["input_ids"], attention_mask=mask, **kwargs)
+    hidden = out.last_hidden_state if hidden_layer is None else out.hidden_states[hidden_layer]
+    index = last_token_index(mask).to(hidden.device)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def reward_outputs(model, batch: Mapping[str, Any]) -> torch.Tensor:
+    """Head outputs (n, num_labels) of a padded or packed batch (see :func:`last_token_states`).
+
+    The one place hsrm reads a reward: the trainers (with gradients), the scoring engine
+    (:mod:`hsrm.engine`) and through it every verb. The body runs once; the score head is applied
+    only at the gathered positions.
     """
     body, head = body_and_score_head(model)
     if head is None or body is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    index = last_token_index(attention_mask)
-    last_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+        raise ValueError(f"{type(_unwrap(model)).__name__} has no transformer body with a `score` head: hsrm reads rewards "
+                         "from AutoModelForSequenceClassification-style models")
+    states = last_token_states(body, batch)
     # A peft ModulesToSaveWrapper replaces inner.score; take it from the (possibly wrapped) model.
-    return head(last_hidden.to(head.weight.dtype if hasattr(head, "weight") else last_hidden.dtype))
+    return head(states.to(head.weight.dtype if hasattr(head, "weight") else states.dtype))
 
 
 def scalar_reward(outputs: torch.Tensor, attribute_weights: Sequence[float] | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@ restart at 0 for every sequence and no attention mask. transformers recognises t
 the position ids alone and keeps attention inside each sequence, so no pad token is ever computed
 (TRL pads every batch to its longest sequence and reaches a quarter of the unpadded throughput:
 docs/speed.md, anchors.md). The reward is read at each sequence's last token, exactly as
-:func:`hsrm.modeling.reward_forward` reads it at the last position whose mask is 1.
+:func:`hsrm.modeling.reward_outputs` reads it at the last position whose mask is 1 in a padded batch.
 
 How each attention path confines attention to a sequence (transformers 5.23):
 
@@ -37,7 +37,7 @@ from typing import Iterator, Literal, Sequence
 
 import torch
 
-from .modeling import body_and_score_head, reward_forward, scalar_reward
+from .modeling import body_and_score_head, reward_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -262,42 +262,6 @@ def check_packing_support(model) -> str:
     return name
 
 
-# ------------------------------------------------------------------------------------- forward
-def packed_reward_forward(model, input_ids: torch.Tensor, position_ids: torch.Tensor, last_index: torch.Tensor,
-                          cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None) -> torch.Tensor:
-    """Head outputs (n, num_labels) of the n sequences packed in one row, read at ``last_index``.
-
-    The body runs with ``attention_mask=None`` and the per-sequence ``position_ids``: that is what
-    makes transformers build a block-diagonal causal mask (eager/sdpa/flex) or call varlen
-    attention (flash/hsrm_varlen), and ``use_cache=False`` because a cache turns that detection off.
-    For the varlen paths the cumulative lengths are passed too, so no layer recomputes them.
-    """
-    body, head = body_and_score_head(model)
-    if body is None or head is None:
-        raise ValueError(f"{type(model).__name__} has no `score` head: packed scoring needs a sequence classifier")
-    if input_ids.shape[0] != 1:
-        raise ValueError(f"packed input_ids must be one row, got shape {tuple(input_ids.shape)}")
-    kwargs = {}
-    if attention_implementation(model) in VARLEN_KWARG_ATTENTION:
-        if cu_seqlens is None or max_seqlen is None:
-            cu_seqlens, max_seqlen = cu_seqlens_from_position_ids(position_ids)
-        cu_seqlens = cu_seqlens.to(device=input_ids.device, dtype=torch.int32)
-        kwargs = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
-                  "max_length_q": int(max_seqlen), "max_length_k": int(max_seqlen)}
-    hidden = body(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False,
-                  **kwargs).last_hidden_state
-    last_hidden = hidden[0, last_index.to(hidden.device)]
-    return head(last_hidden.to(getattr(head, "weight", last_hidden).dtype))
-
-
-def batch_reward_forward(model, inputs: dict) -> torch.Tensor:
-    """Head outputs (n, num_labels) of a collated batch, packed (``last_index`` present) or padded."""
-    if "last_index" in inputs:
-        return packed_reward_forward(model, inputs["input_ids"], inputs["position_ids"], inputs["last_index"],
-                                     inputs.get("cu_seqlens"), inputs.get("max_seqlen"))
-    return reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
-
-
 # ----------------------------------------------------------------------------------- collators
 def _packed_fields(sequences: list, pad_id: int, pad_to_multiple_of: int | None) -> dict:
     batch = pack(sequences, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
@@ -481,60 +445,33 @@ def token_budget_dataloader(trainer):
     return trainer.accelerator.prepare(loader)
 
 
-# ------------------------------------------------------------------------------------- scoring
-@torch.inference_mode()
-def score_packed(model, sequences: Sequence[Sequence[int]], *, max_tokens: int = 16384,
-                 attribute_weights: Sequence[float] | None = None, all_outputs: bool = False,
-                 pad_to_multiple_of: int | None = None, progress: bool = True, desc: str = "scoring") -> torch.Tensor:
-    """Rewards of pre-tokenized sequences, in input order, float32 on the CPU, computed in packed
-    rows of at most ``max_tokens`` tokens (a longer sequence gets a row of its own).
-
-    Same contract as ``hsrm.scoring.score_token_ids``: shape (n,) — the scalar reward — or (n,
-    num_labels) with ``all_outputs``. The model's attention path must keep packed sequences apart
-    (:func:`check_packing_support`).
-    """
-    from tqdm.auto import tqdm
-
-    if not sequences:
-        return torch.zeros((0, model.config.num_labels) if all_outputs else (0,), dtype=torch.float32)
-    check_packing_support(model)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    results: list[torch.Tensor | None] = [None] * len(sequences)
-    rows = token_budget_batches([(len(s),) for s in sequences], max_tokens, "packed")
-    try:
-        for row in tqdm(rows, desc=desc, unit="row", disable=not progress, leave=False):
-            batch = pack([sequences[i] for i in row], pad_to_multiple_of=pad_to_multiple_of)
-            outputs = packed_reward_forward(model, batch.input_ids.to(device), batch.position_ids.to(device),
-                                            batch.last_index.to(device), batch.attention_cu_seqlens(), batch.max_seqlen).float()
-            values = outputs if all_outputs else scalar_reward(outputs, attribute_weights)
-            for position, index in enumerate(row):
-                results[index] = values[position].cpu()
-    finally:
-        model.train(was_training)
-    return torch.stack(results)  # type: ignore[arg-type]
-
-
+# ------------------------------------------------------------------------------------- checks
 def packing_discrepancy(model, sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, float]:
     """Largest |packed − padded| and |padded(batch) − padded(one at a time)| head outputs for the same
     sequences: the first must not exceed the second's order of magnitude (bf16 noise, issue 8)."""
-    from .data.render import pad_sequences
+    from .engine import batches, to_device
 
     device = next(model.parameters()).device
+
+    def outputs(layout: str, groups: list[list[int]]) -> torch.Tensor:
+        rows: list[torch.Tensor | None] = [None] * len(sequences)
+        for group in groups:  # one batch per group: all sequences together, or each alone
+            members = [sequences[i] for i in group]
+            for indices, batch in batches(members, layout, pad_id=pad_id, batch_size=len(group),
+                                          max_tokens=sum(len(s) for s in members)):
+                values = reward_outputs(model, to_device(batch, device)).float()
+                for position, index in enumerate(indices):
+                    rows[group[index]] = values[position]
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    everything, one_by_one = [list(range(len(sequences)))], [[i] for i in range(len(sequences))]
     with torch.inference_mode():
-        batch = pack(sequences)
-        packed = packed_reward_forward(model, batch.input_ids.to(device), batch.position_ids.to(device),
-                                       batch.last_index.to(device), batch.cu_seqlens, batch.max_seqlen).float()
-        ids, mask = pad_sequences(sequences, pad_id, "right")
-        padded = reward_forward(model, ids.to(device), mask.to(device)).float()
-        alone = torch.cat([reward_forward(model, torch.tensor([s], device=device),
-                                          torch.ones(1, len(s), dtype=torch.long, device=device)).float() for s in sequences])
+        packed, padded, alone = outputs("packed", everything), outputs("padded", everything), outputs("padded", one_by_one)
     return {"packed_vs_padded": float((packed - padded).abs().max()),
             "padded_vs_alone": float((padded - alone).abs().max()),
             "packed_vs_alone": float((packed - alone).abs().max())}
 
 
-__all__ = ["PackedBatch", "pack", "packed_reward_forward", "batch_reward_forward", "PackedPairwiseCollator",
-           "PackedPointwiseCollator", "TokenBudgetBatchSampler", "token_budget_batches", "token_budget_dataloader",
-           "score_packed", "check_packing_support", "register_varlen_attention", "packing_discrepancy"]
+__all__ = ["PackedBatch", "pack", "PackedPairwiseCollator", "PackedPointwiseCollator", "TokenBudgetBatchSampler",
+           "token_budget_batches", "token_budget_dataloader", "check_packing_support", "register_varlen_attention",
+           "packing_discrepancy"]

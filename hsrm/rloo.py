@@ -42,7 +42,7 @@ class RLOOSetup:
     prompt_split: str = "train"
     max_prompts: Optional[int] = None  # keep the first N distinct prompts
     reward_batch_size: int = 8  # reward-model sequences per forward pass
-    reward_max_length: int = 2048  # reward-model tokens per sequence, cut from the left
+    reward_max_length: Optional[int] = None  # reward-model tokens per sequence, cut from the left (empty: the reward model's own)
     reward_dtype: str = "float32"  # bfloat16 for large reward models on GPU
 
 
@@ -121,15 +121,21 @@ def _resolve_models(setup: RLOOSetup, output_dir: str) -> tuple[str, str]:
     return policy, reward
 
 
+def reward_function(setup: RLOOSetup, reward_model: str | None = None):
+    """The reward function RLOO optimises: a :class:`hsrm.scoring.RewardScorer` over the recipe's
+    reward model (the engine, the model's chat template, its recorded weights and max_length)."""
+    from .scoring import RewardScorer
+
+    return RewardScorer(reward_model or setup.reward_model, batch_size=setup.reward_batch_size,
+                        max_length=setup.reward_max_length, dtype=setup.reward_dtype)
+
+
 def build_trainer(setup: RLOOSetup, cfg, scorer=None):
     """The ``trl.RLOOTrainer`` for a recipe; ``scorer`` replaces the reward model (tests)."""
     from trl import RLOOTrainer
 
-    from .scoring import RewardScorer
-
     policy, reward = _resolve_models(setup, cfg.output_dir)
-    scorer = scorer or RewardScorer(reward, batch_size=setup.reward_batch_size, max_length=setup.reward_max_length,
-                                    dtype=setup.reward_dtype)
+    scorer = scorer or reward_function(setup, reward)
     return RLOOTrainer(model=policy, reward_funcs=scorer, args=cfg, train_dataset=load_prompts(setup))
 
 

@@ -1,13 +1,14 @@
-"""Score responses with a reward model: batched, length-sorted, the same way training evaluates.
+"""Score responses with a reward model: the engine every verb shares, wrapped for users.
 
     hsrm score --model runs/scaled-bt --data candidates.jsonl --output scored.jsonl
 
-Every reward in hsrm goes through :func:`score_token_ids`: the text is rendered with the reward
-model's own chat template and cut from the left (``hsrm.data.render.encode``), sequences are
-sorted by length so each batch pads little, and the reward is read at the last real token
-(``hsrm.modeling.reward_forward``). Evaluation (``hsrm evaluate``), the ExPO factor search and
-``hsrm score`` all call it, so a text gets the same reward everywhere and whatever the batch size
-(reward-bench#137).
+A text becomes a reward in three steps, the same for every verb: it is rendered with the reward
+model's own chat template and cut from the left (``hsrm.data.render.encode``), scored by
+:func:`hsrm.engine.score_sequences` (length-sorted padded batches, or packed rows on CUDA), which
+reads the head at each sequence's last real token (:func:`hsrm.modeling.reward_outputs`), and
+turned into the scalar reward with the attribute weights the model's record holds. ``hsrm
+evaluate``, the ExPO factor search, RLOO, ``hsrm embed --golden-model`` and ``hsrm score`` all go
+through :class:`RewardScorer`, so a text gets the same reward everywhere and whatever the batch.
 
 :class:`RewardScorer` is also a reward function for TRL's online trainers::
 
@@ -23,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -33,88 +32,11 @@ import torch
 
 from .data.io import DataError, read_rows
 from .data.messages import response_text, to_messages
-from .data.render import TruncationStats, encode, pad_sequences
-from .modeling import reward_forward, scalar_reward
+from .data.render import TruncationStats, encode
+from .files import atomic_write_jsonl
+from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_LENGTH = 2048  # RewardBench's protocol
-DEFAULT_BATCH_SIZE = 8
-HSRM_CONFIG_KEY = "hsrm"  # the metadata block hsrm training writes into config.json
-
-
-# ------------------------------------------------------------------------------ the one scorer
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first (an out-of-memory error shows
-    up on the first batch, not after an hour).
-
-    >>> length_sorted_batches([3, 9, 1, 7, 5], 2)
-    [[1, 3], [4, 0], [2]]
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-@torch.inference_mode()
-def score_token_ids(model, sequences: Sequence[Sequence[int]], pad_id: int, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                    attribute_weights: Sequence[float] | None = None, all_outputs: bool = False,
-                    progress: bool = True, desc: str = "scoring") -> torch.Tensor:
-    """Rewards of pre-tokenized sequences, in input order, as float32 on the CPU.
-
-    Returns shape (n,) — the scalar reward, ``scalar_reward(outputs, attribute_weights)`` — or,
-    with ``all_outputs``, the raw head outputs of shape (n, num_labels). Batches are right-padded
-    and the reward is read at each row's last position whose attention mask is 1, so padding
-    never changes a reward beyond float rounding.
-    """
-    from tqdm.auto import tqdm
-
-    if not sequences:
-        return torch.zeros((0, model.config.num_labels) if all_outputs else (0,), dtype=torch.float32)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    results: list[torch.Tensor | None] = [None] * len(sequences)
-    batches = length_sorted_batches([len(s) for s in sequences], batch_size)
-    try:
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            ids, mask = pad_sequences([sequences[i] for i in batch], pad_id, "right")
-            outputs = reward_forward(model, ids.to(device), mask.to(device)).float()
-            values = outputs if all_outputs else scalar_reward(outputs, attribute_weights)
-            for row, index in enumerate(batch):
-                results[index] = values[row].cpu()
-    finally:
-        model.train(was_training)
-    return torch.stack(results)  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------------------ model metadata
-def read_hsrm_metadata(model_dir: str) -> dict[str, Any]:
-    """The ``hsrm`` block of a local folder's config.json (empty for other models and Hub ids)."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg}); the model folder is damaged") from None
-    meta = config.get(HSRM_CONFIG_KEY) or {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``None``/"auto": this process's GPU when there is one (so each accelerate rank scores on its
-    own device), else the CPU."""
-    if device not in (None, "auto"):
-        return torch.device(device)
-    if torch.cuda.is_available():
-        # LOCAL_RANK is set by accelerate/torchrun before any CUDA device is selected; without it
-        # every rank of an RLOO run would put its reward model on GPU 0.
-        local_rank = int(os.environ.get("LOCAL_RANK", -1))
-        index = local_rank if 0 <= local_rank < torch.cuda.device_count() else torch.cuda.current_device()
-        return torch.device("cuda", index)
-    return torch.device("cpu")
 
 
 def split_completion(prompt: Any, completion: Any, index: int = 0, source: str = "<completions>") -> tuple[list[dict], str]:
@@ -151,56 +73,63 @@ class RewardScorer:
 
     ``RewardScorer(model_dir)(prompts, completions)`` returns one float per completion. Rewards
     are computed exactly as in training and ``hsrm evaluate``: the reward model's chat template,
-    left truncation to ``max_length`` tokens, the head read at the last real token, and the
-    ``attribute_weights`` stored in the model's config.json (HelpSteer2-Preference appendix E)
-    when it has them (``attribute_weights=None`` there means: the first output).
+    left truncation, the head read at the last real token, and the scalar reward of the model's
+    record (HelpSteer2-Preference appendix E): ``outputs · attribute_weights`` when the record holds
+    weights, else the first output.
+
+    Defaults come from the model record (``hsrm.record``): ``attribute_weights="auto"`` uses the
+    recorded weights (``None`` forces the first output; a list overrides them), and
+    ``max_length=None`` resolves by :func:`hsrm.modeling.resolve_max_length` (what the user asks,
+    else the benchmark protocol the caller names, else the length the model was trained with, else
+    2048; capped at the model's context). ``layout`` is the engine's (``auto``: packed on CUDA with
+    a varlen attention path, padded otherwise).
     """
 
-    def __init__(self, model_dir: str, *, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = DEFAULT_MAX_LENGTH,
+    def __init__(self, model_dir: str, *, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                  dtype: str | torch.dtype = "float32", device: str | None = None,
                  attribute_weights: Sequence[float] | str | None = "auto", trust_remote_code: bool = False,
-                 progress: bool = False, name: str | None = None):
-        from transformers import AutoConfig
+                 progress: bool = False, name: str | None = None, layout: str = "auto", max_tokens: int = DEFAULT_MAX_TOKENS,
+                 attn_implementation: str | None = None, protocol_max_length: int | None = None, protocol_name: str = ""):
+        from .modeling import default_scoring_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
 
-        from .modeling import check_model_folder, load_reward_model, resolve_model_path
-
-        path = resolve_model_path(os.path.expanduser(model_dir) if isinstance(model_dir, str) else model_dir)
-        if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-            raise FileNotFoundError(f"reward model folder {path} does not exist")
-        check_model_folder(path)
-        # Keep the head the folder has: asking for another size would silently re-initialise it.
-        num_labels = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).num_labels
-        self.model, self.tokenizer = load_reward_model(path, num_labels=num_labels, dtype=dtype,
-                                                       trust_remote_code=trust_remote_code)
-        self.model.to(pick_device(device)).eval()
-        self.model_dir = path
-        self.meta = read_hsrm_metadata(path)
-        self.num_labels = num_labels
-        self.attribute_weights = self.meta.get("attribute_weights") if attribute_weights == "auto" else attribute_weights
-        if self.attribute_weights is not None and len(self.attribute_weights) != num_labels:
-            raise ValueError(f"{path}: {len(self.attribute_weights)} attribute weights for a head with {num_labels} outputs")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+        if batch_size < 1 or max_tokens < 1:
+            raise ValueError(f"batch_size and max_tokens must be at least 1, got {batch_size} and {max_tokens}")
+        device = pick_device(device)
+        if attn_implementation is None and layout != "padded":
+            attn_implementation = default_scoring_attention(device, torch_dtype(dtype))
+        self.model, self.tokenizer, self.record = load_reward_model(model_dir, dtype=dtype, device=device,
+                                                                    attn_implementation=attn_implementation,
+                                                                    trust_remote_code=trust_remote_code)
+        self.model_dir = self.model.config.name_or_path or str(model_dir)
+        self.num_labels = int(self.model.config.num_labels)
+        weights = self.record.attribute_weights if isinstance(attribute_weights, str) and attribute_weights == "auto" else attribute_weights
+        if weights is not None and len(weights) != self.num_labels:
+            raise ValueError(f"{self.model_dir}: {len(weights)} attribute weights for a head with {self.num_labels} outputs")
+        self.attribute_weights = list(weights) if weights is not None else None
         self.attributes = self._attribute_names()
-        self.batch_size = batch_size
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        if max_length is not None and isinstance(context, int) and 0 < context < max_length:
-            # Past the model's context the positions are meaningless (RoPE) or out of range (learned).
-            logger.warning("max_length %d exceeds %s's context of %d tokens; using %d", max_length, path, context, context)
-            max_length = context
-        self.max_length = max_length
+        self.max_length = resolve_max_length(max_length, self.record, self.model.config, protocol=protocol_max_length,
+                                             protocol_name=protocol_name)
+        self.batch_size, self.max_tokens, self.layout = batch_size, max_tokens, layout
         self.progress = progress
         self.truncation = TruncationStats()
         # TRL names a reward function by its __name__ in logs ("rewards/<name>/mean").
-        self.__name__ = name or "reward_" + re.sub(r"[^A-Za-z0-9_]+", "_", Path(path.rstrip("/")).name or "model")
+        self.__name__ = name or "reward_" + re.sub(r"[^A-Za-z0-9_]+", "_", Path(self.model_dir.rstrip("/")).name or "model")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The model record as a plain dict (what config.json's ``hsrm`` block holds)."""
+        return self.record.to_dict()
 
     def _attribute_names(self) -> list[str]:
-        names = self.meta.get("attributes")
-        if isinstance(names, list) and len(names) == self.num_labels:
-            return [str(n) for n in names]
+        if self.record.attributes and len(self.record.attributes) == self.num_labels:
+            return list(self.record.attributes)
         id2label = getattr(self.model.config, "id2label", None) or {}
         labels = [id2label.get(i, id2label.get(str(i))) for i in range(self.num_labels)]
         if all(labels) and not all(re.fullmatch(r"LABEL_\d+", str(label)) for label in labels):
             return [str(label) for label in labels]
-        return ["reward"] if self.num_labels == 1 else [f"output_{i}" for i in range(self.num_labels)]
+        return self.record.output_names(self.num_labels)
 
     # -- tokenization
     def encode(self, prompt: Any, response: str) -> list[int]:
@@ -209,15 +138,22 @@ class RewardScorer:
 
     # -- scoring
     def score_ids(self, sequences: Sequence[Sequence[int]], *, all_outputs: bool = False, desc: str = "scoring") -> torch.Tensor:
-        return score_token_ids(self.model, sequences, self.tokenizer.pad_token_id, batch_size=self.batch_size,
-                               attribute_weights=self.attribute_weights, all_outputs=all_outputs,
-                               progress=self.progress, desc=desc)
+        """Rewards of token sequences through the engine: (n,) scalar rewards, or (n, outputs) with ``all_outputs``."""
+        return score_sequences(self.model, sequences, layout=self.layout, pad_id=self.tokenizer.pad_token_id,
+                               batch_size=self.batch_size, max_tokens=self.max_tokens, attribute_weights=self.attribute_weights,
+                               all_outputs=all_outputs, progress=self.progress, desc=desc)
 
-    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+    def scalar(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The scalar reward of head outputs (n, outputs), with this scorer's attribute weights."""
+        from .modeling import scalar_reward
+
+        return scalar_reward(outputs, self.attribute_weights)
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], *, desc: str = "scoring") -> list[float]:
         """Scalar rewards of (prompt, response) pairs; prompts are text or chat-message lists."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses; they must pair up one to one")
-        return self.score_ids([self.encode(p, r) for p, r in zip(prompts, responses)]).tolist()
+        return self.score_ids([self.encode(p, r) for p, r in zip(prompts, responses)], desc=desc).tolist()
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
         """TRL reward-function signature; extra columns (``completion_ids``, ``trainer_state`` …) are ignored."""
@@ -273,23 +209,6 @@ def best_of_n(rewards: Sequence[float]) -> int:
     return max(range(len(rewards)), key=lambda i: (rewards[i], -i))
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write to a temporary file beside ``path`` then rename: a crash never leaves half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return target
-
-
 def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tuple[Path, list[dict]]:
     """Score every candidate of ``data`` and write one JSON line per prompt group with
     ``rewards`` (one per response, in order) and ``best_index`` (the Best-of-N choice)."""
@@ -316,7 +235,7 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
     if output is None:
         stem = Path(str(data)).name.split(".")[0] or "scores"
         output = f"{stem}.scored.jsonl"
-    return write_jsonl_atomic(output, out_rows), out_rows
+    return atomic_write_jsonl(output, out_rows), out_rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,17 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="JSONL/JSON/Parquet rows {prompt, responses: [...]} or {prompt, response}")
     parser.add_argument("--output", help="where to write the scored JSONL (default: <data name>.scored.jsonl here)")
     parser.add_argument("--batch-size", "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per forward pass")
-    parser.add_argument("--max-length", "--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens kept per sequence (cut from the left)")
+    parser.add_argument("--max-length", "--max_length", type=int, default=None,
+                        help="tokens kept per sequence, cut from the left (default: the model's training max_length, else 2048)")
+    add_engine_arguments(parser)
+    return parser
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine's options, shared by every verb that scores (score, evaluate, expo)."""
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: GPU when present)")
-    return parser
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS,
+                        help="padded (length-sorted batches) | packed (token-budget rows) | auto (packed on CUDA with varlen attention)")
+    parser.add_argument("--max-tokens", "--max_tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per packed row")
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     scorer = RewardScorer(args.model, batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
-                          device=args.device, progress=True)
+                          device=args.device, layout=args.layout, max_tokens=args.max_tokens, progress=True)
     path, rows = score_file(scorer, args.data, args.output)
     n_responses = sum(len(r["responses"]) for r in rows)
     print(f"scored {n_responses} responses to {len(rows)} prompts with {args.model} → {path}")

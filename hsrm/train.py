@@ -13,9 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import PAIRWISE_OBJECTIVES, RewardConfig, load_recipe, parse_overrides
 from .data.auto import load_pairs_any, load_ratings_any
-from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints, reward_stats, save_reward_model,
+from .modeling import DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_ALIASES, scalar_reward
+from .record import ModelRecord, reward_statistics
+from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints, save_reward_model,
                             tokenize_pairs, tokenize_ratings)
 from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
 from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
@@ -63,7 +67,7 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     pointwise_collator = PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id)
     pairwise_collator = PackedPairwiseCollator(pad_id) if cfg.padding_free else PairwiseCollator(pad_id)
     if cfg.objective == "regression":
-        trainer_cls, collator, metrics = PointwiseRewardTrainer, pointwise_collator, regression_metrics(cfg.attributes)
+        trainer_cls, collator, metrics = PointwiseRewardTrainer, pointwise_collator, regression_metrics(cfg.attributes, cfg.attribute_weights)
     elif cfg.objective in PAIRWISE_OBJECTIVES:
         trainer_cls, collator, metrics = PairwiseRewardTrainer, pairwise_collator, pairwise_metrics
     else:
@@ -125,33 +129,32 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     stats_source = eval_ds if eval_ds is not None else train_ds.select(range(min(len(train_ds), 256)))
     prediction = trainer.predict(stats_source, metric_key_prefix="eval")
     eval_metrics = {k: float(v) for k, v in prediction.metrics.items() if isinstance(v, (int, float))}
-    rewards = prediction.predictions[:, 0] if cfg.objective == "regression" else prediction.predictions
-    meta = {
-        "objective": cfg.objective,
-        "attributes": list(cfg.attributes),
-        "attribute_weights": cfg.attribute_weights,
-        "base_model": cfg.init_from or cfg.model_name_or_path or "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "init_from": cfg.init_from,
-        "train_data": cfg.train_data,
-        "max_length": cfg.max_length,
-        "reward_stats_on": "validation" if eval_ds is not None else "train (first 256 rows; no validation set given)",
-        **reward_stats(rewards),
-        "eval_metrics": eval_metrics,
-        "lora": bool(cfg.use_lora),
-    }
+    # The statistics describe the scalar reward every scorer returns: outputs · attribute_weights
+    # (or the first output) for regression, each side of every pair for BT.
+    predictions = torch.as_tensor(prediction.predictions, dtype=torch.float64)
+    # Shapes: (n,) for rated responses, (n, 2) chosen/rejected for pairs.
+    rewards = scalar_reward(predictions, cfg.attribute_weights) if cfg.objective == "regression" else predictions
+    stats = reward_statistics(rewards.numpy().reshape(-1))  # empty when not finite: the model is saved anyway
+    base_model = cfg.model_name_or_path
+    record = ModelRecord(
+        objective=cfg.objective, attributes=list(cfg.attributes), attribute_weights=cfg.attribute_weights,
+        base_model=cfg.init_from or (DEFAULT_MODEL_HUB_ID if base_model in DEFAULT_MODEL_ALIASES else base_model),
+        init_from=cfg.init_from, train_data=cfg.train_data, max_length=cfg.max_length,
+        reward_stats_on="validation" if eval_ds is not None else "train (first 256 rows; no validation set given)",
+        **stats, eval_metrics=eval_metrics, lora=bool(cfg.use_lora))
     model_ref = trainer.model
     if cfg.objective == "regression":
         names = list(cfg.attributes)
         base_model = getattr(model_ref, "get_base_model", lambda: model_ref)()
         base_model.config.id2label = dict(enumerate(names))
         base_model.config.label2id = {n: i for i, n in enumerate(names)}
-    save_reward_model(trainer, cfg, final_dir, meta)
+    save_reward_model(trainer, cfg, final_dir, record)
     cfg.output_dir = final_dir
     summary = {"output_dir": final_dir, "train_loss": result.training_loss, "global_step": result.global_step,
-               "log_history": trainer.state.log_history, "data": data_summary, **meta,
-               # per-row rewards of the validation set ((n, 2) chosen/rejected for pairs), for callers
-               # that plot them without scoring the set again; not written to config.json
-               "eval_rewards": prediction.predictions if eval_ds is not None else None}
+               "log_history": trainer.state.log_history, "data": data_summary, **record.to_dict(),
+               # the scalar reward of every validation row ((n,) rated responses, (n, 2) chosen/rejected
+               # pairs), for callers that plot them without scoring the set again; not written to config.json
+               "eval_rewards": rewards.numpy() if eval_ds is not None else None}
     return summary
 
 

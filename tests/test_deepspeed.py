@@ -55,7 +55,7 @@ def test_zero_trains_saves_and_reloads_with_same_rewards(tmp_path, tiny_model_di
     from hsrm.train import load_datasets
     from hsrm.trainers.pairwise import split_pair_rewards
 
-    model, tokenizer = load_reward_model(str(out))
+    model, tokenizer, _ = load_reward_model(str(out), device="cpu")
     cfg = load_recipe(None, {"train_data": str(pairs), "max_length": 128, "output_dir": str(tmp_path / "unused"), "use_cpu": True})
     train_ds, _, _ = load_datasets(cfg, tokenizer)
     batch = PairwiseCollator(tokenizer.pad_token_id)([train_ds[i] for i in range(len(train_ds))])

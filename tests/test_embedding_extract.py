@@ -55,17 +55,16 @@ def test_embedding_is_what_the_full_reward_model_reads(tiny_model_dir, backbone)
     hsrm.modeling (same template, same truncation, same last real token), one sequence at a time."""
     from hsrm.data.messages import to_messages
     from hsrm.data.render import encode
-    from hsrm.modeling import load_reward_model, reward_forward
+    from hsrm.modeling import load_reward_model, reward_outputs
 
-    model, tokenizer = load_reward_model(str(tiny_model_dir))
-    model.eval()
+    model, tokenizer, _ = load_reward_model(str(tiny_model_dir), device="cpu")
     embeddings, report = embed_conversations(backbone, PROMPTS, RESPONSES, batch_size=3, max_length=12)
     assert report.truncated == 5  # max_length 12 cuts every conversation from the left
     for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         ids = torch.tensor([encode(tokenizer, to_messages(prompt), response, 12)])
         assert ids.shape[1] == 12
         with torch.no_grad():
-            expected = reward_forward(model, ids, torch.ones_like(ids))[0, 0]
+            expected = reward_outputs(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0, 0]
         got = torch.from_numpy(embeddings[i]) @ model.score.weight[0].detach()
         assert float(got) == pytest.approx(float(expected), abs=1e-5)
 

@@ -70,8 +70,7 @@ def test_evaluate_cli_on_handmade_rewardbench_file(tmp_path, tiny_model_dir, cap
         ("hep-go", "Go code?", "func main() {}", "print('x')", False),
         ("math-prm", "2+2?", "4", "5", True),
     ]
-    model, tokenizer = load_reward_model(str(tiny_model_dir))
-    model.eval()
+    model, tokenizer, _ = load_reward_model(str(tiny_model_dir), device="cpu")
     records = []
     for i, (subset, prompt, a, b, right) in enumerate(rows):
         a_wins = _independent_reward(model, tokenizer, prompt, a) > _independent_reward(model, tokenizer, prompt, b)
@@ -108,8 +107,7 @@ def test_pairs_accuracy_and_margin_match_independent_rewards(tmp_path, tiny_mode
                                         ("Bake bread with flour.", "terrible")])]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     result = evaluate_model(str(tiny_model_dir), str(data), batch_size=3, progress=False)
-    model, tokenizer = load_reward_model(str(tiny_model_dir))
-    model.eval()
+    model, tokenizer, _ = load_reward_model(str(tiny_model_dir), device="cpu")
     margins = [_independent_reward(model, tokenizer, r["prompt"], r["chosen"]) - _independent_reward(model, tokenizer, r["prompt"], r["rejected"])
                for r in rows]
     assert result["format"] == "pairs" and result["n"] == 4
@@ -126,8 +124,7 @@ def test_ratings_mae_rmse_pearson(tmp_path, tiny_model_dir):
              "verbosity": 1} for i, (r, h) in enumerate([("Paris.", 4), ("no", 0), ("Thank you!", 3), ("bad terrible", 1), ("yes", 2)])]
     data = write_jsonl(tmp_path / "ratings.jsonl", rows)
     result = evaluate_model(str(tiny_model_dir), str(data), batch_size=2, progress=False)
-    model, tokenizer = load_reward_model(str(tiny_model_dir))
-    model.eval()
+    model, tokenizer, _ = load_reward_model(str(tiny_model_dir), device="cpu")
     pred = np.array([_independent_reward(model, tokenizer, r["prompt"], r["response"]) for r in rows])
     label = np.array([r["helpfulness"] for r in rows], dtype=float)
     metrics = result["metrics"]

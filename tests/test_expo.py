@@ -123,7 +123,7 @@ def test_search_picks_the_best_factor_on_a_constructed_case(tmp_path):
     data = write_jsonl(tmp_path / "val.jsonl", rows)
 
     scorer = RewardScorer(str(base), batch_size=1)
-    eval_set = load_eval_set(str(data), scorer.tokenizer)
+    eval_set = load_eval_set(str(data), scorer.tokenizer, max_length=scorer.max_length)
     captured = []
     hook = scorer.model.score.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0][0].double()))
     for sequence in eval_set.sequences:
@@ -183,7 +183,7 @@ def test_in_memory_search_weights_equal_the_written_folder(tmp_path, weak_strong
     from hsrm.modeling import load_reward_model
 
     weak, strong = weak_strong
-    model, _ = load_reward_model(str(strong))
+    model, _, _ = load_reward_model(str(strong), device="cpu")
     apply_extrapolation_(model, *check_compatible(weak, strong), 1.37)
     written = read_all(extrapolate_folder(weak, strong, 1.37, tmp_path / "out", progress=False))
     state = model.state_dict()

@@ -23,9 +23,10 @@ from hsrm import packing
 from hsrm.config import load_recipe, parse_overrides
 from hsrm.data.render import PairwiseCollator, PointwiseCollator, pad_sequences
 from hsrm.losses import PAIRWISE_LOSSES, regression_loss
-from hsrm.modeling import reward_forward
+from hsrm.engine import score_sequences
+from hsrm.modeling import reward_outputs
 from hsrm.packing import (PackedPairwiseCollator, PackedPointwiseCollator, TokenBudgetBatchSampler, batch_cost, pack,
-                          packed_reward_forward, score_packed, token_budget_batches)
+                          token_budget_batches)
 from hsrm.trainers.pairwise import split_pair_rewards
 
 CPU_PATHS = ["eager", "sdpa", "hsrm_varlen"]  # flex_attention compiles for minutes on CPU: GPU tests only
@@ -50,9 +51,22 @@ def five_label_dir(tmp_path_factory, tiny_tokenizer):
     return build_tiny_llama(tmp_path_factory.mktemp("tiny5"), num_labels=5, seed=1, tokenizer=tiny_tokenizer)
 
 
-def packed_inputs(sequences):
+def packed_inputs(sequences, with_lengths=False):
+    """A packed batch as reward_outputs reads it (cumulative lengths left for the model to derive unless asked)."""
     batch = pack(sequences)
-    return batch.input_ids, batch.position_ids, batch.last_index
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "last_index": batch.last_index}
+    if with_lengths:
+        inputs.update(cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen)
+    return inputs
+
+
+def padded_inputs(sequences, side="right"):
+    ids, mask = pad_sequences(sequences, PAD, side)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def alone_outputs(model, sequences):
+    return torch.cat([reward_outputs(model, padded_inputs([s])) for s in sequences])
 
 
 # ------------------------------------------------------------------------------------- layout
@@ -76,10 +90,10 @@ def test_packed_rewards_equal_padded_and_alone(tiny_model_dir, attn):
     model = load(tiny_model_dir, attn).eval()
     sequences = random_sequences(LENGTHS)
     with torch.no_grad():
-        packed = packed_reward_forward(model, *packed_inputs(sequences))
-        right = reward_forward(model, *pad_sequences(sequences, PAD, "right"))
-        left = reward_forward(model, *pad_sequences(sequences, PAD, "left"))
-        alone = torch.cat([reward_forward(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in sequences])
+        packed = reward_outputs(model, packed_inputs(sequences))
+        right = reward_outputs(model, padded_inputs(sequences, "right"))
+        left = reward_outputs(model, padded_inputs(sequences, "left"))
+        alone = alone_outputs(model, sequences)
     assert packed.shape == (len(sequences), 1)
     for reference in (right, left, alone):
         assert torch.allclose(packed, reference, atol=1e-4, rtol=0), (packed - reference).abs().max()
@@ -91,10 +105,11 @@ def test_comparison_catches_attention_leaking_across_sequences(tiny_model_dir):
     earlier ones; the same comparison must then fail by far more than its tolerance."""
     model = load(tiny_model_dir, "sdpa").eval()
     sequences = random_sequences(LENGTHS)
-    ids, _, last = packed_inputs(sequences)
+    leaking = packed_inputs(sequences)
+    leaking["position_ids"] = torch.arange(leaking["input_ids"].shape[1]).unsqueeze(0)
     with torch.no_grad():
-        leaked = packed_reward_forward(model, ids, torch.arange(ids.shape[1]).unsqueeze(0), last)
-        right = reward_forward(model, *pad_sequences(sequences, PAD, "right"))
+        leaked = reward_outputs(model, leaking)
+        right = reward_outputs(model, padded_inputs(sequences))
     assert (leaked[1:] - right[1:]).abs().max() > 1e-2
 
 
@@ -138,7 +153,7 @@ def test_pointwise_predictions_loss_and_gradients_equal(five_label_dir, attn):
     for collator in (PointwiseCollator(PAD), PackedPointwiseCollator(PAD)):
         model.zero_grad()
         batch = collator(features)
-        predictions = packing.batch_reward_forward(model, batch)
+        predictions = reward_outputs(model, batch)
         loss = regression_loss(predictions, batch["labels"])
         loss.backward()
         results.append((predictions.detach(), loss.detach(), model.score.weight.grad.clone()))
@@ -304,17 +319,19 @@ def test_config_fields_from_the_command_line():
 
 
 # ------------------------------------------------------------------------------------ scoring
-def test_score_packed_matches_one_at_a_time_in_input_order(tiny_model_dir, five_label_dir):
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_engine_matches_one_at_a_time_in_input_order(tiny_model_dir, five_label_dir, layout):
     sequences = random_sequences([40, 3, 300, 1, 77, 150, 9, 9], seed=4)
     for model_dir in (tiny_model_dir, five_label_dir):
         model = load(model_dir, "sdpa").eval()
         with torch.no_grad():
-            alone = torch.cat([reward_forward(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in sequences])
-        scores = score_packed(model, sequences, max_tokens=256, all_outputs=True, progress=False)  # several rows, one oversized
+            alone = alone_outputs(model, sequences)
+        # packed: several rows, one sequence over the budget; padded: batches of 3, sorted by length
+        scores = score_sequences(model, sequences, layout=layout, max_tokens=256, batch_size=3, all_outputs=True)
         assert scores.shape == alone.shape and torch.allclose(scores, alone, atol=1e-4, rtol=0)
-        scalar = score_packed(model, sequences, max_tokens=256, progress=False)
+        scalar = score_sequences(model, sequences, layout=layout, max_tokens=256, batch_size=3)
         assert torch.allclose(scalar, alone[:, 0], atol=1e-4, rtol=0)
-    assert score_packed(model, [], progress=False).shape == (0,)
+    assert score_sequences(model, [], layout=layout).shape == (0,)
 
 
 def test_packing_refuses_models_and_paths_that_cannot_keep_sequences_apart(tiny_model_dir, monkeypatch):
@@ -362,14 +379,12 @@ def test_varlen_path_feeds_the_kernel_correctly(tiny_model_dir, monkeypatch, ker
     monkeypatch.setattr(packing, "_use_varlen_kernel", lambda q, dropout: True)
     model = load(tiny_model_dir, "hsrm_varlen").eval()
     sequences = random_sequences(LENGTHS)
-    batch = pack(sequences)
     with torch.no_grad():
-        packed = packed_reward_forward(model, batch.input_ids, batch.position_ids, batch.last_index,
-                                       batch.cu_seqlens, batch.max_seqlen)
+        packed = reward_outputs(model, packed_inputs(sequences, with_lengths=True))
         # cumulative lengths recovered from position ids when the caller passes none
-        derived = packed_reward_forward(model, batch.input_ids, batch.position_ids, batch.last_index)
+        derived = reward_outputs(model, packed_inputs(sequences))
         # a padded batch on the same model goes through SDPA with transformers' mask
-        padded = reward_forward(model, *pad_sequences(sequences, PAD, "left"))
+        padded = reward_outputs(model, padded_inputs(sequences, "left"))
     assert torch.allclose(packed, padded, atol=1e-4, rtol=0) and torch.allclose(derived, padded, atol=1e-4, rtol=0)
     assert len(calls) == 2 * model.config.num_hidden_layers  # the kernel ran (the padded batch did not use it)
 

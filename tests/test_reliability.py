@@ -118,15 +118,17 @@ def test_final_save_interrupted_midway_leaves_nothing_loadable(tmp_path, tiny_mo
 
     real_replace = os.replace
     moved = []
+    out = tmp_path / "model"
 
     def crash_after_first_file(src, dst):
+        if Path(dst).parent != out:  # files written inside the staging folder
+            return real_replace(src, dst)
         if moved:
             raise KeyboardInterrupt("simulated crash during save")
         moved.append(dst)
         return real_replace(src, dst)
 
     monkeypatch.setattr(base.os, "replace", crash_after_first_file)
-    out = tmp_path / "model"
     with pytest.raises(KeyboardInterrupt):
         run_training(config(tiny_model_dir, pairs, out, max_steps=2, save_strategy="no"))
     assert moved and not (out / "config.json").exists()

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hsrm.data.render import TruncationStats, encode, ensure_distinct_pad_token, pad_sequences, render_text
-from hsrm.modeling import check_model_folder, last_token_index, load_reward_model, reward_forward, scalar_reward
+from hsrm.modeling import check_model_folder, last_token_index, load_reward_model, reward_outputs, scalar_reward
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -30,7 +30,7 @@ def test_left_truncation_keeps_the_end_of_the_response(tiny_tokenizer):
 def test_pad_token_made_distinct_from_eos(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the fixture reproduces the pitfall
-    model, tokenizer = load_reward_model(str(tiny_model_dir))
+    model, tokenizer, _ = load_reward_model(str(tiny_model_dir))
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.config.pad_token_id == tokenizer.pad_token_id
 
@@ -56,8 +56,13 @@ def test_last_token_index_left_and_right():
 
 @pytest.fixture(scope="module")
 def reward_model(tiny_model_dir):
-    model, tokenizer = load_reward_model(str(tiny_model_dir))
-    return model.eval(), tokenizer
+    model, tokenizer, _ = load_reward_model(str(tiny_model_dir), device="cpu")
+    return model, tokenizer
+
+
+def padded(sequences, pad_id, side="right"):
+    ids, mask = pad_sequences(sequences, pad_id, side)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def test_reward_is_padding_invariant(reward_model):
@@ -65,11 +70,11 @@ def test_reward_is_padding_invariant(reward_model):
     a = encode(tokenizer, PROMPT, "Paris.", None)
     b = encode(tokenizer, [{"role": "user", "content": "hi"}], "Thank you, here is a clear answer about bread.", None)
     with torch.no_grad():
-        alone = [reward_forward(model, *pad_sequences([s], tokenizer.pad_token_id)).item() for s in (a, b)]
-        right = reward_forward(model, *pad_sequences([a, b], tokenizer.pad_token_id, "right")).squeeze(-1).tolist()
-        left = reward_forward(model, *pad_sequences([a, b], tokenizer.pad_token_id, "left")).squeeze(-1).tolist()
+        alone = [reward_outputs(model, padded([s], tokenizer.pad_token_id)).item() for s in (a, b)]
+        right = reward_outputs(model, padded([a, b], tokenizer.pad_token_id, "right")).squeeze(-1).tolist()
+        left = reward_outputs(model, padded([a, b], tokenizer.pad_token_id, "left")).squeeze(-1).tolist()
         # a different pad id must not matter either: hsrm reads the attention mask, not the pad id
-        other_pad = reward_forward(model, *pad_sequences([a, b], tokenizer.eos_token_id, "right")).squeeze(-1).tolist()
+        other_pad = reward_outputs(model, padded([a, b], tokenizer.eos_token_id, "right")).squeeze(-1).tolist()
     assert right == pytest.approx(alone, abs=1e-5)
     assert left == pytest.approx(alone, abs=1e-5)
     assert other_pad == pytest.approx(alone, abs=1e-5)
@@ -85,7 +90,7 @@ def test_plain_transformers_pooling_agrees_after_pad_fix(reward_model, tmp_path)
     batch = plain_tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     with torch.no_grad():
         theirs = plain(**batch).logits.squeeze(-1)
-        ours = reward_forward(model, batch["input_ids"], batch["attention_mask"]).squeeze(-1)
+        ours = reward_outputs(model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}).squeeze(-1)
     assert theirs.tolist() == pytest.approx(ours.tolist(), abs=1e-5)
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from conftest import write_jsonl
 
-from hsrm.scoring import RewardScorer, best_of_n, group_candidates, length_sorted_batches, write_jsonl_atomic
+from hsrm.engine import length_sorted_batches
+from hsrm.files import atomic_write_jsonl
+from hsrm.scoring import RewardScorer, best_of_n, group_candidates
 
 PROMPTS = ["How do I bake bread?", "What is the capital of France?", "Say thank you.", "Python list?", "Numbers please",
            "Tell me a long story about the quick brown fox and the lazy dog."]
@@ -149,7 +151,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        write_jsonl_atomic(target, rows())
+        atomic_write_jsonl(target, rows())
     assert target.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["scores.jsonl"]
 

@@ -10,7 +10,8 @@ from transformers import AutoModelForSequenceClassification
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm.config import load_recipe, parse_overrides
 from hsrm.data.render import PairwiseCollator
-from hsrm.modeling import reward_forward
+from hsrm.modeling import reward_outputs
+from hsrm.record import ModelRecord
 from hsrm.train import run_training
 
 FAST = {"max_steps": 24, "learning_rate": 3e-3, "warmup_steps": 0, "per_device_train_batch_size": 4, "logging_steps": 4,
@@ -98,13 +99,13 @@ def test_lora_merged_folder_scores_like_the_unmerged_model(tmp_path, tiny_model_
     train_ds, _, _ = load_datasets(cfg, tokenizer)
     trainer = make_trainer(cfg, model, tokenizer, train_ds, None)
     trainer.train()
-    save_reward_model(trainer, cfg, str(tmp_path / "merged"), {"objective": "bt"})
+    save_reward_model(trainer, cfg, str(tmp_path / "merged"), ModelRecord(objective="bt"))
     batch = PairwiseCollator(tokenizer.pad_token_id)([train_ds[i] for i in range(6)])
     model.eval()
     with torch.no_grad():
-        unmerged = reward_forward(model, batch["input_ids"], batch["attention_mask"]).squeeze(-1)
+        unmerged = reward_outputs(model, batch).squeeze(-1)
         merged_model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "merged")).eval()
-        merged = reward_forward(merged_model, batch["input_ids"], batch["attention_mask"]).squeeze(-1)
+        merged = reward_outputs(merged_model, batch).squeeze(-1)
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     assert unmerged.abs().max() > 0.1  # the adapter and head did learn something
     assert merged.tolist() == pytest.approx(unmerged.tolist(), abs=1e-4)

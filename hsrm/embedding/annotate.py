@@ -218,41 +218,20 @@ def annotate_pairs(prompt_ids: Sequence, golden: np.ndarray, *, beta: float, des
 # ---------------------------------------------------------------- golden rewards from a full reward model
 
 
-def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequence[str], *, max_length: int = 1024,
-                             batch_size: int = 8, attribute_weights: Sequence[float] | None = None,
-                             device: str | None = None) -> np.ndarray:
-    """Golden rewards r(x, y) from any scalar reward model of this project (a sequence-classifier
-    folder), rendered and truncated exactly as training does; read at the last real token."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..data.messages import to_messages
-    from ..data.render import encode, pad_sequences
-    from ..modeling import load_reward_model, reward_forward, scalar_reward
+def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequence[str], *, max_length: int | None = None,
+                             batch_size: int = 8, attribute_weights: Sequence[float] | str | None = "auto",
+                             device: str | None = None, dtype: str = "float32") -> np.ndarray:
+    """Golden rewards r(x, y) from a trained reward-model folder: exactly what ``hsrm score`` gives
+    (:class:`hsrm.scoring.RewardScorer`: the model's chat template, left truncation to
+    ``max_length`` — by default the length it was trained with — and the scalar reward of its
+    record, recorded attribute weights included; ``attribute_weights`` overrides them)."""
+    from ..scoring import RewardScorer
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_reward_model(model_path, num_labels=_num_labels(model_path))
-    model.to(device).eval()
-    ids = [encode(tokenizer, to_messages(p), r, max_length) for p, r in zip(prompts, responses)]
-    order = np.argsort([len(x) for x in ids], kind="stable")  # length-sorted batches pad little
-    out = np.empty(len(ids), dtype=np.float64)
-    with torch.no_grad():
-        for lo in tqdm(range(0, len(order), batch_size), desc="golden reward", leave=False, disable=None):
-            rows = order[lo:lo + batch_size]
-            input_ids, mask = pad_sequences([ids[i] for i in rows], tokenizer.pad_token_id or 0)
-            outputs = reward_forward(model, input_ids.to(device), mask.to(device)).float()
-            out[rows] = scalar_reward(outputs, attribute_weights).cpu().numpy()
-    return out
-
-
-def _num_labels(model_path: str) -> int:
-    from transformers import AutoConfig
-
-    from ..modeling import resolve_model_path
-
-    return int(getattr(AutoConfig.from_pretrained(resolve_model_path(model_path)), "num_labels", 1) or 1)
+    scorer = RewardScorer(model_path, batch_size=batch_size, max_length=max_length, attribute_weights=attribute_weights,
+                          device=device, dtype=dtype, progress=True)
+    return np.asarray(scorer.score(list(prompts), list(responses), desc="golden reward"), dtype=np.float64)
 
 
 # ---------------------------------------------------------------- a pool of responses with golden rewards

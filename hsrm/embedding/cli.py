@@ -1,6 +1,6 @@
 """The lightweight path's verbs: ``hsrm embed``, ``hsrm fit``, ``hsrm study``.
 
-    hsrm embed --data FILE --out EMB.npz [--model DIR] [--layer -1] [--max-length 1024]
+    hsrm embed --data FILE --out EMB.npz [--model DIR] [--layer -1] [--max-length N]
                [--batch-size 16] [--cache DIR] [--limit N] [--golden-column COL | --golden-model DIR]
     hsrm fit   --embeddings EMB.npz --method bt-mlp|clf-mlp|clf-lgb [--ensemble …] --out DIR
                [--beta B --design random --pairing in-prompt --n-annotations N] [--eval EMB.npz]
@@ -34,7 +34,8 @@ def embed_main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="output .npz (embeddings, prompt_ids, golden, pairs, meta)")
     parser.add_argument("--model", default=None, help="backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--layer", type=int, default=-1, help="hidden-state index: -1 = last (normalised), 0 = token embeddings")
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens kept, cut from the left (as the full path)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens kept, cut from the left, as the full path (default: the backbone's recorded max_length, else 2048)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="embedding cache folder; 'none' disables it")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N pairs / rows")
@@ -45,7 +46,8 @@ def embed_main(argv: list[str] | None = None) -> dict:
     golden = parser.add_mutually_exclusive_group()
     golden.add_argument("--golden-column", default=None, help="numeric column holding each response's golden reward")
     golden.add_argument("--golden-model", default=None, help="a full reward-model folder whose scores are the golden reward")
-    parser.add_argument("--golden-max-length", type=int, default=None, help="max length for the golden model (default: --max-length)")
+    parser.add_argument("--golden-max-length", type=int, default=None,
+                        help="max length for the golden model (default: the length it was trained with, else 2048)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -54,18 +56,21 @@ def embed_main(argv: list[str] | None = None) -> dict:
     prompts, responses, prompt_ids, golden_values, pairs = read_conversations(args.data, limit=args.limit,
                                                                              golden_column=args.golden_column,
                                                                              on_error=args.on_bad_rows)
+    from ..modeling import resolve_max_length
+    from ..record import read_record
+
     backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
+    max_length = resolve_max_length(args.max_length, read_record(backbone.path), backbone.model.config)
     cache = None if args.cache.lower() == "none" else Path(args.cache).expanduser()
-    embeddings, report = embed_conversations(backbone, prompts, responses, layer=args.layer, max_length=args.max_length,
+    embeddings, report = embed_conversations(backbone, prompts, responses, layer=args.layer, max_length=max_length,
                                              batch_size=args.batch_size, cache_dir=cache)
     if args.golden_model:
         from .annotate import golden_from_reward_model
 
-        golden_values = golden_from_reward_model(args.golden_model, prompts, responses,
-                                                 max_length=args.golden_max_length or args.max_length,
+        golden_values = golden_from_reward_model(args.golden_model, prompts, responses, max_length=args.golden_max_length,
                                                  batch_size=args.batch_size, device=args.device)
     meta = {"source": args.data, "model": backbone.path, "layer": backbone.resolve_layer(args.layer),
-            "max_length": args.max_length, "dtype": backbone.dtype_name, "golden": args.golden_column or args.golden_model}
+            "max_length": max_length, "dtype": backbone.dtype_name, "golden": args.golden_column or args.golden_model}
     data = EmbeddedData(embeddings, prompt_ids, golden_values, *(pairs or (None, None, None)), meta=meta)
     data.save(args.out)
     summary = {"out": args.out, "responses": len(embeddings), "dim": int(embeddings.shape[1]),

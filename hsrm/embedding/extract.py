@@ -36,6 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..modeling import DEFAULT_MAX_LENGTH
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_EVERY = 512  # texts per cache shard: bounds what an interruption can lose
@@ -201,25 +203,25 @@ class EmbedReport:
 
 
 def _last_token_states(backbone: Backbone, sequences: list[list[int]], layer_index: int):
+    """Hidden states at each sequence's last real token, read by the same helper as every reward."""
     import torch
 
-    from ..data.render import pad_sequences
-    from ..modeling import last_token_index
+    from ..engine import batches, to_device
+    from ..modeling import last_token_states
 
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-    input_ids, mask = pad_sequences(sequences, pad_id, side="right")
-    input_ids, mask = input_ids.to(backbone.device), mask.to(backbone.device)
     last_layer = layer_index == backbone.num_hidden_states - 1
     with torch.inference_mode():
-        out = backbone.model(input_ids=input_ids, attention_mask=mask, use_cache=False, output_hidden_states=not last_layer)
-        hidden = out.last_hidden_state if last_layer else out.hidden_states[layer_index]
-        index = last_token_index(mask)
-        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-    return picked.float().cpu().numpy()
+        ((indices, batch),) = batches(sequences, "padded", pad_id=pad_id, batch_size=len(sequences))  # one batch
+        states = last_token_states(backbone.model, to_device(batch, backbone.device),
+                                   hidden_layer=None if last_layer else layer_index).float().cpu().numpy()
+    out = np.empty_like(states)
+    out[indices] = states
+    return out
 
 
 def embed_conversations(backbone: Backbone, prompts: Sequence, responses: Sequence[str], *, layer: int = -1,
-                        max_length: int | None = 1024, batch_size: int = 16, cache_dir: str | os.PathLike | None = None,
+                        max_length: int | None = DEFAULT_MAX_LENGTH, batch_size: int = 16, cache_dir: str | os.PathLike | None = None,
                         flush_every: int = DEFAULT_FLUSH_EVERY) -> tuple[np.ndarray, EmbedReport]:
     """(n, d) float32 embeddings of prompt + response conversations, and a report.
 

@@ -21,11 +21,10 @@ from transformers import Trainer, TrainerCallback
 
 from ..config import RewardConfig
 from ..data.render import TruncationStats, encode
-from ..modeling import apply_lora, freeze_lower_layers, load_reward_model
+from ..modeling import apply_lora, build_reward_model, freeze_lower_layers, load_reward_model
+from ..record import ModelRecord, write_record
 
 logger = logging.getLogger(__name__)
-
-HSRM_CONFIG_KEY = "hsrm"  # where hsrm writes its metadata inside config.json
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -36,13 +35,13 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     Two-stage training (HelpSteer2-Preference §3.2): a BT run initialised from a regression model
     keeps its body and its *helpfulness* head (row 0 of a five-attribute head).
     """
-    source = cfg.init_from or cfg.model_name_or_path
     if cfg.init_from:
-        from transformers import AutoConfig
-
-        init_labels = AutoConfig.from_pretrained(cfg.init_from).num_labels
-        model, tokenizer = load_reward_model(cfg.init_from, num_labels=init_labels, dtype=cfg.model_dtype,
-                                             trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+        # A trained reward model: the loader refuses a folder without a trained head.
+        model, tokenizer, _ = load_reward_model(cfg.init_from, dtype=cfg.model_dtype, device=None,
+                                                trust_remote_code=cfg.trust_remote_code,
+                                                attn_implementation=cfg.attn_implementation)
+        model.train()
+        init_labels = model.config.num_labels
         if init_labels != cfg.num_labels:
             if cfg.num_labels != 1:
                 raise ValueError(f"init_from {cfg.init_from} has {init_labels} outputs; can only reduce to the helpfulness head")
@@ -52,8 +51,8 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
             model.config.num_labels = 1
             model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
     else:
-        model, tokenizer = load_reward_model(source, num_labels=cfg.num_labels, dtype=cfg.model_dtype,
-                                             trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+        model, tokenizer = build_reward_model(cfg.model_name_or_path, num_labels=cfg.num_labels, dtype=cfg.model_dtype,
+                                              trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
     model.config.use_cache = False
     if cfg.use_lora if with_lora is None else with_lora:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -245,20 +244,8 @@ def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
     return [folder for _, folder in sorted(found)]
 
 
-def reward_stats(rewards: torch.Tensor | list[float]) -> dict[str, float]:
-    values = torch.as_tensor(rewards, dtype=torch.float64).flatten()
-    return {"reward_mean": float(values.mean()), "reward_std": float(values.std(unbiased=False))}
-
-
 # ------------------------------------------------------------------------------------------ save
-def _write_metadata(folder: Path, meta: dict[str, Any]) -> None:
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    config[HSRM_CONFIG_KEY] = meta
-    path.write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, meta: dict[str, Any]) -> None:
+def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord) -> None:
     """Write a plain ``AutoModelForSequenceClassification`` folder at ``output_dir``.
 
     The files are written to a temporary folder beside the target, a LoRA adapter is merged when
@@ -285,7 +272,7 @@ def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, meta
     # training_args.bin is a pickle (and may hold hub_token): a model folder does not need it.
     (staging / "training_args.bin").unlink(missing_ok=True)
     if (staging / "config.json").exists():
-        _write_metadata(staging, meta)
+        write_record(staging, record)
     commit_staged_folder(staging, target)
     logger.info("saved reward model to %s", target)
 

@@ -32,7 +32,8 @@ from ..data.justifications import (JUSTIFICATION_SETS, JUSTIFIER_TARGETS, encode
                                    label_examples_from_pairs, load_justification_examples, truncation_summary)
 from ..data.render import TruncationStats, ensure_chat_template, pad_sequences
 from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
-from .base import HSRM_CONFIG_KEY, RewardTrainerBase, commit_staged_folder
+from ..record import ModelRecord, write_record
+from .base import RewardTrainerBase, commit_staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def build_justifier_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     return model, tokenizer
 
 
-def save_justifier_model(trainer, cfg: RewardConfig, output_dir: str, meta: dict[str, Any]) -> None:
+def save_justifier_model(trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord) -> None:
     """A plain ``AutoModelForCausalLM`` folder at ``output_dir`` (LoRA merged unless
     ``merge_lora_on_save`` is false), written beside it first and moved in with config.json
     last, so a crash never leaves a folder that loads as a model."""
@@ -194,8 +195,8 @@ def save_justifier_model(trainer, cfg: RewardConfig, output_dir: str, meta: dict
     if config_path.exists():
         config = json.loads(config_path.read_text())
         config["use_cache"] = True  # training switched the KV cache off; generation wants it
-        config[HSRM_CONFIG_KEY] = meta
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_record(staging, record)
     commit_staged_folder(staging, target)
     logger.info("saved justifier to %s", target)
 
@@ -245,19 +246,12 @@ def run_justifier_training(cfg: RewardConfig) -> dict[str, Any]:
                                data_collator=JustifierCollator(tokenizer.pad_token_id))
     result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     eval_metrics = {k: float(v) for k, v in trainer.evaluate().items()} if eval_ds is not None else {}
-    meta = {
-        "objective": "justifier",
-        "justification_set": cfg.justification_set,
-        "justifier_target": cfg.justifier_target,
-        "flip_augmentation": bool(cfg.flip_augmentation),
-        "max_new_tokens": cfg.max_new_tokens,
-        "base_model": DEFAULT_MODEL_HUB_ID if cfg.model_name_or_path in DEFAULT_MODEL_ALIASES else cfg.model_name_or_path,
-        "train_data": cfg.train_data,
-        "max_length": cfg.max_length,
-        "eval_metrics": eval_metrics,
-        "lora": bool(cfg.use_lora),
-    }
-    save_justifier_model(trainer, cfg, final_dir, meta)
+    record = ModelRecord(
+        objective="justifier", justification_set=cfg.justification_set, justifier_target=cfg.justifier_target,
+        flip_augmentation=bool(cfg.flip_augmentation), max_new_tokens=cfg.max_new_tokens,
+        base_model=DEFAULT_MODEL_HUB_ID if cfg.model_name_or_path in DEFAULT_MODEL_ALIASES else cfg.model_name_or_path,
+        train_data=cfg.train_data, max_length=cfg.max_length, eval_metrics=eval_metrics, lora=bool(cfg.use_lora))
+    save_justifier_model(trainer, cfg, final_dir, record)
     cfg.output_dir = final_dir
     return {"output_dir": final_dir, "train_loss": result.training_loss, "global_step": result.global_step,
-            "log_history": trainer.state.log_history, "data": data_summary, **meta}
+            "log_history": trainer.state.log_history, "data": data_summary, **record.to_dict()}

@@ -12,15 +12,13 @@ from __future__ import annotations
 import torch
 
 from ..losses import centering_loss, get_pairwise_loss
-from ..modeling import scalar_reward
-from ..packing import batch_reward_forward
+from ..modeling import reward_outputs, scalar_reward
 from .base import RewardTrainerBase
 
 
 def split_pair_rewards(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen rewards, rejected rewards), each (n_pairs,), from a stacked pair batch (padded or packed)."""
-    outputs = batch_reward_forward(model, inputs)
-    rewards = scalar_reward(outputs)
+    rewards = scalar_reward(reward_outputs(model, inputs))
     n_pairs = inputs["margin"].shape[0]
     return rewards[:n_pairs], rewards[n_pairs:]
 

@@ -11,19 +11,20 @@ from __future__ import annotations
 import torch
 
 from ..losses import regression_loss
-from ..packing import batch_reward_forward
+from ..modeling import reward_outputs, scalar_reward
 from .base import RewardTrainerBase
 
 
 class PointwiseRewardTrainer(RewardTrainerBase):
-    """Logged: loss (MSE), mean absolute error, reward (first output) mean and std."""
+    """Logged: loss (MSE), mean absolute error, mean and std of the scalar reward (outputs ·
+    ``attribute_weights``, or the first output)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        predictions = batch_reward_forward(model, inputs)
+        predictions = reward_outputs(model, inputs)
         loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype))
         if model.training:
             with torch.no_grad():
-                reward = predictions[:, 0].float()
+                reward = scalar_reward(predictions.float(), self.args.attribute_weights)
                 self.store_metrics({
                     "mae": (predictions.float() - inputs["labels"].float()).abs().mean().item(),
                     "reward_mean": reward.mean().item(),
@@ -34,15 +35,15 @@ class PointwiseRewardTrainer(RewardTrainerBase):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            predictions = batch_reward_forward(model, inputs)
+            predictions = reward_outputs(model, inputs)
             loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype)).detach()
         if prediction_loss_only:
             return loss, None, None
         return loss, predictions.float(), inputs["labels"].float()
 
 
-def regression_metrics(attributes):
-    """MAE, RMSE and Pearson r per attribute; reward mean/std of the first output."""
+def regression_metrics(attributes, attribute_weights=None):
+    """MAE, RMSE and Pearson r per attribute; mean/std of the scalar reward (outputs · weights, or the first output)."""
     import numpy as np
 
     def compute(eval_pred) -> dict[str, float]:
@@ -55,8 +56,9 @@ def regression_metrics(attributes):
             metrics[f"{name}_rmse"] = float(np.sqrt((error ** 2).mean()))
             if predictions[:, k].std() > 0 and labels[:, k].std() > 0:
                 metrics[f"{name}_pearson"] = float(np.corrcoef(predictions[:, k], labels[:, k])[0, 1])
-        metrics["reward_mean"] = float(predictions[:, 0].mean())
-        metrics["reward_std"] = float(predictions[:, 0].std())
+        reward = predictions @ np.asarray(attribute_weights, dtype=np.float64) if attribute_weights else predictions[:, 0]
+        metrics["reward_mean"] = float(reward.mean())
+        metrics["reward_std"] = float(reward.std())
         return metrics
 
     return compute
