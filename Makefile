@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/hsrm demo --out demo_report
+	# demo_report is this target's own folder (make clean removes it too): each run rebuilds it.
+	$(VENV)/bin/hsrm demo --out demo_report --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15 tests

@@ -53,15 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     entry = getattr(module, function_name)
     from .trainers.base import NonFiniteLossError, TrainingInterrupted
 
+    import os
+
     try:
         entry(rest)
     except TrainingInterrupted as err:
         print(f"hsrm {verb}: {err}", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a scheduler expects from a job it stopped
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
-        # Input problems get one clear line, not a traceback; HSRM_DEBUG=1 shows the traceback.
-        import os
-
+    except BrokenPipeError:
+        # `hsrm train --help | head`: the reader left. Point stdout at /dev/null so that the
+        # interpreter's final flush does not raise again, and exit as a process killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (ValueError, OSError, NonFiniteLossError) as err:
+        # Input and environment problems (bad data or options, missing or unreadable files, a failed
+        # upload) get one clear line, not a traceback; HSRM_DEBUG=1 shows the traceback.
         if os.environ.get("HSRM_DEBUG"):
             raise
         print(f"hsrm {verb}: error: {err}", file=sys.stderr)

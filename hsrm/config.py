@@ -64,6 +64,8 @@ class RewardConfig(TrainingArguments):
     merge_lora_on_save: bool = field(default=True, metadata={"help": "save a plain sequence classifier, not an adapter"})
     # --- reliability
     max_consecutive_nonfinite: int = field(default=5, metadata={"help": "stop after this many skipped non-finite steps"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace what output_dir holds (a previous run); "
+                                                                        "without it a non-empty output_dir is refused unless resuming"})
 
     # TrainingArguments defaults that suit reward models.
     output_dir: Optional[str] = field(default="runs/reward-model")
@@ -83,10 +85,17 @@ class RewardConfig(TrainingArguments):
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
         if self.on_bad_rows not in ("raise", "skip"):
             raise ValueError(f"on_bad_rows must be 'raise' or 'skip', not {self.on_bad_rows!r}")
-        if self.attributes == ["all"] or self.attributes == "all":
+        if isinstance(self.attributes, str):  # `--attributes helpfulness` or `attributes: helpfulness` is one name
+            self.attributes = [a.strip() for a in self.attributes.split(",") if a.strip()]
+        if self.attributes == ["all"]:
             self.attributes = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
         if self.objective != "regression" and len(self.attributes) != 1:
             self.attributes = ["helpfulness"]
+        for name in ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size", "max_tokens_per_batch",
+                     "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
         if self.attribute_weights is not None and len(self.attribute_weights) != len(self.attributes):
             raise ValueError(f"{len(self.attribute_weights)} attribute_weights for {len(self.attributes)} attributes")
         if self.train_top_layers is not None:

@@ -151,11 +151,17 @@ def plot_report(out: Path, curves: dict[str, list[tuple[int, float]]], chosen: l
     return files
 
 
-def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, quick: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    import shutil
+
     from .evaluate import evaluate_model, format_report
     from .expo import extrapolate_folder, search_factor, write_search_table
+    from .files import check_output
     from .scoring import RewardScorer
 
+    check_output(out, overwrite=overwrite, flag="--out")
+    if overwrite and out.exists():  # the report folder is rebuilt whole: nothing stale survives
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     started, timings = time.time(), {}
     profile = QUICK if quick else FULL
@@ -284,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="hsrm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_report", help="report folder (default: demo_report)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, about a minute; for smoke tests")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (a previous report)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(Path(args.out), quick=args.quick, overwrite=args.overwrite)

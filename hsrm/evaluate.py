@@ -38,7 +38,7 @@ import torch
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
 from .data.render import TruncationStats, encode
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
-from .files import atomic_write_json
+from .files import atomic_write_json, check_output
 from .record import reward_statistics
 from .scoring import RewardScorer, add_engine_arguments
 
@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="reward model folder (any AutoModelForSequenceClassification)")
     parser.add_argument("--data", required=True, help="RewardBench / preference / ratings file or Hub id")
     parser.add_argument("--output", help="JSON result path (default: <model>/evaluation/<data name>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the result file if it exists (never one of the inputs)")
     parser.add_argument("--format", "--data-format", "--data_format", default="auto", dest="data_format",
                         help="auto | rewardbench | pairs | helpsteer2_preference | helpsteer2_ratings")
     parser.add_argument("--split", default=None, help="split for Hub ids / files with a split column (default per format)")
@@ -339,11 +340,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return justifier_main([a for a in argv if a != "--justifier"])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    output = args.output or default_output_path(args.model, args.data)
+    check_output(output, inputs=[args.data, args.model], overwrite=args.overwrite)  # before minutes of scoring
     result = evaluate_model(args.model, args.data, data_format=args.data_format, split=args.split, limit=args.limit,
                             batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device,
                             on_bad_rows=args.on_bad_rows, per_subset=args.per_subset, layout=args.layout,
                             max_tokens=args.max_tokens)
     print(format_report(result))
-    path = atomic_write_json(args.output or default_output_path(result["model"], args.data), result)
+    path = atomic_write_json(output, result)
     print(f"wrote {path}")
     return result

@@ -209,17 +209,12 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
+    from .files import check_output, honour_umask, new_staging_dir
+
     weak_dir, strong_dir, target = Path(weak), Path(strong), Path(out)
-    if target.resolve() in (weak_dir.resolve(), strong_dir.resolve()):
-        raise ValueError(f"--out {target} is one of the input models; choose a new folder")
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise ValueError(f"{target} already exists and is not empty; pass --overwrite or choose another --out")
+    check_output(target, inputs=[weak_dir, strong_dir], overwrite=overwrite, flag="--out")
     weak_reader, strong_reader = check_compatible(weak_dir, strong_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.expo-tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    staging = new_staging_dir(target)
     try:
         _copy_side_files(strong_dir, staging)
         files: dict[str, list[str]] = {}
@@ -238,8 +233,9 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
         meta = {"weak": str(weak_dir), "strong": str(strong_dir), "alpha": alpha,
                 "formula": "theta_weak + alpha * (theta_strong - theta_weak)", **(extra_meta or {})}
         _update_record(staging, meta, reward_stats)
-        if target.exists():
-            shutil.rmtree(target)
+        honour_umask(staging)  # safetensors writes 0600 files
+        if target.exists():  # allowed by overwrite (check_output): the new model replaces the old folder
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(staging, target)
     finally:
         if staging.exists():
@@ -372,15 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(parser)
     parser.add_argument("--on-bad-rows", "--on_bad_rows", default="raise", choices=("raise", "skip"),
                         help="unusable validation rows: raise (default) or skip and count them")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or a folder holding one)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> Path:
+    from .files import check_output
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.search and not args.data:
         raise ValueError("--search needs --data: a validation set to score each factor on")
+    # Before the search's minutes: the output may replace neither an input nor, without --overwrite, anything.
+    check_output(args.out, inputs=[args.weak, args.strong, args.data], overwrite=args.overwrite, flag="--out")
     if not args.search:
         path = extrapolate_folder(args.weak, args.strong, args.alpha, args.out, overwrite=args.overwrite)
         print(f"wrote {path} (α = {args.alpha:g})")

@@ -44,3 +44,68 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     return atomic_write(path, write)
+
+
+# ------------------------------------------------------------------------------ output safety
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(folder: str | os.PathLike, *, skip_linked: bool = False) -> None:
+    """Give every file and folder under ``folder`` the mode ``open()`` and ``mkdir`` would: libraries
+    that write through a temporary file (safetensors, ``tempfile.mkdtemp``) leave 0600/0700, so on a
+    shared machine nobody else could read a model hsrm wrote. ``skip_linked`` leaves hard-linked
+    files alone (they are someone else's files too)."""
+    mask = current_umask()
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink() or (skip_linked and path.is_file() and path.stat().st_nlink > 1):
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def new_staging_dir(target: str | os.PathLike) -> Path:
+    """A new, empty folder beside ``target`` to assemble an output in (never one that already
+    existed), with the umask's mode; the caller renames it into place or removes it."""
+    import tempfile
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    os.chmod(staging, 0o777 & ~current_umask())
+    return staging
+
+
+def _is_same_or_inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
+                 flag: str = "--output") -> Path:
+    """The one output rule of every verb that writes (docs/reliability.md):
+
+    * never write over one of the verb's inputs: the output may not be an input, nor a folder that
+      holds one (paths compared resolved, symlinks followed);
+    * never replace the working folder or a folder that holds it;
+    * never replace something that exists (a file, or a folder that is not empty) unless
+      ``overwrite`` is set.
+
+    Raises ``ValueError`` with one line saying what exists and which flag allows it.
+    """
+    target = Path(path).expanduser().resolve()
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        source = Path(item).expanduser().resolve()
+        if _is_same_or_inside(source, target):
+            what = "is" if source == target else "holds"
+            raise ValueError(f"{flag} {path} {what} the input {item}; it would be overwritten: choose another {flag}")
+    if _is_same_or_inside(Path.cwd().resolve(), target):
+        raise ValueError(f"{flag} {path} is the working folder or holds it; choose a new {flag}")
+    exists = target.is_file() or (target.is_dir() and any(target.iterdir())) or (target.exists() and not target.is_dir())
+    if exists and not overwrite:
+        kind = "folder" if target.is_dir() else "file"
+        raise ValueError(f"{flag} {path} already exists ({kind}); pass --overwrite to replace it, or choose another {flag}")
+    return target

@@ -38,8 +38,9 @@ OBJECTIVE_TEXT = {
 
 
 # ------------------------------------------------------------------------------ secrets
-class HubUploadError(RuntimeError):
-    """An upload failed; the message never contains the token."""
+class HubUploadError(ConnectionError):
+    """An upload failed; the message never contains the token. An ``OSError``, so the CLI reports it
+    in one line like any other I/O failure."""
 
 
 def resolve_token(explicit: str | None = None) -> str | None:
@@ -220,8 +221,12 @@ def _files_to_upload(model_dir: Path) -> list[Path]:
 
 
 def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str | os.PathLike | None = None,
-                          eval_files: Iterable[str | os.PathLike] = ()) -> Path:
-    """Copy (hard-link where possible) the publishable files and write README.md into ``stage``."""
+                          eval_files: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> Path:
+    """Copy (hard-link where possible) the publishable files and write README.md into ``stage``
+    (default ``<model>.hub``). The folder is assembled in a new staging folder and renamed into
+    place; an existing ``stage`` is replaced only with ``overwrite``, and never when it is, holds or
+    sits inside the model or an evaluation file."""
+    from .files import check_output, honour_umask, new_staging_dir
     from .modeling import check_model_folder
 
     root = Path(model_dir)
@@ -235,11 +240,24 @@ def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str
         logger.warning("%s: pad_token_id equals eos_token_id; plain transformers may read the reward at the wrong "
                        "token. Models saved by `hsrm train` have a distinct pad token.", root)
     stage_dir = Path(stage) if stage else root.parent / f"{root.name}.hub"
-    if stage_dir.resolve() == root.resolve():
-        raise ValueError("--stage must differ from --model (the card would overwrite the model's files)")
-    if stage_dir.exists():
-        shutil.rmtree(stage_dir)
-    stage_dir.mkdir(parents=True)
+    eval_files = list(eval_files)
+    check_output(stage_dir, inputs=[root, *eval_files], overwrite=overwrite, flag="--stage")
+    if root.resolve() in stage_dir.resolve().parents:
+        raise ValueError(f"--stage {stage_dir} is inside the model folder {root}; choose a folder outside it")
+    final_dir, stage_dir = stage_dir, new_staging_dir(stage_dir)
+    try:
+        _fill_upload_folder(root, repo_id, stage_dir, eval_files)
+        honour_umask(stage_dir, skip_linked=True)  # the hard-linked weights are the model's own files: left as they are
+        if final_dir.exists():  # allowed by overwrite (check_output)
+            shutil.rmtree(final_dir) if final_dir.is_dir() else final_dir.unlink()
+        os.replace(stage_dir, final_dir)
+    finally:
+        if stage_dir.exists():
+            shutil.rmtree(stage_dir, ignore_errors=True)
+    return final_dir
+
+
+def _fill_upload_folder(root: Path, repo_id: str, stage_dir: Path, eval_files: list) -> None:
     for path in _files_to_upload(root):
         destination = stage_dir / path.relative_to(root)
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -255,16 +273,23 @@ def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str
         extra.append(destination)
     evaluations = collect_evaluations(root, [p for p in extra])
     (stage_dir / "README.md").write_text(build_model_card(root, repo_id, evaluations), encoding="utf-8")
-    return stage_dir
 
 
 def push(model_dir: str, repo_id: str, *, private: bool = False, token: str | None = None, stage: str | None = None,
-         dry_run: bool = False, commit_message: str = "Upload reward model with hsrm", eval_files: Iterable[str] = ()) -> dict:
+         dry_run: bool = False, commit_message: str = "Upload reward model with hsrm", eval_files: Iterable[str] = (),
+         overwrite: bool = False) -> dict:
     """Prepare the folder and (unless ``dry_run``) create the repo and upload it. Returns a summary
-    that never holds the token."""
+    that never holds the token. A real upload without ``stage`` prepares the folder in a temporary
+    place, removed afterwards; a dry run keeps it (default ``<model>.hub``) for you to read."""
+    import tempfile
+
     if "/" not in repo_id or repo_id.count("/") != 1:
         raise ValueError(f"--repo-id {repo_id!r} must look like 'user-or-org/name'")
-    folder = prepare_upload_folder(model_dir, repo_id, stage, eval_files)
+    if stage is None and not dry_run:
+        with tempfile.TemporaryDirectory(prefix="hsrm-push-") as scratch:
+            return push(model_dir, repo_id, private=private, token=token, stage=str(Path(scratch) / "upload"),
+                        commit_message=commit_message, eval_files=eval_files) | {"stage": None}
+    folder = prepare_upload_folder(model_dir, repo_id, stage, eval_files, overwrite=overwrite)
     summary = {"stage": str(folder), "repo_id": repo_id, "private": private, "uploaded": False,
                "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())}
     if dry_run:
@@ -291,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", "--repo_id", required=True, help="user-or-org/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry-run", "--dry_run", action="store_true", help="prepare the upload folder and card only")
-    parser.add_argument("--stage", help="upload folder to prepare (default: <model>.hub beside the model)")
+    parser.add_argument("--stage", help="upload folder to prepare (default: <model>.hub beside the model with --dry-run; "
+                                        "a temporary folder, removed after the upload, without)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --stage if it exists (never the model or a folder holding it)")
     parser.add_argument("--eval", action="append", default=[], dest="eval_files",
                         help="an `hsrm evaluate` JSON to add to the card (repeatable)")
     parser.add_argument("--token", help="Hub token (prefer HF_TOKEN or `huggingface-cli login`: a flag ends up in shell history)")
@@ -305,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.token:
         logger.warning("a token given with --token is visible in the process list and shell history; prefer HF_TOKEN")
     summary = push(args.model, args.repo_id, private=args.private, token=args.token, stage=args.stage,
-                   dry_run=args.dry_run, commit_message=args.commit_message, eval_files=args.eval_files)
+                   dry_run=args.dry_run, commit_message=args.commit_message, eval_files=args.eval_files,
+                   overwrite=args.overwrite)
     if summary["uploaded"]:
         print(f"uploaded {len(summary['files'])} files to {summary['url']}")
     else:

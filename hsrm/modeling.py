@@ -77,6 +77,9 @@ def convert_gguf_default(gguf_path: Path, target: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        from .files import honour_umask
+
+        honour_umask(tmp)  # mkdtemp and safetensors leave 0700/0600: the cache is for every user of the machine
         if target.exists():  # another process won the race
             shutil.rmtree(tmp)
         else:
@@ -93,6 +96,15 @@ def resolve_model_path(name_or_path: str | None) -> str:
             return DEFAULT_MODEL_HUB_ID
         return default_model_path()
     return str(name_or_path)
+
+
+def check_model_exists(path: str) -> None:
+    """A clear error for a local path that does not exist (anything that is not a Hub id ``owner/name``)."""
+    if os.path.exists(path):
+        return
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
+    if not looks_like_hub_id:
+        raise FileNotFoundError(f"model folder {path} does not exist")
 
 
 def check_model_folder(path: str) -> None:
@@ -152,6 +164,7 @@ def build_reward_model(name_or_path: str | None, num_labels: int = 1, *, dtype: 
     from .data.render import ensure_distinct_pad_token
 
     path = resolve_model_path(name_or_path)
+    check_model_exists(path)
     check_model_folder(path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs = {}
@@ -218,8 +231,7 @@ def load_reward_model(name_or_path: str, *, dtype: torch.dtype | str | None = No
     from .record import record_from_config
 
     path = resolve_model_path(os.path.expanduser(name_or_path) if isinstance(name_or_path, str) else name_or_path)
-    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-        raise FileNotFoundError(f"reward model folder {path} does not exist")
+    check_model_exists(path)
     check_model_folder(path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     architectures = list(getattr(config, "architectures", None) or [])

@@ -47,7 +47,12 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
 def read_yaml_mapping(path: str | os.PathLike, what: str = "a recipe") -> dict[str, Any]:
     """The top-level mapping of a YAML file, or a clear error when the file holds something else."""
     with open(path, encoding="utf-8") as handle:
-        loaded = yaml.safe_load(handle) or {}
+        try:
+            loaded = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ValueError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: {what} must be a YAML mapping of keys")
     return loaded

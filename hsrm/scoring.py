@@ -33,7 +33,7 @@ import torch
 from .data.io import DataError, read_rows
 from .data.messages import response_text, to_messages
 from .data.render import TruncationStats, encode
-from .files import atomic_write_jsonl
+from .files import atomic_write_jsonl, check_output
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
 
 logger = logging.getLogger(__name__)
@@ -232,10 +232,12 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
         if group["id"] is not None:
             row = {"id": group["id"], **row}
         out_rows.append(row)
-    if output is None:
-        stem = Path(str(data)).name.split(".")[0] or "scores"
-        output = f"{stem}.scored.jsonl"
-    return atomic_write_jsonl(output, out_rows), out_rows
+    return atomic_write_jsonl(output or default_scores_path(data), out_rows), out_rows
+
+
+def default_scores_path(data: str) -> Path:
+    """``<data name>.scored.jsonl`` in the current folder."""
+    return Path(f"{Path(str(data)).name.split('.')[0] or 'scores'}.scored.jsonl")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="reward model folder (any AutoModelForSequenceClassification)")
     parser.add_argument("--data", required=True, help="JSONL/JSON/Parquet rows {prompt, responses: [...]} or {prompt, response}")
     parser.add_argument("--output", help="where to write the scored JSONL (default: <data name>.scored.jsonl here)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (never one of the inputs)")
     parser.add_argument("--batch-size", "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per forward pass")
     parser.add_argument("--max-length", "--max_length", type=int, default=None,
                         help="tokens kept per sequence, cut from the left (default: the model's training max_length, else 2048)")
@@ -262,9 +265,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    output = args.output or default_scores_path(args.data)
+    check_output(output, inputs=[args.data, args.model], overwrite=args.overwrite)  # before minutes of scoring
     scorer = RewardScorer(args.model, batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
                           device=args.device, layout=args.layout, max_tokens=args.max_tokens, progress=True)
-    path, rows = score_file(scorer, args.data, args.output)
+    path, rows = score_file(scorer, args.data, output)
     n_responses = sum(len(r["responses"]) for r in rows)
     print(f"scored {n_responses} responses to {len(rows)} prompts with {args.model} → {path}")
     print(f"truncation: {scorer.truncation.summary()}")

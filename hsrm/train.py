@@ -39,9 +39,8 @@ def load_datasets(cfg: RewardConfig, tokenizer):
             tokenized, stats = tokenize_ratings(ds, tokenizer, cfg.attributes, cfg.max_length)
         else:
             ds, report = load_pairs_any(source, split, cfg.data_format, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
-            if cfg.objective in ("margin_bt", "scaled_bt") and "has_margin" in ds.column_names and not any(ds["has_margin"]):
-                raise ValueError(f"{source}: objective {cfg.objective} needs a preference strength per pair, and the data has none; "
-                                 "use objective 'bt' or add a 'margin'/'strength' column")
+            if cfg.objective in ("margin_bt", "scaled_bt") and "has_margin" in ds.column_names:
+                ds = require_margins(ds, report, source, cfg)
             tokenized, stats = tokenize_pairs(ds, tokenizer, cfg.max_length)
         summary[role] = {"load": report.summary(), "truncation": stats.summary()}
         logger.info("%s | %s", report.summary(), stats.summary())
@@ -52,6 +51,27 @@ def load_datasets(cfg: RewardConfig, tokenizer):
     train = load("train", cfg.train_data, cfg.train_split, cfg.max_train_samples)
     evaluation = load("eval", cfg.eval_data, cfg.eval_split, cfg.max_eval_samples) if cfg.eval_data else None
     return train, evaluation, summary
+
+
+def require_margins(ds, report, source: str, cfg: RewardConfig):
+    """Margin and Scaled BT read a preference strength from every pair: a pair without one is not
+    given 1.0 silently. ``on_bad_rows: skip`` drops such pairs and counts them."""
+    from .data.io import DataError
+
+    missing = [i for i, has in enumerate(ds["has_margin"]) if not has]
+    if len(missing) == len(ds):
+        raise ValueError(f"{source}: objective {cfg.objective} needs a preference strength per pair, and the data has none; "
+                         "use objective 'bt' or add a 'margin'/'strength' column")
+    if not missing:
+        return ds
+    if cfg.on_bad_rows != "skip":
+        raise DataError(source, missing[0], "margin", f"no preference strength, and objective {cfg.objective} needs one on "
+                        f"every pair ({len(missing)} of {len(ds)} pairs have none); add it, or set on_bad_rows: skip "
+                        "to drop those pairs (counted)")
+    report.drop("no preference strength", len(missing))
+    report.rows_kept -= len(missing)
+    logger.warning("%s: %d of %d pairs have no preference strength; skipped (on_bad_rows: skip)", source, len(missing), len(ds))
+    return ds.filter(lambda has: has, input_columns="has_margin")
 
 
 def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
@@ -94,15 +114,40 @@ def resolve_resume(value: str | bool | None, checkpoint_dir: str) -> str | None:
     return str(path)
 
 
+def resuming(cfg: RewardConfig) -> bool:
+    return cfg.resume_from_checkpoint not in (None, False, "", "no", "false", "False")
+
+
+def prepare_output_dir(cfg: RewardConfig) -> None:
+    """The output rule (docs/reliability.md): a run writes into a new or empty ``output_dir``, its own
+    folder when resuming, or, with ``overwrite_output_dir``, a folder it first empties; never into a
+    folder that is or holds one of its inputs."""
+    import shutil
+
+    from .files import check_output
+
+    if resuming(cfg):
+        return
+    target = Path(cfg.output_dir)
+    check_output(target, inputs=[cfg.train_data, cfg.eval_data, cfg.model_name_or_path, cfg.init_from],
+                 overwrite=cfg.overwrite_output_dir, flag="--output_dir")  # every rank: they all raise alike
+    if cfg.overwrite_output_dir and target.is_dir() and any(target.iterdir()):
+        with cfg.main_process_first(local=False, desc="emptying output_dir"):
+            if cfg.process_index == 0 and target.is_dir():
+                logger.warning("overwrite_output_dir: removing what %s holds (a previous run)", target)
+                shutil.rmtree(target)
+
+
 def run_training(cfg: RewardConfig) -> dict[str, Any]:
     """Train, save the final model at ``cfg.output_dir``, and return a summary."""
+    # Set up the process group now: ZeRO-3 partitions weights inside from_pretrained (zero.Init)
+    # and must already see the world size there.
+    _ = cfg.device
+    prepare_output_dir(cfg)
     if cfg.objective == "justifier":
         from .trainers.justifier import run_justifier_training
 
         return run_justifier_training(cfg)
-    # Set up the process group now: ZeRO-3 partitions weights inside from_pretrained (zero.Init)
-    # and must already see the world size there.
-    _ = cfg.device
     if cfg.deepspeed:
         import deepspeed
 

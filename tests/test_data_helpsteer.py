@@ -72,7 +72,7 @@ def test_ratings_select_attributes_and_reject_bad_values(tmp_path):
     assert [five[a][0] for a in ("helpfulness", "correctness", "coherence", "complexity", "verbosity")] == [3.0, 4.0, 4.0, 1.0, 2.0]
     bad = dict(good, helpfulness=7)
     write_jsonl(path, [good, bad])
-    with pytest.raises(DataError, match=r"row 1, field 'helpfulness': rating 7 is outside 0–4"):
+    with pytest.raises(DataError, match=r"row 2 \(counting from 1\), field 'helpfulness': rating 7 is outside 0–4"):
         load_helpsteer2_ratings(str(path))
     ds, report = load_helpsteer2_ratings(str(path), on_error="skip", return_report=True)
     assert len(ds) == 1 and report.dropped == {"malformed row": 1}

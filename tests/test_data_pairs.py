@@ -58,7 +58,7 @@ def test_generic_pairs_text_and_messages_and_margins(tmp_path):
 ])
 def test_bad_pairs_name_row_and_field(tmp_path, row, field, problem):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "chosen": "x", "rejected": "y"}, row])
-    with pytest.raises(DataError, match=rf"bad.jsonl, row 1, field '{field}': .*{problem}"):
+    with pytest.raises(DataError, match=rf"bad.jsonl, row 2 \(counting from 1\), field '{field}': .*{problem}"):
         load_preference_pairs(str(path))
     ds, report = load_preference_pairs(str(path), on_error="skip", return_report=True)
     assert len(ds) == 1 and sum(report.dropped.values()) == 1

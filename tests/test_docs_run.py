@@ -77,7 +77,8 @@ TINY_CAUSAL_LM = ("--model_name_or_path", "runs/tiny-causal-lm")
 # Paper recipes train a 70B model in bf16 on Hub data with a validation loop: local data, fp32, no loop.
 PAPER_RECIPE = TINY_TRAIN + ("--eval_data", "", "--eval_strategy", "no", "--load_best_model_at_end", "false",
                              "--model_dtype", "float32", "--gradient_checkpointing", "false")
-PAPER_PAIRS = PAPER_RECIPE + TINY_RM + ("--train_data", "data/pairs.jsonl", "--data_format", "auto")
+# The launcher commands are alternatives that share an output_dir; run one after another here, each replaces the last.
+PAPER_PAIRS = PAPER_RECIPE + TINY_RM + ("--train_data", "data/pairs.jsonl", "--data_format", "auto", "--overwrite_output_dir", "true")
 TINY_SELECT = ("--hidden", "8", "--max-epochs", "3")  # fixed at a state's first call
 TINY_ACTIVE = ("--train_prompts", "40", "--test_prompts", "5", "--test_responses", "10", "--strategies", "[random, dopt]",
                "--seeds", "[0]", "--annotations", "20", "--batch_sizes", "[10]", "--prompts_per_round", "8",
@@ -124,7 +125,8 @@ RUN: dict[str, Run] = {
     "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.train recipes/scaled_bt_from_regression.yaml":
         Run(PAPER_PAIRS, needs=("runs/helpfulness-regression",), check="check_scaled_bt_from_regression"),
     "torchrun --nproc_per_node 2 -m hsrm.train recipes/tiny_bt.yaml --model_name_or_path TINY_DIR --train_data PAIRS.jsonl "
-    "--deepspeed ds_configs/zero3.json --ddp_backend gloo --use_cpu true": Run(TINY_TRAIN, check="check_tiny_bt"),
+    "--deepspeed ds_configs/zero3.json --ddp_backend gloo --use_cpu true":  # writes runs/tiny-bt again, after `hsrm train RECIPE.yaml`
+        Run(TINY_TRAIN + ("--overwrite_output_dir", "true"), check="check_tiny_bt"),
     "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.rloo recipes/rloo_helpsteer2.yaml":
         Run(("--policy_model", "tiny-random", "--prompt_data", "data/preference.jsonl", "--max_prompts", "4", "--max_steps", "1",
              "--gradient_accumulation_steps", "1", "--max_completion_length", "4", "--reward_max_length", "64",
@@ -157,8 +159,8 @@ RUN: dict[str, Run] = {
     # ---- scoring and publishing (push never reaches the network: see Sandbox.call)
     "hsrm score --model runs/smollm-bt-hh --data candidates.jsonl --output scored.jsonl":
         Run(needs=("runs/smollm-bt-hh",), check="check_scored_smollm"),
-    "hsrm score --model runs/scaled-bt-expo --data candidates.jsonl --output scored.jsonl --batch-size 16":
-        Run(needs=("runs/scaled-bt-expo",), check="check_scored_expo"),
+    "hsrm score --model runs/scaled-bt-expo --data candidates.jsonl --output scored.jsonl --batch-size 16":  # after README's
+        Run(("--overwrite",), needs=("runs/scaled-bt-expo",), check="check_scored_expo"),
     # README shows `hsrm evaluate` first: its JSON lands in the model folder and from there in the card
     "hsrm push --model runs/smollm-bt-hh --repo-id you/smollm-bt-hh --dry-run":
         Run(needs=(f"hsrm evaluate --model runs/smollm-bt-hh --data {RB_SAMPLE}",), check="check_dry_run_smollm"),
@@ -172,6 +174,8 @@ RUN: dict[str, Run] = {
             needs=("runs/smollm-bt-hh",), check="check_hh_embeddings"),
     "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama":
         Run(check="check_toy_embeddings_then_cache"),
+    "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama "
+    "--overwrite": Run(needs=("runs/toy.npz",), check="check_toy_rerun_from_cache"),
     "hsrm fit --embeddings runs/toy.npz --method bt-mlp --out runs/toy-bt --eval runs/toy.npz":
         Run(("--max-epochs", "5", "--hidden", "16"), needs=("runs/toy.npz",), check="check_fit_bt_mlp"),
     "hsrm fit --model runs/toy-bt --eval runs/toy.npz --scores-out runs/toy-scores.npy":
@@ -271,6 +275,7 @@ class FakeHubApi:
 
     def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
         FakeHubApi.calls.append(("upload_folder", folder_path, repo_id))
+        FakeHubApi.uploaded = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
         return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
 
 
@@ -769,10 +774,13 @@ def check_dry_run_expo(box, outcome):
 
 
 def check_upload(box, outcome):
+    (_, folder, _), = [call for call in FakeHubApi.calls if call[0] == "upload_folder"]
     assert FakeHubApi.calls == [("init", "hf_docs_run_fake_token"),  # the token comes from HF_TOKEN
                                 ("create_repo", "you/scaled-bt-expo", True),  # --private
-                                ("upload_folder", outcome.value["stage"], "you/scaled-bt-expo")]
-    assert outcome.value["uploaded"] is True
+                                ("upload_folder", folder, "you/scaled-bt-expo")]
+    assert outcome.value["uploaded"] is True and outcome.value["stage"] is None
+    assert not Path(folder).exists()  # without --stage the upload folder was temporary and is gone
+    assert {"README.md", "config.json", "model.safetensors"} <= set(FakeHubApi.uploaded)
 
 
 def load_embeddings(box, path: str):
@@ -793,10 +801,15 @@ def check_toy_embeddings_then_cache(box, outcome):
     assert outcome.value["embedded"] == 80 and outcome.value["from_cache"] == 0 and outcome.value["pairs"] == 40
     first = load_embeddings(box, "runs/toy.npz")
     again = box.invoke(box.argv("hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz "
-                                "--cache runs/emb-cache --golden-model runs/tiny-llama", ()))
+                                "--cache runs/emb-cache --golden-model runs/tiny-llama --overwrite", ()))
     assert again.value["embedded"] == 0 and again.value["from_cache"] == 80
     second = load_embeddings(box, "runs/toy.npz")
     assert np.array_equal(first.embeddings, second.embeddings) and np.array_equal(first.golden, second.golden)
+
+
+def check_toy_rerun_from_cache(box, outcome):
+    assert outcome.value["embedded"] == 0 and outcome.value["from_cache"] == 80
+    assert load_embeddings(box, "runs/toy.npz").embeddings.shape == (80, 32)
 
 
 def check_fit_bt_mlp(box, outcome):

@@ -188,7 +188,7 @@ def test_cli_embed_response_rows_with_golden_column(tiny_model_dir, tmp_path, ca
     assert not loaded.has_pairs and loaded.meta["layer"] == 2
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r"}])
     assert main(["embed", "--data", str(bad), "--model", str(tiny_model_dir), "--out", str(out), "--cache", "none",
-                 "--golden-column", "score"]) == 1
+                 "--golden-column", "score", "--overwrite"]) == 1
     assert "score" in capsys.readouterr().err
 
 
@@ -199,7 +199,7 @@ def test_read_conversations_skips_and_counts_bad_pairs_only_when_asked(tmp_path,
     rows = [{"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"}, {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
             {"prompt": "Q3?", "chosen": "Bake it.", "rejected": "bad"}]
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    with pytest.raises(DataError, match="row 1"):
+    with pytest.raises(DataError, match=r"row 2 \(counting from 1\)"):
         read_conversations(str(path))
     with caplog.at_level("INFO"):
         prompts, responses, prompt_ids, golden, (first, second, first_wins) = read_conversations(str(path), on_error="skip")

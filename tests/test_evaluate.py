@@ -166,7 +166,7 @@ def test_bad_rows_stop_evaluation_unless_skipped_and_counted(tmp_path, tiny_mode
     rows = [{"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"}, {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
             {"prompt": "Q3?", "chosen": "Yes, gladly.", "rejected": ""}, {"prompt": "Q4?", "chosen": "Bake it.", "rejected": "bad"}]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    with pytest.raises(DataError, match="row 1, field .rejected.: identical"):  # rows count from 0
+    with pytest.raises(DataError, match=r"row 2 \(counting from 1\), field .rejected.: identical"):
         evaluate_model(str(tiny_model_dir), str(data), progress=False)
     kept = evaluate_model(str(tiny_model_dir), str(data), progress=False, on_bad_rows="skip")
     assert kept["n"] == 2 and "kept 2" in kept["load"]

@@ -120,14 +120,20 @@ def test_failed_upload_masks_the_token_in_the_error(trained_folder, monkeypatch,
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     FakeApi.calls, FakeApi.fail_with = [], f"401 Unauthorized: header Authorization: Bearer {SECRET} rejected"
     caplog.set_level(logging.DEBUG)
+    # The CLI reports the failure in one line (exit 1), token masked ...
+    assert cli(["push", "--model", str(trained_folder), "--repo-id", "me/rm", "--token", SECRET]) == 1
+    out = capsys.readouterr()
+    assert out.err.strip().splitlines()[-1] == "hsrm push: error: upload to me/rm failed: RuntimeError: 401 Unauthorized: " \
+                                             "header Authorization: Bearer *** rejected"
+    assert SECRET not in out.out + out.err + caplog.text and "Traceback" not in out.err
+    assert "--token is visible" in caplog.text  # the warning about command-line tokens, without the token
+    # ... and the traceback HSRM_DEBUG=1 shows holds no token either.
+    monkeypatch.setenv("HSRM_DEBUG", "1")
     with pytest.raises(HubUploadError) as info:
         cli(["push", "--model", str(trained_folder), "--repo-id", "me/rm", "--token", SECRET])
     shown = "".join(traceback.format_exception(info.value))
     assert "401 Unauthorized" in shown and "Bearer ***" in shown
     assert SECRET not in shown
-    out = capsys.readouterr()
-    assert SECRET not in out.out + out.err + caplog.text
-    assert "--token is visible" in caplog.text  # the warning about command-line tokens, without the token
 
 
 def test_missing_token_is_a_clear_error(trained_folder, monkeypatch):

@@ -344,7 +344,7 @@ def test_bad_rows_raise_or_skip(tmp_path):
     bad = {"split": "train", "prompt": "P", "response_1": "a", "response_2": "b",
            "all_preferences_unprocessed": [{"strength": 7, "justification": "@Response 2 is better."}]}
     path = write_jsonl(tmp_path / "bad.jsonl", [bad, ROWS[1]])
-    with pytest.raises(DataError, match="row 0"):
+    with pytest.raises(DataError, match=r"row 1 \(counting from 1\)"):
         load_justification_examples(str(path))
     ds, report = load_justification_examples(str(path), on_error="skip", return_report=True)
     assert len(ds) == 1 and report.dropped["malformed row"] == 1
@@ -367,5 +367,5 @@ def test_label_examples_from_plain_pairs_are_balanced_and_correct():
 def test_unreadable_annotation_string_names_the_row(tmp_path):
     bad = dict(ROWS[1], all_preferences_unprocessed="[{'strength': 1, 'justification': 'unterminated")
     path = write_jsonl(tmp_path / "broken.jsonl", [ROWS[0], bad])
-    with pytest.raises(DataError, match="row 1.*all_preferences_unprocessed"):
+    with pytest.raises(DataError, match="row 2 .counting from 1.*all_preferences_unprocessed"):
         load_justification_examples(str(path))

@@ -221,7 +221,7 @@ def test_cli_train_on_malformed_data_is_one_clear_line_and_no_output(tmp_path, t
                      "--use_cpu", "true", "--max_steps", "2"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "bad.jsonl, row 1, field 'chosen': expected text" in err and "Traceback" not in err
+    assert "bad.jsonl, row 2 (counting from 1), field 'chosen': expected text" in err and "Traceback" not in err
     assert not (out / "config.json").exists()
 
 

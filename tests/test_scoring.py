@@ -160,7 +160,7 @@ def test_best_of_n_and_bad_rows():
     assert best_of_n([0.1, 0.7, 0.7, -2.0]) == 1  # first of the tied best
     from hsrm.data.io import DataError
 
-    with pytest.raises(DataError, match="row 1.*responses"):
+    with pytest.raises(DataError, match="row 2 .counting from 1.*responses"):
         group_candidates([{"prompt": "q", "responses": ["a"]}, {"prompt": "q"}], "cands.jsonl")
-    with pytest.raises(DataError, match="row 0.*responses"):
+    with pytest.raises(DataError, match="row 1 .counting from 1.*responses"):
         group_candidates([{"prompt": "q", "responses": []}], "cands.jsonl")

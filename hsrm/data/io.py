@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
@@ -22,11 +23,19 @@ LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
 class DataError(ValueError):
-    """A row that cannot be used, with where it came from and what is wrong with it."""
+    """A row that cannot be used, with where it came from and what is wrong with it.
+
+    ``row`` is the 0-based position of the row among the source's rows (what ``enumerate`` gives);
+    messages show it counted from 1, with blank lines not counted, the same rule for every error:
+
+    >>> str(DataError("pairs.jsonl", 0, "chosen", "missing"))
+    "pairs.jsonl, row 1 (counting from 1), field 'chosen': missing"
+    """
 
     def __init__(self, source: str, row: int | None, field: str | None, problem: str):
         self.source, self.row, self.field, self.problem = source, row, field, problem
-        where = f"{source}" + (f", row {row}" if row is not None else "") + (f", field {field!r}" if field else "")
+        where = f"{source}" + (f", row {row + 1} (counting from 1)" if row is not None else "")
+        where += f", field {field!r}" if field else ""
         super().__init__(f"{where}: {problem}")
 
 
@@ -56,32 +65,46 @@ def is_local_source(source: str | os.PathLike) -> bool:
     return os.path.exists(text) or text.endswith(LOCAL_SUFFIXES)
 
 
-def _iter_json_lines(path: str) -> Iterator[dict]:
+def _read_bytes(path: str) -> bytes:
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        raw_bytes = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip, or cut short
+        raise DataError(path, None, None, f"not a complete gzip file ({type(err).__name__}: {err}); "
+                        "the download or copy may have been cut short") from None
+
+
+def _iter_json_lines(path: str) -> Iterator[dict]:
+    raw_bytes = _read_bytes(path)
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as err:
-        line_no = raw_bytes[: err.start].count(b"\n") + 1
-        raise DataError(path, line_no, None, f"not valid UTF-8 at byte {err.start} (line {line_no}); re-encode the file as UTF-8") from None
+        before = raw_bytes[: err.start].decode("utf-8", errors="replace")
+        row = sum(1 for line in before.split("\n")[:-1] if line.strip())  # rows that end before the bad byte
+        line_no = before.count("\n") + 1
+        raise DataError(path, row, None, f"not valid UTF-8 at byte {err.start} (file line {line_no}); "
+                        "re-encode the file as UTF-8") from None
     if path.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(path, None, None, f"not valid JSON: {err.msg} at line {err.lineno}") from None
+            raise DataError(path, None, None, f"not valid JSON: {err.msg} at file line {err.lineno}") from None
         for row in rows:
             yield row
         return
+    row_index = 0
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(path, line_no, None, f"not valid JSON ({err.msg}); each line must hold one JSON object") from None
+            raise DataError(path, row_index, None, f"not valid JSON ({err.msg}, file line {line_no}); "
+                            "each line must hold one JSON object") from None
         if not isinstance(row, dict):
-            raise DataError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
+            raise DataError(path, row_index, None, f"expected a JSON object, got {type(row).__name__} (file line {line_no})")
+        row_index += 1
         yield row
 
 
@@ -95,10 +118,16 @@ def read_rows(source: str | os.PathLike, split: str | None = None, data_dir: str
     if is_local_source(path):
         if not os.path.exists(path):
             raise DataError(path, None, None, "file not found")
+        if os.path.isdir(path):
+            raise DataError(path, None, None, f"is a folder, not a data file ({', '.join(LOCAL_SUFFIXES)})")
         if path.endswith(".parquet"):
+            import pyarrow
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            try:
+                return pq.read_table(path).to_pylist()
+            except (pyarrow.ArrowException, OSError) as err:
+                raise DataError(path, None, None, f"not a readable Parquet file ({err})") from None
         return list(_iter_json_lines(path))
     # A Hub id: datasets handles download and caching; offline this raises its own clear error.
     import datasets

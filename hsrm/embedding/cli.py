@@ -32,6 +32,7 @@ def embed_main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="hsrm embed", description="Embed (prompt, response) rows with a frozen backbone.")
     parser.add_argument("--data", required=True, help="jsonl/json/parquet of pairs (chosen/rejected, HH transcripts) or of prompt+response rows")
     parser.add_argument("--out", required=True, help="output .npz (embeddings, prompt_ids, golden, pairs, meta)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never one of the inputs)")
     parser.add_argument("--model", default=None, help="backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--layer", type=int, default=-1, help="hidden-state index: -1 = last (normalised), 0 = token embeddings")
     parser.add_argument("--max-length", type=int, default=None,
@@ -51,7 +52,10 @@ def embed_main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    from ..files import check_output
     from .extract import EmbeddedData, embed_conversations, load_backbone, read_conversations
+
+    check_output(args.out, inputs=[args.data, args.model, args.golden_model], overwrite=args.overwrite, flag="--out")
 
     prompts, responses, prompt_ids, golden_values, pairs = read_conversations(args.data, limit=args.limit,
                                                                              golden_column=args.golden_column,
@@ -107,8 +111,16 @@ def fit_main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", default="1024,512", help="MLP hidden sizes")
     parser.add_argument("--eval", dest="eval_path", default=None, help=".npz to evaluate on (BoN gain + Spearman with golden rewards, accuracy with pairs)")
     parser.add_argument("--scores-out", default=None, help="write the --eval scores here (.npy)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out / --scores-out if they exist (never an input)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from ..files import check_output
+
+    inputs = [args.embeddings, args.eval_path, args.model]
+    for flag, path in (("--out", args.out), ("--scores-out", args.scores_out)):
+        if path:
+            check_output(path, inputs=inputs, overwrite=args.overwrite, flag=flag)
 
     from .annotate import annotate_pairs
     from .extract import EmbeddedData

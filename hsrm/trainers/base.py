@@ -280,6 +280,9 @@ def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, reco
 def commit_staged_folder(staging: Path, target: Path) -> None:
     """Move a fully written model folder into place with ``config.json`` last: until it lands, the
     target is not loadable, so a crash midway never leaves a half-written model that loads."""
+    from ..files import honour_umask
+
+    honour_umask(staging)  # safetensors writes 0600: others on a shared machine could not read the model
     target.mkdir(parents=True, exist_ok=True)
     if (target / "config.json").exists():
         os.remove(target / "config.json")  # the old model stops being loadable before its files change
