@@ -23,7 +23,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	# demo_report is this target's own folder (make clean removes it too): each run rebuilds it.
-	$(VENV)/bin/hsrm demo --out demo_report --overwrite
+	$(VENV)/bin/hsrm demo --output demo_report --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15 tests

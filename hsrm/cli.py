@@ -1,12 +1,8 @@
-"""`hsrm <verb> …`: each verb lives in its own module and is imported only when used.
+"""`hsrm <verb>`: train, evaluate, serve and publish reward models (`hsrm <verb> --help` for a verb's options).
 
-    hsrm train RECIPE.yaml [--key value …]
-    hsrm evaluate --model DIR --data SOURCE [--output FILE.json]
-    hsrm expo --weak DIR --strong DIR (--alpha A | --search --data SOURCE) --out DIR
-    hsrm score --model DIR --data FILE [--output FILE.jsonl]
-    hsrm push --model DIR --repo-id NAME [--private] [--dry-run]
-    hsrm embed | fit | study | active | select …   (the lightweight path)
-    hsrm demo [--out DIR]
+Every verb reads its options the same way (hsrm/options.py): `--config FILE.yaml` (or the YAML as the
+first argument) then command-line values, `--batch-size` = `--batch_size`, a human summary on stdout,
+logs on stderr, `--json` for the result document. Errors are one line (HSRM_DEBUG=1: the traceback).
 """
 
 from __future__ import annotations
@@ -14,36 +10,42 @@ from __future__ import annotations
 import importlib
 import sys
 
-# verb → (module, function taking argv); modules are imported only when their verb is used
+# verb → (module, function taking argv, one line of help); modules are imported only when their verb is used
 VERBS = {
-    "train": ("hsrm.train", "main"),
-    "evaluate": ("hsrm.evaluate", "main"),
-    "expo": ("hsrm.expo", "main"),
-    "score": ("hsrm.scoring", "main"),
-    "push": ("hsrm.hub", "main"),
-    "embed": ("hsrm.embedding.cli", "embed_main"),
-    "fit": ("hsrm.embedding.cli", "fit_main"),
-    "study": ("hsrm.embedding.cli", "study_main"),
-    "active": ("hsrm.embedding.active_cli", "active_main"),
-    "select": ("hsrm.embedding.active_cli", "select_main"),
-    "demo": ("hsrm.demo", "main"),
+    "train": ("hsrm.train", "main", "train a reward model (regression, BT family) or a generative justifier from a recipe"),
+    "evaluate": ("hsrm.evaluate", "main", "RewardBench sections, pairwise accuracy or rating errors (--justifier: a judge)"),
+    "expo": ("hsrm.expo", "main", "extrapolate two checkpoints' weights, with the factor searched on validation data"),
+    "score": ("hsrm.scoring", "main", "reward every response of a file and pick the Best-of-N per prompt"),
+    "push": ("hsrm.hub", "main", "write a model card and upload a reward model to the Hugging Face Hub"),
+    "rloo": ("hsrm.rloo", "main", "align a policy with an hsrm reward model: RLOO on TRL's RLOOTrainer"),
+    "embed": ("hsrm.embedding.cli", "embed_main", "embed (prompt, response) rows with a frozen backbone (lightweight path)"),
+    "fit": ("hsrm.embedding.cli", "fit_main", "fit or apply an embedding-space reward model (BT-MLP, CLF-MLP, LightGBM)"),
+    "study": ("hsrm.embedding.cli", "study_main", "sweep embedding-space reward models over β, annotations, pairing, seeds"),
+    "active": ("hsrm.embedding.active_cli", "active_main", "the simulated online active-learning study (D-opt and rivals)"),
+    "select": ("hsrm.embedding.active_cli", "select_main", "choose the next batch of pairs for human annotators"),
+    "demo": ("hsrm.demo", "main", "the first hour in one command: regression → BT → ExPO, RewardBench, Best-of-N"),
 }
+
+
+def usage() -> str:
+    width = max(map(len, VERBS))
+    return (__doc__ + "\nverbs:\n" + "\n".join(f"  {verb:<{width}}  {text}" for verb, (_, _, text) in VERBS.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(usage())
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         import difflib
 
         guess = difflib.get_close_matches(verb, VERBS, 1)
-        print(f"hsrm: unknown command {verb!r}" + (f"; did you mean {guess[0]!r}?" if guess else "") + "\n" + __doc__, file=sys.stderr)
+        print(f"hsrm: unknown command {verb!r}" + (f"; did you mean {guess[0]!r}?" if guess else "") + "\n" + usage(), file=sys.stderr)
         return 2
     try:
-        module_name, function_name = VERBS[verb]
+        module_name, function_name, _ = VERBS[verb]
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("hsrm"):
@@ -56,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     try:
-        entry(rest)
+        try:
+            entry(rest)
+            code = 0
+        except SystemExit as exit_:  # --help
+            code = exit_.code if isinstance(exit_.code, int) else 0
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not at interpreter exit
+        return code
     except TrainingInterrupted as err:
         print(f"hsrm {verb}: {err}", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a scheduler expects from a job it stopped
@@ -72,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"hsrm {verb}: error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Training configuration: a ``TrainingArguments`` subclass, and recipe YAML loading.
+"""Training configuration: ``TrainingArguments`` subclasses, read by the options layer.
 
-A recipe is a serialised :class:`RewardConfig`; ``hsrm train RECIPE.yaml --key value`` overrides
-any key. Unknown keys are an error (a typo must not silently fall back to a default).
+A recipe is a serialised :class:`RewardConfig` (or :class:`JustifierConfig` for ``objective:
+justifier``); ``hsrm train RECIPE.yaml --key value`` (or ``--config RECIPE.yaml``) overrides any key
+through :mod:`hsrm.options`. Unknown keys are an error (a typo must not silently fall back to a default).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Optional
 
 from transformers import TrainingArguments
 
-from .overrides import parse_overrides, read_yaml_mapping  # noqa: F401  (parse_overrides re-exported)
+from .options import OptionsError, ResultFormat, parse_options
 
 OBJECTIVES = ("regression", "bt", "margin_bt", "scaled_bt", "justifier")
 PAIRWISE_OBJECTIVES = ("bt", "margin_bt", "scaled_bt")
@@ -24,9 +25,10 @@ class RewardConfig(TrainingArguments):
     it gives one (AdamW, constant LR after 10 warm-up steps, 1 epoch for BT, 2 for regression)."""
 
     # --- model
-    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "backbone path or Hub id; empty = embedded SmolLM2-135M-Instruct"})
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "backbone path or Hub id; empty = embedded SmolLM2-135M-Instruct",
+                                                                      "aliases": ["--model"]})
     init_from: Optional[str] = field(default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"})
-    model_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    model_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto", "aliases": ["--dtype"]})
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "eager | sdpa | flex_attention | flash_attention_2"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the Hub (off unless you trust it)"})
     # --- objective
@@ -35,20 +37,16 @@ class RewardConfig(TrainingArguments):
     attribute_weights: Optional[list[float]] = field(default=None, metadata={"help": "scalar reward = weights · attributes"})
     center_rewards_coefficient: float = field(default=0.0, metadata={"help": "× mean (r_c + r_r)²; 0 = off"})
     # --- data
-    train_data: Optional[str] = field(default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id"})
+    train_data: Optional[str] = field(default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id",
+                                                              "aliases": ["--data"]})
     eval_data: Optional[str] = field(default=None, metadata={"help": "validation source; empty = none"})
     data_format: str = field(default="auto", metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | pairs | rewardbench"})
-    train_split: str = field(default="train")
-    eval_split: str = field(default="val")
+    train_split: str = field(default="train", metadata={"help": "split of a Hub dataset (or of a file's split column)"})
+    eval_split: str = field(default="val", metadata={"help": "split of eval_data"})
     max_length: int = field(default=2048, metadata={"help": "tokens per sequence; longer ones lose prompt tokens from the left"})
-    max_train_samples: Optional[int] = field(default=None)
-    max_eval_samples: Optional[int] = field(default=None)
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use the first N training rows"})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "use the first N validation rows"})
     on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skips are counted and logged)"})
-    # --- generative pairwise justifier (objective: justifier; HelpSteer2-Preference §3.2, appendix C)
-    justification_set: str = field(default="overall", metadata={"help": "justifier: overall (one per task) | all (up to three per task)"})
-    justifier_target: str = field(default="full", metadata={"help": "justifier: full (elaboration then statement) | statement | label"})
-    flip_augmentation: bool = field(default=False, metadata={"help": "justifier: also train on each example with the responses swapped"})
-    max_new_tokens: int = field(default=512, metadata={"help": "justifier: tokens generated per verdict when evaluating"})
     # --- speed (issue 8; hsrm/packing.py, docs/speed.md)
     padding_free: bool = field(default=False, metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"})
     max_tokens_per_batch: Optional[int] = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
@@ -56,10 +54,10 @@ class RewardConfig(TrainingArguments):
     train_top_layers: Optional[int] = field(default=None, metadata={"help": "train only the top N decoder layers, the final norm and the head; "
                                                                             "the embeddings and lower layers stay frozen (empty = all)"})
     # --- LoRA
-    use_lora: bool = field(default=False)
-    lora_r: int = field(default=16)
-    lora_alpha: int = field(default=32)
-    lora_dropout: float = field(default=0.05)
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (and the score head) instead of every weight"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA path"})
     lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "empty = all linear layers"})
     merge_lora_on_save: bool = field(default=True, metadata={"help": "save a plain sequence classifier, not an adapter"})
     # --- reliability
@@ -68,25 +66,29 @@ class RewardConfig(TrainingArguments):
                                                                         "without it a non-empty output_dir is refused unless resuming"})
 
     # TrainingArguments defaults that suit reward models.
-    output_dir: Optional[str] = field(default="runs/reward-model")
+    output_dir: Optional[str] = field(default="runs/reward-model", metadata={"help": "the model folder to write (checkpoints go "
+                                                                                     "in its checkpoints/)", "aliases": ["--output"]})
     learning_rate: float = field(default=2e-6)
     lr_scheduler_type: str = field(default="constant_with_warmup")
     warmup_steps: float = field(default=10)
     num_train_epochs: float = field(default=1.0)
-    per_device_train_batch_size: int = field(default=4)
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "pairs (or rated responses) per device per micro-batch",
+                                                                  "aliases": ["--batch-size", "--batch_size"]})
     per_device_eval_batch_size: int = field(default=8)
     logging_steps: float = field(default=10)
-    report_to: Any = field(default="none")
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "where to log (none, tensorboard, wandb …)"})
     remove_unused_columns: bool = field(default=False)
     save_only_model: bool = field(default=False)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if self.objective == "justifier" and not isinstance(self, JustifierConfig):
+            raise ValueError("objective justifier is configured by JustifierConfig (hsrm train picks it from the objective)")
         if self.on_bad_rows not in ("raise", "skip"):
             raise ValueError(f"on_bad_rows must be 'raise' or 'skip', not {self.on_bad_rows!r}")
-        if isinstance(self.attributes, str):  # `--attributes helpfulness` or `attributes: helpfulness` is one name
-            self.attributes = [a.strip() for a in self.attributes.split(",") if a.strip()]
+        if isinstance(self.attributes, str):  # RewardConfig(attributes="helpfulness") is one name, not eleven letters
+            self.attributes = [self.attributes]
         if self.attributes == ["all"]:
             self.attributes = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
         if self.objective != "regression" and len(self.attributes) != 1:
@@ -110,20 +112,43 @@ class RewardConfig(TrainingArguments):
         return len(self.attributes) if self.objective == "regression" else 1
 
 
-def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> RewardConfig:
-    """A recipe YAML (or nothing) plus overrides → a validated RewardConfig."""
-    values: dict[str, Any] = dict(read_yaml_mapping(path)) if path is not None else {}
-    values.update(overrides or {})
-    field_types = {f.name: str(f.type) for f in fields(RewardConfig)}
-    known = set(field_types)
-    for key, value in list(values.items()):
-        # `save_strategy: no` in YAML 1.1 is False; a non-bool field wants the word back.
-        if isinstance(value, bool) and key in field_types and "bool" not in field_types[key]:
-            values[key] = "yes" if value else "no"
-    unknown = sorted(set(values) - known)
-    if unknown:
-        import difflib
+@dataclass
+class JustifierConfig(RewardConfig):
+    """A generative pairwise justifier run (HelpSteer2-Preference §3.2, appendix C): the reward-model
+    run's keys plus the justifier's own."""
 
-        hints = [f"{k} (did you mean {difflib.get_close_matches(k, known, 1)[0]}?)" if difflib.get_close_matches(k, known, 1) else k for k in unknown]
-        raise ValueError(f"unknown config keys: {', '.join(hints)}")
-    return RewardConfig(**values)
+    justification_set: str = field(default="overall", metadata={"help": "justifier: overall (one per task) | all (up to three per task)"})
+    justifier_target: str = field(default="full", metadata={"help": "justifier: full (elaboration then statement) | statement | label"})
+    flip_augmentation: bool = field(default=False, metadata={"help": "justifier: also train on each example with the responses swapped"})
+    max_new_tokens: int = field(default=512, metadata={"help": "justifier: tokens generated per verdict when evaluating"})
+
+
+JUSTIFIER_KEYS = tuple(f.name for f in fields(JustifierConfig) if f.name not in {g.name for g in fields(RewardConfig)})
+
+
+def train_options(argv: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RewardConfig:
+    """``hsrm train`` options: a :class:`JustifierConfig` for ``objective: justifier``, else a
+    :class:`RewardConfig` (whose keys exclude the justifier's). ``--help`` lists every key of both."""
+    return train_cli_options(argv, defaults)[0]
+
+
+def train_cli_options(argv: list[str] | None = None, defaults: dict[str, Any] | None = None) -> tuple[RewardConfig, ResultFormat]:
+    """(config, output format) of ``hsrm train``: see :func:`train_options`."""
+    argv = list(argv or [])
+    options = dict(prog="hsrm train", description="Train a reward model (or a generative justifier) from a recipe.",
+                   positional="config", defaults=defaults)
+    cfg, output = parse_options((JustifierConfig, ResultFormat), argv, **options)  # the superset: --help and the objective
+    if cfg.objective == "justifier":
+        return cfg, output
+    try:
+        return parse_options((RewardConfig, ResultFormat), argv, **options)
+    except OptionsError as err:
+        used = [k for k in JUSTIFIER_KEYS if k in str(err)]
+        if used:
+            raise OptionsError(f"{', '.join(used)}: justifier options, but the objective is {cfg.objective}") from None
+        raise
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> RewardConfig:
+    """A recipe YAML (or nothing) plus values → a validated config, typed exactly as on the command line."""
+    return train_options([f"--config={path}"] if path is not None else [], defaults=overrides)

@@ -1,7 +1,7 @@
 """`hsrm demo`: the first hour in one command, on the embedded default model and real data.
 
-    hsrm demo --out demo_report            # SmolLM2-135M-Instruct on 2 CPU cores
-    hsrm demo --out demo_report --quick    # a tiny random model, about a minute (used by the tests)
+    hsrm demo --output demo_report            # SmolLM2-135M-Instruct on 2 CPU cores
+    hsrm demo --output demo_report --quick    # a tiny random model, about a minute (used by the tests)
 
 Steps, as the HelpSteer2-Preference paper's best recipe (regression → BT → ExPO), at demo size:
   1. helpfulness regression on HelpSteer ratings (../shared/data; generated data as a last resort);
@@ -15,7 +15,6 @@ Everything lands in a report folder: README.md (tables + the command of each ste
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -151,7 +150,7 @@ def plot_report(out: Path, curves: dict[str, list[tuple[int, float]]], chosen: l
     return files
 
 
-def run_demo(out: Path, quick: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summary: bool = True) -> dict[str, Any]:
     import shutil
 
     from .evaluate import evaluate_model, format_report
@@ -159,7 +158,7 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False) -> dict[st
     from .files import check_output
     from .scoring import RewardScorer
 
-    check_output(out, overwrite=overwrite, flag="--out")
+    check_output(out, overwrite=overwrite)
     if overwrite and out.exists():  # the report folder is rebuilt whole: nothing stale survives
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -272,25 +271,27 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False) -> dict[st
         f"--max-length {profile.rewardbench_max_length}",
         f"hsrm expo --weak {regression['output_dir']} --strong {bt['output_dir']} --search --data {data['validation_pairs']} "
         f"--limit {profile.expo_pairs} --coarse 1.2,2.0,0.4 --fine-radius 0 --max-length {profile.max_length} "
-        f"--on-bad-rows skip --out {expo_dir}",
+        f"--on-bad-rows skip --output {expo_dir}",
         f"hsrm evaluate --model {expo_dir} --data {data['heldout_pairs']} --limit {profile.heldout_pairs} "
         f"--max-length {profile.max_length} --on-bad-rows skip",
         f"hsrm study recipes/studies/tiny.yaml --output_dir {out / 'study'}",
-        f"hsrm demo --out {out}" + (" --quick" if quick else ""), "```",
+        f"hsrm demo --output {out}" + (" --quick" if quick else ""), "```",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     # The console shows the summary down to the end of the Best-of-N table; the rest is in the file.
     summary_end = lines.index("## RewardBench sample")
-    print("\n".join(lines[:summary_end]).rstrip())
-    print(f"\nreport: {out / 'README.md'}")
+    if print_summary:
+        print("\n".join(lines[:summary_end]).rstrip())
+        print(f"\nreport: {out / 'README.md'}")
     return report
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="hsrm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_report", help="report folder (default: demo_report)")
-    parser.add_argument("--quick", action="store_true", help="tiny random model, about a minute; for smoke tests")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (a previous report)")
-    args = parser.parse_args(argv)
+    from .options import DemoOptions, parse_options
+
+    opts = parse_options(DemoOptions, argv, prog="hsrm demo", description=DemoOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_demo(Path(args.out), quick=args.quick, overwrite=args.overwrite)
+    report = run_demo(Path(opts.output), quick=opts.quick, overwrite=opts.overwrite, print_summary=not opts.json)
+    if opts.json:
+        print(json.dumps(report, indent=2, default=str))
+    return report

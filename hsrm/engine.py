@@ -23,14 +23,14 @@ Layouts:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 
 from .modeling import reward_outputs, scalar_reward
 
 Layout = Literal["auto", "padded", "packed"]
-LAYOUTS = ("auto", "padded", "packed")
+LAYOUTS = get_args(Layout)
 DEFAULT_BATCH_SIZE = 8  # sequences per padded batch
 DEFAULT_MAX_TOKENS = 16384  # tokens per packed row
 

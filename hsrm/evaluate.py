@@ -3,9 +3,9 @@
     hsrm evaluate --model runs/scaled-bt --data ../shared/data/rewardbench_sample/reward_bench_filtered_sample.jsonl
     hsrm evaluate --model runs/scaled-bt --data pairs.jsonl --output pairs_eval.json
     hsrm evaluate --model runs/regression --data ../shared/data/helpsteer1/nvidia_HelpSteer_sample.jsonl
-    hsrm evaluate --justifier …          (generative justifier models: hsrm.justifier_eval)
+    hsrm evaluate --justifier --model runs/justifier --data PAIRS.jsonl   (a generative justifier: hsrm.justifier_eval)
 
-What is measured depends on the data (detected from its first row, or ``--format``):
+What is measured depends on the data (detected from its first row, or ``--data-format``):
 
 * RewardBench rows ``{prompt, chosen, rejected, subset}`` (Lambert et al., 2024; HelpSteer2-Preference
   §3.1): per-subset accuracy, where a pair counts only when r(chosen) > r(rejected) *strictly*
@@ -24,7 +24,6 @@ trained ``AutoModelForSequenceClassification`` folder works, not only hsrm's.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from .data.render import TruncationStats, encode
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from .files import atomic_write_json, check_output
 from .record import reward_statistics
-from .scoring import RewardScorer, add_engine_arguments
+from .scoring import RewardScorer
 
 logger = logging.getLogger(__name__)
 
@@ -309,44 +308,24 @@ def default_output_path(model: str, data: str) -> Path:
     return Path(f"{Path(model.rstrip('/')).name}.{name}.eval.json")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsrm evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="reward model folder (any AutoModelForSequenceClassification)")
-    parser.add_argument("--data", required=True, help="RewardBench / preference / ratings file or Hub id")
-    parser.add_argument("--output", help="JSON result path (default: <model>/evaluation/<data name>.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the result file if it exists (never one of the inputs)")
-    parser.add_argument("--format", "--data-format", "--data_format", default="auto", dest="data_format",
-                        help="auto | rewardbench | pairs | helpsteer2_preference | helpsteer2_ratings")
-    parser.add_argument("--split", default=None, help="split for Hub ids / files with a split column (default per format)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
-    parser.add_argument("--per-subset", "--per_subset", type=int, default=None,
-                        help="RewardBench: the first N rows of every subset (quick, and every section still scores)")
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per forward pass")
-    parser.add_argument("--max-length", "--max_length", type=int, default=None,
-                        help="tokens kept per sequence, cut from the left (default: 2048 on RewardBench, its protocol; "
-                             "else the model's training max_length, else 2048)")
-    add_engine_arguments(parser)
-    parser.add_argument("--on-bad-rows", "--on_bad_rows", default="raise", choices=("raise", "skip"),
-                        help="raise (default) stops at the first unusable row; skip skips and counts them")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = list(argv or [])
-    if "--justifier" in argv:
-        # Generative pairwise justifiers are judged by their generated verdicts, not a scalar head.
-        from .justifier_eval import main as justifier_main
+    from .options import EvaluateOptions, parse_options, print_result
 
-        return justifier_main([a for a in argv if a != "--justifier"])
-    args = build_parser().parse_args(argv)
+    opts = parse_options(EvaluateOptions, argv, prog="hsrm evaluate", description=EvaluateOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    output = args.output or default_output_path(args.model, args.data)
-    check_output(output, inputs=[args.data, args.model], overwrite=args.overwrite)  # before minutes of scoring
-    result = evaluate_model(args.model, args.data, data_format=args.data_format, split=args.split, limit=args.limit,
-                            batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device,
-                            on_bad_rows=args.on_bad_rows, per_subset=args.per_subset, layout=args.layout,
-                            max_tokens=args.max_tokens)
-    print(format_report(result))
+    if opts.justifier:
+        # A generative pairwise justifier is judged by its generated verdicts, not a scalar head.
+        from .justifier_eval import run_justifier_evaluation
+
+        result, summary = run_justifier_evaluation(opts)
+        print_result(result, summary, opts.json)
+        return result
+    output = opts.output or default_output_path(opts.model, opts.data)
+    check_output(output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)  # before minutes of scoring
+    result = evaluate_model(opts.model, opts.data, data_format=opts.data_format, split=opts.split, limit=opts.limit,
+                            batch_size=opts.batch_size, max_length=opts.max_length, dtype=opts.dtype or "float32",
+                            device=opts.device, on_bad_rows=opts.on_bad_rows, per_subset=opts.per_subset, layout=opts.layout,
+                            max_tokens=opts.max_tokens)
     path = atomic_write_json(output, result)
-    print(f"wrote {path}")
+    print_result(result, f"{format_report(result)}\nwrote {path}", opts.json)
     return result

@@ -1,8 +1,8 @@
 """ExPO: extrapolate a reward model's weights past a stronger checkpoint, with a factor search.
 
-    hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --alpha 1.52 --out runs/scaled-bt-expo
+    hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo
     hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --search \\
-              --data val_rewardbench.jsonl --out runs/scaled-bt-expo
+              --data val_rewardbench.jsonl --output runs/scaled-bt-expo
 
 Model extrapolation (Zheng et al., 2024), as HelpSteer2-Preference §4 uses it for reward models:
 
@@ -22,7 +22,6 @@ shard at a time, so peak memory stays near one shard, far below one model.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -212,7 +211,7 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
     from .files import check_output, honour_umask, new_staging_dir
 
     weak_dir, strong_dir, target = Path(weak), Path(strong), Path(out)
-    check_output(target, inputs=[weak_dir, strong_dir], overwrite=overwrite, flag="--out")
+    check_output(target, inputs=[weak_dir, strong_dir], overwrite=overwrite)
     weak_reader, strong_reader = check_compatible(weak_dir, strong_dir)
     staging = new_staging_dir(target)
     try:
@@ -338,69 +337,36 @@ def write_search_table(folder: str | os.PathLike, search: dict[str, Any]) -> tup
 
 
 # ------------------------------------------------------------------------------ CLI
-def _parse_grid(text: str) -> tuple[float, float, float]:
-    parts = [float(x) for x in text.split(",")]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError("expected START,STOP,STEP such as 1.1,2.0,0.1")
-    return parts[0], parts[1], parts[2]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .scoring import add_engine_arguments
-
-    parser = argparse.ArgumentParser(prog="hsrm expo", description="θ = θ_weak + α(θ_strong − θ_weak) for reward models.")
-    parser.add_argument("--weak", required=True, help="the weaker checkpoint (paper: helpfulness-only regression RM)")
-    parser.add_argument("--strong", required=True, help="the stronger checkpoint trained from it (paper: Scaled BT)")
-    parser.add_argument("--out", required=True, help="folder for the extrapolated model")
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--alpha", type=float, help="the extrapolation factor")
-    how.add_argument("--search", action="store_true", help="search the factor on --data (coarse 1.1…2.0 by 0.1, then ±0.09 by 0.01)")
-    parser.add_argument("--data", help="validation set for --search (RewardBench format → overall score; pairs → accuracy)")
-    parser.add_argument("--format", "--data-format", "--data_format", default="auto", dest="data_format", help="data format, as for hsrm evaluate")
-    parser.add_argument("--split", default=None)
-    parser.add_argument("--limit", type=int, default=None, help="use the first N validation rows")
-    parser.add_argument("--coarse", type=_parse_grid, default=PAPER_COARSE, help="START,STOP,STEP (default 1.1,2.0,0.1)")
-    parser.add_argument("--fine-step", "--fine_step", type=float, default=PAPER_FINE_STEP)
-    parser.add_argument("--fine-radius", "--fine_radius", type=float, default=PAPER_FINE_RADIUS)
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=8)
-    parser.add_argument("--max-length", "--max_length", type=int, default=None,
-                        help="tokens per sequence (default: 2048 on RewardBench data, else the strong model's training max_length)")
-    add_engine_arguments(parser)
-    parser.add_argument("--on-bad-rows", "--on_bad_rows", default="raise", choices=("raise", "skip"),
-                        help="unusable validation rows: raise (default) or skip and count them")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or a folder holding one)")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> Path:
-    from .files import check_output
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.search and not args.data:
-        raise ValueError("--search needs --data: a validation set to score each factor on")
-    # Before the search's minutes: the output may replace neither an input nor, without --overwrite, anything.
-    check_output(args.out, inputs=[args.weak, args.strong, args.data], overwrite=args.overwrite, flag="--out")
-    if not args.search:
-        path = extrapolate_folder(args.weak, args.strong, args.alpha, args.out, overwrite=args.overwrite)
-        print(f"wrote {path} (α = {args.alpha:g})")
-        return path
-    search = search_factor(args.weak, args.strong, args.data, coarse=args.coarse, fine_step=args.fine_step,
-                           fine_radius=args.fine_radius, data_format=args.data_format, split=args.split, limit=args.limit,
-                           batch_size=args.batch_size, max_length=args.max_length, device=args.device,
-                           on_bad_rows=args.on_bad_rows, dtype=args.dtype, layout=args.layout, max_tokens=args.max_tokens)
-    best = search["best"]
     from .evaluate import scalar_rewards
+    from .files import check_output
+    from .options import ExpoOptions, parse_options, print_result
 
+    opts = parse_options(ExpoOptions, argv, prog="hsrm expo", description=ExpoOptions.__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Before the search's minutes: the output may replace neither an input nor, without --overwrite, anything.
+    check_output(opts.output, inputs=[opts.weak, opts.strong, opts.data], overwrite=opts.overwrite)
+    if not opts.search:
+        path = extrapolate_folder(opts.weak, opts.strong, opts.alpha, opts.output, overwrite=opts.overwrite)
+        print_result({"output": str(path), "alpha": opts.alpha}, f"wrote {path} (α = {opts.alpha:g})", opts.json)
+        return path
+    search = search_factor(opts.weak, opts.strong, opts.data, coarse=opts.coarse_grid, fine_step=opts.fine_step,
+                           fine_radius=opts.fine_radius, data_format=opts.data_format, split=opts.split, limit=opts.limit,
+                           batch_size=opts.batch_size, max_length=opts.max_length, device=opts.device,
+                           on_bad_rows=opts.on_bad_rows, dtype=opts.dtype or "float32", layout=opts.layout,
+                           max_tokens=opts.max_tokens)
+    best = search["best"]
     stats = {**reward_statistics(scalar_rewards(search["results"][best["alpha"]])),
-             "reward_stats_on": f"ExPO validation set {args.data}"}
-    path = extrapolate_folder(args.weak, args.strong, best["alpha"], args.out, overwrite=args.overwrite, reward_stats=stats,
-                              extra_meta={"searched_on": args.data, "metric": best["metric"], "score": best["score"],
+             "reward_stats_on": f"ExPO validation set {opts.data}"}
+    path = extrapolate_folder(opts.weak, opts.strong, best["alpha"], opts.output, overwrite=opts.overwrite, reward_stats=stats,
+                              extra_meta={"searched_on": opts.data, "metric": best["metric"], "score": best["score"],
                                           "strong_score": next(r["score"] for r in search["table"] if r["stage"] == "reference"),
                                           "table": f"{SEARCH_TABLE}.json"})
     json_path, csv_path = write_search_table(path, search)
-    print(f"{'alpha':>6}  {'stage':<9} {best['metric']}")
-    for row in search["table"]:
-        print(f"{row['alpha']:>6.2f}  {row['stage']:<9} {row['score']:.4f}{'  ← chosen' if row is best else ''}")
-    print(f"wrote {path} (α = {best['alpha']:g}); table: {json_path.name}, {csv_path.name}")
+    lines = [f"{'alpha':>6}  {'stage':<9} {best['metric']}"]
+    lines += [f"{row['alpha']:>6.2f}  {row['stage']:<9} {row['score']:.4f}{'  ← chosen' if row is best else ''}"
+              for row in search["table"]]
+    lines.append(f"wrote {path} (α = {best['alpha']:g}); table: {json_path.name}, {csv_path.name}")
+    print_result({"output": str(path), "alpha": best["alpha"], "metric": best["metric"], "table": search["table"]},
+                 "\n".join(lines), opts.json)
     return path

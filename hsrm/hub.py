@@ -1,9 +1,9 @@
 """Publish a reward model: a model card, then an upload with huggingface_hub.
 
     hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --private
-    hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --dry-run   # prepare the folder only
+    hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --dry-run   # prepare <model>.hub only
 
-The folder that is uploaded (``--stage``, default ``<model>.hub`` beside the model) holds the
+The folder that is uploaded (``--output``; with ``--dry-run`` by default ``<model>.hub`` beside the model) holds the
 safetensors weights, config, tokenizer files, the evaluation results hsrm wrote
 (``evaluation/*.json``, ``expo_search.*``) and a README.md model card with: base model, training
 objective, data, the evaluation table, the ExPO factor, the reward statistics, and a usage
@@ -16,7 +16,6 @@ huggingface_hub raises is re-raised with the token masked.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -241,9 +240,9 @@ def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str
                        "token. Models saved by `hsrm train` have a distinct pad token.", root)
     stage_dir = Path(stage) if stage else root.parent / f"{root.name}.hub"
     eval_files = list(eval_files)
-    check_output(stage_dir, inputs=[root, *eval_files], overwrite=overwrite, flag="--stage")
+    check_output(stage_dir, inputs=[root, *eval_files], overwrite=overwrite)
     if root.resolve() in stage_dir.resolve().parents:
-        raise ValueError(f"--stage {stage_dir} is inside the model folder {root}; choose a folder outside it")
+        raise ValueError(f"--output {stage_dir} is inside the model folder {root}; choose a folder outside it")
     final_dir, stage_dir = stage_dir, new_staging_dir(stage_dir)
     try:
         _fill_upload_folder(root, repo_id, stage_dir, eval_files)
@@ -310,32 +309,19 @@ def push(model_dir: str, repo_id: str, *, private: bool = False, token: str | No
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsrm push", description="Write a model card and upload a reward model to the Hub.")
-    parser.add_argument("--model", required=True, help="local reward model folder")
-    parser.add_argument("--repo-id", "--repo_id", required=True, help="user-or-org/name on the Hub")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--dry-run", "--dry_run", action="store_true", help="prepare the upload folder and card only")
-    parser.add_argument("--stage", help="upload folder to prepare (default: <model>.hub beside the model with --dry-run; "
-                                        "a temporary folder, removed after the upload, without)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --stage if it exists (never the model or a folder holding it)")
-    parser.add_argument("--eval", action="append", default=[], dest="eval_files",
-                        help="an `hsrm evaluate` JSON to add to the card (repeatable)")
-    parser.add_argument("--token", help="Hub token (prefer HF_TOKEN or `huggingface-cli login`: a flag ends up in shell history)")
-    parser.add_argument("--commit-message", "--commit_message", default="Upload reward model with hsrm")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    from .options import PushOptions, parse_options, print_result
+
+    opts = parse_options(PushOptions, argv, prog="hsrm push", description=PushOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.token:
+    if opts.token:
         logger.warning("a token given with --token is visible in the process list and shell history; prefer HF_TOKEN")
-    summary = push(args.model, args.repo_id, private=args.private, token=args.token, stage=args.stage,
-                   dry_run=args.dry_run, commit_message=args.commit_message, eval_files=args.eval_files,
-                   overwrite=args.overwrite)
+    summary = push(opts.model, opts.repo_id, private=opts.private, token=opts.token, stage=opts.output,
+                   dry_run=opts.dry_run, commit_message=opts.commit_message, eval_files=opts.evaluations,
+                   overwrite=opts.overwrite)
     if summary["uploaded"]:
-        print(f"uploaded {len(summary['files'])} files to {summary['url']}")
+        text = f"uploaded {len(summary['files'])} files to {summary['url']}"
     else:
-        print(f"dry run: prepared {summary['stage']} ({len(summary['files'])} files, README.md model card); nothing uploaded")
+        text = f"dry run: prepared {summary['stage']} ({len(summary['files'])} files, README.md model card); nothing uploaded"
+    print_result(summary, text, opts.json)
     return summary

@@ -1,7 +1,6 @@
 """Evaluate a generative Pairwise Justifier (HelpSteer2-Preference §3.2, §4).
 
-    hsrm evaluate --justifier --model DIR --data SOURCE [--output F.json] [--max_new_tokens N]
-    python -m hsrm.justifier_eval --model DIR --data ../shared/data/rewardbench_sample/reward_bench_filtered_sample.jsonl
+    hsrm evaluate --justifier --model DIR --data SOURCE [--output F.json] [--max-new-tokens N]
 
 Every pair is judged twice, with the chosen response first and then second. The verdict is the
 last "@Response N … better" statement of the generated text (or a bare "@Response N" from a
@@ -20,10 +19,8 @@ official count / Σ count over the subsets present; overall = mean of the sectio
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -186,64 +183,44 @@ def _model_record(path: str):
     return read_record(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsrm evaluate --justifier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--justifier", action="store_true", help="(accepted for `hsrm evaluate --justifier`)")
-    parser.add_argument("--model", required=True, help="a justifier folder (plain causal LM) or Hub id")
-    parser.add_argument("--data", required=True, help="preference pairs, HelpSteer2-Preference or RewardBench (file or Hub id)")
-    parser.add_argument("--output", default=None, help="write metrics and every generated judgement to this JSON file")
-    parser.add_argument("--max_new_tokens", type=int, default=None,
-                        help="tokens generated per judgement (default: the model's training setting, else 512)")
-    parser.add_argument("--data_format", default="auto", help="auto | helpsteer2_preference | pairs | rewardbench")
-    parser.add_argument("--split", default=None, help="split (default: val for HelpSteer2-Preference, else train)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N pairs only")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_length", type=int, default=None, help="prompt + generation tokens (default: training max_length, else 4096)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run_justifier_evaluation(opts) -> tuple[dict[str, Any], str]:
+    """``hsrm evaluate --justifier``: (result, human summary) for :class:`hsrm.options.EvaluateOptions`."""
     import torch
 
     from .data.auto import detect_format, load_pairs_any
+    from .files import atomic_write_json, check_output
     from .trainers.justifier import load_causal_lm
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    record = _model_record(args.model)
-    max_new_tokens = args.max_new_tokens or record.max_new_tokens or 512
-    if record.justifier_target == "label" and args.max_new_tokens is None:
+    if opts.output:
+        check_output(opts.output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)
+    record = _model_record(opts.model)
+    max_new_tokens = opts.max_new_tokens or record.max_new_tokens or 512
+    if record.justifier_target == "label" and opts.max_new_tokens is None:
         max_new_tokens = min(max_new_tokens, 16)  # "@Response N" and the end of turn
     # The same precedence as every scorer (user, then the record); a justifier's prompt holds two
     # responses, so a model without a record gets twice the scalar default.
-    max_length = args.max_length or record.max_length or JUSTIFIER_FALLBACK_MAX_LENGTH
-    fmt = detect_format(args.data, "pairs") if args.data_format == "auto" else args.data_format
-    split = args.split or ("val" if fmt == "helpsteer2_preference" else "train")
-    pairs = load_pairs_any(args.data, split, fmt, limit=args.limit)
-    if args.limit is not None:
-        pairs = pairs.select(range(min(args.limit, len(pairs))))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    model, tokenizer = load_causal_lm(args.model, dtype=dtype)
+    max_length = opts.max_length or record.max_length or JUSTIFIER_FALLBACK_MAX_LENGTH
+    fmt = detect_format(opts.data, "pairs") if opts.data_format == "auto" else opts.data_format
+    split = opts.split or ("val" if fmt == "helpsteer2_preference" else "train")
+    pairs = load_pairs_any(opts.data, split, fmt, limit=opts.limit, on_error=opts.on_bad_rows)
+    if opts.limit is not None:
+        pairs = pairs.select(range(min(opts.limit, len(pairs))))
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = opts.dtype if opts.dtype not in (None, "auto") else ("bfloat16" if device.startswith("cuda") else "float32")
+    model, tokenizer = load_causal_lm(opts.model, dtype=dtype)
     model.to(device)
-    result = evaluate_justifier(model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=args.batch_size,
+    result = evaluate_justifier(model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=opts.batch_size,
                                 max_length=max_length)
-    result["settings"] = {"model": args.model, "data": args.data, "split": split, "format": fmt,
+    result["settings"] = {"model": opts.model, "data": opts.data, "split": split, "format": fmt,
                           "max_new_tokens": max_new_tokens, "max_length": max_length, "device": device, "dtype": dtype}
     m = result["metrics"]
-    print(f"justifier on {args.data}: {m['pairs']} pairs x 2 orders | accuracy {m['accuracy']:.4f} | "
-          f"both orders {m['both_orders_accuracy']:.4f} | position bias {m['position_bias_rate']:.4f} | "
-          f"parse failures {m['parse_failure_rate']:.4f} ({m['parse_failures']})")
+    lines = [f"justifier on {opts.data}: {m['pairs']} pairs x 2 orders | accuracy {m['accuracy']:.4f} | "
+             f"both orders {m['both_orders_accuracy']:.4f} | position bias {m['position_bias_rate']:.4f} | "
+             f"parse failures {m['parse_failure_rate']:.4f} ({m['parse_failures']})"]
     if "rewardbench" in m:
         sections = ", ".join(f"{k} {v:.4f}" for k, v in m["rewardbench"]["sections"].items())
-        print(f"RewardBench sections: {sections}" + (f" | overall {m['rewardbench']['overall']:.4f}" if "overall" in m["rewardbench"] else ""))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-        print(f"wrote {args.output}")
-    return result
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"RewardBench sections: {sections}"
+                     + (f" | overall {m['rewardbench']['overall']:.4f}" if "overall" in m["rewardbench"] else ""))
+    if opts.output:
+        lines.append(f"wrote {atomic_write_json(opts.output, result)}")
+    return result, "\n".join(lines)

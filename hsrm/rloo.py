@@ -1,6 +1,6 @@
 """Align a policy with an hsrm reward model: REINFORCE with a leave-one-out baseline (RLOO).
 
-    python -m hsrm.rloo recipes/rloo_tiny.yaml
+    hsrm rloo recipes/rloo_tiny.yaml
     accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.rloo recipes/rloo_helpsteer2.yaml
 
 HelpSteer2-Preference §5.2 / appendix E (after Ahmadian et al., 2024; Kool et al., 2019): sample
@@ -14,16 +14,19 @@ the prompts and the reward function (:class:`hsrm.scoring.RewardScorer`), which 
 prompt + completion with the *reward model's* chat template and left-truncates exactly as in
 reward-model training.
 
-A recipe is one flat YAML: the hsrm keys below plus any ``trl.RLOOConfig`` field.
+A recipe is one flat YAML: the hsrm keys below plus any ``trl.RLOOConfig`` field (``hsrm rloo --help``
+lists them all).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from .options import Options, option
 
 
 logger = logging.getLogger("hsrm.rloo")
@@ -32,39 +35,36 @@ TINY = "tiny-random"  # model value that builds a random tiny model locally (smo
 
 
 @dataclass
-class RLOOSetup:
+class RLOOSetup(Options):
     """The recipe keys that are hsrm's, not TRL's."""
 
-    policy_model: str = TINY  # causal LM folder or Hub id (paper: Llama-3.1-70B-Instruct)
-    reward_model: str = TINY  # an `hsrm train` / `hsrm expo` output folder (paper: Scaled BT + ExPO)
-    prompt_data: Optional[str] = None  # HelpSteer2(-Preference) or any file with a `prompt` column
-    prompts: Optional[list[str]] = None  # inline prompts, used when prompt_data is empty
-    prompt_split: str = "train"
-    max_prompts: Optional[int] = None  # keep the first N distinct prompts
-    reward_batch_size: int = 8  # reward-model sequences per forward pass
-    reward_max_length: Optional[int] = None  # reward-model tokens per sequence, cut from the left (empty: the reward model's own)
-    reward_dtype: str = "float32"  # bfloat16 for large reward models on GPU
+    policy_model: str = option(TINY, "causal LM folder or Hub id (paper: Llama-3.1-70B-Instruct); tiny-random builds one")
+    reward_model: str = option(TINY, "an `hsrm train` / `hsrm expo` output folder (paper: Scaled BT + ExPO); tiny-random "
+                                     "builds one")
+    prompt_data: Optional[str] = option(None, "HelpSteer2(-Preference) or any file with a `prompt` column")
+    prompts: Optional[list[str]] = option(None, "inline prompts, used when prompt_data is empty")
+    prompt_split: str = option("train", "split of prompt_data")
+    max_prompts: Optional[int] = option(None, "keep the first N distinct prompts", positive=True)
+    reward_batch_size: int = option(8, "reward-model sequences per forward pass", positive=True)
+    reward_max_length: Optional[int] = option(None, "reward-model tokens per sequence, cut from the left (empty: the reward "
+                                                    "model's own)", positive=True)
+    reward_dtype: str = option("float32", "bfloat16 for large reward models on GPU")
+
+
+def rloo_options(argv: list[str] | None = None, defaults: dict[str, Any] | None = None):
+    """(RLOOSetup, trl.RLOOConfig): a flat recipe of hsrm keys plus any RLOOConfig field."""
+    from trl import RLOOConfig
+
+    from .options import parse_options
+
+    defaults = {"report_to": "none", **(defaults or {})}
+    return parse_options((RLOOSetup, RLOOConfig), argv, prog="hsrm rloo", positional="config", defaults=defaults,
+                         description="RLOO (REINFORCE leave-one-out) on TRL's RLOOTrainer with an hsrm reward model.")
 
 
 def load_rloo_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None):
-    """(RLOOSetup, trl.RLOOConfig) from a YAML recipe plus ``--key value`` overrides."""
-    from trl import RLOOConfig
-
-    from .overrides import read_yaml_mapping
-
-    values: dict[str, Any] = dict(read_yaml_mapping(path, "an RLOO recipe")) if path is not None else {}
-    values.update(overrides or {})
-    setup_names = {f.name for f in fields(RLOOSetup)}
-    setup = RLOOSetup(**{k: values.pop(k) for k in list(values) if k in setup_names})
-    known = {f.name for f in fields(RLOOConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        import difflib
-
-        hints = [k + (f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known | setup_names, 1)) else "") for k in unknown]
-        raise ValueError(f"unknown RLOO recipe keys: {', '.join(hints)}")
-    values.setdefault("report_to", "none")
-    return setup, RLOOConfig(**values)
+    """(RLOOSetup, trl.RLOOConfig) from a YAML recipe plus values, typed exactly as ``hsrm rloo`` types them."""
+    return rloo_options([f"--config={path}"] if path is not None else [], overrides)
 
 
 def _split_matches(row: dict, split: str) -> bool:
@@ -140,19 +140,12 @@ def build_trainer(setup: RLOOSetup, cfg, scorer=None):
 
 
 def main(argv: list[str] | None = None):
-    from .config import parse_overrides
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return None
-    recipe = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    setup, cfg = rloo_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    setup, cfg = load_rloo_recipe(recipe, parse_overrides(argv))
     trainer = build_trainer(setup, cfg)
     result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     trainer.save_model(cfg.output_dir)
-    logger.info("done: %s (%d steps)", cfg.output_dir, result.global_step)
+    print(f"saved the policy to {cfg.output_dir} ({result.global_step} steps)")
     return trainer
 
 

@@ -21,7 +21,6 @@ with the policy's text, skipping the reward model's own chat template and left t
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -240,37 +239,19 @@ def default_scores_path(data: str) -> Path:
     return Path(f"{Path(str(data)).name.split('.')[0] or 'scores'}.scored.jsonl")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsrm score", description="Reward every response and pick the Best-of-N per prompt.")
-    parser.add_argument("--model", required=True, help="reward model folder (any AutoModelForSequenceClassification)")
-    parser.add_argument("--data", required=True, help="JSONL/JSON/Parquet rows {prompt, responses: [...]} or {prompt, response}")
-    parser.add_argument("--output", help="where to write the scored JSONL (default: <data name>.scored.jsonl here)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (never one of the inputs)")
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per forward pass")
-    parser.add_argument("--max-length", "--max_length", type=int, default=None,
-                        help="tokens kept per sequence, cut from the left (default: the model's training max_length, else 2048)")
-    add_engine_arguments(parser)
-    return parser
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The engine's options, shared by every verb that scores (score, evaluate, expo)."""
-    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: GPU when present)")
-    parser.add_argument("--layout", default="auto", choices=LAYOUTS,
-                        help="padded (length-sorted batches) | packed (token-budget rows) | auto (packed on CUDA with varlen attention)")
-    parser.add_argument("--max-tokens", "--max_tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per packed row")
-
-
 def main(argv: list[str] | None = None) -> Path:
-    args = build_parser().parse_args(argv)
+    from .options import ScoreOptions, parse_options, print_result
+
+    opts = parse_options(ScoreOptions, argv, prog="hsrm score", description=ScoreOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    output = args.output or default_scores_path(args.data)
-    check_output(output, inputs=[args.data, args.model], overwrite=args.overwrite)  # before minutes of scoring
-    scorer = RewardScorer(args.model, batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
-                          device=args.device, layout=args.layout, max_tokens=args.max_tokens, progress=True)
-    path, rows = score_file(scorer, args.data, output)
+    output = opts.output or default_scores_path(opts.data)
+    check_output(output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)  # before minutes of scoring
+    scorer = RewardScorer(opts.model, batch_size=opts.batch_size, max_length=opts.max_length, dtype=opts.dtype,
+                          device=opts.device, layout=opts.layout, max_tokens=opts.max_tokens, progress=True)
+    path, rows = score_file(scorer, opts.data, output)
     n_responses = sum(len(r["responses"]) for r in rows)
-    print(f"scored {n_responses} responses to {len(rows)} prompts with {args.model} → {path}")
-    print(f"truncation: {scorer.truncation.summary()}")
+    summary = (f"scored {n_responses} responses to {len(rows)} prompts with {opts.model} → {path}\n"
+               f"truncation: {scorer.truncation.summary()}")
+    print_result({"output": str(path), "responses": n_responses, "prompts": len(rows), "max_length": scorer.max_length,
+                  "truncation": scorer.truncation.summary(), "rows": rows}, summary, opts.json)
     return path

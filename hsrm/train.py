@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import PAIRWISE_OBJECTIVES, RewardConfig, load_recipe, parse_overrides
+from .config import PAIRWISE_OBJECTIVES, RewardConfig, train_cli_options
 from .data.auto import load_pairs_any, load_ratings_any
 from .modeling import DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_ALIASES, scalar_reward
 from .record import ModelRecord, reward_statistics
@@ -204,25 +204,18 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("Config keys (recipe YAML or --key value):")
-        from dataclasses import fields
+    from .options import print_result
 
-        for f in fields(RewardConfig):
-            if f.metadata.get("help"):
-                print(f"  --{f.name:28s} {f.metadata['help']}")
-        return {}
-    recipe = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    cfg, output = train_cli_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_recipe(recipe, parse_overrides(argv))
     summary = run_training(cfg)
-    logger.info("done: %s (train loss %.4f, %d steps)", summary["output_dir"], summary["train_loss"], summary["global_step"])
+    lines = [f"saved {summary['output_dir']} ({summary['objective']}, {summary['global_step']} steps, "
+             f"train loss {summary['train_loss']:.4f})"]
     if summary.get("reward_stats_on") == "validation":  # scalar runs with eval_data (justifier runs have no such block)
         shown = {k.removeprefix("eval_"): round(v, 4) for k, v in summary["eval_metrics"].items()
                  if not k.endswith(("runtime", "per_second"))}
-        logger.info("validation (%s rows): %s", len(summary["eval_rewards"]), shown)
+        lines.append(f"validation ({len(summary['eval_rewards'])} rows): {shown}")
+    print_result({k: v for k, v in summary.items() if k != "eval_rewards"}, "\n".join(lines), output.json)
     return summary
 
 

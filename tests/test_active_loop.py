@@ -96,7 +96,7 @@ def test_cross_prompt_and_batch_size_sweep_draw_their_figures(tmp_path):
 def test_study_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown selection strategy 'dop'"):
         tiny_study(tmp_path, strategies=["dop"])
-    with pytest.raises(ValueError, match="unknown study keys: batch_size \\(did you mean batch_sizes\\?\\)"):
+    with pytest.raises(ValueError, match="unknown keys: batch_size \\(did you mean batch_sizes\\?\\)"):
         load_study(None, {"batch_size": 10})
     with pytest.raises(ValueError, match="exceeds the annotation budget"):
         tiny_study(tmp_path, batch_sizes=[100])
@@ -220,7 +220,7 @@ def test_hsrm_select_cli_with_jsonl_pairs_passes_extra_fields_through(tmp_path, 
             handle.write(json.dumps({"first": int(a), "second": int(b), "prompt": f"q{i}", "response_1": "x", "response_2": "y"}) + "\n")
     state = tmp_path / "state"
     assert main(["select", str(state), "--embeddings", str(tmp_path / "items.npy"), "--pairs", str(tmp_path / "pairs.jsonl"),
-                 "--batch-size", "5", "--hidden", "8", "--max-epochs", "2"]) == 0
+                 "--batch-size", "5", "--hidden", "8", "--max-epochs", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     row = json.loads(Path(summary["batch_file"]).read_text().splitlines()[0])
     assert set(row) == {"pair_id", "first", "second", "prompt", "response_1", "response_2", "label"}

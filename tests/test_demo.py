@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "report"
-    assert cli_main(["demo", "--out", str(out), "--quick"]) == 0
+    assert cli_main(["demo", "--output", str(out), "--quick"]) == 0
     console = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["heldout_accuracy"] <= 1.0 and summary["expo_alpha"] >= 1.0

@@ -1,11 +1,10 @@
 """Every command shown in README.md and docs/*.md names a real verb, real flags and real files.
 
-Each `hsrm VERB …` line is parsed by that verb's own argparse parser (execution is stopped right after
-parsing), `hsrm train` / `-m hsrm.train` lines load their recipe with their overrides, and every
-recipes/ or ds_configs/ path must exist. Running the commands themselves is the job of the feature
-tests and of `hsrm demo` (tests/test_demo.py)."""
+Each `hsrm VERB …` line (and `-m hsrm.train` / `-m hsrm.rloo` under a launcher) is parsed by that
+verb's own options parser (hsrm.options), and stopped right after the flags are read and typed:
+an unknown flag or a badly typed value fails here. Every recipes/ or ds_configs/ path must exist.
+Running the commands themselves is tests/test_docs_run.py's job."""
 
-import argparse
 import importlib
 import re
 import shlex
@@ -15,9 +14,10 @@ import pytest
 
 from conftest import REPO_ROOT
 from hsrm.cli import VERBS
-from hsrm.config import load_recipe, parse_overrides
+from hsrm.options import OptionsParser
 
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+SAMPLE_RECIPE = "recipes/tiny_bt.yaml"
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*(\.[a-z]+)?$|\.\.\.|…")
 
 
@@ -63,41 +63,23 @@ def test_documented_command_is_valid(command, monkeypatch):
     for word in words:
         if word.startswith(("recipes/", "ds_configs/")) and not PLACEHOLDER.search(word):
             assert (REPO_ROOT / word).exists(), f"{word} does not exist"
-    if "--help" in words or "-h" in words:
-        assert words[0] != "hsrm" or words[1] in VERBS
-        return
     if words[0] in ("accelerate", "torchrun"):
         assert "-m" in words and words[words.index("-m") + 1] in ("hsrm.train", "hsrm.rloo")
-        rest = words[words.index("-m") + 2:]
-        if words[0] == "torchrun" or words[words.index("-m") + 1] == "hsrm.rloo":
-            # distributed keys (ddp_backend, deepspeed) need a live process group to build; rloo recipes are parsed
-            # by tests/test_rloo.py; files checked above
-            return
+        verb, rest = words[words.index("-m") + 1].split(".")[1], words[words.index("-m") + 2:]
     else:
         verb, rest = words[1], words[2:]
-        if verb == "active":  # takes --key value overrides, not argparse: load the study without running it
-            from hsrm.embedding.loop import load_study
+    assert verb in VERBS, f"unknown verb {verb}"
+    if "--help" in rest or "-h" in rest:
+        return
+    rest = [SAMPLE_RECIPE if word == "RECIPE.yaml" else word for word in rest]  # "any recipe"
+    monkeypatch.chdir(REPO_ROOT)  # recipes/… paths are relative to a checkout
 
-            load_study(REPO_ROOT / rest[0], parse_overrides(rest[1:]))
-            return
-        assert verb in VERBS, f"unknown verb {verb}"
-        if verb != "train":
-            module_name, function = VERBS[verb]
+    def stop_after_reading_flags(self, args=None, return_remaining_strings=False, **kwargs):
+        _, remaining = self.parse_known_args(args=args)
+        assert not remaining, f"unknown options {remaining}"
+        raise Parsed()
 
-            def stop_after_parsing(self, args=None, namespace=None):
-                result = original(self, args, namespace)
-                raise Parsed(result)
-
-            original = argparse.ArgumentParser.parse_args
-            monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop_after_parsing)
-            entry = getattr(importlib.import_module(module_name), function)
-            with pytest.raises(Parsed):
-                entry(rest)
-            return
-    recipe = rest[0] if rest and not rest[0].startswith("--") else None
-    if recipe and PLACEHOLDER.search(recipe):
-        pytest.skip(f"placeholder recipe {recipe}")
-    overrides = parse_overrides(rest[1:] if recipe else rest)
-    # Placeholders are skipped; a --deepspeed file was checked above (building its config needs a process group).
-    overrides = {k: v for k, v in overrides.items() if not (isinstance(v, str) and PLACEHOLDER.search(v)) and k != "deepspeed"}
-    load_recipe(REPO_ROOT / recipe if recipe else None, {**overrides, "bf16": False, "use_cpu": True, "output_dir": "/tmp/unused"})
+    monkeypatch.setattr(OptionsParser, "parse_args_into_dataclasses", stop_after_reading_flags)
+    module_name, function, _ = VERBS[verb]
+    with pytest.raises(Parsed):
+        getattr(importlib.import_module(module_name), function)(rest)

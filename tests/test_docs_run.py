@@ -96,7 +96,7 @@ class Run:
     before: str | None = None      # a documented non-hsrm step right before it (annotators labelling a batch)
 
 
-HH600_EMBED = ("hsrm embed --data runs/hh/base_401_1000.jsonl --out runs/hh/hh600.npz --max-length 192 --batch-size 8 "
+HH600_EMBED = ("hsrm embed --data runs/hh/base_401_1000.jsonl --output runs/hh/hh600.npz --max-length 192 --batch-size 8 "
                "--cache runs/hh/cache --golden-model runs/smollm-bt-hh --golden-max-length 320 --on-bad-rows skip")
 RUN: dict[str, Run] = {
     # ---- training (docs order: before evaluation, ExPO and scoring, which use its folders)
@@ -133,7 +133,7 @@ RUN: dict[str, Run] = {
              "--reward_dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
              "--save_strategy", "no", "--disable_tqdm", "true"),
             needs=("runs/scaled-bt-expo",), check="check_rloo_helpsteer2"),
-    "python -m hsrm.rloo recipes/rloo_tiny.yaml": Run(("--disable_tqdm", "true"), check="check_rloo_tiny"),
+    "hsrm rloo recipes/rloo_tiny.yaml": Run(("--disable_tqdm", "true"), check="check_rloo_tiny"),
     # ---- evaluation
     f"hsrm evaluate --model runs/smollm-bt-hh --data {RB_SAMPLE}":
         Run(("--limit", "16"), needs=("runs/smollm-bt-hh",), check="check_rb_eval_smollm"),
@@ -149,11 +149,11 @@ RUN: dict[str, Run] = {
     "hsrm evaluate --justifier --model runs/justifier-all-flip --data allenai/reward-bench":
         Run(("--limit", "4", "--max_new_tokens", "8"), needs=("runs/justifier-all-flip",), check="check_justifier_eval"),
     # ---- ExPO (each writes runs/scaled-bt-expo: --overwrite lets them follow one another)
-    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data VALIDATION.jsonl --out runs/scaled-bt-expo":
+    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data VALIDATION.jsonl --output runs/scaled-bt-expo":
         Run(("--overwrite",), needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"), check="check_expo_search_pairs"),
-    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --out runs/scaled-bt-expo":
+    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo":
         Run(("--overwrite",), needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"), check="check_expo_alpha"),
-    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data val_rewardbench.jsonl --out runs/scaled-bt-expo":
+    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data val_rewardbench.jsonl --output runs/scaled-bt-expo":
         Run(("--overwrite", "--max-length", "256"), needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"),
             check="check_expo_search_rb"),
     # ---- scoring and publishing (push never reaches the network: see Sandbox.call)
@@ -169,21 +169,21 @@ RUN: dict[str, Run] = {
     "hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --private":
         Run(needs=("runs/scaled-bt-expo",), check="check_upload"),
     # ---- the lightweight path
-    f"hsrm embed --data {HH_BASE} --out runs/hh.npz --golden-model runs/smollm-bt-hh --limit 500":
-        Run(("--model", "runs/tiny-llama", "--limit", "8", "--max-length", "64", "--cache", "runs/emb-cache"),
+    f"hsrm embed --data {HH_BASE} --output runs/hh.npz --golden-model runs/smollm-bt-hh --limit 500":
+        Run(("--backbone", "runs/tiny-llama", "--limit", "8", "--max-length", "64", "--cache", "runs/emb-cache"),
             needs=("runs/smollm-bt-hh",), check="check_hh_embeddings"),
-    "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama":
+    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama":
         Run(check="check_toy_embeddings_then_cache"),
-    "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama "
+    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama "
     "--overwrite": Run(needs=("runs/toy.npz",), check="check_toy_rerun_from_cache"),
-    "hsrm fit --embeddings runs/toy.npz --method bt-mlp --out runs/toy-bt --eval runs/toy.npz":
+    "hsrm fit --embeddings runs/toy.npz --method bt-mlp --output runs/toy-bt --eval-data runs/toy.npz":
         Run(("--max-epochs", "5", "--hidden", "16"), needs=("runs/toy.npz",), check="check_fit_bt_mlp"),
-    "hsrm fit --model runs/toy-bt --eval runs/toy.npz --scores-out runs/toy-scores.npy":
+    "hsrm fit --model runs/toy-bt --eval-data runs/toy.npz --scores-output runs/toy-scores.npy":
         Run(needs=("runs/toy-bt",), check="check_fit_scores"),
-    "hsrm fit --embeddings runs/toy.npz --method clf-lgb --out runs/toy-lgb --beta 5 --pairing cross-prompt --n-annotations 30":
+    "hsrm fit --embeddings runs/toy.npz --method clf-lgb --output runs/toy-lgb --beta 5 --pairing cross-prompt --n-annotations 30":
         Run(needs=("runs/toy.npz",), check="check_fit_lgb"),
     "hsrm study recipes/studies/tiny.yaml": Run(STUDY, check="check_tiny_study"),
-    HH600_EMBED: Run(("--model", "runs/tiny-llama", "--limit", "24"), needs=("runs/hh/base_401_1000.jsonl", "runs/smollm-bt-hh"),
+    HH600_EMBED: Run(("--backbone", "runs/tiny-llama", "--limit", "24"), needs=("runs/hh/base_401_1000.jsonl", "runs/smollm-bt-hh"),
                      check="check_hh600"),
     "hsrm study recipes/studies/hh_smollm.yaml": Run(STUDY, needs=("runs/hh/hh600.npz",), check="check_hh_study"),
     "hsrm active recipes/studies/active_hh_rlhf.yaml": Run(
@@ -205,11 +205,11 @@ BUILD: dict[str, tuple[str, tuple[str, ...]] | str] = {
     "runs/scaled-bt-from-regression":
         "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml",
     "runs/scaled-bt-expo":
-        "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --out runs/scaled-bt-expo",
+        "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo",
     "runs/justifier-all-flip": "hsrm train recipes/justifier_all_flip.yaml",
-    "runs/toy.npz": "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz --cache runs/emb-cache "
+    "runs/toy.npz": "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache "
                     "--golden-model runs/tiny-llama",
-    "runs/toy-bt": "hsrm fit --embeddings runs/toy.npz --method bt-mlp --out runs/toy-bt --eval runs/toy.npz",
+    "runs/toy-bt": "hsrm fit --embeddings runs/toy.npz --method bt-mlp --output runs/toy-bt --eval-data runs/toy.npz",
     "runs/hh/hh600.npz": HH600_EMBED,
     # Not written by any documented command:
     "runs/helpfulness-regression": ("hsrm train recipes/helpfulness_regression.yaml",  # the recipe's own header command
@@ -368,7 +368,7 @@ class Sandbox:
         if argv[0] == "hsrm":
             from hsrm.cli import VERBS
 
-            module, function = VERBS[argv[1]]
+            module, function, _ = VERBS[argv[1]]
             return self.call(module, function, argv[2:])
         if argv[0] in ("accelerate", "torchrun"):  # the recipe half; the launcher half is COVERED_ELSEWHERE
             module = argv[argv.index("-m") + 1]
@@ -392,7 +392,10 @@ class Sandbox:
             patch.setattr(socket.socket, "connect", _no_network)
             patch.setattr(huggingface_hub, "HfApi", FakeHubApi)
             patch.setenv("HF_TOKEN", "hf_docs_run_fake_token")  # read by `hsrm push` only; FakeHubApi ignores it
-            value = entry(list(argv))
+            try:
+                value = entry(list(argv))
+            except SystemExit as exit_:  # --help
+                value = exit_.code
         return Outcome(value, out.getvalue())
 
     def launch(self, argv: list[str]) -> Outcome:
@@ -800,7 +803,7 @@ def check_toy_embeddings_then_cache(box, outcome):
     every one from the cache and writes the same arrays."""
     assert outcome.value["embedded"] == 80 and outcome.value["from_cache"] == 0 and outcome.value["pairs"] == 40
     first = load_embeddings(box, "runs/toy.npz")
-    again = box.invoke(box.argv("hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --out runs/toy.npz "
+    again = box.invoke(box.argv("hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz "
                                 "--cache runs/emb-cache --golden-model runs/tiny-llama --overwrite", ()))
     assert again.value["embedded"] == 0 and again.value["from_cache"] == 80
     second = load_embeddings(box, "runs/toy.npz")
@@ -881,7 +884,7 @@ def label_pending_batch(box: Sandbox, state: str = "STATE") -> None:
 
 
 def select_summary(outcome) -> dict:
-    return json.loads(outcome.stdout)
+    return outcome.value  # what `hsrm select` returns (its --json document)
 
 
 def batch_rows(box, state: str, name: str) -> list[dict]:

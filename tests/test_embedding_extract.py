@@ -145,9 +145,9 @@ def test_cli_embed_fit_and_score(tiny_model_dir, tmp_path, capsys):
               "rejected": "no" if i % 2 else "bad terrible wrong"} for i in range(40)]
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "emb.npz"
-    assert main(["embed", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out),
-                 "--cache", str(tmp_path / "cache"), "--golden-model", str(tiny_model_dir), "--batch-size", "8"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["embed", "--data", str(data), "--backbone", str(tiny_model_dir), "--output", str(out),
+                 "--cache", str(tmp_path / "cache"), "--golden-model", str(tiny_model_dir), "--batch-size", "8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["responses"] == 80 and summary["pairs"] == 40 and summary["prompts"] == 40 and summary["golden"]
     loaded = EmbeddedData.load(out)
     assert loaded.embeddings.shape == (80, 32) and loaded.pair_first_wins.all()
@@ -158,19 +158,20 @@ def test_cli_embed_fit_and_score(tiny_model_dir, tmp_path, capsys):
     np.testing.assert_allclose(loaded.golden, loaded.embeddings @ head, atol=1e-4)
 
     model_dir = tmp_path / "bt"
-    assert main(["fit", "--embeddings", str(out), "--method", "bt-mlp", "--out", str(model_dir), "--hidden", "16,8",
-                 "--max-epochs", "5", "--eval", str(out)]) == 0
-    fitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["fit", "--embeddings", str(out), "--method", "bt-mlp", "--output", str(model_dir), "--hidden", "16", "8",
+                 "--max-epochs", "5", "--eval-data", str(out), "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
     assert fitted["annotations"] == 40 and fitted["eval_pair_accuracy"] > 0.9  # a separable toy task
-    assert main(["fit", "--model", str(model_dir), "--eval", str(out), "--scores-out", str(tmp_path / "s.npy")]) == 0
-    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["fit", "--model", str(model_dir), "--eval-data", str(out), "--scores-output", str(tmp_path / "s.npy"),
+                 "--json"]) == 0
+    rescored = json.loads(capsys.readouterr().out)
     assert rescored["eval_pair_accuracy"] == fitted["eval_pair_accuracy"]
     assert np.load(tmp_path / "s.npy").shape == (80,)
     # Simulated annotators from the golden reward; a clear error for a bad request.
-    assert main(["fit", "--embeddings", str(out), "--method", "clf-lgb", "--out", str(tmp_path / "lgb"), "--beta", "5",
+    assert main(["fit", "--embeddings", str(out), "--method", "clf-lgb", "--output", str(tmp_path / "lgb"), "--beta", "5",
                  "--pairing", "cross-prompt", "--n-annotations", "30"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["annotations"] == 30
-    assert main(["fit", "--embeddings", str(out), "--out", str(tmp_path / "x")]) == 1
+    assert "fitted clf-lgb on 30 pairs" in capsys.readouterr().out  # the human summary
+    assert main(["fit", "--embeddings", str(out), "--output", str(tmp_path / "x")]) == 1
     assert "--method" in capsys.readouterr().err
 
 
@@ -180,14 +181,14 @@ def test_cli_embed_response_rows_with_golden_column(tiny_model_dir, tmp_path, ca
     rows = [{"prompt": f"p{i % 3}", "response": f"answer {i}", "score": float(i)} for i in range(9)]
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "rows.npz"
-    assert main(["embed", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--cache", "none",
+    assert main(["embed", "--data", str(data), "--backbone", str(tiny_model_dir), "--output", str(out), "--cache", "none",
                  "--golden-column", "score"]) == 0
     loaded = EmbeddedData.load(out)
     np.testing.assert_array_equal(loaded.golden, np.arange(9.0))
     np.testing.assert_array_equal(loaded.prompt_ids, [0, 1, 2] * 3)
     assert not loaded.has_pairs and loaded.meta["layer"] == 2
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r"}])
-    assert main(["embed", "--data", str(bad), "--model", str(tiny_model_dir), "--out", str(out), "--cache", "none",
+    assert main(["embed", "--data", str(bad), "--backbone", str(tiny_model_dir), "--output", str(out), "--cache", "none",
                  "--golden-column", "score", "--overwrite"]) == 1
     assert "score" in capsys.readouterr().err
 

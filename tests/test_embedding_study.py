@@ -67,7 +67,7 @@ def test_study_cli_writes_table_summary_plots_and_resumes(tmp_path, capsys):
     # Same study again: every setup is already in rows.jsonl, nothing is refitted.
     lines_before = (out / "rows.jsonl").read_text().count("\n")
     capsys.readouterr()
-    assert main(["study", str(path), "--format", "parquet", "--no-plots"]) == 0
+    assert main(["study", str(path), "--table-format", "parquet", "--no-plots"]) == 0
     assert (out / "rows.jsonl").read_text().count("\n") == lines_before
     assert len(pd.read_parquet(out / "results.parquet")) == len(setups)
 

@@ -157,7 +157,7 @@ def embed_golden_model(trained, tmp_path):
 
     data = write_jsonl(tmp_path / "responses.jsonl", [{"prompt": p, "response": r} for p, r in trained.conversations])
     out = tmp_path / "emb.npz"
-    assert cli(["embed", "--data", str(data), "--out", str(out), "--model", str(trained.folder), "--cache", "none",
+    assert cli(["embed", "--data", str(data), "--output", str(out), "--backbone", str(trained.folder), "--cache", "none",
                 "--golden-model", str(trained.folder)]) == 0
     return np.load(out)["golden"]
 

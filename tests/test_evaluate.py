@@ -134,15 +134,24 @@ def test_ratings_mae_rmse_pearson(tmp_path, tiny_model_dir):
     assert metrics["helpfulness_pearson"] == pytest.approx(np.corrcoef(pred, label)[0, 1], abs=1e-3)
 
 
-def test_justifier_flag_forwards_the_arguments(monkeypatch):
+def test_justifier_flag_forwards_the_options(monkeypatch, capsys):
     from hsrm.evaluate import main
 
     seen = {}
     fake = types.ModuleType("hsrm.justifier_eval")
-    fake.main = lambda argv: seen.setdefault("argv", argv) or "done"
+    fake.run_justifier_evaluation = lambda opts: (seen.setdefault("opts", opts) and {"done": True}, "judged")
     monkeypatch.setitem(sys.modules, "hsrm.justifier_eval", fake)
-    main(["--justifier", "--model", "some/dir", "--data", "rb.jsonl"])
-    assert seen["argv"] == ["--model", "some/dir", "--data", "rb.jsonl"]
+    main(["--justifier", "--model", "some/dir", "--data", "rb.jsonl", "--max-new-tokens", "7"])
+    assert seen["opts"].justifier and seen["opts"].model == "some/dir" and seen["opts"].max_new_tokens == 7
+    assert capsys.readouterr().out.strip() == "judged"
+
+
+def test_justifier_is_in_evaluate_help(capsys):
+    from hsrm.cli import main
+
+    assert main(["evaluate", "--help"]) == 0
+    printed = capsys.readouterr().out
+    assert "--justifier" in printed and "--max_new_tokens" in printed
 
 
 @pytest.mark.shared_data

@@ -165,7 +165,7 @@ def test_search_picks_the_best_factor_on_a_constructed_case(tmp_path):
 
     out = tmp_path / "expo"
     # The CLI on a narrower grid (the full paper grid was checked above): 1.5, 1.6, 1.7 then 1.58 … 1.62.
-    assert cli(["expo", "--weak", str(weak), "--strong", str(strong), "--search", "--data", str(data), "--out", str(out),
+    assert cli(["expo", "--weak", str(weak), "--strong", str(strong), "--search", "--data", str(data), "--output", str(out),
                 "--coarse", "1.5,1.7,0.1", "--fine-radius", "0.02", "--batch-size", "4"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["hsrm"]["expo"]["alpha"] == 1.62 and config["hsrm"]["expo"]["score"] == 1.0

@@ -44,7 +44,7 @@ def test_dry_run_prepares_folder_and_card(trained_folder, capsys):
     from hsrm.cli import main as cli
 
     stage = trained_folder.parent / "stage"
-    assert cli(["push", "--model", str(trained_folder), "--repo-id", "me/scaled-bt-expo", "--dry-run", "--stage", str(stage)]) == 0
+    assert cli(["push", "--model", str(trained_folder), "--repo-id", "me/scaled-bt-expo", "--dry-run", "--output", str(stage)]) == 0
     assert "dry run" in capsys.readouterr().out
     files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
     assert files == ["README.md", "chat_template.jinja", "config.json", "evaluation/rewardbench.json", "model.safetensors",
@@ -100,7 +100,7 @@ def test_upload_uses_env_token_and_never_shows_it(trained_folder, monkeypatch, c
     FakeApi.calls, FakeApi.fail_with = [], None
     caplog.set_level(logging.DEBUG)
     stage = trained_folder.parent / "stage"
-    assert cli(["push", "--model", str(trained_folder), "--repo-id", "me/rm", "--private", "--stage", str(stage)]) == 0
+    assert cli(["push", "--model", str(trained_folder), "--repo-id", "me/rm", "--private", "--output", str(stage)]) == 0
     assert FakeApi.calls[0] == ("init", SECRET)
     assert FakeApi.calls[1] == ("create_repo", "me/rm", True, "model")
     assert FakeApi.calls[2] == ("upload_folder", str(stage), "me/rm")

@@ -173,7 +173,7 @@ def test_plain_pairs_train_the_label_target_and_refuse_the_others(tmp_path, caus
 
 
 def test_evaluate_cli_on_pairs_and_rewardbench(tmp_path, label_model, capsys):
-    from hsrm.justifier_eval import main
+    from hsrm.evaluate import main
 
     out, _ = label_model
     pairs = write_jsonl(tmp_path / "heldout.jsonl", heldout_pairs(6))
@@ -190,17 +190,17 @@ def test_evaluate_cli_on_pairs_and_rewardbench(tmp_path, label_model, capsys):
                 "rejected_model": "b", "subset": s, "id": i}
                for i, (p, s) in enumerate(zip(heldout_pairs(6), ["alpacaeval-easy"] * 3 + ["llmbar-natural"] * 3))]
     rb = write_jsonl(tmp_path / "rb.jsonl", rb_rows)
-    result = main(["--model", str(out), "--data", str(rb), "--max_new_tokens", "6"])
+    result = main(["--justifier", "--model", str(out), "--data", str(rb), "--max_new_tokens", "6"])
     assert set(result["metrics"]["rewardbench"]["sections"]) == {"Chat", "Chat Hard"}
     assert "RewardBench sections" in capsys.readouterr().out
 
 
 def test_evaluate_refuses_a_scalar_reward_model(tiny_model_dir, tmp_path):
-    from hsrm.justifier_eval import main
+    from hsrm.evaluate import main
 
     pairs = write_jsonl(tmp_path / "p.jsonl", heldout_pairs(2))
     with pytest.raises(ValueError, match="scalar reward model"):
-        main(["--model", str(tiny_model_dir), "--data", str(pairs)])
+        main(["--justifier", "--model", str(tiny_model_dir), "--data", str(pairs)])
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO_ROOT / "recipes").glob("justifier_*.yaml")))

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification
 
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm import packing
-from hsrm.config import load_recipe, parse_overrides
+from hsrm.config import load_recipe, train_options
 from hsrm.data.render import PairwiseCollator, PointwiseCollator, pad_sequences
 from hsrm.losses import PAIRWISE_LOSSES, regression_loss
 from hsrm.engine import score_sequences
@@ -313,7 +313,7 @@ def test_token_budget_training_keeps_pairs_together_and_sees_each_once(tmp_path,
 
 
 def test_config_fields_from_the_command_line():
-    cfg = load_recipe(None, parse_overrides(["--padding_free", "--max_tokens_per_batch", "4096", "--output_dir", "/tmp/x"]))
+    cfg = train_options(["--padding_free", "--max_tokens_per_batch", "4096", "--output_dir", "/tmp/x"])
     assert cfg.padding_free is True and cfg.max_tokens_per_batch == 4096
     assert load_recipe(None, {"output_dir": "/tmp/x"}).padding_free is False
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
-from hsrm.config import load_recipe, parse_overrides
+from hsrm.config import load_recipe
 from hsrm.data.render import PairwiseCollator
 from hsrm.modeling import reward_outputs
 from hsrm.record import ModelRecord
@@ -128,11 +128,6 @@ def test_empty_dataset_after_filtering_is_an_error_before_training(tmp_path, tin
     data = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "q", "chosen": "same", "rejected": "same"}])
     with pytest.raises(ValueError, match="no usable rows after filtering"):
         train(tmp_path, tiny_model_dir, data, on_bad_rows="skip")
-
-
-def test_overrides_parse_types():
-    assert parse_overrides(["--learning_rate", "1e-6", "--use_lora", "--attributes", "[helpfulness, verbosity]", "--max_steps=3"]) == {
-        "learning_rate": 1e-6, "use_lora": True, "attributes": ["helpfulness", "verbosity"], "max_steps": 3}
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO_ROOT / "recipes").glob("*.yaml")))

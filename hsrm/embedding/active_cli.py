@@ -27,7 +27,6 @@ paper). The first batch has no model and is chosen by ``--initial-strategy`` (ra
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..overrides import parse_overrides
-from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
+from .active import CandidatePairs, SelectionOptions, check_strategy, select_pairs
 
 STATE_FILE = "state.json"
 LABELS_FILE = "labels.jsonl"
@@ -51,22 +49,19 @@ MODEL_DIR = "model"
 
 def active_main(argv: list[str]) -> None:
     """`hsrm active STUDY.yaml [--key value …]`: run the simulated online study, print the table."""
-    from .loop import load_study, run_study, summary_table
+    from ..options import ResultFormat, parse_options, print_result
+    from .loop import ActiveStudyConfig, run_study, summary_table
 
-    if not argv or argv[0] in ("-h", "--help"):
-        from . import loop
-
-        print(loop.__doc__)
-        return
-    path, overrides = (argv[0], parse_overrides(argv[1:])) if not argv[0].startswith("--") else (None, parse_overrides(argv))
-    config = load_study(path, overrides)
+    config, output = parse_options((ActiveStudyConfig, ResultFormat), argv, prog="hsrm active", positional="config",
+                                   description="The simulated online active-learning study (hsrm/embedding/loop.py).")
     start = time.perf_counter()
     results = run_study(config)
     out = Path(config.output_dir)
-    print(summary_table(results))
-    print(f"\n{len(results)} rounds from {results.groupby(['strategy', 'batch_size', 'pairing', 'seed']).ngroups} runs in "
-          f"{time.perf_counter() - start:.1f} s → {out / 'results.csv'}, {out / 'summary.md'}, "
-          + ", ".join(str(p) for p in sorted(out.glob("*.png"))))
+    files = [str(out / "results.csv"), str(out / "summary.md"), *(str(p) for p in sorted(out.glob("*.png")))]
+    runs = results.groupby(["strategy", "batch_size", "pairing", "seed"]).ngroups
+    print_result({"rounds": len(results), "runs": runs, "seconds": round(time.perf_counter() - start, 1), "files": files},
+                 f"{summary_table(results)}\n\n{len(results)} rounds from {runs} runs in "
+                 f"{time.perf_counter() - start:.1f} s → {', '.join(files)}", output.json)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,24 +160,6 @@ def parse_label(value: Any, where: str) -> int | str | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _select_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsrm select", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("state_dir", help="folder holding state.json, batch files, labels and the model")
-    parser.add_argument("--embeddings", help="first call: .npy (n, dim) or .npz with `embeddings` (+ `prompt_ids`)")
-    parser.add_argument("--pairs", help="first call: candidate pairs, .jsonl rows {first, second, …} or an (N, 2) .npy; "
-                                        "default: all in-prompt pairs of the .npz's prompt_ids")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="selection strategy (default dopt; may change between calls)")
-    parser.add_argument("--batch-size", type=int, help="pairs per batch (default 100; may change between calls)")
-    parser.add_argument("--initial-strategy", choices=("random", "det_xtx"), default=None, help="first batch, before any model (default random)")
-    parser.add_argument("--candidates", type=int, default=None, help="random subset of the unlabelled pool scored per round (default 20000)")
-    parser.add_argument("--hidden", default=None, help="BT-MLP hidden sizes, comma-separated (default 64,64,64)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="BT-MLP epochs at most (default 30)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the selection and the model (default 0)")
-    parser.add_argument("--partial", action="store_true", help="ingest the labelled rows of a partly labelled batch; "
-                                                               "its unlabelled rows go back to the pool")
-    return parser
-
-
 def _read_state(state_dir: Path) -> dict | None:
     path = state_dir / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else None
@@ -207,15 +184,27 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def select_main(argv: list[str]) -> None:
+def select_main(argv: list[str]) -> dict:
     """`hsrm select STATE_DIR …`: ingest the pending batch's labels, retrain, write the next batch."""
-    args = _select_parser().parse_args(argv)
+    from ..options import SelectOptions, parse_options, print_result
+
+    opts = parse_options(SelectOptions, argv, prog="hsrm select", description=__doc__, positional="state_dir")
+    if opts.strategy is not None:
+        check_strategy(opts.strategy)
+    if opts.initial_strategy not in (None, "random", "det_xtx"):
+        raise ValueError(f"--initial-strategy must be random or det_xtx, got {opts.initial_strategy!r}")
     summary = select_step(
-        args.state_dir, embeddings=args.embeddings, pairs=args.pairs, strategy=args.strategy, batch_size=args.batch_size,
-        initial_strategy=args.initial_strategy, candidates=args.candidates,
-        hidden=None if args.hidden is None else [int(h) for h in str(args.hidden).split(",") if h.strip()],
-        max_epochs=args.max_epochs, seed=args.seed, partial=args.partial)
-    print(json.dumps(summary, indent=2))
+        opts.state_dir, embeddings=opts.embeddings, pairs=opts.pairs, strategy=opts.strategy, batch_size=opts.batch_size,
+        initial_strategy=opts.initial_strategy, candidates=opts.candidates, hidden=opts.hidden, max_epochs=opts.max_epochs,
+        seed=opts.seed, partial=opts.partial)
+    lines = [f"{summary['labels']} labels ({summary['ingested_now']} ingested now), {summary['open_pairs']} pairs open"]
+    if "batch_file" in summary:
+        lines.append(f"round {summary['round']}: {summary['batch_size']} pairs chosen by {summary['strategy']} → "
+                     f"{summary['batch_file']} (label them, then call hsrm select {opts.state_dir} again)")
+    if "message" in summary:
+        lines.append(summary["message"])
+    print_result(summary, "\n".join(lines), opts.json)
+    return summary
 
 
 def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: str | None = None, strategy: str | None = None,

@@ -1,6 +1,6 @@
 """The online active-annotation loop of Shen, Sun & Ton (2025), section 5 and figure 2.
 
-Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` overrides any field).
+Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` overrides any field; ``--help`` lists them).
 
 Each run (strategy × annotation batch size × pairing × seed) repeats, round after round:
 
@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..options import option
 from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
 
 PAIRINGS = ("in-prompt", "cross-prompt")
@@ -49,34 +50,35 @@ class ActiveStudyConfig:
     """One YAML file of ``recipes/studies/`` = one of these; every key is a field here."""
 
     # --- data: a ResponsePool .npz (`hsrm embed` with a golden reward) or a synthetic world
-    pool: str | None = None  # path to embeddings/golden/prompt_ids .npz; None → synthetic data
-    test_fraction: float = 0.1  # real pool: share of prompts held out for evaluation
-    synthetic: dict = field(default_factory=dict)  # SyntheticWorld fields (dim, latent_dim, …)
-    train_prompts: int = 4000  # synthetic: training prompts
-    responses_per_prompt: int = 10  # synthetic: responses per training prompt (paper: 10)
-    test_prompts: int = 100  # synthetic: held-out prompts
-    test_responses: int = 500  # synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)
+    pool: Optional[str] = option(None, "embeddings/golden/prompt_ids .npz (`hsrm embed --golden-model`); empty → synthetic data")
+    test_fraction: float = option(0.1, "real pool: share of prompts held out for evaluation")
+    synthetic: dict = option(help="SyntheticWorld fields (dim, latent_dim, …)", factory=dict)
+    train_prompts: int = option(4000, "synthetic: training prompts", positive=True)
+    responses_per_prompt: int = option(10, "synthetic: responses per training prompt (paper: 10)", positive=True)
+    test_prompts: int = option(100, "synthetic: held-out prompts", positive=True)
+    test_responses: int = option(500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)", positive=True)
     # --- the loop (paper section 5.1)
-    strategies: list = field(default_factory=lambda: list(STRATEGIES))
-    batch_sizes: list = field(default_factory=lambda: [500])  # annotations per round (paper: 125, 250, 500, 1000)
-    pairings: list = field(default_factory=lambda: ["in-prompt"])  # in-prompt and/or cross-prompt
-    seeds: list = field(default_factory=lambda: [0, 1, 2])  # repetitions (paper: 5)
-    annotations: int = 5000  # budget per run; rounds = annotations // batch size
-    prompts_per_round: int = 500  # prompts drawn each round (paper: 500)
-    candidates_per_round: int = 20000  # candidate pairs kept each round (paper: 20,000)
-    initial_strategy: str = "random"  # the first batch, chosen before any model exists
-    beta: float = 1.0  # annotator quality: P(correct) = σ(β·|Δr|)
+    strategies: list[str] = option(help="selection strategies compared", factory=lambda: list(STRATEGIES))
+    batch_sizes: list[int] = option(help="annotations per round (paper: 125, 250, 500, 1000)", factory=lambda: [500])
+    pairings: list[str] = option(help="in-prompt and/or cross-prompt", factory=lambda: ["in-prompt"])
+    seeds: list[int] = option(help="repetitions (paper: 5)", factory=lambda: [0, 1, 2])
+    annotations: int = option(5000, "budget per run; rounds = annotations // batch size", positive=True)
+    prompts_per_round: int = option(500, "prompts drawn each round (paper: 500)")
+    candidates_per_round: int = option(20000, "candidate pairs kept each round (paper: 20,000)", positive=True)
+    initial_strategy: str = option("random", "the first batch, chosen before any model exists: random | det_xtx")
+    beta: float = option(1.0, "annotator quality: P(correct) = σ(β·|Δr|)")
     # --- the reward model, retrained every round
-    hidden: list = field(default_factory=lambda: [64, 64, 64])  # paper section 5.1 / A.4: three hidden layers of 64
-    lr: float = 1e-3  # Adam learning rate
-    max_epochs: int = 30  # upper bound; early stopping usually ends sooner
-    patience: int = 3  # epochs without validation improvement before stopping
-    train_batch_size: int = 256  # pairs per Adam step
-    warm_start: bool = False  # True: start each round from the previous model instead of from scratch
-    selection: dict = field(default_factory=dict)  # SelectionOptions fields (ridge, batchbald_samples, …)
+    hidden: list[int] = option(help="MLP hidden sizes (paper section 5.1 / A.4: three hidden layers of 64)",
+                               factory=lambda: [64, 64, 64])
+    lr: float = option(1e-3, "Adam learning rate")
+    max_epochs: int = option(30, "upper bound; early stopping usually ends sooner", positive=True)
+    patience: int = option(3, "epochs without validation improvement before stopping", positive=True)
+    train_batch_size: int = option(256, "pairs per Adam step", positive=True)
+    warm_start: bool = option(False, "start each round from the previous model instead of from scratch")
+    selection: dict = option(help="SelectionOptions fields (ridge, batchbald_samples, …)", factory=dict)
     # --- running
-    output_dir: str = "active_study"  # results, plots and finished runs go here
-    workers: int = 1  # runs in parallel processes (each uses one thread)
+    output_dir: str = option("active_study", "results, plots and finished runs go here", aliases=["--output"])
+    workers: int = option(1, "runs in parallel processes (each uses one thread)", positive=True)
 
     def __post_init__(self):
         for name in self.strategies:
@@ -113,30 +115,10 @@ class ActiveStudyConfig:
 
 
 def load_study(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ActiveStudyConfig:
-    """A study YAML plus ``--key value`` overrides → a validated config (unknown keys are an error)."""
-    import yaml
+    """A study YAML plus values → a validated config, typed exactly as ``hsrm active`` types it."""
+    from ..options import options_from
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"study file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a study file must be a YAML mapping of config keys")
-        values.update(loaded)
-    values.update(overrides or {})
-    known = {f.name for f in fields(ActiveStudyConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        import difflib
-
-        hints = [k + (f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else "") for k in unknown]
-        raise ValueError(f"unknown study keys: {', '.join(hints)}")
-    for name in ("strategies", "batch_sizes", "pairings", "seeds", "hidden"):
-        if name in values and not isinstance(values[name], (list, tuple)):
-            values[name] = [values[name]]  # `--strategies dopt` means a list of one
-    return ActiveStudyConfig(**values)
+    return options_from(ActiveStudyConfig, overrides, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ lr 1e-3; standardising keeps the paper's network and optimiser usable on any bac
 Saved models are a folder: ``config.json`` + ``model.safetensors`` for MLPs, LightGBM's own
 text format (``model.txt``) for boosters, one sub-folder per member for ensembles. No pickle.
 
-Run: ``hsrm fit --embeddings EMB.npz --method bt-mlp --out DIR`` (see cli.py).
+Run: ``hsrm fit --embeddings EMB.npz --method bt-mlp --output DIR`` (see cli.py).
 """
 
 from __future__ import annotations

@@ -39,12 +39,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
+from ..options import option
 from .annotate import DESIGNS, PAIRINGS, ResponsePool, annotate_pairs
 from .metrics import evaluate_scores
 from .models import METHOD_NAMES, fit_reward_model
@@ -59,24 +60,33 @@ _SYNTHETIC_SIZES = ("n_train_prompts", "n_test_prompts", "train_responses", "tes
 
 @dataclass
 class StudyConfig:
-    name: str = "study"
-    output_dir: str = "runs/study"
-    data: dict = field(default_factory=lambda: {"synthetic": {}})
-    grid: dict = field(default_factory=dict)
-    grids: list = field(default_factory=list)
-    fit: dict = field(default_factory=dict)
-    lgb_params: dict = field(default_factory=dict)
-    n_jobs: int = 2
-    format: str = "csv"
-    plots: bool = True
+    """One study YAML (``recipes/studies/*.yaml``): every key is a field here, and every field a flag of
+    ``hsrm study STUDY.yaml``."""
+
+    name: str = option("study", "the study's name (in the summary)")
+    output_dir: str = option("runs/study", "results, summary and plots go here (a rerun skips finished setups)",
+                             aliases=["--output"])
+    data: dict = option(help="{synthetic: {SyntheticWorld sizes}} or {embeddings: FILE.npz, test_fraction: 0.2}",
+                        factory=lambda: {"synthetic": {}})
+    grid: dict = option(help="the base grid: axes methods, betas, annotation_counts, designs, pairings, seeds", factory=dict)
+    grids: list[dict] = option(help="slices: each overrides axes of the base grid; setups are the union", factory=list)
+    fit: dict = option(help="MLP options (hidden, lr, max_epochs, patience, batch_size)", factory=dict)
+    lgb_params: dict = option(help="LightGBM parameters passed through", factory=dict)
+    n_jobs: int = option(2, "worker processes", positive=True)
+    table_format: str = option("csv", "results table: csv | parquet")
+    plots: bool = option(True, "draw the plots (--no-plots: tables only)")
+    seeds: Optional[list[int]] = option(None, "replace the seeds of the base grid and of every slice, e.g. --seeds 0 1 2")
 
     def __post_init__(self):
-        if self.format not in ("csv", "parquet"):
-            raise ValueError(f"format must be csv or parquet, got {self.format!r}")
+        if self.table_format not in ("csv", "parquet"):
+            raise ValueError(f"table_format must be csv or parquet, got {self.table_format!r}")
         if not isinstance(self.data, dict) or len(self.data) != 1 or next(iter(self.data)) not in ("synthetic", "embeddings"):
             raise ValueError("data must be {synthetic: {...}} or {embeddings: FILE.npz, test_fraction: 0.2}")
         if self.n_jobs < 1:
             raise ValueError(f"n_jobs must be ≥ 1, got {self.n_jobs}")
+        if self.seeds is not None:
+            self.grid = dict(self.grid, seeds=list(self.seeds))
+            self.grids = [{k: v for k, v in g.items() if k != "seeds"} for g in self.grids]
         for grid in [self.grid, *self.grids]:
             unknown = set(grid) - set(GRID_AXES)
             if unknown:
@@ -120,18 +130,10 @@ def setup_key(setup: dict) -> str:
 
 
 def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> StudyConfig:
-    import yaml
+    """A study YAML plus values → a validated config, typed exactly as ``hsrm study`` types it."""
+    from ..options import options_from
 
-    with open(path, encoding="utf-8") as handle:
-        values = yaml.safe_load(handle) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a study file must be a YAML mapping")
-    values.update(overrides or {})
-    known = set(StudyConfig.__dataclass_fields__)
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; a study has {', '.join(sorted(known))}")
-    return StudyConfig(**values)
+    return options_from(StudyConfig, overrides, path)
 
 
 # ---------------------------------------------------------------- data
@@ -230,7 +232,7 @@ def run_study(config: StudyConfig, base_dir: str | os.PathLike = ".", progress: 
                 done[setup_key(row)] = row
     wanted = [setup_key(s) for s in config.setups()]
     table = pd.DataFrame([done[k] for k in wanted])
-    if config.format == "parquet":
+    if config.table_format == "parquet":
         table.to_parquet(out / "results.parquet", index=False)
     else:
         table.to_csv(out / "results.csv", index=False)
