@@ -40,7 +40,7 @@ class RewardConfig(TrainingArguments):
     train_data: Optional[str] = field(default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id",
                                                               "aliases": ["--data"]})
     eval_data: Optional[str] = field(default=None, metadata={"help": "validation source; empty = none"})
-    data_format: str = field(default="auto", metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | pairs | rewardbench"})
+    data_format: str = field(default="auto", metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | helpsteer3_preference | pairs"})
     train_split: str = field(default="train", metadata={"help": "split of a Hub dataset (or of a file's split column)"})
     eval_split: str = field(default="val", metadata={"help": "split of eval_data"})
     max_length: int = field(default=2048, metadata={"help": "tokens per sequence; longer ones lose prompt tokens from the left"})

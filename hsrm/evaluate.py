@@ -12,6 +12,9 @@ What is measured depends on the data (detected from its first row, or ``--data-f
   (a tie is wrong); section score = Σ_s acc_s · w_s / Σ_s w_s over the section's subsets present,
   with w_s the official counts in ``hsrm.data.rewardbench.SECTIONS`` (math-prm weighted 984 so
   math equals code in Reasoning); overall = mean of the sections present.
+* RewardBench 2, RM-Bench and HelpSteer3-Preference (the 2025 benchmarks; their scoring in
+  :mod:`hsrm.benchmarks`): best-of-N and Ties subset scores; the 3×3 style matrix per domain;
+  accuracy per domain and language;
 * any other preference pairs: accuracy (strict) and mean margin r(chosen) − r(rejected);
 * ratings (HelpSteer-style): MAE, RMSE and Pearson r per attribute the model predicts.
 
@@ -34,7 +37,9 @@ from typing import Any, Sequence
 
 import torch
 
+from .benchmarks import grouped_accuracy, rewardbench2_scores, rmbench_scores
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
+from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
 from .data.render import TruncationStats, encode
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from .files import atomic_write_json, check_output
@@ -43,11 +48,16 @@ from .scoring import RewardScorer
 
 logger = logging.getLogger(__name__)
 
-EVAL_KINDS = ("rewardbench", "pairs", "ratings")
+EVAL_KINDS = ("rewardbench", "pairs", "ratings", "rewardbench2", "rmbench", "helpsteer3")
+EVAL_FORMATS = ("rewardbench", "rewardbench2", "rmbench", "pairs", "helpsteer2_preference", "helpsteer2_ratings",
+                "helpsteer3_preference")
+# Rows whose every sequence belongs to one item: a best-of-N row, or an RM-Bench row (3 chosen + 3 rejected).
+GROUPED_KINDS = ("rewardbench2", "rmbench")
 # Benchmark protocols that fix the sequence length: RewardBench scores every model at 2048 tokens,
 # cut from the left (allenai/reward-bench), whatever length the model was trained with.
-PROTOCOL_MAX_LENGTH = {"rewardbench": 2048}
-DEFAULT_SPLITS = {"rewardbench": "filtered", "helpsteer2_preference": "val", "helpsteer2_ratings": "validation", "pairs": "test"}
+PROTOCOL_MAX_LENGTH = {"rewardbench": 2048, "rewardbench2": 2048}  # RewardBench 2's run_v2.py: --max_length 2048
+DEFAULT_SPLITS = {"rewardbench": "filtered", "helpsteer2_preference": "val", "helpsteer2_ratings": "validation", "pairs": "test",
+                  "rewardbench2": "test", "rmbench": "train", "helpsteer3_preference": "validation"}
 
 
 # ------------------------------------------------------------------------------ pure metrics
@@ -121,10 +131,13 @@ def rating_metrics(predictions: torch.Tensor, labels: torch.Tensor, attributes: 
 class EvalSet:
     """Validation data tokenized once, so it can be scored again cheaply (the ExPO search does)."""
 
-    kind: str  # rewardbench | pairs | ratings
+    kind: str  # one of EVAL_KINDS
     source: str
-    sequences: list[list[int]]  # pairs: all chosen rows, then all rejected rows
+    sequences: list[list[int]]  # pairs: all chosen rows, then all rejected rows; grouped kinds: row after row
     n_items: int
+    sizes: list[int] = field(default_factory=list)  # grouped kinds: sequences per row (RewardBench 2: chosen first)
+    num_correct: list[int] = field(default_factory=list)  # RewardBench 2: correct completions per row
+    groups: dict[str, list[str]] = field(default_factory=dict)  # per-row labels: domain, language (RM-Bench, HelpSteer3)
     subsets: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     attributes: list[str] = field(default_factory=list)  # ratings: data attribute per model output used
@@ -139,9 +152,49 @@ def detect_kind(source: str, data_format: str = "auto") -> str:
     from .data.auto import detect_format
 
     fmt = detect_format(source, "pairs") if data_format == "auto" else data_format
-    if fmt not in ("rewardbench", "pairs", "helpsteer2_preference", "helpsteer2_ratings"):
-        raise ValueError(f"unknown data format {fmt!r}; use auto, rewardbench, pairs, helpsteer2_preference or helpsteer2_ratings")
+    if fmt not in EVAL_FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; use auto or one of {', '.join(EVAL_FORMATS)}")
     return fmt
+
+
+def first_per_subset(subsets: Sequence[str], per_subset: int) -> list[int]:
+    """Indices of the first ``per_subset`` rows of every subset, in data order.
+
+    >>> first_per_subset(["a", "b", "a", "a", "b"], 2)
+    [0, 1, 2, 4]
+    """
+    taken: dict[str, int] = defaultdict(int)
+    keep = []
+    for index, subset in enumerate(subsets):
+        if taken[subset] < per_subset:
+            taken[subset] += 1
+            keep.append(index)
+    return keep
+
+
+def _grouped_eval_set(fmt: str, source: str, split: str, tokenizer, *, limit, max_length, on_error, per_subset) -> EvalSet:
+    """RewardBench 2 and RM-Bench rows: every completion of a row, tokenized, row after row."""
+    from .data.rewardbench2 import load_rewardbench2
+    from .data.rmbench import load_rmbench
+
+    stats = TruncationStats()
+    if fmt == "rewardbench2":
+        rows, report = load_rewardbench2(source, split, on_error=on_error, limit=None if per_subset else limit)
+        if per_subset is not None:
+            rows = [rows[i] for i in first_per_subset([r["subset"] for r in rows], per_subset)][:limit]
+        texts = [(row["prompt"], completion) for row in rows for completion in row["completions"]]
+        sizes = [len(row["completions"]) for row in rows]
+        extra = {"num_correct": [row["num_correct"] for row in rows], "subsets": [row["subset"] for row in rows]}
+    else:
+        rows, report = load_rmbench(source, split, on_error=on_error, limit=limit)
+        texts = [(row["prompt"], response) for row in rows for response in row["chosen"] + row["rejected"]]
+        sizes = [len(row["chosen"]) + len(row["rejected"]) for row in rows]
+        extra = {"groups": {"domain": [row["domain"] for row in rows]}}
+    if not rows:
+        raise ValueError(f"{source} ({split}): no usable rows ({report.summary()})")
+    sequences = [encode(tokenizer, prompt, response, max_length, stats) for prompt, response in texts]
+    return EvalSet(fmt, str(source), sequences, len(rows), sizes=sizes, ids=[row["id"] for row in rows],
+                   load_summary=report.summary(), truncation=stats.summary(), split=split, **extra)
 
 
 def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
@@ -166,20 +219,17 @@ def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: s
         labels = torch.tensor([[float(row[a]) for a in attributes] for row in ds], dtype=torch.float64)
         return EvalSet("ratings", str(source), sequences, len(ds), attributes=attributes, output_index=[k for _, k in pairs],
                        labels=labels, load_summary=report.summary(), truncation=stats.summary(), split=split)
-    if per_subset is not None and fmt != "rewardbench":
+    if per_subset is not None and fmt not in ("rewardbench", "rewardbench2"):
         raise ValueError(f"per_subset needs RewardBench-format data (rows with a 'subset'); {source} is {fmt}")
+    if per_subset is not None and per_subset < 1:
+        raise ValueError(f"per_subset must be at least 1, not {per_subset}")
+    if fmt in GROUPED_KINDS:
+        return _grouped_eval_set(fmt, str(source), split, tokenizer, limit=limit, max_length=max_length, on_error=on_error,
+                                 per_subset=per_subset)
     if fmt == "rewardbench":
         ds, report = load_rewardbench(source, split, on_error=on_error, return_report=True)
         if per_subset is not None:
-            if per_subset < 1:
-                raise ValueError(f"per_subset must be at least 1, not {per_subset}")
-            taken: dict[str, int] = defaultdict(int)
-            keep = []
-            for index, subset in enumerate(ds["subset"]):
-                if taken[subset] < per_subset:
-                    taken[subset] += 1
-                    keep.append(index)
-            ds = ds.select(keep)
+            ds = ds.select(first_per_subset(ds["subset"], per_subset))
         if limit is not None and len(ds) > limit:
             ds = ds.select(range(limit))
     else:
@@ -188,10 +238,11 @@ def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: s
         raise ValueError(f"{source} ({split}): no usable pairs ({report.summary()})")
     chosen = [encode(tokenizer, row["prompt"], row["chosen"], max_length, stats) for row in ds]
     rejected = [encode(tokenizer, row["prompt"], row["rejected"], max_length, stats) for row in ds]
-    kind = "rewardbench" if fmt == "rewardbench" else "pairs"
+    kind = {"rewardbench": "rewardbench", "helpsteer3_preference": "helpsteer3"}.get(fmt, "pairs")
+    groups = {name: list(ds[name]) for name in ("domain", "language")} if kind == "helpsteer3" else {}
     return EvalSet(kind, str(source), chosen + rejected, len(ds), subsets=list(ds["subset"]) if kind == "rewardbench" else [],
                    ids=list(ds["id"]) if "id" in ds.column_names else [], load_summary=report.summary(),
-                   truncation=stats.summary(), split=split)
+                   truncation=stats.summary(), split=split, groups=groups)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -208,6 +259,8 @@ def evaluate_prepared(scorer: RewardScorer, eval_set: EvalSet) -> dict[str, Any]
         first = eval_set.attributes[0]
         result["primary_metric"] = {"name": f"{first}_pearson", "value": result["metrics"].get(f"{first}_pearson", float("nan"))}
         return result
+    if eval_set.kind in GROUPED_KINDS:
+        return _evaluate_grouped(scorer, eval_set, result)
     rewards = scorer.score_ids(eval_set.sequences, desc="scoring pairs")
     n = eval_set.n_items
     chosen, rejected = rewards[:n], rewards[n:]
@@ -219,13 +272,39 @@ def evaluate_prepared(scorer: RewardScorer, eval_set: EvalSet) -> dict[str, Any]
         result["rewardbench"] = bench
         if bench["overall"] is not None:
             result["primary_metric"] = {"name": "rewardbench_overall", "value": bench["overall"]}
+    if eval_set.kind == "helpsteer3":  # HelpSteer3-Preference: accuracy per domain and per language
+        result["helpsteer3"] = {name: grouped_accuracy(labels, chosen.tolist(), rejected.tolist())
+                                for name, labels in eval_set.groups.items()}
+    return result
+
+
+def _evaluate_grouped(scorer: RewardScorer, eval_set: EvalSet, result: dict[str, Any]) -> dict[str, Any]:
+    """RewardBench 2 (best-of-N rows, Ties) and RM-Bench (3 chosen × 3 rejected styles)."""
+    flat = scorer.score_ids(eval_set.sequences, desc=f"scoring {eval_set.kind}").tolist()
+    rows, start = [], 0
+    for size in eval_set.sizes:
+        rows.append(flat[start:start + size])
+        start += size
+    result["rewards"] = rows  # every completion's reward, row by row, in data order
+    result["metrics"] = reward_statistics(flat)
+    if eval_set.kind == "rewardbench2":
+        bench = rewardbench2_scores(eval_set.subsets, eval_set.ids, eval_set.num_correct, rows)
+        result["rewardbench2"] = bench
+        result["primary_metric"] = {"name": "rewardbench2_overall", "value": bench["overall"]}
+    else:
+        bench = rmbench_scores(eval_set.groups["domain"], [r[:3] for r in rows], [r[3:] for r in rows])
+        result["rmbench"] = bench
+        result["primary_metric"] = {"name": "rmbench_average", "value": bench["overall"]["average"]}
     return result
 
 
 def scalar_rewards(result: dict[str, Any]) -> list[float]:
-    """Every scalar reward an evaluation computed: both sides of every pair, or every rated response."""
+    """Every scalar reward an evaluation computed: both sides of every pair, every rated response, or
+    every completion of every best-of-N / RM-Bench row."""
     rewards = result["rewards"]
-    return rewards["chosen"] + rewards["rejected"] if isinstance(rewards, dict) else list(rewards)
+    if isinstance(rewards, dict):
+        return rewards["chosen"] + rewards["rejected"]
+    return [r for row in rewards for r in row] if rewards and isinstance(rewards[0], list) else list(rewards)
 
 
 def primary_metric(result: dict[str, Any]) -> float:
@@ -291,9 +370,54 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"{'overall (mean of ' + str(present) + ' section' + ('s' if present != 1 else '') + ')':<43}{_pct(bench['overall']):>9}")
         if bench["sections_missing"]:
             lines.append(f"note: no data for {', '.join(bench['sections_missing'])}; overall is not comparable to the leaderboard")
+    if "rewardbench2" in result:
+        return "\n".join(lines + _rewardbench2_lines(result["rewardbench2"], metrics))
+    if "rmbench" in result:
+        return "\n".join(lines + _rmbench_lines(result["rmbench"], metrics))
+    if "helpsteer3" in result:
+        for name, table in result["helpsteer3"].items():
+            lines.append(f"{name:<26}{'n':>6}{'correct':>9}{'acc %':>8}")
+            lines += [f"{group:<26}{e['n']:>6}{e['correct']:>9}{_pct(e['accuracy']):>8}" for group, e in table.items()]
+            lines.append("")
     lines.append(f"pairwise accuracy {_pct(metrics['accuracy'])} % ({metrics['ties']} ties counted wrong), "
                  f"mean margin {metrics['margin']:.4f}, reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}")
     return "\n".join(lines)
+
+
+def _rewardbench2_lines(bench: dict[str, Any], metrics: dict[str, float]) -> list[str]:
+    lines = [f"{'subset':<26}{'n':>6}{'score %':>9}"]
+    for subset in REWARDBENCH2_SUBSETS:
+        entry = bench["subsets"].get(subset)
+        lines.append(f"{subset:<26}{entry['n'] if entry else 0:>6}{_pct(entry['score']) if entry else '—':>9}")
+    lines += [f"{subset:<26}{entry['n']:>6}{_pct(entry['score']):>9}  (not a RewardBench 2 subset: not in the overall)"
+              for subset, entry in bench["subsets"].items() if subset in bench["unscored_subsets"]]
+    present = len(REWARDBENCH2_SUBSETS) - len(bench["subsets_missing"])
+    lines.append(f"{'overall (' + str(present) + ' of 6 subsets)':<32}{_pct(bench['overall']):>9}")
+    if bench["ties"]:
+        t = bench["ties"]
+        lines.append(f"Ties: tied accuracy {_pct(t['tied_accuracy'])}, ref accuracy {_pct(t['ref_accuracy'])}, correctness "
+                     f"preferred {_pct(t['correctness_preferred'])} (hard {_pct(t['correctness_preferred_hard'])}), margin "
+                     f"score {t['correctness_margin_score']:.3f} over {t['paired_prompts']} paired prompts")
+    if bench["subsets_missing"]:
+        lines.append(f"note: no data for {', '.join(bench['subsets_missing'])}; overall is not comparable to the leaderboard")
+    lines.append(f"reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}")
+    return lines
+
+
+def _rmbench_lines(bench: dict[str, Any], metrics: dict[str, float]) -> list[str]:
+    lines = [f"{'domain':<10}{'n':>6}{'hard %':>9}{'normal %':>10}{'easy %':>9}{'avg %':>8}   style matrix % "
+             "(rows: chosen, columns: rejected; concise, detailed, markdown)"]
+    for domain, entry in bench["domains"].items():
+        cells = " | ".join(" ".join(f"{100 * v:5.1f}" for v in row) for row in entry["matrix"])
+        lines.append(f"{domain:<10}{entry['n']:>6}{_pct(entry['hard']):>9}{_pct(entry['normal']):>10}{_pct(entry['easy']):>9}"
+                     f"{_pct(entry['average']):>8}   {cells}")
+    overall = bench["overall"]
+    lines.append(f"{'overall':<10}{'':>6}{_pct(overall['hard']):>9}{_pct(overall['normal']):>10}{_pct(overall['easy']):>9}"
+                 f"{_pct(overall['average']):>8}   (mean over {len(bench['domains'])} domains)")
+    if bench["domains_missing"]:
+        lines.append(f"note: no data for {', '.join(bench['domains_missing'])}; overall is not comparable to the paper's")
+    lines.append(f"reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}")
+    return lines
 
 
 def default_output_path(model: str, data: str) -> Path:

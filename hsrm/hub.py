@@ -106,6 +106,22 @@ def evaluation_markdown(results: list[dict]) -> str:
             parts.append(f"| **overall** (mean of {len(bench['sections'])} sections) | | **{_pct(bench['overall'])}** |")
             if bench.get("sections_missing"):
                 parts.append(f"\nNo data for {', '.join(bench['sections_missing'])}: the overall score is not the leaderboard's.")
+        elif result["format"] == "rewardbench2" and "rewardbench2" in result:
+            bench = result["rewardbench2"]
+            parts.append("| subset | rows | score (%) |\n| --- | --- | --- |")
+            parts += [f"| {subset} | {entry['n']} | {_pct(entry['score'])} |" for subset, entry in bench["subsets"].items()]
+            parts.append(f"| **overall** (mean of the subsets) | | **{_pct(bench['overall'])}** |")
+            if bench.get("subsets_missing"):
+                parts.append(f"\nNo data for {', '.join(bench['subsets_missing'])}: the overall score is not the leaderboard's.")
+        elif result["format"] == "rmbench" and "rmbench" in result:
+            bench = result["rmbench"]
+            parts.append("| domain | rows | hard (%) | normal (%) | easy (%) | average (%) |\n| --- | --- | --- | --- | --- | --- |")
+            for domain, entry in [*bench["domains"].items(), ("**overall**", {"n": "", **bench["overall"]})]:
+                parts.append(f"| {domain} | {entry['n']} | {_pct(entry['hard'])} | {_pct(entry['normal'])} | "
+                             f"{_pct(entry['easy'])} | {_pct(entry['average'])} |")
+        elif result["format"] == "helpsteer3" and "helpsteer3" in result:
+            parts.append("| domain | pairs | accuracy (%) |\n| --- | --- | --- |")
+            parts += [f"| {d} | {e['n']} | {_pct(e['accuracy'])} |" for d, e in result["helpsteer3"]["domain"].items()]
         elif result["format"] == "ratings":
             parts.append("| attribute | MAE | RMSE | Pearson r |\n| --- | --- | --- | --- |")
             for key in [k for k in metrics if k.endswith("_mae")]:

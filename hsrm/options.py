@@ -300,7 +300,8 @@ class ModelInput:
 @dataclasses.dataclass
 class DataInput:
     data: Optional[str] = option(None, "data file (.jsonl/.jsonl.gz/.json/.parquet) or Hub id", required=True)
-    data_format: str = option("auto", "auto | rewardbench | pairs | helpsteer2_preference | helpsteer2_ratings")
+    data_format: str = option("auto", "auto | rewardbench | rewardbench2 | rmbench | pairs | helpsteer2_preference | "
+                                      "helpsteer2_ratings | helpsteer3_preference")
     split: Optional[str] = option(None, "split of a Hub dataset or of a file's split column (default per format)")
     limit: Optional[int] = option(None, "use the first N rows only", positive=True)
     on_bad_rows: OnBadRows = option("raise", "unusable rows: raise (stop at the first) or skip (skip and count them)")

@@ -28,6 +28,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,6 +62,9 @@ SUBSTITUTE = {
     "val_rewardbench.jsonl": "data/rb.jsonl",       # RewardBench rows: 2 per subset of the RewardBench sample
     "rb.jsonl": "data/rb.jsonl",
     "allenai/reward-bench": "data/rb.jsonl",        # the Hub id, replaced by the local sample (no network)
+    "allenai/reward-bench-2": "data/rb2.jsonl",     # the Hub ids of the 2025 benchmarks → tests/data's hand-made rows
+    "THU-KEG/RM-Bench": "data/rmbench.jsonl",
+    "nvidia/HelpSteer3": "data/hs3.jsonl",
     "candidates.jsonl": "data/candidates.jsonl",    # 2 Best-of-N rows + 2 {prompt, response} rows of one prompt
 }
 # Literal names kept: pool.npz (active.md's SyntheticWorld line, 20 prompts × 10 here), STATE and
@@ -143,6 +147,10 @@ RUN: dict[str, Run] = {
         Run(needs=("runs/scaled-bt",), check="check_pairs_eval"),
     f"hsrm evaluate --model runs/regression --data {HELPSTEER1}":
         Run(("--limit", "16"), needs=("runs/regression",), check="check_ratings_eval"),
+    "hsrm evaluate --model runs/scaled-bt --data allenai/reward-bench-2":
+        Run(needs=("runs/scaled-bt",), check="check_rewardbench2_eval"),
+    "hsrm evaluate --model runs/scaled-bt --data THU-KEG/RM-Bench": Run(needs=("runs/scaled-bt",), check="check_rmbench_eval"),
+    "hsrm evaluate --model runs/scaled-bt --data nvidia/HelpSteer3": Run(needs=("runs/scaled-bt",), check="check_helpsteer3_eval"),
     "hsrm evaluate --justifier --model runs/justifier --data rb.jsonl":
         Run(("--limit", "4", "--max_new_tokens", "8"), needs=("runs/justifier",), check="check_justifier_eval"),
     f"hsrm evaluate --model /tmp/tiny --data {RB_SAMPLE}": Run(("--limit", "16"), check="check_rb_eval_tiny"),
@@ -441,6 +449,8 @@ def sandbox(tmp_path_factory) -> Sandbox:
 
     write_jsonl(ws / "data" / "preference.jsonl", synthetic_preference_rows(12))
     write_jsonl(ws / "data" / "rb.jsonl", rewardbench_rows())
+    for name, sample in (("rb2", "rewardbench2"), ("rmbench", "rmbench"), ("hs3", "helpsteer3")):
+        shutil.copy(REPO_ROOT / "tests" / "data" / f"{sample}_sample.jsonl", ws / "data" / f"{name}.jsonl")
     write_jsonl(ws / "data" / "candidates.jsonl", [
         {"prompt": "How do I bake bread?",
          "responses": ["Flour, water, yeast, salt; knead and bake.", "no", "bad terrible wrong", "Yes."]},
@@ -774,6 +784,21 @@ def check_dry_run_smollm(box, outcome):
 def check_dry_run_expo(box, outcome):
     card = assert_stage(box, outcome, "runs/scaled-bt-expo", "you/scaled-bt-expo")
     assert f"**α = {load_config(box, 'runs/scaled-bt-expo')['hsrm']['expo']['alpha']:g}**" in card
+
+
+def check_rewardbench2_eval(box, outcome):
+    bench = outcome.value["rewardbench2"]
+    assert set(bench["subsets"]) == {"Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"} and bench["overall"] is not None
+    assert "overall (6 of 6 subsets)" in outcome.stdout
+
+
+def check_rmbench_eval(box, outcome):
+    assert set(outcome.value["rmbench"]["domains"]) == {"chat", "math", "code", "safety"}
+    assert all(len(d["matrix"]) == 3 for d in outcome.value["rmbench"]["domains"].values())
+
+
+def check_helpsteer3_eval(box, outcome):
+    assert outcome.value["n"] == 7 and set(outcome.value["helpsteer3"]["domain"]) == {"code", "general", "multilingual", "stem"}
 
 
 def check_upload(box, outcome):

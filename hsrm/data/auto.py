@@ -5,20 +5,29 @@ from __future__ import annotations
 from typing import Literal
 
 from .helpsteer import load_helpsteer2_preference, load_helpsteer2_ratings
+from .helpsteer3 import load_helpsteer3_preference
 from .io import DataError, OnError, is_local_source, read_rows
 from .pairs import load_preference_pairs
 from .rewardbench import load_rewardbench
 
-DataFormat = Literal["auto", "helpsteer2_preference", "helpsteer2_ratings", "pairs", "rewardbench"]
-FORMATS = ("helpsteer2_preference", "helpsteer2_ratings", "pairs", "rewardbench")
+DataFormat = Literal["auto", "helpsteer2_preference", "helpsteer2_ratings", "helpsteer3_preference", "pairs", "rewardbench",
+                     "rewardbench2", "rmbench"]
+FORMATS = ("helpsteer2_preference", "helpsteer2_ratings", "helpsteer3_preference", "pairs", "rewardbench", "rewardbench2", "rmbench")
+EVALUATION_ONLY = {"rewardbench2": "best-of-N rows", "rmbench": "rows of three chosen and three rejected responses"}
 
 
 def detect_format(source: str, want: Literal["pairs", "ratings"] = "pairs") -> str:
     """The format of a source from its first row (local files) or its name (Hub ids)."""
     if not is_local_source(source):
         lowered = source.lower()
+        if "helpsteer3" in lowered:
+            return "helpsteer3_preference"
         if "helpsteer" in lowered:
             return "helpsteer2_ratings" if want == "ratings" else "helpsteer2_preference"
+        if "reward-bench-2" in lowered or "rewardbench2" in lowered or "rewardbench-2" in lowered:
+            return "rewardbench2"
+        if "rm-bench" in lowered or "rmbench" in lowered:
+            return "rmbench"
         if "reward-bench" in lowered or "rewardbench" in lowered:
             return "rewardbench"
         return "pairs"
@@ -28,6 +37,12 @@ def detect_format(source: str, want: Literal["pairs", "ratings"] = "pairs") -> s
     first = rows[0] if isinstance(rows[0], dict) else {}
     if "all_preferences_unprocessed" in first or "response_1" in first:
         return "helpsteer2_preference"
+    if "overall_preference" in first and "response1" in first:
+        return "helpsteer3_preference"
+    if isinstance(first.get("chosen"), list) and ("num_correct" in first or "total_completions" in first):
+        return "rewardbench2"
+    if isinstance(first.get("chosen"), list) and "domain" in first:
+        return "rmbench"
     if "helpfulness" in first and "response" in first:
         return "helpsteer2_ratings"
     if "subset" in first and "chosen" in first:
@@ -51,6 +66,10 @@ def load_pairs_any(source: str, split: str = "train", data_format: str = "auto",
         ds = ds.map(lambda row: {"margin": 1.0})
     elif fmt == "pairs":
         ds, report = load_preference_pairs(source, split, on_error=on_error, limit=limit, return_report=True)
+    elif fmt == "helpsteer3_preference":
+        ds, report = load_helpsteer3_preference(source, split, on_error=on_error, limit=limit, return_report=True)
+    elif fmt in EVALUATION_ONLY:
+        raise ValueError(f"{source}: {fmt} holds {EVALUATION_ONLY[fmt]}, not training pairs; evaluate with it (hsrm evaluate)")
     else:
         raise ValueError(f"{source}: format {fmt!r} holds ratings, not pairs; use objective 'regression'")
     if limit is not None and len(ds) > limit:
