@@ -1,10 +1,15 @@
 """`hsrm demo`: the first hour in one command, on the embedded default model and real data.
 
-    hsrm demo --output demo_report            # SmolLM2-135M-Instruct on 2 CPU cores
-    hsrm demo --output demo_report --quick    # a tiny random model, about a minute (used by the tests)
+    hsrm demo --output demo_report                          # SmolLM2-135M-Instruct on 2 CPU cores
+    hsrm demo --output demo_report --data-dir ../shared/data  # the real data, from any folder laid out like it
+    hsrm demo --output demo_report --quick                  # a tiny random model, about a minute (used by the tests)
+
+Data, first found: --data-dir; ../shared/data beside a checkout; the Hugging Face Hub (HH-RLHF helpful
+splits, HelpSteer2, RewardBench, through `datasets`, at the sizes the demo uses); a generated toy set,
+said loudly. The report's first line says which.
 
 Steps, as the HelpSteer2-Preference paper's best recipe (regression → BT → ExPO), at demo size:
-  1. helpfulness regression on HelpSteer ratings (../shared/data; generated data as a last resort);
+  1. helpfulness regression on HelpSteer ratings;
   2. Regular BT initialised from it, on HH-RLHF helpful-base pairs; held-out accuracy on helpful-online;
   3. `hsrm evaluate` on the RewardBench sample;
   4. ExPO between the regression (weak) and BT (strong) models, factor searched on validation pairs;
@@ -72,16 +77,53 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return centre - half, centre + half
 
 
-def data_sources(workdir: Path) -> dict[str, str]:
-    """Real data from ../shared/data when present; otherwise a generated toy set, said loudly."""
-    hh, helpsteer, rb = SHARED / "hh_rlhf", SHARED / "helpsteer1" / "nvidia_HelpSteer_sample.jsonl", SHARED / "rewardbench_sample"
-    if (hh / "helpful-base.test.jsonl.gz").exists() and helpsteer.exists():
-        return {"train_pairs": str(hh / "helpful-base.test.jsonl.gz"), "heldout_pairs": str(hh / "helpful-online.test.jsonl.gz"),
-                "validation_pairs": str(hh / "helpful-rejection-sampled.test.jsonl.gz"), "ratings": str(helpsteer),
-                "rewardbench": str(rb / "reward_bench_filtered_sample.jsonl"),
-                "note": "real data from ../shared/data: HelpSteer ratings, HH-RLHF helpful-base / -rejection-sampled / -online, "
-                        "RewardBench sample"}
-    logger.warning("../shared/data not found: the demo falls back to a GENERATED toy data set")
+# The demo's data, by role: where it lies in a data folder laid out like ../shared/data, and the Hub
+# dataset it comes from otherwise (repo, data_dir, split). HH-RLHF's helpful splits are full transcripts.
+DATA_FILES = {
+    "train_pairs": ("hh_rlhf/helpful-base.test.jsonl.gz", ("Anthropic/hh-rlhf", "helpful-base", "test")),
+    "heldout_pairs": ("hh_rlhf/helpful-online.test.jsonl.gz", ("Anthropic/hh-rlhf", "helpful-online", "test")),
+    "validation_pairs": ("hh_rlhf/helpful-rejection-sampled.test.jsonl.gz", ("Anthropic/hh-rlhf", "helpful-rejection-sampled", "test")),
+    "ratings": ("helpsteer1/nvidia_HelpSteer_sample.jsonl", ("nvidia/HelpSteer2", None, "train")),
+    "rewardbench": ("rewardbench_sample/reward_bench_filtered_sample.jsonl", ("allenai/reward-bench", None, "filtered")),
+}
+REAL_NOTE = "HelpSteer ratings, HH-RLHF helpful-base / -rejection-sampled / -online, a RewardBench sample"
+
+
+def rows_needed(profile: Profile) -> dict[str, int]:
+    """Rows the demo reads per role (RewardBench: per subset), so a Hub download takes no more."""
+    return {"train_pairs": profile.bt_pairs, "heldout_pairs": profile.heldout_pairs, "validation_pairs": profile.expo_pairs,
+            "ratings": profile.regression_rows, "rewardbench": profile.rewardbench_per_subset}
+
+
+def data_from_folder(folder: Path) -> dict[str, str]:
+    missing = [relative for relative, _ in DATA_FILES.values() if not (folder / relative).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--data-dir {folder} lacks {', '.join(missing)} (the layout of ../shared/data)")
+    return {role: str(folder / relative) for role, (relative, _) in DATA_FILES.items()}
+
+
+def data_from_hub(workdir: Path, needed: dict[str, int]) -> dict[str, str]:
+    """The demo's rows from the Hub through ``datasets`` (downloaded once into its cache), written
+    into ``workdir/data`` at the sizes the demo uses."""
+    import datasets
+
+    from .files import atomic_write_jsonl
+
+    paths = {}
+    for role, (relative, (repo, data_dir, split)) in DATA_FILES.items():
+        rows = datasets.load_dataset(repo, data_dir=data_dir, split=split).to_list()
+        if role == "rewardbench":  # the first N rows of every subset, so that every section is reached
+            from .evaluate import first_per_subset
+
+            rows = [rows[i] for i in first_per_subset([r["subset"] for r in rows], needed[role])]
+        else:
+            rows = rows[: needed[role] + 64]  # a margin for rows the loaders skip (unparseable transcripts)
+        paths[role] = str(atomic_write_jsonl(workdir / "data" / Path(relative).name.replace(".gz", ""), rows))
+    return paths
+
+
+def generated_data(workdir: Path) -> dict[str, str]:
+    """A toy set made here, for when no real data can be had: the numbers then mean nothing."""
     import random
 
     rng = random.Random(0)
@@ -104,8 +146,25 @@ def data_sources(workdir: Path) -> dict[str, str]:
             handle.write(json.dumps({"prompt": f"Question {i}?", "response": good[0] if score > 2 else bad[0], "helpfulness": score,
                                      "correctness": score, "coherence": 4, "complexity": 1, "verbosity": 2}) + "\n")
     paths["ratings"] = str(path)
-    paths["note"] = "GENERATED toy data (../shared/data was not found); numbers are not meaningful"
     return paths
+
+
+def data_sources(workdir: Path, data_dir: str | None = None, profile: Profile | None = None) -> dict[str, str]:
+    """The demo's data, first found: ``data_dir`` (laid out like ../shared/data); ../shared/data beside
+    a checkout; the Hub, when it answers; a generated toy set, said loudly. ``note`` says which."""
+    from .modeling import _hub_reachable
+
+    if data_dir is not None:
+        return {**data_from_folder(Path(data_dir)), "note": f"real data from {data_dir} ({REAL_NOTE})"}
+    if all((SHARED / relative).is_file() for relative, _ in DATA_FILES.values()):
+        return {**data_from_folder(SHARED), "note": f"real data from {SHARED} beside this checkout ({REAL_NOTE})"}
+    if _hub_reachable():
+        logger.info("no local data: downloading the demo's rows from the Hugging Face Hub (cached by datasets)")
+        return {**data_from_hub(workdir, rows_needed(profile or FULL)), "note": f"real data from the Hugging Face Hub ({REAL_NOTE})"}
+    logger.warning("no --data-dir, no ../shared/data beside this checkout and no Hugging Face Hub: the demo falls back to a "
+                   "GENERATED toy data set")
+    return {**generated_data(workdir), "note": "GENERATED toy data (no --data-dir, no ../shared/data, no Hub); the numbers "
+                                               "mean nothing: pass --data-dir"}
 
 
 def train_step(name: str, out: Path, overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -150,7 +209,8 @@ def plot_report(out: Path, curves: dict[str, list[tuple[int, float]]], chosen: l
     return files
 
 
-def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summary: bool = True) -> dict[str, Any]:
+def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summary: bool = True,
+             data_dir: str | None = None) -> dict[str, Any]:
     import shutil
 
     from .evaluate import evaluate_model, format_report
@@ -164,7 +224,7 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summ
     out.mkdir(parents=True, exist_ok=True)
     started, timings = time.time(), {}
     profile = QUICK if quick else FULL
-    data = data_sources(out)
+    data = data_sources(out, data_dir, profile)
     if quick:
         from .testing import build_tiny_llama
 
@@ -245,8 +305,8 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summ
     expo_note = (f"; no factor beat the BT model itself on validation (α = 1: {reference['score']:.3f}), so ExPO does not "
                  f"help at this size" if reference["score"] > search["best"]["score"] else "")
     lines = [
-        "# hsrm demo report", "",
-        f"- data: {data['note']}", f"- backbone: `{model}`", f"- wall time: {wall:.0f} s", "",
+        f"# hsrm demo report: {data['note']}", "",
+        f"- backbone: `{model}`", f"- wall time: {wall:.0f} s", "",
         "## Results", "", "| step | result |", "|---|---|",
         f"| 1. helpfulness regression, {regression['global_step']} steps | train MSE {regression['train_loss']:.3f} |",
         f"| 2. Regular BT from the regression model, {bt['global_step']} steps | held-out pairwise accuracy **{heldout_accuracy:.3f}** "
@@ -275,13 +335,23 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summ
         f"hsrm evaluate --model {expo_dir} --data {data['heldout_pairs']} --limit {profile.heldout_pairs} "
         f"--max-length {profile.max_length} --on-bad-rows skip",
         f"hsrm study recipes/studies/tiny.yaml --output_dir {out / 'study'}",
-        f"hsrm demo --output {out}" + (" --quick" if quick else ""), "```",
+        f"hsrm demo --output {out}" + (" --quick" if quick else "") + (f" --data-dir {data_dir}" if data_dir else ""), "```", "",
+        "## Next steps with the model it trained", "",
+        f"The BT reward model is in `{bt['output_dir']}` (a plain AutoModelForSequenceClassification folder). Try:", "", "```",
+        f"hsrm evaluate --model {bt['output_dir']} --data allenai/reward-bench        # all of RewardBench (from the Hub)",
+        f"hsrm score --model {bt['output_dir']} --data candidates.jsonl --output scored.jsonl   # rewards + Best-of-N",
+        f"hsrm serve --model {bt['output_dir']} --port 8000                          # HTTP rewards for an RL trainer",
+        f"hsrm push --model {bt['output_dir']} --repo-id you/demo-reward-model --dry-run  # model card, no upload",
+        "hsrm train recipes/smollm_bt_hh.yaml                  # a full fine-tune of the same backbone (about an hour on 2 cores)",
+        "```",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     # The console shows the summary down to the end of the Best-of-N table; the rest is in the file.
     summary_end = lines.index("## RewardBench sample")
     if print_summary:
         print("\n".join(lines[:summary_end]).rstrip())
+        next_steps = lines.index("## Next steps with the model it trained")
+        print("\n" + "\n".join(lines[next_steps + 2:]).rstrip())
         print(f"\nreport: {out / 'README.md'}")
     return report
 
@@ -291,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     opts = parse_options(DemoOptions, argv, prog="hsrm demo", description=DemoOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    report = run_demo(Path(opts.output), quick=opts.quick, overwrite=opts.overwrite, print_summary=not opts.json)
+    report = run_demo(Path(opts.output), quick=opts.quick, overwrite=opts.overwrite, print_summary=not opts.json,
+                      data_dir=opts.data_dir)
     if opts.json:
         print(json.dumps(report, indent=2, default=str))
     return report

@@ -470,6 +470,9 @@ class DemoOptions(ResultFormat, Options):
     output: str = option("demo_report", "the report folder")
     overwrite: bool = option(False, "replace --output if it exists (a previous report)")
     quick: bool = option(False, "a tiny random model, about a minute; for smoke tests")
+    data_dir: Optional[str] = option(None, "a folder laid out like ../shared/data (hh_rlhf/, helpsteer1/, rewardbench_sample/); "
+                                           "default: ../shared/data beside a checkout, then the Hugging Face Hub, then a "
+                                           "generated toy set")
 
 
 def dump_options(options: Any) -> dict[str, Any]:

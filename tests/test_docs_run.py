@@ -164,6 +164,10 @@ RUN: dict[str, Run] = {
     "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data val_rewardbench.jsonl --output runs/scaled-bt-expo":
         Run(("--overwrite", "--max-length", "256"), needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"),
             check="check_expo_search_rb"),
+    # ---- the demo (docs/demo.md): the quick profile, so each takes seconds; --overwrite lets them follow one another
+    "hsrm demo --output demo_report": Run(("--quick", "--overwrite"), check="check_demo"),
+    "hsrm demo --output demo_report --overwrite --data-dir ../shared/data": Run(("--quick",), check="check_demo_data_dir"),
+    "hsrm demo --output demo_report --overwrite --quick": Run(check="check_demo"),
     # ---- scoring and publishing (push never reaches the network: see Sandbox.call)
     "hsrm score --model runs/smollm-bt-hh --data candidates.jsonl --output scored.jsonl":
         Run(needs=("runs/smollm-bt-hh",), check="check_scored_smollm"),
@@ -799,6 +803,16 @@ def check_rmbench_eval(box, outcome):
 
 def check_helpsteer3_eval(box, outcome):
     assert outcome.value["n"] == 7 and set(outcome.value["helpsteer3"]["domain"]) == {"code", "general", "multilingual", "stem"}
+
+
+def check_demo(box, outcome):
+    report = box.path("demo_report/README.md").read_text()
+    assert report.startswith("# hsrm demo report: ") and "## Next steps with the model it trained" in report
+
+
+def check_demo_data_dir(box, outcome):
+    check_demo(box, outcome)
+    assert box.path("demo_report/README.md").read_text().startswith("# hsrm demo report: real data from ../shared/data")
 
 
 def check_upload(box, outcome):

@@ -358,9 +358,10 @@ def summary_table(results) -> str:
 
 
 def _mean_sd(values) -> str:
+    from .metrics import mean_sd_text
+
     values = np.asarray(values, dtype=np.float64)
-    sd = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.3f} ± {sd:.3f}"
+    return mean_sd_text(values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, len(values))
 
 
 def _band(ax, group, x: str, y: str, label: str, color=None):

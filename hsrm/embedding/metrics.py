@@ -100,3 +100,12 @@ def evaluate_scores(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence
     oracle = oracle_best_of_n_gain(golden, prompt_ids)
     return {"bon_gain": gain, "oracle_gain": oracle, "bon_gain_fraction": gain / oracle if oracle > 0 else float("nan"),
             "spearman": per_prompt_spearman(scores, golden, prompt_ids)}
+
+
+def mean_sd_text(mean: float, sd: float, n: int) -> str:
+    """``mean ± sd`` over ``n`` seeds; the mean alone with one seed (a spread of one value says nothing).
+
+    >>> mean_sd_text(0.5, 0.1, 3), mean_sd_text(0.5, 0.0, 1)
+    ('0.500 ± 0.100', '0.500')
+    """
+    return f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}"

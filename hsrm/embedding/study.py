@@ -47,7 +47,7 @@ import numpy as np
 
 from ..options import option
 from .annotate import DESIGNS, PAIRINGS, ResponsePool, annotate_pairs
-from .metrics import evaluate_scores
+from .metrics import evaluate_scores, mean_sd_text
 from .models import METHOD_NAMES, fit_reward_model
 
 logger = logging.getLogger(__name__)
@@ -253,13 +253,14 @@ def aggregate(table, by: list[str]):
 def summary_markdown(table, name: str) -> str:
     """A markdown table: one line per setup (seeds averaged), mean ± std."""
     agg = aggregate(table, ["design", "pairing", "beta", "n_annotations", "method"])
-    lines = [f"# Study {name}: mean ± std over seeds", "",
+    seeds = int(agg["seeds"].max()) if len(agg) else 0
+    lines = [f"# Study {name}: " + ("mean ± std over seeds" if seeds > 1 else "one seed (no spread to report)"), "",
              "| design | pairing | β | annotations | method | error rate | BoN gain | gain / oracle | Spearman | seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in agg.itertuples(index=False):
         lines.append(f"| {row.design} | {row.pairing} | {row.beta:g} | {row.n_annotations} | {row.method} | "
-                     f"{row.error_rate:.3f} | {row.bon_gain:.3f} ± {row.bon_gain_std:.3f} | {row.bon_gain_fraction:.3f} | "
-                     f"{row.spearman:.3f} ± {row.spearman_std:.3f} | {row.seeds} |")
+                     f"{row.error_rate:.3f} | {mean_sd_text(row.bon_gain, row.bon_gain_std, row.seeds)} | {row.bon_gain_fraction:.3f} | "
+                     f"{mean_sd_text(row.spearman, row.spearman_std, row.seeds)} | {row.seeds} |")
     return "\n".join(lines) + "\n"
 
 
