@@ -70,7 +70,12 @@ class TruncationStats:
 
 def encode(tokenizer, prompt: Sequence[dict], response: str, max_length: int | None, stats: TruncationStats | None = None) -> list[int]:
     """Token ids of prompt + response through the chat template, left-truncated to ``max_length``."""
-    text = render_text(tokenizer, prompt, response)
+    return encode_text(tokenizer, render_text(tokenizer, prompt, response), max_length, stats)
+
+
+def encode_text(tokenizer, text: str, max_length: int | None, stats: TruncationStats | None = None) -> list[int]:
+    """Token ids of a text that is already formatted (rendered by a chat template, or sent that way
+    by an RL framework: ``hsrm serve``'s ``/get_reward``), left-truncated to ``max_length``."""
     # The template already holds BOS where the model wants one: add no special tokens again.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if stats is not None:
