@@ -5,6 +5,7 @@
     hsrm expo --weak DIR --strong DIR (--alpha A | --search --data SOURCE) --out DIR
     hsrm score --model DIR --data FILE [--output FILE.jsonl]
     hsrm push --model DIR --repo-id NAME [--private] [--dry-run]
+    hsrm serve --model DIR [--port N] [--max-batch-tokens N] [--max-wait-ms MS]   (HTTP reward server)
     hsrm embed | fit | study | active | select …   (the lightweight path)
     hsrm demo [--out DIR]
 """
@@ -26,6 +27,7 @@ VERBS = {
     "study": ("hsrm.embedding.cli", "study_main"),
     "active": ("hsrm.embedding.active_cli", "active_main"),
     "select": ("hsrm.embedding.active_cli", "select_main"),
+    "serve": ("hsrm.serve", "main"),
     "demo": ("hsrm.demo", "main"),
 }
 
