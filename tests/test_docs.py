@@ -1,7 +1,7 @@
 """Every command shown in README.md and docs/*.md names a real verb, real flags and real files.
 
-Each `hsrm VERB …` line is parsed by that verb's own argparse parser (execution is stopped right after
-parsing), `hsrm train` / `-m hsrm.train` lines load their recipe with their overrides, and every
+Each `hsrm VERB …` line is parsed by that verb's own argparse (or HfArgumentParser) parser (execution is
+stopped right after parsing), `hsrm train` / `-m hsrm.train` lines load their recipe with their overrides, and every
 recipes/ or ds_configs/ path must exist. Running the commands themselves is the job of the feature
 tests and of `hsrm demo` (tests/test_demo.py)."""
 
@@ -84,12 +84,15 @@ def test_documented_command_is_valid(command, monkeypatch):
         if verb != "train":
             module_name, function = VERBS[verb]
 
+            # parse_known_args is what both argparse's parse_args and HfArgumentParser's
+            # parse_args_into_dataclasses (hsrm serve) call; a word left over is an unknown flag.
             def stop_after_parsing(self, args=None, namespace=None):
-                result = original(self, args, namespace)
-                raise Parsed(result)
+                parsed, unknown = original(self, args, namespace)
+                assert not unknown, f"unknown arguments {unknown}"
+                raise Parsed(parsed)
 
-            original = argparse.ArgumentParser.parse_args
-            monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop_after_parsing)
+            original = argparse.ArgumentParser.parse_known_args
+            monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", stop_after_parsing)
             entry = getattr(importlib.import_module(module_name), function)
             with pytest.raises(Parsed):
                 entry(rest)
