@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
 from fastapi import FastAPI, Request
+from jinja2 import TemplateError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -315,7 +316,10 @@ def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[
             raise RequestError(422, f"prompts[{index}]: {err.problem}") from None
         if not isinstance(response, str):
             raise RequestError(422, f"responses[{index}] must be a string, got a JSON {json_type(response)}")
-        sequences.append(scorer.encode(messages, response))
+        try:
+            sequences.append(scorer.encode(messages, response))
+        except TemplateError as err:  # e.g. a template that refuses a system turn, or turns out of order
+            raise RequestError(422, f"prompts[{index}]: the reward model's chat template refuses this conversation ({err})") from None
     return sequences
 
 

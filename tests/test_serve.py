@@ -204,6 +204,20 @@ def test_bad_input_is_answered_with_its_status_and_the_server_stays_healthy(serv
     assert request(server.url, "/health") == (200, {"status": "ok"})
 
 
+def test_a_conversation_the_chat_template_refuses_is_a_422_naming_the_prompt(scorer):
+    from hsrm.serve import RequestError, encode_score_body
+
+    template = scorer.tokenizer.chat_template
+    scorer.tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
+                                      + template)
+    try:
+        with pytest.raises(RequestError, match=r"prompts\[1\]: the reward model's chat template refuses .*no system turns") as raised:
+            encode_score_body(scorer, {"prompts": [PROMPTS[0], PROMPTS[2]], "responses": ["a", "b"]}, MAX_SEQUENCES)
+        assert raised.value.status == 422
+    finally:
+        scorer.tokenizer.chat_template = template
+
+
 def test_a_chunked_body_over_the_limit_is_refused_too(server):
     """No Content-Length to check up front: the limit is counted while reading."""
     host, port = server.url.removeprefix("http://").split(":")
