@@ -404,11 +404,13 @@ class Sandbox:
         return Outcome(value, out.getvalue())
 
     def serve(self, serve_args: list[str]) -> Outcome:
-        """`hsrm serve …` from the sandbox in a subprocess (tests/test_serve.py's ServerProcess: a free
-        port replaces the documented one), asked SERVE_EXAMPLES and /info, then stopped with SIGTERM."""
-        from test_serve import ServerProcess, request
+        """`hsrm serve …` from the sandbox in a subprocess (hsrm.testing.ServeProcess: a free port
+        replaces the documented one), asked SERVE_EXAMPLES and /info, then stopped with SIGTERM."""
+        from test_serve import request
 
-        server = ServerProcess(serve_args, cwd=self.ws)
+        from hsrm.testing import ServeProcess
+
+        server = ServeProcess(serve_args, cwd=self.ws, env={"OMP_NUM_THREADS": "1"})
         try:
             answers = {path: request(server.url, path, body) for path, body in SERVE_EXAMPLES.items()}
             answers["/info"] = request(server.url, "/info")

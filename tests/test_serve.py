@@ -8,18 +8,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
@@ -28,10 +24,12 @@ from hsrm.data.messages import to_messages
 from hsrm.data.render import render_text
 from hsrm.scoring import RewardScorer
 from hsrm.serve import RemoteRewardError, RemoteRewardScorer, ServeOptions, create_app, parse_options
+from hsrm.testing import ServeProcess
 
 MAX_LENGTH = 64
 MAX_SEQUENCES = 16
 MAX_BODY_BYTES = 20_000
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two CI cores, shared with the test process
 SERVER_FLAGS = ["--max-length", str(MAX_LENGTH), "--max-wait-ms", "20", "--max-sequences", str(MAX_SEQUENCES),
                 "--max_body_bytes", str(MAX_BODY_BYTES)]  # both spellings, as users will type them
 
@@ -44,50 +42,6 @@ RESPONSES = ["Mix flour, water, yeast and salt, knead, then bake.", "Paris.", "T
 
 
 # ------------------------------------------------------------------------------------ helpers
-class ServerProcess:
-    """`python -m hsrm.cli serve ARGS --port 0` (a later flag wins, so any documented --port is
-    overridden by a free one) with this checkout on PYTHONPATH, ready once /health answers 200.
-    Its output is collected by a reader thread: a full pipe would block the server."""
-
-    def __init__(self, serve_args: list[str], cwd: Path = REPO_ROOT):
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_HUB_OFFLINE": "1"}
-        self.process = subprocess.Popen([sys.executable, "-m", "hsrm.cli", "serve", *serve_args, "--port", "0"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.url = self._wait_for(r"hsrm serve: .* at (http://127\.0\.0\.1:\d+)", 60).group(1)
-        deadline = time.monotonic() + 60
-        while get(self.url, "/health")[0] != 200:
-            assert self.process.poll() is None and time.monotonic() < deadline, self.output()
-            time.sleep(0.1)
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def _wait_for(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            assert self.process.poll() is None, self.output()
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.reader.join(5)
-        return code
-
-
 def request(url: str, path: str, body: bytes | dict | list | None = None, method: str | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
@@ -114,7 +68,7 @@ def assert_close(got, expected, tolerance=1e-5):
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    process = ServerProcess(["--model", str(tiny_model_dir), *SERVER_FLAGS])
+    process = ServeProcess(["--model", str(tiny_model_dir), *SERVER_FLAGS], env=ONE_THREAD)
     yield process
     assert process.stop() == 0, process.output()
 
@@ -220,8 +174,7 @@ def test_a_conversation_the_chat_template_refuses_is_a_422_naming_the_prompt(sco
 
 def test_a_chunked_body_over_the_limit_is_refused_too(server):
     """No Content-Length to check up front: the limit is counted while reading."""
-    host, port = server.url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection = http.client.HTTPConnection(*server.host_port, timeout=30)
     chunks = iter([b'{"query": ["', b"x" * (MAX_BODY_BYTES + 10), b'"]}'])  # an iterator: http.client sends it chunked
     connection.request("POST", "/get_reward", body=chunks, headers={"Content-Type": "application/json"})
     response = connection.getresponse()
@@ -281,7 +234,7 @@ def test_sigterm_during_a_burst_answers_every_accepted_request_and_exits_0(tiny_
     texts in the log."""
     # Batches wait 300 ms for company, so when the signal comes requests are still queued, past the
     # 0.1 s uvicorn pauses before it starts waiting for them: a server that dropped them would fail here.
-    process = ServerProcess(["--model", str(tiny_model_dir), *SERVER_FLAGS, "--log-requests", "--max-wait-ms", "300"])
+    process = ServeProcess(["--model", str(tiny_model_dir), *SERVER_FLAGS, "--log-requests", "--max-wait-ms", "300"], env=ONE_THREAD)
     expected = dict(zip(RESPONSES, scorer.score(PROMPTS, RESPONSES)))
     answered, unexpected, lock = [], [], threading.Lock()
     deadline = time.monotonic() + 30
@@ -406,10 +359,12 @@ def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine()
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     result = bench.main(["--requests", "6", "--pairs-per-request", "2", "--concurrency", "1,3", "--hidden", "32", "--layers", "1",
-                         "--max-prompt-words", "16", "--max-response-words", "32", "--max-length", "128", "--max-batch-tokens", "4096"])
+                         "--max-prompt-words", "16", "--max-response-words", "32", "--max-length", "128", "--max-batch-tokens", "4096",
+                         "--rounds", "1"])
     assert [row["concurrency"] for row in result["server"]] == [1, 3]
     for row in result["server"]:
         assert row["requests"] == 6 and row["tokens_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
         assert row["max_reward_difference"] <= 1e-5 and row["ratio_to_in_process"] > 0
-    assert len(result["in_process_tokens_per_s"]) == 3 and result["server_exit_code"] == 0
+        assert len(row["rounds"]) == 1 and row["in_process_tokens_per_s"] > 0
+    assert result["server_exit_code"] == 0
     assert result["target"] is None  # no level at 16 clients in this run
