@@ -364,14 +364,14 @@ def clipped(text: str, limit: int = LOGGED_BODY_CHARS) -> str:
 
 # ------------------------------------------------------------------------------------ the app
 class RewardService:
-    """What the endpoints share: the options, the batcher, and the counts of scoring requests received
-    and answered with rewards (equal after a drain: no accepted request is dropped)."""
+    """What the endpoints share: the options, the batcher, and the counts of requests accepted for
+    scoring (valid and queued) and answered with rewards: equal after a drain, when none is dropped."""
 
     def __init__(self, options: ServeOptions, load: Callable[[], RewardScorer] | None = None):
         self.options = options
         self.batcher = RewardBatcher(load or (lambda: load_scorer(options)), max_batch_tokens=options.max_batch_tokens,
                                      max_wait_s=options.max_wait_ms / 1000)
-        self.received = self.answered = 0  # touched only on the event loop
+        self.accepted = self.answered = 0  # touched only on the event loop
 
     def ready_scorer(self) -> RewardScorer:
         if self.batcher.scorer is None:
@@ -383,6 +383,7 @@ class RewardService:
             future = self.batcher.submit(sequences)
         except ServerStopping as err:
             raise RequestError(503, str(err)) from None
+        self.accepted += 1
         timeout = self.options.request_timeout_s
         try:
             # On timeout wait_for cancels the wrapper, which cancels the future; the batcher then
@@ -395,7 +396,6 @@ class RewardService:
             raise RequestError(500, f"scoring failed: {type(err).__name__}: {err}") from None
 
     async def answer(self, request: Request, encode: Callable[[RewardScorer, Any, int], list[list[int]]]) -> JSONResponse:
-        self.received += 1
         scorer = self.ready_scorer()
         body = await read_json(request, self.options.max_body_bytes)
         sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
@@ -419,7 +419,7 @@ class RewardService:
             "limits": {"max_batch_tokens": options.max_batch_tokens, "max_wait_ms": options.max_wait_ms,
                        "max_sequences": options.max_sequences, "max_body_bytes": options.max_body_bytes,
                        "request_timeout_s": options.request_timeout_s},
-            "counts": {**self.batcher.counts, "received": self.received, "answered": self.answered},
+            "counts": {**self.batcher.counts, "accepted": self.accepted, "answered": self.answered},
         }
 
 
@@ -461,8 +461,8 @@ async def lifespan(app: FastAPI):
         # is answered before the thread ends.
         await run_in_threadpool(service.batcher.stop)
         counts = service.batcher.counts
-        logger.info("stopped: received %d scoring requests, answered %d with rewards (%d sequences, %d tokens, %d batches)",
-                    service.received, service.answered, counts["sequences"], counts["tokens"], counts["batches"])
+        logger.info("stopped: accepted %d requests for scoring, answered %d with rewards (%d sequences, %d tokens, %d batches)",
+                    service.accepted, service.answered, counts["sequences"], counts["tokens"], counts["batches"])
 
 
 def create_app(options: ServeOptions, load: Callable[[], RewardScorer] | None = None) -> FastAPI:

@@ -229,8 +229,8 @@ def test_remote_reward_scorer_retries_connection_errors_then_says_so():
 def test_sigterm_during_a_burst_answers_every_accepted_request_and_exits_0(tiny_model_dir, scorer):
     """16 clients send requests in a loop; SIGTERM arrives mid-burst. Every request the server took
     is answered with 200 and its own rewards (a client whose connection is refused or closed before
-    the server read its request stops there): the server's counts of requests received and answered
-    and the clients' count of 200s are one number, and the process exits 0. --log-requests puts the
+    the server read its request stops there): the server's counts of requests accepted for scoring
+    and answered and the clients' count of 200s are one number, and the process exits 0. --log-requests puts the
     texts in the log."""
     # Batches wait 300 ms for company, so when the signal comes requests are still queued, past the
     # 0.1 s uvicorn pauses before it starts waiting for them: a server that dropped them would fail here.
@@ -265,8 +265,8 @@ def test_sigterm_during_a_burst_answers_every_accepted_request_and_exits_0(tiny_
     log = process.output()
     assert not unexpected, unexpected[:3]
     assert code == 0, log[-3000:]
-    received, answered_by_server = map(int, re.search(r"stopped: received (\d+) scoring requests, answered (\d+)", log).groups())
-    assert received == answered_by_server == len(answered) >= 40, log[-3000:]
+    accepted, answered_by_server = map(int, re.search(r"stopped: accepted (\d+) requests for scoring, answered (\d+)", log).groups())
+    assert accepted == answered_by_server == len(answered) >= 40, log[-3000:]
     assert "Paris." in log  # --log-requests logs the texts
 
 
