@@ -1,6 +1,6 @@
 """Throughput of `hsrm serve` over loopback HTTP against the in-process engine on the same sequences (issue 20).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/serve.py [--requests 48] [--concurrency 1,4,16]
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/serve.py [--requests 96] [--concurrency 1,4,16]
                                                                    [--rounds 2] [--output runs/bench/serve.json]
 
 Issue 20's target: at 16 concurrent clients the server reaches at least 80 % of the in-process
@@ -27,7 +27,7 @@ with the in-process one. Prints one line per level and a final JSON line.
 
 Why the server trails the engine at low concurrency: a batch holds only what was waiting, so one
 client's 8 sequences are padded to their longest (about twice the real tokens here), whereas the
-in-process call sorts all 384 sequences by length before batching them (2 % padding). The more
+in-process call sorts all 768 sequences by length before batching them (2 % padding). The more
 requests wait together, the closer the server gets: with 16 clients, half of them wait while the
 other half's batch is scored, so batches hold 8 requests (12 % padding).
 """
@@ -120,7 +120,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
+    parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
     parser.add_argument("--pairs-per-request", type=int, default=8)
     parser.add_argument("--concurrency", default="1,4,16", help="client threads, one level each")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama reward model")
@@ -174,9 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
                 runs, references = [], []
                 for _ in range(args.rounds):
                     references.append(in_process_tokens_per_s(scorer, sequences)[0])
-                    batches_before = get_json(server, "/info")["counts"]["batches"]
+                    before = get_json(server, "/info")["counts"]
                     level = run_level(server, bodies, concurrency, args.time_limit_s)
-                    level["batches"] = get_json(server, "/info")["counts"]["batches"] - batches_before
+                    after = get_json(server, "/info")["counts"]
+                    level["batches"] = after["batches"] - before["batches"]
+                    level["engine_busy"] = (after["scoring_seconds"] - before["scoring_seconds"]) / level["seconds"]
                     if level["errors"]:
                         raise RuntimeError(f"concurrency {concurrency}: {level['errors'][:3]}")
                     level["tokens"] = sum(tokens_of[i] for i in level["answers"])
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "p50_ms": round(1000 * percentile(best["latencies"], 50), 1),
                     "p99_ms": round(1000 * percentile(best["latencies"], 99), 1),
                     "requests_per_batch": round(len(best["answers"]) / max(best["batches"], 1), 2),
+                    "engine_busy": round(best["engine_busy"], 3),  # share of the level's wall time the server spent in the engine
                     "in_process_tokens_per_s": round(reference, 1),
                     "ratio_to_in_process": round(best["tokens"] / best["seconds"] / reference, 3),
                     "max_reward_difference": max(run["max_reward_difference"] for run in runs),
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results.append(row)
                 print(f"concurrency {concurrency:>3}: {row['requests_per_s']:7.2f} requests/s {row['tokens_per_s']:>9,.0f} tokens/s "
                       f"p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  {row['requests_per_batch']:5.2f} requests/batch  "
+                      f"engine busy {100 * row['engine_busy']:3.0f} %  "
                       f"in-process {reference:>9,.0f} tokens/s  {row['ratio_to_in_process']:.2f}×", flush=True)
         finally:
             exit_code = server.stop()

@@ -365,6 +365,6 @@ def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine()
     for row in result["server"]:
         assert row["requests"] == 6 and row["tokens_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
         assert row["max_reward_difference"] <= 1e-5 and row["ratio_to_in_process"] > 0
-        assert len(row["rounds"]) == 1 and row["in_process_tokens_per_s"] > 0
+        assert len(row["rounds"]) == 1 and row["in_process_tokens_per_s"] > 0 and 0 < row["engine_busy"] <= 1
     assert result["server_exit_code"] == 0
     assert result["target"] is None  # no level at 16 clients in this run
