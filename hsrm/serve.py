@@ -73,13 +73,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
 from fastapi import FastAPI, Request
-from jinja2 import TemplateError
 from fastapi.responses import JSONResponse
+from jinja2 import TemplateError
 from starlette.concurrency import run_in_threadpool
 
 from .data.io import DataError
 from .data.messages import to_messages
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS
+from .modeling import DTYPES
 from .scoring import RewardScorer, split_completion
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class ServeOptions:
             raise ValueError(f"--request-timeout-s must be positive, got {self.request_timeout_s}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+        if self.dtype not in DTYPES:  # checked here: the model loads after the port is bound
+            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
 
 def parse_options(argv: Sequence[str]) -> ServeOptions:
@@ -417,7 +420,7 @@ class RewardService:
         parameter = next(scorer.model.parameters())
         options = self.options
         return {
-            "model": scorer.model_dir, "objective": scorer.record.objective, "outputs": scorer.attributes,
+            "model": scorer.model_dir, "objective": scorer.record.objective, "attributes": scorer.attributes,
             "attribute_weights": scorer.attribute_weights, "max_length": scorer.max_length, "record": scorer.meta,
             "engine": {"layout": choose_layout(scorer.model, scorer.layout), "device": str(parameter.device),
                        "dtype": str(parameter.dtype).removeprefix("torch."), "batch_size": scorer.batch_size},

@@ -124,7 +124,7 @@ def test_sixteen_clients_each_get_their_own_rewards_whatever_they_were_batched_w
 def test_info_reports_the_record_the_engine_and_the_limits(server):
     status, info = request(server.url, "/info")
     assert status == 200
-    assert info["max_length"] == MAX_LENGTH and info["outputs"] == ["reward"] and info["record"]["format_version"] == 1
+    assert info["max_length"] == MAX_LENGTH and info["attributes"] == ["reward"] and info["record"]["format_version"] == 1
     assert info["engine"] == {"layout": "padded", "device": "cpu", "dtype": "float32", "batch_size": 8}
     assert info["limits"]["max_sequences"] == MAX_SEQUENCES and info["limits"]["max_body_bytes"] == MAX_BODY_BYTES
 
@@ -346,7 +346,8 @@ def test_options_take_both_spellings_and_refuse_nonsense():
     assert (options.max_batch_tokens, options.max_wait_ms, options.log_requests, options.host) == (512, 2.5, True, "127.0.0.1")
     assert parse_options(["--model", "m", "--max_batch_tokens", "7"]).max_batch_tokens == 7
     for bad, message in ((["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
-                         (["--max-wait-ms", "-1"], "--max-wait-ms must be ≥ 0"), (["--port", "70000"], "--port")):
+                         (["--max-wait-ms", "-1"], "--max-wait-ms must be ≥ 0"), (["--port", "70000"], "--port"),
+                         (["--dtype", "float8"], "--dtype 'float8'")):
         with pytest.raises(ValueError, match=message):
             parse_options(["--model", "m", *bad])
 
