@@ -53,13 +53,6 @@ def request(url: str, path: str, body: bytes | dict | list | None = None, method
         return err.code, json.loads(err.read() or b"{}")
 
 
-def get(url: str, path: str) -> tuple[int, dict]:
-    try:
-        return request(url, path)
-    except (urllib.error.URLError, ConnectionError):
-        return 0, {}
-
-
 def assert_close(got, expected, tolerance=1e-5):
     assert len(got) == len(expected)
     worst = max(abs(a - b) for a, b in zip(got, expected))
@@ -199,14 +192,13 @@ def test_texts_are_never_logged_without_log_requests(server):
 
 
 # ------------------------------------------------------------------------------------ the client
-def test_remote_reward_scorer_is_a_trl_reward_function_with_the_in_process_rewards(server, tiny_model_dir, scorer):
+def test_remote_reward_scorer_is_a_trl_reward_function_with_the_in_process_rewards(server, scorer):
     remote = RemoteRewardScorer(server.url)
-    local = RewardScorer(str(tiny_model_dir), max_length=MAX_LENGTH, device="cpu")
     conversational = ([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "2+2?"}]],
                       [[{"role": "assistant", "content": "Hello!"}], [{"role": "assistant", "content": "4"}]])
     plain = (["Hi", "2+2?"], ["Hello!", "4"])
     for prompts, completions in (conversational, plain):
-        assert_close(remote(prompts, completions, completion_ids=[[1], [2]], trainer_state=None), local(prompts, completions))
+        assert_close(remote(prompts, completions, completion_ids=[[1], [2]], trainer_state=None), scorer(prompts, completions))
     assert_close(remote.get_reward(["plain text"]), scorer.score_ids([scorer.encode_text("plain text")]).tolist())
     with pytest.raises(RemoteRewardError, match="422: 'prompts' has 2 items and 'responses' 1") as raised:
         remote.score(["a", "b"], ["x"])
