@@ -23,6 +23,7 @@ VERBS = {
     "study": ("hsrm.embedding.cli", "study_main", "sweep embedding-space reward models over β, annotations, pairing, seeds"),
     "active": ("hsrm.embedding.active_cli", "active_main", "the simulated online active-learning study (D-opt and rivals)"),
     "select": ("hsrm.embedding.active_cli", "select_main", "choose the next batch of pairs for human annotators"),
+    "serve": ("hsrm.serve", "main", "an HTTP reward server for RL trainers (/score, OpenRLHF's /get_reward), batched"),
     "demo": ("hsrm.demo", "main", "the first hour in one command: regression → BT → ExPO, RewardBench, Best-of-N"),
 }
 

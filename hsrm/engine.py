@@ -1,9 +1,9 @@
 """The scoring engine: rewards of pre-tokenized sequences, in one of two layouts.
 
 Every verb that needs a reward calls :func:`score_sequences` — ``hsrm score`` and
-:class:`hsrm.scoring.RewardScorer`, ``hsrm evaluate``, the ExPO factor search, the RLOO reward
-function, ``hsrm embed --golden-model``, the demo and ``bench/throughput.py`` — and the engine
-reads each reward through :func:`hsrm.modeling.reward_outputs`, as the trainers do. A text
+:class:`hsrm.scoring.RewardScorer`, ``hsrm serve``, ``hsrm evaluate``, the ExPO factor search, the
+RLOO reward function, ``hsrm embed --golden-model``, the demo and ``bench/throughput.py`` — and the
+engine reads each reward through :func:`hsrm.modeling.reward_outputs`, as the trainers do. A text
 therefore gets the same reward everywhere, whatever it was batched with (reward-bench#137).
 
 Layouts:

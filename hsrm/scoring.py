@@ -31,7 +31,7 @@ import torch
 
 from .data.io import DataError, read_rows
 from .data.messages import response_text, to_messages
-from .data.render import TruncationStats, encode
+from .data.render import TruncationStats, encode, encode_text
 from .files import atomic_write_jsonl, check_output
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
 
@@ -134,6 +134,11 @@ class RewardScorer:
     def encode(self, prompt: Any, response: str) -> list[int]:
         """Token ids of prompt (text or chat messages) + response, as training encodes them."""
         return encode(self.tokenizer, to_messages(prompt), response, self.max_length, self.truncation)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a text already formatted for this model (no template applied, no special
+        tokens added), cut from the left like :meth:`encode`."""
+        return encode_text(self.tokenizer, text, self.max_length, self.truncation)
 
     # -- scoring
     def score_ids(self, sequences: Sequence[Sequence[int]], *, all_outputs: bool = False, desc: str = "scoring") -> torch.Tensor:

@@ -16,6 +16,10 @@ How each command becomes a seconds-long run is written out in the tables below, 
 * KNOWN_BUGS: documented commands that fail today (strict xfail: fixing one turns the test red
   until its entry is removed).
 
+`hsrm serve` runs until it is stopped, so it runs in a subprocess on a free loopback port, is asked
+scoring.md's example requests (SERVE_EXAMPLES) and is stopped with SIGTERM (Sandbox.serve); its
+check compares the answers with the in-process scorer.
+
 A documented command without an entry fails test_every_documented_command_has_a_plan, so new
 commands in the docs cannot go unexercised. Commands that read ../shared/data skip when it is absent.
 """
@@ -180,6 +184,7 @@ RUN: dict[str, Run] = {
         Run(needs=("runs/scaled-bt-expo",), check="check_dry_run_expo"),
     "hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --private":
         Run(needs=("runs/scaled-bt-expo",), check="check_upload"),
+    "hsrm serve --model runs/scaled-bt-expo --port 8000": Run(needs=("runs/scaled-bt-expo",), check="check_served_expo"),
     # ---- the lightweight path
     f"hsrm embed --data {HH_BASE} --output runs/hh.npz --golden-model runs/smollm-bt-hh --limit 500":
         Run(("--backbone", "runs/tiny-llama", "--limit", "8", "--max-length", "64", "--cache", "runs/emb-cache"),
@@ -253,6 +258,12 @@ COVERED_ELSEWHERE: dict[str, tuple[str, ...]] = {
 }
 
 KNOWN_BUGS: dict[str, str] = {
+}
+
+# The bodies of scoring.md's curl lines, sent to every documented `hsrm serve` command.
+SERVE_EXAMPLES = {
+    "/score": {"prompts": ["What is 2+2?"], "responses": ["4"]},
+    "/get_reward": {"query": ["<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"]},
 }
 
 
@@ -377,6 +388,8 @@ class Sandbox:
     def invoke(self, argv: list[str], real_launch: bool = False) -> Outcome:
         if real_launch:
             return self.launch(argv)
+        if argv[:2] == ["hsrm", "serve"]:
+            return self.serve(argv[2:])
         if argv[0] == "hsrm":
             from hsrm.cli import VERBS
 
@@ -409,6 +422,21 @@ class Sandbox:
             except SystemExit as exit_:  # --help
                 value = exit_.code
         return Outcome(value, out.getvalue())
+
+    def serve(self, serve_args: list[str]) -> Outcome:
+        """`hsrm serve …` from the sandbox in a subprocess (hsrm.testing.ServeProcess: a free port
+        replaces the documented one), asked SERVE_EXAMPLES and /info, then stopped with SIGTERM."""
+        from test_serve import request
+
+        from hsrm.testing import ServeProcess
+
+        server = ServeProcess(serve_args, cwd=self.ws, env={"OMP_NUM_THREADS": "1"})
+        try:
+            answers = {path: request(server.url, path, body) for path, body in SERVE_EXAMPLES.items()}
+            answers["/info"] = request(server.url, "/info")
+        finally:
+            exit_code = server.stop()
+        return Outcome({"answers": answers, "exit_code": exit_code}, server.output())
 
     def launch(self, argv: list[str]) -> Outcome:
         """A real `accelerate launch` subprocess: one CPU process, HF_HOME in the sandbox so that no
@@ -823,6 +851,24 @@ def check_upload(box, outcome):
     assert outcome.value["uploaded"] is True and outcome.value["stage"] is None
     assert not Path(folder).exists()  # without --stage the upload folder was temporary and is gone
     assert {"README.md", "config.json", "model.safetensors"} <= set(FakeHubApi.uploaded)
+
+
+def check_served_expo(box, outcome):
+    """scoring.md's server answers its example requests with the in-process scorer's rewards, reports
+    the model's record, and exits 0 on SIGTERM."""
+    from hsrm.scoring import RewardScorer
+
+    assert outcome.value["exit_code"] == 0, outcome.stdout[-3000:]
+    answers = outcome.value["answers"]
+    scorer = RewardScorer(str(box.path("runs/scaled-bt-expo")), device="cpu")
+    example = SERVE_EXAMPLES["/score"]
+    status, body = answers["/score"]
+    assert status == 200 and abs(body["rewards"][0] - scorer.score(example["prompts"], example["responses"])[0]) <= 1e-5, body
+    status, body = answers["/get_reward"]
+    expected = scorer.score_ids([scorer.encode_text(SERVE_EXAMPLES["/get_reward"]["query"][0])]).tolist()
+    assert status == 200 and abs(body["rewards"][0] - expected[0]) <= 1e-5, body
+    status, info = answers["/info"]
+    assert status == 200 and info["record"]["expo"] == load_config(box, "runs/scaled-bt-expo")["hsrm"]["expo"]
 
 
 def load_embeddings(box, path: str):

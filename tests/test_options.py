@@ -24,10 +24,12 @@ def verb_options():
     from hsrm.embedding.loop import ActiveStudyConfig
     from hsrm.embedding.study import StudyConfig
     from hsrm.rloo import RLOOSetup
+    from hsrm.serve import ServeOptions
 
     return {"train": [JustifierConfig], "evaluate": [EvaluateOptions], "expo": [ExpoOptions], "score": [ScoreOptions],
             "push": [PushOptions], "rloo": [RLOOSetup, RLOOConfig], "embed": [EmbedOptions], "fit": [FitOptions],
-            "study": [StudyConfig], "active": [ActiveStudyConfig], "select": [SelectOptions], "demo": [DemoOptions]}
+            "study": [StudyConfig], "active": [ActiveStudyConfig], "select": [SelectOptions], "demo": [DemoOptions],
+            "serve": [ServeOptions]}
 
 
 # ------------------------------------------------------------------------------ values verbatim
@@ -154,6 +156,7 @@ EXPECTED = {  # verb → the shared flags it takes (each verb that takes such a 
     "embed": SHARED - {"--model"}, "fit": {"--model", "--output", "--batch-size", "--overwrite", "--json"},
     "study": {"--output", "--json"}, "active": {"--output", "--json"}, "select": {"--batch-size", "--json"},
     "demo": {"--output", "--overwrite", "--json"}, "rloo": set(),
+    "serve": {"--model", "--batch-size", "--max-length", "--dtype", "--device"},
 }
 RETIRED = {"--out", "--stage", "--eval", "--format", "--scores-out"}  # names that meant different things in different verbs
 

@@ -70,9 +70,14 @@ class TruncationStats:
 
 def encode(tokenizer, prompt: Sequence[dict], response: str, max_length: int | None, stats: TruncationStats | None = None) -> list[int]:
     """Token ids of prompt + response through the chat template, left-truncated to ``max_length``."""
+    return encode_text(tokenizer, render_text(tokenizer, prompt, response), max_length, stats)
+
+
+def encode_text(tokenizer, text: str, max_length: int | None, stats: TruncationStats | None = None) -> list[int]:
+    """Token ids of a text that is already formatted (rendered by a chat template, or sent that way
+    by an RL framework: ``hsrm serve``'s ``/get_reward``), left-truncated to ``max_length``."""
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise ValueError(f"max_length must be a positive number of tokens, got {max_length!r}")
-    text = render_text(tokenizer, prompt, response)
     # The template already holds BOS where the model wants one: add no special tokens again.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if stats is not None:

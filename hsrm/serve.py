@@ -1,0 +1,643 @@
+"""`hsrm serve`: a reward model behind HTTP, with the requests of many clients merged into
+token-budget batches for the one scoring engine.
+
+    hsrm serve --model runs/scaled-bt-expo --port 8000
+    curl -s localhost:8000/score -d '{"prompts": ["What is 2+2?"], "responses": ["4"]}'   # {"rewards": [...]}
+
+RL stacks that run the reward model as a separate service (OpenRLHF's ``--remote_rm_url``,
+verl-style and home-grown loops) call it over HTTP; TRL's online trainers call it through
+:class:`RemoteRewardScorer`, a reward function with TRL's signature.
+
+Endpoints:
+
+* ``GET /health``: 200 once the model is loaded, 503 before. The port is bound before the model
+  loads, so a supervisor can tell "loading" from "down".
+* ``POST /score`` ``{"prompts": [...], "responses": [...]}`` → ``{"rewards": [...]}``: the semantics
+  and numbers of :meth:`hsrm.scoring.RewardScorer.score` (a prompt is text or a list of
+  ``{role, content}`` messages; the reward model's chat template; left truncation).
+* ``POST /get_reward`` ``{"query": ["full text", ...]}`` → ``{"rewards": [...]}``: OpenRLHF's
+  remote reward-model protocol. The texts are already formatted, so they are tokenized as given
+  (no special tokens added) and cut from the left; other keys (OpenRLHF also sends ``prompts`` and
+  ``labels``) are ignored.
+* ``GET /info``: the model record, the resolved ``max_length``, the engine's layout, the server's
+  limits and its counts (requests, batches, the most requests merged into one batch).
+
+How a request becomes rewards. The handler reads the body (at most ``--max-body-bytes``), checks
+it and tokenizes it with the scorer's own encoders in a worker thread, off the event loop. The
+token ids join one queue. One batching thread owns the model: it takes the oldest request, waits
+at most ``--max-wait-ms`` for company (not at all once ``--max-batch-tokens`` real tokens are
+queued), merges the queued requests up to that budget (a request larger than the budget goes
+alone and the engine splits it), scores the merge with one call of the engine
+(``RewardScorer.score_ids`` → :func:`hsrm.engine.score_sequences`, layout ``auto``: packed rows of
+``--max-batch-tokens`` on CUDA, length-sorted padded batches of ``--batch-size`` on CPU) and hands
+each request its own slice. The engine reads every reward at its own sequence's last real token,
+so a request's company changes its rewards by float rounding only (tested at 1e-5 in fp32).
+
+Bad input gets an answer naming the field (400 malformed JSON; 422 wrong types, empty lists,
+prompts and responses that do not pair up; 413 a body or a sequence count over the limits; 504
+no reward within ``--request-timeout-s``), and the server goes on. Texts are never logged unless
+``--log-requests``. SIGTERM drains: uvicorn stops accepting connections and waits for the
+requests in flight, the batching thread answers everything queued, and the process exits 0.
+
+Why FastAPI + uvicorn rather than LitServe: LitServe's dynamic batching counts *requests*
+(``max_batch_size``, ``batch_timeout``) and hands each batch to inference workers in other
+processes through queues. A reward request carries anything from one to thousands of sequences of
+any length, so the budget that bounds memory and latency is real tokens, and a batch's rewards
+must be split back per request: that loop is ours on either stack. On FastAPI it runs in the
+server's own process beside the model, with no serialisation between the HTTP side and the model,
+and FastAPI + uvicorn bring the rest (routing, a thread pool for tokenization, graceful shutdown).
+We did not build a LitServe variant to measure; the bar it would have to clear is
+``bench/serve.py``'s: at 16 concurrent clients on 2 CPU cores this server delivers 0.86× the
+in-process engine's real tokens/s, the model busy 100 % of the time, the rest being the padding of
+batches sorted over only what was waiting (docs/scoring.md has the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import http.client
+import ipaddress
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from jinja2 import TemplateError
+from starlette.concurrency import run_in_threadpool
+
+from .data.io import DataError
+from .data.messages import to_messages
+from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS
+from .modeling import DTYPES
+from .scoring import RewardScorer, split_completion
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 30.0  # beyond --request-timeout-s: tokenizing and sending what was already scored
+LOGGED_BODY_CHARS = 4000  # --log-requests: longer bodies are cut in the log line
+
+
+# ------------------------------------------------------------------------------------ options
+@dataclass
+class ServeOptions:
+    """`hsrm serve`'s options (hsrm.options: HfArgumentParser, every flag spelled with dashes or
+    underscores, ``--max-batch-tokens`` / ``--max_batch_tokens``)."""
+
+    model: str = field(metadata={"help": "reward model folder (any trained AutoModelForSequenceClassification)"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address to listen on; the loopback default keeps the server to this machine (it has no authentication)"})
+    port: int = field(default=8000, metadata={"help": "TCP port; 0 takes a free one (printed at start)"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 … (default: the GPU when present)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "tokens kept per sequence, cut from the left (default: the model's training max_length, else 2048)"})
+    layout: Literal["auto", "padded", "packed"] = field(default="auto", metadata={
+        "help": "the engine's layout: auto = packed rows on CUDA with varlen attention, length-sorted padded batches otherwise"})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "sequences per padded forward pass"})
+    max_batch_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={
+        "help": "real tokens merged from waiting requests into one engine call (and per packed row)"})
+    max_wait_ms: float = field(default=10.0, metadata={
+        "help": "how long the oldest waiting request waits for others to batch with (milliseconds)"})
+    max_sequences: int = field(default=4096, metadata={"help": "sequences per request; more are refused with 413"})
+    max_body_bytes: int = field(default=32 * 2**20, metadata={"help": "request body size; larger bodies are refused with 413"})
+    request_timeout_s: float = field(default=300.0, metadata={
+        "help": "seconds a request may wait for its rewards (queue and forward passes) before a 504"})
+    log_requests: bool = field(default=False, metadata={
+        "help": "log every request with its texts and rewards, and uvicorn's access log (off: no text is ever logged)"})
+
+    def __post_init__(self):
+        at_least_one = {"--batch-size": self.batch_size, "--max-batch-tokens": self.max_batch_tokens,
+                        "--max-sequences": self.max_sequences, "--max-body-bytes": self.max_body_bytes}
+        if self.max_length is not None:
+            at_least_one["--max-length"] = self.max_length
+        for flag, value in at_least_one.items():
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be 0…65535, got {self.port}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"--max-wait-ms must be ≥ 0, got {self.max_wait_ms}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"--request-timeout-s must be positive, got {self.request_timeout_s}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+        if self.dtype not in DTYPES:  # checked here: the model loads after the port is bound
+            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+
+
+def serve_options(argv: Sequence[str]) -> ServeOptions:
+    """``hsrm serve``'s options through the options layer every verb uses (``--config``, both spellings,
+    one-line errors)."""
+    from .options import parse_options
+
+    return parse_options(ServeOptions, list(argv), prog="hsrm serve", description=(
+        "A reward model over HTTP (POST /score, POST /get_reward, GET /health, GET /info); the requests of many "
+        "clients are merged into token-budget batches for the scoring engine."))
+
+
+def load_scorer(options: ServeOptions) -> RewardScorer:
+    # max_tokens = max_batch_tokens: a merged batch holds at most that many real tokens, so on CUDA
+    # it is one packed row, one forward pass.
+    return RewardScorer(options.model, batch_size=options.batch_size, max_length=options.max_length, dtype=options.dtype,
+                        device=options.device, layout=options.layout, max_tokens=options.max_batch_tokens)
+
+
+# ------------------------------------------------------------------------------------ batching
+class ServerStopping(RuntimeError):
+    """A request arrived after the batcher was told to stop."""
+
+
+@dataclass
+class WaitingRequest:
+    sequences: list[list[int]]
+    tokens: int  # real tokens, what the batch budget counts
+    future: concurrent.futures.Future
+    queued_at: float  # time.monotonic()
+
+
+class RewardBatcher:
+    """The one thread that owns the reward model: it loads it, then merges waiting requests into
+    token-budget batches for the engine and resolves each request's future with its own rewards.
+
+    ``load`` runs on that thread, so nothing else ever touches the model; ``submit`` may be called
+    from any thread. ``stop`` lets the thread answer everything already queued, then joins it.
+    """
+
+    def __init__(self, load: Callable[[], RewardScorer], *, max_batch_tokens: int, max_wait_s: float,
+                 on_load_failure: Callable[[BaseException], None] | None = None):
+        self._load = load
+        self.max_batch_tokens, self.max_wait_s = max_batch_tokens, max_wait_s
+        self.on_load_failure = on_load_failure
+        self.scorer: RewardScorer | None = None  # set once loaded: the server is ready
+        self.load_error: BaseException | None = None
+        self._waiting: deque[WaitingRequest] = deque()
+        self._waiting_tokens = 0
+        self._changed = threading.Condition()
+        self._stopping = False
+        # A daemon thread cannot keep a crashed process alive; a clean stop joins it.
+        self._thread = threading.Thread(target=self._run, name="hsrm-reward-batcher", daemon=True)
+        # scoring_seconds: time inside the engine; over a stretch of wall time it is how busy the model was.
+        self.counts = {"requests": 0, "sequences": 0, "tokens": 0, "batches": 0, "most_requests_in_a_batch": 0,
+                       "scoring_seconds": 0.0}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, sequences: list[list[int]]) -> concurrent.futures.Future:
+        item = WaitingRequest(sequences, sum(len(s) for s in sequences), concurrent.futures.Future(), time.monotonic())
+        with self._changed:
+            if self._stopping:
+                raise ServerStopping("the server is shutting down")
+            self._waiting.append(item)
+            self._waiting_tokens += item.tokens
+            self._changed.notify_all()
+        return item.future
+
+    def _run(self) -> None:
+        try:
+            self.scorer = self._load()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread, which exits with it
+            self.load_error = err
+            logger.error("loading the reward model failed: %s", err)
+            if self.on_load_failure is not None:
+                self.on_load_failure(err)
+            return
+        logger.info("reward model loaded: %r", self.scorer)
+        while (batch := self._next_batch()) is not None:
+            if batch:
+                self._score(batch)
+
+    def _next_batch(self) -> list[WaitingRequest] | None:
+        """The requests to score together, oldest first; None once stopping with nothing left."""
+        with self._changed:
+            while not self._waiting and not self._stopping:
+                self._changed.wait()
+            if not self._waiting:
+                return None
+            # Counted from the oldest request's arrival: one that queued while the model was busy has
+            # already waited, so under load batches form without any added delay. Draining waits for no one.
+            deadline = self._waiting[0].queued_at + self.max_wait_s
+            while not self._stopping and self._waiting_tokens < self.max_batch_tokens:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            batch, tokens = [], 0
+            while self._waiting and (not batch or tokens + self._waiting[0].tokens <= self.max_batch_tokens):
+                item = self._waiting.popleft()
+                self._waiting_tokens -= item.tokens
+                if item.future.set_running_or_notify_cancel():  # False: its client already had a 504
+                    batch.append(item)
+                    tokens += item.tokens
+            return batch
+
+    def _score(self, batch: list[WaitingRequest]) -> None:
+        sequences = [sequence for item in batch for sequence in item.sequences]
+        started = time.perf_counter()
+        try:
+            rewards = self.scorer.score_ids(sequences).tolist()
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail these requests, keep serving
+            logger.error("scoring %d requests (%d sequences) failed: %s: %s", len(batch), len(sequences), type(err).__name__, err)
+            for item in batch:
+                item.future.set_exception(err)
+            return
+        start = 0
+        for item in batch:
+            item.future.set_result(rewards[start:start + len(item.sequences)])
+            start += len(item.sequences)
+        counts = self.counts
+        counts["requests"] += len(batch)
+        counts["sequences"] += len(sequences)
+        counts["tokens"] += sum(item.tokens for item in batch)
+        counts["batches"] += 1
+        counts["most_requests_in_a_batch"] = max(counts["most_requests_in_a_batch"], len(batch))
+        counts["scoring_seconds"] += time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------- request bodies
+class RequestError(Exception):
+    """An answer other than 200: the status and a message that names the field at fault."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def json_type(value: Any) -> str:
+    """A value's type as JSON calls it (clients are not all Python).
+
+    >>> json_type(3), json_type("a"), json_type(None), json_type({})
+    ('number', 'string', 'null', 'object')
+    """
+    for kind, name in ((bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "array"), (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def items_of(body: Any, key: str, limit: int) -> list:
+    """``body[key]``: a non-empty list of at most ``limit`` items, or a RequestError naming ``key``."""
+    if not isinstance(body, dict):
+        raise RequestError(422, f"the body must be a JSON object with {key!r}, got a JSON {json_type(body)}")
+    if key not in body:
+        raise RequestError(422, f"{key!r} is missing")
+    value = body[key]
+    if not isinstance(value, list):
+        raise RequestError(422, f"{key!r} must be an array, got a JSON {json_type(value)}")
+    if not value:
+        raise RequestError(422, f"{key!r} is empty; send at least one item")
+    if len(value) > limit:
+        raise RequestError(413, f"{key!r} holds {len(value)} items; this server scores at most {limit} per request (--max-sequences)")
+    return value
+
+
+def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[int]]:
+    """Token ids of a ``/score`` body, exactly as :meth:`RewardScorer.score` encodes the pairs."""
+    prompts, responses = items_of(body, "prompts", limit), items_of(body, "responses", limit)
+    if len(prompts) != len(responses):
+        raise RequestError(422, f"'prompts' has {len(prompts)} items and 'responses' {len(responses)}; they pair up one to one")
+    sequences = []
+    for index, (prompt, response) in enumerate(zip(prompts, responses)):
+        try:
+            messages = to_messages(prompt, "request", index, "prompts")
+        except DataError as err:  # err.problem never quotes the text itself
+            raise RequestError(422, f"prompts[{index}]: {err.problem}") from None
+        if not isinstance(response, str):
+            raise RequestError(422, f"responses[{index}] must be a string, got a JSON {json_type(response)}")
+        try:
+            sequences.append(scorer.encode(messages, response))
+        except TemplateError as err:  # e.g. a template that refuses a system turn, or turns out of order
+            raise RequestError(422, f"prompts[{index}]: the reward model's chat template refuses this conversation ({err})") from None
+    return sequences
+
+
+def encode_query_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[int]]:
+    """Token ids of a ``/get_reward`` body: each text as given, cut from the left."""
+    sequences = []
+    for index, text in enumerate(items_of(body, "query", limit)):
+        if not isinstance(text, str):
+            raise RequestError(422, f"query[{index}] must be a string, got a JSON {json_type(text)}")
+        ids = scorer.encode_text(text)
+        if not ids:
+            raise RequestError(422, f"query[{index}] is empty: there is no token to read a reward at")
+        sequences.append(ids)
+    return sequences
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The parsed body, or 413 when it is over ``limit`` bytes, or 400 when it is not JSON.
+
+    An oversized body is still read to its end (and thrown away): answering before it is consumed
+    would close the connection with unread data, which resets it, and the client would see a reset
+    instead of the 413.
+    """
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise RequestError(413, f"the body is {size} bytes; this server takes at most {limit} (--max-body-bytes)")
+    try:
+        return json.loads(b"".join(chunks))
+    except UnicodeDecodeError:
+        raise RequestError(400, "the body is not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as err:  # its msg describes the syntax, never the text
+        raise RequestError(400, f"the body is not valid JSON ({err.msg}: line {err.lineno}, column {err.colno})") from None
+
+
+def clipped(text: str, limit: int = LOGGED_BODY_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+# ------------------------------------------------------------------------------------ the app
+class RewardService:
+    """What the endpoints share: the options, the batcher, and the counts of requests accepted for
+    scoring (valid and queued) and answered with rewards: equal after a drain, when none is dropped."""
+
+    def __init__(self, options: ServeOptions, load: Callable[[], RewardScorer] | None = None):
+        self.options = options
+        self.batcher = RewardBatcher(load or (lambda: load_scorer(options)), max_batch_tokens=options.max_batch_tokens,
+                                     max_wait_s=options.max_wait_ms / 1000)
+        self.accepted = self.answered = 0  # touched only on the event loop
+
+    def ready_scorer(self) -> RewardScorer:
+        if self.batcher.scorer is None:
+            raise RequestError(503, "the reward model failed to load" if self.batcher.load_error else "the reward model is loading")
+        return self.batcher.scorer
+
+    async def rewards(self, sequences: list[list[int]]) -> list[float]:
+        try:
+            future = self.batcher.submit(sequences)
+        except ServerStopping as err:
+            raise RequestError(503, str(err)) from None
+        self.accepted += 1
+        timeout = self.options.request_timeout_s
+        try:
+            # On timeout wait_for cancels the wrapper, which cancels the future; the batcher then
+            # skips the request if it has not started scoring it.
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            raise RequestError(504, f"no rewards within {timeout:g} s (--request-timeout-s): the server is "
+                                    "overloaded or the request is too large") from None
+        except Exception as err:  # noqa: BLE001 - the batch failed (logged by the batcher)
+            raise RequestError(500, f"scoring failed: {type(err).__name__}: {err}") from None
+
+    async def answer(self, request: Request, encode: Callable[[RewardScorer, Any, int], list[list[int]]]) -> JSONResponse:
+        scorer = self.ready_scorer()
+        body = await read_json(request, self.options.max_body_bytes)
+        sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
+        rewards = await self.rewards(sequences)
+        self.answered += 1
+        if self.options.log_requests:
+            logger.info("%s %s → rewards %s", request.url.path, clipped(json.dumps(body, ensure_ascii=False)), rewards)
+        return JSONResponse({"rewards": rewards})
+
+    def info(self) -> dict[str, Any]:
+        from .engine import choose_layout
+
+        scorer = self.ready_scorer()
+        parameter = next(scorer.model.parameters())
+        options = self.options
+        return {
+            "model": scorer.model_dir, "objective": scorer.record.objective, "attributes": scorer.attributes,
+            "attribute_weights": scorer.attribute_weights, "max_length": scorer.max_length, "record": scorer.meta,
+            "engine": {"layout": choose_layout(scorer.model, scorer.layout), "device": str(parameter.device),
+                       "dtype": str(parameter.dtype).removeprefix("torch."), "batch_size": scorer.batch_size},
+            "limits": {"max_batch_tokens": options.max_batch_tokens, "max_wait_ms": options.max_wait_ms,
+                       "max_sequences": options.max_sequences, "max_body_bytes": options.max_body_bytes,
+                       "request_timeout_s": options.request_timeout_s},
+            "counts": {**self.batcher.counts, "accepted": self.accepted, "answered": self.answered},
+        }
+
+
+def service_of(request: Request) -> RewardService:
+    return request.app.state.service
+
+
+async def health(request: Request) -> JSONResponse:
+    batcher = service_of(request).batcher
+    if batcher.scorer is not None:
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "failed" if batcher.load_error else "loading"}, status_code=503)
+
+
+async def info(request: Request) -> JSONResponse:
+    return JSONResponse(service_of(request).info())
+
+
+async def score(request: Request) -> JSONResponse:
+    return await service_of(request).answer(request, encode_score_body)
+
+
+async def get_reward(request: Request) -> JSONResponse:
+    return await service_of(request).answer(request, encode_query_body)
+
+
+async def request_error_response(request: Request, err: RequestError) -> JSONResponse:
+    return JSONResponse({"detail": err.message}, status_code=err.status)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    service: RewardService = app.state.service
+    service.batcher.start()
+    try:
+        yield
+    finally:
+        # uvicorn calls this after the connections in flight have closed; whatever is still queued
+        # is answered before the thread ends.
+        await run_in_threadpool(service.batcher.stop)
+        counts = service.batcher.counts
+        logger.info("stopped: accepted %d requests for scoring, answered %d with rewards (%d sequences, %d tokens, %d batches)",
+                    service.accepted, service.answered, counts["sequences"], counts["tokens"], counts["batches"])
+
+
+def create_app(options: ServeOptions, load: Callable[[], RewardScorer] | None = None) -> FastAPI:
+    """The ASGI app; ``load`` builds the scorer on the batching thread (default: :func:`load_scorer`)."""
+    # The endpoints take raw JSON and check it themselves (messages that name the field, never echo
+    # the text), so FastAPI's schema pages would show nothing useful: they are off.
+    app = FastAPI(title="hsrm reward server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = RewardService(options, load)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/info", info, methods=["GET"])
+    app.add_api_route("/score", score, methods=["POST"])
+    app.add_api_route("/get_reward", get_reward, methods=["POST"])
+    app.add_exception_handler(RequestError, request_error_response)
+    return app
+
+
+# ------------------------------------------------------------------------------------ the CLI
+@contextlib.contextmanager
+def stop_signals_recorded():
+    """While uvicorn runs it owns SIGINT/SIGTERM (graceful shutdown); afterwards it re-raises the
+    signal it caught so that the default action kills the process. A drained server has done its
+    job and exits 0 (what a supervisor expects from a clean stop), so the re-raised signal lands
+    here and is only recorded."""
+    caught: list[int] = []
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda number, frame: caught.append(number)) for sig in stop_signals}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def url_of(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(options: ServeOptions) -> None:
+    import uvicorn
+
+    app = create_app(options)
+    service: RewardService = app.state.service
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info", access_log=options.log_requests,
+                            timeout_graceful_shutdown=options.request_timeout_s + SHUTDOWN_GRACE_S)
+    server = uvicorn.Server(config)
+    service.batcher.on_load_failure = lambda err: setattr(server, "should_exit", True)  # polled by uvicorn's main loop
+    try:
+        loopback = ipaddress.ip_address(options.host).is_loopback
+    except ValueError:
+        loopback = options.host == "localhost"
+    if not loopback:
+        logger.warning("listening on %s: the server has no authentication; whoever reaches this address can use it", options.host)
+    sock = config.bind_socket()  # bound here so that --port 0 can print the port it got
+    host, port = sock.getsockname()[:2]
+    print(f"hsrm serve: {options.model} at {url_of(host, port)} (GET /health answers 200 once the model is loaded)", flush=True)
+    with stop_signals_recorded():
+        server.run(sockets=[sock])
+    if service.batcher.load_error is not None:
+        raise service.batcher.load_error
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = serve_options(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    serve(options)
+
+
+# ------------------------------------------------------------------------------------ the client
+class RemoteRewardError(RuntimeError):
+    """The reward server answered with an error (``status`` and its message), or could not be reached (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteRewardScorer:
+    """A served reward model as a TRL reward function: ``(prompts, completions, **kwargs) -> list[float]``.
+
+    ``RemoteRewardScorer("http://127.0.0.1:8000")(prompts, completions)`` handles TRL's plain-text
+    and conversational formats as :class:`hsrm.scoring.RewardScorer` does (through
+    :func:`hsrm.scoring.split_completion`) and scores through ``POST /score``, so the rewards are
+    those of the in-process scorer. Standard library HTTP; connection errors and 503 (loading,
+    shutting down) are retried ``retries`` times with a doubling wait (scoring is idempotent);
+    other errors raise :class:`RemoteRewardError` with the server's message.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 600.0, retries: int = 3, retry_wait_s: float = 0.5,
+                 name: str = "reward_remote"):
+        self.url = url.rstrip("/")
+        self.timeout_s, self.retries, self.retry_wait_s = timeout_s, retries, retry_wait_s
+        self.__name__ = name  # TRL logs a reward function as rewards/<__name__>/mean
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
+        """TRL's reward-function signature; extra columns (``completion_ids``, ``trainer_state`` …) are ignored."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        pairs = [split_completion(prompt, completion, index) for index, (prompt, completion) in enumerate(zip(prompts, completions))]
+        return self.score([messages for messages, _ in pairs], [response for _, response in pairs])
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        """Rewards of (prompt, response) pairs, as :meth:`RewardScorer.score` gives them."""
+        return self._rewards("/score", {"prompts": list(prompts), "responses": list(responses)}, len(prompts))
+
+    def get_reward(self, texts: Sequence[str]) -> list[float]:
+        """Rewards of already formatted texts (OpenRLHF's protocol)."""
+        return self._rewards("/get_reward", {"query": list(texts)}, len(texts))
+
+    def info(self) -> dict[str, Any]:
+        return self._request("GET", "/info")
+
+    def wait_until_ready(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Poll ``/health`` until the model is loaded; then the server's ``/info``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.info()
+            except RemoteRewardError as err:
+                if err.status not in (None, 503) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+    def _rewards(self, path: str, payload: dict, expected: int) -> list[float]:
+        rewards = self._request("POST", path, payload).get("rewards")
+        if not isinstance(rewards, list) or len(rewards) != expected:
+            raise RemoteRewardError(f"{self.url}{path} answered {len(rewards) if isinstance(rewards, list) else 'no'} "
+                                    f"rewards for {expected} items")
+        return rewards
+
+    def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
+        data = None if payload is None else json.dumps(payload).encode()
+        last: str = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(self.retry_wait_s * 2 ** (attempt - 1), 10.0))
+            request = urllib.request.Request(self.url + path, data=data, method=method,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as err:  # before URLError: it is one
+                message = server_message(err)
+                if err.code == 503 and attempt < self.retries:
+                    last = f"503: {message}"
+                    continue
+                raise RemoteRewardError(f"{self.url}{path} answered {err.code}: {message}", status=err.code) from None
+            except (urllib.error.URLError, ConnectionError, http.client.HTTPException, TimeoutError) as err:
+                reason = getattr(err, "reason", err)
+                if isinstance(reason, (TimeoutError, socket.timeout)):
+                    # The server may still be working on it: resending would only add load.
+                    raise RemoteRewardError(f"{self.url}{path}: no answer within {self.timeout_s:g} s") from None
+                last = f"{type(reason).__name__}: {reason}"
+        raise RemoteRewardError(f"{self.url}{path}: no answer after {self.retries + 1} tries ({last})",
+                                status=503 if last.startswith("503") else None)
+
+
+def server_message(err: urllib.error.HTTPError) -> str:
+    """The ``detail`` an hsrm server puts in its error bodies, else the raw body (cut)."""
+    try:
+        body = err.read().decode("utf-8", "replace")
+    except OSError:
+        return err.reason or ""
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return detail if isinstance(detail, str) else body[:500]
+
+
+if __name__ == "__main__":
+    main()

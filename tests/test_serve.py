@@ -1,0 +1,363 @@
+"""`hsrm serve` (issue 20): the real server as a subprocess on a free loopback port, spoken to over
+HTTP with the standard library. One server serves the whole module (startup costs seconds); the
+SIGTERM test starts its own, and two tests run the app in-process with a loader they control (503
+while loading, 504 on a request that waits too long)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import random
+import re
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import REPO_ROOT
+
+from hsrm.data.messages import to_messages
+from hsrm.data.render import render_text
+from hsrm.scoring import RewardScorer
+from hsrm.serve import RemoteRewardError, RemoteRewardScorer, ServeOptions, create_app, serve_options
+from hsrm.testing import ServeProcess
+
+MAX_LENGTH = 64
+MAX_SEQUENCES = 16
+MAX_BODY_BYTES = 20_000
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two CI cores, shared with the test process
+SERVER_FLAGS = ["--max-length", str(MAX_LENGTH), "--max-wait-ms", "20", "--max-sequences", str(MAX_SEQUENCES),
+                "--max_body_bytes", str(MAX_BODY_BYTES)]  # both spellings, as users will type them
+
+PROMPTS = ["How do I bake bread?", [{"role": "user", "content": "What is the capital of France?"}],
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say thank you."},
+            {"role": "assistant", "content": "Thank you."}, {"role": "user", "content": "Again, please."}],
+           "Python list?", "Numbers please"]
+RESPONSES = ["Mix flour, water, yeast and salt, knead, then bake.", "Paris.", "Thank you!", "print([1, 2, 3])",
+             "0 1 2 3 4 5 6 7 8 9 " * 12]  # the last one is cut from the left at MAX_LENGTH tokens
+
+
+# ------------------------------------------------------------------------------------ helpers
+def request(url: str, path: str, body: bytes | dict | list | None = None, method: str | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def assert_close(got, expected, tolerance=1e-5):
+    assert len(got) == len(expected)
+    worst = max(abs(a - b) for a, b in zip(got, expected))
+    assert worst <= tolerance, (got, expected)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    process = ServeProcess(["--model", str(tiny_model_dir), *SERVER_FLAGS], env=ONE_THREAD)
+    yield process
+    assert process.stop() == 0, process.output()
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_dir):
+    return RewardScorer(str(tiny_model_dir), max_length=MAX_LENGTH, device="cpu")
+
+
+# ------------------------------------------------------------------------------------ answers
+def test_score_equals_reward_scorer(server, scorer):
+    status, body = request(server.url, "/score", {"prompts": PROMPTS, "responses": RESPONSES})
+    assert status == 200, body
+    assert_close(body["rewards"], scorer.score(PROMPTS, RESPONSES))
+    assert len(set(body["rewards"])) == len(RESPONSES)  # a constant answer would not pass for a reward model
+
+
+def test_get_reward_scores_the_text_as_given_and_ignores_other_keys(server, scorer):
+    """OpenRLHF sends the formatted conversation (and `prompts`, `labels`, which are not ours to use)."""
+    texts = [render_text(scorer.tokenizer, to_messages(p), r) for p, r in zip(PROMPTS, RESPONSES)]
+    status, body = request(server.url, "/get_reward", {"query": texts, "prompts": ["ignored"], "labels": [1]})
+    assert status == 200, body
+    assert_close(body["rewards"], scorer.score(PROMPTS, RESPONSES))
+    # A text is scored as given: no template, no special token added, cut from the left.
+    raw = "The quick brown fox jumps over the lazy dog. " * 10
+    ids = scorer.tokenizer(raw, add_special_tokens=False)["input_ids"]
+    assert len(ids) > MAX_LENGTH
+    status, body = request(server.url, "/get_reward", {"query": [raw]})
+    assert status == 200 and body["rewards"] != scorer.score_ids([ids[:MAX_LENGTH]]).tolist()
+    assert_close(body["rewards"], scorer.score_ids([ids[-MAX_LENGTH:]]).tolist())
+
+
+def test_sixteen_clients_each_get_their_own_rewards_whatever_they_were_batched_with(server, scorer):
+    rng = random.Random(0)
+    words = "flour water yeast salt knead bake Paris France thank you sorry good bad great terrible".split()
+    pool = [(rng.choice(PROMPTS), " ".join(rng.choices(words, k=rng.randint(1, 40)))) for _ in range(40)]
+    requests = [rng.sample(pool, rng.randint(1, 6)) for _ in range(48)]
+    solo = [scorer.score([p for p, _ in pairs], [r for _, r in pairs]) for pairs in requests]
+
+    def send(pairs):
+        return request(server.url, "/score", {"prompts": [p for p, _ in pairs], "responses": [r for _, r in pairs]})
+
+    with ThreadPoolExecutor(16) as pool_of_clients:
+        answers = list(pool_of_clients.map(send, requests))
+    for (status, body), expected in zip(answers, solo):
+        assert status == 200, body
+        assert_close(body["rewards"], expected)
+    counts = request(server.url, "/info")[1]["counts"]
+    assert counts["most_requests_in_a_batch"] > 1, counts  # requests really were merged
+    assert counts["batches"] < counts["requests"], counts
+
+
+def test_info_reports_the_record_the_engine_and_the_limits(server):
+    status, info = request(server.url, "/info")
+    assert status == 200
+    assert info["max_length"] == MAX_LENGTH and info["attributes"] == ["reward"] and info["record"]["format_version"] == 1
+    assert info["engine"] == {"layout": "padded", "device": "cpu", "dtype": "float32", "batch_size": 8}
+    assert info["limits"]["max_sequences"] == MAX_SEQUENCES and info["limits"]["max_body_bytes"] == MAX_BODY_BYTES
+
+
+# ------------------------------------------------------------------------------------ bad input
+BAD_INPUT = [
+    ("/score", b'{"prompts": ["a"', 400, "not valid JSON"),
+    ("/score", b"\xff\xfe\x00", 400, "not valid JSON"),
+    ("/score", [1, 2], 422, "JSON object"),
+    ("/score", {"responses": ["x"]}, 422, "'prompts' is missing"),
+    ("/score", {"prompts": "hi", "responses": ["x"]}, 422, "'prompts' must be an array"),
+    ("/score", {"prompts": [], "responses": []}, 422, "'prompts' is empty"),
+    ("/score", {"prompts": ["a", "b"], "responses": ["x"]}, 422, "pair up"),
+    ("/score", {"prompts": ["a"], "responses": [3]}, 422, "responses[0]"),
+    ("/score", {"prompts": ["a", [{"role": "robot", "content": "x"}]], "responses": ["x", "y"]}, 422, "prompts[1]"),
+    ("/score", {"prompts": [""], "responses": ["x"]}, 422, "prompts[0]"),
+    ("/score", {"prompts": ["a"] * (MAX_SEQUENCES + 1), "responses": ["b"] * (MAX_SEQUENCES + 1)}, 413, f"at most {MAX_SEQUENCES}"),
+    ("/get_reward", {"queries": ["x"]}, 422, "'query' is missing"),
+    ("/get_reward", {"query": []}, 422, "'query' is empty"),
+    ("/get_reward", {"query": ["ok", None]}, 422, "query[1]"),
+    ("/get_reward", {"query": [""]}, 422, "query[0]"),
+    ("/get_reward", {"query": ["x"] * (MAX_SEQUENCES + 1)}, 413, f"at most {MAX_SEQUENCES}"),
+    ("/get_reward", {"query": ["x" * (MAX_BODY_BYTES + 1)]}, 413, f"at most {MAX_BODY_BYTES}"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, message", BAD_INPUT, ids=[f"{i}-{case[3]}" for i, case in enumerate(BAD_INPUT)])
+def test_bad_input_is_answered_with_its_status_and_the_server_stays_healthy(server, path, body, status, message):
+    got, answer = request(server.url, path, body)
+    assert (got, message in answer.get("detail", "")) == (status, True), answer
+    assert request(server.url, "/health") == (200, {"status": "ok"})
+
+
+def test_a_conversation_the_chat_template_refuses_is_a_422_naming_the_prompt(scorer):
+    from hsrm.serve import RequestError, encode_score_body
+
+    template = scorer.tokenizer.chat_template
+    scorer.tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
+                                      + template)
+    try:
+        with pytest.raises(RequestError, match=r"prompts\[1\]: the reward model's chat template refuses .*no system turns") as raised:
+            encode_score_body(scorer, {"prompts": [PROMPTS[0], PROMPTS[2]], "responses": ["a", "b"]}, MAX_SEQUENCES)
+        assert raised.value.status == 422
+    finally:
+        scorer.tokenizer.chat_template = template
+
+
+def test_a_chunked_body_over_the_limit_is_refused_too(server):
+    """No Content-Length to check up front: the limit is counted while reading."""
+    connection = http.client.HTTPConnection(*server.host_port, timeout=30)
+    chunks = iter([b'{"query": ["', b"x" * (MAX_BODY_BYTES + 10), b'"]}'])  # an iterator: http.client sends it chunked
+    connection.request("POST", "/get_reward", body=chunks, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 413 and f"at most {MAX_BODY_BYTES}" in json.loads(response.read())["detail"]
+    connection.close()
+    assert request(server.url, "/get_reward", {"query": ["still here"]})[0] == 200
+
+
+def test_wrong_methods_and_paths_get_http_answers(server):
+    assert request(server.url, "/score", method="GET")[0] == 405
+    assert request(server.url, "/nowhere")[0] == 404
+
+
+def test_texts_are_never_logged_without_log_requests(server):
+    marker = "zebra-marker-7f3a"
+    assert request(server.url, "/score", {"prompts": [marker], "responses": [marker]})[0] == 200
+    assert request(server.url, "/score", {"prompts": [marker], "responses": [3]})[0] == 422
+    assert request(server.url, "/get_reward", {"query": [marker, 1]})[0] == 422
+    assert request(server.url, "/score", f'{{"prompts": ["{marker}"'.encode())[0] == 400
+    time.sleep(0.3)  # let the reader thread catch up
+    assert "hsrm serve:" in server.output() and marker not in server.output()
+
+
+# ------------------------------------------------------------------------------------ the client
+def test_remote_reward_scorer_is_a_trl_reward_function_with_the_in_process_rewards(server, scorer):
+    remote = RemoteRewardScorer(server.url)
+    conversational = ([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "2+2?"}]],
+                      [[{"role": "assistant", "content": "Hello!"}], [{"role": "assistant", "content": "4"}]])
+    plain = (["Hi", "2+2?"], ["Hello!", "4"])
+    for prompts, completions in (conversational, plain):
+        assert_close(remote(prompts, completions, completion_ids=[[1], [2]], trainer_state=None), scorer(prompts, completions))
+    assert_close(remote.get_reward(["plain text"]), scorer.score_ids([scorer.encode_text("plain text")]).tolist())
+    with pytest.raises(RemoteRewardError, match="422: 'prompts' has 2 items and 'responses' 1") as raised:
+        remote.score(["a", "b"], ["x"])
+    assert raised.value.status == 422
+
+
+def test_remote_reward_scorer_retries_connection_errors_then_says_so():
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    remote = RemoteRewardScorer(f"http://127.0.0.1:{port}", retries=2, retry_wait_s=0.01)
+    with pytest.raises(RemoteRewardError, match="no answer after 3 tries.*Connection refused") as raised:
+        remote.score(["a"], ["b"])
+    assert raised.value.status is None
+
+
+# ------------------------------------------------------------------------------------ SIGTERM
+def test_sigterm_during_a_burst_answers_every_accepted_request_and_exits_0(tiny_model_dir, scorer):
+    """16 clients send requests in a loop; SIGTERM arrives mid-burst. Every request the server took
+    is answered with 200 and its own rewards (a client whose connection is refused or closed before
+    the server read its request stops there): the server's counts of requests accepted for scoring
+    and answered and the clients' count of 200s are one number, and the process exits 0. --log-requests puts the
+    texts in the log."""
+    # Batches wait 300 ms for company, so when the signal comes requests are still queued, past the
+    # 0.1 s uvicorn pauses before it starts waiting for them: a server that dropped them would fail here.
+    process = ServeProcess(["--model", str(tiny_model_dir), *SERVER_FLAGS, "--log-requests", "--max-wait-ms", "300"], env=ONE_THREAD)
+    expected = dict(zip(RESPONSES, scorer.score(PROMPTS, RESPONSES)))
+    answered, unexpected, lock = [], [], threading.Lock()
+    deadline = time.monotonic() + 30
+
+    def client(index: int):
+        rng = random.Random(index)
+        while time.monotonic() < deadline:
+            k = rng.randrange(len(PROMPTS))
+            try:
+                status, body = request(process.url, "/score", {"prompts": [PROMPTS[k]], "responses": [RESPONSES[k]]})
+            except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+                return  # not accepted: the server had stopped listening, or never read this request
+            with lock:
+                if status == 200 and abs(body["rewards"][0] - expected[RESPONSES[k]]) <= 1e-5:
+                    answered.append(k)
+                else:
+                    unexpected.append((status, body))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    while len(answered) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(60)
+    code = process.stop()
+    log = process.output()
+    assert not unexpected, unexpected[:3]
+    assert code == 0, log[-3000:]
+    accepted, answered_by_server = map(int, re.search(r"stopped: accepted (\d+) requests for scoring, answered (\d+)", log).groups())
+    assert accepted == answered_by_server == len(answered) >= 40, log[-3000:]
+    assert "Paris." in log  # --log-requests logs the texts
+
+
+# ------------------------------------------------------------------------------------ in-process
+@contextlib.contextmanager
+def in_process_server(options: ServeOptions, load):
+    """The app under uvicorn in a thread (no signal handling there), with a loader the test controls."""
+    import uvicorn
+
+    app = create_app(options, load)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    sock = config.bind_socket()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield "http://127.0.0.1:%d" % sock.getsockname()[1], app.state.service
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_health_is_503_until_the_model_is_loaded(tiny_model_dir):
+    loaded = threading.Event()
+
+    def slow_load():
+        loaded.wait(30)
+        return RewardScorer(str(tiny_model_dir), max_length=MAX_LENGTH, device="cpu")
+
+    with in_process_server(ServeOptions(model=str(tiny_model_dir)), slow_load) as (url, _):
+        assert request(url, "/health") == (503, {"status": "loading"})
+        assert request(url, "/score", {"prompts": ["a"], "responses": ["b"]}) == (503, {"detail": "the reward model is loading"})
+        assert request(url, "/info")[0] == 503
+        with pytest.raises(RemoteRewardError, match="503: the reward model is loading"):
+            RemoteRewardScorer(url, retries=0).score(["a"], ["b"])
+        loaded.set()
+        assert RemoteRewardScorer(url).wait_until_ready(30)["max_length"] == MAX_LENGTH
+        assert request(url, "/health") == (200, {"status": "ok"})
+
+
+def test_a_request_that_waits_too_long_gets_504_and_the_server_goes_on(tiny_model_dir):
+    release = threading.Event()
+
+    def load_with_a_stuck_first_batch():
+        scorer = RewardScorer(str(tiny_model_dir), max_length=MAX_LENGTH, device="cpu")
+        score_ids = scorer.score_ids
+
+        def first_batch_stuck(sequences, **kwargs):
+            release.wait(30)
+            return score_ids(sequences, **kwargs)
+
+        scorer.score_ids = first_batch_stuck
+        return scorer
+
+    options = ServeOptions(model=str(tiny_model_dir), request_timeout_s=0.5)
+    with in_process_server(options, load_with_a_stuck_first_batch) as (url, service):
+        RemoteRewardScorer(url).wait_until_ready(30)
+        status, body = request(url, "/score", {"prompts": ["a"], "responses": ["b"]})
+        assert status == 504 and "no rewards within 0.5 s" in body["detail"]
+        release.set()
+        status, body = request(url, "/score", {"prompts": PROMPTS, "responses": RESPONSES})
+        assert status == 200 and len(body["rewards"]) == len(PROMPTS)
+        assert request(url, "/health")[0] == 200
+
+
+def test_a_model_that_fails_to_load_ends_the_command_with_its_error(tmp_path, capsys):
+    from hsrm.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--port", "0"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_options_take_both_spellings_and_refuse_nonsense():
+    options = serve_options(["--model", "m", "--max-batch-tokens", "512", "--max_wait_ms", "2.5", "--log-requests"])
+    assert (options.max_batch_tokens, options.max_wait_ms, options.log_requests, options.host) == (512, 2.5, True, "127.0.0.1")
+    assert serve_options(["--model", "m", "--max_batch_tokens", "7"]).max_batch_tokens == 7
+    for bad, message in ((["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
+                         (["--max-wait-ms", "-1"], "--max-wait-ms must be ≥ 0"), (["--port", "70000"], "--port"),
+                         (["--dtype", "float8"], "--dtype 'float8'")):
+        with pytest.raises(ValueError, match=message):
+            serve_options(["--model", "m", *bad])
+
+
+# ------------------------------------------------------------------------------------ the bench
+def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_bench", REPO_ROOT / "bench" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--requests", "6", "--pairs-per-request", "2", "--concurrency", "1,3", "--hidden", "32", "--layers", "1",
+                         "--max-prompt-words", "16", "--max-response-words", "32", "--max-length", "128", "--max-batch-tokens", "4096",
+                         "--rounds", "1"])
+    assert [row["concurrency"] for row in result["server"]] == [1, 3]
+    for row in result["server"]:
+        assert row["requests"] == 6 and row["tokens_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+        assert row["max_reward_difference"] <= 1e-5 and row["ratio_to_in_process"] > 0
+        assert len(row["rounds"]) == 1 and row["in_process_tokens_per_s"] > 0 and 0 < row["engine_busy"] <= 1
+    assert result["server_exit_code"] == 0
+    assert result["target"] is None  # no level at 16 clients in this run
