@@ -3,8 +3,11 @@ to ../shared/data when it exists. Nothing here touches the network."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,12 @@ torch.set_num_threads(1)  # tiny models: thread overhead outweighs any parallel 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tokenized training data is cached by fingerprint under datasets' cache (hsrm.data.tokenize): a
+# session gets its own, so no test reads what an earlier checkout of the code wrote. Subprocess runs
+# inherit it, as the ranks of a real run share one cache.
+if "HF_DATASETS_CACHE" not in os.environ:
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hsrm-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

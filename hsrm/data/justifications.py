@@ -264,9 +264,11 @@ def encode_justifier_prompt(tokenizer, prompt, response_1: str, response_2: str,
     Only when even empty responses do not fit is the prompt cut from the left.
     """
 
+    from .render import token_ids
+
     def render(r1: str, r2: str) -> list[int]:
         text = tokenizer.apply_chat_template(justifier_messages(prompt, r1, r2), tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template holds BOS already
+        return token_ids(tokenizer, [text])[0]  # no special tokens added: the template holds BOS already
 
     ids = render(response_1, response_2)
     if stats is not None:
@@ -275,8 +277,7 @@ def encode_justifier_prompt(tokenizer, prompt, response_1: str, response_2: str,
     if limit is None or len(ids) <= limit:
         return ids
     original = len(ids)
-    r1_ids = tokenizer(response_1, add_special_tokens=False)["input_ids"]
-    r2_ids = tokenizer(response_2, add_special_tokens=False)["input_ids"]
+    r1_ids, r2_ids = token_ids(tokenizer, [response_1, response_2])
     excess = len(ids) - limit
     for _ in range(6):  # decode → re-tokenize can shift a token or two at the cut; retry with more
         keep_1, keep_2 = _balanced_keep(len(r1_ids), len(r2_ids), len(r1_ids) + len(r2_ids) - excess)
@@ -307,18 +308,48 @@ def encode_justifier_example(tokenizer, prompt, response_1: str, response_2: str
     The prompt is tokenized exactly as at inference (:func:`encode_justifier_prompt`) and the
     assistant turn separately after it, so training and generation see the same prompt tokens.
     """
-    messages = justifier_messages(prompt, response_1, response_2, target)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-    if not full.startswith(head):
+    (encoded,) = encode_justifier_examples(tokenizer, [prompt], [response_1], [response_2], [target], max_length)
+    if encoded is None:
+        return None
+    ids, labels, tokens_cut = encoded
+    if stats is not None:
+        stats.sequences += 1
+        stats.truncated += tokens_cut > 0
+        stats.tokens_cut += tokens_cut
+    return ids, labels
+
+
+def encode_justifier_examples(tokenizer, prompts: Sequence, responses_1: Sequence[str], responses_2: Sequence[str],
+                              targets: Sequence[str], max_length: int | None) -> list[tuple[list[int], list[int], int] | None]:
+    """:func:`encode_justifier_example` for many examples: (input_ids, labels, prompt tokens cut) or
+    None each. One template call and one batch tokenizer call for all; only prompts over
+    ``max_length`` go one by one through :func:`encode_justifier_prompt`'s response-tail cutting."""
+    from .render import TruncationStats, token_ids
+
+    messages = [justifier_messages(p, r1, r2, t) for p, r1, r2, t in zip(prompts, responses_1, responses_2, targets)]
+    if not messages:
+        return []
+    fulls = tokenizer.apply_chat_template(messages, tokenize=False)
+    # The user turn plus the assistant header: exactly what encode_justifier_prompt renders at inference.
+    heads = tokenizer.apply_chat_template([m[:1] for m in messages], tokenize=False, add_generation_prompt=True)
+    if not all(full.startswith(head) for full, head in zip(fulls, heads)):
         raise ValueError("the tokenizer's chat template renders the user turn differently with and without the "
                          "assistant's answer, so the target tokens cannot be located; use a plain chat template")
-    completion_ids = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
-    if max_length is not None and len(completion_ids) >= max_length:
-        return None
-    prompt_ids = encode_justifier_prompt(tokenizer, prompt, response_1, response_2, max_length,
-                                         reserve=len(completion_ids), stats=stats)
-    return prompt_ids + completion_ids, [-100] * len(prompt_ids) + list(completion_ids)
+    ids = token_ids(tokenizer, heads + [full[len(head):] for full, head in zip(fulls, heads)])
+    n = len(messages)
+    encoded: list[tuple[list[int], list[int], int] | None] = []
+    for i, (head_ids, completion_ids) in enumerate(zip(ids[:n], ids[n:])):
+        if max_length is not None and len(completion_ids) >= max_length:
+            encoded.append(None)
+            continue
+        tokens_cut = 0
+        if max_length is not None and len(head_ids) > max_length - len(completion_ids):
+            cut = TruncationStats()
+            head_ids = encode_justifier_prompt(tokenizer, prompts[i], responses_1[i], responses_2[i], max_length,
+                                               reserve=len(completion_ids), stats=cut)
+            tokens_cut = cut.tokens_cut
+        encoded.append((head_ids + list(completion_ids), [-100] * len(head_ids) + list(completion_ids), tokens_cut))
+    return encoded
 
 
 # ------------------------------------------------------------------------------------ data sets
