@@ -47,6 +47,8 @@ class RewardConfig(TrainingArguments):
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "use the first N training rows"})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "use the first N validation rows"})
     on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skips are counted and logged)"})
+    dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "processes that tokenize the data (datasets.map num_proc); "
+                                                                           "empty = this process, with the fast tokenizer's own threads"})
     # --- speed (issue 8; hsrm/packing.py, docs/speed.md)
     padding_free: bool = field(default=False, metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"})
     max_tokens_per_batch: Optional[int] = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
@@ -94,7 +96,7 @@ class RewardConfig(TrainingArguments):
         if self.objective != "regression" and len(self.attributes) != 1:
             self.attributes = ["helpfulness"]
         for name in ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size", "max_tokens_per_batch",
-                     "gradient_accumulation_steps"):
+                     "gradient_accumulation_steps", "dataset_num_proc"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")

@@ -3,11 +3,13 @@
     hsrm train recipes/tiny_bt.yaml --max_steps 20
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m hsrm.train recipes/scaled_bt.yaml
 
-Reads: setup (config → data → model) → train → save (plain HF folder + hsrm metadata).
+Reads: setup (config → data → model) → train → record → save (plain HF folder + hsrm metadata),
+the same lifecycle for every objective (:func:`run_training`); the config is read, never written back.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -17,10 +19,13 @@ import torch
 
 from .config import PAIRWISE_OBJECTIVES, RewardConfig, train_cli_options
 from .data.auto import load_pairs_any, load_ratings_any
+from .data.tokenize import tokenize_pairs, tokenize_ratings
 from .modeling import DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_ALIASES, scalar_reward
 from .record import ModelRecord, reward_statistics
-from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints, save_reward_model,
-                            tokenize_pairs, tokenize_ratings)
+from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints,
+                            save_trained_model)
+from .trainers.justifier import (JustifierCollator, JustifierTrainer, build_justifier_model, justifier_record,
+                                 prepare_justifier_run)
 from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
 from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
 
@@ -36,12 +41,16 @@ def load_datasets(cfg: RewardConfig, tokenizer):
     def load(role: str, source: str, split: str, limit: int | None):
         if cfg.objective == "regression":
             ds, report = load_ratings_any(source, split, cfg.attributes, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
-            tokenized, stats = tokenize_ratings(ds, tokenizer, cfg.attributes, cfg.max_length)
         else:
             ds, report = load_pairs_any(source, split, cfg.data_format, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
             if cfg.objective in ("margin_bt", "scaled_bt") and "has_margin" in ds.column_names:
                 ds = require_margins(ds, report, source, cfg)
-            tokenized, stats = tokenize_pairs(ds, tokenizer, cfg.max_length)
+        # The first process tokenizes and writes the cache (hsrm.data.tokenize); the others then read it.
+        with cfg.main_process_first(desc=f"tokenizing the {role} data"):
+            if cfg.objective == "regression":
+                tokenized, stats = tokenize_ratings(ds, tokenizer, cfg.attributes, cfg.max_length, num_proc=cfg.dataset_num_proc)
+            else:
+                tokenized, stats = tokenize_pairs(ds, tokenizer, cfg.max_length, num_proc=cfg.dataset_num_proc)
         summary[role] = {"load": report.summary(), "truncation": stats.summary()}
         logger.info("%s | %s", report.summary(), stats.summary())
         if len(tokenized) == 0:
@@ -74,14 +83,35 @@ def require_margins(ds, report, source: str, cfg: RewardConfig):
     return ds.filter(lambda has: has, input_columns="has_margin")
 
 
+def training_arguments(cfg: RewardConfig, *, has_eval: bool) -> RewardConfig:
+    """The arguments the Trainer runs with, derived from ``cfg`` (a copy; the config itself is never
+    written back): checkpoints under ``output_dir/checkpoints``, so the model folder holds only the
+    final model; no evaluation without an evaluation set; no gradient checkpointing with
+    ``train_top_layers`` (it would make the embedding output require grad and backpropagate through
+    every frozen layer, which keeps no activations anyway)."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    args = copy.copy(cfg)
+    args.output_dir = f"{cfg.output_dir}/checkpoints"
+    if not has_eval:
+        args.eval_strategy = IntervalStrategy.NO
+        args.load_best_model_at_end = False
+    if cfg.train_top_layers and cfg.gradient_checkpointing:
+        logger.warning("gradient_checkpointing turned off: with train_top_layers the frozen layers keep no activations")
+        args.gradient_checkpointing = False
+    return args
+
+
 def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
+    """The trainer of ``cfg.objective``, running with :func:`training_arguments`."""
     from .data.render import PairwiseCollator, PointwiseCollator
     from .packing import PackedPairwiseCollator, PackedPointwiseCollator, check_packing_support
 
-    if eval_ds is None:
-        cfg.eval_strategy = "no"
-        cfg.load_best_model_at_end = False
+    args = training_arguments(cfg, has_eval=eval_ds is not None)
     pad_id = tokenizer.pad_token_id
+    if cfg.objective == "justifier":
+        return JustifierTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                                data_collator=JustifierCollator(pad_id))
     if cfg.padding_free:  # one packed row per micro-batch (issue 8); refuses attention paths that would mix sequences
         check_packing_support(model)
     pointwise_collator = PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id)
@@ -91,8 +121,8 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     elif cfg.objective in PAIRWISE_OBJECTIVES:
         trainer_cls, collator, metrics = PairwiseRewardTrainer, pairwise_collator, pairwise_metrics
     else:
-        raise ValueError(f"objective {cfg.objective!r} is trained by `hsrm train` with the justifier trainer")
-    return trainer_cls(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        raise ValueError(f"unknown objective {cfg.objective!r}")
+    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                        data_collator=collator, compute_metrics=metrics)
 
 
@@ -138,39 +168,59 @@ def prepare_output_dir(cfg: RewardConfig) -> None:
                 shutil.rmtree(target)
 
 
-def run_training(cfg: RewardConfig) -> dict[str, Any]:
-    """Train, save the final model at ``cfg.output_dir``, and return a summary."""
-    # Set up the process group now: ZeRO-3 partitions weights inside from_pretrained (zero.Init)
-    # and must already see the world size there.
+def start_processes(cfg: RewardConfig) -> None:
+    """Set up the process group before any model is built: ZeRO-3 partitions weights inside
+    from_pretrained (zero.Init) and must already see the world size there."""
     _ = cfg.device
-    prepare_output_dir(cfg)
-    if cfg.objective == "justifier":
-        from .trainers.justifier import run_justifier_training
-
-        return run_justifier_training(cfg)
     if cfg.deepspeed:
         import deepspeed
 
         # On the CPU path transformers creates the torch process group itself; DeepSpeed's own
         # comm layer must adopt it before zero.Init asks it for the world size.
         deepspeed.init_distributed(dist_backend=cfg.ddp_backend or None)
-    # Seed before the model is built: a backbone without a score head gets a freshly initialised one,
-    # and the Trainer only seeds later, in its own __init__.
+
+
+def run_training(cfg: RewardConfig) -> dict[str, Any]:
+    """Train, save the final model at ``cfg.output_dir``, and return a summary.
+
+    One lifecycle for the scalar trainers and the justifier: set up (data, model), train (resume
+    from the newest complete checkpoint, graceful stop on SIGTERM, complete-marked checkpoints),
+    describe the model (its record), save it through a staging folder with no token in it. Only
+    the set-up and the record differ between the two.
+    """
+    start_processes(cfg)
+    prepare_output_dir(cfg)
+    # Seed before the model is built: a backbone without a score head gets a freshly initialised one
+    # (and LoRA its adapters), and the Trainer only seeds later, in its own __init__.
     from transformers import set_seed
 
     set_seed(cfg.seed)
-    model, tokenizer = build_model(cfg)
-    train_ds, eval_ds, data_summary = load_datasets(cfg, tokenizer)
-    final_dir = cfg.output_dir
-    # Checkpoints live under the model folder, so the folder itself holds only the final model.
-    cfg.output_dir = f"{final_dir}/checkpoints"
+    generative = cfg.objective == "justifier"
+    if generative:
+        model, tokenizer, train_ds, eval_ds, data_summary = prepare_justifier_run(cfg)
+    else:
+        model, tokenizer = build_model(cfg)
+        train_ds, eval_ds, data_summary = load_datasets(cfg, tokenizer)
     trainer = make_trainer(cfg, model, tokenizer, train_ds, eval_ds)
-    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir))
+    checkpoints = trainer.args.output_dir
+    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, checkpoints))
     if trainer.graceful_stop.requested:
-        found = complete_checkpoints(cfg.output_dir)
-        cfg.output_dir = final_dir
+        found = complete_checkpoints(checkpoints)
         raise TrainingInterrupted(trainer.state.global_step, str(found[-1]) if found else None)
-    eval_metrics: dict[str, float] = {}
+    if generative:
+        record, extra = justifier_record(cfg, trainer, eval_ds), {}
+        save_trained_model(trainer, cfg, cfg.output_dir, record, bare_model=lambda: build_justifier_model(cfg, with_lora=False))
+    else:
+        record, extra = scalar_record(cfg, trainer, train_ds, eval_ds)
+        save_trained_model(trainer, cfg, cfg.output_dir, record, bare_model=lambda: build_model(cfg, with_lora=False))
+    return {"output_dir": cfg.output_dir, "train_loss": result.training_loss, "global_step": result.global_step,
+            "log_history": trainer.state.log_history, "data": data_summary, **record.to_dict(), **extra}
+
+
+def scalar_record(cfg: RewardConfig, trainer, train_ds, eval_ds) -> tuple[ModelRecord, dict[str, Any]]:
+    """The record of a trained reward model (reward statistics and final metrics on the validation
+    set, or on the first 256 training rows) and the validation rewards; names the outputs of a
+    regression head in its config."""
     stats_source = eval_ds if eval_ds is not None else train_ds.select(range(min(len(train_ds), 256)))
     prediction = trainer.predict(stats_source, metric_key_prefix="eval")
     eval_metrics = {k: float(v) for k, v in prediction.metrics.items() if isinstance(v, (int, float))}
@@ -187,20 +237,15 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
         init_from=cfg.init_from, train_data=cfg.train_data, max_length=cfg.max_length,
         reward_stats_on="validation" if eval_ds is not None else "train (first 256 rows; no validation set given)",
         **stats, eval_metrics=eval_metrics, lora=bool(cfg.use_lora))
-    model_ref = trainer.model
     if cfg.objective == "regression":
         names = list(cfg.attributes)
-        base_model = getattr(model_ref, "get_base_model", lambda: model_ref)()
-        base_model.config.id2label = dict(enumerate(names))
-        base_model.config.label2id = {n: i for i, n in enumerate(names)}
-    save_reward_model(trainer, cfg, final_dir, record)
-    cfg.output_dir = final_dir
-    summary = {"output_dir": final_dir, "train_loss": result.training_loss, "global_step": result.global_step,
-               "log_history": trainer.state.log_history, "data": data_summary, **record.to_dict(),
-               # the scalar reward of every validation row ((n,) rated responses, (n, 2) chosen/rejected
-               # pairs), for callers that plot them without scoring the set again; not written to config.json
-               "eval_rewards": rewards.numpy() if eval_ds is not None else None}
-    return summary
+        model_ref = trainer.model
+        inner = getattr(model_ref, "get_base_model", lambda: model_ref)()
+        inner.config.id2label = dict(enumerate(names))
+        inner.config.label2id = {n: i for i, n in enumerate(names)}
+    # the scalar reward of every validation row ((n,) rated responses, (n, 2) chosen/rejected pairs),
+    # for callers that plot them without scoring the set again; not written to config.json
+    return record, {"eval_rewards": rewards.numpy() if eval_ds is not None else None}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

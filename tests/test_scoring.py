@@ -50,7 +50,7 @@ def test_rewards_agree_across_batch_sizes_training_eval_and_plain_transformers(t
     import datasets
 
     from hsrm.data.render import PairwiseCollator
-    from hsrm.trainers.base import tokenize_pairs
+    from hsrm.data.tokenize import tokenize_pairs
     from hsrm.trainers.pairwise import split_pair_rewards
 
     chosen, rejected = RESPONSES, RESPONSES[::-1][:5] + ["yes"]

@@ -91,7 +91,7 @@ def test_two_stage_init_carries_body_and_helpfulness_head(tmp_path, tiny_model_d
 def test_lora_merged_folder_scores_like_the_unmerged_model(tmp_path, tiny_model_dir, pairs_file):
     from hsrm.config import load_recipe as lr
     from hsrm.train import load_datasets, make_trainer
-    from hsrm.trainers.base import build_model, save_reward_model
+    from hsrm.trainers.base import build_model, save_trained_model
 
     cfg = lr(None, {**FAST, "objective": "bt", "use_lora": True, "lora_r": 4, "model_name_or_path": str(tiny_model_dir),
                     "train_data": str(pairs_file), "output_dir": str(tmp_path / "ckpt")})
@@ -99,7 +99,8 @@ def test_lora_merged_folder_scores_like_the_unmerged_model(tmp_path, tiny_model_
     train_ds, _, _ = load_datasets(cfg, tokenizer)
     trainer = make_trainer(cfg, model, tokenizer, train_ds, None)
     trainer.train()
-    save_reward_model(trainer, cfg, str(tmp_path / "merged"), ModelRecord(objective="bt"))
+    save_trained_model(trainer, cfg, str(tmp_path / "merged"), ModelRecord(objective="bt"),
+                       bare_model=lambda: build_model(cfg, with_lora=False))
     batch = PairwiseCollator(tokenizer.pad_token_id)([train_ds[i] for i in range(6)])
     model.eval()
     with torch.no_grad():
@@ -165,3 +166,17 @@ def test_train_top_layers_changes_only_the_top_blocks_and_head(tmp_path, tiny_mo
 def test_train_top_layers_rejects_bad_values(tmp_path, tiny_model_dir, pairs_file, bad, message):
     with pytest.raises(ValueError, match=message):
         train(tmp_path, tiny_model_dir, pairs_file, objective="bt", **bad)
+
+
+def test_a_run_leaves_its_config_as_it_was(tmp_path, tiny_model_dir, pairs_file):
+    """The config is read, never written back (issue 19): checkpoints under output_dir/checkpoints,
+    evaluation off without eval data and no gradient checkpointing with train_top_layers are all
+    the run's own arguments."""
+    cfg = load_recipe(None, {**FAST, "max_steps": 2, "objective": "bt", "model_name_or_path": str(tiny_model_dir),
+                             "train_data": str(pairs_file), "output_dir": str(tmp_path / "out"), "train_top_layers": 1,
+                             "gradient_checkpointing": True, "eval_strategy": "steps", "eval_steps": 1,
+                             "save_strategy": "steps", "save_steps": 2})
+    before = cfg.to_dict()
+    summary = run_training(cfg)
+    assert cfg.to_dict() == before
+    assert summary["output_dir"] == str(tmp_path / "out") and (tmp_path / "out" / "checkpoints" / "checkpoint-2").is_dir()

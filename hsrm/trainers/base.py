@@ -1,8 +1,10 @@
-"""What the pointwise and pairwise trainers share: model set-up, tokenization, metric logging,
-the non-finite guard, and saving a plain Hugging Face folder.
+"""What every hsrm trainer shares: model set-up, the loss contract with ``transformers.Trainer``
+(gradient accumulation and several processes), metric logging gathered across processes, the
+non-finite guard, graceful stop, crash-safe checkpoints, and saving a plain Hugging Face folder.
 
-The loop belongs to ``transformers.Trainer``; subclasses override ``compute_loss`` and
-``prediction_step`` only. DeepSpeed and multi-GPU come in through ``TrainingArguments``.
+The loop belongs to ``transformers.Trainer``; subclasses override ``compute_loss``,
+``prediction_step`` and ``count_loss_items`` only. DeepSpeed and multi-GPU come in through
+``TrainingArguments``.
 """
 
 from __future__ import annotations
@@ -12,15 +14,13 @@ import logging
 import math
 import os
 import shutil
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from ..config import RewardConfig
-from ..data.render import TruncationStats, encode
 from ..modeling import apply_lora, build_reward_model, freeze_lower_layers, load_reward_model
 from ..record import ModelRecord, write_record
 
@@ -60,42 +60,7 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     if cfg.train_top_layers:
         trainable, total = freeze_lower_layers(model, cfg.train_top_layers)
         logger.info("train_top_layers=%d: %s of %s parameters trainable", cfg.train_top_layers, f"{trainable:,}", f"{total:,}")
-        if cfg.gradient_checkpointing:
-            # Checkpointing makes the embedding output require grad, which would backpropagate through
-            # every frozen layer; the frozen layers keep no activations anyway.
-            logger.warning("gradient_checkpointing turned off: with train_top_layers the frozen layers keep no activations")
-            cfg.gradient_checkpointing = False
     return model, tokenizer
-
-
-# ----------------------------------------------------------------------------------- tokenization
-def tokenize_pairs(dataset, tokenizer, max_length: int):
-    """Pairs → ``chosen_ids, rejected_ids, margin``; truncation counted, no row dropped."""
-    import datasets
-
-    stats = TruncationStats()
-    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "margin": []}
-    rejected_prompts = dataset["rejected_prompt"] if "rejected_prompt" in dataset.column_names else None
-    for i, row in enumerate(dataset):
-        out["chosen_ids"].append(encode(tokenizer, row["prompt"], row["chosen"], max_length, stats))
-        other_prompt = rejected_prompts[i] if rejected_prompts is not None else row["prompt"]
-        out["rejected_ids"].append(encode(tokenizer, other_prompt, row["rejected"], max_length, stats))
-        out["margin"].append(float(row.get("margin", 1.0)))
-    logger.info("tokenized %d pairs: %s", len(dataset), stats.summary())
-    return datasets.Dataset.from_dict(out), stats
-
-
-def tokenize_ratings(dataset, tokenizer, attributes, max_length: int):
-    """Rated responses → ``input_ids, labels`` (one float per attribute)."""
-    import datasets
-
-    stats = TruncationStats()
-    out: dict[str, list] = {"input_ids": [], "labels": []}
-    for row in dataset:
-        out["input_ids"].append(encode(tokenizer, row["prompt"], row["response"], max_length, stats))
-        out["labels"].append([float(row[a]) for a in attributes])
-    logger.info("tokenized %d rated responses: %s", len(dataset), stats.summary())
-    return datasets.Dataset.from_dict(out), stats
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -116,31 +81,54 @@ class TrainingInterrupted(RuntimeError):
 
 
 class NonFiniteGuard(TrainerCallback):
-    """Before each optimizer step: if any gradient is NaN/inf (a NaN loss makes them all NaN), drop
-    every gradient so AdamW skips the step entirely (no moment or weight-decay update), and log it.
-    After ``limit`` consecutive skips, stop with an error naming the step."""
+    """A NaN/inf loss or gradient skips the optimizer step (no moment or weight-decay update) and is
+    logged; after ``limit`` consecutive skips training stops with an error naming the step.
+
+    Without DeepSpeed the guard acts before the step: it drops every gradient, so AdamW skips the
+    step entirely. Under DeepSpeed, accelerate runs ``engine.step()`` inside ``backward``, before any
+    callback, and ZeRO keeps the gradients in its own partitions (``p.grad`` is None); DeepSpeed
+    itself skips a step whose gradient norm is not finite (fp32, and bf16/fp16 with its default
+    ``check_grad_overflow``), so the guard reads that verdict after the step and counts it alike.
+    """
 
     def __init__(self, limit: int):
         self.limit = limit
         self.consecutive = 0
         self.skipped_steps: list[int] = []
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if _deepspeed_steps_in_backward(optimizer):
+            return
         params = [p for p in model.parameters() if p.grad is not None]
         # One device sync for the whole model, not one per parameter.
         finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()) if params else True
+        if not finite:
+            for p in params:
+                p.grad = None
+        self._count(state, finite)
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if _deepspeed_steps_in_backward(optimizer):
+            self._count(state, finite=not optimizer.step_was_skipped)
+
+    def _count(self, state, finite: bool) -> None:
         if finite:
             self.consecutive = 0
             return
         step = state.global_step + 1  # the step being taken
-        for p in params:
-            p.grad = None
         self.consecutive += 1
         self.skipped_steps.append(step)
         logger.warning("non-finite loss or gradient at step %d: update skipped (%d in a row)", step, self.consecutive)
         if self.consecutive >= self.limit:
             raise NonFiniteLossError(f"training stopped at step {step}: {self.consecutive} consecutive non-finite losses or "
                                      "gradients (check the learning rate, the data's margins, or train in float32)")
+
+
+def _deepspeed_steps_in_backward(optimizer) -> bool:
+    """accelerate's DeepSpeed optimizer wrapper: its ``step()`` is a no-op, the engine stepped in backward."""
+    from accelerate.utils import DeepSpeedOptimizerWrapper
+
+    return isinstance(optimizer, DeepSpeedOptimizerWrapper)
 
 
 class GracefulStop(TrainerCallback):
@@ -176,13 +164,32 @@ class GracefulStop(TrainerCallback):
 
 
 class RewardTrainerBase(Trainer):
-    """Adds per-step metric logging, the non-finite guard, graceful stop on SIGTERM and
-    crash-safe checkpoints to ``transformers.Trainer``."""
+    """Adds the loss contract, per-step metrics gathered across processes, the non-finite guard,
+    graceful stop on SIGTERM and crash-safe checkpoints to ``transformers.Trainer``.
+
+    The loss of an optimizer step is the mean over the loss items (pairs, rated values, target
+    tokens) of the whole accumulated batch on every process, whatever its split into micro-batches
+    and processes (issue 19). The Trainer's own mechanism carries it: :meth:`get_batch_samples`
+    counts the items of the step (``count_loss_items``; the Trainer's default counts ``labels`` !=
+    -100 tokens, which is neither pairs nor rated responses), ``compute_loss`` returns Σ loss of its
+    micro-batch / that count (:meth:`mean_over_step`), and ``loss_is_scaled_for_ga = True`` tells
+    the Trainer not to divide by the accumulation steps again.
+    """
+
+    loss_is_scaled_for_ga = True
+    # hsrm.modeling.reward_outputs runs the model's body and head beneath accelerate's DDP wrapper,
+    # not through its forward, so DDP's reducer never arms and no gradient would be averaged across
+    # processes (each rank stepped on its own gradient); the trainer averages them itself, once per
+    # optimizer step. The justifier calls the wrapped model's own forward and leaves it to DDP.
+    averages_gradients_itself = True
+    # Per-item training metrics logged every logging_steps, as means over every item on every
+    # process since the last log; a name in ``metrics_with_spread`` logs ``{name}_mean`` and ``{name}_std``.
+    logged_metrics: tuple[str, ...] = ()
+    metrics_with_spread: tuple[str, ...] = ("reward",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._metric_sums: dict[str, float] = defaultdict(float)
-        self._metric_counts: dict[str, int] = defaultdict(int)
+        self._metric_sums: dict[str, torch.Tensor] = {}  # name → [Σ x, Σ x², count] since the last log, this process
         self.nonfinite_guard = NonFiniteGuard(getattr(self.args, "max_consecutive_nonfinite", 5))
         self.graceful_stop = GracefulStop()
         self.add_callback(self.nonfinite_guard)
@@ -196,21 +203,88 @@ class RewardTrainerBase(Trainer):
             return token_budget_dataloader(self)
         return super().get_train_dataloader()
 
-    def store_metrics(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            if math.isfinite(float(value)):
-                self._metric_sums[key] += float(value)
-                self._metric_counts[key] += 1
+    # ------------------------------------------------------------------------------ loss contract
+    def count_loss_items(self, batch: dict) -> int | torch.Tensor:
+        """How many items of ``batch`` the loss averages over (pairs, rated values, target tokens)."""
+        raise NotImplementedError
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """The micro-batches of one optimizer step and the number of loss items they hold: summed
+        over every process when ``average_tokens_across_devices`` (the Trainer's default), as the
+        Trainer's own ``_get_num_items_in_batch`` does for tokens. Under a token budget the
+        micro-batches hold different numbers of pairs, so only this count weighs every pair equally."""
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batch_samples:
+            return batch_samples, None
+        count = torch.as_tensor(sum(self.count_loss_items(batch) for batch in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count.reshape(1)).sum()
+        return batch_samples, count
+
+    def mean_over_step(self, loss_sum: torch.Tensor, items: int, num_items_in_batch) -> torch.Tensor:
+        """This micro-batch's share of the step's mean: Σ loss / the step's item count. Without a count
+        (evaluation, or ``compute_loss`` called on its own) the micro-batch's own mean."""
+        if num_items_in_batch is None:
+            return loss_sum / max(items, 1)
+        loss = loss_sum / num_items_in_batch
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            # DDP and DeepSpeed average gradients over processes, and the count spans them all:
+            # undo the average, as Trainer.compute_loss does for a model's own loss.
+            loss = loss * self.accelerator.num_processes
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if (self.averages_gradients_itself and self.accelerator.sync_gradients
+                and isinstance(model, torch.nn.parallel.DistributedDataParallel)):
+            average_gradients_across_processes(model.module)
+        return loss
+
+    # ----------------------------------------------------------------------------------- metrics
+    def accumulate_metrics(self, values: dict[str, torch.Tensor]) -> None:
+        """Add per-item values (one per pair, rated value or target token) to the sums logged at the
+        next training log. Non-finite values are left out: a skipped step must not poison the window."""
+        for name, value in values.items():
+            value = value.detach().reshape(-1).to(torch.float64)
+            finite = torch.isfinite(value)
+            value = torch.where(finite, value, torch.zeros_like(value))
+            sums = torch.stack([value.sum(), (value * value).sum(), finite.sum().to(torch.float64)])
+            previous = self._metric_sums.get(name)
+            self._metric_sums[name] = sums if previous is None else previous + sums.to(previous.device)
+
+    def _gathered_metrics(self) -> dict[str, float]:
+        """The metric means (and spreads) over every item on every process since the last log."""
+        if not self.logged_metrics:
+            return {}
+        sums = torch.zeros(len(self.logged_metrics), 3, dtype=torch.float64, device=self.args.device)
+        for row, name in enumerate(self.logged_metrics):
+            if name in self._metric_sums:
+                sums[row] = self._metric_sums[name].to(sums.device)
+        self._metric_sums.clear()
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")  # every process logs at the same step
+        logs: dict[str, float] = {}
+        for name, (total, squares, count) in zip(self.logged_metrics, sums.tolist()):
+            if count == 0:
+                continue
+            mean = total / count
+            if name in self.metrics_with_spread:
+                logs[f"{name}_mean"] = round(mean, 6)
+                logs[f"{name}_std"] = round(math.sqrt(max(squares / count - mean * mean, 0.0)), 6)
+            else:
+                logs[name] = round(mean, 6)
+        return logs
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        # Training logs carry "loss"; add the metric means gathered since the last log.
-        if "loss" in logs and self._metric_counts:
-            for key in list(self._metric_sums):
-                logs[key] = round(self._metric_sums[key] / max(self._metric_counts[key], 1), 6)
-            self._metric_sums.clear()
-            self._metric_counts.clear()
-        if "loss" in logs and self.nonfinite_guard.skipped_steps:
-            logs["skipped_nonfinite_steps"] = len(self.nonfinite_guard.skipped_steps)
+        if "loss" in logs:  # a training log: the metrics gathered since the previous one
+            logs.update(self._gathered_metrics())
+            if self.nonfinite_guard.skipped_steps:
+                logs["skipped_nonfinite_steps"] = len(self.nonfinite_guard.skipped_steps)
         super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
@@ -225,6 +299,22 @@ class RewardTrainerBase(Trainer):
         if self.is_world_process_zero() and folder.exists():
             (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle that may hold hub_token
             (folder / CHECKPOINT_COMPLETE).write_text(json.dumps({"global_step": self.state.global_step}))
+
+
+def average_gradients_across_processes(model: torch.nn.Module) -> None:
+    """What DDP's reducer does at the end of backward: every trainable parameter's gradient becomes
+    the mean over processes (a parameter without one counts as zero, so every rank makes the same
+    collective calls in the same order)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+        parameter.grad.div_(world)
 
 
 def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
@@ -245,36 +335,43 @@ def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ save
-def save_reward_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord) -> None:
-    """Write a plain ``AutoModelForSequenceClassification`` folder at ``output_dir``.
+def save_trained_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord,
+                       bare_model: Callable[[], tuple[Any, Any]]) -> None:
+    """Write a plain transformers folder at ``output_dir``: a sequence classifier for scalar runs,
+    a causal LM for the justifier; loadable with no hsrm import, with the run's record in config.json.
 
-    The files are written to a temporary folder beside the target, a LoRA adapter is merged when
-    asked, and ``config.json`` is moved in last: a folder without it cannot be loaded, so a crash
-    midway never leaves something that loads as a model.
+    The files are written to a staging folder beside the target, a LoRA adapter is merged into
+    ``bare_model()`` (the run's base without LoRA) when ``merge_lora_on_save``, and ``config.json``
+    is moved in last (:func:`commit_staged_folder`), so a crash midway never leaves something that
+    loads as a model. No pickle (``training_args.bin`` may hold ``hub_token``) is kept.
     """
+    from ..files import atomic_write_json
+
     target = Path(output_dir)
     staging = target.parent / f".{target.name}.saving"
     trainer.save_model(str(staging))  # collective under DeepSpeed: every rank calls it
     if not trainer.is_world_process_zero():
         return
-    model = trainer.model
-    is_peft = hasattr(model, "peft_config") or (staging / "adapter_config.json").exists()
+    is_peft = hasattr(trainer.model, "peft_config") or (staging / "adapter_config.json").exists()
     if is_peft and cfg.merge_lora_on_save:
         from peft import PeftModel
 
-        base, tokenizer = build_model(cfg, with_lora=False)
+        base, tokenizer = bare_model()
         merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
         shutil.rmtree(staging)
         merged.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
     elif trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(str(staging))
-    # training_args.bin is a pickle (and may hold hub_token): a model folder does not need it.
     (staging / "training_args.bin").unlink(missing_ok=True)
-    if (staging / "config.json").exists():
+    config_path = staging / "config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        config["use_cache"] = True  # training switched the KV cache off; inference and generation want it
+        atomic_write_json(config_path, config, sort_keys=True)
         write_record(staging, record)
     commit_staged_folder(staging, target)
-    logger.info("saved reward model to %s", target)
+    logger.info("saved %s to %s", "justifier" if record.objective == "justifier" else "reward model", target)
 
 
 def commit_staged_folder(staging: Path, target: Path) -> None:
@@ -292,7 +389,3 @@ def commit_staged_folder(staging: Path, target: Path) -> None:
             shutil.rmtree(destination)
         os.replace(staging / name, destination)
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None

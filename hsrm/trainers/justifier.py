@@ -7,33 +7,34 @@ A causal LM learns to write the preference justification for
 sent as the user turn of its chat template; the assistant turn is the target. The loss is the
 usual SFT cross-entropy on the assistant turn only (labels are -100 on the prompt and padding):
 
-    L = -(1/N) Σ_{t ∈ target} log p_θ(y_t | x, y_<t),   N = target tokens in the (global) batch
+    L = -(1/N) Σ_{t ∈ target} log p_θ(y_t | x, y_<t),   N = target tokens of the whole step
+
+(N counts every micro-batch of the optimizer step on every process, so gradient accumulation and
+several processes give the step of one large batch.)
 
     hsrm train recipes/justifier_tiny_cpu.yaml
     hsrm evaluate --justifier --model runs/justifier-tiny --data PAIRS.jsonl
 
-Reads: setup (config → tokenizer → data → model [+ LoRA]) → train (transformers.Trainer) →
-save a plain ``AutoModelForCausalLM`` folder (LoRA merged) with hsrm metadata in config.json.
+The run itself (resume, graceful stop, checkpoints, the staged final save) is the one every
+objective goes through, :func:`hsrm.train.run_training`; this module supplies the justifier's data,
+model, trainer and record.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import RewardConfig
-from ..data.justifications import (JUSTIFICATION_SETS, JUSTIFIER_TARGETS, encode_justifier_example,
-                                   label_examples_from_pairs, load_justification_examples, truncation_summary)
-from ..data.render import TruncationStats, ensure_chat_template, pad_sequences
+from ..data.justifications import JUSTIFICATION_SETS, JUSTIFIER_TARGETS, label_examples_from_pairs, load_justification_examples
+from ..data.render import ensure_chat_template, pad_sequences
+from ..data.tokenize import tokenize_justifier_examples
 from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
-from ..record import ModelRecord, write_record
-from .base import RewardTrainerBase, commit_staged_folder
+from ..record import ModelRecord
+from .base import RewardTrainerBase
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ IGNORE_INDEX = -100  # positions that carry no loss (prompt, assistant header, p
 
 # ------------------------------------------------------------------------------------------- data
 def load_justifier_examples(cfg: RewardConfig, source: str, split: str, limit: int | None):
-    """(list of example dicts, LoadReport) for one source.
+    """(a ``datasets.Dataset`` of examples, LoadReport) for one source.
 
     HelpSteer2-Preference rows give justification targets; plain pairs (HH-RLHF, generic
     ``prompt/chosen/rejected``, RewardBench) have no justification and serve the label target only.
@@ -55,34 +56,16 @@ def load_justifier_examples(cfg: RewardConfig, source: str, split: str, limit: i
             source, split, justification_set=cfg.justification_set, target=cfg.justifier_target,
             flip_augmentation=cfg.flip_augmentation, seed=cfg.seed, on_error=cfg.on_bad_rows, limit=limit,
             return_report=True)
-        return ds.to_list(), report
+        return ds, report
     if cfg.justifier_target != "label":
         raise ValueError(f"{source}: format {fmt!r} has no written justifications, so justifier_target "
                          f"{cfg.justifier_target!r} cannot be built; use justifier_target: label or HelpSteer2-Preference data")
-    pairs, report = load_pairs_any(source, split, fmt, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
-    return label_examples_from_pairs(pairs, seed=cfg.seed, flip_augmentation=cfg.flip_augmentation), report
-
-
-def tokenize_justifier_examples(examples: list[dict], tokenizer, max_length: int | None):
-    """Examples → a ``datasets.Dataset`` of ``input_ids, labels`` (+ the stats of what was cut).
-    Examples whose target alone exceeds ``max_length`` are dropped and counted."""
     import datasets
-    from tqdm.auto import tqdm
 
-    stats = TruncationStats()
-    out: dict[str, list] = {"input_ids": [], "labels": []}
-    too_long = 0
-    for example in tqdm(examples, desc="tokenizing justifier examples", disable=len(examples) < 2000):
-        encoded = encode_justifier_example(tokenizer, example["prompt"], example["response_1"], example["response_2"],
-                                           example["target"], max_length, stats)
-        if encoded is None:
-            too_long += 1
-            continue
-        out["input_ids"].append(encoded[0])
-        out["labels"].append(encoded[1])
-    summary = truncation_summary(stats) + (f"; {too_long} examples dropped (target longer than max_length)" if too_long else "")
-    logger.info("tokenized %d justifier examples: %s", len(out["input_ids"]), summary)
-    return datasets.Dataset.from_dict(out), summary
+    pairs, report = load_pairs_any(source, split, fmt, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
+    examples = label_examples_from_pairs(pairs, seed=cfg.seed, flip_augmentation=cfg.flip_augmentation)
+    columns = ("prompt", "response_1", "response_2", "target", "label", "flipped")
+    return (datasets.Dataset.from_list(examples) if examples else datasets.Dataset.from_dict({c: [] for c in columns})), report
 
 
 @dataclass
@@ -107,9 +90,21 @@ class JustifierCollator:
 
 # ---------------------------------------------------------------------------------------- trainer
 class JustifierTrainer(RewardTrainerBase):
-    """``transformers.Trainer`` with the causal-LM loss on target tokens (the model's own loss,
-    normalised by the number of target tokens across gradient accumulation), plus the
-    next-token accuracy on target tokens as a logged metric (the base adds the non-finite guard)."""
+    """``transformers.Trainer`` with the causal-LM loss on target tokens and the next-token accuracy
+    on target tokens as a logged metric (the base adds the lifecycle and the guard).
+
+    The loss is the model's own: given ``num_items_in_batch`` (the target tokens of the whole step,
+    :meth:`count_loss_items`) it sums and divides by it, and ``Trainer.compute_loss`` multiplies by
+    the processes. Whether the model took the count is the Trainer's own rule
+    (``model_accepts_loss_kwargs``), so ``loss_is_scaled_for_ga`` is left to the Trainer (None).
+    """
+
+    loss_is_scaled_for_ga = None
+    averages_gradients_itself = False  # its loss comes through the wrapped model's forward, which DDP syncs
+    logged_metrics = ("target_token_accuracy",)
+
+    def count_loss_items(self, batch: dict):
+        return (batch["labels"][..., 1:] != IGNORE_INDEX).sum()  # the loss predicts token t + 1 from t
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -118,8 +113,7 @@ class JustifierTrainer(RewardTrainerBase):
                 predicted = outputs.logits[:, :-1].argmax(-1)
                 targets = inputs["labels"][:, 1:]
                 scored = targets != IGNORE_INDEX
-                if scored.any():
-                    self.store_metrics({"target_token_accuracy": (predicted[scored] == targets[scored]).float().mean().item()})
+                self.accumulate_metrics({"target_token_accuracy": (predicted[scored] == targets[scored]).float()})
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -170,37 +164,6 @@ def build_justifier_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     return model, tokenizer
 
 
-def save_justifier_model(trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord) -> None:
-    """A plain ``AutoModelForCausalLM`` folder at ``output_dir`` (LoRA merged unless
-    ``merge_lora_on_save`` is false), written beside it first and moved in with config.json
-    last, so a crash never leaves a folder that loads as a model."""
-    target = Path(output_dir)
-    staging = target.parent / f".{target.name}.saving"
-    trainer.save_model(str(staging))  # collective under DeepSpeed: every rank calls it
-    if not trainer.is_world_process_zero():
-        return
-    is_peft = hasattr(trainer.model, "peft_config") or (staging / "adapter_config.json").exists()
-    if is_peft and cfg.merge_lora_on_save:
-        from peft import PeftModel
-
-        base, tokenizer = build_justifier_model(cfg, with_lora=False)
-        merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
-        shutil.rmtree(staging)
-        merged.config.use_cache = True
-        merged.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-    elif trainer.processing_class is not None:
-        trainer.processing_class.save_pretrained(str(staging))
-    config_path = staging / "config.json"
-    if config_path.exists():
-        config = json.loads(config_path.read_text())
-        config["use_cache"] = True  # training switched the KV cache off; generation wants it
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-        write_record(staging, record)
-    commit_staged_folder(staging, target)
-    logger.info("saved justifier to %s", target)
-
-
 # ------------------------------------------------------------------------------------------- run
 def check_justifier_config(cfg: RewardConfig) -> None:
     if cfg.justification_set not in JUSTIFICATION_SETS:
@@ -216,42 +179,34 @@ def check_justifier_config(cfg: RewardConfig) -> None:
                          "remove them (sequences are right-padded per batch)")
 
 
-def run_justifier_training(cfg: RewardConfig) -> dict[str, Any]:
-    """Train a Pairwise Justifier from ``cfg``, save it at ``cfg.output_dir``, return a summary."""
+def prepare_justifier_run(cfg: RewardConfig):
+    """(model, tokenizer, train, eval-or-None, data summary) of a justifier run. The examples are
+    read first: a data problem is reported before minutes go into loading a large model."""
     check_justifier_config(cfg)
-    # Examples first: a data problem is reported before minutes go into loading a large model.
     sources = {"train": (cfg.train_data, cfg.train_split, cfg.max_train_samples)}
     if cfg.eval_data:
         sources["eval"] = (cfg.eval_data, cfg.eval_split, cfg.max_eval_samples)
     loaded = {role: load_justifier_examples(cfg, *spec) for role, spec in sources.items()}
     model, tokenizer = build_justifier_model(cfg)
-
     data_summary: dict[str, Any] = {}
     tokenized: dict[str, Any] = {}
-    for role, (examples, report) in loaded.items():
-        tokenized[role], truncation = tokenize_justifier_examples(examples, tokenizer, cfg.max_length)
-        data_summary[role] = {"load": report.summary(), "truncation": truncation, "examples": len(tokenized[role])}
-        logger.info("%s | %s", report.summary(), truncation)
-        if len(tokenized[role]) == 0:
-            source, split, _ = sources[role]
-            raise ValueError(f"{source} ({split}): no usable justifier examples ({report.summary()}); nothing to train on")
-    train_ds, eval_ds = tokenized["train"], tokenized.get("eval")
-    if eval_ds is None:
-        cfg.eval_strategy = "no"
-        cfg.load_best_model_at_end = False
+    with cfg.main_process_first(desc="tokenizing the justifier examples"):
+        for role, (examples, report) in loaded.items():
+            tokenized[role], truncation = tokenize_justifier_examples(examples, tokenizer, cfg.max_length,
+                                                                      num_proc=cfg.dataset_num_proc)
+            data_summary[role] = {"load": report.summary(), "truncation": truncation, "examples": len(tokenized[role])}
+            logger.info("%s | %s", report.summary(), truncation)
+            if len(tokenized[role]) == 0:
+                source, split, _ = sources[role]
+                raise ValueError(f"{source} ({split}): no usable justifier examples ({report.summary()}); nothing to train on")
+    return model, tokenizer, tokenized["train"], tokenized.get("eval"), data_summary
 
-    final_dir = cfg.output_dir
-    cfg.output_dir = f"{final_dir}/checkpoints"  # the model folder itself holds only the final model
-    trainer = JustifierTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                               data_collator=JustifierCollator(tokenizer.pad_token_id))
-    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+
+def justifier_record(cfg: RewardConfig, trainer: JustifierTrainer, eval_ds) -> ModelRecord:
+    """The record of a trained justifier; the validation loss when there is a validation set."""
     eval_metrics = {k: float(v) for k, v in trainer.evaluate().items()} if eval_ds is not None else {}
-    record = ModelRecord(
+    return ModelRecord(
         objective="justifier", justification_set=cfg.justification_set, justifier_target=cfg.justifier_target,
         flip_augmentation=bool(cfg.flip_augmentation), max_new_tokens=cfg.max_new_tokens,
         base_model=DEFAULT_MODEL_HUB_ID if cfg.model_name_or_path in DEFAULT_MODEL_ALIASES else cfg.model_name_or_path,
         train_data=cfg.train_data, max_length=cfg.max_length, eval_metrics=eval_metrics, lora=bool(cfg.use_lora))
-    save_justifier_model(trainer, cfg, final_dir, record)
-    cfg.output_dir = final_dir
-    return {"output_dir": final_dir, "train_loss": result.training_loss, "global_step": result.global_step,
-            "log_history": trainer.state.log_history, "data": data_summary, **record.to_dict()}

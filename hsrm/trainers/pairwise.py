@@ -25,30 +25,31 @@ def split_pair_rewards(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]
 
 class PairwiseRewardTrainer(RewardTrainerBase):
     """``args.objective`` ∈ {bt, margin_bt, scaled_bt}; ``args.center_rewards_coefficient`` adds
-    reward centering. Logged: loss, accuracy, margin (r_c − r_r), reward mean and std."""
+    reward centering. The loss of a step is the mean over its pairs (on every process). Logged:
+    loss, accuracy, margin (r_c − r_r), reward mean and std (both sides of every pair)."""
+
+    logged_metrics = ("accuracy", "margin", "reward")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pairwise_loss = get_pairwise_loss(self.args.objective)  # unknown names fail here
 
-    def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
-        loss = self.pairwise_loss(chosen, rejected, margin.to(chosen.dtype))
+    def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        loss = self.pairwise_loss(chosen, rejected, margin.to(chosen.dtype), reduction=reduction)
         if self.args.center_rewards_coefficient:
-            loss = loss + self.args.center_rewards_coefficient * centering_loss(chosen, rejected)
+            loss = loss + self.args.center_rewards_coefficient * centering_loss(chosen, rejected, reduction=reduction)
         return loss
+
+    def count_loss_items(self, batch: dict) -> int:
+        return int(batch["margin"].shape[0])  # pairs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = split_pair_rewards(model, inputs)
-        loss = self.pair_loss(chosen, rejected, inputs["margin"])
+        loss_sum = self.pair_loss(chosen, rejected, inputs["margin"], reduction="sum")
+        loss = self.mean_over_step(loss_sum, chosen.shape[0], num_items_in_batch)
         if model.training:
-            with torch.no_grad():
-                both = torch.cat([chosen, rejected]).float()
-                self.store_metrics({
-                    "accuracy": (chosen > rejected).float().mean().item(),
-                    "margin": (chosen - rejected).float().mean().item(),
-                    "reward_mean": both.mean().item(),
-                    "reward_std": both.std(unbiased=False).item(),
-                })
+            self.accumulate_metrics({"accuracy": (chosen > rejected).float(), "margin": chosen - rejected,
+                                     "reward": torch.cat([chosen, rejected])})
         if return_outputs:
             return loss, {"chosen": chosen, "rejected": rejected}
         return loss

@@ -16,20 +16,22 @@ from .base import RewardTrainerBase
 
 
 class PointwiseRewardTrainer(RewardTrainerBase):
-    """Logged: loss (MSE), mean absolute error, mean and std of the scalar reward (outputs ·
-    ``attribute_weights``, or the first output)."""
+    """The loss of a step is the mean squared error over its rated values (rated responses ×
+    attributes, on every process). Logged: loss (MSE), mean absolute error, mean and std of the
+    scalar reward (outputs · ``attribute_weights``, or the first output)."""
+
+    logged_metrics = ("mae", "reward")
+
+    def count_loss_items(self, batch: dict) -> int:
+        return int(batch["labels"].numel())  # rated values: one per response and attribute
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         predictions = reward_outputs(model, inputs)
-        loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype))
+        labels = inputs["labels"].to(predictions.dtype)
+        loss = self.mean_over_step(regression_loss(predictions, labels, reduction="sum"), labels.numel(), num_items_in_batch)
         if model.training:
-            with torch.no_grad():
-                reward = scalar_reward(predictions.float(), self.args.attribute_weights)
-                self.store_metrics({
-                    "mae": (predictions.float() - inputs["labels"].float()).abs().mean().item(),
-                    "reward_mean": reward.mean().item(),
-                    "reward_std": reward.std(unbiased=False).item(),
-                })
+            self.accumulate_metrics({"mae": (predictions - labels).abs(),
+                                     "reward": scalar_reward(predictions.detach().float(), self.args.attribute_weights)})
         return (loss, {"predictions": predictions}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
