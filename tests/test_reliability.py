@@ -1,5 +1,8 @@
 """Reliability promises (issue 9): exact resume after SIGTERM or a kill, crash-safe saves, the
-non-finite guard, safe loading, token hygiene, hostile input, determinism."""
+non-finite guard, safe loading, token hygiene, hostile input, determinism.
+
+The run lifecycle is one for every objective (issue 19): the resume, crash-safe and token tests run
+for a scalar reward model and for the generative justifier alike."""
 
 import os
 import re
@@ -34,6 +37,23 @@ def config(model_dir, data, out, **extra):
     return load_recipe(None, {**BASE, "model_name_or_path": str(model_dir), "train_data": str(data), "output_dir": str(out), **extra})
 
 
+# The justifier learns the label target from the same plain pairs (hsrm.trainers.justifier).
+KINDS = {"scalar": {}, "justifier": {"objective": "justifier", "justifier_target": "label", "max_length": 128}}
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory, tiny_tokenizer):
+    from hsrm.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("rel-causal"), causal_lm=True, tokenizer=tiny_tokenizer)
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def kind(request, tiny_model_dir, causal_dir):
+    """(the backbone, the config keys) of a scalar run and of a justifier run."""
+    return (causal_dir if request.param == "justifier" else tiny_model_dir), KINDS[request.param]
+
+
 def step_losses(log_history):
     return {entry["step"]: entry["loss"] for entry in log_history if "loss" in entry}
 
@@ -50,9 +70,10 @@ def assert_same_weights(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir, pairs):
+def uninterrupted(tmp_path_factory, kind, pairs):
+    model_dir, keys = kind
     out = tmp_path_factory.mktemp("full") / "model"
-    summary = run_training(config(tiny_model_dir, pairs, out, save_strategy="steps", save_steps=4))
+    summary = run_training(config(model_dir, pairs, out, save_strategy="steps", save_steps=4, **keys))
     return out, summary
 
 
@@ -65,8 +86,8 @@ class SigtermAtStep(TrainerCallback):
             os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step; the trainer must finish the step first
 
 
-def test_sigterm_checkpoints_at_step_boundary_and_resume_is_exact(tmp_path, tiny_model_dir, pairs, uninterrupted, monkeypatch):
-    full_dir, full = uninterrupted
+def test_sigterm_checkpoints_at_step_boundary_and_resume_is_exact(tmp_path, kind, pairs, uninterrupted, monkeypatch):
+    (model_dir, keys), (full_dir, full) = kind, uninterrupted
     out = tmp_path / "model"
     original = train_module.make_trainer
 
@@ -77,12 +98,12 @@ def test_sigterm_checkpoints_at_step_boundary_and_resume_is_exact(tmp_path, tiny
 
     monkeypatch.setattr(train_module, "make_trainer", with_sigterm)
     with pytest.raises(TrainingInterrupted, match="interrupted at step 6") as info:
-        run_training(config(tiny_model_dir, pairs, out, save_strategy="steps", save_steps=4))
+        run_training(config(model_dir, pairs, out, save_strategy="steps", save_steps=4, **keys))
     assert info.value.checkpoint.endswith("checkpoint-6")
     assert (out / "checkpoints" / "checkpoint-6" / CHECKPOINT_COMPLETE).exists()
     assert not (out / "config.json").exists()  # an interrupted run presents no final model
     monkeypatch.setattr(train_module, "make_trainer", original)
-    resumed = run_training(config(tiny_model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true"))
+    resumed = run_training(config(model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true", **keys))
     assert_same_weights(full_dir, out)
     full_losses, resumed_losses = step_losses(full["log_history"]), step_losses(resumed["log_history"])
     # The checkpoint carries the log of steps 1-6; the resumed run adds 7-12: the whole history matches.
@@ -91,8 +112,8 @@ def test_sigterm_checkpoints_at_step_boundary_and_resume_is_exact(tmp_path, tiny
         assert loss == pytest.approx(full_losses[step], abs=1e-6), step
 
 
-def test_killed_run_resumes_from_last_complete_checkpoint_ignoring_a_half_written_one(tmp_path, tiny_model_dir, pairs, uninterrupted):
-    full_dir, full = uninterrupted
+def test_killed_run_resumes_from_last_complete_checkpoint_ignoring_a_half_written_one(tmp_path, kind, pairs, uninterrupted):
+    (model_dir, keys), (full_dir, full) = kind, uninterrupted
     out = tmp_path / "model"
     (out / "checkpoints").mkdir(parents=True)
     # What a kill at step 10 leaves: checkpoints 4 and 8 complete ...
@@ -106,14 +127,14 @@ def test_killed_run_resumes_from_last_complete_checkpoint_ignoring_a_half_writte
     os.remove(half / "trainer_state.json")
     with pytest.raises(ValueError, match="half-written checkpoint"):
         load_reward_model(str(half))
-    resumed = run_training(config(tiny_model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true"))
+    resumed = run_training(config(model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true", **keys))
     assert_same_weights(full_dir, out)
     assert set(step_losses(resumed["log_history"])) == set(range(1, 13))
     for step, loss in step_losses(resumed["log_history"]).items():
         assert loss == pytest.approx(step_losses(full["log_history"])[step], abs=1e-6)
 
 
-def test_final_save_interrupted_midway_leaves_nothing_loadable(tmp_path, tiny_model_dir, pairs, monkeypatch):
+def test_final_save_interrupted_midway_leaves_nothing_loadable(tmp_path, kind, pairs, monkeypatch):
     import hsrm.trainers.base as base
 
     real_replace = os.replace
@@ -130,7 +151,7 @@ def test_final_save_interrupted_midway_leaves_nothing_loadable(tmp_path, tiny_mo
 
     monkeypatch.setattr(base.os, "replace", crash_after_first_file)
     with pytest.raises(KeyboardInterrupt):
-        run_training(config(tiny_model_dir, pairs, out, max_steps=2, save_strategy="no"))
+        run_training(config(kind[0], pairs, out, max_steps=2, save_strategy="no", **kind[1]))
     assert moved and not (out / "config.json").exists()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_reward_model(str(out))
@@ -142,8 +163,8 @@ def test_nonfinite_steps_are_skipped_and_logged(tmp_path, tiny_model_dir, pairs,
     calls = {"n": 0}
     real = pairwise.PairwiseRewardTrainer.pair_loss
 
-    def sometimes_nan(self, chosen, rejected, margin):
-        loss = real(self, chosen, rejected, margin)
+    def sometimes_nan(self, chosen, rejected, margin, **kwargs):
+        loss = real(self, chosen, rejected, margin, **kwargs)
         if self.model.training and self.state.global_step in (2, 3):
             calls["n"] += 1
             return loss * float("nan")
@@ -170,7 +191,7 @@ def test_nonfinite_steps_are_skipped_and_logged(tmp_path, tiny_model_dir, pairs,
 def test_consecutive_nonfinite_steps_stop_with_the_step_named(tmp_path, tiny_model_dir, pairs, monkeypatch):
     from hsrm.trainers import pairwise
 
-    monkeypatch.setattr(pairwise.PairwiseRewardTrainer, "pair_loss", lambda self, c, r, m: (c - r).mean() * float("nan"))
+    monkeypatch.setattr(pairwise.PairwiseRewardTrainer, "pair_loss", lambda self, c, r, m, **kwargs: (c - r).mean() * float("nan"))
     with pytest.raises(NonFiniteLossError, match="stopped at step 3: 3 consecutive"):
         run_training(config(tiny_model_dir, pairs, tmp_path / "model", max_steps=6, save_strategy="no", max_consecutive_nonfinite=3))
 
@@ -182,12 +203,13 @@ def test_same_seed_same_losses(tmp_path, tiny_model_dir, pairs):
     assert_same_weights(tmp_path / "a", tmp_path / "b")
 
 
-def test_token_never_written_or_logged(tmp_path, tiny_model_dir, pairs, monkeypatch, capsys, caplog):
+def test_token_never_written_or_logged(tmp_path, kind, pairs, monkeypatch, capsys, caplog):
     secret = "hf_SuperSecretTokenValue1234567890"
     monkeypatch.setenv("HF_TOKEN", secret)
     caplog.set_level("DEBUG")
     out = tmp_path / "model"
-    run_training(config(tiny_model_dir, pairs, out, max_steps=4, save_strategy="steps", save_steps=2, hub_token=secret))
+    run_training(config(kind[0], pairs, out, max_steps=4, save_strategy="steps", save_steps=2, hub_token=secret, **kind[1]))
+    assert (out / "config.json").exists() and any((out / "checkpoints").iterdir())  # both were written, and searched
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err + caplog.text
     for path in out.rglob("*"):
