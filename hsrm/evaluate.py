@@ -40,7 +40,7 @@ import torch
 from .benchmarks import grouped_accuracy, rewardbench2_scores, rmbench_scores
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
 from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
-from .data.render import TruncationStats, encode
+from .data.render import TruncationStats, encode_batch, encode_pairs
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from .files import atomic_write_json, check_output
 from .record import reward_statistics
@@ -192,7 +192,8 @@ def _grouped_eval_set(fmt: str, source: str, split: str, tokenizer, *, limit, ma
         extra = {"groups": {"domain": [row["domain"] for row in rows]}}
     if not rows:
         raise ValueError(f"{source} ({split}): no usable rows ({report.summary()})")
-    sequences = [encode(tokenizer, prompt, response, max_length, stats) for prompt, response in texts]
+    sequences, cut = encode_batch(tokenizer, [prompt for prompt, _ in texts], [response for _, response in texts], max_length)
+    stats.add(cut)
     return EvalSet(fmt, str(source), sequences, len(rows), sizes=sizes, ids=[row["id"] for row in rows],
                    load_summary=report.summary(), truncation=stats.summary(), split=split, **extra)
 
@@ -215,7 +216,8 @@ def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: s
         pairs = [(a, k) for k, a in enumerate(model_attributes) if a in ATTRIBUTES] or [("helpfulness", 0)]
         attributes = [a for a, _ in pairs]
         ds, report = load_ratings_any(source, split, attributes, on_error=on_error, limit=limit, return_report=True)
-        sequences = [encode(tokenizer, row["prompt"], row["response"], max_length, stats) for row in ds]
+        sequences, cut = encode_batch(tokenizer, ds["prompt"], ds["response"], max_length)
+        stats.add(cut)
         labels = torch.tensor([[float(row[a]) for a in attributes] for row in ds], dtype=torch.float64)
         return EvalSet("ratings", str(source), sequences, len(ds), attributes=attributes, output_index=[k for _, k in pairs],
                        labels=labels, load_summary=report.summary(), truncation=stats.summary(), split=split)
@@ -236,8 +238,8 @@ def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: s
         ds, report = load_pairs_any(source, split, fmt, on_error=on_error, limit=limit, return_report=True)
     if len(ds) == 0:
         raise ValueError(f"{source} ({split}): no usable pairs ({report.summary()})")
-    chosen = [encode(tokenizer, row["prompt"], row["chosen"], max_length, stats) for row in ds]
-    rejected = [encode(tokenizer, row["prompt"], row["rejected"], max_length, stats) for row in ds]
+    (chosen, chosen_cut), (rejected, rejected_cut) = encode_pairs(tokenizer, ds["prompt"], ds["chosen"], ds["rejected"], max_length)
+    stats.add(chosen_cut + rejected_cut)
     kind = {"rewardbench": "rewardbench", "helpsteer3_preference": "helpsteer3"}.get(fmt, "pairs")
     groups = {name: list(ds[name]) for name in ("domain", "language")} if kind == "helpsteer3" else {}
     return EvalSet(kind, str(source), chosen + rejected, len(ds), subsets=list(ds["subset"]) if kind == "rewardbench" else [],

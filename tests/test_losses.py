@@ -77,3 +77,25 @@ def test_margin_objectives_require_a_margin_and_names_are_checked():
     assert get_pairwise_loss("scaled_bt") is scaled_bt_loss
     with pytest.raises(ValueError, match="unknown pairwise objective 'scaled-bt'"):
         get_pairwise_loss("scaled-bt")
+
+
+def test_sum_reduction_is_the_row_losses_added():
+    """reduction="sum" (what trainers divide by the items of a whole accumulated batch) adds the row
+    losses worked out by hand; an unknown reduction is an error."""
+    chosen = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    rejected = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)
+    margin = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
+    deltas = [1.0, -3.0, 0.0]
+    by_hand = {"bt": [reference_neg_log_sigmoid(d) for d in deltas],
+               "margin_bt": [reference_neg_log_sigmoid(d - m) for d, m in zip(deltas, [1.0, 3.0, 2.0])],
+               "scaled_bt": [m * reference_neg_log_sigmoid(d) for d, m in zip(deltas, [1.0, 3.0, 2.0])]}
+    for name, rows in by_hand.items():
+        assert get_pairwise_loss(name)(chosen, rejected, margin, reduction="sum").item() == pytest.approx(sum(rows), rel=1e-12)
+    assert centering_loss(chosen, rejected, reduction="sum").item() == pytest.approx(1 + 1 + 1)
+    predictions = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    targets = torch.tensor([[2.0, 2.0], [1.0, 4.0]])
+    assert regression_loss(predictions, targets, reduction="sum").item() == pytest.approx(1 + 0 + 4 + 16)
+    mask = torch.tensor([[True, True], [True, False]])
+    assert regression_loss(predictions, targets, mask, reduction="sum").item() == pytest.approx(1 + 0 + 4)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        bt_loss(chosen, rejected, reduction="total")

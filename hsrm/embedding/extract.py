@@ -233,7 +233,7 @@ def embed_conversations(backbone: Backbone, prompts: Sequence, responses: Sequen
     from tqdm.auto import tqdm
 
     from ..data.messages import to_messages
-    from ..data.render import TruncationStats, encode
+    from ..data.render import TruncationStats, encode_batch
 
     if len(prompts) != len(responses):
         raise ValueError(f"embed: {len(prompts)} prompts but {len(responses)} responses")
@@ -242,7 +242,8 @@ def embed_conversations(backbone: Backbone, prompts: Sequence, responses: Sequen
     start = time.perf_counter()
     layer_index = backbone.resolve_layer(layer)
     stats = TruncationStats()
-    token_ids = [encode(backbone.tokenizer, to_messages(p), r, max_length, stats) for p, r in zip(prompts, responses)]
+    token_ids, cut = encode_batch(backbone.tokenizer, [to_messages(p) for p in prompts], list(responses), max_length)
+    stats.add(cut)
     keys = [text_key(ids) for ids in token_ids]
     report = EmbedReport(inputs=len(keys), truncated=stats.truncated)
     first_row = {}

@@ -190,15 +190,16 @@ def prepare_justifier_run(cfg: RewardConfig):
     model, tokenizer = build_justifier_model(cfg)
     data_summary: dict[str, Any] = {}
     tokenized: dict[str, Any] = {}
-    with cfg.main_process_first(desc="tokenizing the justifier examples"):
-        for role, (examples, report) in loaded.items():
+    for role, (examples, report) in loaded.items():
+        # The first process tokenizes and writes the cache (hsrm.data.tokenize); the others then read it.
+        with cfg.main_process_first(desc=f"tokenizing the {role} justifier examples"):
             tokenized[role], truncation = tokenize_justifier_examples(examples, tokenizer, cfg.max_length,
                                                                       num_proc=cfg.dataset_num_proc)
-            data_summary[role] = {"load": report.summary(), "truncation": truncation, "examples": len(tokenized[role])}
-            logger.info("%s | %s", report.summary(), truncation)
-            if len(tokenized[role]) == 0:
-                source, split, _ = sources[role]
-                raise ValueError(f"{source} ({split}): no usable justifier examples ({report.summary()}); nothing to train on")
+        data_summary[role] = {"load": report.summary(), "truncation": truncation, "examples": len(tokenized[role])}
+        logger.info("%s | %s", report.summary(), truncation)
+        if len(tokenized[role]) == 0:
+            source, split, _ = sources[role]
+            raise ValueError(f"{source} ({split}): no usable justifier examples ({report.summary()}); nothing to train on")
     return model, tokenizer, tokenized["train"], tokenized.get("eval"), data_summary
 
 
