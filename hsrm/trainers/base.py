@@ -89,6 +89,7 @@ class NonFiniteGuard(TrainerCallback):
     callback, and ZeRO keeps the gradients in its own partitions (``p.grad`` is None); DeepSpeed
     itself skips a step whose gradient norm is not finite (fp32, and bf16/fp16 with its default
     ``check_grad_overflow``), so the guard reads that verdict after the step and counts it alike.
+    A DeepSpeed config that sets ``check_grad_overflow: false`` lets such a step through unseen.
     """
 
     def __init__(self, limit: int):
