@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..config import RewardConfig
+from ..config import JustifierConfig
 from ..data.justifications import JUSTIFICATION_SETS, JUSTIFIER_TARGETS, label_examples_from_pairs, load_justification_examples
 from ..data.render import ensure_chat_template, pad_sequences
 from ..data.tokenize import tokenize_justifier_examples
@@ -42,7 +42,7 @@ IGNORE_INDEX = -100  # positions that carry no loss (prompt, assistant header, p
 
 
 # ------------------------------------------------------------------------------------------- data
-def load_justifier_examples(cfg: RewardConfig, source: str, split: str, limit: int | None):
+def load_justifier_examples(cfg: JustifierConfig, source: str, split: str, limit: int | None):
     """(a ``datasets.Dataset`` of examples, LoadReport) for one source.
 
     HelpSteer2-Preference rows give justification targets; plain pairs (HH-RLHF, generic
@@ -151,7 +151,7 @@ def load_causal_lm(name_or_path: str | None, *, dtype: str = "float32", trust_re
     return model, tokenizer
 
 
-def build_justifier_model(cfg: RewardConfig, *, with_lora: bool | None = None):
+def build_justifier_model(cfg: JustifierConfig, *, with_lora: bool | None = None):
     model, tokenizer = load_causal_lm(cfg.model_name_or_path, dtype=cfg.model_dtype, trust_remote_code=cfg.trust_remote_code,
                                       attn_implementation=cfg.attn_implementation)
     model.config.use_cache = False
@@ -165,7 +165,7 @@ def build_justifier_model(cfg: RewardConfig, *, with_lora: bool | None = None):
 
 
 # ------------------------------------------------------------------------------------------- run
-def check_justifier_config(cfg: RewardConfig) -> None:
+def check_justifier_config(cfg: JustifierConfig) -> None:
     if cfg.justification_set not in JUSTIFICATION_SETS:
         raise ValueError(f"justification_set {cfg.justification_set!r}: choose one of {JUSTIFICATION_SETS}")
     if cfg.justifier_target not in JUSTIFIER_TARGETS:
@@ -179,7 +179,7 @@ def check_justifier_config(cfg: RewardConfig) -> None:
                          "remove them (sequences are right-padded per batch)")
 
 
-def prepare_justifier_run(cfg: RewardConfig):
+def prepare_justifier_run(cfg: JustifierConfig):
     """(model, tokenizer, train, eval-or-None, data summary) of a justifier run. The examples are
     read first: a data problem is reported before minutes go into loading a large model."""
     check_justifier_config(cfg)
@@ -203,7 +203,7 @@ def prepare_justifier_run(cfg: RewardConfig):
     return model, tokenizer, tokenized["train"], tokenized.get("eval"), data_summary
 
 
-def justifier_record(cfg: RewardConfig, trainer: JustifierTrainer, eval_ds) -> ModelRecord:
+def justifier_record(cfg: JustifierConfig, trainer: JustifierTrainer, eval_ds) -> ModelRecord:
     """The record of a trained justifier; the validation loss when there is a validation set."""
     eval_metrics = {k: float(v) for k, v in trainer.evaluate().items()} if eval_ds is not None else {}
     return ModelRecord(
