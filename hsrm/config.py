@@ -29,7 +29,9 @@ class RewardConfig(TrainingArguments):
                                                                       "aliases": ["--model"]})
     init_from: Optional[str] = field(default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"})
     model_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto", "aliases": ["--dtype"]})
-    attn_implementation: Optional[str] = field(default=None, metadata={"help": "eager | sdpa | flex_attention | flash_attention_2"})
+    attn_implementation: Optional[str] = field(default=None, metadata={
+        "help": "auto (hsrm_varlen on CUDA in bf16/fp16, else the model's default) | hsrm_varlen | sdpa | eager | flex_attention "
+                "| flash_attention_2; empty = the model's default"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the Hub (off unless you trust it)"})
     # --- objective
     objective: str = field(default="bt", metadata={"help": "regression | bt | margin_bt | scaled_bt | justifier"})

@@ -249,8 +249,14 @@ def attention_implementation(model) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
-def check_packing_support(model) -> str:
-    """The model's attention path, or a ValueError when packing would be unsafe or impossible."""
+def check_packing_support(model, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> str:
+    """The model's attention path, or a ValueError when packing would be unsafe or impossible.
+
+    ``device`` and ``dtype`` are where and in what precision the forward pass will run (default: the
+    model's parameters'). ``sdpa`` is refused for packed rows in half precision on CUDA: on an H200
+    its packed bf16 rewards differed from the padded ones by 0.0547, more than the padded path's own
+    batch-size noise of 0.0391 (bench/results/h200-2026-12-04/gpu_tests_not_flex.log), and it builds
+    a T × T mask besides; ``hsrm_varlen`` passed the same test."""
     body, head = body_and_score_head(model)
     if body is None or head is None:
         raise ValueError(f"{type(model).__name__} has no transformer body with a `score` head; padding_free needs an "
@@ -259,6 +265,13 @@ def check_packing_support(model) -> str:
     if name not in PACKING_ATTENTION:
         raise ValueError(f"attn_implementation {name!r} does not keep packed sequences apart; use one of "
                          f"{', '.join(PACKING_ATTENTION)} or set padding_free: false")
+    parameter = next(model.parameters())
+    device = torch.device(device) if device is not None else parameter.device
+    dtype = dtype or parameter.dtype
+    if name == "sdpa" and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        raise ValueError("packed rows with attn_implementation sdpa in half precision on CUDA drift past bf16 noise "
+                         "(0.0547 against 0.0391 on an H200, bench/results/h200-2026-12-04); use attn_implementation "
+                         "hsrm_varlen (or auto), or set padding_free: false")
     return name
 
 
@@ -378,13 +391,16 @@ class TokenBudgetBatchSampler:
     The grouping is computed once from a seeded shuffle (so ``len`` is fixed and a resumed run sees
     the same batches); the order of the micro-batches is reshuffled every epoch from ``seed`` and the
     epoch (``set_epoch``, which accelerate calls, or a count of iterations). Batches vary in size,
-    so there is deliberately no ``batch_size`` attribute (accelerate then shards whole batches).
+    so there is deliberately no ``batch_size`` attribute: accelerate then deals whole micro-batches to
+    the processes in turn (process r takes micro-batches r, r + W, …), and ``num_replicas`` = W makes
+    their count a multiple of W (the largest ones are split in two), so that accelerate never repeats
+    a micro-batch to even the processes out: every item is seen exactly once per epoch.
     """
 
     drop_last = False
 
     def __init__(self, item_lengths: Sequence[Sequence[int] | int], max_tokens: int, *, cost: Cost = "packed",
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, num_replicas: int = 1):
         items = [(n,) if isinstance(n, int) else tuple(n) for n in item_lengths]
         if not items:
             raise ValueError("TokenBudgetBatchSampler: the dataset is empty")
@@ -392,7 +408,7 @@ class TokenBudgetBatchSampler:
         order = list(range(len(items)))
         if shuffle:
             random.Random(seed).shuffle(order)
-        self.batches = token_budget_batches(items, max_tokens, cost, order=order)
+        self.batches = split_to_multiple(token_budget_batches(items, max_tokens, cost, order=order), num_replicas)
         oversized = sum(1 for b in self.batches if len(b) == 1 and batch_cost([items[b[0]]], cost) > max_tokens)
         if oversized:
             logger.warning("%d items exceed max_tokens_per_batch=%d on their own; each goes in a micro-batch alone",
@@ -416,6 +432,24 @@ class TokenBudgetBatchSampler:
             yield list(self.batches[index])
 
 
+def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]]:
+    """Split the largest micro-batches in two until their count is a multiple of ``multiple`` (the
+    number of processes); each item stays in exactly one micro-batch.
+
+    >>> split_to_multiple([[0, 1, 2, 3], [4, 5], [6]], 2)
+    [[0, 1], [2, 3], [4, 5], [6]]
+    """
+    batches = [list(b) for b in batches]
+    while len(batches) % multiple:
+        largest = max(range(len(batches)), key=lambda i: (len(batches[i]), -i))
+        if len(batches[largest]) < 2:
+            raise ValueError(f"{sum(map(len, batches))} items cannot make a multiple of {multiple} micro-batches: "
+                             "fewer items than processes")
+        half = len(batches[largest]) // 2
+        batches[largest:largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches
+
+
 def dataset_item_lengths(dataset) -> list[tuple[int, ...]]:
     """Token lengths per item of a tokenized pairs (``chosen_ids``, ``rejected_ids``) or ratings
     (``input_ids``) dataset."""
@@ -435,7 +469,8 @@ def token_budget_dataloader(trainer):
     args = trainer.args
     cost: Cost = "packed" if getattr(args, "padding_free", False) else "padded"
     sampler = TokenBudgetBatchSampler(dataset_item_lengths(trainer.train_dataset), args.max_tokens_per_batch,
-                                      cost=cost, seed=args.data_seed if args.data_seed is not None else args.seed)
+                                      cost=cost, seed=args.data_seed if args.data_seed is not None else args.seed,
+                                      num_replicas=args.world_size)
     logger.info("token-budget batching: %d micro-batches of ≤ %d %s tokens (per_device_train_batch_size is not used)",
                 len(sampler), args.max_tokens_per_batch, cost)
     workers = args.dataloader_num_workers

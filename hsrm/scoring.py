@@ -89,7 +89,7 @@ class RewardScorer:
                  attribute_weights: Sequence[float] | str | None = "auto", trust_remote_code: bool = False,
                  progress: bool = False, name: str | None = None, layout: str = "auto", max_tokens: int = DEFAULT_MAX_TOKENS,
                  attn_implementation: str | None = None, protocol_max_length: int | None = None, protocol_name: str = ""):
-        from .modeling import default_scoring_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
+        from .modeling import default_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
 
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -97,7 +97,7 @@ class RewardScorer:
             raise ValueError(f"batch_size and max_tokens must be at least 1, got {batch_size} and {max_tokens}")
         device = pick_device(device)
         if attn_implementation is None and layout != "padded":
-            attn_implementation = default_scoring_attention(device, torch_dtype(dtype))
+            attn_implementation = default_attention(device, torch_dtype(dtype))
         self.model, self.tokenizer, self.record = load_reward_model(model_dir, dtype=dtype, device=device,
                                                                     attn_implementation=attn_implementation,
                                                                     trust_remote_code=trust_remote_code)

@@ -22,7 +22,7 @@ from .data.auto import load_pairs_any, load_ratings_any
 from .data.tokenize import tokenize_pairs, tokenize_ratings
 from .modeling import DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_ALIASES, scalar_reward
 from .record import ModelRecord, reward_statistics
-from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints,
+from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints, compute_dtype,
                             save_trained_model)
 from .trainers.justifier import (JustifierCollator, JustifierTrainer, build_justifier_model, justifier_record,
                                  prepare_justifier_run)
@@ -113,7 +113,7 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
         return JustifierTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                                 data_collator=JustifierCollator(pad_id))
     if cfg.padding_free:  # one packed row per micro-batch (issue 8); refuses attention paths that would mix sequences
-        check_packing_support(model)
+        check_packing_support(model, device=args.device, dtype=compute_dtype(cfg))
     pointwise_collator = PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id)
     pairwise_collator = PackedPairwiseCollator(pad_id) if cfg.padding_free else PairwiseCollator(pad_id)
     if cfg.objective == "regression":

@@ -28,6 +28,29 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ model
+def compute_dtype(cfg: RewardConfig) -> torch.dtype:
+    """The precision the forward pass runs in: the autocast of ``bf16`` / ``fp16``, else the weights'."""
+    from ..modeling import torch_dtype
+
+    if cfg.bf16:
+        return torch.bfloat16
+    if cfg.fp16:
+        return torch.float16
+    weights = torch_dtype(cfg.model_dtype)
+    return weights if isinstance(weights, torch.dtype) else torch.float32
+
+
+def training_attention(cfg: RewardConfig) -> str | None:
+    """``attn_implementation`` as the model is built with it: ``auto`` is hsrm's choice
+    (:func:`hsrm.modeling.default_attention`: ``hsrm_varlen`` on CUDA in half precision, else the
+    model's default); any other value is passed through."""
+    from ..modeling import default_attention
+
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    return default_attention(cfg.device, compute_dtype(cfg))
+
+
 def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     """(model, tokenizer) for a run: the backbone, or ``init_from`` a trained reward model.
     ``with_lora=False`` builds the bare base an adapter is merged into.
@@ -35,11 +58,11 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     Two-stage training (HelpSteer2-Preference §3.2): a BT run initialised from a regression model
     keeps its body and its *helpfulness* head (row 0 of a five-attribute head).
     """
+    attention = training_attention(cfg)
     if cfg.init_from:
         # A trained reward model: the loader refuses a folder without a trained head.
         model, tokenizer, _ = load_reward_model(cfg.init_from, dtype=cfg.model_dtype, device=None,
-                                                trust_remote_code=cfg.trust_remote_code,
-                                                attn_implementation=cfg.attn_implementation)
+                                                trust_remote_code=cfg.trust_remote_code, attn_implementation=attention)
         model.train()
         init_labels = model.config.num_labels
         if init_labels != cfg.num_labels:
@@ -52,7 +75,7 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
             model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
     else:
         model, tokenizer = build_reward_model(cfg.model_name_or_path, num_labels=cfg.num_labels, dtype=cfg.model_dtype,
-                                              trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+                                              trust_remote_code=cfg.trust_remote_code, attn_implementation=attention)
     model.config.use_cache = False
     if cfg.use_lora if with_lora is None else with_lora:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
