@@ -261,3 +261,29 @@ def test_same_seed_same_new_score_head_on_a_bare_backbone(tmp_path, pairs):
     assert_same_weights(tmp_path / "a", tmp_path / "b")
     run_training(config(backbone, pairs, tmp_path / "c", max_steps=2, save_strategy="no", seed=8))
     assert not torch.equal(weights(tmp_path / "a")["score.weight"], weights(tmp_path / "c")["score.weight"])
+
+
+def test_a_second_sigterm_stops_at_once(tmp_path):
+    """The first SIGTERM asks for a checkpoint at the next step boundary; when the step never ends,
+    a second one ends the process (as the default handler would)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from hsrm.trainers.base import GracefulStop\n"
+        "stop = GracefulStop()\n"
+        "stop.on_train_begin(None, None, None)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.2)\n"
+        "assert stop.requested, 'the first signal only asks'\n"
+        "print('asked', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+        "print('still running')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.stdout.strip() == "asked" and done.returncode == -signal.SIGTERM, (done.stdout, done.stderr[-2000:])

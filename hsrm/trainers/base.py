@@ -156,15 +156,33 @@ def _deepspeed_steps_in_backward(optimizer) -> bool:
 
 
 class GracefulStop(TrainerCallback):
-    """On SIGTERM/SIGINT, finish the current step, write a checkpoint, and stop."""
+    """On SIGTERM/SIGINT, finish the current step, write a checkpoint, and stop. A second signal stops
+    at once: a step that never ends (a compile of minutes, a hung collective) must not make the
+    process unkillable by anything short of SIGKILL (seen on an H200: `timeout`'s SIGTERM could not
+    end a flex-attention compile)."""
 
     def __init__(self):
         self.requested = False
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame):
-        logger.warning("signal %d received: will checkpoint at the next step boundary and stop", signum)
+        import signal
+
+        if self.requested:  # the second signal: the previous handlers take it, now
+            logger.warning("signal %d received again: stopping now, without a checkpoint", signum)
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        logger.warning("signal %d received: will checkpoint at the next step boundary and stop (send it again to stop now)",
+                       signum)
         self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
     def on_train_begin(self, args, state, control, **kwargs):
         import signal
@@ -180,11 +198,7 @@ class GracefulStop(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        import signal
-
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
+        self.restore()
 
 
 class RewardTrainerBase(Trainer):
