@@ -1,5 +1,8 @@
 """Atomic file writes: a reader never sees half a file, and the new file honours the umask.
 
+Every hsrm file that a reader may see while it is being written goes through here: text, JSON, JSONL
+and NumPy arrays (``atomic_save_npy``/``atomic_save_npz``).
+
 The text goes to a new temporary file beside the target (opened with ``open(..., "x")``, so its
 mode is what ``open()`` would give the target: 0666 minus the umask, unlike ``mkstemp``'s 0600),
 then replaces the target with one ``os.replace``.
@@ -14,13 +17,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[TextIO], Any]) -> Path:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *, binary: bool = False) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The handle is a UTF-8 text handle, or a binary one with ``binary=True``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:
+        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as handle:
             write(handle)
         os.replace(tmp, target)
     except BaseException:
@@ -44,6 +49,20 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     return atomic_write(path, write)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: Any) -> Path:
+    """``numpy.save`` without pickles, atomically (the name is kept as given: no ``.npy`` added)."""
+    import numpy as np
+
+    return atomic_write(path, lambda handle: np.save(handle, np.asarray(array), allow_pickle=False), binary=True)
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """``numpy.savez`` atomically (the name is kept as given: no ``.npz`` added)."""
+    import numpy as np
+
+    return atomic_write(path, lambda handle: np.savez(handle, **arrays), binary=True)
 
 
 # ------------------------------------------------------------------------------ output safety

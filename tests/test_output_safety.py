@@ -284,3 +284,29 @@ def test_row_numbers_follow_one_rule(tmp_path):
     missing.write_text(f"{good}\n\n{good}\n" + json.dumps({"prompt": "q", "rejected": "b"}) + "\n")
     with pytest.raises(DataError, match=r"row 3 \(counting from 1\), field 'chosen': missing"):
         load_preference_pairs(str(missing))
+
+
+def test_numpy_arrays_are_written_atomically_and_honour_the_umask(tmp_path):
+    """The .npy/.npz writers round-trip exactly, keep the name as given, leave the old file whole when
+    the write fails, and give the mode ``open()`` would (0666 minus the umask)."""
+    import numpy as np
+
+    from hsrm.files import atomic_save_npy, atomic_save_npz
+
+    previous = os.umask(0o027)
+    try:
+        vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+        npy = atomic_save_npy(tmp_path / "vectors.bin", vectors)
+        npz = atomic_save_npz(tmp_path / "arrays.npz", a=vectors, b=np.array([1, 2]))
+    finally:
+        os.umask(previous)
+    assert npy.name == "vectors.bin"
+    np.testing.assert_array_equal(np.load(npy), vectors)
+    with np.load(npz) as loaded:
+        np.testing.assert_array_equal(loaded["a"], vectors)
+        np.testing.assert_array_equal(loaded["b"], [1, 2])
+    assert (npy.stat().st_mode & 0o777) == 0o640
+    with pytest.raises(ValueError):
+        atomic_save_npy(npy, np.array([object()], dtype=object))  # pickles are refused
+    np.testing.assert_array_equal(np.load(npy), vectors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays.npz", "vectors.bin"]
