@@ -241,13 +241,13 @@ def test_smollm2_tokenizer_on_hh_rlhf(shared_data):
 
 
 def test_tokenize_bench_smoke(tmp_path, tiny_model_dir, shared_data):
-    """bench/tokenize.py at a small size: it runs hsrm and TRL RewardTrainer's own preparation on the
+    """bench/tokenization.py at a small size: it runs hsrm and TRL RewardTrainer's own preparation on the
     same HH-RLHF pairs and finds the same ids on every pair TRL keeps (the others hsrm cut)."""
     import importlib.util
     import json
 
     pytest.importorskip("trl")
-    path = Path(__file__).resolve().parents[1] / "bench" / "tokenize.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "tokenization.py"
     spec = importlib.util.spec_from_file_location("tokenize_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

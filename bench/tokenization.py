@@ -1,6 +1,6 @@
 """Preparing HH-RLHF pairs for training: hsrm's tokenization against TRL RewardTrainer's own.
 
-    .venv/bin/python bench/tokenize.py [--pairs 20000] [--max-length 1024] [--num-proc N] [--repeats 1]
+    .venv/bin/python bench/tokenization.py [--pairs 20000] [--max-length 1024] [--num-proc N] [--repeats 1]
                                        [--tokenizer DIR] [--output runs/bench/tokenize.json]
 
 Same process, same tokenizer (the embedded SmolLM2-135M-Instruct unless ``--tokenizer``), same
