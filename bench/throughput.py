@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from hsrm.engine import choose_layout, score_sequences
-from hsrm.packing import VARLEN_ATTENTION, _torch_varlen_attn, packing_discrepancy
+from hsrm.engine import choose_layout, packing_discrepancy, score_sequences
+from hsrm.packing.attention import VARLEN_ATTENTION, register_varlen_attention, varlen_kernel
 from hsrm.trainers.pairwise import PairwiseRewardTrainer
 
 # Llama-3.2-1B's shape (config.json of meta-llama/Llama-3.2-1B), without its weights.
@@ -87,6 +87,8 @@ def build_model(shape: str, attn: str, dtype: torch.dtype, device: str, seed: in
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
     config = LlamaConfig(**SHAPES[shape], num_labels=1, pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2, use_cache=False)
+    if attn == VARLEN_ATTENTION:
+        register_varlen_attention()  # hsrm's own path must be known to transformers before the model asks for it
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForSequenceClassification.from_config(config, dtype=dtype, attn_implementation=attn)
@@ -296,7 +298,7 @@ def default_attention_paths(device: str) -> list[str]:
     GPU (plus flash-attn's when the package is installed); sdpa on CPU."""
     if device != "cuda":
         return ["sdpa"]
-    paths = [VARLEN_ATTENTION] if _torch_varlen_attn() is not None else []
+    paths = [VARLEN_ATTENTION] if varlen_kernel() is not None else []
     paths.append("flex_attention")
     try:
         import flash_attn  # noqa: F401

@@ -51,7 +51,7 @@ class RewardConfig(TrainingArguments):
     on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skips are counted and logged)"})
     dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "processes that tokenize the data (datasets.map num_proc); "
                                                                            "empty = this process, with the fast tokenizer's own threads"})
-    # --- speed (issue 8; hsrm/packing.py, docs/speed.md)
+    # --- speed (issue 8; hsrm/packing/, docs/speed.md)
     padding_free: bool = field(default=False, metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"})
     max_tokens_per_batch: Optional[int] = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
     # --- partial fine-tuning: the cheap middle ground between a frozen-backbone probe and full fine-tuning

@@ -49,7 +49,8 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 def choose_layout(model, layout: str = "auto") -> str:
     """``padded`` or ``packed`` for this model on its device (see the module docstring)."""
-    from .packing import VARLEN_ATTENTION, VARLEN_KWARG_ATTENTION, _torch_varlen_attn, attention_implementation, check_packing_support
+    from .packing.attention import (VARLEN_ATTENTION, VARLEN_KWARG_ATTENTION, attention_implementation,
+                                    check_packing_support, varlen_kernel)
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -62,7 +63,7 @@ def choose_layout(model, layout: str = "auto") -> str:
     attention = attention_implementation(model)
     if parameter.device.type != "cuda" or attention not in VARLEN_KWARG_ATTENTION:
         return "padded"
-    if attention == VARLEN_ATTENTION and (parameter.dtype not in (torch.float16, torch.bfloat16) or _torch_varlen_attn() is None):
+    if attention == VARLEN_ATTENTION and (parameter.dtype not in (torch.float16, torch.bfloat16) or varlen_kernel() is None):
         return "padded"  # hsrm_varlen would fall back to one SDPA call per sequence
     return "packed"
 
@@ -79,9 +80,7 @@ def batches(sequences: Sequence[Sequence[int]], layout: str, *, pad_id: int = 0,
         if max_tokens is None or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens!r}")
         for row in token_budget_batches([(len(s),) for s in sequences], max_tokens, "packed"):
-            packed = pack([sequences[i] for i in row], pad_id=pad_id)
-            yield row, {"input_ids": packed.input_ids, "position_ids": packed.position_ids, "last_index": packed.last_index,
-                        "cu_seqlens": packed.attention_cu_seqlens(), "max_seqlen": packed.max_seqlen}
+            yield row, pack([sequences[i] for i in row], pad_id=pad_id).model_inputs()
     elif layout == "padded":
         for indices in length_sorted_batches([len(s) for s in sequences], batch_size):
             ids, mask = pad_sequences([sequences[i] for i in indices], pad_id, "right")
@@ -132,3 +131,15 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], *, layout: str = 
     finally:
         model.train(was_training)
     return results
+
+
+def packing_discrepancy(model, sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, float]:
+    """Largest |packed − padded| and |padded(batch) − padded(one at a time)| head outputs for the same
+    sequences: the first must not exceed the second's order of magnitude (bf16 noise, issue 8)."""
+    everything = {"pad_id": pad_id, "all_outputs": True, "batch_size": len(sequences)}
+    packed = score_sequences(model, sequences, layout="packed", max_tokens=sum(map(len, sequences)), **everything)
+    padded = score_sequences(model, sequences, layout="padded", **everything)
+    alone = score_sequences(model, sequences, layout="padded", **{**everything, "batch_size": 1})
+    return {"packed_vs_padded": float((packed - padded).abs().max()),
+            "padded_vs_alone": float((padded - alone).abs().max()),
+            "packed_vs_alone": float((packed - alone).abs().max())}

@@ -207,9 +207,9 @@ def default_attention(device: torch.device, dtype: torch.dtype | str) -> str | N
     PyTorch's varlen FlashAttention (``hsrm_varlen``) on CUDA in half precision, where packing pays
     (4.38× TRL's training throughput on an H200, bench/results/h200-2026-12-04); else transformers'
     own default. ``hsrm_varlen`` runs padded batches through SDPA, so it is safe for both layouts."""
-    from .packing import _torch_varlen_attn
+    from .packing.attention import varlen_kernel
 
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _torch_varlen_attn() is not None:
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and varlen_kernel() is not None:
         return "hsrm_varlen"
     return None
 

@@ -23,7 +23,7 @@ from hsrm import packing
 from hsrm.config import load_recipe, train_options
 from hsrm.data.render import PairwiseCollator, PointwiseCollator, pad_sequences
 from hsrm.losses import PAIRWISE_LOSSES, regression_loss
-from hsrm.engine import score_sequences
+from hsrm.engine import packing_discrepancy, score_sequences
 from hsrm.modeling import reward_outputs
 from hsrm.packing import (PackedPairwiseCollator, PackedPointwiseCollator, TokenBudgetBatchSampler, batch_cost, pack,
                           token_budget_batches)
@@ -41,6 +41,7 @@ def random_sequences(lengths, seed=0, vocab=300):
 
 
 def load(model_dir, attn, dtype=torch.float32, device="cpu"):
+    packing.register_varlen_attention()  # explicit: importing hsrm registers nothing with transformers
     return AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=attn, dtype=dtype).to(device)
 
 
@@ -339,7 +340,7 @@ def test_packing_refuses_models_and_paths_that_cannot_keep_sequences_apart(tiny_
         packing.check_packing_support(torch.nn.Linear(2, 2))
     model = load(tiny_model_dir, "sdpa")
     assert packing.check_packing_support(model) == "sdpa"
-    monkeypatch.setattr(packing, "attention_implementation", lambda m: "paged|sdpa")
+    monkeypatch.setattr(packing.attention, "attention_implementation", lambda m: "paged|sdpa")
     with pytest.raises(ValueError, match="does not keep packed sequences apart"):
         packing.check_packing_support(model)
 
@@ -375,8 +376,8 @@ def test_varlen_path_feeds_the_kernel_correctly(tiny_model_dir, monkeypatch, ker
         return kernel(*args, **kwargs)
 
     counted.__signature__ = inspect.signature(kernel)  # the glue reads the kernel's signature
-    monkeypatch.setattr(packing, "_torch_varlen_attn", lambda: counted)
-    monkeypatch.setattr(packing, "_use_varlen_kernel", lambda q, dropout: True)
+    monkeypatch.setattr(packing.attention, "varlen_kernel", lambda: counted)
+    monkeypatch.setattr(packing.attention, "_use_varlen_kernel", lambda q, dropout: True)
     model = load(tiny_model_dir, "hsrm_varlen").eval()
     sequences = random_sequences(LENGTHS)
     with torch.no_grad():
@@ -393,8 +394,8 @@ def test_varlen_path_refuses_attention_it_does_not_implement():
     q = torch.zeros(1, 4, 6, 8)
     module = torch.nn.Module()
     with pytest.raises(ValueError, match="sliding"):
-        packing.varlen_attention_forward(module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=4)
-    out, _ = packing.varlen_attention_forward(module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=None)
+        packing.attention.varlen_attention_forward(module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=4)
+    out, _ = packing.attention.varlen_attention_forward(module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=None)
     assert out.shape == (1, 6, 4, 8)
 
 
@@ -451,7 +452,7 @@ def test_gpu_fp32_packed_equals_padded(tmp_path, tiny_tokenizer, attn):
 
     model_dir = build_tiny_llama(tmp_path / "m", hidden_size=256, num_layers=4, tokenizer=tiny_tokenizer)
     model = load(model_dir, attn, device="cuda").eval()
-    found = packing.packing_discrepancy(model, random_sequences([1, 5, 300, 40, 700, 2, 128, 64]), PAD)
+    found = packing_discrepancy(model, random_sequences([1, 5, 300, 40, 700, 2, 128, 64]), PAD)
     assert found["packed_vs_padded"] < 1e-3 and found["packed_vs_alone"] < 1e-3, found
 
 
@@ -472,7 +473,7 @@ def test_gpu_bf16_packed_within_batch_size_noise(attn):
     model = throughput.build_model("llama-1b", attn, torch.bfloat16, "cuda", seed=0).eval()
     pairs = throughput.synthetic_pairs(8, 128256, seed=1)
     sequences = [s for p in pairs for s in (p["chosen_ids"], p["rejected_ids"])]
-    found = packing.packing_discrepancy(model, sequences, PAD)
+    found = packing_discrepancy(model, sequences, PAD)
     noise = found["padded_vs_alone"]
     assert found["packed_vs_padded"] <= 1.25 * noise + 1e-3 and found["packed_vs_alone"] <= 1.25 * noise + 1e-3, found
 
@@ -490,7 +491,7 @@ def test_gpu_bench_smoke(tmp_path):
 def test_gpu_varlen_kernel_training_gradients_match_padded(tmp_path, tiny_tokenizer):
     """PyTorch's varlen kernel (bf16) under backward: loss and gradients of a packed pair batch
     agree with the padded SDPA path up to bf16 rounding (a leak or a wrong causal window would not)."""
-    if packing._torch_varlen_attn() is None:
+    if packing.attention.varlen_kernel() is None:
         pytest.skip("this torch has no torch.nn.attention.varlen")
     from hsrm.testing import build_tiny_llama
 
@@ -512,7 +513,7 @@ def test_attention_auto_is_varlen_on_cuda_in_half_precision_only(tiny_model_dir)
     from hsrm.modeling import default_attention
     from hsrm.trainers.base import training_attention
 
-    assert packing._torch_varlen_attn() is not None  # torch ≥ 2.10 ships the kernel (CPU wheels too)
+    assert packing.attention.varlen_kernel() is not None  # torch ≥ 2.10 ships the kernel (CPU wheels too)
     assert default_attention(torch.device("cuda", 0), torch.bfloat16) == "hsrm_varlen"
     assert default_attention(torch.device("cuda", 0), torch.float16) == "hsrm_varlen"
     assert default_attention(torch.device("cuda", 0), torch.float32) is None  # fp32: varlen would fall back to a loop
