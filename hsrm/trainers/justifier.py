@@ -32,7 +32,7 @@ from ..config import JustifierConfig
 from ..data.justifications import JUSTIFICATION_SETS, JUSTIFIER_TARGETS, label_examples_from_pairs, load_justification_examples
 from ..data.render import ensure_chat_template, pad_sequences
 from ..data.tokenize import tokenize_justifier_examples
-from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
+from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, torch_dtype
 from ..record import ModelRecord
 from .base import RewardTrainerBase
 
@@ -122,14 +122,6 @@ class JustifierTrainer(RewardTrainerBase):
 
 
 # ------------------------------------------------------------------------------------------ model
-def _torch_dtype(name: str):
-    table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"model_dtype {name!r}: choose one of {sorted(table)}")
-    return table[name]
-
-
 def load_causal_lm(name_or_path: str | None, *, dtype: str = "float32", trust_remote_code: bool = False,
                    attn_implementation: str | None = None):
     """(causal LM, tokenizer). The tokenizer gets a chat template if it has none and a pad token
@@ -142,7 +134,7 @@ def load_causal_lm(name_or_path: str | None, *, dtype: str = "float32", trust_re
     path = resolve_model_path(name_or_path)
     check_model_folder(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code,
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
                                                  use_safetensors=True, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_chat_template(tokenizer)
