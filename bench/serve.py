@@ -6,7 +6,7 @@
 Issue 20's target: at 16 concurrent clients the server reaches at least 80 % of the in-process
 engine's real tokens/s on 2 CPU cores.
 
-Model: a random Llama reward model built by ``hsrm.testing.build_tiny_llama`` with hidden size 256
+Model: a random Llama reward model built by ``hsrm.tiny.build_tiny_llama`` with hidden size 256
 and 4 layers (2.5 M parameters; the test suite's 400-token BPE tokenizer and ChatML template),
 fp32 on the CPU. It is about the smallest model whose forward passes clearly outweigh a request's
 HTTP, JSON and tokenization work (with the tests' 30 k-parameter model the bench would time the
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from hsrm.scoring import RewardScorer
-    from hsrm.testing import ServeProcess, build_tiny_llama
+    from hsrm.testing import ServeProcess
+    from hsrm.tiny import build_tiny_llama
 
     levels = [int(c) for c in args.concurrency.split(",")]
     threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))

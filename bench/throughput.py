@@ -97,7 +97,7 @@ def build_model(shape: str, attn: str, dtype: torch.dtype, device: str, seed: in
 
 def bench_tokenizer(folder: Path):
     """Only TRL needs a tokenizer (for the pad token); the data are already token ids."""
-    from hsrm.testing import build_tiny_tokenizer
+    from hsrm.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(folder)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(PAD_ID)

@@ -13,7 +13,7 @@ import sys
 # verb → (module, function taking argv, one line of help); modules are imported only when their verb is used
 VERBS = {
     "train": ("hsrm.train", "main", "train a reward model (regression, BT family) or a generative justifier from a recipe"),
-    "evaluate": ("hsrm.evaluate", "main", "RewardBench sections, pairwise accuracy or rating errors (--justifier: a judge)"),
+    "evaluate": ("hsrm.evaluation", "main", "RewardBench sections, pairwise accuracy or rating errors (--justifier: a judge)"),
     "expo": ("hsrm.expo", "main", "extrapolate two checkpoints' weights, with the factor searched on validation data"),
     "score": ("hsrm.scoring", "main", "reward every response of a file and pick the Best-of-N per prompt"),
     "push": ("hsrm.hub", "main", "write a model card and upload a reward model to the Hugging Face Hub"),

@@ -113,7 +113,7 @@ def data_from_hub(workdir: Path, needed: dict[str, int]) -> dict[str, str]:
     for role, (relative, (repo, data_dir, split)) in DATA_FILES.items():
         rows = datasets.load_dataset(repo, data_dir=data_dir, split=split).to_list()
         if role == "rewardbench":  # the first N rows of every subset, so that every section is reached
-            from .evaluate import first_per_subset
+            from .evaluation import first_per_subset
 
             rows = [rows[i] for i in first_per_subset([r["subset"] for r in rows], needed[role])]
         else:
@@ -213,7 +213,7 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summ
              data_dir: str | None = None) -> dict[str, Any]:
     import shutil
 
-    from .evaluate import evaluate_model, format_report
+    from .evaluation import evaluate_model, format_report
     from .expo import extrapolate_folder, search_factor, write_search_table
     from .files import check_output
     from .scoring import RewardScorer
@@ -226,7 +226,7 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, print_summ
     profile = QUICK if quick else FULL
     data = data_sources(out, data_dir, profile)
     if quick:
-        from .testing import build_tiny_llama
+        from .tiny import build_tiny_llama
 
         model = str(build_tiny_llama(out / "tiny-backbone"))
     else:

@@ -279,7 +279,7 @@ def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] 
     from tqdm.auto import tqdm
 
     from .engine import DEFAULT_MAX_TOKENS
-    from .evaluate import PROTOCOL_MAX_LENGTH, detect_kind, evaluate_prepared, load_eval_set, primary_metric
+    from .evaluation import PROTOCOL_MAX_LENGTH, detect_kind, evaluate_prepared, load_eval_set, primary_metric
     from .scoring import RewardScorer
 
     weak_reader, strong_reader = check_compatible(weak, strong)
@@ -338,7 +338,7 @@ def write_search_table(folder: str | os.PathLike, search: dict[str, Any]) -> tup
 
 # ------------------------------------------------------------------------------ CLI
 def main(argv: list[str] | None = None) -> Path:
-    from .evaluate import scalar_rewards
+    from .evaluation import scalar_rewards
     from .files import check_output
     from .options import ExpoOptions, parse_options, print_result
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
 from typing import Any, Sequence
 
 logger = logging.getLogger("hsrm.justifier_eval")
@@ -60,28 +59,6 @@ def justifier_metrics(verdicts_chosen_first: Sequence[int | None], verdicts_chos
         "parse_failure_rate": sum(v is None for v in first + second) / (2 * n),
         "parse_failures": sum(v is None for v in first + second),
     }
-
-
-def rewardbench_scores(subsets: Sequence[str], verdicts_chosen_first, verdicts_chosen_second) -> dict[str, Any]:
-    """Per-subset accuracy (both orders) and RewardBench section scores with official weights."""
-    from .data.rewardbench import SECTIONS
-
-    by_subset: dict[str, list[int]] = defaultdict(list)
-    for i, subset in enumerate(subsets):
-        by_subset[subset].append(i)
-    subset_accuracy = {
-        name: (sum(verdicts_chosen_first[i] == 1 for i in idx) + sum(verdicts_chosen_second[i] == 2 for i in idx)) / (2 * len(idx))
-        for name, idx in sorted(by_subset.items())
-    }
-    sections = {}
-    for section, weights in SECTIONS.items():
-        present = {s: w for s, w in weights.items() if s in subset_accuracy}
-        if present:
-            sections[section] = sum(subset_accuracy[s] * w for s, w in present.items()) / sum(present.values())
-    result: dict[str, Any] = {"subsets": subset_accuracy, "sections": sections}
-    if sections:
-        result["overall"] = sum(sections.values()) / len(sections)
-    return result
 
 
 # ----------------------------------------------------------------------------------- generation
@@ -152,7 +129,12 @@ def evaluate_justifier(model, tokenizer, pairs, *, max_new_tokens: int = 512, ba
     first, second = verdicts[0::2], verdicts[1::2]
     metrics: dict[str, Any] = justifier_metrics(first, second)
     if rows and "subset" in rows[0]:
-        metrics["rewardbench"] = rewardbench_scores([r["subset"] for r in rows], first, second)
+        from .evaluation import rewardbench_scores
+
+        # Each pair is judged twice (chosen shown first, then second): 2n verdicts for the one RewardBench scorer.
+        subsets = [r["subset"] for r in rows]
+        correct = [v == 1 for v in first] + [v == 2 for v in second]
+        metrics["rewardbench"] = rewardbench_scores(subsets + subsets, correct)
     examples = []
     for k, (text, verdict) in enumerate(zip(texts, verdicts)):
         pair, order = divmod(k, 2)
@@ -218,9 +200,10 @@ def run_justifier_evaluation(opts) -> tuple[dict[str, Any], str]:
              f"both orders {m['both_orders_accuracy']:.4f} | position bias {m['position_bias_rate']:.4f} | "
              f"parse failures {m['parse_failure_rate']:.4f} ({m['parse_failures']})"]
     if "rewardbench" in m:
-        sections = ", ".join(f"{k} {v:.4f}" for k, v in m["rewardbench"]["sections"].items())
+        bench = m["rewardbench"]
+        sections = ", ".join(f"{name} {section['score']:.4f}" for name, section in bench["sections"].items())
         lines.append(f"RewardBench sections: {sections}"
-                     + (f" | overall {m['rewardbench']['overall']:.4f}" if "overall" in m["rewardbench"] else ""))
+                     + (f" | overall {bench['overall']:.4f}" if bench["overall"] is not None else ""))
     if opts.output:
         lines.append(f"wrote {atomic_write_json(opts.output, result)}")
     return result, "\n".join(lines)

@@ -31,7 +31,7 @@ from .options import Options, option
 
 logger = logging.getLogger("hsrm.rloo")
 
-TINY = "tiny-random"  # model value that builds a random tiny model locally (smoke runs, tests)
+TINY = "tiny-random"  # model value that builds a random tiny model locally (hsrm.tiny): smoke runs, tests
 
 
 @dataclass
@@ -111,7 +111,7 @@ def load_prompts(setup: RLOOSetup):
 
 
 def _resolve_models(setup: RLOOSetup, output_dir: str) -> tuple[str, str]:
-    from .testing import build_tiny_llama
+    from .tiny import build_tiny_llama
 
     policy, reward = setup.policy_model, setup.reward_model
     if policy == TINY:

@@ -173,6 +173,16 @@ class RewardScorer:
         return f"RewardScorer({self.model_dir!r}, outputs={self.attributes}, max_length={self.max_length})"
 
 
+def score(model: str | RewardScorer, prompts: Sequence[Any], responses: Sequence[str], **scorer_options: Any) -> list[float]:
+    """Scalar rewards of (prompt, response) pairs by the reward model at ``model`` (a folder, a Hub id or
+    a :class:`RewardScorer`); ``scorer_options`` are :class:`RewardScorer`'s (``batch_size``, ``dtype`` …)."""
+    if isinstance(model, RewardScorer):
+        if scorer_options:
+            raise TypeError(f"score: options {sorted(scorer_options)} apply when loading a model, not to a RewardScorer")
+        return model.score(prompts, responses)
+    return RewardScorer(model, **scorer_options).score(prompts, responses)
+
+
 # --------------------------------------------------------------------------------- hsrm score
 def group_candidates(rows: Iterable[dict], source: str) -> list[dict]:
     """Rows → one group per prompt: ``{prompt, responses, rows, id}``.

@@ -32,7 +32,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random 2-layer Llama sequence classifier (1 output) with a BPE tokenizer whose pad == eos."""
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 

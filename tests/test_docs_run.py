@@ -58,7 +58,7 @@ PREFIXES = ("hsrm ", "accelerate launch", "torchrun ", "python -m hsrm.", ".venv
 # Placeholder or example name in a documented command → what the sandbox uses (made by `sandbox`).
 SUBSTITUTE = {
     "RECIPE.yaml": "recipes/tiny_bt.yaml",           # "any recipe": the seconds-long tiny one
-    "TINY_DIR": "runs/tiny-llama",                  # hsrm.testing.build_tiny_llama
+    "TINY_DIR": "runs/tiny-llama",                  # hsrm.tiny.build_tiny_llama
     "/tmp/tiny": "runs/tiny-llama",                 # evaluation.md's example model (random, 30k parameters)
     "PAIRS.jsonl": "data/pairs.jsonl",              # 16 learnable pairs with a strength 1-3
     "pairs.jsonl": "data/pairs.jsonl",
@@ -452,7 +452,7 @@ class Sandbox:
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory) -> Sandbox:
     from hsrm.embedding.synthetic import SyntheticWorld
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     root = tmp_path_factory.mktemp("docs-run")
     box = Sandbox(root)

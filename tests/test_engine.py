@@ -110,7 +110,7 @@ def training_time(trained, tmp_path):
 
 def hsrm_evaluate(trained, tmp_path):
     from hsrm.cli import main as cli
-    from hsrm.evaluate import scalar_rewards
+    from hsrm.evaluation import scalar_rewards
 
     out = tmp_path / "eval.json"
     assert cli(["evaluate", "--model", str(trained.folder), "--data", str(trained.data), "--output", str(out),
@@ -119,7 +119,7 @@ def hsrm_evaluate(trained, tmp_path):
 
 
 def expo_search_at_one(trained, tmp_path):
-    from hsrm.evaluate import scalar_rewards
+    from hsrm.evaluation import scalar_rewards
     from hsrm.expo import search_factor
 
     search = search_factor(str(trained.folder), str(trained.folder), str(trained.data), coarse=(1.5, 1.5, 0.1), fine_radius=0,
@@ -208,7 +208,7 @@ def test_packed_and_padded_layouts_agree(request, model_fixture):
 # ------------------------------------------------------------------------------------ precedence
 def test_max_length_precedence(bt_model, tmp_path):
     """User > benchmark protocol > model record > 2048, capped at the model's context (1024 here)."""
-    from hsrm.evaluate import evaluate_model
+    from hsrm.evaluation import evaluate_model
     from hsrm.modeling import resolve_max_length
     from hsrm.record import ModelRecord
     from hsrm.scoring import RewardScorer

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import write_jsonl
 
-from hsrm.evaluate import pairwise_summary, rewardbench_scores
+from hsrm.evaluation import pairwise_summary, rewardbench_scores
 
 
 def test_rewardbench_sections_match_hand_computation():
@@ -99,7 +99,7 @@ def test_evaluate_cli_on_handmade_rewardbench_file(tmp_path, tiny_model_dir, cap
 
 
 def test_pairs_accuracy_and_margin_match_independent_rewards(tmp_path, tiny_model_dir):
-    from hsrm.evaluate import evaluate_model
+    from hsrm.evaluation import evaluate_model
     from hsrm.modeling import load_reward_model
 
     rows = [{"prompt": f"Question {i}?", "chosen": c, "rejected": r}
@@ -117,7 +117,7 @@ def test_pairs_accuracy_and_margin_match_independent_rewards(tmp_path, tiny_mode
 
 
 def test_ratings_mae_rmse_pearson(tmp_path, tiny_model_dir):
-    from hsrm.evaluate import evaluate_model
+    from hsrm.evaluation import evaluate_model
     from hsrm.modeling import load_reward_model
 
     rows = [{"prompt": f"Question {i}?", "response": r, "helpfulness": h, "correctness": 2, "coherence": 3, "complexity": 1,
@@ -135,7 +135,7 @@ def test_ratings_mae_rmse_pearson(tmp_path, tiny_model_dir):
 
 
 def test_justifier_flag_forwards_the_options(monkeypatch, capsys):
-    from hsrm.evaluate import main
+    from hsrm.evaluation import main
 
     seen = {}
     fake = types.ModuleType("hsrm.justifier_eval")
@@ -156,7 +156,7 @@ def test_justifier_is_in_evaluate_help(capsys):
 
 @pytest.mark.shared_data
 def test_real_rewardbench_sample_first_rows(shared_data, tiny_model_dir):
-    from hsrm.evaluate import evaluate_model
+    from hsrm.evaluation import evaluate_model
 
     source = shared_data / "rewardbench_sample" / "reward_bench_filtered_sample.jsonl"
     result = evaluate_model(str(tiny_model_dir), str(source), limit=24, max_length=128, batch_size=8, progress=False)
@@ -170,7 +170,7 @@ def test_real_rewardbench_sample_first_rows(shared_data, tiny_model_dir):
 
 def test_bad_rows_stop_evaluation_unless_skipped_and_counted(tmp_path, tiny_model_dir, capsys):
     from hsrm.data.io import DataError
-    from hsrm.evaluate import evaluate_model, main
+    from hsrm.evaluation import evaluate_model, main
 
     rows = [{"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"}, {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
             {"prompt": "Q3?", "chosen": "Yes, gladly.", "rejected": ""}, {"prompt": "Q4?", "chosen": "Bake it.", "rejected": "bad"}]
@@ -185,7 +185,7 @@ def test_bad_rows_stop_evaluation_unless_skipped_and_counted(tmp_path, tiny_mode
 
 
 def test_per_subset_keeps_the_first_rows_of_every_subset(tmp_path, tiny_model_dir):
-    from hsrm.evaluate import evaluate_model
+    from hsrm.evaluation import evaluate_model
 
     subsets = ["alpacaeval-easy"] * 5 + ["llmbar-natural"] * 3 + ["alpacaeval-easy"] * 2 + ["mt-bench-hard"]
     rows = [{"prompt": f"Q{i}?", "chosen": f"A good answer {i}.", "rejected": "no", "subset": s, "id": str(i)}

@@ -22,7 +22,7 @@ def read_all(folder) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def weak_strong(tmp_path_factory):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     root = tmp_path_factory.mktemp("expo")
     weak = build_tiny_llama(root / "weak", seed=0)
@@ -78,7 +78,7 @@ def test_sharded_bf16_strong_streams_shard_by_shard(tmp_path, weak_strong):
 
 
 def test_incompatible_models_give_clear_errors(tmp_path, weak_strong):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     weak, _ = weak_strong
     wider = build_tiny_llama(tmp_path / "wider", hidden_size=48)
@@ -108,9 +108,9 @@ def test_search_picks_the_best_factor_on_a_constructed_case(tmp_path):
     exactly linear in α: m_i(α) = a_i + α·b_i. Heads are solved so that pair i flips at a chosen
     threshold; accuracy then peaks on the coarse grid at 1.6 and on the fine grid at 1.62 only."""
     from hsrm.cli import main as cli
-    from hsrm.evaluate import load_eval_set
+    from hsrm.evaluation import load_eval_set
     from hsrm.scoring import RewardScorer
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     base = build_tiny_llama(tmp_path / "base", seed=4)
     # No threshold sits on a grid point (coarse 0.1 steps, fine 0.01 steps): there the margin is 0
@@ -173,7 +173,7 @@ def test_search_picks_the_best_factor_on_a_constructed_case(tmp_path):
     assert written["chosen_alpha"] == 1.62 and [row["alpha"] for row in written["table"]] == [1.0, 1.5, 1.58, 1.59, 1.6, 1.61, 1.62, 1.7]
     assert (out / "expo_search.csv").read_text().splitlines()[0] == "alpha,stage,metric,score,accuracy,margin"
     # the written model scores as the search said
-    from hsrm.evaluate import evaluate_model
+    from hsrm.evaluation import evaluate_model
 
     assert evaluate_model(str(out), str(data), progress=False)["metrics"]["accuracy"] == 1.0
 

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from hsrm.justifier_eval import justifier_metrics, rewardbench_scores
+from hsrm.evaluation import rewardbench_scores
+from hsrm.justifier_eval import justifier_metrics
 
 
 def test_metrics_by_hand():
@@ -37,11 +38,14 @@ def test_unparseable_verdicts_count_as_wrong_and_an_always_first_judge_is_fully_
 
 
 def test_rewardbench_sections_use_official_weights():
+    """The justifier's two orders are 2n verdicts for the one RewardBench scorer (as justifier_eval feeds it)."""
     subsets = ["alpacaeval-easy", "alpacaeval-easy", "mt-bench-easy", "llmbar-natural", "unknown-subset"]
     first = [1, 1, 2, 1, 1]
     second = [2, 1, 2, 2, 2]
-    scores = rewardbench_scores(subsets, first, second)
-    assert scores["subsets"] == {"alpacaeval-easy": 3 / 4, "mt-bench-easy": 1 / 2, "llmbar-natural": 1.0, "unknown-subset": 1.0}
+    scores = rewardbench_scores(subsets + subsets, [v == 1 for v in first] + [v == 2 for v in second])
+    accuracy = {name: entry["accuracy"] for name, entry in scores["subsets"].items()}
+    assert accuracy == {"alpacaeval-easy": 3 / 4, "mt-bench-easy": 1 / 2, "llmbar-natural": 1.0, "unknown-subset": 1.0}
     chat = (3 / 4 * 100 + 1 / 2 * 28) / (100 + 28)             # official counts: alpacaeval-easy 100, mt-bench-easy 28
-    assert scores["sections"] == pytest.approx({"Chat": chat, "Chat Hard": 1.0})
+    assert {name: s["score"] for name, s in scores["sections"].items()} == pytest.approx({"Chat": chat, "Chat Hard": 1.0})
     assert scores["overall"] == pytest.approx((chat + 1.0) / 2)
+    assert scores["unscored_subsets"] == ["unknown-subset"]

@@ -58,7 +58,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     # hidden 64: at 32 the model memorises the training prompts but stays near chance on new ones.
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-causal"), causal_lm=True, hidden_size=64)
@@ -173,7 +173,7 @@ def test_plain_pairs_train_the_label_target_and_refuse_the_others(tmp_path, caus
 
 
 def test_evaluate_cli_on_pairs_and_rewardbench(tmp_path, label_model, capsys):
-    from hsrm.evaluate import main
+    from hsrm.evaluation import main
 
     out, _ = label_model
     pairs = write_jsonl(tmp_path / "heldout.jsonl", heldout_pairs(6))
@@ -196,7 +196,7 @@ def test_evaluate_cli_on_pairs_and_rewardbench(tmp_path, label_model, capsys):
 
 
 def test_evaluate_refuses_a_scalar_reward_model(tiny_model_dir, tmp_path):
-    from hsrm.evaluate import main
+    from hsrm.evaluation import main
 
     pairs = write_jsonl(tmp_path / "p.jsonl", heldout_pairs(2))
     with pytest.raises(ValueError, match="scalar reward model"):

@@ -159,7 +159,7 @@ def test_training_refuses_a_non_empty_output_dir_unless_resuming_or_overwriting(
 
 # ------------------------------------------------------------------------------ silent garbage
 def test_a_causal_lm_is_refused_by_evaluate_and_score(tmp_path, tiny_tokenizer, capsys):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     lm = build_tiny_llama(tmp_path / "lm", causal_lm=True, tokenizer=tiny_tokenizer)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(4, with_strength=False))

@@ -47,7 +47,7 @@ def load(model_dir, attn, dtype=torch.float32, device="cpu"):
 
 @pytest.fixture(scope="module")
 def five_label_dir(tmp_path_factory, tiny_tokenizer):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny5"), num_labels=5, seed=1, tokenizer=tiny_tokenizer)
 
@@ -448,7 +448,7 @@ def gpu_paths():
 def test_gpu_fp32_packed_equals_padded(tmp_path, tiny_tokenizer, attn):
     if attn == "flash_attention_2":
         pytest.skip("flash-attn runs in half precision only")
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path / "m", hidden_size=256, num_layers=4, tokenizer=tiny_tokenizer)
     model = load(model_dir, attn, device="cuda").eval()
@@ -493,7 +493,7 @@ def test_gpu_varlen_kernel_training_gradients_match_padded(tmp_path, tiny_tokeni
     agree with the padded SDPA path up to bf16 rounding (a leak or a wrong causal window would not)."""
     if packing.attention.varlen_kernel() is None:
         pytest.skip("this torch has no torch.nn.attention.varlen")
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path / "m", hidden_size=256, num_layers=4, tokenizer=tiny_tokenizer)
     features = pair_features()

@@ -28,7 +28,7 @@ def with_block(model_dir, folder, block):
 
 @pytest.fixture(scope="module")
 def five_output_dir(tmp_path_factory, tiny_tokenizer):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("five"), num_labels=5, seed=2, tokenizer=tiny_tokenizer)
 
@@ -103,7 +103,7 @@ def test_reward_statistics_by_hand():
 # ----------------------------------------------------------------------------- the one loader
 def test_loader_refuses_a_causal_lm(tmp_path, tiny_tokenizer):
     from hsrm.modeling import load_reward_model
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     causal = build_tiny_llama(tmp_path / "lm", causal_lm=True, tokenizer=tiny_tokenizer)
     with pytest.raises(ValueError, match="is a LlamaForCausalLM, not a reward model"):

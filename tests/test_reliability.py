@@ -43,7 +43,7 @@ KINDS = {"scalar": {}, "justifier": {"objective": "justifier", "justifier_target
 
 @pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory, tiny_tokenizer):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("rel-causal"), causal_lm=True, tokenizer=tiny_tokenizer)
 
@@ -250,7 +250,7 @@ def test_cli_train_on_malformed_data_is_one_clear_line_and_no_output(tmp_path, t
 def test_same_seed_same_new_score_head_on_a_bare_backbone(tmp_path, pairs):
     """A causal-LM backbone has no score head: the new head is initialised from the run's seed, so two
     runs with one seed give the same model, and another seed gives another head."""
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     backbone = build_tiny_llama(tmp_path / "backbone", causal_lm=True)
     torch.manual_seed(1)  # whatever the caller's RNG state, the run's seed decides

@@ -100,7 +100,7 @@ def test_trl_conversational_and_plain_formats_score_like_the_reward_models_templ
 def test_attribute_weights_from_config_are_applied(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     folder = build_tiny_llama(tmp_path / "five", num_labels=3, seed=3)
     config = json.loads((folder / "config.json").read_text())

@@ -54,7 +54,7 @@ def metaspace_tokenizer(tmp_path_factory):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from hsrm.testing import _CORPUS
+    from hsrm.tiny import _CORPUS
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")

@@ -56,7 +56,7 @@ def ratings_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory, tiny_tokenizer):
-    from hsrm.testing import build_tiny_llama
+    from hsrm.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("contract-causal"), causal_lm=True, tokenizer=tiny_tokenizer)
 
