@@ -208,13 +208,12 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from .files import check_output, honour_umask, new_staging_dir
+    from .files import check_output, staged_folder
 
     weak_dir, strong_dir, target = Path(weak), Path(strong), Path(out)
     check_output(target, inputs=[weak_dir, strong_dir], overwrite=overwrite)
     weak_reader, strong_reader = check_compatible(weak_dir, strong_dir)
-    staging = new_staging_dir(target)
-    try:
+    with staged_folder(target) as staging:  # safetensors' 0600 files get the umask's modes there
         _copy_side_files(strong_dir, staging)
         files: dict[str, list[str]] = {}
         for key, file in strong_reader.mapping.items():
@@ -232,13 +231,6 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
         meta = {"weak": str(weak_dir), "strong": str(strong_dir), "alpha": alpha,
                 "formula": "theta_weak + alpha * (theta_strong - theta_weak)", **(extra_meta or {})}
         _update_record(staging, meta, reward_stats)
-        honour_umask(staging)  # safetensors writes 0600 files
-        if target.exists():  # allowed by overwrite (check_output): the new model replaces the old folder
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote ExPO model (α=%g) to %s", alpha, target)
     return target
 

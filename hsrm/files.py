@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, TextIO
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *, binary: bool = False) -> Path:
@@ -95,6 +97,31 @@ def new_staging_dir(target: str | os.PathLike) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
     os.chmod(staging, 0o777 & ~current_umask())
     return staging
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike, *, skip_linked: bool = False, keep_existing: bool = False) -> Iterator[Path]:
+    """Assemble a folder output in a new staging folder beside ``target`` and move it into place whole.
+
+    The block fills the yielded folder; when it ends without error the files get the umask's modes
+    (:func:`honour_umask`) and the folder replaces ``target``, which the caller has already cleared
+    with :func:`check_output`. ``keep_existing``: a ``target`` that appeared meanwhile (another
+    process won the race) is kept and the staging folder dropped. On any error nothing is moved and
+    the staging folder is removed, so an interrupted run never leaves a half-written output."""
+    import shutil
+
+    target = Path(target)
+    staging = new_staging_dir(target)
+    try:
+        yield staging
+        honour_umask(staging, skip_linked=skip_linked)
+        if target.exists() and not keep_existing:  # allowed by overwrite (check_output)
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        if not target.exists():
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _is_same_or_inside(path: Path, folder: Path) -> bool:

@@ -241,7 +241,7 @@ def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str
     (default ``<model>.hub``). The folder is assembled in a new staging folder and renamed into
     place; an existing ``stage`` is replaced only with ``overwrite``, and never when it is, holds or
     sits inside the model or an evaluation file."""
-    from .files import check_output, honour_umask, new_staging_dir
+    from .files import check_output, staged_folder
     from .modeling import check_model_folder
 
     root = Path(model_dir)
@@ -259,17 +259,10 @@ def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str
     check_output(stage_dir, inputs=[root, *eval_files], overwrite=overwrite)
     if root.resolve() in stage_dir.resolve().parents:
         raise ValueError(f"--output {stage_dir} is inside the model folder {root}; choose a folder outside it")
-    final_dir, stage_dir = stage_dir, new_staging_dir(stage_dir)
-    try:
-        _fill_upload_folder(root, repo_id, stage_dir, eval_files)
-        honour_umask(stage_dir, skip_linked=True)  # the hard-linked weights are the model's own files: left as they are
-        if final_dir.exists():  # allowed by overwrite (check_output)
-            shutil.rmtree(final_dir) if final_dir.is_dir() else final_dir.unlink()
-        os.replace(stage_dir, final_dir)
-    finally:
-        if stage_dir.exists():
-            shutil.rmtree(stage_dir, ignore_errors=True)
-    return final_dir
+    # skip_linked: the hard-linked weights are the model's own files, their modes left as they are
+    with staged_folder(stage_dir, skip_linked=True) as staging:
+        _fill_upload_folder(root, repo_id, staging, eval_files)
+    return stage_dir
 
 
 def _fill_upload_folder(root: Path, repo_id: str, stage_dir: Path, eval_files: list) -> None:

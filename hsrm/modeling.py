@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -63,6 +61,8 @@ def convert_gguf_default(gguf_path: Path, target: Path) -> Path:
     """De-quantise the GGUF once into a safetensors folder (written to a temp dir, then renamed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .files import staged_folder
+
     logger.info("converting %s into %s (once)", gguf_path.name, target)
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -72,21 +72,11 @@ def convert_gguf_default(gguf_path: Path, target: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = DEFAULT_MODEL_HUB_ID
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        from .files import honour_umask
-
-        honour_umask(tmp)  # mkdtemp and safetensors leave 0700/0600: the cache is for every user of the machine
-        if target.exists():  # another process won the race
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    # keep_existing: another process that converted meanwhile won the race; the cache is shared by every
+    # user of the machine, so the files get the umask's modes, not mkdtemp's and safetensors' 0700/0600.
+    with staged_folder(target, keep_existing=True) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     return target
 
 

@@ -310,3 +310,24 @@ def test_numpy_arrays_are_written_atomically_and_honour_the_umask(tmp_path):
         atomic_save_npy(npy, np.array([object()], dtype=object))  # pickles are refused
     np.testing.assert_array_equal(np.load(npy), vectors)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays.npz", "vectors.bin"]
+
+
+def test_staged_folder_moves_a_whole_folder_or_nothing(tmp_path):
+    """The one staging helper (expo, push, the default-model cache): a failed block leaves the old
+    output and no staging folder; a finished one replaces it whole; keep_existing keeps a winner's."""
+    from hsrm.files import staged_folder
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_folder(target) as staging:
+            (staging / "half.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "old.txt").read_text() == "old"
+    with staged_folder(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    with staged_folder(target, keep_existing=True) as staging:
+        (staging / "loser.txt").write_text("loser")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
