@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsrm.embedding.loop import (
-    ActiveStudyConfig,
-    cross_prompt_candidates,
-    in_prompt_candidates,
-    load_study,
-    round_candidates,
-    run_study,
-)
+from hsrm.embedding.annotate import cross_prompt_pairs, in_prompt_pairs, round_candidates
+from hsrm.embedding.loop import ActiveStudyConfig, load_study, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,18 +28,18 @@ def tiny_study(tmp_path, **overrides) -> ActiveStudyConfig:
 # ---------------------------------------------------------------- candidates of a round
 
 
-def test_in_prompt_candidates_are_all_45_pairs_of_10_responses():
+def test_in_prompt_pairs_are_all_45_pairs_of_10_responses():
     groups = [np.arange(10), np.arange(10, 20), np.array([20])]
-    pairs = in_prompt_candidates(groups)
+    pairs = in_prompt_pairs(groups)
     assert len(pairs) == 2 * 45  # the one-response prompt yields nothing
     assert len({tuple(sorted(p)) for p in pairs.tolist()}) == 90
     assert all((a < 10) == (b < 10) for a, b in pairs)  # never across prompts
 
 
-def test_cross_prompt_candidates_are_distinct_and_across_prompts():
+def test_cross_prompt_pairs_are_distinct_and_across_prompts():
     prompt_ids = np.repeat(np.arange(20), 10)
     rng = np.random.default_rng(0)
-    pairs = cross_prompt_candidates(np.arange(200), prompt_ids, 1000, rng)
+    pairs = cross_prompt_pairs(np.arange(200), prompt_ids, 1000, rng)
     assert len(pairs) == 1000
     assert np.all(prompt_ids[pairs[:, 0]] != prompt_ids[pairs[:, 1]])
     assert len({tuple(sorted(p)) for p in pairs.tolist()}) == 1000

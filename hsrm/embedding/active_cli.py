@@ -101,10 +101,9 @@ def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarra
     if path is None:
         if prompt_ids is None:
             raise ValueError("no --pairs given and the embeddings carry no prompt_ids to pair responses within; pass --pairs")
-        from .annotate import group_by_prompt
-        from .loop import in_prompt_candidates
+        from .annotate import group_by_prompt, in_prompt_pairs
 
-        pairs = in_prompt_candidates(group_by_prompt(prompt_ids))
+        pairs = in_prompt_pairs(group_by_prompt(prompt_ids))
         return pairs, [{"prompt_id": _plain(prompt_ids[a])} for a, _ in pairs]
     path = Path(path)
     if not path.exists():

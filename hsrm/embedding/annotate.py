@@ -1,4 +1,4 @@
-"""Golden rewards, simulated annotators and pair designs.
+"""Golden rewards, simulated annotators, and every pair builder of the lightweight path.
 
 Paper: Sun et al. (2024), section 4 and appendix D.5. An annotator compares two responses
 whose golden rewards differ by Δr and labels the better one correctly with probability
@@ -8,11 +8,16 @@ whose golden rewards differ by Δr and labels the better one correctly with prob
 β = 0 being a coin flip and β → ∞ a perfect annotator (eq. 23–24). The expected error rate of a
 set of pairs is therefore mean(1 − σ(β|Δr_i|)).
 
-Pair designs (section 6.3): *random* (two random responses of a prompt), *similar* (the two
-middle-ranked responses of a prompt by golden reward: ranks 5 and 6 of 10), *diverse* (the best
-and the worst). Each design fixes which responses are shown to annotators; the pairing decides
-whether they are compared within their prompt (in-prompt) or shuffled against responses of other
-prompts (cross-prompt, "X-Prompt" in the paper's figures), so both see the same responses.
+Pair designs (section 6.3, ``build_pairs``, what ``hsrm study`` and ``hsrm fit --beta`` annotate):
+*random* (two random responses of a prompt), *similar* (the two middle-ranked responses of a
+prompt by golden reward: ranks 5 and 6 of 10), *diverse* (the best and the worst). Each design
+fixes which responses are shown to annotators; the pairing decides whether they are compared
+within their prompt (in-prompt) or shuffled against responses of other prompts (cross-prompt,
+"X-Prompt" in the paper's figures), so both see the same responses.
+
+Candidate pools (``in_prompt_pairs``, ``cross_prompt_pairs``, ``round_candidates``, what
+``hsrm active`` and ``hsrm select`` choose from): every pair within each prompt, or distinct
+random pairs across prompts.
 """
 
 from __future__ import annotations
@@ -151,6 +156,57 @@ def cross_prompt_shuffle(first: np.ndarray, second: np.ndarray, prompt_ids: Sequ
         if not np.any(prompt_ids[a] == prompt_ids[b]):
             return a, b
     raise ValueError("could not pair responses across prompts (one prompt dominates the pool)")
+
+
+def in_prompt_pairs(groups: Sequence[np.ndarray]) -> np.ndarray:
+    """Every unordered pair of responses within each prompt: (Σ n_p(n_p−1)/2, 2) item indices."""
+    blocks = []
+    for members in groups:
+        if len(members) >= 2:
+            a, b = np.triu_indices(len(members), k=1)
+            blocks.append(np.stack([members[a], members[b]], axis=1))
+    return np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
+
+
+def cross_prompt_pairs(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_pairs`` distinct random pairs of ``members`` (item indices) answering different prompts."""
+    if len(np.unique(prompt_ids[members])) < 2:
+        raise ValueError("cross-prompt pairs need responses to at least two prompts")
+    found: dict[tuple[int, int], None] = {}
+    possible = len(members) * (len(members) - 1) // 2
+    for _ in range(100):
+        draw = members[rng.integers(len(members), size=(2 * (n_pairs - len(found)) + 16, 2))]
+        draw = draw[prompt_ids[draw[:, 0]] != prompt_ids[draw[:, 1]]]
+        for a, b in draw:
+            key = (int(min(a, b)), int(max(a, b)))
+            if key not in found:
+                found[key] = None
+                if len(found) == n_pairs:
+                    break
+        if len(found) >= min(n_pairs, possible):
+            break
+    return np.array(list(found), dtype=np.int64).reshape(-1, 2)
+
+
+def round_candidates(prompt_groups: Sequence[np.ndarray], prompt_ids: np.ndarray, pairing: str, prompts_per_round: int,
+                     n_candidates: int, rng: np.random.Generator) -> np.ndarray:
+    """The candidate pairs of one round of the active loop: draw prompts, pair their responses, keep
+    ``n_candidates`` at random, each in a random order (position carries no information)."""
+    chosen = rng.choice(len(prompt_groups), size=min(prompts_per_round, len(prompt_groups)), replace=False)
+    groups = [prompt_groups[i] for i in chosen]
+    if pairing == "in-prompt":
+        pairs = in_prompt_pairs(groups)
+        if len(pairs) > n_candidates:
+            pairs = pairs[rng.choice(len(pairs), size=n_candidates, replace=False)]
+    else:
+        pairs = cross_prompt_pairs(np.concatenate(groups), prompt_ids, n_candidates, rng)
+    swap = rng.random(len(pairs)) < 0.5
+    return np.where(swap[:, None], pairs[:, ::-1], pairs)
+
+
+def pair_keys(pairs: np.ndarray, n_items: int) -> np.ndarray:
+    """One integer per unordered pair of items, to find pairs already annotated."""
+    return np.minimum(pairs[:, 0], pairs[:, 1]) * n_items + np.maximum(pairs[:, 0], pairs[:, 1])
 
 
 @dataclass

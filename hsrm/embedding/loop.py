@@ -37,8 +37,7 @@ import numpy as np
 
 from ..options import option
 from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
-
-PAIRINGS = ("in-prompt", "cross-prompt")
+from .annotate import PAIRINGS
 METRICS = {  # column → (label, lower is better)
     "one_minus_spearman": ("1 − Spearman (lower is better)", True),
     "bon_reward": ("Best-of-N golden reward (higher is better)", False),
@@ -142,62 +141,6 @@ def load_pools(config: ActiveStudyConfig, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------------------
-# Candidate pairs of a round
-# ----------------------------------------------------------------------------------------------
-
-
-def in_prompt_candidates(groups: Sequence[np.ndarray]) -> np.ndarray:
-    """Every unordered pair of responses within each prompt: (Σ n_p(n_p−1)/2, 2) item indices."""
-    blocks = []
-    for members in groups:
-        if len(members) >= 2:
-            a, b = np.triu_indices(len(members), k=1)
-            blocks.append(np.stack([members[a], members[b]], axis=1))
-    return np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
-
-
-def cross_prompt_candidates(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_pairs`` distinct random pairs of responses answering different prompts."""
-    if len(np.unique(prompt_ids[members])) < 2:
-        raise ValueError("cross-prompt candidates need responses to at least two prompts")
-    found: dict[tuple[int, int], None] = {}
-    possible = len(members) * (len(members) - 1) // 2
-    for _ in range(100):
-        draw = members[rng.integers(len(members), size=(2 * (n_pairs - len(found)) + 16, 2))]
-        draw = draw[prompt_ids[draw[:, 0]] != prompt_ids[draw[:, 1]]]
-        for a, b in draw:
-            key = (int(min(a, b)), int(max(a, b)))
-            if key not in found:
-                found[key] = None
-                if len(found) == n_pairs:
-                    break
-        if len(found) >= min(n_pairs, possible):
-            break
-    return np.array(list(found), dtype=np.int64).reshape(-1, 2)
-
-
-def round_candidates(prompt_groups: Sequence[np.ndarray], prompt_ids: np.ndarray, pairing: str, prompts_per_round: int,
-                     n_candidates: int, rng: np.random.Generator) -> np.ndarray:
-    """The candidate pairs of one round: draw prompts, pair their responses, keep ``n_candidates``
-    at random, each in a random order (position carries no information)."""
-    chosen = rng.choice(len(prompt_groups), size=min(prompts_per_round, len(prompt_groups)), replace=False)
-    groups = [prompt_groups[i] for i in chosen]
-    if pairing == "in-prompt":
-        pairs = in_prompt_candidates(groups)
-        if len(pairs) > n_candidates:
-            pairs = pairs[rng.choice(len(pairs), size=n_candidates, replace=False)]
-    else:
-        pairs = cross_prompt_candidates(np.concatenate(groups), prompt_ids, n_candidates, rng)
-    swap = rng.random(len(pairs)) < 0.5
-    return np.where(swap[:, None], pairs[:, ::-1], pairs)
-
-
-def _pair_keys(pairs: np.ndarray, n_items: int) -> np.ndarray:
-    """One integer per unordered pair, to find pairs already annotated."""
-    return np.minimum(pairs[:, 0], pairs[:, 1]) * n_items + np.maximum(pairs[:, 0], pairs[:, 1])
-
-
-# ----------------------------------------------------------------------------------------------
 # One run
 # ----------------------------------------------------------------------------------------------
 
@@ -214,16 +157,9 @@ class RunKey:
         return f"{self.strategy}__b{self.batch_size}__{self.pairing}__s{self.seed}"
 
 
-def best_of_n_reward(scores: np.ndarray, golden: np.ndarray, prompt_ids: np.ndarray) -> float:
-    """Mean over prompts of the golden reward of the response the model ranks first (section 5.1)."""
-    from .annotate import group_by_prompt
-
-    return float(np.mean([golden[m][np.argmax(scores[m])] for m in group_by_prompt(prompt_ids)]))
-
-
 def evaluate_model(model, test) -> dict:
     """1 − Spearman (per test prompt, averaged), Best-of-N reward and gain on the held-out pool."""
-    from .metrics import evaluate_scores
+    from .metrics import best_of_n_reward, evaluate_scores
 
     scores = model.score(test.embeddings)
     metrics = evaluate_scores(scores, test.golden, test.prompt_ids)
@@ -236,7 +172,7 @@ def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bo
     """One strategy's online loop; returns one record per round."""
     from tqdm.auto import tqdm
 
-    from .annotate import group_by_prompt, observed_error_rate, simulate_annotations
+    from .annotate import group_by_prompt, observed_error_rate, pair_keys, round_candidates, simulate_annotations
     from .models import fit_bt_mlp
 
     data_rng = np.random.default_rng([key.seed, 11])  # prompts and candidates: shared by all strategies
@@ -253,7 +189,7 @@ def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bo
     rounds = config.annotations // key.batch_size
     for round_index in tqdm(range(rounds), desc=key.name, leave=False, disable=None if progress else True):
         candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round, config.candidates_per_round, data_rng)
-        fresh = ~np.isin(_pair_keys(candidates, n_items), _pair_keys(labelled, n_items))
+        fresh = ~np.isin(pair_keys(candidates, n_items), pair_keys(labelled, n_items))
         candidates = candidates[fresh]
         if len(candidates) < key.batch_size:
             raise ValueError(f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of {key.batch_size}; "

@@ -39,15 +39,26 @@ def _blocks(prompt_ids: np.ndarray):
     return None, None, groups
 
 
-def best_of_n_gain(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> float:
-    """mean over prompts of  golden[argmax_i score_i] − mean_i golden_i   (ties: first index)."""
+def _best_of_n_picks(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: the golden reward of the response ``scores`` rank first (ties: first index), and
+    the mean golden reward of the prompt's responses."""
     scores, golden, prompt_ids = _check(scores, golden, prompt_ids)
     order, n, groups = _blocks(prompt_ids)
     if order is not None:
         s, g = scores[order].reshape(-1, n), golden[order].reshape(-1, n)
-        picked = g[np.arange(len(g)), s.argmax(1)]
-        return float(np.mean(picked - g.mean(1)))
-    return float(np.mean([golden[m][np.argmax(scores[m])] - golden[m].mean() for m in groups]))
+        return g[np.arange(len(g)), s.argmax(1)], g.mean(1)
+    return (np.array([golden[m][np.argmax(scores[m])] for m in groups]), np.array([golden[m].mean() for m in groups]))
+
+
+def best_of_n_reward(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> float:
+    """mean over prompts of  golden[argmax_i score_i]: the Best-of-N reward (Shen et al. 2025, section 5.1)."""
+    return float(np.mean(_best_of_n_picks(scores, golden, prompt_ids)[0]))
+
+
+def best_of_n_gain(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> float:
+    """mean over prompts of  golden[argmax_i score_i] − mean_i golden_i   (ties: first index)."""
+    picked, means = _best_of_n_picks(scores, golden, prompt_ids)
+    return float(np.mean(picked - means))
 
 
 def oracle_best_of_n_gain(golden: np.ndarray, prompt_ids: Sequence) -> float:
