@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hsrm.embedding.annotate import cross_prompt_pairs, in_prompt_pairs, round_candidates
-from hsrm.embedding.loop import ActiveStudyConfig, load_study, run_study
+from hsrm.embedding.loop import ActiveStudyConfig, load_active_study, run_active_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_round_candidates_draw_prompts_and_keep_the_requested_number():
 
 def test_active_study_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     config = tiny_study(tmp_path)
-    results = run_study(config)
+    results = run_active_study(config)
     out = Path(config.output_dir)
     assert (out / "results.csv").exists() and (out / "summary.md").exists() and (out / "efficiency.png").exists()
     assert len(results) == 8 * 2  # 8 strategies × 2 rounds of 20
@@ -72,14 +72,14 @@ def test_active_study_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     assert "| in-prompt | 20 | dopt | 40 |" in (out / "summary.md").read_text()
     # a second call finds every run finished and only rebuilds the table
     (out / "efficiency.png").unlink()
-    again = run_study(config)
+    again = run_active_study(config)
     assert again.equals(results) and (out / "efficiency.png").exists()
 
 
 def test_cross_prompt_and_batch_size_sweep_draw_their_figures(tmp_path):
     config = tiny_study(tmp_path, strategies=["random", "dopt"], pairings=["in-prompt", "cross-prompt"], batch_sizes=[10, 20],
                         annotations=20)
-    results = run_study(config)
+    results = run_active_study(config)
     assert set(results["pairing"]) == {"in-prompt", "cross-prompt"}
     assert results.groupby("batch_size")["round"].max().to_dict() == {10: 2, 20: 1}
     cross = results[results["pairing"] == "cross-prompt"]
@@ -91,7 +91,7 @@ def test_study_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown selection strategy 'dop'"):
         tiny_study(tmp_path, strategies=["dop"])
     with pytest.raises(ValueError, match="unknown keys: batch_size \\(did you mean batch_sizes\\?\\)"):
-        load_study(None, {"batch_size": 10})
+        load_active_study(None, {"batch_size": 10})
     with pytest.raises(ValueError, match="exceeds the annotation budget"):
         tiny_study(tmp_path, batch_sizes=[100])
     with pytest.raises(ValueError, match="selection: unknown option"):
@@ -102,7 +102,7 @@ def test_study_config_errors_are_clear(tmp_path):
 def test_every_shipped_active_study_parses(path):
     # the header line is the exact launch command (architecture.md: one YAML per experiment)
     assert path.read_text().splitlines()[0].startswith(f"# hsrm active recipes/studies/{path.name}")
-    config = load_study(path)
+    config = load_active_study(path)
     assert config.strategies and config.batch_sizes
 
 

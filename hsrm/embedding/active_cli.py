@@ -50,12 +50,12 @@ MODEL_DIR = "model"
 def active_main(argv: list[str]) -> None:
     """`hsrm active STUDY.yaml [--key value …]`: run the simulated online study, print the table."""
     from ..options import ResultFormat, parse_options, print_result
-    from .loop import ActiveStudyConfig, run_study, summary_table
+    from .loop import ActiveStudyConfig, run_active_study, summary_table
 
     config, output = parse_options((ActiveStudyConfig, ResultFormat), argv, prog="hsrm active", positional="config",
                                    description="The simulated online active-learning study (hsrm/embedding/loop.py).")
     start = time.perf_counter()
-    results = run_study(config)
+    results = run_active_study(config)
     out = Path(config.output_dir)
     files = [str(out / "results.csv"), str(out / "summary.md"), *(str(p) for p in sorted(out.glob("*.png")))]
     runs = results.groupby(["strategy", "batch_size", "pairing", "seed"]).ngroups

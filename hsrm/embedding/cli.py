@@ -144,6 +144,7 @@ def study_main(argv: list[str] | None = None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     table = run_study(config)
     out = Path(config.output_dir)
-    print_result({"study": config.name, "setups": len(table), "output_dir": str(out), "files": sorted(p.name for p in out.iterdir())},
+    print_result({"study": config.name, "setups": len(table), "output_dir": str(out),
+                  "files": sorted(p.name for p in out.iterdir())},
                  (out / "summary.md").read_text(), output.json)
     return table

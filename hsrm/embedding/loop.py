@@ -1,11 +1,12 @@
 """The online active-annotation loop of Shen, Sun & Ton (2025), section 5 and figure 2.
 
-Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` overrides any field; ``--help`` lists them).
+Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` overrides any field;
+``--help`` lists them).
 
 Each run (strategy × annotation batch size × pairing × seed) repeats, round after round:
 
 1. draw ``prompts_per_round`` (500) training prompts;
-2. form candidate pairs among their responses: *in-prompt*, every pair of a prompt's responses
+2. form candidate pairs among their responses (``annotate.round_candidates``): *in-prompt*, every pair of a prompt's responses
    (45 for 10 responses); *cross-prompt*, random pairs of responses to different prompts; keep
    ``candidates_per_round`` (20,000) of them at random, never a pair already annotated;
 3. choose a batch (125, 250, 500 or 1,000) with the strategy, using the model of the previous
@@ -21,27 +22,25 @@ between the lines of the plots come from the selection, not from luck of the dra
 Outputs in ``output_dir``: ``results.csv`` (one row per run and round), ``summary.md`` (mean ±
 sd over seeds at the final round), ``efficiency.png`` (metric against annotations, one line
 per strategy, bands = ± one sd over seeds: the paper's figures 3 and 5), and when swept,
-``batch_sizes.png`` (figure 4) and ``pairings.png`` (appendix A.3). Finished runs are kept in
-``runs/`` and skipped when the study is run again.
+``batch_sizes.png`` (figure 4) and ``pairings.png`` (appendix A.3) (plots.py). The runs go
+through the runner that ``hsrm study`` uses (runner.py, ``workers`` processes): each finished run
+is kept in ``runs/<run>.json`` and skipped when the study is run again.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
+from ..files import atomic_write_json
 from ..options import option
 from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
 from .annotate import PAIRINGS
-METRICS = {  # column → (label, lower is better)
-    "one_minus_spearman": ("1 − Spearman (lower is better)", True),
-    "bon_reward": ("Best-of-N golden reward (higher is better)", False),
-}
+from .runner import expand_grid, run_tasks, write_tables
 
 
 @dataclass
@@ -77,7 +76,7 @@ class ActiveStudyConfig:
     selection: dict = option(help="SelectionOptions fields (ridge, batchbald_samples, …)", factory=dict)
     # --- running
     output_dir: str = option("active_study", "results, plots and finished runs go here", aliases=["--output"])
-    workers: int = option(1, "runs in parallel processes (each uses one thread)", positive=True)
+    workers: int = option(1, "runs in parallel processes (at most the CPU count; they share its threads)", positive=True)
 
     def __post_init__(self):
         for name in self.strategies:
@@ -113,7 +112,7 @@ class ActiveStudyConfig:
         return SelectionOptions(**self.selection)
 
 
-def load_study(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ActiveStudyConfig:
+def load_active_study(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ActiveStudyConfig:
     """A study YAML plus values → a validated config, typed exactly as ``hsrm active`` types it."""
     from ..options import options_from
 
@@ -168,9 +167,9 @@ def evaluate_model(model, test) -> dict:
             "bon_gain_fraction": metrics["bon_gain_fraction"]}
 
 
-def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bool = True) -> list[dict]:
-    """One strategy's online loop; returns one record per round."""
-    from tqdm.auto import tqdm
+def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int = 1) -> list[dict]:
+    """One run's online loop, with ``threads`` torch threads; returns one record per round."""
+    import torch
 
     from .annotate import group_by_prompt, observed_error_rate, pair_keys, round_candidates, simulate_annotations
     from .models import fit_bt_mlp
@@ -186,8 +185,8 @@ def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bo
     wins = np.zeros(0, dtype=bool)
     model = None
     records = []
-    rounds = config.annotations // key.batch_size
-    for round_index in tqdm(range(rounds), desc=key.name, leave=False, disable=None if progress else True):
+    torch.set_num_threads(threads)
+    for round_index in range(config.annotations // key.batch_size):
         candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round, config.candidates_per_round, data_rng)
         fresh = ~np.isin(pair_keys(candidates, n_items), pair_keys(labelled, n_items))
         candidates = candidates[fresh]
@@ -228,55 +227,28 @@ def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bo
 
 
 def study_runs(config: ActiveStudyConfig) -> list[RunKey]:
-    return [RunKey(s, int(b), p, int(seed)) for seed in config.seeds for p in config.pairings for b in config.batch_sizes
-            for s in config.strategies]
+    """The runs of the grid: seeds vary slowest, strategies fastest."""
+    grid = expand_grid({"seed": config.seeds, "pairing": config.pairings, "batch_size": config.batch_sizes,
+                        "strategy": config.strategies})
+    return [RunKey(run["strategy"], int(run["batch_size"]), run["pairing"], int(run["seed"])) for run in grid]
 
 
-def _run_in_worker(args) -> tuple[str, list[dict]]:
-    config, key, data_seed = args
-    import torch
-
-    torch.set_num_threads(1)  # the pool already spreads runs over the cores
-    train, test = load_pools(config, data_seed)
-    return key.name, run_active(config, key, train, test, progress=False)
-
-
-def run_study(config: ActiveStudyConfig, data_seed: int = 0) -> "Any":
-    """Every run of the grid (skipping those already in ``output_dir/runs``), then the table and
-    plots. Returns the results as a pandas DataFrame."""
+def run_active_study(config: ActiveStudyConfig, data_seed: int = 0, progress: bool = True):
+    """Every run of the grid not finished yet in ``output_dir/runs`` (runner.py), then the table,
+    the summary and the plots. Returns the results as a pandas DataFrame."""
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from .plots import plot_active_study
 
     out = Path(config.output_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    todo = [key for key in study_runs(config) if not (out / "runs" / f"{key.name}.json").exists()]
-    if todo:
-        if config.workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(config.workers) as pool:
-                jobs = pool.map(_run_in_worker, [(config, key, data_seed) for key in todo])
-                for name, records in tqdm(jobs, total=len(todo), desc="active study", disable=None):
-                    _write_json(out / "runs" / f"{name}.json", records)
-        else:
-            train, test = load_pools(config, data_seed)
-            for key in tqdm(todo, desc="active study", disable=None):
-                _write_json(out / "runs" / f"{key.name}.json", run_active(config, key, train, test))
-    rows = []
-    for key in study_runs(config):
-        rows.extend(json.loads((out / "runs" / f"{key.name}.json").read_text()))
-    results = pd.DataFrame(rows)
-    results.to_csv(out / "results.csv", index=False)
-    (out / "summary.md").write_text(summary_table(results) + "\n")
-    plot_study(results, out)
+    atomic_write_json(out / "study.json", asdict(config))
+    train, test = load_pools(config, data_seed)
+    runs = run_tasks(out, {key.name: key for key in study_runs(config)}, run_active, (config, train, test),
+                     n_jobs=config.workers, desc="active study", progress=progress)
+    results = pd.DataFrame([record for records in runs.values() for record in records])
+    write_tables(out, results, summary_table(results) + "\n")
+    plot_active_study(results, out)
     return results
-
-
-def _write_json(path: Path, payload) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload) + "\n")
-    tmp.replace(path)  # a killed study never leaves a half-written run behind
 
 
 def summary_table(results) -> str:
@@ -298,58 +270,3 @@ def _mean_sd(values) -> str:
 
     values = np.asarray(values, dtype=np.float64)
     return mean_sd_text(values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, len(values))
-
-
-def _band(ax, group, x: str, y: str, label: str, color=None):
-    stats = group.groupby(x)[y].agg(["mean", "std", "count"]).reset_index()
-    sd = stats["std"].fillna(0.0).to_numpy()
-    line, = ax.plot(stats[x], stats["mean"], marker="o", markersize=3, label=label, color=color)
-    ax.fill_between(stats[x], stats["mean"] - sd, stats["mean"] + sd, alpha=0.15, color=line.get_color())
-
-
-def plot_study(results, out: Path) -> list[Path]:
-    """PNG figures: ``efficiency.png`` always; ``batch_sizes.png`` and ``pairings.png`` when swept."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    panels = list(results.groupby(["pairing", "batch_size"], sort=False))
-    fig, axes = plt.subplots(len(METRICS), len(panels), figsize=(4.2 * len(panels), 3.4 * len(METRICS)), squeeze=False)
-    for col, ((pairing, batch), panel) in enumerate(panels):
-        for row, (metric, (label, _)) in enumerate(METRICS.items()):
-            ax = axes[row, col]
-            for strategy, group in panel.groupby("strategy", sort=False):
-                _band(ax, group, "annotations", metric, strategy)
-            ax.set_title(f"{pairing}, batch {batch}", fontsize=9)
-            ax.set_xlabel("annotations")
-            ax.set_ylabel(label, fontsize=8)
-            ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7)
-    fig.suptitle(f"Annotation efficiency (mean ± sd over {results['seed'].nunique()} seeds)")
-    fig.tight_layout()
-    written.append(out / "efficiency.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-    for sweep, name in (("batch_size", "batch_sizes.png"), ("pairing", "pairings.png")):
-        if results[sweep].nunique() < 2:
-            continue
-        other = "pairing" if sweep == "batch_size" else "batch_size"
-        panels = list(results.groupby(["strategy", other], sort=False))
-        fig, axes = plt.subplots(len(METRICS), len(panels), figsize=(3.6 * len(panels), 3.2 * len(METRICS)), squeeze=False)
-        for col, ((strategy, fixed), panel) in enumerate(panels):
-            for row, (metric, (label, _)) in enumerate(METRICS.items()):
-                ax = axes[row, col]
-                for value, group in panel.groupby(sweep, sort=True):
-                    _band(ax, group, "annotations", metric, f"{sweep} {value}")
-                ax.set_title(f"{strategy} ({other} {fixed})", fontsize=9)
-                ax.set_xlabel("annotations")
-                ax.set_ylabel(label, fontsize=8)
-                ax.grid(alpha=0.3)
-        axes[0, -1].legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out / name)
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
-    return written
