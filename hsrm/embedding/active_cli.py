@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write_json, atomic_write_jsonl
 from .active import CandidatePairs, SelectionOptions, check_strategy, select_pairs
 
 STATE_FILE = "state.json"
@@ -164,12 +165,6 @@ def _read_state(state_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -247,7 +242,7 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     ingested = _ingest_pending(state_dir, state, pool_pairs, partial)
     if state["pending"] != pending_before:
         # record the ingestion at once, so a crash while retraining never ingests the batch twice
-        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write_json(state_dir / STATE_FILE, state)
     labels = _read_jsonl(state_dir / LABELS_FILE)
     model = None
     train_seconds = None
@@ -269,11 +264,11 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     if state["pending"] is not None:
         summary["pending"] = state["pending"]
         summary["message"] = "the pending batch is not fully labelled yet; label it (or pass --partial) and call again"
-        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write_json(state_dir / STATE_FILE, state)
         return summary
     if len(open_ids) == 0:
         summary["message"] = "every pair of the pool is labelled or skipped; nothing left to select"
-        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write_json(state_dir / STATE_FILE, state)
         return summary
 
     rng = np.random.default_rng([state["seed"], state["round"]])
@@ -290,13 +285,13 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     chosen_ids = open_ids[chosen]
     state["round"] += 1
     batch_path = state_dir / f"batch_{state['round']:04d}.jsonl"
-    lines = []
+    rows = []
     for pair_id in chosen_ids:
         first, second = (int(x) for x in pool_pairs[pair_id])
-        lines.append(json.dumps({"pair_id": int(pair_id), "first": first, "second": second, **extras[pair_id], "label": None}))
-    _write_atomic(batch_path, "\n".join(lines) + "\n")
+        rows.append({"pair_id": int(pair_id), "first": first, "second": second, **extras[pair_id], "label": None})
+    atomic_write_jsonl(batch_path, rows)
     state["pending"] = batch_path.name
-    _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    atomic_write_json(state_dir / STATE_FILE, state)
     summary.update({"batch_file": str(batch_path), "batch_size": int(k), "strategy": strategy,
                     "select_seconds": round(select_seconds, 3), "round": state["round"]})
     return summary
@@ -324,15 +319,19 @@ def _ingest_pending(state_dir: Path, state: dict, pool_pairs: np.ndarray, partia
     if missing and not partial:
         return 0
     batch_number = int(path.stem.split("_")[-1])
-    already = {row["pair_id"] for row in _read_jsonl(state_dir / LABELS_FILE)}
-    with open(state_dir / LABELS_FILE, "a", encoding="utf-8") as handle:
-        for pair_id, label in parsed:
-            if label in (0, 1) and pair_id not in already:
-                first, second = (int(x) for x in pool_pairs[pair_id])
-                handle.write(json.dumps({"pair_id": pair_id, "first": first, "second": second, "label": label, "batch": batch_number}) + "\n")
+    labels = _read_jsonl(state_dir / LABELS_FILE)
+    already = {row["pair_id"] for row in labels}
+    new = []
+    for pair_id, label in parsed:
+        if label in (0, 1) and pair_id not in already:
+            already.add(pair_id)
+            first, second = (int(x) for x in pool_pairs[pair_id])
+            new.append({"pair_id": pair_id, "first": first, "second": second, "label": label, "batch": batch_number})
+    # rewritten whole, atomically: a crash leaves the old labels or the new ones, never half a line
+    atomic_write_jsonl(state_dir / LABELS_FILE, labels + new)
     state["skipped"] = sorted(set(state["skipped"]) | {pair_id for pair_id, label in parsed if label == "skip"})
     state["pending"] = None
-    return sum(label in (0, 1) and pair_id not in already for pair_id, label in parsed)
+    return len(new)
 
 
 def _retrain(state_dir: Path, state: dict, items: np.ndarray, labels: list[dict]):

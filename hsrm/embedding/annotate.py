@@ -337,7 +337,9 @@ class ResponsePool:
         return self.subset(np.flatnonzero(~is_test)), self.subset(np.flatnonzero(is_test))
 
     def save(self, path) -> None:
-        np.savez(path, embeddings=self.embeddings, golden=self.golden, prompt_ids=self.prompt_ids)
+        from ..files import atomic_save_npz
+
+        atomic_save_npz(path, embeddings=self.embeddings, golden=self.golden, prompt_ids=self.prompt_ids)
 
     @classmethod
     def load(cls, path) -> "ResponsePool":

@@ -62,7 +62,7 @@ def embed_main(argv: list[str] | None = None) -> dict:
 
 
 def fit_main(argv: list[str] | None = None) -> dict:
-    from ..files import check_output
+    from ..files import atomic_save_npy, check_output
     from ..options import FitOptions, parse_options, print_result
     from .annotate import annotate_pairs
     from .extract import EmbeddedData
@@ -119,7 +119,7 @@ def fit_main(argv: list[str] | None = None) -> dict:
         test = EmbeddedData.load(opts.eval_data)
         scores = model.score(test.embeddings)
         if opts.scores_output:
-            np.save(opts.scores_output, scores)
+            atomic_save_npy(opts.scores_output, scores)
             result["scores_output"] = opts.scores_output
         if test.golden is not None:
             result.update({f"eval_{k}": v for k, v in evaluate_scores(scores, test.golden, test.prompt_ids).items()})

@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..files import atomic_save_npy, atomic_save_npz
 from ..modeling import DEFAULT_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
@@ -93,16 +94,10 @@ class EmbeddingCache:
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         vectors_file = self.folder / f"{stem}.vectors.npy"
         keys_file = self.folder / f"{stem}.keys.npy"
-        _atomic_save(vectors_file, vectors)
-        _atomic_save(keys_file, np.asarray(list(keys), dtype="U64"))
+        atomic_save_npy(vectors_file, vectors)
+        atomic_save_npy(keys_file, np.asarray(list(keys), dtype="U64"))
         for row, key in enumerate(keys):
             self._where[str(key)] = (vectors_file, row)
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def model_cache_key(model_path: str, dtype_name: str) -> str:
@@ -158,22 +153,20 @@ def load_backbone(name_or_path: str | None = None, *, device: str | None = None,
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from ..modeling import check_model_folder, load_tokenizer, resolve_model_path
+    from ..modeling import check_model_folder, load_tokenizer, resolve_model_path, torch_dtype
 
     path = resolve_model_path(name_or_path)
     check_model_folder(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    torch_dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-                   "float32": torch.float32, "fp32": torch.float32}.get(dtype_name)
-    if torch_dtype is None:
-        raise ValueError(f"dtype {dtype_name!r}: choose bfloat16, float16 or float32")
-    dtype_name = str(torch_dtype).replace("torch.", "")
+    compute_dtype = torch_dtype(dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    if not isinstance(compute_dtype, torch.dtype):  # "auto": the dtype keys the cache, so it must be named
+        raise ValueError("dtype auto: name the compute dtype (bfloat16, float16 or float32); it keys the embedding cache")
+    dtype_name = str(compute_dtype).replace("torch.", "")
     # A sequence-classifier folder carries a score head that AutoModel does not use: expected, not news.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModel.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
+        model = AutoModel.from_pretrained(path, dtype=compute_dtype, use_safetensors=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     model.to(device).eval().requires_grad_(False)
@@ -319,8 +312,7 @@ class EmbeddedData:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
+        atomic_save_npz(path, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EmbeddedData":

@@ -445,24 +445,26 @@ def fit_ensemble(methods: Sequence[str], emb_first: np.ndarray, emb_second: np.n
 def save_model(model, folder: str | Path) -> Path:
     """Write ``model`` to ``folder``: config.json plus model.safetensors (MLP), model.txt (LightGBM)
     or member_<i>/ sub-folders (ensemble)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ..files import atomic_write, atomic_write_json, atomic_write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config()
     if isinstance(model, MLPRewardModel):
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        atomic_write(folder / "model.safetensors", lambda handle: handle.write(save(state)), binary=True)
         if getattr(model, "history", None) is not None:
             config["history"] = model.history.to_dict()
     elif isinstance(model, LGBRewardModel):
-        model.booster.save_model(str(folder / "model.txt"))
+        atomic_write_text(folder / "model.txt", model.booster.model_to_string())
     elif isinstance(model, EnsembleRewardModel):
         for i, member in enumerate(model.members):
             save_model(member, folder / f"member_{i}")
     else:
         raise ValueError(f"save_model: cannot save a {type(model).__name__}")
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_json(folder / "config.json", config)  # written last: a folder without it is no model
     return folder
 
 
