@@ -195,6 +195,27 @@ def test_coreset_samples_outliers_far_more_often_than_dense_points():
     assert not np.array_equal(select_pairs(model, candidates, 5, "coreset", seed=1), select_pairs(model, candidates, 5, "coreset", seed=2))
 
 
+
+def test_coreset_clusters_are_seeded_and_fitted_on_a_subsample():
+    import warnings
+
+    from hsrm.embedding.active import _kmeans_labels
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(3, size=6000)
+    z = 8.0 * np.eye(3)[truth] + rng.normal(0, 0.3, (6000, 3))  # three far-apart blobs
+    labels = _kmeans_labels(z, 3, seed=4)  # fitted on 4,096 of the 6,000 rows, then applied to all
+    assert len(set(zip(labels.tolist(), truth.tolist()))) == 3  # the blobs, whatever the numbering
+    np.testing.assert_array_equal(labels, _kmeans_labels(z, 3, seed=4))
+    # fewer distinct points than clusters: the empty clusters weigh nothing, and nothing is printed
+    twice_five = np.repeat(np.eye(2), 5, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sensitivities = coreset_sensitivities(twice_five, n_clusters=10, radius=1.0)
+    # own cluster: 4 others at distance 0; the other: 5 points at distance √2
+    np.testing.assert_allclose(sensitivities, 10 / (1 + 4 + 5 * np.exp(-np.sqrt(2))), rtol=1e-12)
+
+
 # ---------------------------------------------------------------- BatchBALD with a Bayesian last layer
 
 
