@@ -287,7 +287,8 @@ def test_batchbald_picks_the_greedy_maximiser_of_the_exact_joint_mutual_informat
     # them another way, {0,3} / {1,4} / {2,5} by degrees, with a little less BALD; the rest are dull.
     a = np.array([0.92, 0.9, 0.88, 0.1, 0.12, 0.08])
     c = np.array([0.85, 0.5, 0.15, 0.85, 0.5, 0.15])
-    probabilities = np.vstack([a, a, c, [0.6, 0.55, 0.5, 0.5, 0.45, 0.4], np.full(6, 0.5), [0.7, 0.3, 0.7, 0.3, 0.6, 0.4]])
+    dull = [[0.6, 0.55, 0.5, 0.5, 0.45, 0.4], np.full(6, 0.5), [0.7, 0.3, 0.7, 0.3, 0.6, 0.4]]
+    probabilities = np.vstack([a, a, c, *dull])
     bald = _bald(probabilities)
     naive = list(np.argsort(-bald, kind="stable")[:3])  # the bug to catch: top-k by per-pair BALD
     assert naive[:2] == [0, 1]

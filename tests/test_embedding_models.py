@@ -19,8 +19,13 @@ from hsrm.embedding.annotate import (
     select_design,
     simulate_annotations,
 )
-from hsrm.embedding.metrics import (best_of_n_gain, best_of_n_reward, evaluate_scores, oracle_best_of_n_gain,
-                                    per_prompt_spearman)
+from hsrm.embedding.metrics import (
+    best_of_n_gain,
+    best_of_n_reward,
+    evaluate_scores,
+    oracle_best_of_n_gain,
+    per_prompt_spearman,
+)
 from hsrm.embedding.models import (
     EnsembleRewardModel,
     MLPRewardModel,

@@ -121,7 +121,8 @@ def recipe_loader(recipe: Path):
     if "rloo" in recipe.name:
         return load_rloo_recipe
     if recipe.parent.name == "studies":
-        return lambda path, values=None: (load_active_study if recipe.name.startswith("active") else load_study)(path, values)
+        load = load_active_study if recipe.name.startswith("active") else load_study
+        return lambda path, values=None: load(path, values)
     return lambda path, values=None: (load_recipe(path, values),)
 
 

@@ -22,8 +22,9 @@ random pairs across prompts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -134,7 +135,8 @@ def select_design(prompt_ids: Sequence, golden: np.ndarray, design: str, rng: np
 
 
 def cross_prompt_shuffle(first: np.ndarray, second: np.ndarray, prompt_ids: Sequence,
-                         rng: np.random.Generator | int | None = None, max_tries: int = 100) -> tuple[np.ndarray, np.ndarray]:
+                         rng: np.random.Generator | int | None = None, max_tries: int = 100
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Re-pair the same responses at random so that the two sides of every pair come from
     different prompts (the paper's X-Prompt annotation of a design's responses)."""
     rng = np.random.default_rng(rng)
@@ -168,7 +170,8 @@ def in_prompt_pairs(groups: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
 
 
-def cross_prompt_pairs(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
+def cross_prompt_pairs(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int,
+                       rng: np.random.Generator) -> np.ndarray:
     """``n_pairs`` distinct random pairs of ``members`` (item indices) answering different prompts."""
     if len(np.unique(prompt_ids[members])) < 2:
         raise ValueError("cross-prompt pairs need responses to at least two prompts")
@@ -232,7 +235,8 @@ class AnnotatedPairs:
 
 
 def build_pairs(prompt_ids: Sequence, golden: np.ndarray, *, design: str = "random", pairing: str = "in-prompt",
-                n_pairs: int | None = None, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                n_pairs: int | None = None, rng: np.random.Generator | int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs for ``n_pairs`` annotations.
 
     The design picks two responses per prompt; when ``n_pairs`` exceeds the number of prompts the
@@ -274,9 +278,10 @@ def annotate_pairs(prompt_ids: Sequence, golden: np.ndarray, *, beta: float, des
 # ---------------------------------------------------------------- golden rewards from a full reward model
 
 
-def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequence[str], *, max_length: int | None = None,
-                             batch_size: int = 8, attribute_weights: Sequence[float] | str | None = "auto",
-                             device: str | None = None, dtype: str = "float32") -> np.ndarray:
+def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequence[str], *,
+                             max_length: int | None = None, batch_size: int = 8,
+                             attribute_weights: Sequence[float] | str | None = "auto", device: str | None = None,
+                             dtype: str = "float32") -> np.ndarray:
     """Golden rewards r(x, y) from a trained reward-model folder: exactly what ``hsrm score`` gives
     (:class:`hsrm.scoring.RewardScorer`: the model's chat template, left truncation to
     ``max_length`` — by default the length it was trained with — and the scalar reward of its
@@ -320,10 +325,11 @@ class ResponsePool:
     def __len__(self) -> int:
         return len(self.golden)
 
-    def subset(self, index: np.ndarray) -> "ResponsePool":
+    def subset(self, index: np.ndarray) -> ResponsePool:
         return ResponsePool(self.embeddings[index], self.golden[index], self.prompt_ids[index])
 
-    def split_by_prompt(self, test_fraction: float, rng: np.random.Generator | int | None = None) -> tuple["ResponsePool", "ResponsePool"]:
+    def split_by_prompt(self, test_fraction: float, rng: np.random.Generator | int | None = None
+                        ) -> tuple[ResponsePool, ResponsePool]:
         """(train, test): whole prompts go to one side, so test prompts are never seen in training."""
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -342,7 +348,10 @@ class ResponsePool:
         atomic_save_npz(path, embeddings=self.embeddings, golden=self.golden, prompt_ids=self.prompt_ids)
 
     @classmethod
-    def load(cls, path) -> "ResponsePool":
+    def load(cls, path) -> ResponsePool:
+        """The pool of an .npz written by ``hsrm embed`` with a golden reward (or by :meth:`save`)."""
+        if not Path(path).exists():
+            raise FileNotFoundError(f"pool {path} does not exist (write one with `hsrm embed … --golden-…`)")
         with np.load(path, allow_pickle=False) as data:
             missing = {"embeddings", "golden", "prompt_ids"} - set(data.files)
             if missing:

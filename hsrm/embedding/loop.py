@@ -6,9 +6,10 @@ Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` over
 Each run (strategy × annotation batch size × pairing × seed) repeats, round after round:
 
 1. draw ``prompts_per_round`` (500) training prompts;
-2. form candidate pairs among their responses (``annotate.round_candidates``): *in-prompt*, every pair of a prompt's responses
-   (45 for 10 responses); *cross-prompt*, random pairs of responses to different prompts; keep
-   ``candidates_per_round`` (20,000) of them at random, never a pair already annotated;
+2. form candidate pairs among their responses (``annotate.round_candidates``): *in-prompt*, every
+   pair of a prompt's responses (45 for 10 responses); *cross-prompt*, random pairs of responses
+   to different prompts; keep ``candidates_per_round`` (20,000) of them at random, never a pair
+   already annotated;
 3. choose a batch (125, 250, 500 or 1,000) with the strategy, using the model of the previous
    round (the first batch, with no model yet, is ``initial_strategy``, random by default);
 4. label it with the simulated annotator, correct with probability σ(β|Δr_golden|);
@@ -32,7 +33,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -48,13 +49,15 @@ class ActiveStudyConfig:
     """One YAML file of ``recipes/studies/`` = one of these; every key is a field here."""
 
     # --- data: a ResponsePool .npz (`hsrm embed` with a golden reward) or a synthetic world
-    pool: Optional[str] = option(None, "embeddings/golden/prompt_ids .npz (`hsrm embed --golden-model`); empty → synthetic data")
+    pool: str | None = option(None, "embeddings/golden/prompt_ids .npz (`hsrm embed --golden-model`); "
+                                    "empty → synthetic data")
     test_fraction: float = option(0.1, "real pool: share of prompts held out for evaluation")
     synthetic: dict = option(help="SyntheticWorld fields (dim, latent_dim, …)", factory=dict)
     train_prompts: int = option(4000, "synthetic: training prompts", positive=True)
     responses_per_prompt: int = option(10, "synthetic: responses per training prompt (paper: 10)", positive=True)
     test_prompts: int = option(100, "synthetic: held-out prompts", positive=True)
-    test_responses: int = option(500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)", positive=True)
+    test_responses: int = option(500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)",
+                                 positive=True)
     # --- the loop (paper section 5.1)
     strategies: list[str] = option(help="selection strategies compared", factory=lambda: list(STRATEGIES))
     batch_sizes: list[int] = option(help="annotations per round (paper: 125, 250, 500, 1000)", factory=lambda: [500])
@@ -76,14 +79,16 @@ class ActiveStudyConfig:
     selection: dict = option(help="SelectionOptions fields (ridge, batchbald_samples, …)", factory=dict)
     # --- running
     output_dir: str = option("active_study", "results, plots and finished runs go here", aliases=["--output"])
-    workers: int = option(1, "runs in parallel processes (at most the CPU count; they share its threads)", positive=True)
+    workers: int = option(1, "runs in parallel processes (at most the CPU count; they share its threads)",
+                          positive=True)
 
     def __post_init__(self):
         for name in self.strategies:
             check_strategy(name)
         check_strategy(self.initial_strategy)
         if self.initial_strategy not in ("random", "det_xtx"):
-            raise ValueError(f"initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the first batch), got {self.initial_strategy!r}")
+            raise ValueError("initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the "
+                             f"first batch), got {self.initial_strategy!r}")
         for pairing in self.pairings:
             if pairing not in PAIRINGS:
                 raise ValueError(f"unknown pairing {pairing!r}; choose from {', '.join(PAIRINGS)}")
@@ -93,7 +98,8 @@ class ActiveStudyConfig:
             if int(size) < 1:
                 raise ValueError(f"batch sizes must be positive, got {size}")
             if int(size) > self.annotations:
-                raise ValueError(f"batch size {size} exceeds the annotation budget {self.annotations}; raise `annotations`")
+                raise ValueError(f"batch size {size} exceeds the annotation budget {self.annotations}; "
+                                 "raise `annotations`")
             if int(size) > self.candidates_per_round:
                 raise ValueError(f"batch size {size} exceeds candidates_per_round {self.candidates_per_round}")
         if self.prompts_per_round < 2:
@@ -127,16 +133,14 @@ def load_active_study(path: str | Path | None, overrides: dict[str, Any] | None 
 def load_pools(config: ActiveStudyConfig, seed: int = 0):
     """(train, test) ``ResponsePool``s: the synthetic world's, or the .npz pool split by prompt."""
     from .annotate import ResponsePool
-
-    if config.pool is not None:
-        path = Path(config.pool)
-        if not path.exists():
-            raise FileNotFoundError(f"pool {path} does not exist (write one with `hsrm embed … --golden-…`)")
-        return ResponsePool.load(path).split_by_prompt(config.test_fraction, rng=seed)
     from .synthetic import SyntheticWorld
 
+    if config.pool is not None:
+        return ResponsePool.load(config.pool).split_by_prompt(config.test_fraction, rng=seed)
+
     world = SyntheticWorld(**config.synthetic)
-    return world.train_test(config.train_prompts, config.test_prompts, config.responses_per_prompt, config.test_responses, seed=seed)
+    return world.train_test(config.train_prompts, config.test_prompts, config.responses_per_prompt,
+                            config.test_responses, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,18 +191,19 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
     records = []
     torch.set_num_threads(threads)
     for round_index in range(config.annotations // key.batch_size):
-        candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round, config.candidates_per_round, data_rng)
+        candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round,
+                                      config.candidates_per_round, data_rng)
         fresh = ~np.isin(pair_keys(candidates, n_items), pair_keys(labelled, n_items))
         candidates = candidates[fresh]
         if len(candidates) < key.batch_size:
-            raise ValueError(f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of {key.batch_size}; "
-                             "raise prompts_per_round or lower the batch size")
+            raise ValueError(f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of "
+                             f"{key.batch_size}; raise prompts_per_round or lower the batch size")
         start = time.perf_counter()
+        pool = CandidatePairs(train.embeddings, candidates)
         if model is None:
-            chosen = select_pairs(None, CandidatePairs(train.embeddings, candidates), key.batch_size, config.initial_strategy,
-                                  seed=first_rng, options=options)
+            chosen = select_pairs(None, pool, key.batch_size, config.initial_strategy, seed=first_rng, options=options)
         else:
-            chosen = select_pairs(model, CandidatePairs(train.embeddings, candidates), key.batch_size, key.strategy,
+            chosen = select_pairs(model, pool, key.batch_size, key.strategy,
                                   labelled=CandidatePairs(train.embeddings, labelled), seed=select_rng, options=options)
         select_seconds = time.perf_counter() - start
         batch = candidates[chosen]
@@ -206,10 +211,10 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
         labelled = np.concatenate([labelled, batch])
         wins = np.concatenate([wins, batch_wins])
         start = time.perf_counter()
-        model = fit_bt_mlp(train.embeddings[labelled[:, 0]], train.embeddings[labelled[:, 1]], wins, hidden=tuple(config.hidden),
-                           lr=config.lr, max_epochs=config.max_epochs, patience=config.patience,
-                           batch_size=config.train_batch_size, seed=key.seed * 10007 + round_index,
-                           init=model if config.warm_start else None)
+        model = fit_bt_mlp(train.embeddings[labelled[:, 0]], train.embeddings[labelled[:, 1]], wins,
+                           hidden=tuple(config.hidden), lr=config.lr, max_epochs=config.max_epochs,
+                           patience=config.patience, batch_size=config.train_batch_size,
+                           seed=key.seed * 10007 + round_index, init=model if config.warm_start else None)
         train_seconds = time.perf_counter() - start
         golden_first, golden_second = train.golden[batch[:, 0]], train.golden[batch[:, 1]]
         records.append({
@@ -254,7 +259,8 @@ def run_active_study(config: ActiveStudyConfig, data_seed: int = 0, progress: bo
 def summary_table(results) -> str:
     """Markdown: per (pairing, batch size, strategy), mean ± sd over seeds at the last round, and
     the mean of 1 − Spearman over all rounds (area under the efficiency curve, lower is better)."""
-    lines = ["| pairing | batch | strategy | annotations | 1 − Spearman | BoN reward | mean 1 − Spearman over rounds | select s/round |",
+    lines = ["| pairing | batch | strategy | annotations | 1 − Spearman | BoN reward | mean 1 − Spearman over rounds "
+             "| select s/round |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (pairing, batch, strategy), group in results.groupby(["pairing", "batch_size", "strategy"], sort=False):
         last = group[group["round"] == group["round"].max()]

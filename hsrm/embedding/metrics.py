@@ -11,7 +11,7 @@ All functions take flat arrays (one entry per response) and ``prompt_ids`` group
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,7 +23,8 @@ def _check(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> tupl
     golden = np.asarray(golden, dtype=np.float64).reshape(-1)
     prompt_ids = np.asarray(prompt_ids)
     if not (len(scores) == len(golden) == len(prompt_ids)):
-        raise ValueError(f"scores ({len(scores)}), golden ({len(golden)}) and prompt_ids ({len(prompt_ids)}) must have one entry per response")
+        raise ValueError(f"scores ({len(scores)}), golden ({len(golden)}) and prompt_ids ({len(prompt_ids)}) must have "
+                         "one entry per response")
     if len(scores) == 0:
         raise ValueError("no responses to evaluate")
     return scores, golden, prompt_ids

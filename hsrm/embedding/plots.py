@@ -108,11 +108,12 @@ def plot_study(table, out: Path) -> list[Path]:
         _save(fig, out / name, 110, written)
 
     # Figure 2: gain against the observed annotation error rate (β varies).
-    lines("fig2_error_rate.png", "beta", "annotation error rate", {k: ref[k] for k in ("n_annotations", "design", "pairing")},
+    lines("fig2_error_rate.png", "beta", "annotation error rate",
+          {k: ref[k] for k in ("n_annotations", "design", "pairing")},
           f"Changing annotation quality ({ref['n_annotations']} annotations)", x_from="error_rate")
     # Figure 3: gain against the number of annotations.
-    lines("fig3_annotations.png", "n_annotations", "# training annotations", {k: ref[k] for k in ("beta", "design", "pairing")},
-          f"Changing annotation quantity (β={ref['beta']:g})")
+    lines("fig3_annotations.png", "n_annotations", "# training annotations",
+          {k: ref[k] for k in ("beta", "design", "pairing")}, f"Changing annotation quantity (β={ref['beta']:g})")
 
     # Figures 4 and 5: in-prompt vs cross-prompt, for the random design (4) and the synthetic designs (5).
     pair_labels = {"in-prompt": "in-prompt", "cross-prompt": "X-prompt"}

@@ -14,8 +14,9 @@ import itertools
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 

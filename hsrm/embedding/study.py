@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +51,7 @@ from .runner import expand_grid, run_tasks, write_tables
 
 GRID_AXES = ("methods", "betas", "annotation_counts", "designs", "pairings", "seeds")
 SETUP_KEYS = ("method", "beta", "n_annotations", "design", "pairing", "seed")
+DATA_KINDS = ("synthetic", "embeddings")
 _SYNTHETIC_SIZES = ("n_train_prompts", "n_test_prompts", "train_responses", "test_responses", "sample_seed")
 
 
@@ -64,19 +65,20 @@ class StudyConfig:
                              aliases=["--output"])
     data: dict = option(help="{synthetic: {SyntheticWorld sizes}} or {embeddings: FILE.npz, test_fraction: 0.2}",
                         factory=lambda: {"synthetic": {}})
-    grid: dict = option(help="the base grid: axes methods, betas, annotation_counts, designs, pairings, seeds", factory=dict)
+    grid: dict = option(help="the base grid: axes methods, betas, annotation_counts, designs, pairings, seeds",
+                        factory=dict)
     grids: list[dict] = option(help="slices: each overrides axes of the base grid; setups are the union", factory=list)
     fit: dict = option(help="MLP options (hidden, lr, max_epochs, patience, batch_size)", factory=dict)
     lgb_params: dict = option(help="LightGBM parameters passed through", factory=dict)
     n_jobs: int = option(2, "worker processes", positive=True)
     table_format: str = option("csv", "results table: csv | parquet")
     plots: bool = option(True, "draw the plots (--no-plots: tables only)")
-    seeds: Optional[list[int]] = option(None, "replace the seeds of the base grid and of every slice, e.g. --seeds 0 1 2")
+    seeds: list[int] | None = option(None, "replace the seeds of the base grid and of every slice, e.g. --seeds 0 1 2")
 
     def __post_init__(self):
         if self.table_format not in ("csv", "parquet"):
             raise ValueError(f"table_format must be csv or parquet, got {self.table_format!r}")
-        if not isinstance(self.data, dict) or len(self.data) != 1 or next(iter(self.data)) not in ("synthetic", "embeddings"):
+        if not isinstance(self.data, dict) or len(self.data) != 1 or next(iter(self.data)) not in DATA_KINDS:
             raise ValueError("data must be {synthetic: {...}} or {embeddings: FILE.npz, test_fraction: 0.2}")
         if self.n_jobs < 1:
             raise ValueError(f"n_jobs must be ≥ 1, got {self.n_jobs}")
@@ -95,7 +97,8 @@ class StudyConfig:
             if setup["pairing"] not in PAIRINGS:
                 raise ValueError(f"unknown pairing {setup['pairing']!r}; choose from {', '.join(PAIRINGS)}")
             if setup["beta"] < 0 or setup["n_annotations"] < 2:
-                raise ValueError(f"beta must be ≥ 0 and annotation counts ≥ 2 (got {setup['beta']}, {setup['n_annotations']})")
+                raise ValueError(f"beta must be ≥ 0 and annotation counts ≥ 2 (got {setup['beta']}, "
+                                 f"{setup['n_annotations']})")
 
     def setups(self) -> list[dict]:
         """The distinct setups of the base grid and every slice, in a stable order."""
@@ -106,7 +109,8 @@ class StudyConfig:
         for overrides in (self.grids or [{}]):
             axes = dict(base, **{k: _as_list(v) for k, v in overrides.items()})
             for setup in expand_grid({key: axes[axis] for key, axis in zip(SETUP_KEYS, GRID_AXES)}):
-                setup.update(beta=float(setup["beta"]), n_annotations=int(setup["n_annotations"]), seed=int(setup["seed"]))
+                setup.update(beta=float(setup["beta"]), n_annotations=int(setup["n_annotations"]),
+                             seed=int(setup["seed"]))
                 setups.setdefault(setup_name(setup), setup)
         return list(setups.values())
 
@@ -144,13 +148,9 @@ def load_study_data(config: StudyConfig, base_dir: str | os.PathLike = ".") -> t
                                        int(sizes.get("train_responses", 10)), int(sizes.get("test_responses", 100)),
                                        seed=int(sizes.get("sample_seed", 0)))
         return train, test, {"data": "synthetic", **world.to_dict(), **sizes}
-    from .extract import EmbeddedData
-
     spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-    path = Path(spec["path"])
-    if not path.is_absolute():
-        path = Path(base_dir) / path
-    pool = EmbeddedData.load(path).pool()
+    path = Path(base_dir) / spec["path"]  # an absolute path stays as it is
+    pool = ResponsePool.load(path)
     train, test = pool.split_by_prompt(float(spec.get("test_fraction", 0.2)), rng=int(spec.get("split_seed", 0)))
     return train, test, {"data": str(path), "test_fraction": spec.get("test_fraction", 0.2)}
 
@@ -221,10 +221,12 @@ def summary_markdown(table, name: str) -> str:
     agg = aggregate(table, ["design", "pairing", "beta", "n_annotations", "method"])
     seeds = int(agg["seeds"].max()) if len(agg) else 0
     lines = [f"# Study {name}: " + ("mean ± std over seeds" if seeds > 1 else "one seed (no spread to report)"), "",
-             "| design | pairing | β | annotations | method | error rate | BoN gain | gain / oracle | Spearman | seeds |",
+             "| design | pairing | β | annotations | method | error rate | BoN gain | gain / oracle | Spearman "
+             "| seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in agg.itertuples(index=False):
         lines.append(f"| {row.design} | {row.pairing} | {row.beta:g} | {row.n_annotations} | {row.method} | "
-                     f"{row.error_rate:.3f} | {mean_sd_text(row.bon_gain, row.bon_gain_std, row.seeds)} | {row.bon_gain_fraction:.3f} | "
+                     f"{row.error_rate:.3f} | {mean_sd_text(row.bon_gain, row.bon_gain_std, row.seeds)} | "
+                     f"{row.bon_gain_fraction:.3f} | "
                      f"{mean_sd_text(row.spearman, row.spearman_std, row.seeds)} | {row.seeds} |")
     return "\n".join(lines) + "\n"
