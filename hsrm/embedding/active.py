@@ -38,7 +38,7 @@ N×h×h is ever built, so 500 of 20,000 candidates with h = 2,048 take seconds o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +92,6 @@ class CandidatePairs:
                              f"{second.shape}")
         n = len(first)
         return cls(np.concatenate([first, second]), np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1))
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> CandidatePairs:
-        return CandidatePairs(self.items, self.pairs[np.asarray(indices, dtype=np.int64)])
 
 
 def as_candidate_pairs(candidates: Any, name: str = "candidates") -> CandidatePairs:

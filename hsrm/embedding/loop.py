@@ -175,7 +175,7 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
     """One run's online loop, with ``threads`` torch threads; returns one record per round."""
     import torch
 
-    from .annotate import group_by_prompt, observed_error_rate, pair_keys, round_candidates, simulate_annotations
+    from .annotate import AnnotatedPairs, group_by_prompt, pair_keys, round_candidates, simulate_annotations
     from .models import fit_bt_mlp
 
     data_rng = np.random.default_rng([key.seed, 11])  # prompts and candidates: shared by all strategies
@@ -207,7 +207,9 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
                                   labelled=CandidatePairs(train.embeddings, labelled), seed=select_rng, options=options)
         select_seconds = time.perf_counter() - start
         batch = candidates[chosen]
-        batch_wins = simulate_annotations(train.golden[batch[:, 0]], train.golden[batch[:, 1]], config.beta, label_rng)
+        golden_first, golden_second = train.golden[batch[:, 0]], train.golden[batch[:, 1]]
+        batch_wins = simulate_annotations(golden_first, golden_second, config.beta, label_rng)
+        annotated = AnnotatedPairs(batch[:, 0], batch[:, 1], batch_wins, golden_first, golden_second)
         labelled = np.concatenate([labelled, batch])
         wins = np.concatenate([wins, batch_wins])
         start = time.perf_counter()
@@ -216,11 +218,9 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
                            patience=config.patience, batch_size=config.train_batch_size,
                            seed=key.seed * 10007 + round_index, init=model if config.warm_start else None)
         train_seconds = time.perf_counter() - start
-        golden_first, golden_second = train.golden[batch[:, 0]], train.golden[batch[:, 1]]
         records.append({
             **asdict(key), "round": round_index + 1, "annotations": len(labelled), **evaluate_model(model, test),
-            "batch_error_rate": observed_error_rate(golden_first, golden_second, batch_wins),
-            "batch_mean_abs_delta": float(np.mean(np.abs(golden_first - golden_second))),
+            "batch_error_rate": annotated.error_rate, "batch_mean_abs_delta": annotated.mean_abs_delta,
             "candidates": len(candidates), "select_seconds": select_seconds, "train_seconds": train_seconds,
         })
     return records
