@@ -137,7 +137,6 @@ def load_pools(config: ActiveStudyConfig, seed: int = 0):
 
     if config.pool is not None:
         return ResponsePool.load(config.pool).split_by_prompt(config.test_fraction, rng=seed)
-
     world = SyntheticWorld(**config.synthetic)
     return world.train_test(config.train_prompts, config.test_prompts, config.responses_per_prompt,
                             config.test_responses, seed=seed)
@@ -150,6 +149,8 @@ def load_pools(config: ActiveStudyConfig, seed: int = 0):
 
 @dataclass(frozen=True)
 class RunKey:
+    """One run of the grid; ``name`` is its file in ``output_dir/runs``."""
+
     strategy: str
     batch_size: int
     pairing: str

@@ -190,9 +190,7 @@ def run_study(config: StudyConfig, base_dir: str | os.PathLike = ".", progress: 
     the summary and the plots. Returns the results as a pandas DataFrame."""
     import pandas as pd
 
-    out = Path(config.output_dir)
-    if not out.is_absolute():
-        out = Path(base_dir) / out
+    out = Path(base_dir) / config.output_dir  # an absolute output_dir stays as it is
     train, test, description = load_study_data(config, base_dir)
     atomic_write_json(out / "study.json", {"name": config.name, "data": description, "grid": config.grid,
                                            "grids": config.grids, "fit": config.fit}, default=str)
