@@ -86,14 +86,14 @@ def main(argv=None) -> dict:
                 if strategy not in ("dopt", "pa_dopt"):
                     record(f"{strategy} on features", dim, lambda s=strategy: select_pairs(layer, candidates, args.k, s, labelled=labelled, seed=0))
 
-    from hsrm.embedding.loop import in_prompt_candidates
+    from hsrm.embedding.annotate import in_prompt_pairs
     from hsrm.embedding.models import MLPRewardModel
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = MLPRewardModel(2048, (1024, 512)).eval()
     embeddings = rng.standard_normal((5000, 2048)).astype(np.float32)
-    pairs = in_prompt_candidates([np.arange(10 * p, 10 * p + 10) for p in range(500)])
+    pairs = in_prompt_pairs([np.arange(10 * p, 10 * p + 10) for p in range(500)])
     pairs = pairs[rng.choice(len(pairs), args.candidates, replace=False)]
     record("dopt, BT-MLP (1024, 512) on 2,048-d embeddings", 512,
            lambda: select_pairs(model, CandidatePairs(embeddings, pairs), args.k, "dopt"))

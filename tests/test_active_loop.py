@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsrm.embedding.loop import (
-    ActiveStudyConfig,
-    cross_prompt_candidates,
-    in_prompt_candidates,
-    load_study,
-    round_candidates,
-    run_study,
-)
+from hsrm.embedding.annotate import cross_prompt_pairs, in_prompt_pairs, round_candidates
+from hsrm.embedding.loop import ActiveStudyConfig, load_active_study, run_active_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,18 +28,18 @@ def tiny_study(tmp_path, **overrides) -> ActiveStudyConfig:
 # ---------------------------------------------------------------- candidates of a round
 
 
-def test_in_prompt_candidates_are_all_45_pairs_of_10_responses():
+def test_in_prompt_pairs_are_all_45_pairs_of_10_responses():
     groups = [np.arange(10), np.arange(10, 20), np.array([20])]
-    pairs = in_prompt_candidates(groups)
+    pairs = in_prompt_pairs(groups)
     assert len(pairs) == 2 * 45  # the one-response prompt yields nothing
     assert len({tuple(sorted(p)) for p in pairs.tolist()}) == 90
     assert all((a < 10) == (b < 10) for a, b in pairs)  # never across prompts
 
 
-def test_cross_prompt_candidates_are_distinct_and_across_prompts():
+def test_cross_prompt_pairs_are_distinct_and_across_prompts():
     prompt_ids = np.repeat(np.arange(20), 10)
     rng = np.random.default_rng(0)
-    pairs = cross_prompt_candidates(np.arange(200), prompt_ids, 1000, rng)
+    pairs = cross_prompt_pairs(np.arange(200), prompt_ids, 1000, rng)
     assert len(pairs) == 1000
     assert np.all(prompt_ids[pairs[:, 0]] != prompt_ids[pairs[:, 1]])
     assert len({tuple(sorted(p)) for p in pairs.tolist()}) == 1000
@@ -65,7 +59,7 @@ def test_round_candidates_draw_prompts_and_keep_the_requested_number():
 
 def test_active_study_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     config = tiny_study(tmp_path)
-    results = run_study(config)
+    results = run_active_study(config)
     out = Path(config.output_dir)
     assert (out / "results.csv").exists() and (out / "summary.md").exists() and (out / "efficiency.png").exists()
     assert len(results) == 8 * 2  # 8 strategies × 2 rounds of 20
@@ -78,14 +72,14 @@ def test_active_study_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     assert "| in-prompt | 20 | dopt | 40 |" in (out / "summary.md").read_text()
     # a second call finds every run finished and only rebuilds the table
     (out / "efficiency.png").unlink()
-    again = run_study(config)
+    again = run_active_study(config)
     assert again.equals(results) and (out / "efficiency.png").exists()
 
 
 def test_cross_prompt_and_batch_size_sweep_draw_their_figures(tmp_path):
     config = tiny_study(tmp_path, strategies=["random", "dopt"], pairings=["in-prompt", "cross-prompt"], batch_sizes=[10, 20],
                         annotations=20)
-    results = run_study(config)
+    results = run_active_study(config)
     assert set(results["pairing"]) == {"in-prompt", "cross-prompt"}
     assert results.groupby("batch_size")["round"].max().to_dict() == {10: 2, 20: 1}
     cross = results[results["pairing"] == "cross-prompt"]
@@ -97,7 +91,7 @@ def test_study_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown selection strategy 'dop'"):
         tiny_study(tmp_path, strategies=["dop"])
     with pytest.raises(ValueError, match="unknown keys: batch_size \\(did you mean batch_sizes\\?\\)"):
-        load_study(None, {"batch_size": 10})
+        load_active_study(None, {"batch_size": 10})
     with pytest.raises(ValueError, match="exceeds the annotation budget"):
         tiny_study(tmp_path, batch_sizes=[100])
     with pytest.raises(ValueError, match="selection: unknown option"):
@@ -108,7 +102,7 @@ def test_study_config_errors_are_clear(tmp_path):
 def test_every_shipped_active_study_parses(path):
     # the header line is the exact launch command (architecture.md: one YAML per experiment)
     assert path.read_text().splitlines()[0].startswith(f"# hsrm active recipes/studies/{path.name}")
-    config = load_study(path)
+    config = load_active_study(path)
     assert config.strategies and config.batch_sizes
 
 

@@ -1,4 +1,4 @@
-"""Generic pairs, HH-RLHF transcripts, RewardBench rows, pair builders and malformed input."""
+"""Generic pairs, HH-RLHF transcripts, RewardBench rows, flip augmentation and malformed input."""
 
 import gzip
 import json
@@ -7,8 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import write_jsonl
-from hsrm.data import (DataError, cross_prompt_pairs, flip_pair, in_prompt_pairs, load_preference_pairs, load_rewardbench,
-                       split_hh_pair)
+from hsrm.data import DataError, flip_pair, load_preference_pairs, load_rewardbench, split_hh_pair
 from hsrm.data.auto import detect_format, load_pairs_any
 
 
@@ -83,12 +82,7 @@ def test_format_detection(tmp_path):
         load_pairs_any(str(ratings))
 
 
-def test_in_prompt_and_cross_prompt_pairs_and_flip():
-    prompts = ["a", "a", "a", "b", "b"]
-    scores = [1.0, 3.0, 2.0, 5.0, 5.0]
-    assert sorted(in_prompt_pairs(prompts, scores)) == [(1, 0), (1, 2), (2, 0)]  # the tie in "b" gives no pair
-    cross = cross_prompt_pairs(prompts, 50, seed=1)
-    assert len(cross) == 50 and all(prompts[i] != prompts[j] for i, j in cross)
+def test_flip_pair():
     row = {"response_1": "x", "response_2": "y", "overall_preference": -2}
     assert flip_pair(row) == {"response_1": "y", "response_2": "x", "overall_preference": 2}
     assert flip_pair(flip_pair(row)) == row

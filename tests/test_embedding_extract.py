@@ -206,3 +206,17 @@ def test_read_conversations_skips_and_counts_bad_pairs_only_when_asked(tmp_path,
         prompts, responses, prompt_ids, golden, (first, second, first_wins) = read_conversations(str(path), on_error="skip")
     assert responses == ["Paris.", "no", "Bake it.", "bad"] and list(first) == [0, 2] and list(second) == [1, 3]
     assert "kept 2" in caplog.text
+
+
+def test_backbone_dtype_names_are_hsrm_modeling_s(tiny_model_dir, backbone):
+    """The compute dtype is read by hsrm.modeling.torch_dtype (one table of names); it keys the cache."""
+    import torch
+
+    assert backbone.dtype_name == "float32" and next(backbone.model.parameters()).dtype == torch.float32
+    half = load_backbone(str(tiny_model_dir), device="cpu", dtype="bf16")
+    assert half.dtype_name == "bfloat16" and next(half.model.parameters()).dtype == torch.bfloat16
+    assert half.cache_key() != backbone.cache_key()
+    with pytest.raises(ValueError, match="dtype 'fp64'"):
+        load_backbone(str(tiny_model_dir), device="cpu", dtype="fp64")
+    with pytest.raises(ValueError, match="name the compute dtype"):
+        load_backbone(str(tiny_model_dir), device="cpu", dtype="auto")

@@ -19,7 +19,13 @@ from hsrm.embedding.annotate import (
     select_design,
     simulate_annotations,
 )
-from hsrm.embedding.metrics import best_of_n_gain, evaluate_scores, oracle_best_of_n_gain, per_prompt_spearman
+from hsrm.embedding.metrics import (
+    best_of_n_gain,
+    best_of_n_reward,
+    evaluate_scores,
+    oracle_best_of_n_gain,
+    per_prompt_spearman,
+)
 from hsrm.embedding.models import (
     EnsembleRewardModel,
     MLPRewardModel,
@@ -280,13 +286,18 @@ def test_build_pairs_counts():
 # ---------------------------------------------------------------- metrics against hand computation
 
 
-def test_best_of_n_gain_and_spearman_by_hand():
+def test_best_of_n_reward_gain_and_spearman_by_hand():
     golden = np.array([1.0, 4.0, 2.0, 10.0, 0.0, 5.0])
     prompt_ids = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.3, 0.9, 5.0, 6.0, 1.0])
     # prompt 0 picks golden 2 (mean 7/3), prompt 1 picks golden 0 (mean 5)
     assert best_of_n_gain(scores, golden, prompt_ids) == pytest.approx(((2 - 7 / 3) + (0 - 5)) / 2)
     assert oracle_best_of_n_gain(golden, prompt_ids) == pytest.approx(((4 - 7 / 3) + (10 - 5)) / 2)
+    assert best_of_n_reward(scores, golden, prompt_ids) == pytest.approx((2 + 0) / 2)
+    # uneven prompts (3 and 2 responses) take the per-prompt path; a tie picks the first response
+    uneven_ids, uneven_scores = np.array([0, 0, 0, 1, 1]), np.array([0.1, 0.3, 0.3, 2.0, 2.0])
+    assert best_of_n_reward(uneven_scores, golden[:5], uneven_ids) == pytest.approx((4 + 10) / 2)
+    assert best_of_n_gain(uneven_scores, golden[:5], uneven_ids) == pytest.approx(((4 - 7 / 3) + (10 - 5)) / 2)
     expected = np.mean([stats.spearmanr(scores[:3], golden[:3])[0], stats.spearmanr(scores[3:], golden[3:])[0]])
     assert per_prompt_spearman(scores, golden, prompt_ids) == pytest.approx(expected)
     # Uneven groups take the per-prompt path and agree with scipy too.

@@ -3,6 +3,7 @@ study file, and the direction of the paper's cross-prompt finding on the similar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,16 +61,41 @@ def test_study_cli_writes_table_summary_plots_and_resumes(tmp_path, capsys):
     assert rates[0.5] > rates[1.0] > rates[5.0]
     assert np.allclose(table["error_rate"], table["expected_error_rate"], atol=0.1)
     for name in ("fig1_methods.png", "fig2_error_rate.png", "fig3_annotations.png", "fig4_cross_prompt.png",
-                 "fig5_designs.png", "summary.md", "rows.jsonl", "study.json"):
+                 "fig5_designs.png", "summary.md", "study.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "fig2_error_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| similar | cross-prompt |" in (out / "summary.md").read_text()
-    # Same study again: every setup is already in rows.jsonl, nothing is refitted.
-    lines_before = (out / "rows.jsonl").read_text().count("\n")
+    # One finished file per setup; a rerun fits only the setups whose file is missing.
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == len(setups)
+    lost = out / "runs" / "clf-lgb__beta5.0__n300__random__in-prompt__s0.json"
+    row = json.loads(lost.read_text())
+    assert {k: row[k] for k in ("method", "beta", "n_annotations", "seed")} == {"method": "clf-lgb", "beta": 5.0,
+                                                                               "n_annotations": 300, "seed": 0}
+    lost.unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in runs if p != lost}
     capsys.readouterr()
     assert main(["study", str(path), "--table-format", "parquet", "--no-plots"]) == 0
-    assert (out / "rows.jsonl").read_text().count("\n") == lines_before
+    assert {p: p.stat().st_mtime_ns for p in runs if p != lost} == stamps  # nothing else refitted
+    refitted = json.loads(lost.read_text())
+    refitted.pop("fit_seconds"), row.pop("fit_seconds")  # wall time: the only thing a refit may change
+    assert refitted == row
     assert len(pd.read_parquet(out / "results.parquet")) == len(setups)
+
+
+def test_worker_plan_honours_n_jobs_up_to_the_cpu_count(monkeypatch, caplog):
+    from hsrm.embedding.runner import worker_plan
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert worker_plan(3, 10) == (3, 2)  # three processes asked, three run, sharing 8 CPUs' threads
+    assert worker_plan(3, 1) == (1, 8)  # never more processes than tasks
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="hsrm.embedding.runner"):
+        assert worker_plan(12, 20) == (8, 1)
+    assert "n_jobs 12: this machine has 8 CPUs, so 8 worker processes run" in caplog.text
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert worker_plan(2, 10) == (2, 1)
 
 
 @pytest.mark.slow
@@ -136,3 +162,17 @@ def test_cross_prompt_beats_in_prompt_when_same_prompt_pairs_are_similar():
             rhos[pairing].append(row["spearman"])
     assert min(gains["cross-prompt"]) > max(gains["in-prompt"]), gains
     assert np.mean(rhos["cross-prompt"]) > np.mean(rhos["in-prompt"]) + 0.1, rhos
+
+
+def test_study_on_an_embeddings_file_splits_it_by_prompt(tmp_path):
+    """data: {embeddings: FILE.npz} (what `hsrm embed` writes with a golden reward), relative to base_dir."""
+    SyntheticWorld(dim=8, latent_dim=3, nuisance_dim=2).sample(40, 6).save(tmp_path / "pool.npz")
+    grid = {"methods": ["bt-mlp"], "annotation_counts": [60], "seeds": [0]}
+    config = StudyConfig(**tiny_study(tmp_path, data={"embeddings": {"path": "pool.npz", "test_fraction": 0.25}},
+                                      grid=grid, grids=[], plots=False, output_dir="out"))
+    table = run_study(config, base_dir=tmp_path, progress=False)
+    assert len(table) == 1 and table["test_prompts"].item() == 10 and table["test_responses"].item() == 60
+    assert json.loads((tmp_path / "out" / "study.json").read_text())["data"]["data"] == str(tmp_path / "pool.npz")
+    with pytest.raises(FileNotFoundError, match="pool .*missing.npz does not exist"):
+        run_study(StudyConfig(**tiny_study(tmp_path, data={"embeddings": "missing.npz"}, output_dir="out2")),
+                  base_dir=tmp_path)

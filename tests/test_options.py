@@ -114,14 +114,15 @@ RECIPES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "recipes").
 
 
 def recipe_loader(recipe: Path):
-    from hsrm.embedding.loop import load_study as load_active
+    from hsrm.embedding.loop import load_active_study
     from hsrm.embedding.study import load_study
     from hsrm.rloo import load_rloo_recipe
 
     if "rloo" in recipe.name:
         return load_rloo_recipe
     if recipe.parent.name == "studies":
-        return lambda path, values=None: (load_active if recipe.name.startswith("active") else load_study)(path, values)
+        load = load_active_study if recipe.name.startswith("active") else load_study
+        return lambda path, values=None: load(path, values)
     return lambda path, values=None: (load_recipe(path, values),)
 
 

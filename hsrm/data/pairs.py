@@ -1,20 +1,17 @@
-"""Generic preference pairs, Anthropic HH-RLHF transcripts, and pair construction.
+"""Generic preference pairs, Anthropic HH-RLHF transcripts, and flip augmentation.
 
 Generic rows: ``{prompt, chosen, rejected}`` as text or chat-message lists, optional ``margin`` or
 ``strength``. HH-RLHF rows: ``{chosen, rejected}`` full transcripts; the shared prefix becomes the
 prompt and each final assistant turn the response.
 
-Pair builders (Sun, Shen & Ton 2024, section 4 and appendix D): in-prompt pairs (two responses to
-one prompt), cross-prompt pairs (two prompt-response pairs from different prompts), and flip
-augmentation (swap the two sides of a positional pair).
+Flip augmentation swaps the two sides of a positional pair. In-prompt and cross-prompt pairs of
+responses (Sun, Shen & Ton 2024, section 4 and appendix D) are built on the lightweight path:
+``hsrm.embedding.annotate``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import random
-from typing import Any, Sequence
 
 from .io import DataError, LoadReport, OnError, read_rows
 from .messages import parse_hh_transcript, response_text, to_messages
@@ -105,37 +102,6 @@ def load_preference_pairs(source: str, split: str = "train", *, on_error: OnErro
     report.log()
     dataset = datasets.Dataset.from_dict(out)
     return (dataset, report) if return_report else dataset
-
-
-# --------------------------------------------------------------------------------- pair building
-def in_prompt_pairs(prompt_ids: Sequence[Any], scores: Sequence[float], max_pairs_per_prompt: int | None = None,
-                    seed: int = 0) -> list[tuple[int, int]]:
-    """Index pairs (better, worse) of responses that share a prompt; ties give no pair."""
-    groups: dict[Any, list[int]] = {}
-    for i, p in enumerate(prompt_ids):
-        groups.setdefault(p, []).append(i)
-    rng = random.Random(seed)
-    pairs = []
-    for members in groups.values():
-        local = [(a, b) if scores[a] > scores[b] else (b, a) for a, b in itertools.combinations(members, 2) if scores[a] != scores[b]]
-        if max_pairs_per_prompt is not None and len(local) > max_pairs_per_prompt:
-            local = rng.sample(local, max_pairs_per_prompt)
-        pairs.extend(local)
-    return pairs
-
-
-def cross_prompt_pairs(prompt_ids: Sequence[Any], n_pairs: int, seed: int = 0) -> list[tuple[int, int]]:
-    """``n_pairs`` random index pairs whose two items come from different prompts."""
-    if len(set(prompt_ids)) < 2:
-        raise ValueError("cross-prompt pairs need at least two distinct prompts")
-    rng = random.Random(seed)
-    n = len(prompt_ids)
-    pairs = []
-    while len(pairs) < n_pairs:
-        a, b = rng.randrange(n), rng.randrange(n)
-        if prompt_ids[a] != prompt_ids[b]:
-            pairs.append((a, b))
-    return pairs
 
 
 def flip_pair(row: dict) -> dict:

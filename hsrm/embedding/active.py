@@ -38,10 +38,13 @@ N×h×h is ever built, so 500 of 20,000 candidates with h = 2,048 take seconds o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
+
+from .annotate import sigmoid
 
 STRATEGIES = ("random", "dopt", "pa_dopt", "entropy", "maxdiff", "det_xtx", "coreset", "batchbald")
 
@@ -81,16 +84,14 @@ class CandidatePairs:
         return len(self.pairs)
 
     @classmethod
-    def from_sides(cls, first: np.ndarray, second: np.ndarray) -> "CandidatePairs":
+    def from_sides(cls, first: np.ndarray, second: np.ndarray) -> CandidatePairs:
         """Pairs given as two aligned (N, D) arrays: row i of ``first`` against row i of ``second``."""
         first, second = np.asarray(first), np.asarray(second)
         if first.shape != second.shape or first.ndim != 2:
-            raise ValueError(f"the two sides of the pairs must be (N, D) arrays of one shape, got {first.shape} and {second.shape}")
+            raise ValueError(f"the two sides of the pairs must be (N, D) arrays of one shape, got {first.shape} and "
+                             f"{second.shape}")
         n = len(first)
         return cls(np.concatenate([first, second]), np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1))
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "CandidatePairs":
-        return CandidatePairs(self.items, self.pairs[np.asarray(indices, dtype=np.int64)])
 
 
 def as_candidate_pairs(candidates: Any, name: str = "candidates") -> CandidatePairs:
@@ -100,10 +101,12 @@ def as_candidate_pairs(candidates: Any, name: str = "candidates") -> CandidatePa
         return candidates
     if isinstance(candidates, (tuple, list)) and len(candidates) in (2, 3):
         a, b = np.asarray(candidates[0]), np.asarray(candidates[1])
-        if b.ndim == 2 and b.shape[1] == 2 and np.issubdtype(b.dtype, np.integer) and not np.issubdtype(a.dtype, np.integer):
+        index_pairs = b.ndim == 2 and b.shape[1] == 2 and np.issubdtype(b.dtype, np.integer)
+        if index_pairs and not np.issubdtype(a.dtype, np.integer):
             return CandidatePairs(a, b)
         return CandidatePairs.from_sides(a, b)
-    raise ValueError(f"{name}: expected CandidatePairs, (items, pairs) or (first_embeddings, second_embeddings); got {type(candidates).__name__}")
+    raise ValueError(f"{name}: expected CandidatePairs, (items, pairs) or (first_embeddings, second_embeddings); "
+                     f"got {type(candidates).__name__}")
 
 
 @dataclass
@@ -116,7 +119,7 @@ class LastLayer:
     weight: np.ndarray | None
 
     @classmethod
-    def linear(cls, weight: np.ndarray | None) -> "LastLayer":
+    def linear(cls, weight: np.ndarray | None) -> LastLayer:
         """The linear BT model on the embeddings themselves: Φ = identity, r = Ψᵀβ."""
         # no dtype change here: float32 embeddings stay float32 (pair_feature_differences casts once)
         return cls(np.asarray, None if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1))
@@ -138,7 +141,8 @@ def last_layer_of(model: Any, batch_size: int = 8192) -> LastLayer:
         head = model.head
         if getattr(head, "bias", None) is not None:
             # r̂_1 − r̂_2 = d·β only holds when the last layer has no bias (paper, section 3.1).
-            raise ValueError("the model's last layer has a bias; active selection expects a bias-free head (BT is shift-invariant)")
+            raise ValueError("the model's last layer has a bias; active selection expects a bias-free head "
+                             "(BT is shift-invariant)")
         weight = head.weight.detach().cpu().double().numpy().reshape(-1)
         parameter = next(model.parameters())
 
@@ -148,13 +152,15 @@ def last_layer_of(model: Any, batch_size: int = 8192) -> LastLayer:
             out = []
             with torch.no_grad():
                 for start in range(0, len(x), batch_size):
-                    chunk = torch.as_tensor(np.asarray(x[start:start + batch_size]), dtype=parameter.dtype, device=parameter.device)
+                    chunk = torch.as_tensor(np.asarray(x[start:start + batch_size]), dtype=parameter.dtype,
+                                            device=parameter.device)
                     out.append(model.features(chunk).detach().cpu().numpy())
             model.train(was_training)
             return np.concatenate(out) if out else np.zeros((0, weight.size))
 
         return LastLayer(features, weight)
-    raise ValueError(f"model: expected an object with .features() and a .head linear layer, a weight vector, a LastLayer or None; got {type(model).__name__}")
+    raise ValueError("model: expected an object with .features() and a .head linear layer, a weight vector, "
+                     f"a LastLayer or None; got {type(model).__name__}")
 
 
 def pair_feature_differences(layer: LastLayer, pairs: CandidatePairs) -> np.ndarray:
@@ -170,11 +176,6 @@ def pair_feature_differences(layer: LastLayer, pairs: CandidatePairs) -> np.ndar
 # ----------------------------------------------------------------------------------------------
 # Pure scoring functions (numpy in, numpy out)
 # ----------------------------------------------------------------------------------------------
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return np.exp(-np.logaddexp(0.0, -x))
 
 
 def bernoulli_variance(reward_difference: np.ndarray) -> np.ndarray:
@@ -208,8 +209,9 @@ def leverage_scores(differences: np.ndarray, variances: np.ndarray | None, infor
     """
     import scipy.linalg
 
-    differences = np.asarray(differences, dtype=np.float32)
-    scaled = differences if variances is None else differences * np.sqrt(np.asarray(variances, dtype=np.float32))[:, None]
+    scaled = np.asarray(differences, dtype=np.float32)
+    if variances is not None:
+        scaled = scaled * np.sqrt(np.asarray(variances, dtype=np.float32))[:, None]
     try:
         cholesky = np.linalg.cholesky(information)
     except np.linalg.LinAlgError as err:
@@ -237,7 +239,7 @@ def dopt_scores(differences: np.ndarray, reward_difference: np.ndarray, past_inf
 
 
 def design_scores(differences: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
-    """det(XᵀX) sensitivity (eq. 7 with the section 3.2 approximation): d_iᵀ(XᵀX + λI)⁻¹d_i, no predictions."""
+    """det(XᵀX) sensitivity (eq. 7, section 3.2's approximation): d_iᵀ(XᵀX + λI)⁻¹d_i, no predictions."""
     information = fisher_information(differences)
     information = information + ridge_value(information, ridge) * np.eye(information.shape[0])
     return leverage_scores(differences, None, information)
@@ -266,8 +268,9 @@ def coreset_sensitivities(z: np.ndarray, n_clusters: int = 10, radius: float = 1
     n = len(z)
     if n == 0:
         return np.zeros(0)
-    labels, _ = _kmeans(z, min(n_clusters, n), seed)
-    sizes = np.bincount(labels, minlength=labels.max() + 1).astype(np.float64)
+    k = min(n_clusters, n)
+    labels = _kmeans_labels(z, k, seed)
+    sizes = np.bincount(labels, minlength=k).astype(np.float64)
     sums = np.zeros((len(sizes), z.shape[1]))
     np.add.at(sums, labels, z)
     means = sums / np.maximum(sizes, 1)[:, None]
@@ -283,35 +286,21 @@ def coreset_sensitivities(z: np.ndarray, n_clusters: int = 10, radius: float = 1
     return n / (1.0 + (counts * np.exp(-radius * distances)).sum(1))
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 20, fit_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means with k-means++ seeding, fitted on at most ``fit_rows`` random rows and then
-    used to label every row: small, seedable, and fast enough for the coreset's clusters."""
+def _kmeans_labels(x: np.ndarray, k: int, seed: int, fit_rows: int = 4096) -> np.ndarray:
+    """The k-means cluster of every row: scikit-learn's KMeans (k-means++ seeding, one start, seeded)
+    fitted on at most ``fit_rows`` random rows, then used to label them all. The sensitivity bound
+    holds for any partition, so a subsample keeps the cost flat in N without weakening it."""
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     rng = np.random.default_rng(seed)
     sample = x if len(x) <= fit_rows else x[rng.choice(len(x), fit_rows, replace=False)]
-    n = len(sample)
-
-    def nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-        return ((centres * centres).sum(1)[None, :] - 2 * points @ centres.T).argmin(1)
-
-    centres = [sample[rng.integers(n)]]
-    closest = ((sample - centres[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = closest.sum()
-        index = rng.integers(n) if total <= 0 else rng.choice(n, p=closest / total)
-        centres.append(sample[index])
-        closest = np.minimum(closest, ((sample - sample[index]) ** 2).sum(1))
-    centres = np.array(centres)
-    labels = nearest(sample, centres)
-    for _ in range(iterations):
-        one_hot = np.zeros((n, k))
-        one_hot[np.arange(n), labels] = 1.0
-        counts = one_hot.sum(0)
-        centres = np.where(counts[:, None] > 0, (one_hot.T @ sample) / np.maximum(counts, 1)[:, None], centres)
-        new_labels = nearest(sample, centres)
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-    return nearest(x, centres), centres
+    with warnings.catch_warnings():
+        # fewer distinct points than clusters leaves some clusters empty: harmless here (size 0, no weight)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return KMeans(n_clusters=k, n_init=1, random_state=seed).fit(sample).predict(x)
 
 
 def weighted_sample_without_replacement(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -343,7 +332,8 @@ def laplace_posterior_samples(weight: np.ndarray, labelled_differences: np.ndarr
         prior_precision = h / max(float(weight @ weight), 1e-12)
     precision = prior_precision * np.eye(h)
     if labelled_differences is not None and len(labelled_differences):
-        precision = precision + fisher_information(labelled_differences, bernoulli_variance(labelled_differences @ weight))
+        variances = bernoulli_variance(labelled_differences @ weight)
+        precision = precision + fisher_information(labelled_differences, variances)
     cholesky = np.linalg.cholesky(precision)
     import scipy.linalg
 
@@ -416,12 +406,8 @@ def batchbald_select(probabilities: np.ndarray, k: int, rng: np.random.Generator
 def _single_threaded_blas():
     """BatchBALD multiplies many tiny matrices; a threaded BLAS spends more time waking its threads
     than computing (measured: 12 ms vs 0.02 ms per 128×64×64 product on a busy 2-core machine)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # threadpoolctl comes with scikit-learn; without it, run as is
-        import contextlib
+    from threadpoolctl import threadpool_limits
 
-        return contextlib.nullcontext()
     return threadpool_limits(1, user_api="blas")
 
 
@@ -449,7 +435,7 @@ class SelectionOptions:
 
     ridge: float = 1e-3  # λ = ridge · mean diagonal of the information (scale-free Bayesian prior, section 3.1)
     coreset_clusters: int = 10  # k-means clusters for the sensitivity bound (Huggins et al. 2016)
-    coreset_radius: float | None = None  # parameter-ball radius R; None → ‖β̂‖ (the ball must hold the current fit)
+    coreset_radius: float | None = None  # parameter-ball radius R; None → ‖β̂‖ (the ball holds the current fit)
     batchbald_samples: int = 64  # posterior draws of β for the Monte Carlo mutual information
     batchbald_configurations: int = 128  # sampled label configurations for the joint entropy (Kirsch et al. 3.3)
     batchbald_pool: int | None = None  # optional: grow the batch only among this many top single-pair BALD candidates
@@ -479,7 +465,8 @@ class SelectionProblem:
 
     def need_predictions(self, strategy: str) -> np.ndarray:
         if self.reward_difference is None:
-            raise ValueError(f"strategy {strategy!r} needs a trained model's predictions; pass a model (or use 'random' / 'det_xtx' for the first batch)")
+            raise ValueError(f"strategy {strategy!r} needs a trained model's predictions; pass a model "
+                             "(or use 'random' / 'det_xtx' for the first batch)")
         return self.reward_difference
 
 
@@ -495,8 +482,10 @@ def _select_pa_dopt(problem: SelectionProblem, k: int) -> np.ndarray:
     reward_difference = problem.need_predictions("pa_dopt")
     past = None
     if problem.labelled_differences is not None and len(problem.labelled_differences):
-        past = fisher_information(problem.labelled_differences, bernoulli_variance(problem.labelled_differences @ problem.weight))
-    return top_k(dopt_scores(problem.differences, reward_difference, past_information=past, ridge=problem.options.ridge), k)
+        labelled = problem.labelled_differences
+        past = fisher_information(labelled, bernoulli_variance(labelled @ problem.weight))
+    scores = dopt_scores(problem.differences, reward_difference, past_information=past, ridge=problem.options.ridge)
+    return top_k(scores, k)
 
 
 def _select_entropy(problem: SelectionProblem, k: int) -> np.ndarray:
@@ -518,16 +507,16 @@ def _select_coreset(problem: SelectionProblem, k: int) -> np.ndarray:
     radius = problem.options.coreset_radius
     if radius is None:
         radius = max(float(np.linalg.norm(problem.weight)), 1e-6)
-    sensitivities = coreset_sensitivities(problem.differences * signs[:, None], problem.options.coreset_clusters, radius,
-                                          seed=int(problem.rng.integers(2**31)))
+    sensitivities = coreset_sensitivities(problem.differences * signs[:, None], problem.options.coreset_clusters,
+                                          radius, seed=int(problem.rng.integers(2**31)))
     return weighted_sample_without_replacement(sensitivities, k, problem.rng)
 
 
 def _select_batchbald(problem: SelectionProblem, k: int) -> np.ndarray:
     problem.need_predictions("batchbald")
     options = problem.options
-    samples = laplace_posterior_samples(problem.weight, problem.labelled_differences, options.batchbald_samples, problem.rng,
-                                        options.batchbald_prior_precision)
+    samples = laplace_posterior_samples(problem.weight, problem.labelled_differences, options.batchbald_samples,
+                                        problem.rng, options.batchbald_prior_precision)
     probabilities = sigmoid(problem.differences.astype(np.float64) @ samples.T)  # (N, S)
     pool = np.arange(len(probabilities))
     limit = None if options.batchbald_pool is None else max(options.batchbald_pool, k)
@@ -562,8 +551,8 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-def select_pairs(model: Any, candidates: Any, k: int, strategy: str, labelled: Any = None, *, seed: int | np.random.Generator = 0,
-                 options: SelectionOptions | None = None) -> np.ndarray:
+def select_pairs(model: Any, candidates: Any, k: int, strategy: str, labelled: Any = None, *,
+                 seed: int | np.random.Generator = 0, options: SelectionOptions | None = None) -> np.ndarray:
     """Choose ``k`` of the candidate pairs to annotate next; returns k distinct indices into
     ``candidates``, the most wanted first (for ``random`` and ``coreset``, the draw order).
 
@@ -591,7 +580,8 @@ def select_pairs(model: Any, candidates: Any, k: int, strategy: str, labelled: A
     differences = pair_feature_differences(layer, candidate_pairs)
     weight = layer.weight
     if weight is not None and weight.size != differences.shape[1]:
-        raise ValueError(f"the model's last-layer weight has {weight.size} entries but its features have {differences.shape[1]}")
+        raise ValueError(f"the model's last-layer weight has {weight.size} entries but its features have "
+                         f"{differences.shape[1]}")
     labelled_differences = None
     if labelled is not None:
         labelled_pairs = as_candidate_pairs(labelled, "labelled")

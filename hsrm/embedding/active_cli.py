@@ -1,8 +1,8 @@
 """`hsrm active` (the simulated study) and `hsrm select` (live selection for human annotators).
 
     hsrm active recipes/studies/active_synthetic.yaml [--key value …]
-    hsrm select STATE_DIR --embeddings ITEMS.npy|POOL.npz [--pairs PAIRS.jsonl|PAIRS.npy] [options]   # first call
-    hsrm select STATE_DIR [--strategy S] [--batch-size K]                                              # every later call
+    hsrm select STATE_DIR --embeddings ITEMS.npy|POOL.npz [--pairs PAIRS.jsonl|PAIRS.npy] [options]  # first call
+    hsrm select STATE_DIR [--strategy S] [--batch-size K]                                    # every later call
 
 The `hsrm select` file protocol (docs/active.md has a worked example)
 --------------------------------------------------------------------
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write_json, atomic_write_jsonl
 from .active import CandidatePairs, SelectionOptions, check_strategy, select_pairs
 
 STATE_FILE = "state.json"
@@ -50,18 +51,19 @@ MODEL_DIR = "model"
 def active_main(argv: list[str]) -> None:
     """`hsrm active STUDY.yaml [--key value …]`: run the simulated online study, print the table."""
     from ..options import ResultFormat, parse_options, print_result
-    from .loop import ActiveStudyConfig, run_study, summary_table
+    from .loop import ActiveStudyConfig, run_active_study, summary_table
 
     config, output = parse_options((ActiveStudyConfig, ResultFormat), argv, prog="hsrm active", positional="config",
                                    description="The simulated online active-learning study (hsrm/embedding/loop.py).")
     start = time.perf_counter()
-    results = run_study(config)
+    results = run_active_study(config)
     out = Path(config.output_dir)
     files = [str(out / "results.csv"), str(out / "summary.md"), *(str(p) for p in sorted(out.glob("*.png")))]
     runs = results.groupby(["strategy", "batch_size", "pairing", "seed"]).ngroups
-    print_result({"rounds": len(results), "runs": runs, "seconds": round(time.perf_counter() - start, 1), "files": files},
+    seconds = time.perf_counter() - start
+    print_result({"rounds": len(results), "runs": runs, "seconds": round(seconds, 1), "files": files},
                  f"{summary_table(results)}\n\n{len(results)} rounds from {runs} runs in "
-                 f"{time.perf_counter() - start:.1f} s → {', '.join(files)}", output.json)
+                 f"{seconds:.1f} s → {', '.join(files)}", output.json)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,7 +93,8 @@ def load_items(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(embeddings), prompt_ids
 
 
-def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarray | None) -> tuple[np.ndarray, list[dict]]:
+def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarray | None
+                    ) -> tuple[np.ndarray, list[dict]]:
     """Candidate pairs (N, 2) and per-pair extra fields to show annotators.
 
     ``.jsonl`` rows {"first": i, "second": j, …}: any other field (prompt, responses, ids) is
@@ -100,11 +103,11 @@ def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarra
     """
     if path is None:
         if prompt_ids is None:
-            raise ValueError("no --pairs given and the embeddings carry no prompt_ids to pair responses within; pass --pairs")
-        from .annotate import group_by_prompt
-        from .loop import in_prompt_candidates
+            raise ValueError("no --pairs given and the embeddings carry no prompt_ids to pair responses within; "
+                             "pass --pairs")
+        from .annotate import group_by_prompt, in_prompt_pairs
 
-        pairs = in_prompt_candidates(group_by_prompt(prompt_ids))
+        pairs = in_prompt_pairs(group_by_prompt(prompt_ids))
         return pairs, [{"prompt_id": _plain(prompt_ids[a])} for a, _ in pairs]
     path = Path(path)
     if not path.exists():
@@ -121,7 +124,8 @@ def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarra
             for name in ("first", "second"):
                 value = row.get(name)
                 if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{path} row {index}: `{name}` must be an integer row of the embeddings, got {value!r}")
+                    raise ValueError(f"{path} row {index}: `{name}` must be an integer row of the embeddings, "
+                                     f"got {value!r}")
             firsts.append(row["first"])
             seconds.append(row["second"])
             extras.append({k: v for k, v in row.items() if k not in ("first", "second", "label", "pair_id")})
@@ -130,9 +134,11 @@ def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarra
     if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
         raise ValueError(f"{path}: pairs must be (N, 2) integers, got {pairs.shape} {pairs.dtype}")
     if len(pairs) and (pairs.min() < 0 or pairs.max() >= n_items):
-        raise ValueError(f"{path}: pairs refer to rows {pairs.min()}..{pairs.max()} but the embeddings have {n_items} rows")
+        raise ValueError(f"{path}: pairs refer to rows {pairs.min()}..{pairs.max()} but the embeddings have "
+                         f"{n_items} rows")
     if len(pairs) and np.any(pairs[:, 0] == pairs[:, 1]):
-        raise ValueError(f"{path}: row {int(np.flatnonzero(pairs[:, 0] == pairs[:, 1])[0])} pairs a response with itself")
+        row = int(np.flatnonzero(pairs[:, 0] == pairs[:, 1])[0])
+        raise ValueError(f"{path}: row {row} pairs a response with itself")
     return pairs.astype(np.int64), extras
 
 
@@ -140,7 +146,7 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-LABEL_VALUES = {1: 1, 0: 0, True: 1, False: 0, "first": 1, "second": 0, "1": 1, "0": 0, "skip": "skip"}
+LABEL_VALUES = {1: 1, 0: 0, "first": 1, "second": 0, "1": 1, "0": 0, "skip": "skip"}
 
 
 def parse_label(value: Any, where: str) -> int | str | None:
@@ -151,7 +157,8 @@ def parse_label(value: Any, where: str) -> int | str | None:
     if isinstance(key, float) and key in (0.0, 1.0):
         key = int(key)
     if key not in LABEL_VALUES:
-        raise ValueError(f"{where}: label {value!r} is not one of 1 (first preferred), 0 (second preferred), \"skip\" or null")
+        raise ValueError(f"{where}: label {value!r} is not one of 1 (first preferred), 0 (second preferred), "
+                         "\"skip\" or null")
     return LABEL_VALUES[key]
 
 
@@ -163,12 +170,6 @@ def parse_label(value: Any, where: str) -> int | str | None:
 def _read_state(state_dir: Path) -> dict | None:
     path = state_dir / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -194,9 +195,9 @@ def select_main(argv: list[str]) -> dict:
     if opts.initial_strategy not in (None, "random", "det_xtx"):
         raise ValueError(f"--initial-strategy must be random or det_xtx, got {opts.initial_strategy!r}")
     summary = select_step(
-        opts.state_dir, embeddings=opts.embeddings, pairs=opts.pairs, strategy=opts.strategy, batch_size=opts.batch_size,
-        initial_strategy=opts.initial_strategy, candidates=opts.candidates, hidden=opts.hidden, max_epochs=opts.max_epochs,
-        seed=opts.seed, partial=opts.partial)
+        opts.state_dir, embeddings=opts.embeddings, pairs=opts.pairs, strategy=opts.strategy,
+        batch_size=opts.batch_size, initial_strategy=opts.initial_strategy, candidates=opts.candidates,
+        hidden=opts.hidden, max_epochs=opts.max_epochs, seed=opts.seed, partial=opts.partial)
     lines = [f"{summary['labels']} labels ({summary['ingested_now']} ingested now), {summary['open_pairs']} pairs open"]
     if "batch_file" in summary:
         lines.append(f"round {summary['round']}: {summary['batch_size']} pairs chosen by {summary['strategy']} → "
@@ -207,8 +208,9 @@ def select_main(argv: list[str]) -> dict:
     return summary
 
 
-def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: str | None = None, strategy: str | None = None,
-                batch_size: int | None = None, initial_strategy: str | None = None, candidates: int | None = None,
+def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: str | None = None,
+                strategy: str | None = None, batch_size: int | None = None, initial_strategy: str | None = None,
+                candidates: int | None = None,
                 hidden: list[int] | None = None, max_epochs: int | None = None, seed: int | None = None,
                 partial: bool = False) -> dict:
     """One turn of the live protocol (module docstring); returns a summary dict (also printed by the CLI)."""
@@ -216,28 +218,36 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     state = _read_state(state_dir)
     if state is None:
         if embeddings is None:
-            raise ValueError(f"{state_dir} has no {STATE_FILE}: the first call needs --embeddings (and --pairs unless the .npz has prompt_ids)")
+            raise ValueError(f"{state_dir} has no {STATE_FILE}: the first call needs --embeddings (and --pairs "
+                             "unless the .npz has prompt_ids)")
         state_dir.mkdir(parents=True, exist_ok=True)
         items, prompt_ids = load_items(embeddings)
         pool_pairs, extras = load_pool_pairs(pairs, len(items), prompt_ids)
         state = {
-            "embeddings": str(Path(embeddings).resolve()), "pairs": None if pairs is None else str(Path(pairs).resolve()),
+            "embeddings": str(Path(embeddings).resolve()),
+            "pairs": None if pairs is None else str(Path(pairs).resolve()),
             "n_items": int(len(items)), "dim": int(items.shape[1]), "n_pairs": int(len(pool_pairs)),
-            "strategy": strategy or "dopt", "batch_size": int(batch_size or 100), "initial_strategy": initial_strategy or "random",
-            "candidates": int(candidates or 20000), "hidden": hidden or [64, 64, 64], "max_epochs": int(max_epochs or 30),
+            "strategy": strategy or "dopt", "batch_size": int(batch_size or 100),
+            "initial_strategy": initial_strategy or "random", "candidates": int(candidates or 20000),
+            "hidden": hidden or [64, 64, 64], "max_epochs": int(max_epochs or 30),
             "seed": int(seed or 0), "selection": {}, "round": 0, "pending": None, "skipped": [],
         }
     else:
         for name, value in (("embeddings", embeddings), ("pairs", pairs), ("hidden", hidden), ("seed", seed)):
             if value is not None:
-                raise ValueError(f"--{name} is fixed at the first call ({state.get(name)!r}); start a new STATE_DIR to change it")
+                raise ValueError(f"--{name} is fixed at the first call ({state.get(name)!r}); start a new STATE_DIR "
+                                 "to change it")
         items, prompt_ids = load_items(state["embeddings"])
         if items.shape != (state["n_items"], state["dim"]):
-            raise ValueError(f"{state['embeddings']} changed since the first call: shape {items.shape}, expected {(state['n_items'], state['dim'])}")
+            raise ValueError(f"{state['embeddings']} changed since the first call: shape {items.shape}, expected "
+                             f"{(state['n_items'], state['dim'])}")
         pool_pairs, extras = load_pool_pairs(state["pairs"], len(items), prompt_ids)
         if len(pool_pairs) != state["n_pairs"]:
-            raise ValueError(f"the pairs changed since the first call: {len(pool_pairs)} rows, expected {state['n_pairs']}")
-        for name, value in (("strategy", strategy), ("batch_size", batch_size), ("candidates", candidates), ("max_epochs", max_epochs)):
+            raise ValueError(f"the pairs changed since the first call: {len(pool_pairs)} rows, "
+                             f"expected {state['n_pairs']}")
+        changeable = (("strategy", strategy), ("batch_size", batch_size), ("candidates", candidates),
+                      ("max_epochs", max_epochs))
+        for name, value in changeable:
             if value is not None:
                 state[name] = value
     check_strategy(state["strategy"])
@@ -248,7 +258,7 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     ingested = _ingest_pending(state_dir, state, pool_pairs, partial)
     if state["pending"] != pending_before:
         # record the ingestion at once, so a crash while retraining never ingests the batch twice
-        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write_json(state_dir / STATE_FILE, state)
     labels = _read_jsonl(state_dir / LABELS_FILE)
     model = None
     train_seconds = None
@@ -264,17 +274,18 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     closed[[row["pair_id"] for row in labels]] = True
     closed[state["skipped"]] = True
     open_ids = np.flatnonzero(~closed)
-    summary = {"state_dir": str(state_dir), "labels": len(labels), "ingested_now": ingested, "open_pairs": int(len(open_ids))}
+    summary = {"state_dir": str(state_dir), "labels": len(labels), "ingested_now": ingested,
+               "open_pairs": int(len(open_ids))}
     if train_seconds is not None:
         summary["train_seconds"] = round(train_seconds, 2)
     if state["pending"] is not None:
         summary["pending"] = state["pending"]
         summary["message"] = "the pending batch is not fully labelled yet; label it (or pass --partial) and call again"
-        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write_json(state_dir / STATE_FILE, state)
         return summary
     if len(open_ids) == 0:
         summary["message"] = "every pair of the pool is labelled or skipped; nothing left to select"
-        _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write_json(state_dir / STATE_FILE, state)
         return summary
 
     rng = np.random.default_rng([state["seed"], state["round"]])
@@ -291,13 +302,13 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     chosen_ids = open_ids[chosen]
     state["round"] += 1
     batch_path = state_dir / f"batch_{state['round']:04d}.jsonl"
-    lines = []
+    rows = []
     for pair_id in chosen_ids:
         first, second = (int(x) for x in pool_pairs[pair_id])
-        lines.append(json.dumps({"pair_id": int(pair_id), "first": first, "second": second, **extras[pair_id], "label": None}))
-    _write_atomic(batch_path, "\n".join(lines) + "\n")
+        rows.append({"pair_id": int(pair_id), "first": first, "second": second, **extras[pair_id], "label": None})
+    atomic_write_jsonl(batch_path, rows)
     state["pending"] = batch_path.name
-    _write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    atomic_write_json(state_dir / STATE_FILE, state)
     summary.update({"batch_file": str(batch_path), "batch_size": int(k), "strategy": strategy,
                     "select_seconds": round(select_seconds, 3), "round": state["round"]})
     return summary
@@ -325,15 +336,19 @@ def _ingest_pending(state_dir: Path, state: dict, pool_pairs: np.ndarray, partia
     if missing and not partial:
         return 0
     batch_number = int(path.stem.split("_")[-1])
-    already = {row["pair_id"] for row in _read_jsonl(state_dir / LABELS_FILE)}
-    with open(state_dir / LABELS_FILE, "a", encoding="utf-8") as handle:
-        for pair_id, label in parsed:
-            if label in (0, 1) and pair_id not in already:
-                first, second = (int(x) for x in pool_pairs[pair_id])
-                handle.write(json.dumps({"pair_id": pair_id, "first": first, "second": second, "label": label, "batch": batch_number}) + "\n")
+    labels = _read_jsonl(state_dir / LABELS_FILE)
+    already = {row["pair_id"] for row in labels}
+    new = []
+    for pair_id, label in parsed:
+        if label in (0, 1) and pair_id not in already:
+            already.add(pair_id)
+            first, second = (int(x) for x in pool_pairs[pair_id])
+            new.append({"pair_id": pair_id, "first": first, "second": second, "label": label, "batch": batch_number})
+    # rewritten whole, atomically: a crash leaves the old labels or the new ones, never half a line
+    atomic_write_jsonl(state_dir / LABELS_FILE, labels + new)
     state["skipped"] = sorted(set(state["skipped"]) | {pair_id for pair_id, label in parsed if label == "skip"})
     state["pending"] = None
-    return sum(label in (0, 1) and pair_id not in already for pair_id, label in parsed)
+    return len(new)
 
 
 def _retrain(state_dir: Path, state: dict, items: np.ndarray, labels: list[dict]):

@@ -1,4 +1,4 @@
-"""Golden rewards, simulated annotators and pair designs.
+"""Golden rewards, simulated annotators, and every pair builder of the lightweight path.
 
 Paper: Sun et al. (2024), section 4 and appendix D.5. An annotator compares two responses
 whose golden rewards differ by Δr and labels the better one correctly with probability
@@ -8,17 +8,23 @@ whose golden rewards differ by Δr and labels the better one correctly with prob
 β = 0 being a coin flip and β → ∞ a perfect annotator (eq. 23–24). The expected error rate of a
 set of pairs is therefore mean(1 − σ(β|Δr_i|)).
 
-Pair designs (section 6.3): *random* (two random responses of a prompt), *similar* (the two
-middle-ranked responses of a prompt by golden reward: ranks 5 and 6 of 10), *diverse* (the best
-and the worst). Each design fixes which responses are shown to annotators; the pairing decides
-whether they are compared within their prompt (in-prompt) or shuffled against responses of other
-prompts (cross-prompt, "X-Prompt" in the paper's figures), so both see the same responses.
+Pair designs (section 6.3, ``build_pairs``, what ``hsrm study`` and ``hsrm fit --beta`` annotate):
+*random* (two random responses of a prompt), *similar* (the two middle-ranked responses of a
+prompt by golden reward: ranks 5 and 6 of 10), *diverse* (the best and the worst). Each design
+fixes which responses are shown to annotators; the pairing decides whether they are compared
+within their prompt (in-prompt) or shuffled against responses of other prompts (cross-prompt,
+"X-Prompt" in the paper's figures), so both see the same responses.
+
+Candidate pools (``in_prompt_pairs``, ``cross_prompt_pairs``, ``round_candidates``, what
+``hsrm active`` and ``hsrm select`` choose from): every pair within each prompt, or distinct
+random pairs across prompts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -129,7 +135,8 @@ def select_design(prompt_ids: Sequence, golden: np.ndarray, design: str, rng: np
 
 
 def cross_prompt_shuffle(first: np.ndarray, second: np.ndarray, prompt_ids: Sequence,
-                         rng: np.random.Generator | int | None = None, max_tries: int = 100) -> tuple[np.ndarray, np.ndarray]:
+                         rng: np.random.Generator | int | None = None, max_tries: int = 100
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Re-pair the same responses at random so that the two sides of every pair come from
     different prompts (the paper's X-Prompt annotation of a design's responses)."""
     rng = np.random.default_rng(rng)
@@ -151,6 +158,58 @@ def cross_prompt_shuffle(first: np.ndarray, second: np.ndarray, prompt_ids: Sequ
         if not np.any(prompt_ids[a] == prompt_ids[b]):
             return a, b
     raise ValueError("could not pair responses across prompts (one prompt dominates the pool)")
+
+
+def in_prompt_pairs(groups: Sequence[np.ndarray]) -> np.ndarray:
+    """Every unordered pair of responses within each prompt: (Σ n_p(n_p−1)/2, 2) item indices."""
+    blocks = []
+    for members in groups:
+        if len(members) >= 2:
+            a, b = np.triu_indices(len(members), k=1)
+            blocks.append(np.stack([members[a], members[b]], axis=1))
+    return np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
+
+
+def cross_prompt_pairs(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """``n_pairs`` distinct random pairs of ``members`` (item indices) answering different prompts."""
+    if len(np.unique(prompt_ids[members])) < 2:
+        raise ValueError("cross-prompt pairs need responses to at least two prompts")
+    found: dict[tuple[int, int], None] = {}
+    possible = len(members) * (len(members) - 1) // 2
+    for _ in range(100):
+        draw = members[rng.integers(len(members), size=(2 * (n_pairs - len(found)) + 16, 2))]
+        draw = draw[prompt_ids[draw[:, 0]] != prompt_ids[draw[:, 1]]]
+        for a, b in draw:
+            key = (int(min(a, b)), int(max(a, b)))
+            if key not in found:
+                found[key] = None
+                if len(found) == n_pairs:
+                    break
+        if len(found) >= min(n_pairs, possible):
+            break
+    return np.array(list(found), dtype=np.int64).reshape(-1, 2)
+
+
+def round_candidates(prompt_groups: Sequence[np.ndarray], prompt_ids: np.ndarray, pairing: str, prompts_per_round: int,
+                     n_candidates: int, rng: np.random.Generator) -> np.ndarray:
+    """The candidate pairs of one round of the active loop: draw prompts, pair their responses, keep
+    ``n_candidates`` at random, each in a random order (position carries no information)."""
+    chosen = rng.choice(len(prompt_groups), size=min(prompts_per_round, len(prompt_groups)), replace=False)
+    groups = [prompt_groups[i] for i in chosen]
+    if pairing == "in-prompt":
+        pairs = in_prompt_pairs(groups)
+        if len(pairs) > n_candidates:
+            pairs = pairs[rng.choice(len(pairs), size=n_candidates, replace=False)]
+    else:
+        pairs = cross_prompt_pairs(np.concatenate(groups), prompt_ids, n_candidates, rng)
+    swap = rng.random(len(pairs)) < 0.5
+    return np.where(swap[:, None], pairs[:, ::-1], pairs)
+
+
+def pair_keys(pairs: np.ndarray, n_items: int) -> np.ndarray:
+    """One integer per unordered pair of items, to find pairs already annotated."""
+    return np.minimum(pairs[:, 0], pairs[:, 1]) * n_items + np.maximum(pairs[:, 0], pairs[:, 1])
 
 
 @dataclass
@@ -176,7 +235,8 @@ class AnnotatedPairs:
 
 
 def build_pairs(prompt_ids: Sequence, golden: np.ndarray, *, design: str = "random", pairing: str = "in-prompt",
-                n_pairs: int | None = None, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                n_pairs: int | None = None, rng: np.random.Generator | int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs for ``n_pairs`` annotations.
 
     The design picks two responses per prompt; when ``n_pairs`` exceeds the number of prompts the
@@ -218,9 +278,10 @@ def annotate_pairs(prompt_ids: Sequence, golden: np.ndarray, *, beta: float, des
 # ---------------------------------------------------------------- golden rewards from a full reward model
 
 
-def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequence[str], *, max_length: int | None = None,
-                             batch_size: int = 8, attribute_weights: Sequence[float] | str | None = "auto",
-                             device: str | None = None, dtype: str = "float32") -> np.ndarray:
+def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequence[str], *,
+                             max_length: int | None = None, batch_size: int = 8,
+                             attribute_weights: Sequence[float] | str | None = "auto", device: str | None = None,
+                             dtype: str = "float32") -> np.ndarray:
     """Golden rewards r(x, y) from a trained reward-model folder: exactly what ``hsrm score`` gives
     (:class:`hsrm.scoring.RewardScorer`: the model's chat template, left truncation to
     ``max_length`` — by default the length it was trained with — and the scalar reward of its
@@ -264,10 +325,11 @@ class ResponsePool:
     def __len__(self) -> int:
         return len(self.golden)
 
-    def subset(self, index: np.ndarray) -> "ResponsePool":
+    def subset(self, index: np.ndarray) -> ResponsePool:
         return ResponsePool(self.embeddings[index], self.golden[index], self.prompt_ids[index])
 
-    def split_by_prompt(self, test_fraction: float, rng: np.random.Generator | int | None = None) -> tuple["ResponsePool", "ResponsePool"]:
+    def split_by_prompt(self, test_fraction: float, rng: np.random.Generator | int | None = None
+                        ) -> tuple[ResponsePool, ResponsePool]:
         """(train, test): whole prompts go to one side, so test prompts are never seen in training."""
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -281,10 +343,15 @@ class ResponsePool:
         return self.subset(np.flatnonzero(~is_test)), self.subset(np.flatnonzero(is_test))
 
     def save(self, path) -> None:
-        np.savez(path, embeddings=self.embeddings, golden=self.golden, prompt_ids=self.prompt_ids)
+        from ..files import atomic_save_npz
+
+        atomic_save_npz(path, embeddings=self.embeddings, golden=self.golden, prompt_ids=self.prompt_ids)
 
     @classmethod
-    def load(cls, path) -> "ResponsePool":
+    def load(cls, path) -> ResponsePool:
+        """The pool of an .npz written by ``hsrm embed`` with a golden reward (or by :meth:`save`)."""
+        if not Path(path).exists():
+            raise FileNotFoundError(f"pool {path} does not exist (write one with `hsrm embed … --golden-…`)")
         with np.load(path, allow_pickle=False) as data:
             missing = {"embeddings", "golden", "prompt_ids"} - set(data.files)
             if missing:

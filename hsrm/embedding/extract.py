@@ -30,12 +30,13 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from ..files import atomic_save_npy, atomic_save_npz
 from ..modeling import DEFAULT_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
@@ -93,16 +94,10 @@ class EmbeddingCache:
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         vectors_file = self.folder / f"{stem}.vectors.npy"
         keys_file = self.folder / f"{stem}.keys.npy"
-        _atomic_save(vectors_file, vectors)
-        _atomic_save(keys_file, np.asarray(list(keys), dtype="U64"))
+        atomic_save_npy(vectors_file, vectors)
+        atomic_save_npy(keys_file, np.asarray(list(keys), dtype="U64"))
         for row, key in enumerate(keys):
             self._where[str(key)] = (vectors_file, row)
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def model_cache_key(model_path: str, dtype_name: str) -> str:
@@ -158,22 +153,20 @@ def load_backbone(name_or_path: str | None = None, *, device: str | None = None,
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from ..modeling import check_model_folder, load_tokenizer, resolve_model_path
+    from ..modeling import check_model_folder, load_tokenizer, resolve_model_path, torch_dtype
 
     path = resolve_model_path(name_or_path)
     check_model_folder(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    torch_dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-                   "float32": torch.float32, "fp32": torch.float32}.get(dtype_name)
-    if torch_dtype is None:
-        raise ValueError(f"dtype {dtype_name!r}: choose bfloat16, float16 or float32")
-    dtype_name = str(torch_dtype).replace("torch.", "")
+    compute_dtype = torch_dtype(dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    if not isinstance(compute_dtype, torch.dtype):  # "auto": the dtype keys the cache, so it must be named
+        raise ValueError("dtype auto: name the compute dtype (bfloat16, float16 or float32); it keys the cache")
+    dtype_name = str(compute_dtype).replace("torch.", "")
     # A sequence-classifier folder carries a score head that AutoModel does not use: expected, not news.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModel.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
+        model = AutoModel.from_pretrained(path, dtype=compute_dtype, use_safetensors=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     model.to(device).eval().requires_grad_(False)
@@ -198,7 +191,8 @@ class EmbedReport:
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"{self.inputs} inputs ({self.distinct} distinct): {self.from_cache} from cache, {self.computed} embedded "
+        return (f"{self.inputs} inputs ({self.distinct} distinct): {self.from_cache} from cache, {self.computed} "
+                f"embedded "
                 f"in {self.forward_passes} batches, {self.truncated} left-truncated, {self.seconds:.1f} s")
 
 
@@ -221,8 +215,9 @@ def _last_token_states(backbone: Backbone, sequences: list[list[int]], layer_ind
 
 
 def embed_conversations(backbone: Backbone, prompts: Sequence, responses: Sequence[str], *, layer: int = -1,
-                        max_length: int | None = DEFAULT_MAX_LENGTH, batch_size: int = 16, cache_dir: str | os.PathLike | None = None,
-                        flush_every: int = DEFAULT_FLUSH_EVERY) -> tuple[np.ndarray, EmbedReport]:
+                        max_length: int | None = DEFAULT_MAX_LENGTH, batch_size: int = 16,
+                        cache_dir: str | os.PathLike | None = None, flush_every: int = DEFAULT_FLUSH_EVERY
+                        ) -> tuple[np.ndarray, EmbedReport]:
     """(n, d) float32 embeddings of prompt + response conversations, and a report.
 
     prompts: chat-message lists (or plain strings, taken as one user turn); responses: strings.
@@ -314,16 +309,16 @@ class EmbeddedData:
     meta: dict = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> None:
-        arrays = {"embeddings": self.embeddings, "prompt_ids": self.prompt_ids, "meta": np.asarray(json.dumps(self.meta))}
+        arrays = {"embeddings": self.embeddings, "prompt_ids": self.prompt_ids,
+                  "meta": np.asarray(json.dumps(self.meta))}
         for name in ("golden", "pair_first", "pair_second", "pair_first_wins"):
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
+        atomic_save_npz(path, **arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EmbeddedData":
+    def load(cls, path: str | os.PathLike) -> EmbeddedData:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such embeddings file (write one with `hsrm embed`)")
         with np.load(path, allow_pickle=False) as data:
@@ -351,7 +346,8 @@ def _prompt_key(prompt) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
-def read_conversations(source: str, *, limit: int | None = None, golden_column: str | None = None, on_error: str = "raise"):
+def read_conversations(source: str, *, limit: int | None = None, golden_column: str | None = None,
+                       on_error: str = "raise"):
     """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included) or of
     single responses (``prompt``, ``response``[, golden column]).
 
@@ -392,11 +388,13 @@ def read_conversations(source: str, *, limit: int | None = None, golden_column: 
             raise ValueError("--golden-column applies to single-response rows; for pairs use --golden-model")
     else:
         if "response" not in first:
-            raise ValueError(f"{source}: rows need `prompt` + `response` (or `chosen` + `rejected`); found {sorted(first)}")
+            raise ValueError(f"{source}: rows need `prompt` + `response` (or `chosen` + `rejected`); "
+                             f"found {sorted(first)}")
         for index, row in enumerate(rows[:limit] if limit else rows):
             score = None
             if golden_column:
-                if golden_column not in row or not isinstance(row[golden_column], (int, float)) or isinstance(row[golden_column], bool):
+                value = row.get(golden_column)
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise DataError(source, index, golden_column, "missing or not a number (the golden reward column)")
                 score = float(row[golden_column])
             add(to_messages(row.get("prompt"), source, index), response_text(row.get("response"), source, index), score)

@@ -1,13 +1,15 @@
 """The online active-annotation loop of Shen, Sun & Ton (2025), section 5 and figure 2.
 
-Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` overrides any field; ``--help`` lists them).
+Run: ``hsrm active recipes/studies/active_synthetic.yaml`` (``--key value`` overrides any field;
+``--help`` lists them).
 
 Each run (strategy × annotation batch size × pairing × seed) repeats, round after round:
 
 1. draw ``prompts_per_round`` (500) training prompts;
-2. form candidate pairs among their responses: *in-prompt*, every pair of a prompt's responses
-   (45 for 10 responses); *cross-prompt*, random pairs of responses to different prompts; keep
-   ``candidates_per_round`` (20,000) of them at random, never a pair already annotated;
+2. form candidate pairs among their responses (``annotate.round_candidates``): *in-prompt*, every
+   pair of a prompt's responses (45 for 10 responses); *cross-prompt*, random pairs of responses
+   to different prompts; keep ``candidates_per_round`` (20,000) of them at random, never a pair
+   already annotated;
 3. choose a batch (125, 250, 500 or 1,000) with the strategy, using the model of the previous
    round (the first batch, with no model yet, is ``initial_strategy``, random by default);
 4. label it with the simulated annotator, correct with probability σ(β|Δr_golden|);
@@ -21,28 +23,25 @@ between the lines of the plots come from the selection, not from luck of the dra
 Outputs in ``output_dir``: ``results.csv`` (one row per run and round), ``summary.md`` (mean ±
 sd over seeds at the final round), ``efficiency.png`` (metric against annotations, one line
 per strategy, bands = ± one sd over seeds: the paper's figures 3 and 5), and when swept,
-``batch_sizes.png`` (figure 4) and ``pairings.png`` (appendix A.3). Finished runs are kept in
-``runs/`` and skipped when the study is run again.
+``batch_sizes.png`` (figure 4) and ``pairings.png`` (appendix A.3) (plots.py). The runs go
+through the runner that ``hsrm study`` uses (runner.py, ``workers`` processes): each finished run
+is kept in ``runs/<run>.json`` and skipped when the study is run again.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write_json
 from ..options import option
 from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
-
-PAIRINGS = ("in-prompt", "cross-prompt")
-METRICS = {  # column → (label, lower is better)
-    "one_minus_spearman": ("1 − Spearman (lower is better)", True),
-    "bon_reward": ("Best-of-N golden reward (higher is better)", False),
-}
+from .annotate import PAIRINGS
+from .runner import expand_grid, run_tasks, write_tables
 
 
 @dataclass
@@ -50,13 +49,15 @@ class ActiveStudyConfig:
     """One YAML file of ``recipes/studies/`` = one of these; every key is a field here."""
 
     # --- data: a ResponsePool .npz (`hsrm embed` with a golden reward) or a synthetic world
-    pool: Optional[str] = option(None, "embeddings/golden/prompt_ids .npz (`hsrm embed --golden-model`); empty → synthetic data")
+    pool: str | None = option(None, "embeddings/golden/prompt_ids .npz (`hsrm embed --golden-model`); "
+                                    "empty → synthetic data")
     test_fraction: float = option(0.1, "real pool: share of prompts held out for evaluation")
     synthetic: dict = option(help="SyntheticWorld fields (dim, latent_dim, …)", factory=dict)
     train_prompts: int = option(4000, "synthetic: training prompts", positive=True)
     responses_per_prompt: int = option(10, "synthetic: responses per training prompt (paper: 10)", positive=True)
     test_prompts: int = option(100, "synthetic: held-out prompts", positive=True)
-    test_responses: int = option(500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)", positive=True)
+    test_responses: int = option(500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)",
+                                 positive=True)
     # --- the loop (paper section 5.1)
     strategies: list[str] = option(help="selection strategies compared", factory=lambda: list(STRATEGIES))
     batch_sizes: list[int] = option(help="annotations per round (paper: 125, 250, 500, 1000)", factory=lambda: [500])
@@ -78,14 +79,16 @@ class ActiveStudyConfig:
     selection: dict = option(help="SelectionOptions fields (ridge, batchbald_samples, …)", factory=dict)
     # --- running
     output_dir: str = option("active_study", "results, plots and finished runs go here", aliases=["--output"])
-    workers: int = option(1, "runs in parallel processes (each uses one thread)", positive=True)
+    workers: int = option(1, "runs in parallel processes (at most the CPU count; they share its threads)",
+                          positive=True)
 
     def __post_init__(self):
         for name in self.strategies:
             check_strategy(name)
         check_strategy(self.initial_strategy)
         if self.initial_strategy not in ("random", "det_xtx"):
-            raise ValueError(f"initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the first batch), got {self.initial_strategy!r}")
+            raise ValueError("initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the "
+                             f"first batch), got {self.initial_strategy!r}")
         for pairing in self.pairings:
             if pairing not in PAIRINGS:
                 raise ValueError(f"unknown pairing {pairing!r}; choose from {', '.join(PAIRINGS)}")
@@ -95,7 +98,8 @@ class ActiveStudyConfig:
             if int(size) < 1:
                 raise ValueError(f"batch sizes must be positive, got {size}")
             if int(size) > self.annotations:
-                raise ValueError(f"batch size {size} exceeds the annotation budget {self.annotations}; raise `annotations`")
+                raise ValueError(f"batch size {size} exceeds the annotation budget {self.annotations}; "
+                                 "raise `annotations`")
             if int(size) > self.candidates_per_round:
                 raise ValueError(f"batch size {size} exceeds candidates_per_round {self.candidates_per_round}")
         if self.prompts_per_round < 2:
@@ -114,7 +118,7 @@ class ActiveStudyConfig:
         return SelectionOptions(**self.selection)
 
 
-def load_study(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ActiveStudyConfig:
+def load_active_study(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ActiveStudyConfig:
     """A study YAML plus values → a validated config, typed exactly as ``hsrm active`` types it."""
     from ..options import options_from
 
@@ -129,72 +133,13 @@ def load_study(path: str | Path | None, overrides: dict[str, Any] | None = None)
 def load_pools(config: ActiveStudyConfig, seed: int = 0):
     """(train, test) ``ResponsePool``s: the synthetic world's, or the .npz pool split by prompt."""
     from .annotate import ResponsePool
-
-    if config.pool is not None:
-        path = Path(config.pool)
-        if not path.exists():
-            raise FileNotFoundError(f"pool {path} does not exist (write one with `hsrm embed … --golden-…`)")
-        return ResponsePool.load(path).split_by_prompt(config.test_fraction, rng=seed)
     from .synthetic import SyntheticWorld
 
+    if config.pool is not None:
+        return ResponsePool.load(config.pool).split_by_prompt(config.test_fraction, rng=seed)
     world = SyntheticWorld(**config.synthetic)
-    return world.train_test(config.train_prompts, config.test_prompts, config.responses_per_prompt, config.test_responses, seed=seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# Candidate pairs of a round
-# ----------------------------------------------------------------------------------------------
-
-
-def in_prompt_candidates(groups: Sequence[np.ndarray]) -> np.ndarray:
-    """Every unordered pair of responses within each prompt: (Σ n_p(n_p−1)/2, 2) item indices."""
-    blocks = []
-    for members in groups:
-        if len(members) >= 2:
-            a, b = np.triu_indices(len(members), k=1)
-            blocks.append(np.stack([members[a], members[b]], axis=1))
-    return np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
-
-
-def cross_prompt_candidates(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_pairs`` distinct random pairs of responses answering different prompts."""
-    if len(np.unique(prompt_ids[members])) < 2:
-        raise ValueError("cross-prompt candidates need responses to at least two prompts")
-    found: dict[tuple[int, int], None] = {}
-    possible = len(members) * (len(members) - 1) // 2
-    for _ in range(100):
-        draw = members[rng.integers(len(members), size=(2 * (n_pairs - len(found)) + 16, 2))]
-        draw = draw[prompt_ids[draw[:, 0]] != prompt_ids[draw[:, 1]]]
-        for a, b in draw:
-            key = (int(min(a, b)), int(max(a, b)))
-            if key not in found:
-                found[key] = None
-                if len(found) == n_pairs:
-                    break
-        if len(found) >= min(n_pairs, possible):
-            break
-    return np.array(list(found), dtype=np.int64).reshape(-1, 2)
-
-
-def round_candidates(prompt_groups: Sequence[np.ndarray], prompt_ids: np.ndarray, pairing: str, prompts_per_round: int,
-                     n_candidates: int, rng: np.random.Generator) -> np.ndarray:
-    """The candidate pairs of one round: draw prompts, pair their responses, keep ``n_candidates``
-    at random, each in a random order (position carries no information)."""
-    chosen = rng.choice(len(prompt_groups), size=min(prompts_per_round, len(prompt_groups)), replace=False)
-    groups = [prompt_groups[i] for i in chosen]
-    if pairing == "in-prompt":
-        pairs = in_prompt_candidates(groups)
-        if len(pairs) > n_candidates:
-            pairs = pairs[rng.choice(len(pairs), size=n_candidates, replace=False)]
-    else:
-        pairs = cross_prompt_candidates(np.concatenate(groups), prompt_ids, n_candidates, rng)
-    swap = rng.random(len(pairs)) < 0.5
-    return np.where(swap[:, None], pairs[:, ::-1], pairs)
-
-
-def _pair_keys(pairs: np.ndarray, n_items: int) -> np.ndarray:
-    """One integer per unordered pair, to find pairs already annotated."""
-    return np.minimum(pairs[:, 0], pairs[:, 1]) * n_items + np.maximum(pairs[:, 0], pairs[:, 1])
+    return world.train_test(config.train_prompts, config.test_prompts, config.responses_per_prompt,
+                            config.test_responses, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,6 +149,8 @@ def _pair_keys(pairs: np.ndarray, n_items: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RunKey:
+    """One run of the grid; ``name`` is its file in ``output_dir/runs``."""
+
     strategy: str
     batch_size: int
     pairing: str
@@ -214,16 +161,9 @@ class RunKey:
         return f"{self.strategy}__b{self.batch_size}__{self.pairing}__s{self.seed}"
 
 
-def best_of_n_reward(scores: np.ndarray, golden: np.ndarray, prompt_ids: np.ndarray) -> float:
-    """Mean over prompts of the golden reward of the response the model ranks first (section 5.1)."""
-    from .annotate import group_by_prompt
-
-    return float(np.mean([golden[m][np.argmax(scores[m])] for m in group_by_prompt(prompt_ids)]))
-
-
 def evaluate_model(model, test) -> dict:
     """1 − Spearman (per test prompt, averaged), Best-of-N reward and gain on the held-out pool."""
-    from .metrics import evaluate_scores
+    from .metrics import best_of_n_reward, evaluate_scores
 
     scores = model.score(test.embeddings)
     metrics = evaluate_scores(scores, test.golden, test.prompt_ids)
@@ -232,11 +172,11 @@ def evaluate_model(model, test) -> dict:
             "bon_gain_fraction": metrics["bon_gain_fraction"]}
 
 
-def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bool = True) -> list[dict]:
-    """One strategy's online loop; returns one record per round."""
-    from tqdm.auto import tqdm
+def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int = 1) -> list[dict]:
+    """One run's online loop, with ``threads`` torch threads; returns one record per round."""
+    import torch
 
-    from .annotate import group_by_prompt, observed_error_rate, simulate_annotations
+    from .annotate import AnnotatedPairs, group_by_prompt, pair_keys, round_candidates, simulate_annotations
     from .models import fit_bt_mlp
 
     data_rng = np.random.default_rng([key.seed, 11])  # prompts and candidates: shared by all strategies
@@ -250,37 +190,38 @@ def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bo
     wins = np.zeros(0, dtype=bool)
     model = None
     records = []
-    rounds = config.annotations // key.batch_size
-    for round_index in tqdm(range(rounds), desc=key.name, leave=False, disable=None if progress else True):
-        candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round, config.candidates_per_round, data_rng)
-        fresh = ~np.isin(_pair_keys(candidates, n_items), _pair_keys(labelled, n_items))
+    torch.set_num_threads(threads)
+    for round_index in range(config.annotations // key.batch_size):
+        candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round,
+                                      config.candidates_per_round, data_rng)
+        fresh = ~np.isin(pair_keys(candidates, n_items), pair_keys(labelled, n_items))
         candidates = candidates[fresh]
         if len(candidates) < key.batch_size:
-            raise ValueError(f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of {key.batch_size}; "
-                             "raise prompts_per_round or lower the batch size")
+            raise ValueError(f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of "
+                             f"{key.batch_size}; raise prompts_per_round or lower the batch size")
         start = time.perf_counter()
+        pool = CandidatePairs(train.embeddings, candidates)
         if model is None:
-            chosen = select_pairs(None, CandidatePairs(train.embeddings, candidates), key.batch_size, config.initial_strategy,
-                                  seed=first_rng, options=options)
+            chosen = select_pairs(None, pool, key.batch_size, config.initial_strategy, seed=first_rng, options=options)
         else:
-            chosen = select_pairs(model, CandidatePairs(train.embeddings, candidates), key.batch_size, key.strategy,
+            chosen = select_pairs(model, pool, key.batch_size, key.strategy,
                                   labelled=CandidatePairs(train.embeddings, labelled), seed=select_rng, options=options)
         select_seconds = time.perf_counter() - start
         batch = candidates[chosen]
-        batch_wins = simulate_annotations(train.golden[batch[:, 0]], train.golden[batch[:, 1]], config.beta, label_rng)
+        golden_first, golden_second = train.golden[batch[:, 0]], train.golden[batch[:, 1]]
+        batch_wins = simulate_annotations(golden_first, golden_second, config.beta, label_rng)
+        annotated = AnnotatedPairs(batch[:, 0], batch[:, 1], batch_wins, golden_first, golden_second)
         labelled = np.concatenate([labelled, batch])
         wins = np.concatenate([wins, batch_wins])
         start = time.perf_counter()
-        model = fit_bt_mlp(train.embeddings[labelled[:, 0]], train.embeddings[labelled[:, 1]], wins, hidden=tuple(config.hidden),
-                           lr=config.lr, max_epochs=config.max_epochs, patience=config.patience,
-                           batch_size=config.train_batch_size, seed=key.seed * 10007 + round_index,
-                           init=model if config.warm_start else None)
+        model = fit_bt_mlp(train.embeddings[labelled[:, 0]], train.embeddings[labelled[:, 1]], wins,
+                           hidden=tuple(config.hidden), lr=config.lr, max_epochs=config.max_epochs,
+                           patience=config.patience, batch_size=config.train_batch_size,
+                           seed=key.seed * 10007 + round_index, init=model if config.warm_start else None)
         train_seconds = time.perf_counter() - start
-        golden_first, golden_second = train.golden[batch[:, 0]], train.golden[batch[:, 1]]
         records.append({
             **asdict(key), "round": round_index + 1, "annotations": len(labelled), **evaluate_model(model, test),
-            "batch_error_rate": observed_error_rate(golden_first, golden_second, batch_wins),
-            "batch_mean_abs_delta": float(np.mean(np.abs(golden_first - golden_second))),
+            "batch_error_rate": annotated.error_rate, "batch_mean_abs_delta": annotated.mean_abs_delta,
             "candidates": len(candidates), "select_seconds": select_seconds, "train_seconds": train_seconds,
         })
     return records
@@ -292,61 +233,35 @@ def run_active(config: ActiveStudyConfig, key: RunKey, train, test, progress: bo
 
 
 def study_runs(config: ActiveStudyConfig) -> list[RunKey]:
-    return [RunKey(s, int(b), p, int(seed)) for seed in config.seeds for p in config.pairings for b in config.batch_sizes
-            for s in config.strategies]
+    """The runs of the grid: seeds vary slowest, strategies fastest."""
+    grid = expand_grid({"seed": config.seeds, "pairing": config.pairings, "batch_size": config.batch_sizes,
+                        "strategy": config.strategies})
+    return [RunKey(run["strategy"], int(run["batch_size"]), run["pairing"], int(run["seed"])) for run in grid]
 
 
-def _run_in_worker(args) -> tuple[str, list[dict]]:
-    config, key, data_seed = args
-    import torch
-
-    torch.set_num_threads(1)  # the pool already spreads runs over the cores
-    train, test = load_pools(config, data_seed)
-    return key.name, run_active(config, key, train, test, progress=False)
-
-
-def run_study(config: ActiveStudyConfig, data_seed: int = 0) -> "Any":
-    """Every run of the grid (skipping those already in ``output_dir/runs``), then the table and
-    plots. Returns the results as a pandas DataFrame."""
+def run_active_study(config: ActiveStudyConfig, data_seed: int = 0, progress: bool = True):
+    """Every run of the grid not finished yet in ``output_dir/runs`` (runner.py), then the table,
+    the summary and the plots. Returns the results as a pandas DataFrame."""
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from .plots import plot_active_study
 
     out = Path(config.output_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    todo = [key for key in study_runs(config) if not (out / "runs" / f"{key.name}.json").exists()]
-    if todo:
-        if config.workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(config.workers) as pool:
-                jobs = pool.map(_run_in_worker, [(config, key, data_seed) for key in todo])
-                for name, records in tqdm(jobs, total=len(todo), desc="active study", disable=None):
-                    _write_json(out / "runs" / f"{name}.json", records)
-        else:
-            train, test = load_pools(config, data_seed)
-            for key in tqdm(todo, desc="active study", disable=None):
-                _write_json(out / "runs" / f"{key.name}.json", run_active(config, key, train, test))
-    rows = []
-    for key in study_runs(config):
-        rows.extend(json.loads((out / "runs" / f"{key.name}.json").read_text()))
-    results = pd.DataFrame(rows)
-    results.to_csv(out / "results.csv", index=False)
-    (out / "summary.md").write_text(summary_table(results) + "\n")
-    plot_study(results, out)
+    atomic_write_json(out / "study.json", asdict(config))
+    train, test = load_pools(config, data_seed)
+    runs = run_tasks(out, {key.name: key for key in study_runs(config)}, run_active, (config, train, test),
+                     n_jobs=config.workers, desc="active study", progress=progress)
+    results = pd.DataFrame([record for records in runs.values() for record in records])
+    write_tables(out, results, summary_table(results) + "\n")
+    plot_active_study(results, out)
     return results
-
-
-def _write_json(path: Path, payload) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload) + "\n")
-    tmp.replace(path)  # a killed study never leaves a half-written run behind
 
 
 def summary_table(results) -> str:
     """Markdown: per (pairing, batch size, strategy), mean ± sd over seeds at the last round, and
     the mean of 1 − Spearman over all rounds (area under the efficiency curve, lower is better)."""
-    lines = ["| pairing | batch | strategy | annotations | 1 − Spearman | BoN reward | mean 1 − Spearman over rounds | select s/round |",
+    lines = ["| pairing | batch | strategy | annotations | 1 − Spearman | BoN reward | mean 1 − Spearman over rounds "
+             "| select s/round |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (pairing, batch, strategy), group in results.groupby(["pairing", "batch_size", "strategy"], sort=False):
         last = group[group["round"] == group["round"].max()]
@@ -362,58 +277,3 @@ def _mean_sd(values) -> str:
 
     values = np.asarray(values, dtype=np.float64)
     return mean_sd_text(values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, len(values))
-
-
-def _band(ax, group, x: str, y: str, label: str, color=None):
-    stats = group.groupby(x)[y].agg(["mean", "std", "count"]).reset_index()
-    sd = stats["std"].fillna(0.0).to_numpy()
-    line, = ax.plot(stats[x], stats["mean"], marker="o", markersize=3, label=label, color=color)
-    ax.fill_between(stats[x], stats["mean"] - sd, stats["mean"] + sd, alpha=0.15, color=line.get_color())
-
-
-def plot_study(results, out: Path) -> list[Path]:
-    """PNG figures: ``efficiency.png`` always; ``batch_sizes.png`` and ``pairings.png`` when swept."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    panels = list(results.groupby(["pairing", "batch_size"], sort=False))
-    fig, axes = plt.subplots(len(METRICS), len(panels), figsize=(4.2 * len(panels), 3.4 * len(METRICS)), squeeze=False)
-    for col, ((pairing, batch), panel) in enumerate(panels):
-        for row, (metric, (label, _)) in enumerate(METRICS.items()):
-            ax = axes[row, col]
-            for strategy, group in panel.groupby("strategy", sort=False):
-                _band(ax, group, "annotations", metric, strategy)
-            ax.set_title(f"{pairing}, batch {batch}", fontsize=9)
-            ax.set_xlabel("annotations")
-            ax.set_ylabel(label, fontsize=8)
-            ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7)
-    fig.suptitle(f"Annotation efficiency (mean ± sd over {results['seed'].nunique()} seeds)")
-    fig.tight_layout()
-    written.append(out / "efficiency.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-    for sweep, name in (("batch_size", "batch_sizes.png"), ("pairing", "pairings.png")):
-        if results[sweep].nunique() < 2:
-            continue
-        other = "pairing" if sweep == "batch_size" else "batch_size"
-        panels = list(results.groupby(["strategy", other], sort=False))
-        fig, axes = plt.subplots(len(METRICS), len(panels), figsize=(3.6 * len(panels), 3.2 * len(METRICS)), squeeze=False)
-        for col, ((strategy, fixed), panel) in enumerate(panels):
-            for row, (metric, (label, _)) in enumerate(METRICS.items()):
-                ax = axes[row, col]
-                for value, group in panel.groupby(sweep, sort=True):
-                    _band(ax, group, "annotations", metric, f"{sweep} {value}")
-                ax.set_title(f"{strategy} ({other} {fixed})", fontsize=9)
-                ax.set_xlabel("annotations")
-                ax.set_ylabel(label, fontsize=8)
-                ax.grid(alpha=0.3)
-        axes[0, -1].legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out / name)
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
-    return written

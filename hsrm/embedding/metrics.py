@@ -11,7 +11,7 @@ All functions take flat arrays (one entry per response) and ``prompt_ids`` group
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,7 +23,8 @@ def _check(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> tupl
     golden = np.asarray(golden, dtype=np.float64).reshape(-1)
     prompt_ids = np.asarray(prompt_ids)
     if not (len(scores) == len(golden) == len(prompt_ids)):
-        raise ValueError(f"scores ({len(scores)}), golden ({len(golden)}) and prompt_ids ({len(prompt_ids)}) must have one entry per response")
+        raise ValueError(f"scores ({len(scores)}), golden ({len(golden)}) and prompt_ids ({len(prompt_ids)}) must have "
+                         "one entry per response")
     if len(scores) == 0:
         raise ValueError("no responses to evaluate")
     return scores, golden, prompt_ids
@@ -39,15 +40,26 @@ def _blocks(prompt_ids: np.ndarray):
     return None, None, groups
 
 
-def best_of_n_gain(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> float:
-    """mean over prompts of  golden[argmax_i score_i] − mean_i golden_i   (ties: first index)."""
+def _best_of_n_picks(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: the golden reward of the response ``scores`` rank first (ties: first index), and
+    the mean golden reward of the prompt's responses."""
     scores, golden, prompt_ids = _check(scores, golden, prompt_ids)
     order, n, groups = _blocks(prompt_ids)
     if order is not None:
         s, g = scores[order].reshape(-1, n), golden[order].reshape(-1, n)
-        picked = g[np.arange(len(g)), s.argmax(1)]
-        return float(np.mean(picked - g.mean(1)))
-    return float(np.mean([golden[m][np.argmax(scores[m])] - golden[m].mean() for m in groups]))
+        return g[np.arange(len(g)), s.argmax(1)], g.mean(1)
+    return (np.array([golden[m][np.argmax(scores[m])] for m in groups]), np.array([golden[m].mean() for m in groups]))
+
+
+def best_of_n_reward(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> float:
+    """mean over prompts of  golden[argmax_i score_i]: the Best-of-N reward (Shen et al. 2025, section 5.1)."""
+    return float(np.mean(_best_of_n_picks(scores, golden, prompt_ids)[0]))
+
+
+def best_of_n_gain(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> float:
+    """mean over prompts of  golden[argmax_i score_i] − mean_i golden_i   (ties: first index)."""
+    picked, means = _best_of_n_picks(scores, golden, prompt_ids)
+    return float(np.mean(picked - means))
 
 
 def oracle_best_of_n_gain(golden: np.ndarray, prompt_ids: Sequence) -> float:

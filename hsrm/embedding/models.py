@@ -33,9 +33,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -119,8 +120,9 @@ class MLPRewardModel(nn.Module):
     def set_standardization(self, embeddings: np.ndarray, max_rows: int = 20000, seed: int = 0) -> None:
         """Per-dimension mean and std from (a sample of) the training embeddings."""
         rng = np.random.default_rng(seed)
-        sample = embeddings if len(embeddings) <= max_rows else embeddings[np.sort(rng.choice(len(embeddings), max_rows, replace=False))]
-        sample = np.asarray(sample, dtype=np.float64)
+        if len(embeddings) > max_rows:
+            embeddings = embeddings[np.sort(rng.choice(len(embeddings), max_rows, replace=False))]
+        sample = np.asarray(embeddings, dtype=np.float64)
         mean = sample.mean(0)
         std = sample.std(0)
         # Constant dimensions carry nothing; dividing by 1 keeps them finite.
@@ -155,7 +157,8 @@ class EnsembleRewardModel:
 
     method = "ensemble"
 
-    def __init__(self, members: Sequence, offsets: Sequence[float] | None = None, scales: Sequence[float] | None = None):
+    def __init__(self, members: Sequence, offsets: Sequence[float] | None = None,
+                 scales: Sequence[float] | None = None):
         if not members:
             raise ValueError("EnsembleRewardModel: no members")
         dims = {m.input_dim for m in members}
@@ -166,7 +169,7 @@ class EnsembleRewardModel:
         self.offsets = [0.0] * len(members) if offsets is None else [float(o) for o in offsets]
         self.scales = [1.0] * len(members) if scales is None else [float(s) for s in scales]
 
-    def calibrate(self, embeddings: np.ndarray) -> "EnsembleRewardModel":
+    def calibrate(self, embeddings: np.ndarray) -> EnsembleRewardModel:
         """Set each member's offset and scale from its scores on ``embeddings`` (e.g. the training set)."""
         self.offsets, self.scales = [], []
         for member in self.members:
@@ -194,7 +197,8 @@ def _check_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarra
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d array (n, d), got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name}: the model expects {dim}-d embeddings, got {x.shape[1]}-d (embedded with another backbone or layer?)")
+        raise ValueError(f"{name}: the model expects {dim}-d embeddings, got {x.shape[1]}-d "
+                         "(embedded with another backbone or layer?)")
     return x
 
 
@@ -203,7 +207,8 @@ def _check_pairs(emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.n
     emb_second = _check_matrix(emb_second, "emb_second", emb_first.shape[1])
     first_wins = np.asarray(first_wins).astype(bool).reshape(-1)
     if not (len(emb_first) == len(emb_second) == len(first_wins)):
-        raise ValueError(f"pairs: emb_first has {len(emb_first)} rows, emb_second {len(emb_second)}, first_wins {len(first_wins)}; they must match")
+        raise ValueError(f"pairs: emb_first has {len(emb_first)} rows, emb_second {len(emb_second)}, "
+                         f"first_wins {len(first_wins)}; they must match")
     if len(first_wins) < 2:
         raise ValueError(f"pairs: need at least 2 annotated pairs to fit, got {len(first_wins)}")
     return emb_first, emb_second, first_wins
@@ -244,7 +249,8 @@ def _train_mlp(model: MLPRewardModel, n_items: int, batch_loss: Callable[[MLPRew
     from tqdm.auto import tqdm
 
     if batch_size < 1 or max_epochs < 1 or patience < 1:
-        raise ValueError(f"{description}: batch_size, max_epochs and patience must be ≥ 1 (got {batch_size}, {max_epochs}, {patience})")
+        raise ValueError(f"{description}: batch_size, max_epochs and patience must be ≥ 1 "
+                         f"(got {batch_size}, {max_epochs}, {patience})")
     rng = np.random.default_rng(seed)
     train_idx, val_idx = _split_indices(n_items, val_fraction, rng)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -293,7 +299,8 @@ def _train_mlp(model: MLPRewardModel, n_items: int, batch_loss: Callable[[MLPRew
     return model
 
 
-def _new_mlp(input_dim: int, hidden, method: str, seed: int, init: MLPRewardModel | None, train_embeddings: Callable[[], np.ndarray]) -> MLPRewardModel:
+def _new_mlp(input_dim: int, hidden, method: str, seed: int, init: MLPRewardModel | None,
+             train_embeddings: Callable[[], np.ndarray]) -> MLPRewardModel:
     if init is not None:
         if init.input_dim != input_dim:
             raise ValueError(f"init: the warm-start model expects {init.input_dim}-d inputs, the data is {input_dim}-d")
@@ -320,7 +327,8 @@ def fit_bt_mlp(emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.nda
     """
     emb_first, emb_second, first_wins = _check_pairs(emb_first, emb_second, first_wins)
     sign = torch.from_numpy(np.where(first_wins, 1.0, -1.0).astype(np.float32))
-    model = _new_mlp(emb_first.shape[1], hidden, "bt-mlp", seed, init, lambda: np.concatenate([emb_first[:10000], emb_second[:10000]]))
+    model = _new_mlp(emb_first.shape[1], hidden, "bt-mlp", seed, init,
+                     lambda: np.concatenate([emb_first[:10000], emb_second[:10000]]))
 
     def batch_loss(net: MLPRewardModel, idx: np.ndarray) -> torch.Tensor:
         # One forward over both sides: the two towers share weights (Siamese).
@@ -336,8 +344,9 @@ def fit_bt_mlp(emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.nda
 
 
 def fit_clf_mlp(embeddings: np.ndarray, labels: np.ndarray, *, hidden=DEFAULT_HIDDEN, lr: float = 1e-3,
-                max_epochs: int = 30, patience: int = 3, val_fraction: float = 0.2, batch_size: int = DEFAULT_BATCH_SIZE,
-                seed: int = 0, init: MLPRewardModel | None = None, bf16: bool = False) -> MLPRewardModel:
+                max_epochs: int = 30, patience: int = 3, val_fraction: float = 0.2,
+                batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, init: MLPRewardModel | None = None,
+                bf16: bool = False) -> MLPRewardModel:
     """CLF-MLP: the same network trained with BCE(σ(f(e)), y) on single responses; the logit f is the
     reward. embeddings (n, d); labels (n,) in {0, 1} (1 = this response won its comparison)."""
     embeddings = _check_matrix(embeddings, "embeddings")
@@ -402,7 +411,8 @@ def fit_clf_lgb(embeddings: np.ndarray, labels: np.ndarray, *, seed: int = 0, nu
     if labels.min() == labels.max():
         raise ValueError("fit_clf_lgb: every label is the same; a classifier needs winners and losers")
     params = dict(params or {})
-    config = {"objective": "binary", "metric": "binary_logloss", "seed": seed, "verbosity": -1, "num_threads": num_threads}
+    config = {"objective": "binary", "metric": "binary_logloss", "seed": seed, "verbosity": -1,
+              "num_threads": num_threads}
     if not params.get("force_row_wise"):
         config["force_col_wise"] = True
     config.update(params)
@@ -429,7 +439,8 @@ def fit_reward_model(method: str, emb_first: np.ndarray, emb_second: np.ndarray,
 
 
 def fit_ensemble(methods: Sequence[str], emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.ndarray, *,
-                 seeds: Sequence[int] = (0,), mlp_kwargs: dict | None = None, lgb_kwargs: dict | None = None) -> EnsembleRewardModel:
+                 seeds: Sequence[int] = (0,), mlp_kwargs: dict | None = None, lgb_kwargs: dict | None = None
+                 ) -> EnsembleRewardModel:
     """One member per (method, seed), averaged after per-member standardisation on the training
     responses. ``mlp_kwargs`` go to the MLP fitters, ``lgb_kwargs`` to LightGBM."""
     members = [fit_reward_model(m, emb_first, emb_second, first_wins, seed=s,
@@ -445,24 +456,26 @@ def fit_ensemble(methods: Sequence[str], emb_first: np.ndarray, emb_second: np.n
 def save_model(model, folder: str | Path) -> Path:
     """Write ``model`` to ``folder``: config.json plus model.safetensors (MLP), model.txt (LightGBM)
     or member_<i>/ sub-folders (ensemble)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ..files import atomic_write, atomic_write_json, atomic_write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config()
     if isinstance(model, MLPRewardModel):
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        atomic_write(folder / "model.safetensors", lambda handle: handle.write(save(state)), binary=True)
         if getattr(model, "history", None) is not None:
             config["history"] = model.history.to_dict()
     elif isinstance(model, LGBRewardModel):
-        model.booster.save_model(str(folder / "model.txt"))
+        atomic_write_text(folder / "model.txt", model.booster.model_to_string())
     elif isinstance(model, EnsembleRewardModel):
         for i, member in enumerate(model.members):
             save_model(member, folder / f"member_{i}")
     else:
         raise ValueError(f"save_model: cannot save a {type(model).__name__}")
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_json(folder / "config.json", config)  # written last: a folder without it is no model
     return folder
 
 
