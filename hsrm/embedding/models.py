@@ -455,12 +455,20 @@ def fit_ensemble(methods: Sequence[str], emb_first: np.ndarray, emb_second: np.n
 
 def save_model(model, folder: str | Path) -> Path:
     """Write ``model`` to ``folder``: config.json plus model.safetensors (MLP), model.txt (LightGBM)
-    or member_<i>/ sub-folders (ensemble)."""
+    or member_<i>/ sub-folders (ensemble). The folder is assembled beside ``folder`` and moved into
+    place whole, replacing what was there (callers clear it first with ``hsrm.files.check_output``)."""
+    from ..files import staged_folder
+
+    with staged_folder(folder) as staging:
+        _write_model(model, staging)
+    return Path(folder)
+
+
+def _write_model(model, folder: Path) -> None:
     from safetensors.torch import save
 
     from ..files import atomic_write, atomic_write_json, atomic_write_text
 
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config()
     if isinstance(model, MLPRewardModel):
@@ -472,11 +480,10 @@ def save_model(model, folder: str | Path) -> Path:
         atomic_write_text(folder / "model.txt", model.booster.model_to_string())
     elif isinstance(model, EnsembleRewardModel):
         for i, member in enumerate(model.members):
-            save_model(member, folder / f"member_{i}")
+            _write_model(member, folder / f"member_{i}")
     else:
         raise ValueError(f"save_model: cannot save a {type(model).__name__}")
-    atomic_write_json(folder / "config.json", config)  # written last: a folder without it is no model
-    return folder
+    atomic_write_json(folder / "config.json", config)  # last: a folder without it is no model
 
 
 def load_model(folder: str | Path):
