@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.hsrm-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15 tests
+
+# ruff (pinned in the dev extra): pyflakes, isort, pyupgrade, 120 columns, and the formatter's layout.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hsrm tests bench
+	$(VENV)/bin/ruff format --check hsrm tests bench
 
 clean:
 	rm -rf $(VENV) demo_report

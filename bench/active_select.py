@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
                "all_seconds": [round(t, 4) for t in times], "median_cpu_seconds": round(cpu, 4), "target_seconds": target,
                "meets_target": None if target is None else seconds < target}
         rows.append(row)
-        flag = "" if target is None else ("  (target < %g s: %s)" % (target, "met" if seconds < target else "MISSED"))
+        flag = "" if target is None else f"  (target < {target:g} s: {'met' if seconds < target else 'MISSED'})"
         print(f"{name:<52} d={dim:<5} {seconds:8.3f} s wall {cpu:8.3f} s cpu{flag}", flush=True)
 
     for dim, target in ((256, 1.0), (2048, 10.0)):

@@ -182,7 +182,7 @@ def run_trl(args, pairs, tokenizer, device, dtype, peak) -> dict:
         config = RewardConfig(**common_args(args, workdir, device, dtype), per_device_train_batch_size=PAIRS_PER_STEP_TRL,
                               max_length=None)  # None: TRL would otherwise silently drop pairs over 1,024 tokens
         trainer = RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
-        clock = StepClock(device, lambda: trainer._total_train_tokens)
+        clock = StepClock(device, lambda trainer=trainer: trainer._total_train_tokens)  # bound now: trainer is deleted later
         trainer.add_callback(clock)
         result = measure(trainer, clock, args.warmup, args.steps, device, n_params, peak)
     result.update(trainer="trl.RewardTrainer", attn_implementation=args.trl_attn, pairs_per_step=PAIRS_PER_STEP_TRL,
@@ -210,7 +210,7 @@ def run_hsrm(args, pairs, tokenizer, device, dtype, peak, attn: str) -> dict:
         # What hsrm.train.make_trainer builds for padding_free, with a token counter on top.
         trainer = CountingPairwiseTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                                           data_collator=PackedPairwiseCollator(PAD_ID), compute_metrics=pairwise_metrics)
-        clock = StepClock(device, lambda: trainer.tokens_seen)
+        clock = StepClock(device, lambda trainer=trainer: trainer.tokens_seen)  # bound now: trainer is deleted later
         trainer.add_callback(clock)
         result = measure(trainer, clock, args.warmup, args.steps, device, n_params, peak)
     result.update(trainer="hsrm.PairwiseRewardTrainer", attn_implementation=attn, padding_free=True,
@@ -260,12 +260,12 @@ def run_scoring(args, sequences, device, dtype, attn: str) -> dict:
     tokens = sum(len(s) for s in sequences)
     warm = sequences[: max(2, len(sequences) // 16)]
     plain_padded_scores(model, warm, args.score_batch_size, device)
-    plain, plain_s = timed(lambda: plain_padded_scores(model, sequences, args.score_batch_size, device), device, args.score_repeats)
-    padded, padded_s = timed(lambda: score_sequences(model, sequences, layout="padded", pad_id=PAD_ID,
+    plain, plain_s = timed(lambda model=model: plain_padded_scores(model, sequences, args.score_batch_size, device), device, args.score_repeats)
+    padded, padded_s = timed(lambda model=model: score_sequences(model, sequences, layout="padded", pad_id=PAD_ID,
                                                      batch_size=args.score_batch_size), device, args.score_repeats)
     model.set_attn_implementation(attn)
     score_sequences(model, warm, layout="packed", max_tokens=args.score_max_tokens)  # compiles flex attention, if chosen
-    packed, packed_s = timed(lambda: score_sequences(model, sequences, layout="packed", max_tokens=args.score_max_tokens),
+    packed, packed_s = timed(lambda model=model: score_sequences(model, sequences, layout="packed", max_tokens=args.score_max_tokens),
                              device, args.score_repeats)
     result = {"sequences": len(sequences), "real_tokens": tokens, "repeats_fastest_counts": args.score_repeats,
               "auto_layout": choose_layout(model, "auto"),

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from statistics import mean
-from typing import Any, Sequence
+from typing import Any
 
 from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
 from .data.rmbench import DOMAINS as RMBENCH_DOMAINS

@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     entry = getattr(module, function_name)
-    from .trainers.base import NonFiniteLossError, TrainingInterrupted
-
     import os
+
+    from .trainers.base import NonFiniteLossError, TrainingInterrupted
 
     try:
         try:

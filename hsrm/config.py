@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -25,44 +25,44 @@ class RewardConfig(TrainingArguments):
     it gives one (AdamW, constant LR after 10 warm-up steps, 1 epoch for BT, 2 for regression)."""
 
     # --- model
-    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "backbone path or Hub id; empty = embedded SmolLM2-135M-Instruct",
+    model_name_or_path: str | None = field(default=None, metadata={"help": "backbone path or Hub id; empty = embedded SmolLM2-135M-Instruct",
                                                                       "aliases": ["--model"]})
-    init_from: Optional[str] = field(default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"})
+    init_from: str | None = field(default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"})
     model_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto", "aliases": ["--dtype"]})
-    attn_implementation: Optional[str] = field(default=None, metadata={
+    attn_implementation: str | None = field(default=None, metadata={
         "help": "auto (hsrm_varlen on CUDA in bf16/fp16, else the model's default) | hsrm_varlen | sdpa | eager | flex_attention "
                 "| flash_attention_2; empty = the model's default"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the Hub (off unless you trust it)"})
     # --- objective
     objective: str = field(default="bt", metadata={"help": "regression | bt | margin_bt | scaled_bt | justifier"})
     attributes: list[str] = field(default_factory=lambda: ["helpfulness"], metadata={"help": "regression targets; ['all'] = five"})
-    attribute_weights: Optional[list[float]] = field(default=None, metadata={"help": "scalar reward = weights · attributes"})
+    attribute_weights: list[float] | None = field(default=None, metadata={"help": "scalar reward = weights · attributes"})
     center_rewards_coefficient: float = field(default=0.0, metadata={"help": "× mean (r_c + r_r)²; 0 = off"})
     # --- data
-    train_data: Optional[str] = field(default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id",
+    train_data: str | None = field(default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id",
                                                               "aliases": ["--data"]})
-    eval_data: Optional[str] = field(default=None, metadata={"help": "validation source; empty = none"})
+    eval_data: str | None = field(default=None, metadata={"help": "validation source; empty = none"})
     data_format: str = field(default="auto", metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | helpsteer3_preference | pairs"})
     train_split: str = field(default="train", metadata={"help": "split of a Hub dataset (or of a file's split column)"})
     eval_split: str = field(default="val", metadata={"help": "split of eval_data"})
     max_length: int = field(default=2048, metadata={"help": "tokens per sequence; longer ones lose prompt tokens from the left"})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use the first N training rows"})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "use the first N validation rows"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training rows"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N validation rows"})
     on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skips are counted and logged)"})
-    dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "processes that tokenize the data (datasets.map num_proc); "
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "processes that tokenize the data (datasets.map num_proc); "
                                                                            "empty = this process, with the fast tokenizer's own threads"})
     # --- speed (issue 8; hsrm/packing/, docs/speed.md)
     padding_free: bool = field(default=False, metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"})
-    max_tokens_per_batch: Optional[int] = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
+    max_tokens_per_batch: int | None = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
     # --- partial fine-tuning: the cheap middle ground between a frozen-backbone probe and full fine-tuning
-    train_top_layers: Optional[int] = field(default=None, metadata={"help": "train only the top N decoder layers, the final norm and the head; "
+    train_top_layers: int | None = field(default=None, metadata={"help": "train only the top N decoder layers, the final norm and the head; "
                                                                             "the embeddings and lower layers stay frozen (empty = all)"})
     # --- LoRA
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (and the score head) instead of every weight"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA path"})
-    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "empty = all linear layers"})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "empty = all linear layers"})
     merge_lora_on_save: bool = field(default=True, metadata={"help": "save a plain sequence classifier, not an adapter"})
     # --- reliability
     max_consecutive_nonfinite: int = field(default=5, metadata={"help": "stop after this many skipped non-finite steps"})
@@ -70,7 +70,7 @@ class RewardConfig(TrainingArguments):
                                                                         "without it a non-empty output_dir is refused unless resuming"})
 
     # TrainingArguments defaults that suit reward models.
-    output_dir: Optional[str] = field(default="runs/reward-model", metadata={"help": "the model folder to write (checkpoints go "
+    output_dir: str | None = field(default="runs/reward-model", metadata={"help": "the model folder to write (checkpoints go "
                                                                                      "in its checkpoints/)", "aliases": ["--output"]})
     learning_rate: float = field(default=2e-6)
     lr_scheduler_type: str = field(default="constant_with_warmup")

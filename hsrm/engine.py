@@ -23,7 +23,8 @@ Layouts:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence, get_args
+from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 
@@ -49,8 +50,13 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 def choose_layout(model, layout: str = "auto") -> str:
     """``padded`` or ``packed`` for this model on its device (see the module docstring)."""
-    from .packing.attention import (VARLEN_ATTENTION, VARLEN_KWARG_ATTENTION, attention_implementation,
-                                    check_packing_support, varlen_kernel)
+    from .packing.attention import (
+        VARLEN_ATTENTION,
+        VARLEN_KWARG_ATTENTION,
+        attention_implementation,
+        check_packing_support,
+        varlen_kernel,
+    )
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")

@@ -31,16 +31,17 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .benchmarks import grouped_accuracy, rewardbench2_scores, rmbench_scores
+from .data.render import TruncationStats, encode_batch, encode_pairs
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
 from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
-from .data.render import TruncationStats, encode_batch, encode_pairs
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from .files import atomic_write_json, check_output
 from .record import reward_statistics

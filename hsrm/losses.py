@@ -13,7 +13,8 @@ section 3.2, equations (1)-(3), and appendix J (table 10).
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

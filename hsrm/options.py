@@ -31,8 +31,9 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import yaml
 from transformers import HfArgumentParser
@@ -293,17 +294,17 @@ OnBadRows = Literal["raise", "skip"]
 
 @dataclasses.dataclass
 class ModelInput:
-    model: Optional[str] = option(None, "the reward model folder (any trained AutoModelForSequenceClassification) or Hub id",
+    model: str | None = option(None, "the reward model folder (any trained AutoModelForSequenceClassification) or Hub id",
                                   required=True)
 
 
 @dataclasses.dataclass
 class DataInput:
-    data: Optional[str] = option(None, "data file (.jsonl/.jsonl.gz/.json/.parquet) or Hub id", required=True)
+    data: str | None = option(None, "data file (.jsonl/.jsonl.gz/.json/.parquet) or Hub id", required=True)
     data_format: str = option("auto", "auto | rewardbench | rewardbench2 | rmbench | pairs | helpsteer2_preference | "
                                       "helpsteer2_ratings | helpsteer3_preference")
-    split: Optional[str] = option(None, "split of a Hub dataset or of a file's split column (default per format)")
-    limit: Optional[int] = option(None, "use the first N rows only", positive=True)
+    split: str | None = option(None, "split of a Hub dataset or of a file's split column (default per format)")
+    limit: int | None = option(None, "use the first N rows only", positive=True)
     on_bad_rows: OnBadRows = option("raise", "unusable rows: raise (stop at the first) or skip (skip and count them)")
 
 
@@ -312,10 +313,10 @@ class EngineInput:
     """The scoring engine's options (hsrm.engine), shared by every verb that scores."""
 
     batch_size: int = option(8, "sequences per forward pass (padded layout)", positive=True)
-    max_length: Optional[int] = option(None, "tokens kept per sequence, cut from the left (default: the benchmark's protocol, "
+    max_length: int | None = option(None, "tokens kept per sequence, cut from the left (default: the benchmark's protocol, "
                                              "else the model's training max_length, else 2048)", positive=True)
-    dtype: Optional[str] = option(None, "float32 | bfloat16 | float16 (default float32; auto for a justifier)")
-    device: Optional[str] = option(None, "cpu, cuda, cuda:1 … (default: this process's GPU when present)")
+    dtype: str | None = option(None, "float32 | bfloat16 | float16 (default float32; auto for a justifier)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 … (default: this process's GPU when present)")
     layout: Layout = option("auto", "padded (length-sorted batches) | packed (token-budget rows) | auto (packed on CUDA "
                                     "with varlen attention, else padded)")
     max_tokens: int = option(16384, "tokens per packed row", positive=True)
@@ -323,7 +324,7 @@ class EngineInput:
 
 @dataclasses.dataclass
 class Output:
-    output: Optional[str] = option(None, "where to write the result")
+    output: str | None = option(None, "where to write the result")
     overwrite: bool = option(False, "replace --output if it exists (never one of the inputs, nor a folder holding one)")
 
 
@@ -332,20 +333,20 @@ class Output:
 class ScoreOptions(ResultFormat, Output, EngineInput, ModelInput, Options):
     """hsrm score: reward every response and pick the Best-of-N per prompt."""
 
-    data: Optional[str] = option(None, "JSONL/JSON/Parquet rows {prompt, responses: [...]} or {prompt, response}", required=True)
-    output: Optional[str] = option(None, "the scored JSONL (default: <data name>.scored.jsonl here)")
+    data: str | None = option(None, "JSONL/JSON/Parquet rows {prompt, responses: [...]} or {prompt, response}", required=True)
+    output: str | None = option(None, "the scored JSONL (default: <data name>.scored.jsonl here)")
 
 
 @dataclasses.dataclass
 class EvaluateOptions(ResultFormat, Output, EngineInput, DataInput, ModelInput, Options):
     """hsrm evaluate: RewardBench sections, pairwise accuracy or rating errors; --justifier for a generative judge."""
 
-    output: Optional[str] = option(None, "JSON result path (default: <model>/evaluation/<data name>.json)")
-    per_subset: Optional[int] = option(None, "RewardBench: the first N rows of every subset (quick, every section still "
+    output: str | None = option(None, "JSON result path (default: <model>/evaluation/<data name>.json)")
+    per_subset: int | None = option(None, "RewardBench: the first N rows of every subset (quick, every section still "
                                              "scores)", positive=True)
     justifier: bool = option(False, "the model is a generative pairwise justifier (a causal LM): judge every pair in both "
                                     "orders and report accuracy, position bias and parse failures")
-    max_new_tokens: Optional[int] = option(None, "justifier: tokens generated per judgement (default: its training setting, "
+    max_new_tokens: int | None = option(None, "justifier: tokens generated per judgement (default: its training setting, "
                                                  "else 512)", positive=True)
 
 
@@ -353,12 +354,12 @@ class EvaluateOptions(ResultFormat, Output, EngineInput, DataInput, ModelInput, 
 class ExpoOptions(ResultFormat, Output, EngineInput, DataInput, Options):
     """hsrm expo: θ = θ_weak + α(θ_strong − θ_weak) for reward models, with a searched α."""
 
-    weak: Optional[str] = option(None, "the weaker checkpoint (paper: helpfulness-only regression RM)", required=True)
-    strong: Optional[str] = option(None, "the stronger checkpoint trained from it (paper: Scaled BT)", required=True)
-    output: Optional[str] = option(None, "folder for the extrapolated model", required=True)
-    alpha: Optional[float] = option(None, "the extrapolation factor (or --search)")
+    weak: str | None = option(None, "the weaker checkpoint (paper: helpfulness-only regression RM)", required=True)
+    strong: str | None = option(None, "the stronger checkpoint trained from it (paper: Scaled BT)", required=True)
+    output: str | None = option(None, "folder for the extrapolated model", required=True)
+    alpha: float | None = option(None, "the extrapolation factor (or --search)")
     search: bool = option(False, "search α on --data: coarse 1.1…2.0 by 0.1, then ±0.09 by 0.01 around the best")
-    data: Optional[str] = option(None, "validation set for --search (RewardBench format → overall score; pairs → accuracy)")
+    data: str | None = option(None, "validation set for --search (RewardBench format → overall score; pairs → accuracy)")
     coarse: str = option("1.1,2.0,0.1", "coarse grid START,STOP,STEP")
     fine_step: float = option(0.01, "fine grid step")
     fine_radius: float = option(0.09, "fine grid radius around the coarse best (0: no fine stage)")
@@ -382,15 +383,15 @@ class ExpoOptions(ResultFormat, Output, EngineInput, DataInput, Options):
 class PushOptions(ResultFormat, Output, ModelInput, Options):
     """hsrm push: write a model card and upload a reward model to the Hub."""
 
-    model: Optional[str] = option(None, "the local reward model folder", required=True)
-    repo_id: Optional[str] = option(None, "user-or-org/name on the Hub", required=True)
-    output: Optional[str] = option(None, "the upload folder to prepare (default with --dry-run: <model>.hub beside the "
+    model: str | None = option(None, "the local reward model folder", required=True)
+    repo_id: str | None = option(None, "user-or-org/name on the Hub", required=True)
+    output: str | None = option(None, "the upload folder to prepare (default with --dry-run: <model>.hub beside the "
                                          "model; without: a temporary folder, removed after the upload)")
     private: bool = option(False, "create the repository as private")
     dry_run: bool = option(False, "prepare the upload folder and card only; upload nothing")
     evaluations: list[str] = option(help="`hsrm evaluate` result files to add to the card (besides <model>/evaluation/*.json)",
                                     factory=list)
-    token: Optional[str] = option(None, "Hub token (prefer HF_TOKEN or `huggingface-cli login`: a flag ends up in shell history)")
+    token: str | None = option(None, "Hub token (prefer HF_TOKEN or `huggingface-cli login`: a flag ends up in shell history)")
     commit_message: str = option("Upload reward model with hsrm", "the Hub commit message")
 
 
@@ -398,19 +399,19 @@ class PushOptions(ResultFormat, Output, ModelInput, Options):
 class EmbedOptions(ResultFormat, Output, DataInput, Options):
     """hsrm embed: embed (prompt, response) rows with a frozen backbone, optionally with golden rewards."""
 
-    data: Optional[str] = option(None, "pairs (chosen/rejected, HH transcripts) or prompt+response rows", required=True)
-    output: Optional[str] = option(None, "the .npz to write (embeddings, prompt_ids, golden, pairs, meta)", required=True)
-    backbone: Optional[str] = option(None, "the frozen backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)")
+    data: str | None = option(None, "pairs (chosen/rejected, HH transcripts) or prompt+response rows", required=True)
+    output: str | None = option(None, "the .npz to write (embeddings, prompt_ids, golden, pairs, meta)", required=True)
+    backbone: str | None = option(None, "the frozen backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)")
     layer: int = option(-1, "hidden-state index: -1 = last (normalised), 0 = token embeddings")
-    max_length: Optional[int] = option(None, "tokens kept, cut from the left (default: the backbone's recorded max_length, "
+    max_length: int | None = option(None, "tokens kept, cut from the left (default: the backbone's recorded max_length, "
                                              "else 2048)", positive=True)
     batch_size: int = option(16, "sequences per forward pass", positive=True)
     cache: str = option("~/.cache/hsrm/embeddings", "embedding cache folder; 'none' disables it")
-    device: Optional[str] = option(None, "cuda / cpu (default: cuda when available)")
-    dtype: Optional[str] = option(None, "bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
-    golden_column: Optional[str] = option(None, "numeric column holding each response's golden reward")
-    golden_model: Optional[str] = option(None, "a trained reward-model folder whose rewards are the golden reward")
-    golden_max_length: Optional[int] = option(None, "max length for the golden model (default: the length it was trained "
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)")
+    dtype: str | None = option(None, "bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
+    golden_column: str | None = option(None, "numeric column holding each response's golden reward")
+    golden_model: str | None = option(None, "a trained reward-model folder whose rewards are the golden reward")
+    golden_max_length: int | None = option(None, "max length for the golden model (default: the length it was trained "
                                                     "with, else 2048)", positive=True)
 
     def __post_init__(self):
@@ -423,43 +424,43 @@ class EmbedOptions(ResultFormat, Output, DataInput, Options):
 class FitOptions(ResultFormat, Output, Options):
     """hsrm fit: fit (or apply) a reward model on embeddings."""
 
-    embeddings: Optional[str] = option(None, "the training .npz from `hsrm embed` (or a study pool)")
-    method: Optional[str] = option(None, "reward model to fit: bt-mlp | clf-mlp | clf-lgb")
-    ensemble: Optional[list[str]] = option(None, "methods averaged as one model, e.g. bt-mlp clf-lgb")
+    embeddings: str | None = option(None, "the training .npz from `hsrm embed` (or a study pool)")
+    method: str | None = option(None, "reward model to fit: bt-mlp | clf-mlp | clf-lgb")
+    ensemble: list[str] | None = option(None, "methods averaged as one model, e.g. bt-mlp clf-lgb")
     ensemble_seeds: list[int] = option(help="seeds per ensemble method", factory=lambda: [0])
-    output: Optional[str] = option(None, "folder to save the fitted model in")
-    model: Optional[str] = option(None, "a saved embedding model folder: score --eval-data with it instead of fitting")
-    beta: Optional[float] = option(None, "simulate annotators σ(β|Δr|) from the golden reward instead of using the file's pairs")
+    output: str | None = option(None, "folder to save the fitted model in")
+    model: str | None = option(None, "a saved embedding model folder: score --eval-data with it instead of fitting")
+    beta: float | None = option(None, "simulate annotators σ(β|Δr|) from the golden reward instead of using the file's pairs")
     design: str = option("random", "random | similar | diverse (with --beta)")
     pairing: str = option("in-prompt", "in-prompt | cross-prompt (with --beta)")
-    n_annotations: Optional[int] = option(None, "pairs to annotate (with --beta; default one per prompt)", positive=True)
+    n_annotations: int | None = option(None, "pairs to annotate (with --beta; default one per prompt)", positive=True)
     seed: int = option(0, "seed of the annotators and the model")
     max_epochs: int = option(30, "MLP epochs at most", positive=True)
     patience: int = option(3, "MLP epochs without validation improvement before stopping", positive=True)
     lr: float = option(1e-3, "MLP learning rate (Adam)")
-    batch_size: Optional[int] = option(None, "MLP batch size (default 256)", positive=True)
+    batch_size: int | None = option(None, "MLP batch size (default 256)", positive=True)
     hidden: list[int] = option(help="MLP hidden sizes", factory=lambda: [1024, 512])
-    eval_data: Optional[str] = option(None, ".npz to evaluate on (BoN gain + Spearman with golden rewards, accuracy with pairs)")
-    scores_output: Optional[str] = option(None, "write the --eval-data scores here (.npy)")
+    eval_data: str | None = option(None, ".npz to evaluate on (BoN gain + Spearman with golden rewards, accuracy with pairs)")
+    scores_output: str | None = option(None, "write the --eval-data scores here (.npy)")
 
 
 @dataclasses.dataclass
 class SelectOptions(ResultFormat, Options):
     """hsrm select STATE_DIR: ingest the pending batch's labels, retrain, write the next batch."""
 
-    state_dir: Optional[str] = option(None, "folder holding state.json, batch files, labels and the model (the first "
+    state_dir: str | None = option(None, "folder holding state.json, batch files, labels and the model (the first "
                                             "positional argument)", required=True)
-    embeddings: Optional[str] = option(None, "first call: .npy (n, dim) or .npz with `embeddings` (+ `prompt_ids`)")
-    pairs: Optional[str] = option(None, "first call: candidate pairs, .jsonl rows {first, second, …} or an (N, 2) .npy; "
+    embeddings: str | None = option(None, "first call: .npy (n, dim) or .npz with `embeddings` (+ `prompt_ids`)")
+    pairs: str | None = option(None, "first call: candidate pairs, .jsonl rows {first, second, …} or an (N, 2) .npy; "
                                         "default: all in-prompt pairs of the .npz's prompt_ids")
-    strategy: Optional[str] = option(None, "selection strategy (default dopt; may change between calls)")
-    batch_size: Optional[int] = option(None, "pairs per batch (default 100; may change between calls)", positive=True)
-    initial_strategy: Optional[str] = option(None, "first batch, before any model: random | det_xtx (default random)")
-    candidates: Optional[int] = option(None, "random subset of the unlabelled pool scored per round (default 20000)",
+    strategy: str | None = option(None, "selection strategy (default dopt; may change between calls)")
+    batch_size: int | None = option(None, "pairs per batch (default 100; may change between calls)", positive=True)
+    initial_strategy: str | None = option(None, "first batch, before any model: random | det_xtx (default random)")
+    candidates: int | None = option(None, "random subset of the unlabelled pool scored per round (default 20000)",
                                        positive=True)
-    hidden: Optional[list[int]] = option(None, "BT-MLP hidden sizes (default 64 64 64)")
-    max_epochs: Optional[int] = option(None, "BT-MLP epochs at most (default 30)", positive=True)
-    seed: Optional[int] = option(None, "seed of the selection and the model (default 0)")
+    hidden: list[int] | None = option(None, "BT-MLP hidden sizes (default 64 64 64)")
+    max_epochs: int | None = option(None, "BT-MLP epochs at most (default 30)", positive=True)
+    seed: int | None = option(None, "seed of the selection and the model (default 0)")
     partial: bool = option(False, "ingest the labelled rows of a partly labelled batch; its unlabelled rows go back to the pool")
 
 
@@ -470,7 +471,7 @@ class DemoOptions(ResultFormat, Options):
     output: str = option("demo_report", "the report folder")
     overwrite: bool = option(False, "replace --output if it exists (a previous report)")
     quick: bool = option(False, "a tiny random model, about a minute; for smoke tests")
-    data_dir: Optional[str] = option(None, "a folder laid out like ../shared/data (hh_rlhf/, helpsteer1/, rewardbench_sample/); "
+    data_dir: str | None = option(None, "a folder laid out like ../shared/data (hh_rlhf/, helpsteer1/, rewardbench_sample/); "
                                            "default: ../shared/data beside a checkout, then the Hugging Face Hub, then a "
                                            "generated toy set")
 

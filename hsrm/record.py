@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 RECORD_KEY = "hsrm"  # the block's name inside config.json
 FORMAT_VERSION = 1
@@ -105,7 +106,7 @@ class ModelRecord:
 
     # -- conversion
     @classmethod
-    def from_dict(cls, block: Any, source: str = "the model record") -> "ModelRecord":
+    def from_dict(cls, block: Any, source: str = "the model record") -> ModelRecord:
         if block is None:
             return cls()
         if not isinstance(block, dict):

@@ -24,10 +24,9 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .options import Options, option
-
 
 logger = logging.getLogger("hsrm.rloo")
 
@@ -41,12 +40,12 @@ class RLOOSetup(Options):
     policy_model: str = option(TINY, "causal LM folder or Hub id (paper: Llama-3.1-70B-Instruct); tiny-random builds one")
     reward_model: str = option(TINY, "an `hsrm train` / `hsrm expo` output folder (paper: Scaled BT + ExPO); tiny-random "
                                      "builds one")
-    prompt_data: Optional[str] = option(None, "HelpSteer2(-Preference) or any file with a `prompt` column")
-    prompts: Optional[list[str]] = option(None, "inline prompts, used when prompt_data is empty")
+    prompt_data: str | None = option(None, "HelpSteer2(-Preference) or any file with a `prompt` column")
+    prompts: list[str] | None = option(None, "inline prompts, used when prompt_data is empty")
     prompt_split: str = option("train", "split of prompt_data")
-    max_prompts: Optional[int] = option(None, "keep the first N distinct prompts", positive=True)
+    max_prompts: int | None = option(None, "keep the first N distinct prompts", positive=True)
     reward_batch_size: int = option(8, "reward-model sequences per forward pass", positive=True)
-    reward_max_length: Optional[int] = option(None, "reward-model tokens per sequence, cut from the left (empty: the reward "
+    reward_max_length: int | None = option(None, "reward-model tokens per sequence, cut from the left (empty: the reward "
                                                     "model's own)", positive=True)
     reward_dtype: str = option("float32", "bfloat16 for large reward models on GPU")
 

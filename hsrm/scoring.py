@@ -24,16 +24,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
 from .data.io import DataError, read_rows
 from .data.messages import response_text, to_messages
 from .data.render import TruncationStats, encode, encode_text
-from .files import atomic_write_jsonl, check_output
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
+from .files import atomic_write_jsonl, check_output
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,23 @@ import torch
 from .config import PAIRWISE_OBJECTIVES, RewardConfig, train_cli_options
 from .data.auto import load_pairs_any, load_ratings_any
 from .data.tokenize import tokenize_pairs, tokenize_ratings
-from .modeling import DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_ALIASES, scalar_reward
+from .modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, scalar_reward
 from .record import ModelRecord, reward_statistics
-from .trainers.base import (CHECKPOINT_COMPLETE, TrainingInterrupted, build_model, complete_checkpoints, compute_dtype,
-                            save_trained_model)
-from .trainers.justifier import (JustifierCollator, JustifierTrainer, build_justifier_model, justifier_record,
-                                 prepare_justifier_run)
+from .trainers.base import (
+    CHECKPOINT_COMPLETE,
+    TrainingInterrupted,
+    build_model,
+    complete_checkpoints,
+    compute_dtype,
+    save_trained_model,
+)
+from .trainers.justifier import (
+    JustifierCollator,
+    JustifierTrainer,
+    build_justifier_model,
+    justifier_record,
+    prepare_justifier_run,
+)
 from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
 from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
 

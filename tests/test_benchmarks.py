@@ -13,8 +13,15 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, write_jsonl
-from hsrm.benchmarks import (best_of_n_score, grouped_accuracy, matrix_averages, rewardbench2_scores, rmbench_scores,
-                             style_matrix, ties_score)
+from hsrm.benchmarks import (
+    best_of_n_score,
+    grouped_accuracy,
+    matrix_averages,
+    rewardbench2_scores,
+    rmbench_scores,
+    style_matrix,
+    ties_score,
+)
 
 DATA = REPO_ROOT / "tests" / "data"
 

@@ -3,10 +3,17 @@
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import write_jsonl
-from hsrm.data import DataError, load_helpsteer2_preference, load_helpsteer2_ratings, overall_preference, three_most_similar
+from hsrm.data import (
+    DataError,
+    load_helpsteer2_preference,
+    load_helpsteer2_ratings,
+    overall_preference,
+    three_most_similar,
+)
 
 
 def pref_row(strengths, split="train", as_repr=False, r1="Response one text.", r2="Response two text.", prompt="Say hi."):

@@ -4,7 +4,8 @@ import gzip
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import write_jsonl
 from hsrm.data import DataError, flip_pair, load_preference_pairs, load_rewardbench, split_hh_pair

@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_docs import DOCS, shell_lines
 
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
-from test_docs import DOCS, shell_lines
 
 SHARED = REPO_ROOT.parent / "shared"
 RB_SAMPLE = "../shared/data/rewardbench_sample/reward_bench_filtered_sample.jsonl"

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from hsrm.embedding.extract import EmbeddedData, EmbeddingCache, embed_conversations, load_backbone, text_key
 
 PROMPTS = [

@@ -56,7 +56,7 @@ def world_data():
 def test_mlp_architecture_matches_appendix_d6():
     model = MLPRewardModel(2048)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 1024), (1024, 512), (512, 1)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(2048, 1024), (1024, 512), (512, 1)]
     assert linears[-1].bias is None and linears[0].bias is not None
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 2
     x = torch.randn(5, 2048)

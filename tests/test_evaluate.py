@@ -11,8 +11,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from hsrm.evaluation import pairwise_summary, rewardbench_scores
 
 

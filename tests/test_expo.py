@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import write_jsonl
 from safetensors.torch import load_file
 
+from conftest import write_jsonl
 from hsrm.expo import extrapolate_folder, factor_grid, fine_grid, search_factor
 
 

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from hsrm.losses import (bt_loss, centering_loss, get_pairwise_loss, margin_bt_loss, regression_loss,
-                         scaled_bt_loss)
+from hsrm.losses import bt_loss, centering_loss, get_pairwise_loss, margin_bt_loss, regression_loss, scaled_bt_loss
 
 
 def reference_neg_log_sigmoid(x: float) -> float:

@@ -11,10 +11,22 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
-from hsrm.cli import VERBS, main as cli
+from hsrm.cli import VERBS
+from hsrm.cli import main as cli
 from hsrm.config import JustifierConfig, load_recipe, train_options
-from hsrm.options import (DemoOptions, EmbedOptions, EvaluateOptions, ExpoOptions, FitOptions, OptionsError, PushOptions,
-                          ScoreOptions, SelectOptions, dump_options, options_from)
+from hsrm.options import (
+    DemoOptions,
+    EmbedOptions,
+    EvaluateOptions,
+    ExpoOptions,
+    FitOptions,
+    OptionsError,
+    PushOptions,
+    ScoreOptions,
+    SelectOptions,
+    dump_options,
+    options_from,
+)
 
 
 def verb_options():

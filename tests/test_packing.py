@@ -22,11 +22,17 @@ from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm import packing
 from hsrm.config import load_recipe, train_options
 from hsrm.data.render import PairwiseCollator, PointwiseCollator, pad_sequences
-from hsrm.losses import PAIRWISE_LOSSES, regression_loss
 from hsrm.engine import packing_discrepancy, score_sequences
+from hsrm.losses import PAIRWISE_LOSSES, regression_loss
 from hsrm.modeling import reward_outputs
-from hsrm.packing import (PackedPairwiseCollator, PackedPointwiseCollator, TokenBudgetBatchSampler, batch_cost, pack,
-                          token_budget_batches)
+from hsrm.packing import (
+    PackedPairwiseCollator,
+    PackedPointwiseCollator,
+    TokenBudgetBatchSampler,
+    batch_cost,
+    pack,
+    token_budget_batches,
+)
 from hsrm.trainers.pairwise import split_pair_rewards
 
 CPU_PATHS = ["eager", "sdpa", "hsrm_varlen"]  # flex_attention compiles for minutes on CPU: GPU tests only

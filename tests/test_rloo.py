@@ -85,7 +85,6 @@ def test_unknown_recipe_key_is_named(tmp_path):
 
 def test_prompts_from_helpsteer_style_file_are_split_and_deduplicated(tmp_path):
     from conftest import write_jsonl
-
     from hsrm.rloo import RLOOSetup, load_prompts
 
     rows = [{"split": "train", "prompt": "Hi<extra_id_1>Assistant\nHello!<extra_id_1>User\nBake bread?", "response_1": "a"},

@@ -8,8 +8,8 @@ import os
 
 import pytest
 import torch
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from hsrm.engine import length_sorted_batches
 from hsrm.files import atomic_write_jsonl
 from hsrm.scoring import RewardScorer, best_of_n, group_candidates

@@ -18,8 +18,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import REPO_ROOT
 
+from conftest import REPO_ROOT
 from hsrm.data.messages import to_messages
 from hsrm.data.render import render_text
 from hsrm.scoring import RewardScorer
@@ -277,7 +277,7 @@ def in_process_server(options: ServeOptions, load):
     while not server.started:
         time.sleep(0.02)
     try:
-        yield "http://127.0.0.1:%d" % sock.getsockname()[1], app.state.service
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.service
     finally:
         server.should_exit = True
         thread.join(30)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import ast
 import itertools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .io import DataError, LoadReport, OnError, read_rows, require_text
 from .messages import split_helpsteer_turns

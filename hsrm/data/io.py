@@ -13,8 +13,9 @@ import logging
 import os
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,9 @@ import ast
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .helpsteer import NEITHER_VALID, _split_matches, overall_preference, parse_annotations, three_most_similar
 from .io import DataError, LoadReport, OnError, read_rows, require_text

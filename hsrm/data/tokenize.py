@@ -15,8 +15,9 @@ The ids are exactly those of :func:`hsrm.data.render.encode`, one example at a t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .justifications import encode_justifier_examples, truncation_summary
 from .render import TruncationStats, encode_batch, encode_pairs

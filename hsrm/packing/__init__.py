@@ -32,12 +32,25 @@ paths keep packed sequences apart, and ``hsrm_varlen``), :mod:`.collators` (trai
 :mod:`.sampler` (token-budget micro-batches). Importing it registers nothing with transformers.
 """
 
-from .attention import (PACKING_ATTENTION, VARLEN_ATTENTION, VARLEN_KWARG_ATTENTION, attention_implementation,
-                        check_packing_support, register_varlen_attention, varlen_attention_forward)
+from .attention import (
+                        PACKING_ATTENTION,
+                        VARLEN_ATTENTION,
+                        VARLEN_KWARG_ATTENTION,
+                        attention_implementation,
+                        check_packing_support,
+                        register_varlen_attention,
+                        varlen_attention_forward,
+)
 from .batch import PackedBatch, cu_seqlens_from_position_ids, pack
 from .collators import PackedPairwiseCollator, PackedPointwiseCollator
-from .sampler import (TokenBudgetBatchSampler, batch_cost, dataset_item_lengths, split_to_multiple, token_budget_batches,
-                      token_budget_dataloader)
+from .sampler import (
+                        TokenBudgetBatchSampler,
+                        batch_cost,
+                        dataset_item_lengths,
+                        split_to_multiple,
+                        token_budget_batches,
+                        token_budget_dataloader,
+)
 
 __all__ = ["PACKING_ATTENTION", "VARLEN_ATTENTION", "VARLEN_KWARG_ATTENTION", "PackedBatch", "PackedPairwiseCollator",
            "PackedPointwiseCollator", "TokenBudgetBatchSampler", "attention_implementation", "batch_cost",

@@ -81,7 +81,7 @@ def _use_varlen_kernel(query: torch.Tensor, dropout: float) -> bool:
     return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameter_names(function) -> frozenset:
     import inspect
 

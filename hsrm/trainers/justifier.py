@@ -29,7 +29,12 @@ from typing import Any
 import torch
 
 from ..config import JustifierConfig
-from ..data.justifications import JUSTIFICATION_SETS, JUSTIFIER_TARGETS, label_examples_from_pairs, load_justification_examples
+from ..data.justifications import (
+    JUSTIFICATION_SETS,
+    JUSTIFIER_TARGETS,
+    label_examples_from_pairs,
+    load_justification_examples,
+)
 from ..data.render import ensure_chat_template, pad_sequences
 from ..data.tokenize import tokenize_justifier_examples
 from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, torch_dtype
