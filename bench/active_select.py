@@ -50,7 +50,11 @@ def feature_problem(dim: int, n_candidates: int, seed: int = 0):
     items = np.maximum(rng.standard_normal((n_candidates // 4, dim)), 0).astype(np.float32)
     pairs = rng.integers(0, len(items), size=(n_candidates, 2))
     weight = rng.standard_normal(dim) / np.sqrt(dim)
-    return LastLayer.linear(weight), CandidatePairs(items, pairs), CandidatePairs(items, rng.integers(0, len(items), size=(5000, 2)))
+    return (
+        LastLayer.linear(weight),
+        CandidatePairs(items, pairs),
+        CandidatePairs(items, rng.integers(0, len(items), size=(5000, 2))),
+    )
 
 
 def main(argv=None) -> dict:
@@ -70,9 +74,17 @@ def main(argv=None) -> dict:
 
     def record(name: str, dim: int, call, target: float | None = None):
         seconds, times, cpu = median_seconds(call, args.repeats)
-        row = {"case": name, "feature_dim": dim, "candidates": args.candidates, "k": args.k, "median_seconds": round(seconds, 4),
-               "all_seconds": [round(t, 4) for t in times], "median_cpu_seconds": round(cpu, 4), "target_seconds": target,
-               "meets_target": None if target is None else seconds < target}
+        row = {
+            "case": name,
+            "feature_dim": dim,
+            "candidates": args.candidates,
+            "k": args.k,
+            "median_seconds": round(seconds, 4),
+            "all_seconds": [round(t, 4) for t in times],
+            "median_cpu_seconds": round(cpu, 4),
+            "target_seconds": target,
+            "meets_target": None if target is None else seconds < target,
+        }
         rows.append(row)
         flag = "" if target is None else f"  (target < {target:g} s: {'met' if seconds < target else 'MISSED'})"
         print(f"{name:<52} d={dim:<5} {seconds:8.3f} s wall {cpu:8.3f} s cpu{flag}", flush=True)
@@ -80,11 +92,20 @@ def main(argv=None) -> dict:
     for dim, target in ((256, 1.0), (2048, 10.0)):
         layer, candidates, labelled = feature_problem(dim, args.candidates)
         record("dopt on features", dim, lambda: select_pairs(layer, candidates, args.k, "dopt"), target)
-        record("pa_dopt on features (+5,000 labelled)", dim, lambda: select_pairs(layer, candidates, args.k, "pa_dopt", labelled=labelled), target)
+        record(
+            "pa_dopt on features (+5,000 labelled)",
+            dim,
+            lambda: select_pairs(layer, candidates, args.k, "pa_dopt", labelled=labelled),
+            target,
+        )
         if args.all_strategies and dim == 256:
             for strategy in STRATEGIES:
                 if strategy not in ("dopt", "pa_dopt"):
-                    record(f"{strategy} on features", dim, lambda s=strategy: select_pairs(layer, candidates, args.k, s, labelled=labelled, seed=0))
+                    record(
+                        f"{strategy} on features",
+                        dim,
+                        lambda s=strategy: select_pairs(layer, candidates, args.k, s, labelled=labelled, seed=0),
+                    )
 
     from hsrm.embedding.annotate import in_prompt_pairs
     from hsrm.embedding.models import MLPRewardModel
@@ -95,12 +116,19 @@ def main(argv=None) -> dict:
     embeddings = rng.standard_normal((5000, 2048)).astype(np.float32)
     pairs = in_prompt_pairs([np.arange(10 * p, 10 * p + 10) for p in range(500)])
     pairs = pairs[rng.choice(len(pairs), args.candidates, replace=False)]
-    record("dopt, BT-MLP (1024, 512) on 2,048-d embeddings", 512,
-           lambda: select_pairs(model, CandidatePairs(embeddings, pairs), args.k, "dopt"))
+    record(
+        "dopt, BT-MLP (1024, 512) on 2,048-d embeddings",
+        512,
+        lambda: select_pairs(model, CandidatePairs(embeddings, pairs), args.k, "dopt"),
+    )
 
     result = {
-        "bench": "active_select", "rows": rows, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(), "numpy": np.__version__,
+        "bench": "active_select",
+        "rows": rows,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "numpy": np.__version__,
         "blas_threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
         "note": "wall time on a machine shared with other jobs; repeat on an idle machine for clean figures",
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,

@@ -43,7 +43,9 @@ def main() -> None:
     rows = []
 
     def record(case: str, seconds: float) -> None:
-        rows.append({"case": case, "seconds_per_batch": round(seconds, 3), "tokens_per_second": round(tokens / seconds)})
+        rows.append(
+            {"case": case, "seconds_per_batch": round(seconds, 3), "tokens_per_second": round(tokens / seconds)}
+        )
         print(f"{case:<40} {seconds:7.2f} s/batch {tokens / seconds:7.0f} tokens/s", flush=True)
 
     model.eval()
@@ -56,6 +58,7 @@ def main() -> None:
             reward_outputs(model, batch).sum().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
         return step
 
     for top in [None, *args.top]:
@@ -65,10 +68,22 @@ def main() -> None:
         else:
             freeze_lower_layers(model, top)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-7)
-        record("training, every weight" if top is None else f"training, train_top_layers={top}",
-               seconds_per_call(train_step(optimizer), args.repeats))
-    print(json.dumps({"bench": "cpu_step_cost", "batch": args.batch, "length": args.length, "threads": args.threads,
-                      "torch": torch.__version__, "rows": rows}))
+        record(
+            "training, every weight" if top is None else f"training, train_top_layers={top}",
+            seconds_per_call(train_step(optimizer), args.repeats),
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "cpu_step_cost",
+                "batch": args.batch,
+                "length": args.length,
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,10 +47,12 @@ import urllib.request
 from pathlib import Path
 
 TARGET_CONCURRENCY, TARGET_RATIO = 16, 0.8
-WORDS = ("the quick brown fox jumps over lazy dog a helpful assistant answers question clearly user asks how to bake "
-         "bread flour water yeast salt kneading baking response one is better because it correct concise polite two "
-         "wrong rude numbers 0 1 2 3 4 5 6 7 8 9 good bad great terrible yes no maybe please thank you sorry python "
-         "code def return import class for while if else print list dict string integer float").split()
+WORDS = (
+    "the quick brown fox jumps over lazy dog a helpful assistant answers question clearly user asks how to bake "
+    "bread flour water yeast salt kneading baking response one is better because it correct concise polite two "
+    "wrong rude numbers 0 1 2 3 4 5 6 7 8 9 good bad great terrible yes no maybe please thank you sorry python "
+    "code def return import class for while if else print list dict string integer float"
+).split()
 
 
 def make_requests(count: int, pairs_per_request: int, seed: int, max_prompt_words: int, max_response_words: int):
@@ -60,8 +62,13 @@ def make_requests(count: int, pairs_per_request: int, seed: int, max_prompt_word
         n = int(round(8 * (longest / 8) ** rng.random()))  # log-uniform in [8, longest]: mostly short, a long tail
         return " ".join(rng.choices(WORDS, k=n))
 
-    return [{"prompts": [text(max_prompt_words) for _ in range(pairs_per_request)],
-             "responses": [text(max_response_words) for _ in range(pairs_per_request)]} for _ in range(count)]
+    return [
+        {
+            "prompts": [text(max_prompt_words) for _ in range(pairs_per_request)],
+            "responses": [text(max_response_words) for _ in range(pairs_per_request)],
+        }
+        for _ in range(count)
+    ]
 
 
 def in_process_tokens_per_s(scorer, sequences) -> tuple[float, list[float]]:
@@ -128,10 +135,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-prompt-words", type=int, default=48)
     parser.add_argument("--max-response-words", type=int, default=192)
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per sequence, server and in-process alike")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per padded forward, server and in-process alike")
-    parser.add_argument("--rounds", type=int, default=2, help="per level: in-process then server, this many times; each keeps its best")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="sequences per padded forward, server and in-process alike"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="per level: in-process then server, this many times; each keeps its best"
+    )
     parser.add_argument("--time-limit-s", type=float, default=120.0, help="per level: no new request after this")
-    parser.add_argument("--max-batch-tokens", type=int, default=None, help="the server's merge budget (default: the server's own)")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=None, help="the server's merge budget (default: the server's own)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -145,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
     levels = [int(c) for c in args.concurrency.split(",")]
     threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
     torch.set_num_threads(threads)
-    requests = make_requests(args.requests, args.pairs_per_request, args.seed, args.max_prompt_words, args.max_response_words)
+    requests = make_requests(
+        args.requests, args.pairs_per_request, args.seed, args.max_prompt_words, args.max_response_words
+    )
     bodies = [json.dumps(r).encode() for r in requests]
     with tempfile.TemporaryDirectory(prefix="hsrm-bench-serve-") as tmp:
         model_dir = build_tiny_llama(Path(tmp) / "rm", hidden_size=args.hidden, num_layers=args.layers)
@@ -157,10 +172,14 @@ def main(argv: list[str] | None = None) -> dict:
         first_tokens_per_s, expected = in_process_tokens_per_s(scorer, sequences)
         expected_of, start = [], 0  # the in-process rewards, split per request
         for request_sequences in per_request:
-            expected_of.append(expected[start:start + len(request_sequences)])
+            expected_of.append(expected[start : start + len(request_sequences)])
             start += len(request_sequences)
-        print(f"in-process engine: {first_tokens_per_s:,.0f} tokens/s on {len(sequences)} sequences, {sum(tokens_of):,} tokens "
-              f"({parameters / 1e6:.1f} M parameters, {threads} threads)", flush=True)
+        print(
+            f"in-process engine: {first_tokens_per_s:,.0f} tokens/s on {len(sequences)} sequences, "
+            f"{sum(tokens_of):,} tokens "
+            f"({parameters / 1e6:.1f} M parameters, {threads} threads)",
+            flush=True,
+        )
 
         flags = ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--device", "cpu"]
         if args.max_batch_tokens is not None:
@@ -183,42 +202,71 @@ def main(argv: list[str] | None = None) -> dict:
                     if level["errors"]:
                         raise RuntimeError(f"concurrency {concurrency}: {level['errors'][:3]}")
                     level["tokens"] = sum(tokens_of[i] for i in level["answers"])
-                    level["max_reward_difference"] = max(abs(a - b) for i, rewards in level["answers"].items()
-                                                         for a, b in zip(rewards, expected_of[i]))
+                    level["max_reward_difference"] = max(
+                        abs(a - b) for i, rewards in level["answers"].items() for a, b in zip(rewards, expected_of[i])
+                    )
                     runs.append(level)
                 best, reference = max(runs, key=lambda run: run["tokens"] / run["seconds"]), max(references)
                 row = {
-                    "concurrency": concurrency, "requests": len(best["answers"]), "seconds": round(best["seconds"], 3),
+                    "concurrency": concurrency,
+                    "requests": len(best["answers"]),
+                    "seconds": round(best["seconds"], 3),
                     "requests_per_s": round(len(best["answers"]) / best["seconds"], 2),
                     "tokens_per_s": round(best["tokens"] / best["seconds"], 1),
                     "p50_ms": round(1000 * percentile(best["latencies"], 50), 1),
                     "p99_ms": round(1000 * percentile(best["latencies"], 99), 1),
                     "requests_per_batch": round(len(best["answers"]) / max(best["batches"], 1), 2),
-                    "engine_busy": round(best["engine_busy"], 3),  # share of the level's wall time the server spent in the engine
+                    "engine_busy": round(
+                        best["engine_busy"], 3
+                    ),  # share of the level's wall time the server spent in the engine
                     "in_process_tokens_per_s": round(reference, 1),
                     "ratio_to_in_process": round(best["tokens"] / best["seconds"] / reference, 3),
                     "max_reward_difference": max(run["max_reward_difference"] for run in runs),
-                    "rounds": [{"server_tokens_per_s": round(run["tokens"] / run["seconds"], 1), "in_process_tokens_per_s": round(ref, 1)}
-                               for run, ref in zip(runs, references)],
+                    "rounds": [
+                        {
+                            "server_tokens_per_s": round(run["tokens"] / run["seconds"], 1),
+                            "in_process_tokens_per_s": round(ref, 1),
+                        }
+                        for run, ref in zip(runs, references)
+                    ],
                 }
                 results.append(row)
-                print(f"concurrency {concurrency:>3}: {row['requests_per_s']:7.2f} requests/s {row['tokens_per_s']:>9,.0f} tokens/s "
-                      f"p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  {row['requests_per_batch']:5.2f} requests/batch  "
-                      f"engine busy {100 * row['engine_busy']:3.0f} %  "
-                      f"in-process {reference:>9,.0f} tokens/s  {row['ratio_to_in_process']:.2f}×", flush=True)
+                print(
+                    f"concurrency {concurrency:>3}: {row['requests_per_s']:7.2f} requests/s "
+                    f"{row['tokens_per_s']:>9,.0f} tokens/s "
+                    f"p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  {row['requests_per_batch']:5.2f} "
+                    "requests/batch  "
+                    f"engine busy {100 * row['engine_busy']:3.0f} %  "
+                    f"in-process {reference:>9,.0f} tokens/s  {row['ratio_to_in_process']:.2f}×",
+                    flush=True,
+                )
         finally:
             exit_code = server.stop()
     target = next((row for row in results if row["concurrency"] == TARGET_CONCURRENCY), None)
     result = {
-        "setting": {"model": f"tiny Llama hidden {args.hidden}, {args.layers} layers, {parameters:,} parameters, fp32, CPU",
-                    "threads": threads, "requests": args.requests, "pairs_per_request": args.pairs_per_request,
-                    "sequences": len(sequences), "tokens": sum(tokens_of), "max_length": args.max_length,
-                    "batch_size": args.batch_size, "server_flags": flags, "cpu": platform.processor() or platform.machine(),
-                    "torch": torch.__version__},
+        "setting": {
+            "model": f"tiny Llama hidden {args.hidden}, {args.layers} layers, {parameters:,} parameters, fp32, CPU",
+            "threads": threads,
+            "requests": args.requests,
+            "pairs_per_request": args.pairs_per_request,
+            "sequences": len(sequences),
+            "tokens": sum(tokens_of),
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "server_flags": flags,
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        },
         "server": results,
         "server_exit_code": exit_code,
-        "target": None if target is None else {"concurrency": TARGET_CONCURRENCY, "ratio": target["ratio_to_in_process"],
-                                               "needed": TARGET_RATIO, "met": target["ratio_to_in_process"] >= TARGET_RATIO},
+        "target": None
+        if target is None
+        else {
+            "concurrency": TARGET_CONCURRENCY,
+            "ratio": target["ratio_to_in_process"],
+            "needed": TARGET_RATIO,
+            "met": target["ratio_to_in_process"] >= TARGET_RATIO,
+        },
     }
     text = json.dumps(result)
     print(text)

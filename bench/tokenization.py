@@ -61,10 +61,13 @@ def trl_format(pairs):
     """The same pairs as TRL's conversational preference rows."""
     import datasets
 
-    return datasets.Dataset.from_dict({
-        "prompt": pairs["prompt"],
-        "chosen": [[{"role": "assistant", "content": text}] for text in pairs["chosen"]],
-        "rejected": [[{"role": "assistant", "content": text}] for text in pairs["rejected"]]})
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": pairs["prompt"],
+            "chosen": [[{"role": "assistant", "content": text}] for text in pairs["chosen"]],
+            "rejected": [[{"role": "assistant", "content": text}] for text in pairs["rejected"]],
+        }
+    )
 
 
 def cpu_seconds() -> float:
@@ -96,8 +99,14 @@ def time_hsrm(pairs, tokenizer, max_length: int, num_proc: int | None):
 def time_trl(rows, tokenizer, max_length: int, num_proc: int | None):
     from trl import RewardConfig, RewardTrainer
 
-    args = RewardConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), max_length=max_length, dataset_num_proc=num_proc,
-                        report_to="none", use_cpu=True, bf16=False)
+    args = RewardConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
+        max_length=max_length,
+        dataset_num_proc=num_proc,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+    )
     # _prepare_dataset reads only its arguments, not the trainer's state: an instance without
     # __init__ (which would load a model) runs exactly what RewardTrainer.__init__ runs.
     trainer = object.__new__(RewardTrainer)
@@ -114,7 +123,11 @@ def same_ids(hsrm_columns: dict, trl_prepared, max_length: int) -> int:
     trl_chosen, trl_rejected = trl_prepared["chosen_ids"], trl_prepared["rejected_ids"]
     matched = 0
     for i, (chosen, rejected) in enumerate(zip(hsrm_columns["chosen_ids"], hsrm_columns["rejected_ids"])):
-        if matched < len(trl_chosen) and chosen == list(trl_chosen[matched]) and rejected == list(trl_rejected[matched]):
+        if (
+            matched < len(trl_chosen)
+            and chosen == list(trl_chosen[matched])
+            and rejected == list(trl_rejected[matched])
+        ):
             matched += 1
         elif max(len(chosen), len(rejected)) != max_length:
             raise AssertionError(f"pair {i}: hsrm's ids differ from TRL's")
@@ -126,11 +139,20 @@ def same_ids(hsrm_columns: dict, trl_prepared, max_length: int) -> int:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20000)
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens per sequence (TRL's default; TRL drops longer pairs, hsrm cuts them)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="tokens per sequence (TRL's default; TRL drops longer pairs, hsrm cuts them)",
+    )
     parser.add_argument("--num-proc", type=int, default=None, help="datasets.map processes for both (default: none)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with the HH-RLHF helpful-*.test.jsonl.gz files")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder (default: the embedded SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="folder with the HH-RLHF helpful-*.test.jsonl.gz files"
+    )
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
@@ -155,21 +177,37 @@ def main(argv: list[str] | None = None) -> dict:
         trl_cpu.append(cpu)
     compared = same_ids(hsrm_columns, trl_prepared, args.max_length)
     result = {
-        "pairs": args.pairs, "unique_pairs": unique, "max_length": args.max_length, "num_proc": args.num_proc,
-        "repeats": args.repeats, "tokenizer": args.tokenizer or "SmolLM2-135M-Instruct (embedded)",
-        "hsrm_seconds": round(min(hsrm_times), 3), "trl_seconds": round(min(trl_times), 3),
+        "pairs": args.pairs,
+        "unique_pairs": unique,
+        "max_length": args.max_length,
+        "num_proc": args.num_proc,
+        "repeats": args.repeats,
+        "tokenizer": args.tokenizer or "SmolLM2-135M-Instruct (embedded)",
+        "hsrm_seconds": round(min(hsrm_times), 3),
+        "trl_seconds": round(min(trl_times), 3),
         "speedup": round(min(trl_times) / min(hsrm_times), 2),
-        "hsrm_seconds_all": [round(t, 3) for t in hsrm_times], "trl_seconds_all": [round(t, 3) for t in trl_times],
+        "hsrm_seconds_all": [round(t, 3) for t in hsrm_times],
+        "trl_seconds_all": [round(t, 3) for t in trl_times],
         "hsrm_cpu_seconds": round(hsrm_cpu[hsrm_times.index(min(hsrm_times))], 3),
         "trl_cpu_seconds": round(trl_cpu[trl_times.index(min(trl_times))], 3),
         "load_average_before": round(load_before, 2),
-        "sequences_cut_by_hsrm": stats.truncated, "pairs_kept_by_trl": compared, "ids_identical_on_kept_pairs": True,
-        "trl": trl.__version__, "datasets": datasets.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
+        "sequences_cut_by_hsrm": stats.truncated,
+        "pairs_kept_by_trl": compared,
+        "ids_identical_on_kept_pairs": True,
+        "trl": trl.__version__,
+        "datasets": datasets.__version__,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
     }
-    print(f"hsrm tokenize_pairs                {result['hsrm_seconds']:7.2f} s ({result['hsrm_cpu_seconds']:.2f} CPU s)")
+    print(
+        f"hsrm tokenize_pairs                {result['hsrm_seconds']:7.2f} s ({result['hsrm_cpu_seconds']:.2f} CPU s)"
+    )
     print(f"TRL RewardTrainer._prepare_dataset {result['trl_seconds']:7.2f} s ({result['trl_cpu_seconds']:.2f} CPU s)")
-    print(f"hsrm is {result['speedup']}x faster ({args.pairs} pairs, max_length {args.max_length}, num_proc {args.num_proc}; "
-          f"ids identical on the {compared} pairs TRL keeps)")
+    print(
+        f"hsrm is {result['speedup']}x faster ({args.pairs} pairs, max_length {args.max_length}, num_proc "
+        f"{args.num_proc}; "
+        f"ids identical on the {compared} pairs TRL keeps)"
+    )
     print(json.dumps(result))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,20 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "losses": ("hsrm.losses", None),
 }
 
-__all__ = ["JustifierConfig", "ModelRecord", "RewardConfig", "RewardScorer", "__version__", "evaluate", "extrapolate",
-           "load_reward_model", "losses", "read_record", "score", "score_sequences"]
+__all__ = [
+    "JustifierConfig",
+    "ModelRecord",
+    "RewardConfig",
+    "RewardScorer",
+    "__version__",
+    "evaluate",
+    "extrapolate",
+    "load_reward_model",
+    "losses",
+    "read_record",
+    "score",
+    "score_sequences",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from . import losses

@@ -12,16 +12,40 @@ import sys
 
 # verb → (module, function taking argv, one line of help); modules are imported only when their verb is used
 VERBS = {
-    "train": ("hsrm.train", "main", "train a reward model (regression, BT family) or a generative justifier from a recipe"),
-    "evaluate": ("hsrm.evaluation", "main", "RewardBench sections, pairwise accuracy or rating errors (--justifier: a judge)"),
+    "train": (
+        "hsrm.train",
+        "main",
+        "train a reward model (regression, BT family) or a generative justifier from a recipe",
+    ),
+    "evaluate": (
+        "hsrm.evaluation",
+        "main",
+        "RewardBench sections, pairwise accuracy or rating errors (--justifier: a judge)",
+    ),
     "expo": ("hsrm.expo", "main", "extrapolate two checkpoints' weights, with the factor searched on validation data"),
     "score": ("hsrm.scoring", "main", "reward every response of a file and pick the Best-of-N per prompt"),
     "push": ("hsrm.hub", "main", "write a model card and upload a reward model to the Hugging Face Hub"),
     "rloo": ("hsrm.rloo", "main", "align a policy with an hsrm reward model: RLOO on TRL's RLOOTrainer"),
-    "embed": ("hsrm.embedding.cli", "embed_main", "embed (prompt, response) rows with a frozen backbone (lightweight path)"),
-    "fit": ("hsrm.embedding.cli", "fit_main", "fit or apply an embedding-space reward model (BT-MLP, CLF-MLP, LightGBM)"),
-    "study": ("hsrm.embedding.cli", "study_main", "sweep embedding-space reward models over β, annotations, pairing, seeds"),
-    "active": ("hsrm.embedding.active_cli", "active_main", "the simulated online active-learning study (D-opt and rivals)"),
+    "embed": (
+        "hsrm.embedding.cli",
+        "embed_main",
+        "embed (prompt, response) rows with a frozen backbone (lightweight path)",
+    ),
+    "fit": (
+        "hsrm.embedding.cli",
+        "fit_main",
+        "fit or apply an embedding-space reward model (BT-MLP, CLF-MLP, LightGBM)",
+    ),
+    "study": (
+        "hsrm.embedding.cli",
+        "study_main",
+        "sweep embedding-space reward models over β, annotations, pairing, seeds",
+    ),
+    "active": (
+        "hsrm.embedding.active_cli",
+        "active_main",
+        "the simulated online active-learning study (D-opt and rivals)",
+    ),
     "select": ("hsrm.embedding.active_cli", "select_main", "choose the next batch of pairs for human annotators"),
     "serve": ("hsrm.serve", "main", "an HTTP reward server for RL trainers (/score, OpenRLHF's /get_reward), batched"),
     "demo": ("hsrm.demo", "main", "the first hour in one command: regression → BT → ExPO, RewardBench, Best-of-N"),
@@ -30,7 +54,7 @@ VERBS = {
 
 def usage() -> str:
     width = max(map(len, VERBS))
-    return (__doc__ + "\nverbs:\n" + "\n".join(f"  {verb:<{width}}  {text}" for verb, (_, _, text) in VERBS.items()))
+    return __doc__ + "\nverbs:\n" + "\n".join(f"  {verb:<{width}}  {text}" for verb, (_, _, text) in VERBS.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         import difflib
 
         guess = difflib.get_close_matches(verb, VERBS, 1)
-        print(f"hsrm: unknown command {verb!r}" + (f"; did you mean {guess[0]!r}?" if guess else "") + "\n" + usage(), file=sys.stderr)
+        print(
+            f"hsrm: unknown command {verb!r}" + (f"; did you mean {guess[0]!r}?" if guess else "") + "\n" + usage(),
+            file=sys.stderr,
+        )
         return 2
     try:
         module_name, function_name, _ = VERBS[verb]

@@ -25,62 +25,122 @@ class RewardConfig(TrainingArguments):
     it gives one (AdamW, constant LR after 10 warm-up steps, 1 epoch for BT, 2 for regression)."""
 
     # --- model
-    model_name_or_path: str | None = field(default=None, metadata={"help": "backbone path or Hub id; empty = embedded SmolLM2-135M-Instruct",
-                                                                      "aliases": ["--model"]})
-    init_from: str | None = field(default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"})
-    model_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto", "aliases": ["--dtype"]})
-    attn_implementation: str | None = field(default=None, metadata={
-        "help": "auto (hsrm_varlen on CUDA in bf16/fp16, else the model's default) | hsrm_varlen | sdpa | eager | flex_attention "
-                "| flash_attention_2; empty = the model's default"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the Hub (off unless you trust it)"})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "backbone path or Hub id; empty = embedded SmolLM2-135M-Instruct", "aliases": ["--model"]},
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"}
+    )
+    model_dtype: str = field(
+        default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto", "aliases": ["--dtype"]}
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "auto (hsrm_varlen on CUDA in bf16/fp16, else the model's default) | hsrm_varlen | sdpa | eager "
+            "| flex_attention | flash_attention_2; empty = the model's default"
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run model code from the Hub (off unless you trust it)"}
+    )
     # --- objective
     objective: str = field(default="bt", metadata={"help": "regression | bt | margin_bt | scaled_bt | justifier"})
-    attributes: list[str] = field(default_factory=lambda: ["helpfulness"], metadata={"help": "regression targets; ['all'] = five"})
-    attribute_weights: list[float] | None = field(default=None, metadata={"help": "scalar reward = weights · attributes"})
+    attributes: list[str] = field(
+        default_factory=lambda: ["helpfulness"], metadata={"help": "regression targets; ['all'] = five"}
+    )
+    attribute_weights: list[float] | None = field(
+        default=None, metadata={"help": "scalar reward = weights · attributes"}
+    )
     center_rewards_coefficient: float = field(default=0.0, metadata={"help": "× mean (r_c + r_r)²; 0 = off"})
     # --- data
-    train_data: str | None = field(default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id",
-                                                              "aliases": ["--data"]})
+    train_data: str | None = field(
+        default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id", "aliases": ["--data"]}
+    )
     eval_data: str | None = field(default=None, metadata={"help": "validation source; empty = none"})
-    data_format: str = field(default="auto", metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | helpsteer3_preference | pairs"})
+    data_format: str = field(
+        default="auto",
+        metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | helpsteer3_preference | pairs"},
+    )
     train_split: str = field(default="train", metadata={"help": "split of a Hub dataset (or of a file's split column)"})
     eval_split: str = field(default="val", metadata={"help": "split of eval_data"})
-    max_length: int = field(default=2048, metadata={"help": "tokens per sequence; longer ones lose prompt tokens from the left"})
+    max_length: int = field(
+        default=2048, metadata={"help": "tokens per sequence; longer ones lose prompt tokens from the left"}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training rows"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N validation rows"})
     on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skips are counted and logged)"})
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "processes that tokenize the data (datasets.map num_proc); "
-                                                                           "empty = this process, with the fast tokenizer's own threads"})
+    dataset_num_proc: int | None = field(
+        default=None,
+        metadata={
+            "help": "processes that tokenize the data (datasets.map num_proc); "
+            "empty = this process, with the fast tokenizer's own threads"
+        },
+    )
     # --- speed (issue 8; hsrm/packing/, docs/speed.md)
-    padding_free: bool = field(default=False, metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"})
-    max_tokens_per_batch: int | None = field(default=None, metadata={"help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"})
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"},
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens per micro-batch (replaces per_device_train_batch_size); empty = a fixed number of pairs"
+        },
+    )
     # --- partial fine-tuning: the cheap middle ground between a frozen-backbone probe and full fine-tuning
-    train_top_layers: int | None = field(default=None, metadata={"help": "train only the top N decoder layers, the final norm and the head; "
-                                                                            "the embeddings and lower layers stay frozen (empty = all)"})
+    train_top_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "train only the top N decoder layers, the final norm and the head; "
+            "the embeddings and lower layers stay frozen (empty = all)"
+        },
+    )
     # --- LoRA
-    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (and the score head) instead of every weight"})
+    use_lora: bool = field(
+        default=False, metadata={"help": "train a LoRA adapter (and the score head) instead of every weight"}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA path"})
     lora_target_modules: list[str] | None = field(default=None, metadata={"help": "empty = all linear layers"})
-    merge_lora_on_save: bool = field(default=True, metadata={"help": "save a plain sequence classifier, not an adapter"})
+    merge_lora_on_save: bool = field(
+        default=True, metadata={"help": "save a plain sequence classifier, not an adapter"}
+    )
     # --- reliability
-    max_consecutive_nonfinite: int = field(default=5, metadata={"help": "stop after this many skipped non-finite steps"})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace what output_dir holds (a previous run); "
-                                                                        "without it a non-empty output_dir is refused unless resuming"})
+    max_consecutive_nonfinite: int = field(
+        default=5, metadata={"help": "stop after this many skipped non-finite steps"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "replace what output_dir holds (a previous run); "
+            "without it a non-empty output_dir is refused unless resuming"
+        },
+    )
 
     # TrainingArguments defaults that suit reward models.
-    output_dir: str | None = field(default="runs/reward-model", metadata={"help": "the model folder to write (checkpoints go "
-                                                                                     "in its checkpoints/)", "aliases": ["--output"]})
+    output_dir: str | None = field(
+        default="runs/reward-model",
+        metadata={"help": "the model folder to write (checkpoints go in its checkpoints/)", "aliases": ["--output"]},
+    )
     learning_rate: float = field(default=2e-6)
     lr_scheduler_type: str = field(default="constant_with_warmup")
     warmup_steps: float = field(default=10)
     num_train_epochs: float = field(default=1.0)
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "pairs (or rated responses) per device per micro-batch",
-                                                                  "aliases": ["--batch-size", "--batch_size"]})
+    per_device_train_batch_size: int = field(
+        default=4,
+        metadata={
+            "help": "pairs (or rated responses) per device per micro-batch",
+            "aliases": ["--batch-size", "--batch_size"],
+        },
+    )
     per_device_eval_batch_size: int = field(default=8)
     logging_steps: float = field(default=10)
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "where to log (none, tensorboard, wandb …)"})
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "where to log (none, tensorboard, wandb …)"}
+    )
     remove_unused_columns: bool = field(default=False)
     save_only_model: bool = field(default=False)
 
@@ -88,7 +148,9 @@ class RewardConfig(TrainingArguments):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
         if self.objective == "justifier" and not isinstance(self, JustifierConfig):
-            raise ValueError("objective justifier is configured by JustifierConfig (hsrm train picks it from the objective)")
+            raise ValueError(
+                "objective justifier is configured by JustifierConfig (hsrm train picks it from the objective)"
+            )
         if self.on_bad_rows not in ("raise", "skip"):
             raise ValueError(f"on_bad_rows must be 'raise' or 'skip', not {self.on_bad_rows!r}")
         if isinstance(self.attributes, str):  # RewardConfig(attributes="helpfulness") is one name, not eleven letters
@@ -97,8 +159,14 @@ class RewardConfig(TrainingArguments):
             self.attributes = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
         if self.objective != "regression" and len(self.attributes) != 1:
             self.attributes = ["helpfulness"]
-        for name in ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size", "max_tokens_per_batch",
-                     "gradient_accumulation_steps", "dataset_num_proc"):
+        for name in (
+            "max_length",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "max_tokens_per_batch",
+            "gradient_accumulation_steps",
+            "dataset_num_proc",
+        ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
@@ -106,9 +174,15 @@ class RewardConfig(TrainingArguments):
             raise ValueError(f"{len(self.attribute_weights)} attribute_weights for {len(self.attributes)} attributes")
         if self.train_top_layers is not None:
             if self.train_top_layers < 1:
-                raise ValueError(f"train_top_layers must be at least 1, not {self.train_top_layers} (leave it empty to train every layer)")
+                raise ValueError(
+                    f"train_top_layers must be at least 1, not {self.train_top_layers} (leave it empty to train "
+                    "every layer)"
+                )
             if self.use_lora:
-                raise ValueError("train_top_layers and use_lora do not combine: pick LoRA on every layer or full fine-tuning of the top layers")
+                raise ValueError(
+                    "train_top_layers and use_lora do not combine: pick LoRA on every layer or full fine-tuning of "
+                    "the top layers"
+                )
         super().__post_init__()
 
     @property
@@ -121,10 +195,18 @@ class JustifierConfig(RewardConfig):
     """A generative pairwise justifier run (HelpSteer2-Preference §3.2, appendix C): the reward-model
     run's keys plus the justifier's own."""
 
-    justification_set: str = field(default="overall", metadata={"help": "justifier: overall (one per task) | all (up to three per task)"})
-    justifier_target: str = field(default="full", metadata={"help": "justifier: full (elaboration then statement) | statement | label"})
-    flip_augmentation: bool = field(default=False, metadata={"help": "justifier: also train on each example with the responses swapped"})
-    max_new_tokens: int = field(default=512, metadata={"help": "justifier: tokens generated per verdict when evaluating"})
+    justification_set: str = field(
+        default="overall", metadata={"help": "justifier: overall (one per task) | all (up to three per task)"}
+    )
+    justifier_target: str = field(
+        default="full", metadata={"help": "justifier: full (elaboration then statement) | statement | label"}
+    )
+    flip_augmentation: bool = field(
+        default=False, metadata={"help": "justifier: also train on each example with the responses swapped"}
+    )
+    max_new_tokens: int = field(
+        default=512, metadata={"help": "justifier: tokens generated per verdict when evaluating"}
+    )
 
 
 JUSTIFIER_KEYS = tuple(f.name for f in fields(JustifierConfig) if f.name not in {g.name for g in fields(RewardConfig)})
@@ -136,12 +218,20 @@ def train_options(argv: list[str] | None = None, defaults: dict[str, Any] | None
     return train_cli_options(argv, defaults)[0]
 
 
-def train_cli_options(argv: list[str] | None = None, defaults: dict[str, Any] | None = None) -> tuple[RewardConfig, ResultFormat]:
+def train_cli_options(
+    argv: list[str] | None = None, defaults: dict[str, Any] | None = None
+) -> tuple[RewardConfig, ResultFormat]:
     """(config, output format) of ``hsrm train``: see :func:`train_options`."""
     argv = list(argv or [])
-    options = dict(prog="hsrm train", description="Train a reward model (or a generative justifier) from a recipe.",
-                   positional="config", defaults=defaults)
-    cfg, output = parse_options((JustifierConfig, ResultFormat), argv, **options)  # the superset: --help and the objective
+    options = dict(
+        prog="hsrm train",
+        description="Train a reward model (or a generative justifier) from a recipe.",
+        positional="config",
+        defaults=defaults,
+    )
+    cfg, output = parse_options(
+        (JustifierConfig, ResultFormat), argv, **options
+    )  # the superset: --help and the objective
     if cfg.objective == "justifier":
         return cfg, output
     try:

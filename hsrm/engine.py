@@ -45,7 +45,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def choose_layout(model, layout: str = "auto") -> str:
@@ -69,13 +69,21 @@ def choose_layout(model, layout: str = "auto") -> str:
     attention = attention_implementation(model)
     if parameter.device.type != "cuda" or attention not in VARLEN_KWARG_ATTENTION:
         return "padded"
-    if attention == VARLEN_ATTENTION and (parameter.dtype not in (torch.float16, torch.bfloat16) or varlen_kernel() is None):
+    if attention == VARLEN_ATTENTION and (
+        parameter.dtype not in (torch.float16, torch.bfloat16) or varlen_kernel() is None
+    ):
         return "padded"  # hsrm_varlen would fall back to one SDPA call per sequence
     return "packed"
 
 
-def batches(sequences: Sequence[Sequence[int]], layout: str, *, pad_id: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-            max_tokens: int = DEFAULT_MAX_TOKENS):
+def batches(
+    sequences: Sequence[Sequence[int]],
+    layout: str,
+    *,
+    pad_id: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+):
     """Yield ``(indices, batch)``: the input positions of each batch's sequences and the batch
     (a padded ``{input_ids, attention_mask}`` or a packed ``{input_ids, position_ids, last_index,
     cu_seqlens, max_seqlen}``) as :func:`hsrm.modeling.reward_outputs` reads it."""
@@ -100,10 +108,19 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.inference_mode()
-def score_sequences(model, sequences: Sequence[Sequence[int]], *, layout: str = "auto", pad_id: int | None = None,
-                    batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
-                    attribute_weights: Sequence[float] | None = None, all_outputs: bool = False, progress: bool = False,
-                    desc: str = "scoring") -> torch.Tensor:
+def score_sequences(
+    model,
+    sequences: Sequence[Sequence[int]],
+    *,
+    layout: str = "auto",
+    pad_id: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    attribute_weights: Sequence[float] | None = None,
+    all_outputs: bool = False,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> torch.Tensor:
     """Rewards of pre-tokenized sequences, in input order, as float32 on the CPU.
 
     Returns shape (n,) — the scalar reward, ``scalar_reward(outputs, attribute_weights)``: the
@@ -146,6 +163,8 @@ def packing_discrepancy(model, sequences: Sequence[Sequence[int]], pad_id: int) 
     packed = score_sequences(model, sequences, layout="packed", max_tokens=sum(map(len, sequences)), **everything)
     padded = score_sequences(model, sequences, layout="padded", **everything)
     alone = score_sequences(model, sequences, layout="padded", **{**everything, "batch_size": 1})
-    return {"packed_vs_padded": float((packed - padded).abs().max()),
-            "padded_vs_alone": float((padded - alone).abs().max()),
-            "packed_vs_alone": float((packed - alone).abs().max())}
+    return {
+        "packed_vs_padded": float((packed - padded).abs().max()),
+        "padded_vs_alone": float((padded - alone).abs().max()),
+        "packed_vs_alone": float((packed - alone).abs().max()),
+    }

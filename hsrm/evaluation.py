@@ -50,31 +50,52 @@ from .scoring import RewardScorer
 logger = logging.getLogger(__name__)
 
 EVAL_KINDS = ("rewardbench", "pairs", "ratings", "rewardbench2", "rmbench", "helpsteer3")
-EVAL_FORMATS = ("rewardbench", "rewardbench2", "rmbench", "pairs", "helpsteer2_preference", "helpsteer2_ratings",
-                "helpsteer3_preference")
+EVAL_FORMATS = (
+    "rewardbench",
+    "rewardbench2",
+    "rmbench",
+    "pairs",
+    "helpsteer2_preference",
+    "helpsteer2_ratings",
+    "helpsteer3_preference",
+)
 # Rows whose every sequence belongs to one item: a best-of-N row, or an RM-Bench row (3 chosen + 3 rejected).
 GROUPED_KINDS = ("rewardbench2", "rmbench")
 # Benchmark protocols that fix the sequence length: RewardBench scores every model at 2048 tokens,
 # cut from the left (allenai/reward-bench), whatever length the model was trained with.
 PROTOCOL_MAX_LENGTH = {"rewardbench": 2048, "rewardbench2": 2048}  # RewardBench 2's run_v2.py: --max_length 2048
-DEFAULT_SPLITS = {"rewardbench": "filtered", "helpsteer2_preference": "val", "helpsteer2_ratings": "validation", "pairs": "test",
-                  "rewardbench2": "test", "rmbench": "train", "helpsteer3_preference": "validation"}
+DEFAULT_SPLITS = {
+    "rewardbench": "filtered",
+    "helpsteer2_preference": "val",
+    "helpsteer2_ratings": "validation",
+    "pairs": "test",
+    "rewardbench2": "test",
+    "rmbench": "train",
+    "helpsteer3_preference": "validation",
+}
 
 
 # ------------------------------------------------------------------------------ pure metrics
 def pairwise_summary(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
     """Accuracy with ties counted wrong, the tie count, mean margin, and reward mean/std over both sides.
 
-    >>> pairwise_summary([2.0, 1.0, 0.5], [1.0, 1.0, 1.5])
-    {'n_pairs': 3, 'accuracy': 0.3333333333333333, 'ties': 1, 'margin': 0.0, 'reward_mean': 1.1666666666666667, 'reward_std': 0.4714045207910317}
+    >>> summary = pairwise_summary([2.0, 1.0, 0.5], [1.0, 1.0, 1.5])
+    >>> {k: round(v, 6) for k, v in summary.items()}
+    {'n_pairs': 3, 'accuracy': 0.333333, 'ties': 1, 'margin': 0.0, 'reward_mean': 1.166667, 'reward_std': 0.471405}
     """
     c = torch.as_tensor(list(chosen), dtype=torch.float64)
     r = torch.as_tensor(list(rejected), dtype=torch.float64)
     if c.shape != r.shape or c.numel() == 0:
         raise ValueError(f"need as many chosen as rejected rewards, and at least one ({c.numel()} vs {r.numel()})")
     both = torch.cat([c, r])
-    return {"n_pairs": int(c.numel()), "accuracy": float((c > r).double().mean()), "ties": int((c == r).sum()),
-            "margin": float((c - r).mean()), "reward_mean": float(both.mean()), "reward_std": float(both.std(unbiased=False))}
+    return {
+        "n_pairs": int(c.numel()),
+        "accuracy": float((c > r).double().mean()),
+        "ties": int((c == r).sum()),
+        "margin": float((c - r).mean()),
+        "reward_mean": float(both.mean()),
+        "reward_std": float(both.std(unbiased=False)),
+    }
 
 
 def rewardbench_scores(subsets: Sequence[str], correct: Sequence[bool]) -> dict[str, Any]:
@@ -100,12 +121,20 @@ def rewardbench_scores(subsets: Sequence[str], correct: Sequence[bool]) -> dict[
             continue
         total = sum(weights[s] for s in present)
         score = sum(per_subset[s]["accuracy"] * weights[s] for s in present) / total
-        sections[section] = {"score": score, "subsets_present": len(present), "subsets_official": len(weights),
-                             "n": sum(per_subset[s]["n"] for s in present)}
+        sections[section] = {
+            "score": score,
+            "subsets_present": len(present),
+            "subsets_official": len(weights),
+            "n": sum(per_subset[s]["n"] for s in present),
+        }
     overall = sum(v["score"] for v in sections.values()) / len(sections) if sections else None
-    return {"subsets": dict(sorted(per_subset.items(), key=lambda kv: _subset_order(kv[0]))), "sections": sections,
-            "overall": overall, "sections_missing": [s for s in SECTIONS if s not in sections],
-            "unscored_subsets": sorted(s for s in per_subset if s not in SUBSET_TO_SECTION)}
+    return {
+        "subsets": dict(sorted(per_subset.items(), key=lambda kv: _subset_order(kv[0]))),
+        "sections": sections,
+        "overall": overall,
+        "sections_missing": [s for s in SECTIONS if s not in sections],
+        "unscored_subsets": sorted(s for s in per_subset if s not in SUBSET_TO_SECTION),
+    }
 
 
 def _subset_order(subset: str) -> tuple[int, int, str]:
@@ -138,7 +167,9 @@ class EvalSet:
     n_items: int
     sizes: list[int] = field(default_factory=list)  # grouped kinds: sequences per row (RewardBench 2: chosen first)
     num_correct: list[int] = field(default_factory=list)  # RewardBench 2: correct completions per row
-    groups: dict[str, list[str]] = field(default_factory=dict)  # per-row labels: domain, language (RM-Bench, HelpSteer3)
+    groups: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # per-row labels: domain, language (RM-Bench, HelpSteer3)
     subsets: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     attributes: list[str] = field(default_factory=list)  # ratings: data attribute per model output used
@@ -173,7 +204,9 @@ def first_per_subset(subsets: Sequence[str], per_subset: int) -> list[int]:
     return keep
 
 
-def _grouped_eval_set(fmt: str, source: str, split: str, tokenizer, *, limit, max_length, on_error, per_subset) -> EvalSet:
+def _grouped_eval_set(
+    fmt: str, source: str, split: str, tokenizer, *, limit, max_length, on_error, per_subset
+) -> EvalSet:
     """RewardBench 2 and RM-Bench rows: every completion of a row, tokenized, row after row."""
     from .data.rewardbench2 import load_rewardbench2
     from .data.rmbench import load_rmbench
@@ -193,15 +226,36 @@ def _grouped_eval_set(fmt: str, source: str, split: str, tokenizer, *, limit, ma
         extra = {"groups": {"domain": [row["domain"] for row in rows]}}
     if not rows:
         raise ValueError(f"{source} ({split}): no usable rows ({report.summary()})")
-    sequences, cut = encode_batch(tokenizer, [prompt for prompt, _ in texts], [response for _, response in texts], max_length)
+    sequences, cut = encode_batch(
+        tokenizer, [prompt for prompt, _ in texts], [response for _, response in texts], max_length
+    )
     stats.add(cut)
-    return EvalSet(fmt, str(source), sequences, len(rows), sizes=sizes, ids=[row["id"] for row in rows],
-                   load_summary=report.summary(), truncation=stats.summary(), split=split, **extra)
+    return EvalSet(
+        fmt,
+        str(source),
+        sequences,
+        len(rows),
+        sizes=sizes,
+        ids=[row["id"] for row in rows],
+        load_summary=report.summary(),
+        truncation=stats.summary(),
+        split=split,
+        **extra,
+    )
 
 
-def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
-                  max_length: int | None, model_attributes: Sequence[str] = ("reward",),
-                  on_error: str = "raise", per_subset: int | None = None) -> EvalSet:
+def load_eval_set(
+    source: str,
+    tokenizer,
+    *,
+    data_format: str = "auto",
+    split: str | None = None,
+    limit: int | None = None,
+    max_length: int | None,
+    model_attributes: Sequence[str] = ("reward",),
+    on_error: str = "raise",
+    per_subset: int | None = None,
+) -> EvalSet:
     """Load ``source`` and tokenize it with ``tokenizer`` exactly as training does. ``per_subset`` keeps
     the first N rows of every RewardBench subset (a quick run that still reaches every section)."""
     from .data.auto import load_pairs_any, load_ratings_any
@@ -220,15 +274,33 @@ def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: s
         sequences, cut = encode_batch(tokenizer, ds["prompt"], ds["response"], max_length)
         stats.add(cut)
         labels = torch.tensor([[float(row[a]) for a in attributes] for row in ds], dtype=torch.float64)
-        return EvalSet("ratings", str(source), sequences, len(ds), attributes=attributes, output_index=[k for _, k in pairs],
-                       labels=labels, load_summary=report.summary(), truncation=stats.summary(), split=split)
+        return EvalSet(
+            "ratings",
+            str(source),
+            sequences,
+            len(ds),
+            attributes=attributes,
+            output_index=[k for _, k in pairs],
+            labels=labels,
+            load_summary=report.summary(),
+            truncation=stats.summary(),
+            split=split,
+        )
     if per_subset is not None and fmt not in ("rewardbench", "rewardbench2"):
         raise ValueError(f"per_subset needs RewardBench-format data (rows with a 'subset'); {source} is {fmt}")
     if per_subset is not None and per_subset < 1:
         raise ValueError(f"per_subset must be at least 1, not {per_subset}")
     if fmt in GROUPED_KINDS:
-        return _grouped_eval_set(fmt, str(source), split, tokenizer, limit=limit, max_length=max_length, on_error=on_error,
-                                 per_subset=per_subset)
+        return _grouped_eval_set(
+            fmt,
+            str(source),
+            split,
+            tokenizer,
+            limit=limit,
+            max_length=max_length,
+            on_error=on_error,
+            per_subset=per_subset,
+        )
     if fmt == "rewardbench":
         ds, report = load_rewardbench(source, split, on_error=on_error, return_report=True)
         if per_subset is not None:
@@ -239,13 +311,24 @@ def load_eval_set(source: str, tokenizer, *, data_format: str = "auto", split: s
         ds, report = load_pairs_any(source, split, fmt, on_error=on_error, limit=limit, return_report=True)
     if len(ds) == 0:
         raise ValueError(f"{source} ({split}): no usable pairs ({report.summary()})")
-    (chosen, chosen_cut), (rejected, rejected_cut) = encode_pairs(tokenizer, ds["prompt"], ds["chosen"], ds["rejected"], max_length)
+    (chosen, chosen_cut), (rejected, rejected_cut) = encode_pairs(
+        tokenizer, ds["prompt"], ds["chosen"], ds["rejected"], max_length
+    )
     stats.add(chosen_cut + rejected_cut)
     kind = {"rewardbench": "rewardbench", "helpsteer3_preference": "helpsteer3"}.get(fmt, "pairs")
     groups = {name: list(ds[name]) for name in ("domain", "language")} if kind == "helpsteer3" else {}
-    return EvalSet(kind, str(source), chosen + rejected, len(ds), subsets=list(ds["subset"]) if kind == "rewardbench" else [],
-                   ids=list(ds["id"]) if "id" in ds.column_names else [], load_summary=report.summary(),
-                   truncation=stats.summary(), split=split, groups=groups)
+    return EvalSet(
+        kind,
+        str(source),
+        chosen + rejected,
+        len(ds),
+        subsets=list(ds["subset"]) if kind == "rewardbench" else [],
+        ids=list(ds["id"]) if "id" in ds.column_names else [],
+        load_summary=report.summary(),
+        truncation=stats.summary(),
+        split=split,
+        groups=groups,
+    )
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -257,10 +340,15 @@ def evaluate_prepared(scorer: RewardScorer, eval_set: EvalSet) -> dict[str, Any]
         predictions = outputs[:, eval_set.output_index]
         result["rewards"] = scorer.scalar(outputs).tolist()  # the scalar reward of each rated response
         # The reward statistics describe the scalar reward, whichever outputs the data rates.
-        result["metrics"] = {**rating_metrics(predictions, eval_set.labels, eval_set.attributes),
-                             **reward_statistics(result["rewards"])}
+        result["metrics"] = {
+            **rating_metrics(predictions, eval_set.labels, eval_set.attributes),
+            **reward_statistics(result["rewards"]),
+        }
         first = eval_set.attributes[0]
-        result["primary_metric"] = {"name": f"{first}_pearson", "value": result["metrics"].get(f"{first}_pearson", float("nan"))}
+        result["primary_metric"] = {
+            "name": f"{first}_pearson",
+            "value": result["metrics"].get(f"{first}_pearson", float("nan")),
+        }
         return result
     if eval_set.kind in GROUPED_KINDS:
         return _evaluate_grouped(scorer, eval_set, result)
@@ -276,8 +364,10 @@ def evaluate_prepared(scorer: RewardScorer, eval_set: EvalSet) -> dict[str, Any]
         if bench["overall"] is not None:
             result["primary_metric"] = {"name": "rewardbench_overall", "value": bench["overall"]}
     if eval_set.kind == "helpsteer3":  # HelpSteer3-Preference: accuracy per domain and per language
-        result["helpsteer3"] = {name: grouped_accuracy(labels, chosen.tolist(), rejected.tolist())
-                                for name, labels in eval_set.groups.items()}
+        result["helpsteer3"] = {
+            name: grouped_accuracy(labels, chosen.tolist(), rejected.tolist())
+            for name, labels in eval_set.groups.items()
+        }
     return result
 
 
@@ -286,7 +376,7 @@ def _evaluate_grouped(scorer: RewardScorer, eval_set: EvalSet, result: dict[str,
     flat = scorer.score_ids(eval_set.sequences, desc=f"scoring {eval_set.kind}").tolist()
     rows, start = [], 0
     for size in eval_set.sizes:
-        rows.append(flat[start:start + size])
+        rows.append(flat[start : start + size])
         start += size
     result["rewards"] = rows  # every completion's reward, row by row, in data order
     result["metrics"] = reward_statistics(flat)
@@ -316,26 +406,64 @@ def primary_metric(result: dict[str, Any]) -> float:
     return float(result["primary_metric"]["value"])
 
 
-def evaluate_model(model: str, data: str, *, data_format: str = "auto", split: str | None = None, limit: int | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, dtype: str = "float32",
-                   device: str | None = None, progress: bool = True, scorer: RewardScorer | None = None,
-                   on_bad_rows: str = "raise", per_subset: int | None = None, layout: str = "auto",
-                   max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
+def evaluate_model(
+    model: str,
+    data: str,
+    *,
+    data_format: str = "auto",
+    split: str | None = None,
+    limit: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_length: int | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+    progress: bool = True,
+    scorer: RewardScorer | None = None,
+    on_bad_rows: str = "raise",
+    per_subset: int | None = None,
+    layout: str = "auto",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> dict[str, Any]:
     """Score ``data`` with the reward model at ``model``. ``on_bad_rows="skip"`` skips and counts rows
     that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping.
     ``max_length=None``: the benchmark's protocol length on RewardBench data, else the model record's."""
     kind = detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
-    scorer = scorer or RewardScorer(model, batch_size=batch_size, max_length=max_length, dtype=dtype, device=device,
-                                    progress=progress, layout=layout, max_tokens=max_tokens,
-                                    protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind), protocol_name=f"{kind} protocol")
-    eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
-                             max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows,
-                             per_subset=per_subset)
+    scorer = scorer or RewardScorer(
+        model,
+        batch_size=batch_size,
+        max_length=max_length,
+        dtype=dtype,
+        device=device,
+        progress=progress,
+        layout=layout,
+        max_tokens=max_tokens,
+        protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind),
+        protocol_name=f"{kind} protocol",
+    )
+    eval_set = load_eval_set(
+        data,
+        scorer.tokenizer,
+        data_format=data_format,
+        split=split,
+        limit=limit,
+        max_length=scorer.max_length,
+        model_attributes=scorer.attributes,
+        on_error=on_bad_rows,
+        per_subset=per_subset,
+    )
     logger.info("%s | %s", eval_set.load_summary, eval_set.truncation)
     result = evaluate_prepared(scorer, eval_set)
-    result.update({"model": scorer.model_dir, "split": eval_set.split, "max_length": scorer.max_length, "dtype": str(dtype),
-                   "load": eval_set.load_summary, "truncation": eval_set.truncation,
-                   "attribute_weights": scorer.attribute_weights})
+    result.update(
+        {
+            "model": scorer.model_dir,
+            "split": eval_set.split,
+            "max_length": scorer.max_length,
+            "dtype": str(dtype),
+            "load": eval_set.load_summary,
+            "truncation": eval_set.truncation,
+            "attribute_weights": scorer.attribute_weights,
+        }
+    )
     return result
 
 
@@ -352,14 +480,19 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"{'attribute':<14}{'MAE':>8}{'RMSE':>8}{'Pearson':>9}")
         for name in [k[: -len("_mae")] for k in metrics if k.endswith("_mae")]:
             pearson = metrics.get(f"{name}_pearson")
-            lines.append(f"{name:<14}{metrics[f'{name}_mae']:>8.3f}{metrics[f'{name}_rmse']:>8.3f}"
-                         f"{('—' if pearson is None else f'{pearson:.3f}'):>9}")
+            lines.append(
+                f"{name:<14}{metrics[f'{name}_mae']:>8.3f}{metrics[f'{name}_rmse']:>8.3f}"
+                f"{('—' if pearson is None else f'{pearson:.3f}'):>9}"
+            )
         return "\n".join(lines)
     if "rewardbench" in result:
         bench = result["rewardbench"]
         lines.append(f"{'subset':<26}{'section':<11}{'n':>6}{'correct':>9}{'acc %':>8}")
         for subset, entry in bench["subsets"].items():
-            lines.append(f"{subset:<26}{entry['section'] or '(none)':<11}{entry['n']:>6}{entry['correct']:>9}{_pct(entry['accuracy']):>8}")
+            lines.append(
+                f"{subset:<26}{entry['section'] or '(none)':<11}{entry['n']:>6}{entry['correct']:>9}"
+                f"{_pct(entry['accuracy']):>8}"
+            )
         lines.append("")
         lines.append(f"{'section':<26}{'subsets':>17}{'score %':>9}")
         for section in SECTIONS:
@@ -367,12 +500,18 @@ def format_report(result: dict[str, Any]) -> str:
             if entry is None:
                 lines.append(f"{section:<26}{'0 of ' + str(len(SECTIONS[section])):>17}{'—':>9}")
             else:
-                lines.append(f"{section:<26}{str(entry['subsets_present']) + ' of ' + str(entry['subsets_official']):>17}"
-                             f"{_pct(entry['score']):>9}")
+                lines.append(
+                    f"{section:<26}{str(entry['subsets_present']) + ' of ' + str(entry['subsets_official']):>17}"
+                    f"{_pct(entry['score']):>9}"
+                )
         present = len(bench["sections"])
-        lines.append(f"{'overall (mean of ' + str(present) + ' section' + ('s' if present != 1 else '') + ')':<43}{_pct(bench['overall']):>9}")
+        label = f"overall (mean of {present} section{'s' if present != 1 else ''})"
+        lines.append(f"{label:<43}{_pct(bench['overall']):>9}")
         if bench["sections_missing"]:
-            lines.append(f"note: no data for {', '.join(bench['sections_missing'])}; overall is not comparable to the leaderboard")
+            lines.append(
+                f"note: no data for {', '.join(bench['sections_missing'])}; overall is not comparable to the "
+                "leaderboard"
+            )
     if "rewardbench2" in result:
         return "\n".join(lines + _rewardbench2_lines(result["rewardbench2"], metrics))
     if "rmbench" in result:
@@ -382,8 +521,10 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(f"{name:<26}{'n':>6}{'correct':>9}{'acc %':>8}")
             lines += [f"{group:<26}{e['n']:>6}{e['correct']:>9}{_pct(e['accuracy']):>8}" for group, e in table.items()]
             lines.append("")
-    lines.append(f"pairwise accuracy {_pct(metrics['accuracy'])} % ({metrics['ties']} ties counted wrong), "
-                 f"mean margin {metrics['margin']:.4f}, reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}")
+    lines.append(
+        f"pairwise accuracy {_pct(metrics['accuracy'])} % ({metrics['ties']} ties counted wrong), "
+        f"mean margin {metrics['margin']:.4f}, reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}"
+    )
     return "\n".join(lines)
 
 
@@ -392,33 +533,48 @@ def _rewardbench2_lines(bench: dict[str, Any], metrics: dict[str, float]) -> lis
     for subset in REWARDBENCH2_SUBSETS:
         entry = bench["subsets"].get(subset)
         lines.append(f"{subset:<26}{entry['n'] if entry else 0:>6}{_pct(entry['score']) if entry else '—':>9}")
-    lines += [f"{subset:<26}{entry['n']:>6}{_pct(entry['score']):>9}  (not a RewardBench 2 subset: not in the overall)"
-              for subset, entry in bench["subsets"].items() if subset in bench["unscored_subsets"]]
+    lines += [
+        f"{subset:<26}{entry['n']:>6}{_pct(entry['score']):>9}  (not a RewardBench 2 subset: not in the overall)"
+        for subset, entry in bench["subsets"].items()
+        if subset in bench["unscored_subsets"]
+    ]
     present = len(REWARDBENCH2_SUBSETS) - len(bench["subsets_missing"])
     lines.append(f"{'overall (' + str(present) + ' of 6 subsets)':<32}{_pct(bench['overall']):>9}")
     if bench["ties"]:
         t = bench["ties"]
-        lines.append(f"Ties: tied accuracy {_pct(t['tied_accuracy'])}, ref accuracy {_pct(t['ref_accuracy'])}, correctness "
-                     f"preferred {_pct(t['correctness_preferred'])} (hard {_pct(t['correctness_preferred_hard'])}), margin "
-                     f"score {t['correctness_margin_score']:.3f} over {t['paired_prompts']} paired prompts")
+        lines.append(
+            f"Ties: tied accuracy {_pct(t['tied_accuracy'])}, ref accuracy {_pct(t['ref_accuracy'])}, correctness "
+            f"preferred {_pct(t['correctness_preferred'])} (hard {_pct(t['correctness_preferred_hard'])}), margin "
+            f"score {t['correctness_margin_score']:.3f} over {t['paired_prompts']} paired prompts"
+        )
     if bench["subsets_missing"]:
-        lines.append(f"note: no data for {', '.join(bench['subsets_missing'])}; overall is not comparable to the leaderboard")
+        lines.append(
+            f"note: no data for {', '.join(bench['subsets_missing'])}; overall is not comparable to the leaderboard"
+        )
     lines.append(f"reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}")
     return lines
 
 
 def _rmbench_lines(bench: dict[str, Any], metrics: dict[str, float]) -> list[str]:
-    lines = [f"{'domain':<10}{'n':>6}{'hard %':>9}{'normal %':>10}{'easy %':>9}{'avg %':>8}   style matrix % "
-             "(rows: chosen, columns: rejected; concise, detailed, markdown)"]
+    lines = [
+        f"{'domain':<10}{'n':>6}{'hard %':>9}{'normal %':>10}{'easy %':>9}{'avg %':>8}   style matrix % "
+        "(rows: chosen, columns: rejected; concise, detailed, markdown)"
+    ]
     for domain, entry in bench["domains"].items():
         cells = " | ".join(" ".join(f"{100 * v:5.1f}" for v in row) for row in entry["matrix"])
-        lines.append(f"{domain:<10}{entry['n']:>6}{_pct(entry['hard']):>9}{_pct(entry['normal']):>10}{_pct(entry['easy']):>9}"
-                     f"{_pct(entry['average']):>8}   {cells}")
+        lines.append(
+            f"{domain:<10}{entry['n']:>6}{_pct(entry['hard']):>9}{_pct(entry['normal']):>10}{_pct(entry['easy']):>9}"
+            f"{_pct(entry['average']):>8}   {cells}"
+        )
     overall = bench["overall"]
-    lines.append(f"{'overall':<10}{'':>6}{_pct(overall['hard']):>9}{_pct(overall['normal']):>10}{_pct(overall['easy']):>9}"
-                 f"{_pct(overall['average']):>8}   (mean over {len(bench['domains'])} domains)")
+    lines.append(
+        f"{'overall':<10}{'':>6}{_pct(overall['hard']):>9}{_pct(overall['normal']):>10}{_pct(overall['easy']):>9}"
+        f"{_pct(overall['average']):>8}   (mean over {len(bench['domains'])} domains)"
+    )
     if bench["domains_missing"]:
-        lines.append(f"note: no data for {', '.join(bench['domains_missing'])}; overall is not comparable to the paper's")
+        lines.append(
+            f"note: no data for {', '.join(bench['domains_missing'])}; overall is not comparable to the paper's"
+        )
     lines.append(f"reward mean {metrics['reward_mean']:.4f} ± {metrics['reward_std']:.4f}")
     return lines
 
@@ -449,10 +605,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return result
     output = opts.output or default_output_path(opts.model, opts.data)
     check_output(output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)  # before minutes of scoring
-    result = evaluate_model(opts.model, opts.data, data_format=opts.data_format, split=opts.split, limit=opts.limit,
-                            batch_size=opts.batch_size, max_length=opts.max_length, dtype=opts.dtype or "float32",
-                            device=opts.device, on_bad_rows=opts.on_bad_rows, per_subset=opts.per_subset, layout=opts.layout,
-                            max_tokens=opts.max_tokens)
+    result = evaluate_model(
+        opts.model,
+        opts.data,
+        data_format=opts.data_format,
+        split=opts.split,
+        limit=opts.limit,
+        batch_size=opts.batch_size,
+        max_length=opts.max_length,
+        dtype=opts.dtype or "float32",
+        device=opts.device,
+        on_bad_rows=opts.on_bad_rows,
+        per_subset=opts.per_subset,
+        layout=opts.layout,
+        max_tokens=opts.max_tokens,
+    )
     path = atomic_write_json(output, result)
     print_result(result, f"{format_report(result)}\nwrote {path}", opts.json)
     return result

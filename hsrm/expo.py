@@ -1,6 +1,7 @@
 """ExPO: extrapolate a reward model's weights past a stronger checkpoint, with a factor search.
 
-    hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo
+    hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --alpha 1.52 \\
+              --output runs/scaled-bt-expo
     hsrm expo --weak runs/regression-helpfulness --strong runs/scaled-bt-from-regression --search \\
               --data val_rewardbench.jsonl --output runs/scaled-bt-expo
 
@@ -123,7 +124,9 @@ def weight_map(folder: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(root / SINGLE_FILE), framework="pt") as handle:
             return {key: SINGLE_FILE for key in handle.keys()}
     if any(p.suffix in (".bin", ".pt", ".pth") for p in root.iterdir()):
-        raise ValueError(f"{root} holds pickle weights only; ExPO reads safetensors (re-save with safe_serialization=True)")
+        raise ValueError(
+            f"{root} holds pickle weights only; ExPO reads safetensors (re-save with safe_serialization=True)"
+        )
     raise FileNotFoundError(f"{root} has neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 
@@ -159,21 +162,30 @@ def check_compatible(weak: str | os.PathLike, strong: str | os.PathLike) -> tupl
     weak_config, strong_config = _config(weak), _config(strong)
     for key in ("model_type", "architectures"):
         if weak_config.get(key) != strong_config.get(key):
-            raise ValueError(f"ExPO needs two checkpoints of one architecture: {key} is {weak_config.get(key)!r} in {weak} "
-                             f"but {strong_config.get(key)!r} in {strong}")
+            raise ValueError(
+                f"ExPO needs two checkpoints of one architecture: {key} is {weak_config.get(key)!r} in {weak} "
+                f"but {strong_config.get(key)!r} in {strong}"
+            )
     weak_reader, strong_reader = ShardReader(weak), ShardReader(strong)
     only_weak = sorted(set(weak_reader.mapping) - set(strong_reader.mapping))
     only_strong = sorted(set(strong_reader.mapping) - set(weak_reader.mapping))
     if only_weak or only_strong:
-        raise ValueError(f"the two models hold different tensors: only in weak {only_weak[:5]}"
-                         f"{' …' if len(only_weak) > 5 else ''}, only in strong {only_strong[:5]}"
-                         f"{' …' if len(only_strong) > 5 else ''}; ExPO needs the same architecture and head size")
-    mismatched = [(k, weak_reader.shape(k), strong_reader.shape(k)) for k in strong_reader.mapping
-                  if weak_reader.shape(k) != strong_reader.shape(k)]
+        raise ValueError(
+            f"the two models hold different tensors: only in weak {only_weak[:5]}"
+            f"{' …' if len(only_weak) > 5 else ''}, only in strong {only_strong[:5]}"
+            f"{' …' if len(only_strong) > 5 else ''}; ExPO needs the same architecture and head size"
+        )
+    mismatched = [
+        (k, weak_reader.shape(k), strong_reader.shape(k))
+        for k in strong_reader.mapping
+        if weak_reader.shape(k) != strong_reader.shape(k)
+    ]
     if mismatched:
         listed = "; ".join(f"{k}: weak {w} vs strong {s}" for k, w, s in mismatched[:5])
-        raise ValueError(f"{len(mismatched)} tensors differ in shape ({listed}); ExPO needs models of the same size "
-                         "(same vocabulary, hidden size and number of reward outputs)")
+        raise ValueError(
+            f"{len(mismatched)} tensors differ in shape ({listed}); ExPO needs models of the same size "
+            "(same vocabulary, hidden size and number of reward outputs)"
+        )
     return weak_reader, strong_reader
 
 
@@ -184,23 +196,37 @@ def _copy_side_files(strong: Path, staging: Path) -> None:
     skip_suffixes = (".safetensors", ".bin", ".pt", ".pth")
     skip_names = {INDEX_FILE, "README.md", f"{SEARCH_TABLE}.json", f"{SEARCH_TABLE}.csv"}
     for path in strong.iterdir():
-        if path.is_file() and not path.name.startswith(".") and path.suffix not in skip_suffixes and path.name not in skip_names:
+        if (
+            path.is_file()
+            and not path.name.startswith(".")
+            and path.suffix not in skip_suffixes
+            and path.name not in skip_names
+        ):
             shutil.copy2(path, staging / path.name)
 
 
 def _update_record(folder: Path, expo_meta: dict[str, Any], reward_stats: dict[str, Any] | None) -> None:
     """Record the extrapolation in the folder's model record. The strong model's reward statistics
     and validation metrics describe other weights, so they are replaced or dropped."""
-    record = replace(read_record(folder), reward_mean=None, reward_std=None, reward_stats_on=None, eval_metrics={},
-                     expo=expo_meta)
+    record = replace(
+        read_record(folder), reward_mean=None, reward_std=None, reward_stats_on=None, eval_metrics={}, expo=expo_meta
+    )
     if reward_stats:
         record = replace(record, **reward_stats)
     write_record(folder, record)
 
 
-def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha: float, out: str | os.PathLike, *,
-                       overwrite: bool = False, extra_meta: dict[str, Any] | None = None,
-                       reward_stats: dict[str, float] | None = None, progress: bool = True) -> Path:
+def extrapolate_folder(
+    weak: str | os.PathLike,
+    strong: str | os.PathLike,
+    alpha: float,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    extra_meta: dict[str, Any] | None = None,
+    reward_stats: dict[str, float] | None = None,
+    progress: bool = True,
+) -> Path:
     """Write θ_weak + α(θ_strong − θ_weak) as a model folder at ``out``, sharded like the strong model.
 
     The folder is assembled beside ``out`` and renamed into place at the end, so an interrupted
@@ -219,7 +245,9 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
         files: dict[str, list[str]] = {}
         for key, file in strong_reader.mapping.items():
             files.setdefault(file, []).append(key)
-        with tqdm(total=len(strong_reader.mapping), desc=f"ExPO α={alpha:g}", unit="tensor", disable=not progress) as bar:
+        with tqdm(
+            total=len(strong_reader.mapping), desc=f"ExPO α={alpha:g}", unit="tensor", disable=not progress
+        ) as bar:
             for file, keys in files.items():
                 shard = {}
                 for key in keys:
@@ -229,8 +257,13 @@ def extrapolate_folder(weak: str | os.PathLike, strong: str | os.PathLike, alpha
                 del shard  # one shard in memory at a time
         if (strong_dir / INDEX_FILE).is_file():
             shutil.copy2(strong_dir / INDEX_FILE, staging / INDEX_FILE)
-        meta = {"weak": str(weak_dir), "strong": str(strong_dir), "alpha": alpha,
-                "formula": "theta_weak + alpha * (theta_strong - theta_weak)", **(extra_meta or {})}
+        meta = {
+            "weak": str(weak_dir),
+            "strong": str(strong_dir),
+            "alpha": alpha,
+            "formula": "theta_weak + alpha * (theta_strong - theta_weak)",
+            **(extra_meta or {}),
+        }
         _update_record(staging, meta, reward_stats)
     logger.info("wrote ExPO model (α=%g) to %s", alpha, target)
     return target
@@ -257,11 +290,26 @@ def apply_extrapolation_(model, weak_reader: ShardReader, strong_reader: ShardRe
 
 
 # ------------------------------------------------------------------------------ search
-def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] = PAPER_COARSE,
-                  fine_step: float = PAPER_FINE_STEP, fine_radius: float = PAPER_FINE_RADIUS, data_format: str = "auto",
-                  split: str | None = None, limit: int | None = None, batch_size: int = 8, max_length: int | None = None,
-                  device: str | None = None, progress: bool = True, on_bad_rows: str = "raise", dtype: str = "float32",
-                  layout: str = "auto", max_tokens: int | None = None) -> dict[str, Any]:
+def search_factor(
+    weak: str,
+    strong: str,
+    data: str,
+    *,
+    coarse: Sequence[float] = PAPER_COARSE,
+    fine_step: float = PAPER_FINE_STEP,
+    fine_radius: float = PAPER_FINE_RADIUS,
+    data_format: str = "auto",
+    split: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    on_bad_rows: str = "raise",
+    dtype: str = "float32",
+    layout: str = "auto",
+    max_tokens: int | None = None,
+) -> dict[str, Any]:
     """Score factors on ``data`` with ``hsrm evaluate``'s metric: the coarse grid, then ``fine_step``
     steps within ``fine_radius`` of the coarse best. α = 1 (the strong model) is scored as a reference.
     Rewards come from the engine exactly as ``hsrm evaluate`` computes them, ``max_length`` included
@@ -277,11 +325,28 @@ def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] 
 
     weak_reader, strong_reader = check_compatible(weak, strong)
     kind = detect_kind(str(data), data_format)
-    scorer = RewardScorer(strong, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype, progress=False,
-                          layout=layout, max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
-                          protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind), protocol_name=f"{kind} protocol")
-    eval_set = load_eval_set(data, scorer.tokenizer, data_format=data_format, split=split, limit=limit,
-                             max_length=scorer.max_length, model_attributes=scorer.attributes, on_error=on_bad_rows)
+    scorer = RewardScorer(
+        strong,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        dtype=dtype,
+        progress=False,
+        layout=layout,
+        max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+        protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind),
+        protocol_name=f"{kind} protocol",
+    )
+    eval_set = load_eval_set(
+        data,
+        scorer.tokenizer,
+        data_format=data_format,
+        split=split,
+        limit=limit,
+        max_length=scorer.max_length,
+        model_attributes=scorer.attributes,
+        on_error=on_bad_rows,
+    )
     logger.info("ExPO search on %s | %s", eval_set.load_summary, eval_set.truncation)
     table: list[dict[str, Any]] = []
     results: dict[float, dict[str, Any]] = {}
@@ -293,7 +358,12 @@ def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] 
             apply_extrapolation_(scorer.model, weak_reader, strong_reader, alpha)
             result = evaluate_prepared(scorer, eval_set)
             results[alpha] = result
-            row = {"alpha": alpha, "stage": stage, "metric": result["primary_metric"]["name"], "score": primary_metric(result)}
+            row = {
+                "alpha": alpha,
+                "stage": stage,
+                "metric": result["primary_metric"]["name"],
+                "score": primary_metric(result),
+            }
             if "accuracy" in result["metrics"]:
                 row.update(accuracy=result["metrics"]["accuracy"], margin=result["metrics"]["margin"])
             table.append(row)
@@ -306,17 +376,33 @@ def search_factor(weak: str, strong: str, data: str, *, coarse: Sequence[float] 
     best = best_factor(table)
     reference = table[0]
     if reference["score"] > best["score"]:
-        logger.warning("no searched factor beats the strong model itself (α=1: %.4f > α=%g: %.4f)",
-                       reference["score"], best["alpha"], best["score"])
-    return {"best": best, "coarse_best": coarse_best, "table": sorted(table, key=lambda r: r["alpha"]),
-            "metric": best["metric"], "results": results, "data": str(data), "eval_summary": eval_set.load_summary}
+        logger.warning(
+            "no searched factor beats the strong model itself (α=1: %.4f > α=%g: %.4f)",
+            reference["score"],
+            best["alpha"],
+            best["score"],
+        )
+    return {
+        "best": best,
+        "coarse_best": coarse_best,
+        "table": sorted(table, key=lambda r: r["alpha"]),
+        "metric": best["metric"],
+        "results": results,
+        "data": str(data),
+        "eval_summary": eval_set.load_summary,
+    }
 
 
 def write_search_table(folder: str | os.PathLike, search: dict[str, Any]) -> tuple[Path, Path]:
     """``expo_search.json`` (table + choice) and ``expo_search.csv`` (alpha, stage, score …)."""
     root = Path(folder)
-    payload = {"chosen_alpha": search["best"]["alpha"], "metric": search["metric"], "data": search["data"],
-               "coarse_best_alpha": search["coarse_best"]["alpha"], "table": search["table"]}
+    payload = {
+        "chosen_alpha": search["best"]["alpha"],
+        "metric": search["metric"],
+        "data": search["data"],
+        "coarse_best_alpha": search["coarse_best"]["alpha"],
+        "table": search["table"],
+    }
     json_path = root / f"{SEARCH_TABLE}.json"
     json_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     csv_path = root / f"{SEARCH_TABLE}.csv"
@@ -343,23 +429,54 @@ def main(argv: list[str] | None = None) -> Path:
         path = extrapolate_folder(opts.weak, opts.strong, opts.alpha, opts.output, overwrite=opts.overwrite)
         print_result({"output": str(path), "alpha": opts.alpha}, f"wrote {path} (α = {opts.alpha:g})", opts.json)
         return path
-    search = search_factor(opts.weak, opts.strong, opts.data, coarse=opts.coarse_grid, fine_step=opts.fine_step,
-                           fine_radius=opts.fine_radius, data_format=opts.data_format, split=opts.split, limit=opts.limit,
-                           batch_size=opts.batch_size, max_length=opts.max_length, device=opts.device,
-                           on_bad_rows=opts.on_bad_rows, dtype=opts.dtype or "float32", layout=opts.layout,
-                           max_tokens=opts.max_tokens)
+    search = search_factor(
+        opts.weak,
+        opts.strong,
+        opts.data,
+        coarse=opts.coarse_grid,
+        fine_step=opts.fine_step,
+        fine_radius=opts.fine_radius,
+        data_format=opts.data_format,
+        split=opts.split,
+        limit=opts.limit,
+        batch_size=opts.batch_size,
+        max_length=opts.max_length,
+        device=opts.device,
+        on_bad_rows=opts.on_bad_rows,
+        dtype=opts.dtype or "float32",
+        layout=opts.layout,
+        max_tokens=opts.max_tokens,
+    )
     best = search["best"]
-    stats = {**reward_statistics(scalar_rewards(search["results"][best["alpha"]])),
-             "reward_stats_on": f"ExPO validation set {opts.data}"}
-    path = extrapolate_folder(opts.weak, opts.strong, best["alpha"], opts.output, overwrite=opts.overwrite, reward_stats=stats,
-                              extra_meta={"searched_on": opts.data, "metric": best["metric"], "score": best["score"],
-                                          "strong_score": next(r["score"] for r in search["table"] if r["stage"] == "reference"),
-                                          "table": f"{SEARCH_TABLE}.json"})
+    stats = {
+        **reward_statistics(scalar_rewards(search["results"][best["alpha"]])),
+        "reward_stats_on": f"ExPO validation set {opts.data}",
+    }
+    path = extrapolate_folder(
+        opts.weak,
+        opts.strong,
+        best["alpha"],
+        opts.output,
+        overwrite=opts.overwrite,
+        reward_stats=stats,
+        extra_meta={
+            "searched_on": opts.data,
+            "metric": best["metric"],
+            "score": best["score"],
+            "strong_score": next(r["score"] for r in search["table"] if r["stage"] == "reference"),
+            "table": f"{SEARCH_TABLE}.json",
+        },
+    )
     json_path, csv_path = write_search_table(path, search)
     lines = [f"{'alpha':>6}  {'stage':<9} {best['metric']}"]
-    lines += [f"{row['alpha']:>6.2f}  {row['stage']:<9} {row['score']:.4f}{'  ← chosen' if row is best else ''}"
-              for row in search["table"]]
+    lines += [
+        f"{row['alpha']:>6.2f}  {row['stage']:<9} {row['score']:.4f}{'  ← chosen' if row is best else ''}"
+        for row in search["table"]
+    ]
     lines.append(f"wrote {path} (α = {best['alpha']:g}); table: {json_path.name}, {csv_path.name}")
-    print_result({"output": str(path), "alpha": best["alpha"], "metric": best["metric"], "table": search["table"]},
-                 "\n".join(lines), opts.json)
+    print_result(
+        {"output": str(path), "alpha": best["alpha"], "metric": best["metric"], "table": search["table"]},
+        "\n".join(lines),
+        opts.json,
+    )
     return path

@@ -100,7 +100,9 @@ def new_staging_dir(target: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def staged_folder(target: str | os.PathLike, *, skip_linked: bool = False, keep_existing: bool = False) -> Iterator[Path]:
+def staged_folder(
+    target: str | os.PathLike, *, skip_linked: bool = False, keep_existing: bool = False
+) -> Iterator[Path]:
     """Assemble a folder output in a new staging folder beside ``target`` and move it into place whole.
 
     The block fills the yielded folder; when it ends without error the files get the umask's modes
@@ -128,8 +130,13 @@ def _is_same_or_inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
-                 flag: str = "--output") -> Path:
+def check_output(
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    overwrite: bool = False,
+    flag: str = "--output",
+) -> Path:
     """The one output rule of every verb that writes (docs/reliability.md):
 
     * never write over one of the verb's inputs: the output may not be an input, nor a folder that
@@ -150,8 +157,12 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike 
             raise ValueError(f"{flag} {path} {what} the input {item}; it would be overwritten: choose another {flag}")
     if _is_same_or_inside(Path.cwd().resolve(), target):
         raise ValueError(f"{flag} {path} is the working folder or holds it; choose a new {flag}")
-    exists = target.is_file() or (target.is_dir() and any(target.iterdir())) or (target.exists() and not target.is_dir())
+    exists = (
+        target.is_file() or (target.is_dir() and any(target.iterdir())) or (target.exists() and not target.is_dir())
+    )
     if exists and not overwrite:
         kind = "folder" if target.is_dir() else "file"
-        raise ValueError(f"{flag} {path} already exists ({kind}); pass --overwrite to replace it, or choose another {flag}")
+        raise ValueError(
+            f"{flag} {path} already exists ({kind}); pass --overwrite to replace it, or choose another {flag}"
+        )
     return target

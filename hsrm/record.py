@@ -45,8 +45,14 @@ def _is_number(value: Any) -> bool:
 _CHECKS: dict[str, tuple[str, Any]] = {
     "objective": (f"one of {OBJECTIVES}", lambda v: v in OBJECTIVES),
     "attributes": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(a, str) and a for a in v) and v),
-    "attribute_weights": ("a list of finite numbers", lambda v: isinstance(v, list) and v and all(_is_number(w) for w in v)),
-    "max_length": ("a positive whole number of tokens", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "attribute_weights": (
+        "a list of finite numbers",
+        lambda v: isinstance(v, list) and v and all(_is_number(w) for w in v),
+    ),
+    "max_length": (
+        "a positive whole number of tokens",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    ),
     "base_model": ("text", lambda v: isinstance(v, str)),
     "init_from": ("text", lambda v: isinstance(v, str)),
     "train_data": ("text", lambda v: isinstance(v, str)),
@@ -98,11 +104,15 @@ class ModelRecord:
             if value is not None and not check(value):
                 raise RecordError(f"{source}: hsrm.{name} must be {expected}, got {value!r}")
         if self.format_version > FORMAT_VERSION:
-            raise RecordError(f"{source}: written by a newer hsrm (record format {self.format_version}; this hsrm reads up "
-                              f"to {FORMAT_VERSION}); upgrade hsrm to use this model")
+            raise RecordError(
+                f"{source}: written by a newer hsrm (record format {self.format_version}; this hsrm reads up "
+                f"to {FORMAT_VERSION}); upgrade hsrm to use this model"
+            )
         if self.attributes and self.attribute_weights and len(self.attributes) != len(self.attribute_weights):
-            raise RecordError(f"{source}: {len(self.attribute_weights)} attribute_weights for {len(self.attributes)} "
-                              f"attributes {self.attributes}")
+            raise RecordError(
+                f"{source}: {len(self.attribute_weights)} attribute_weights for {len(self.attributes)} "
+                f"attributes {self.attributes}"
+            )
 
     # -- conversion
     @classmethod
@@ -129,7 +139,9 @@ class ModelRecord:
     def to_dict(self) -> dict[str, Any]:
         """The block as written: recorded fields only, the current format version, unknown keys kept."""
         self.validate()
-        out = {k: v for k, v in asdict(self).items() if k not in ("extra", "format_version") and v not in (None, {}, [])}
+        out = {
+            k: v for k, v in asdict(self).items() if k not in ("extra", "format_version") and v not in (None, {}, [])
+        }
         return {**self.extra, **out, "format_version": FORMAT_VERSION}
 
     # -- what the scorers need
@@ -161,7 +173,9 @@ def read_record(folder: str | os.PathLike) -> ModelRecord:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise RecordError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); the model folder is damaged") from None
+        raise RecordError(
+            f"{path} is not valid JSON ({err.msg}, line {err.lineno}); the model folder is damaged"
+        ) from None
     if not isinstance(config, dict):
         raise RecordError(f"{path} does not hold a JSON object; the model folder is damaged")
     return record_from_config(config, str(path))
@@ -195,7 +209,10 @@ def reward_statistics(rewards: Sequence[float] | Any) -> dict[str, float]:
     if values.size == 0:
         raise ValueError("reward statistics of no rewards")
     if not np.isfinite(values).all():
-        logging.getLogger(__name__).warning("%d of %d rewards are not finite: no reward statistics recorded",
-                                            int((~np.isfinite(values)).sum()), values.size)
+        logging.getLogger(__name__).warning(
+            "%d of %d rewards are not finite: no reward statistics recorded",
+            int((~np.isfinite(values)).sum()),
+            values.size,
+        )
         return {}
     return {"reward_mean": float(values.mean()), "reward_std": float(values.std())}

@@ -37,16 +37,20 @@ TINY = "tiny-random"  # model value that builds a random tiny model locally (hsr
 class RLOOSetup(Options):
     """The recipe keys that are hsrm's, not TRL's."""
 
-    policy_model: str = option(TINY, "causal LM folder or Hub id (paper: Llama-3.1-70B-Instruct); tiny-random builds one")
-    reward_model: str = option(TINY, "an `hsrm train` / `hsrm expo` output folder (paper: Scaled BT + ExPO); tiny-random "
-                                     "builds one")
+    policy_model: str = option(
+        TINY, "causal LM folder or Hub id (paper: Llama-3.1-70B-Instruct); tiny-random builds one"
+    )
+    reward_model: str = option(
+        TINY, "an `hsrm train` / `hsrm expo` output folder (paper: Scaled BT + ExPO); tiny-random builds one"
+    )
     prompt_data: str | None = option(None, "HelpSteer2(-Preference) or any file with a `prompt` column")
     prompts: list[str] | None = option(None, "inline prompts, used when prompt_data is empty")
     prompt_split: str = option("train", "split of prompt_data")
     max_prompts: int | None = option(None, "keep the first N distinct prompts", positive=True)
     reward_batch_size: int = option(8, "reward-model sequences per forward pass", positive=True)
-    reward_max_length: int | None = option(None, "reward-model tokens per sequence, cut from the left (empty: the reward "
-                                                    "model's own)", positive=True)
+    reward_max_length: int | None = option(
+        None, "reward-model tokens per sequence, cut from the left (empty: the reward model's own)", positive=True
+    )
     reward_dtype: str = option("float32", "bfloat16 for large reward models on GPU")
 
 
@@ -57,8 +61,14 @@ def rloo_options(argv: list[str] | None = None, defaults: dict[str, Any] | None 
     from .options import parse_options
 
     defaults = {"report_to": "none", **(defaults or {})}
-    return parse_options((RLOOSetup, RLOOConfig), argv, prog="hsrm rloo", positional="config", defaults=defaults,
-                         description="RLOO (REINFORCE leave-one-out) on TRL's RLOOTrainer with an hsrm reward model.")
+    return parse_options(
+        (RLOOSetup, RLOOConfig),
+        argv,
+        prog="hsrm rloo",
+        positional="config",
+        defaults=defaults,
+        description="RLOO (REINFORCE leave-one-out) on TRL's RLOOTrainer with an hsrm reward model.",
+    )
 
 
 def load_rloo_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None):
@@ -125,8 +135,12 @@ def reward_function(setup: RLOOSetup, reward_model: str | None = None):
     reward model (the engine, the model's chat template, its recorded weights and max_length)."""
     from .scoring import RewardScorer
 
-    return RewardScorer(reward_model or setup.reward_model, batch_size=setup.reward_batch_size,
-                        max_length=setup.reward_max_length, dtype=setup.reward_dtype)
+    return RewardScorer(
+        reward_model or setup.reward_model,
+        batch_size=setup.reward_batch_size,
+        max_length=setup.reward_max_length,
+        dtype=setup.reward_dtype,
+    )
 
 
 def build_trainer(setup: RLOOSetup, cfg, scorer=None):

@@ -39,7 +39,9 @@ from .files import atomic_write_jsonl, check_output
 logger = logging.getLogger(__name__)
 
 
-def split_completion(prompt: Any, completion: Any, index: int = 0, source: str = "<completions>") -> tuple[list[dict], str]:
+def split_completion(
+    prompt: Any, completion: Any, index: int = 0, source: str = "<completions>"
+) -> tuple[list[dict], str]:
     """(prompt messages, response text) from TRL's two formats.
 
     * plain text: ``prompt`` is a string, ``completion`` a string → one user turn + the reply;
@@ -59,10 +61,14 @@ def split_completion(prompt: Any, completion: Any, index: int = 0, source: str =
         if isinstance(content, list):  # multimodal-style content parts: keep the text parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         if not isinstance(content, str):
-            raise DataError(source, index, "completion", f"assistant content is {type(content).__name__}, expected text")
+            raise DataError(
+                source, index, "completion", f"assistant content is {type(content).__name__}, expected text"
+            )
         return messages, content
     if not isinstance(completion, str):
-        raise DataError(source, index, "completion", f"expected text or a message list, got {type(completion).__name__}")
+        raise DataError(
+            source, index, "completion", f"expected text or a message list, got {type(completion).__name__}"
+        )
     # An empty generation is a legitimate (bad) completion to score, so no emptiness check here.
     return messages, completion
 
@@ -85,11 +91,24 @@ class RewardScorer:
     a varlen attention path, padded otherwise).
     """
 
-    def __init__(self, model_dir: str, *, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
-                 dtype: str | torch.dtype = "float32", device: str | None = None,
-                 attribute_weights: Sequence[float] | str | None = "auto", trust_remote_code: bool = False,
-                 progress: bool = False, name: str | None = None, layout: str = "auto", max_tokens: int = DEFAULT_MAX_TOKENS,
-                 attn_implementation: str | None = None, protocol_max_length: int | None = None, protocol_name: str = ""):
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_length: int | None = None,
+        dtype: str | torch.dtype = "float32",
+        device: str | None = None,
+        attribute_weights: Sequence[float] | str | None = "auto",
+        trust_remote_code: bool = False,
+        progress: bool = False,
+        name: str | None = None,
+        layout: str = "auto",
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        attn_implementation: str | None = None,
+        protocol_max_length: int | None = None,
+        protocol_name: str = "",
+    ):
         from .modeling import default_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
 
         if layout not in LAYOUTS:
@@ -99,23 +118,36 @@ class RewardScorer:
         device = pick_device(device)
         if attn_implementation is None and layout != "padded":
             attn_implementation = default_attention(device, torch_dtype(dtype))
-        self.model, self.tokenizer, self.record = load_reward_model(model_dir, dtype=dtype, device=device,
-                                                                    attn_implementation=attn_implementation,
-                                                                    trust_remote_code=trust_remote_code)
+        self.model, self.tokenizer, self.record = load_reward_model(
+            model_dir,
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
         self.model_dir = self.model.config.name_or_path or str(model_dir)
         self.num_labels = int(self.model.config.num_labels)
-        weights = self.record.attribute_weights if isinstance(attribute_weights, str) and attribute_weights == "auto" else attribute_weights
+        weights = (
+            self.record.attribute_weights
+            if isinstance(attribute_weights, str) and attribute_weights == "auto"
+            else attribute_weights
+        )
         if weights is not None and len(weights) != self.num_labels:
-            raise ValueError(f"{self.model_dir}: {len(weights)} attribute weights for a head with {self.num_labels} outputs")
+            raise ValueError(
+                f"{self.model_dir}: {len(weights)} attribute weights for a head with {self.num_labels} outputs"
+            )
         self.attribute_weights = list(weights) if weights is not None else None
         self.attributes = self._attribute_names()
-        self.max_length = resolve_max_length(max_length, self.record, self.model.config, protocol=protocol_max_length,
-                                             protocol_name=protocol_name)
+        self.max_length = resolve_max_length(
+            max_length, self.record, self.model.config, protocol=protocol_max_length, protocol_name=protocol_name
+        )
         self.batch_size, self.max_tokens, self.layout = batch_size, max_tokens, layout
         self.progress = progress
         self.truncation = TruncationStats()
         # TRL names a reward function by its __name__ in logs ("rewards/<name>/mean").
-        self.__name__ = name or "reward_" + re.sub(r"[^A-Za-z0-9_]+", "_", Path(self.model_dir.rstrip("/")).name or "model")
+        self.__name__ = name or "reward_" + re.sub(
+            r"[^A-Za-z0-9_]+", "_", Path(self.model_dir.rstrip("/")).name or "model"
+        )
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -142,11 +174,22 @@ class RewardScorer:
         return encode_text(self.tokenizer, text, self.max_length, self.truncation)
 
     # -- scoring
-    def score_ids(self, sequences: Sequence[Sequence[int]], *, all_outputs: bool = False, desc: str = "scoring") -> torch.Tensor:
+    def score_ids(
+        self, sequences: Sequence[Sequence[int]], *, all_outputs: bool = False, desc: str = "scoring"
+    ) -> torch.Tensor:
         """Rewards of token sequences through the engine: (n,) scalar rewards, or (n, outputs) with ``all_outputs``."""
-        return score_sequences(self.model, sequences, layout=self.layout, pad_id=self.tokenizer.pad_token_id,
-                               batch_size=self.batch_size, max_tokens=self.max_tokens, attribute_weights=self.attribute_weights,
-                               all_outputs=all_outputs, progress=self.progress, desc=desc)
+        return score_sequences(
+            self.model,
+            sequences,
+            layout=self.layout,
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=self.batch_size,
+            max_tokens=self.max_tokens,
+            attribute_weights=self.attribute_weights,
+            all_outputs=all_outputs,
+            progress=self.progress,
+            desc=desc,
+        )
 
     def scalar(self, outputs: torch.Tensor) -> torch.Tensor:
         """The scalar reward of head outputs (n, outputs), with this scorer's attribute weights."""
@@ -174,12 +217,16 @@ class RewardScorer:
         return f"RewardScorer({self.model_dir!r}, outputs={self.attributes}, max_length={self.max_length})"
 
 
-def score(model: str | RewardScorer, prompts: Sequence[Any], responses: Sequence[str], **scorer_options: Any) -> list[float]:
+def score(
+    model: str | RewardScorer, prompts: Sequence[Any], responses: Sequence[str], **scorer_options: Any
+) -> list[float]:
     """Scalar rewards of (prompt, response) pairs by the reward model at ``model`` (a folder, a Hub id or
     a :class:`RewardScorer`); ``scorer_options`` are :class:`RewardScorer`'s (``batch_size``, ``dtype`` …)."""
     if isinstance(model, RewardScorer):
         if scorer_options:
-            raise TypeError(f"score: options {sorted(scorer_options)} apply when loading a model, not to a RewardScorer")
+            raise TypeError(
+                f"score: options {sorted(scorer_options)} apply when loading a model, not to a RewardScorer"
+            )
         return model.score(prompts, responses)
     return RewardScorer(model, **scorer_options).score(prompts, responses)
 
@@ -204,13 +251,20 @@ def group_candidates(rows: Iterable[dict], source: str) -> list[dict]:
             if not isinstance(responses, list) or not responses:
                 raise DataError(source, index, "responses", "expected a non-empty list of responses")
             texts = [response_text(r, source, index, f"responses[{k}]") for k, r in enumerate(responses)]
-            groups.append({"prompt": row["prompt"], "messages": prompt, "responses": texts, "rows": [index],
-                           "id": row.get("id")})
+            groups.append(
+                {"prompt": row["prompt"], "messages": prompt, "responses": texts, "rows": [index], "id": row.get("id")}
+            )
         elif "response" in row:
             text = response_text(row["response"], source, index, "response")
             key = json.dumps(prompt, sort_keys=True)
             if key not in by_prompt:
-                by_prompt[key] = {"prompt": row["prompt"], "messages": prompt, "responses": [], "rows": [], "id": row.get("id")}
+                by_prompt[key] = {
+                    "prompt": row["prompt"],
+                    "messages": prompt,
+                    "responses": [],
+                    "rows": [],
+                    "id": row.get("id"),
+                }
                 groups.append(by_prompt[key])
             by_prompt[key]["responses"].append(text)
             by_prompt[key]["rows"].append(index)
@@ -233,7 +287,9 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
     sequences, owner = [], []
     for g, group in enumerate(groups):
         for response in group["responses"]:
-            sequences.append(encode(scorer.tokenizer, group["messages"], response, scorer.max_length, scorer.truncation))
+            sequences.append(
+                encode(scorer.tokenizer, group["messages"], response, scorer.max_length, scorer.truncation)
+            )
             owner.append(g)
     rewards = scorer.score_ids(sequences, desc="scoring").tolist()
     results: list[dict] = [{"rewards": []} for _ in groups]
@@ -242,8 +298,14 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
     out_rows = []
     for group, result in zip(groups, results):
         best = best_of_n(result["rewards"])
-        row = {"prompt": group["prompt"], "responses": group["responses"], "rewards": result["rewards"],
-               "best_index": best, "best_response": group["responses"][best], "rows": group["rows"]}
+        row = {
+            "prompt": group["prompt"],
+            "responses": group["responses"],
+            "rewards": result["rewards"],
+            "best_index": best,
+            "best_response": group["responses"][best],
+            "rows": group["rows"],
+        }
         if group["id"] is not None:
             row = {"id": group["id"], **row}
         out_rows.append(row)
@@ -262,12 +324,32 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     output = opts.output or default_scores_path(opts.data)
     check_output(output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)  # before minutes of scoring
-    scorer = RewardScorer(opts.model, batch_size=opts.batch_size, max_length=opts.max_length, dtype=opts.dtype,
-                          device=opts.device, layout=opts.layout, max_tokens=opts.max_tokens, progress=True)
+    scorer = RewardScorer(
+        opts.model,
+        batch_size=opts.batch_size,
+        max_length=opts.max_length,
+        dtype=opts.dtype,
+        device=opts.device,
+        layout=opts.layout,
+        max_tokens=opts.max_tokens,
+        progress=True,
+    )
     path, rows = score_file(scorer, opts.data, output)
     n_responses = sum(len(r["responses"]) for r in rows)
-    summary = (f"scored {n_responses} responses to {len(rows)} prompts with {opts.model} → {path}\n"
-               f"truncation: {scorer.truncation.summary()}")
-    print_result({"output": str(path), "responses": n_responses, "prompts": len(rows), "max_length": scorer.max_length,
-                  "truncation": scorer.truncation.summary(), "rows": rows}, summary, opts.json)
+    summary = (
+        f"scored {n_responses} responses to {len(rows)} prompts with {opts.model} → {path}\n"
+        f"truncation: {scorer.truncation.summary()}"
+    )
+    print_result(
+        {
+            "output": str(path),
+            "responses": n_responses,
+            "prompts": len(rows),
+            "max_length": scorer.max_length,
+            "truncation": scorer.truncation.summary(),
+            "rows": rows,
+        },
+        summary,
+        opts.json,
+    )
     return path

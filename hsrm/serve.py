@@ -97,30 +97,61 @@ class ServeOptions:
     underscores, ``--max-batch-tokens`` / ``--max_batch_tokens``)."""
 
     model: str = field(metadata={"help": "reward model folder (any trained AutoModelForSequenceClassification)"})
-    host: str = field(default="127.0.0.1", metadata={
-        "help": "address to listen on; the loopback default keeps the server to this machine (it has no authentication)"})
+    host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "address to listen on; the loopback default keeps the server to this machine "
+            "(it has no authentication)"
+        },
+    )
     port: int = field(default=8000, metadata={"help": "TCP port; 0 takes a free one (printed at start)"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 … (default: the GPU when present)"})
-    max_length: int | None = field(default=None, metadata={
-        "help": "tokens kept per sequence, cut from the left (default: the model's training max_length, else 2048)"})
-    layout: Literal["auto", "padded", "packed"] = field(default="auto", metadata={
-        "help": "the engine's layout: auto = packed rows on CUDA with varlen attention, length-sorted padded batches otherwise"})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens kept per sequence, cut from the left (default: the model's training max_length, else 2048)"
+        },
+    )
+    layout: Literal["auto", "padded", "packed"] = field(
+        default="auto",
+        metadata={
+            "help": "the engine's layout: auto = packed rows on CUDA with varlen attention, "
+            "length-sorted padded batches otherwise"
+        },
+    )
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "sequences per padded forward pass"})
-    max_batch_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={
-        "help": "real tokens merged from waiting requests into one engine call (and per packed row)"})
-    max_wait_ms: float = field(default=10.0, metadata={
-        "help": "how long the oldest waiting request waits for others to batch with (milliseconds)"})
+    max_batch_tokens: int = field(
+        default=DEFAULT_MAX_TOKENS,
+        metadata={"help": "real tokens merged from waiting requests into one engine call (and per packed row)"},
+    )
+    max_wait_ms: float = field(
+        default=10.0,
+        metadata={"help": "how long the oldest waiting request waits for others to batch with (milliseconds)"},
+    )
     max_sequences: int = field(default=4096, metadata={"help": "sequences per request; more are refused with 413"})
-    max_body_bytes: int = field(default=32 * 2**20, metadata={"help": "request body size; larger bodies are refused with 413"})
-    request_timeout_s: float = field(default=300.0, metadata={
-        "help": "seconds a request may wait for its rewards (queue and forward passes) before a 504"})
-    log_requests: bool = field(default=False, metadata={
-        "help": "log every request with its texts and rewards, and uvicorn's access log (off: no text is ever logged)"})
+    max_body_bytes: int = field(
+        default=32 * 2**20, metadata={"help": "request body size; larger bodies are refused with 413"}
+    )
+    request_timeout_s: float = field(
+        default=300.0,
+        metadata={"help": "seconds a request may wait for its rewards (queue and forward passes) before a 504"},
+    )
+    log_requests: bool = field(
+        default=False,
+        metadata={
+            "help": "log every request with its texts and rewards, and uvicorn's access log "
+            "(off: no text is ever logged)"
+        },
+    )
 
     def __post_init__(self):
-        at_least_one = {"--batch-size": self.batch_size, "--max-batch-tokens": self.max_batch_tokens,
-                        "--max-sequences": self.max_sequences, "--max-body-bytes": self.max_body_bytes}
+        at_least_one = {
+            "--batch-size": self.batch_size,
+            "--max-batch-tokens": self.max_batch_tokens,
+            "--max-sequences": self.max_sequences,
+            "--max-body-bytes": self.max_body_bytes,
+        }
         if self.max_length is not None:
             at_least_one["--max-length"] = self.max_length
         for flag, value in at_least_one.items():
@@ -143,16 +174,29 @@ def serve_options(argv: Sequence[str]) -> ServeOptions:
     one-line errors)."""
     from .options import parse_options
 
-    return parse_options(ServeOptions, list(argv), prog="hsrm serve", description=(
-        "A reward model over HTTP (POST /score, POST /get_reward, GET /health, GET /info); the requests of many "
-        "clients are merged into token-budget batches for the scoring engine."))
+    return parse_options(
+        ServeOptions,
+        list(argv),
+        prog="hsrm serve",
+        description=(
+            "A reward model over HTTP (POST /score, POST /get_reward, GET /health, GET /info); the requests of many "
+            "clients are merged into token-budget batches for the scoring engine."
+        ),
+    )
 
 
 def load_scorer(options: ServeOptions) -> RewardScorer:
     # max_tokens = max_batch_tokens: a merged batch holds at most that many real tokens, so on CUDA
     # it is one packed row, one forward pass.
-    return RewardScorer(options.model, batch_size=options.batch_size, max_length=options.max_length, dtype=options.dtype,
-                        device=options.device, layout=options.layout, max_tokens=options.max_batch_tokens)
+    return RewardScorer(
+        options.model,
+        batch_size=options.batch_size,
+        max_length=options.max_length,
+        dtype=options.dtype,
+        device=options.device,
+        layout=options.layout,
+        max_tokens=options.max_batch_tokens,
+    )
 
 
 # ------------------------------------------------------------------------------------ batching
@@ -176,8 +220,14 @@ class RewardBatcher:
     from any thread. ``stop`` lets the thread answer everything already queued, then joins it.
     """
 
-    def __init__(self, load: Callable[[], RewardScorer], *, max_batch_tokens: int, max_wait_s: float,
-                 on_load_failure: Callable[[BaseException], None] | None = None):
+    def __init__(
+        self,
+        load: Callable[[], RewardScorer],
+        *,
+        max_batch_tokens: int,
+        max_wait_s: float,
+        on_load_failure: Callable[[BaseException], None] | None = None,
+    ):
         self._load = load
         self.max_batch_tokens, self.max_wait_s = max_batch_tokens, max_wait_s
         self.on_load_failure = on_load_failure
@@ -190,8 +240,14 @@ class RewardBatcher:
         # A daemon thread cannot keep a crashed process alive; a clean stop joins it.
         self._thread = threading.Thread(target=self._run, name="hsrm-reward-batcher", daemon=True)
         # scoring_seconds: time inside the engine; over a stretch of wall time it is how busy the model was.
-        self.counts = {"requests": 0, "sequences": 0, "tokens": 0, "batches": 0, "most_requests_in_a_batch": 0,
-                       "scoring_seconds": 0.0}
+        self.counts = {
+            "requests": 0,
+            "sequences": 0,
+            "tokens": 0,
+            "batches": 0,
+            "most_requests_in_a_batch": 0,
+            "scoring_seconds": 0.0,
+        }
 
     def start(self) -> None:
         self._thread.start()
@@ -257,13 +313,15 @@ class RewardBatcher:
         try:
             rewards = self.scorer.score_ids(sequences).tolist()
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail these requests, keep serving
-            logger.error("scoring %d requests (%d sequences) failed: %s: %s", len(batch), len(sequences), type(err).__name__, err)
+            logger.error(
+                "scoring %d requests (%d sequences) failed: %s: %s", len(batch), len(sequences), type(err).__name__, err
+            )
             for item in batch:
                 item.future.set_exception(err)
             return
         start = 0
         for item in batch:
-            item.future.set_result(rewards[start:start + len(item.sequences)])
+            item.future.set_result(rewards[start : start + len(item.sequences)])
             start += len(item.sequences)
         counts = self.counts
         counts["requests"] += len(batch)
@@ -307,7 +365,9 @@ def items_of(body: Any, key: str, limit: int) -> list:
     if not value:
         raise RequestError(422, f"{key!r} is empty; send at least one item")
     if len(value) > limit:
-        raise RequestError(413, f"{key!r} holds {len(value)} items; this server scores at most {limit} per request (--max-sequences)")
+        raise RequestError(
+            413, f"{key!r} holds {len(value)} items; this server scores at most {limit} per request (--max-sequences)"
+        )
     return value
 
 
@@ -315,7 +375,9 @@ def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[
     """Token ids of a ``/score`` body, exactly as :meth:`RewardScorer.score` encodes the pairs."""
     prompts, responses = items_of(body, "prompts", limit), items_of(body, "responses", limit)
     if len(prompts) != len(responses):
-        raise RequestError(422, f"'prompts' has {len(prompts)} items and 'responses' {len(responses)}; they pair up one to one")
+        raise RequestError(
+            422, f"'prompts' has {len(prompts)} items and 'responses' {len(responses)}; they pair up one to one"
+        )
     sequences = []
     for index, (prompt, response) in enumerate(zip(prompts, responses)):
         try:
@@ -327,7 +389,9 @@ def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[
         try:
             sequences.append(scorer.encode(messages, response))
         except TemplateError as err:  # e.g. a template that refuses a system turn, or turns out of order
-            raise RequestError(422, f"prompts[{index}]: the reward model's chat template refuses this conversation ({err})") from None
+            raise RequestError(
+                422, f"prompts[{index}]: the reward model's chat template refuses this conversation ({err})"
+            ) from None
     return sequences
 
 
@@ -363,7 +427,9 @@ async def read_json(request: Request, limit: int) -> Any:
     except UnicodeDecodeError:
         raise RequestError(400, "the body is not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as err:  # its msg describes the syntax, never the text
-        raise RequestError(400, f"the body is not valid JSON ({err.msg}: line {err.lineno}, column {err.colno})") from None
+        raise RequestError(
+            400, f"the body is not valid JSON ({err.msg}: line {err.lineno}, column {err.colno})"
+        ) from None
 
 
 def clipped(text: str, limit: int = LOGGED_BODY_CHARS) -> str:
@@ -377,13 +443,18 @@ class RewardService:
 
     def __init__(self, options: ServeOptions, load: Callable[[], RewardScorer] | None = None):
         self.options = options
-        self.batcher = RewardBatcher(load or (lambda: load_scorer(options)), max_batch_tokens=options.max_batch_tokens,
-                                     max_wait_s=options.max_wait_ms / 1000)
+        self.batcher = RewardBatcher(
+            load or (lambda: load_scorer(options)),
+            max_batch_tokens=options.max_batch_tokens,
+            max_wait_s=options.max_wait_ms / 1000,
+        )
         self.accepted = self.answered = 0  # touched only on the event loop
 
     def ready_scorer(self) -> RewardScorer:
         if self.batcher.scorer is None:
-            raise RequestError(503, "the reward model failed to load" if self.batcher.load_error else "the reward model is loading")
+            raise RequestError(
+                503, "the reward model failed to load" if self.batcher.load_error else "the reward model is loading"
+            )
         return self.batcher.scorer
 
     async def rewards(self, sequences: list[list[int]]) -> list[float]:
@@ -398,12 +469,17 @@ class RewardService:
             # skips the request if it has not started scoring it.
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
-            raise RequestError(504, f"no rewards within {timeout:g} s (--request-timeout-s): the server is "
-                                    "overloaded or the request is too large") from None
+            raise RequestError(
+                504,
+                f"no rewards within {timeout:g} s (--request-timeout-s): the server is "
+                "overloaded or the request is too large",
+            ) from None
         except Exception as err:  # noqa: BLE001 - the batch failed (logged by the batcher)
             raise RequestError(500, f"scoring failed: {type(err).__name__}: {err}") from None
 
-    async def answer(self, request: Request, encode: Callable[[RewardScorer, Any, int], list[list[int]]]) -> JSONResponse:
+    async def answer(
+        self, request: Request, encode: Callable[[RewardScorer, Any, int], list[list[int]]]
+    ) -> JSONResponse:
         scorer = self.ready_scorer()
         body = await read_json(request, self.options.max_body_bytes)
         sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
@@ -420,13 +496,25 @@ class RewardService:
         parameter = next(scorer.model.parameters())
         options = self.options
         return {
-            "model": scorer.model_dir, "objective": scorer.record.objective, "attributes": scorer.attributes,
-            "attribute_weights": scorer.attribute_weights, "max_length": scorer.max_length, "record": scorer.meta,
-            "engine": {"layout": choose_layout(scorer.model, scorer.layout), "device": str(parameter.device),
-                       "dtype": str(parameter.dtype).removeprefix("torch."), "batch_size": scorer.batch_size},
-            "limits": {"max_batch_tokens": options.max_batch_tokens, "max_wait_ms": options.max_wait_ms,
-                       "max_sequences": options.max_sequences, "max_body_bytes": options.max_body_bytes,
-                       "request_timeout_s": options.request_timeout_s},
+            "model": scorer.model_dir,
+            "objective": scorer.record.objective,
+            "attributes": scorer.attributes,
+            "attribute_weights": scorer.attribute_weights,
+            "max_length": scorer.max_length,
+            "record": scorer.meta,
+            "engine": {
+                "layout": choose_layout(scorer.model, scorer.layout),
+                "device": str(parameter.device),
+                "dtype": str(parameter.dtype).removeprefix("torch."),
+                "batch_size": scorer.batch_size,
+            },
+            "limits": {
+                "max_batch_tokens": options.max_batch_tokens,
+                "max_wait_ms": options.max_wait_ms,
+                "max_sequences": options.max_sequences,
+                "max_body_bytes": options.max_body_bytes,
+                "request_timeout_s": options.request_timeout_s,
+            },
             "counts": {**self.batcher.counts, "accepted": self.accepted, "answered": self.answered},
         }
 
@@ -469,8 +557,14 @@ async def lifespan(app: FastAPI):
         # is answered before the thread ends.
         await run_in_threadpool(service.batcher.stop)
         counts = service.batcher.counts
-        logger.info("stopped: accepted %d requests for scoring, answered %d with rewards (%d sequences, %d tokens, %d batches)",
-                    service.accepted, service.answered, counts["sequences"], counts["tokens"], counts["batches"])
+        logger.info(
+            "stopped: accepted %d requests for scoring, answered %d with rewards (%d sequences, %d tokens, %d batches)",
+            service.accepted,
+            service.answered,
+            counts["sequences"],
+            counts["tokens"],
+            counts["batches"],
+        )
 
 
 def create_app(options: ServeOptions, load: Callable[[], RewardScorer] | None = None) -> FastAPI:
@@ -513,8 +607,14 @@ def serve(options: ServeOptions) -> None:
 
     app = create_app(options)
     service: RewardService = app.state.service
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info", access_log=options.log_requests,
-                            timeout_graceful_shutdown=options.request_timeout_s + SHUTDOWN_GRACE_S)
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level="info",
+        access_log=options.log_requests,
+        timeout_graceful_shutdown=options.request_timeout_s + SHUTDOWN_GRACE_S,
+    )
     server = uvicorn.Server(config)
     service.batcher.on_load_failure = lambda err: setattr(server, "should_exit", True)  # polled by uvicorn's main loop
     try:
@@ -522,10 +622,15 @@ def serve(options: ServeOptions) -> None:
     except ValueError:
         loopback = options.host == "localhost"
     if not loopback:
-        logger.warning("listening on %s: the server has no authentication; whoever reaches this address can use it", options.host)
+        logger.warning(
+            "listening on %s: the server has no authentication; whoever reaches this address can use it", options.host
+        )
     sock = config.bind_socket()  # bound here so that --port 0 can print the port it got
     host, port = sock.getsockname()[:2]
-    print(f"hsrm serve: {options.model} at {url_of(host, port)} (GET /health answers 200 once the model is loaded)", flush=True)
+    print(
+        f"hsrm serve: {options.model} at {url_of(host, port)} (GET /health answers 200 once the model is loaded)",
+        flush=True,
+    )
     with stop_signals_recorded():
         server.run(sockets=[sock])
     if service.batcher.load_error is not None:
@@ -540,7 +645,8 @@ def main(argv: list[str] | None = None) -> None:
 
 # ------------------------------------------------------------------------------------ the client
 class RemoteRewardError(RuntimeError):
-    """The reward server answered with an error (``status`` and its message), or could not be reached (``status`` None)."""
+    """The reward server answered with an error (``status`` and its message), or could not be reached
+    (``status`` None)."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
@@ -558,8 +664,15 @@ class RemoteRewardScorer:
     other errors raise :class:`RemoteRewardError` with the server's message.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 600.0, retries: int = 3, retry_wait_s: float = 0.5,
-                 name: str = "reward_remote"):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 600.0,
+        retries: int = 3,
+        retry_wait_s: float = 0.5,
+        name: str = "reward_remote",
+    ):
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.retry_wait_s = timeout_s, retries, retry_wait_s
         self.__name__ = name  # TRL logs a reward function as rewards/<__name__>/mean
@@ -568,7 +681,10 @@ class RemoteRewardScorer:
         """TRL's reward-function signature; extra columns (``completion_ids``, ``trainer_state`` …) are ignored."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        pairs = [split_completion(prompt, completion, index) for index, (prompt, completion) in enumerate(zip(prompts, completions))]
+        pairs = [
+            split_completion(prompt, completion, index)
+            for index, (prompt, completion) in enumerate(zip(prompts, completions))
+        ]
         return self.score([messages for messages, _ in pairs], [response for _, response in pairs])
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
@@ -596,8 +712,10 @@ class RemoteRewardScorer:
     def _rewards(self, path: str, payload: dict, expected: int) -> list[float]:
         rewards = self._request("POST", path, payload).get("rewards")
         if not isinstance(rewards, list) or len(rewards) != expected:
-            raise RemoteRewardError(f"{self.url}{path} answered {len(rewards) if isinstance(rewards, list) else 'no'} "
-                                    f"rewards for {expected} items")
+            raise RemoteRewardError(
+                f"{self.url}{path} answered {len(rewards) if isinstance(rewards, list) else 'no'} "
+                f"rewards for {expected} items"
+            )
         return rewards
 
     def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
@@ -606,8 +724,9 @@ class RemoteRewardScorer:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(self.retry_wait_s * 2 ** (attempt - 1), 10.0))
-            request = urllib.request.Request(self.url + path, data=data, method=method,
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     return json.loads(response.read())
@@ -623,8 +742,10 @@ class RemoteRewardScorer:
                     # The server may still be working on it: resending would only add load.
                     raise RemoteRewardError(f"{self.url}{path}: no answer within {self.timeout_s:g} s") from None
                 last = f"{type(reason).__name__}: {reason}"
-        raise RemoteRewardError(f"{self.url}{path}: no answer after {self.retries + 1} tries ({last})",
-                                status=503 if last.startswith("503") else None)
+        raise RemoteRewardError(
+            f"{self.url}{path}: no answer after {self.retries + 1} tries ({last})",
+            status=503 if last.startswith("503") else None,
+        )
 
 
 def server_message(err: urllib.error.HTTPError) -> str:

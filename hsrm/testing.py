@@ -15,8 +15,14 @@ class ServeProcess:
     the server runs this code and not an installed copy. A reader thread keeps the output (a full
     pipe would block the server)."""
 
-    def __init__(self, serve_args: list[str], *, cwd: str | os.PathLike | None = None, env: dict[str, str] | None = None,
-                 timeout_s: float = 120.0):
+    def __init__(
+        self,
+        serve_args: list[str],
+        *,
+        cwd: str | os.PathLike | None = None,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 120.0,
+    ):
         import re
         import subprocess
         import sys
@@ -25,9 +31,21 @@ class ServeProcess:
 
         checkout = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join([checkout, *filter(None, [os.environ.get("PYTHONPATH")])])
-        full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {}), "PYTHONPATH": path}
-        self.process = subprocess.Popen([sys.executable, "-m", "hsrm.cli", "serve", *serve_args, "--port", "0"], cwd=cwd,
-                                        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        full_env = {
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            **(env or {}),
+            "PYTHONPATH": path,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hsrm.cli", "serve", *serve_args, "--port", "0"],
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -36,18 +36,34 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 400):
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([_CORPUS] * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
     fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(str(out_dir))
     return fast
 
 
-def build_tiny_llama(out_dir: str | os.PathLike, num_labels: int = 1, seed: int = 0, hidden_size: int = 32,
-                     num_layers: int = 2, causal_lm: bool = False, tokenizer=None) -> Path:
+def build_tiny_llama(
+    out_dir: str | os.PathLike,
+    num_labels: int = 1,
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    causal_lm: bool = False,
+    tokenizer=None,
+) -> Path:
     """A random Llama-architecture sequence classifier (or causal LM) plus tokenizer, saved as a
     plain safetensors folder. About 30k parameters: a forward pass takes milliseconds."""
     import torch
@@ -58,11 +74,20 @@ def build_tiny_llama(out_dir: str | os.PathLike, num_labels: int = 1, seed: int 
     tokenizer = tokenizer or build_tiny_tokenizer(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, num_labels=num_labels, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=num_labels,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = (LlamaForCausalLM if causal_lm else LlamaForSequenceClassification)(config)
     model.save_pretrained(str(out), safe_serialization=True)

@@ -51,21 +51,29 @@ def load_datasets(cfg: RewardConfig, tokenizer):
 
     def load(role: str, source: str, split: str, limit: int | None):
         if cfg.objective == "regression":
-            ds, report = load_ratings_any(source, split, cfg.attributes, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
+            ds, report = load_ratings_any(
+                source, split, cfg.attributes, on_error=cfg.on_bad_rows, limit=limit, return_report=True
+            )
         else:
-            ds, report = load_pairs_any(source, split, cfg.data_format, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
+            ds, report = load_pairs_any(
+                source, split, cfg.data_format, on_error=cfg.on_bad_rows, limit=limit, return_report=True
+            )
             if cfg.objective in ("margin_bt", "scaled_bt") and "has_margin" in ds.column_names:
                 ds = require_margins(ds, report, source, cfg)
         # The first process tokenizes and writes the cache (hsrm.data.tokenize); the others then read it.
         with cfg.main_process_first(desc=f"tokenizing the {role} data"):
             if cfg.objective == "regression":
-                tokenized, stats = tokenize_ratings(ds, tokenizer, cfg.attributes, cfg.max_length, num_proc=cfg.dataset_num_proc)
+                tokenized, stats = tokenize_ratings(
+                    ds, tokenizer, cfg.attributes, cfg.max_length, num_proc=cfg.dataset_num_proc
+                )
             else:
                 tokenized, stats = tokenize_pairs(ds, tokenizer, cfg.max_length, num_proc=cfg.dataset_num_proc)
         summary[role] = {"load": report.summary(), "truncation": stats.summary()}
         logger.info("%s | %s", report.summary(), stats.summary())
         if len(tokenized) == 0:
-            raise ValueError(f"{source} ({split}): no usable rows after filtering ({report.summary()}); nothing to train on")
+            raise ValueError(
+                f"{source} ({split}): no usable rows after filtering ({report.summary()}); nothing to train on"
+            )
         return tokenized
 
     train = load("train", cfg.train_data, cfg.train_split, cfg.max_train_samples)
@@ -80,17 +88,26 @@ def require_margins(ds, report, source: str, cfg: RewardConfig):
 
     missing = [i for i, has in enumerate(ds["has_margin"]) if not has]
     if len(missing) == len(ds):
-        raise ValueError(f"{source}: objective {cfg.objective} needs a preference strength per pair, and the data has none; "
-                         "use objective 'bt' or add a 'margin'/'strength' column")
+        raise ValueError(
+            f"{source}: objective {cfg.objective} needs a preference strength per pair, and the data has none; "
+            "use objective 'bt' or add a 'margin'/'strength' column"
+        )
     if not missing:
         return ds
     if cfg.on_bad_rows != "skip":
-        raise DataError(source, missing[0], "margin", f"no preference strength, and objective {cfg.objective} needs one on "
-                        f"every pair ({len(missing)} of {len(ds)} pairs have none); add it, or set on_bad_rows: skip "
-                        "to drop those pairs (counted)")
+        raise DataError(
+            source,
+            missing[0],
+            "margin",
+            f"no preference strength, and objective {cfg.objective} needs one on "
+            f"every pair ({len(missing)} of {len(ds)} pairs have none); add it, or set on_bad_rows: skip "
+            "to drop those pairs (counted)",
+        )
     report.drop("no preference strength", len(missing))
     report.rows_kept -= len(missing)
-    logger.warning("%s: %d of %d pairs have no preference strength; skipped (on_bad_rows: skip)", source, len(missing), len(ds))
+    logger.warning(
+        "%s: %d of %d pairs have no preference strength; skipped (on_bad_rows: skip)", source, len(missing), len(ds)
+    )
     return ds.filter(lambda has: has, input_columns="has_margin")
 
 
@@ -121,20 +138,37 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     args = training_arguments(cfg, has_eval=eval_ds is not None)
     pad_id = tokenizer.pad_token_id
     if cfg.objective == "justifier":
-        return JustifierTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                                data_collator=JustifierCollator(pad_id))
+        return JustifierTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            data_collator=JustifierCollator(pad_id),
+        )
     if cfg.padding_free:  # one packed row per micro-batch (issue 8); refuses attention paths that would mix sequences
         check_packing_support(model, device=args.device, dtype=compute_dtype(cfg))
     pointwise_collator = PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id)
     pairwise_collator = PackedPairwiseCollator(pad_id) if cfg.padding_free else PairwiseCollator(pad_id)
     if cfg.objective == "regression":
-        trainer_cls, collator, metrics = PointwiseRewardTrainer, pointwise_collator, regression_metrics(cfg.attributes, cfg.attribute_weights)
+        trainer_cls, collator, metrics = (
+            PointwiseRewardTrainer,
+            pointwise_collator,
+            regression_metrics(cfg.attributes, cfg.attribute_weights),
+        )
     elif cfg.objective in PAIRWISE_OBJECTIVES:
         trainer_cls, collator, metrics = PairwiseRewardTrainer, pairwise_collator, pairwise_metrics
     else:
         raise ValueError(f"unknown objective {cfg.objective!r}")
-    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                       data_collator=collator, compute_metrics=metrics)
+    return trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=metrics,
+    )
 
 
 def resolve_resume(value: str | bool | None, checkpoint_dir: str) -> str | None:
@@ -150,8 +184,10 @@ def resolve_resume(value: str | bool | None, checkpoint_dir: str) -> str | None:
         return str(found[-1])
     path = Path(str(value))
     if not (path / CHECKPOINT_COMPLETE).exists():
-        raise ValueError(f"{path} is not a complete hsrm checkpoint (no {CHECKPOINT_COMPLETE}; a save may have been "
-                         "interrupted): pick an earlier one or use --resume_from_checkpoint true")
+        raise ValueError(
+            f"{path} is not a complete hsrm checkpoint (no {CHECKPOINT_COMPLETE}; a save may have been "
+            "interrupted): pick an earlier one or use --resume_from_checkpoint true"
+        )
     return str(path)
 
 
@@ -170,8 +206,12 @@ def prepare_output_dir(cfg: RewardConfig) -> None:
     if resuming(cfg):
         return
     target = Path(cfg.output_dir)
-    check_output(target, inputs=[cfg.train_data, cfg.eval_data, cfg.model_name_or_path, cfg.init_from],
-                 overwrite=cfg.overwrite_output_dir, flag="--output_dir")  # every rank: they all raise alike
+    check_output(
+        target,
+        inputs=[cfg.train_data, cfg.eval_data, cfg.model_name_or_path, cfg.init_from],
+        overwrite=cfg.overwrite_output_dir,
+        flag="--output_dir",
+    )  # every rank: they all raise alike
     if cfg.overwrite_output_dir and target.is_dir() and any(target.iterdir()):
         with cfg.main_process_first(local=False, desc="emptying output_dir"):
             if cfg.process_index == 0 and target.is_dir():
@@ -220,12 +260,21 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
         raise TrainingInterrupted(trainer.state.global_step, str(found[-1]) if found else None)
     if generative:
         record, extra = justifier_record(cfg, trainer, eval_ds), {}
-        save_trained_model(trainer, cfg, cfg.output_dir, record, bare_model=lambda: build_justifier_model(cfg, with_lora=False))
+        save_trained_model(
+            trainer, cfg, cfg.output_dir, record, bare_model=lambda: build_justifier_model(cfg, with_lora=False)
+        )
     else:
         record, extra = scalar_record(cfg, trainer, train_ds, eval_ds)
         save_trained_model(trainer, cfg, cfg.output_dir, record, bare_model=lambda: build_model(cfg, with_lora=False))
-    return {"output_dir": cfg.output_dir, "train_loss": result.training_loss, "global_step": result.global_step,
-            "log_history": trainer.state.log_history, "data": data_summary, **record.to_dict(), **extra}
+    return {
+        "output_dir": cfg.output_dir,
+        "train_loss": result.training_loss,
+        "global_step": result.global_step,
+        "log_history": trainer.state.log_history,
+        "data": data_summary,
+        **record.to_dict(),
+        **extra,
+    }
 
 
 def scalar_record(cfg: RewardConfig, trainer, train_ds, eval_ds) -> tuple[ModelRecord, dict[str, Any]]:
@@ -243,11 +292,18 @@ def scalar_record(cfg: RewardConfig, trainer, train_ds, eval_ds) -> tuple[ModelR
     stats = reward_statistics(rewards.numpy().reshape(-1))  # empty when not finite: the model is saved anyway
     base_model = cfg.model_name_or_path
     record = ModelRecord(
-        objective=cfg.objective, attributes=list(cfg.attributes), attribute_weights=cfg.attribute_weights,
+        objective=cfg.objective,
+        attributes=list(cfg.attributes),
+        attribute_weights=cfg.attribute_weights,
         base_model=cfg.init_from or (DEFAULT_MODEL_HUB_ID if base_model in DEFAULT_MODEL_ALIASES else base_model),
-        init_from=cfg.init_from, train_data=cfg.train_data, max_length=cfg.max_length,
+        init_from=cfg.init_from,
+        train_data=cfg.train_data,
+        max_length=cfg.max_length,
         reward_stats_on="validation" if eval_ds is not None else "train (first 256 rows; no validation set given)",
-        **stats, eval_metrics=eval_metrics, lora=bool(cfg.use_lora))
+        **stats,
+        eval_metrics=eval_metrics,
+        lora=bool(cfg.use_lora),
+    )
     if cfg.objective == "regression":
         names = list(cfg.attributes)
         model_ref = trainer.model
@@ -265,11 +321,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, output = train_cli_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     summary = run_training(cfg)
-    lines = [f"saved {summary['output_dir']} ({summary['objective']}, {summary['global_step']} steps, "
-             f"train loss {summary['train_loss']:.4f})"]
+    lines = [
+        f"saved {summary['output_dir']} ({summary['objective']}, {summary['global_step']} steps, "
+        f"train loss {summary['train_loss']:.4f})"
+    ]
     if summary.get("reward_stats_on") == "validation":  # scalar runs with eval_data (justifier runs have no such block)
-        shown = {k.removeprefix("eval_"): round(v, 4) for k, v in summary["eval_metrics"].items()
-                 if not k.endswith(("runtime", "per_second"))}
+        shown = {
+            k.removeprefix("eval_"): round(v, 4)
+            for k, v in summary["eval_metrics"].items()
+            if not k.endswith(("runtime", "per_second"))
+        }
         lines.append(f"validation ({len(summary['eval_rewards'])} rows): {shown}")
     print_result({k: v for k, v in summary.items() if k != "eval_rewards"}, "\n".join(lines), output.json)
     return summary

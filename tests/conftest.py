@@ -64,7 +64,11 @@ def make_learnable_pairs(n: int, seed: int = 0, with_strength: bool = True) -> l
     import random
 
     rng = random.Random(seed)
-    good = ["The capital of France is Paris.", "Thank you, here is a clear answer.", "Yes, please bake bread with flour and water."]
+    good = [
+        "The capital of France is Paris.",
+        "Thank you, here is a clear answer.",
+        "Yes, please bake bread with flour and water.",
+    ]
     bad = ["no", "bad terrible wrong", "maybe rude"]
     rows = []
     for i in range(n):

@@ -16,10 +16,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_study(tmp_path, **overrides) -> ActiveStudyConfig:
     values = dict(
-        synthetic={"dim": 12, "latent_dim": 3, "nuisance_dim": 2}, train_prompts=60, test_prompts=6, test_responses=20,
+        synthetic={"dim": 12, "latent_dim": 3, "nuisance_dim": 2},
+        train_prompts=60,
+        test_prompts=6,
+        test_responses=20,
         strategies=["random", "dopt", "pa_dopt", "entropy", "maxdiff", "det_xtx", "coreset", "batchbald"],
-        batch_sizes=[20], seeds=[0], annotations=40, prompts_per_round=10, candidates_per_round=300, hidden=[16, 16],
-        max_epochs=4, selection={"batchbald_samples": 16, "batchbald_configurations": 32}, output_dir=str(tmp_path / "study"),
+        batch_sizes=[20],
+        seeds=[0],
+        annotations=40,
+        prompts_per_round=10,
+        candidates_per_round=300,
+        hidden=[16, 16],
+        max_epochs=4,
+        selection={"batchbald_samples": 16, "batchbald_configurations": 32},
+        output_dir=str(tmp_path / "study"),
     )
     values.update(overrides)
     return ActiveStudyConfig(**values)
@@ -77,14 +87,21 @@ def test_active_study_runs_end_to_end_and_writes_table_and_plots(tmp_path):
 
 
 def test_cross_prompt_and_batch_size_sweep_draw_their_figures(tmp_path):
-    config = tiny_study(tmp_path, strategies=["random", "dopt"], pairings=["in-prompt", "cross-prompt"], batch_sizes=[10, 20],
-                        annotations=20)
+    config = tiny_study(
+        tmp_path,
+        strategies=["random", "dopt"],
+        pairings=["in-prompt", "cross-prompt"],
+        batch_sizes=[10, 20],
+        annotations=20,
+    )
     results = run_active_study(config)
     assert set(results["pairing"]) == {"in-prompt", "cross-prompt"}
     assert results.groupby("batch_size")["round"].max().to_dict() == {10: 2, 20: 1}
     cross = results[results["pairing"] == "cross-prompt"]
     assert cross["candidates"].max() == 300  # cross-prompt pairs are plentiful: the full cut is kept
-    assert (Path(config.output_dir) / "batch_sizes.png").exists() and (Path(config.output_dir) / "pairings.png").exists()
+    assert (Path(config.output_dir) / "batch_sizes.png").exists() and (
+        Path(config.output_dir) / "pairings.png"
+    ).exists()
 
 
 def test_study_config_errors_are_clear(tmp_path):
@@ -113,8 +130,14 @@ def test_hsrm_active_cli_runs_a_tiny_study(tmp_path, capsys):
     config.write_text(
         "synthetic: {dim: 8, latent_dim: 2, nuisance_dim: 1}\ntrain_prompts: 30\ntest_prompts: 4\ntest_responses: 10\n"
         "strategies: [random, dopt]\nbatch_sizes: [10]\nseeds: [0]\nannotations: 10\nprompts_per_round: 6\n"
-        "candidates_per_round: 100\nhidden: [8]\nmax_epochs: 2\n")
-    assert main(["active", str(config), "--output-dir", str(tmp_path / "out"), "--seeds", "[0, 1]", "--strategies", "dopt"]) == 0
+        "candidates_per_round: 100\nhidden: [8]\nmax_epochs: 2\n"
+    )
+    assert (
+        main(
+            ["active", str(config), "--output-dir", str(tmp_path / "out"), "--seeds", "[0, 1]", "--strategies", "dopt"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| in-prompt | 10 | dopt | 10 |" in printed and "from 2 runs" in printed
     assert main(["active", str(config), "--strategies", "nope"]) == 1
@@ -151,14 +174,28 @@ def test_select_protocol_round_trip(pool_file, tmp_path):
     first = select_step(state_dir, embeddings=str(path), batch_size=8, strategy="dopt", hidden=[8], max_epochs=3)
     assert first["strategy"] == "random" and first["batch_size"] == 8 and first["open_pairs"] == 12 * 15
     rows = [json.loads(line) for line in Path(first["batch_file"]).read_text().splitlines()]
-    assert all(row["label"] is None and pool.prompt_ids[row["first"]] == pool.prompt_ids[row["second"]] == row["prompt_id"] for row in rows)
+    assert all(
+        row["label"] is None and pool.prompt_ids[row["first"]] == pool.prompt_ids[row["second"]] == row["prompt_id"]
+        for row in rows
+    )
     # nothing labelled yet: the batch stays pending, nothing is retrained
     waiting = select_step(state_dir)
     assert waiting["pending"] == "batch_0001.jsonl" and waiting["labels"] == 0
     # label it (one pair skipped): ingested, retrained, next batch chosen by D-opt among the rest
-    labelled = _label_pending(state_dir, pool.golden, lambda i, r: "skip" if i == 0 else ("first" if pool.golden[r["first"]] > pool.golden[r["second"]] else "second"))
+    labelled = _label_pending(
+        state_dir,
+        pool.golden,
+        lambda i, r: (
+            "skip" if i == 0 else ("first" if pool.golden[r["first"]] > pool.golden[r["second"]] else "second")
+        ),
+    )
     second = select_step(state_dir)
-    assert second["ingested_now"] == 7 and second["labels"] == 7 and second["strategy"] == "dopt" and second["open_pairs"] == 180 - 8
+    assert (
+        second["ingested_now"] == 7
+        and second["labels"] == 7
+        and second["strategy"] == "dopt"
+        and second["open_pairs"] == 180 - 8
+    )
     stored = [json.loads(line) for line in (state_dir / "labels.jsonl").read_text().splitlines()]
     assert [r["pair_id"] for r in stored] == [r["pair_id"] for r in labelled[1:]]
     assert all(r["label"] == int(pool.golden[r["first"]] > pool.golden[r["second"]]) for r in stored)
@@ -211,10 +248,31 @@ def test_hsrm_select_cli_with_jsonl_pairs_passes_extra_fields_through(tmp_path, 
     with open(tmp_path / "pairs.jsonl", "w") as handle:
         for i in range(40):
             a, b = rng.choice(30, 2, replace=False)
-            handle.write(json.dumps({"first": int(a), "second": int(b), "prompt": f"q{i}", "response_1": "x", "response_2": "y"}) + "\n")
+            handle.write(
+                json.dumps({"first": int(a), "second": int(b), "prompt": f"q{i}", "response_1": "x", "response_2": "y"})
+                + "\n"
+            )
     state = tmp_path / "state"
-    assert main(["select", str(state), "--embeddings", str(tmp_path / "items.npy"), "--pairs", str(tmp_path / "pairs.jsonl"),
-                 "--batch-size", "5", "--hidden", "8", "--max-epochs", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "select",
+                str(state),
+                "--embeddings",
+                str(tmp_path / "items.npy"),
+                "--pairs",
+                str(tmp_path / "pairs.jsonl"),
+                "--batch-size",
+                "5",
+                "--hidden",
+                "8",
+                "--max-epochs",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     row = json.loads(Path(summary["batch_file"]).read_text().splitlines()[0])
     assert set(row) == {"pair_id", "first", "second", "prompt", "response_1", "response_2", "label"}

@@ -101,7 +101,9 @@ def test_entropy_picks_the_pairs_with_p_closest_to_one_half():
     assert chosen.tolist() == [5, 1, 3]
     # the score is the Bernoulli entropy of p, checked against the formula
     p = 1 / (1 + np.exp(-REWARD_DIFFERENCES))
-    np.testing.assert_allclose(entropy_scores(REWARD_DIFFERENCES), -(p * np.log(p) + (1 - p) * np.log(1 - p)), rtol=1e-10)
+    np.testing.assert_allclose(
+        entropy_scores(REWARD_DIFFERENCES), -(p * np.log(p) + (1 - p) * np.log(1 - p)), rtol=1e-10
+    )
 
 
 def test_maxdiff_picks_the_extremes():
@@ -125,7 +127,9 @@ def test_dopt_score_is_the_gradient_of_log_det_at_w_equal_one():
         return np.linalg.slogdet((d * (w * v)[:, None]).T @ d + ridge * np.eye(4))[1]
 
     eps = 1e-6
-    numeric = np.array([(log_det(np.ones(30) + eps * e) - log_det(np.ones(30) - eps * e)) / (2 * eps) for e in np.eye(30)])
+    numeric = np.array(
+        [(log_det(np.ones(30) + eps * e) - log_det(np.ones(30) - eps * e)) / (2 * eps) for e in np.eye(30)]
+    )
     np.testing.assert_allclose(dopt_scores(d, delta, ridge=1e-3), numeric, rtol=1e-4)
 
 
@@ -188,14 +192,20 @@ def test_coreset_sensitivities_match_the_formula_computed_point_by_point():
 def test_coreset_samples_outliers_far_more_often_than_dense_points():
     rng = np.random.default_rng(0)
     # 95 pairs in one dense blob, 5 outliers; the model's weight sets the radius R = ‖β̂‖ = 1
-    d = np.vstack([rng.normal(0, 0.05, (95, 2)) + [1.0, 0.0], rng.normal(0, 0.05, (5, 2)) + [[1, 6], [1, -6], [6, 6], [-6, 1], [1, 9]]])
+    d = np.vstack(
+        [
+            rng.normal(0, 0.05, (95, 2)) + [1.0, 0.0],
+            rng.normal(0, 0.05, (5, 2)) + [[1, 6], [1, -6], [6, 6], [-6, 1], [1, 9]],
+        ]
+    )
     model, candidates = LastLayer.linear(np.array([1.0, 0.0])), differences_as_candidates(d)
     hits = np.zeros(100)
     for seed in range(100):
         hits[select_pairs(model, candidates, 5, "coreset", seed=seed)] += 1
     assert hits[95:].mean() > 10 * hits[:95].mean()
-    assert not np.array_equal(select_pairs(model, candidates, 5, "coreset", seed=1), select_pairs(model, candidates, 5, "coreset", seed=2))
-
+    assert not np.array_equal(
+        select_pairs(model, candidates, 5, "coreset", seed=1), select_pairs(model, candidates, 5, "coreset", seed=2)
+    )
 
 
 def test_coreset_clusters_are_seeded_and_fitted_on_a_subsample():
@@ -239,7 +249,6 @@ def test_batchbald_first_pick_is_bald_and_it_skips_a_duplicate():
     chosen = batchbald_select(probabilities, 2, np.random.default_rng(1), n_configurations=512)
     # top-2 BALD would take A and its copy; the joint mutual information knows the copy adds nothing
     assert chosen[0] in (0, 1) and chosen[1] == 2
-
 
 
 def exact_joint_mutual_information(probabilities: np.ndarray, batch: list[int]) -> float:
@@ -314,10 +323,13 @@ def test_batchbald_agrees_with_the_exact_greedy_on_random_problems():
         assert chosen.tolist() == batch, (checked, margin)
         checked += 1
 
+
 def test_batchbald_strategy_on_features_avoids_the_duplicate():
     d = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 1.5], [0.3, 0.3]])
     options = SelectionOptions(batchbald_prior_precision=1.0, batchbald_samples=300, batchbald_configurations=512)
-    chosen = select_pairs(LastLayer.linear(np.array([0.01, 0.0])), differences_as_candidates(d), 2, "batchbald", options=options)
+    chosen = select_pairs(
+        LastLayer.linear(np.array([0.01, 0.0])), differences_as_candidates(d), 2, "batchbald", options=options
+    )
     assert chosen[0] in (0, 1) and chosen[1] == 2
 
 
@@ -373,8 +385,14 @@ def _parameter_error_curve(strategy, seed, dim=6, rounds=10, first_batch=50, bat
             chosen = rng.choice(pool, k, replace=False)
         else:
             labelled = np.concatenate(seen_d)
-            chosen = select_pairs(LastLayer.linear(estimate), differences_as_candidates(candidates), k, strategy,
-                                  labelled=differences_as_candidates(labelled), seed=seed)
+            chosen = select_pairs(
+                LastLayer.linear(estimate),
+                differences_as_candidates(candidates),
+                k,
+                strategy,
+                labelled=differences_as_candidates(labelled),
+                seed=seed,
+            )
         d = candidates[chosen]
         seen_d.append(d)
         seen_y.append(rng.uniform(size=k) < sigmoid(d @ beta))

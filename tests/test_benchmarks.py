@@ -33,8 +33,9 @@ def test_best_of_four_with_two_and_three_way_ties_at_the_top():
     assert best_of_n_score([3.0, 1.0, 3.0, 3.0]) == pytest.approx(1 / 3)  # three ways
     assert best_of_n_score([2.0, 3.0, 3.0, 1.0]) == 0.0  # another completion is higher
     # subset score = the mean over rows: (1 + 1/2 + 1/3 + 0) / 4
-    bench = rewardbench2_scores(["Math"] * 4, ["a", "b", "c", "d"], [1] * 4,
-                                [[3, 1, 2, 0], [3, 3, 2, 0], [3, 1, 3, 3], [2, 3, 3, 1]])
+    bench = rewardbench2_scores(
+        ["Math"] * 4, ["a", "b", "c", "d"], [1] * 4, [[3, 1, 2, 0], [3, 3, 2, 0], [3, 1, 3, 3], [2, 3, 3, 1]]
+    )
     assert bench["subsets"]["Math"] == {"score": pytest.approx((1 + 0.5 + 1 / 3) / 4), "n": 4}
     assert bench["overall"] == pytest.approx((1 + 0.5 + 1 / 3) / 4)  # the mean of the one subset present
     assert bench["subsets_missing"] == ["Factuality", "Precise IF", "Safety", "Focus", "Ties"]
@@ -58,7 +59,9 @@ def test_ties_with_a_different_correct_margin_of_zero():
     too: 0 / 0 is NaN → 0): ref 2 vs [2] → margin 0, not accurate; tied [2, 2] vs [2] → margin 0."""
     t = ties_score(["ref:1", "tied:1", "ref:2", "tied:2"], [[4, 1], [4, 4, 1, 2], [2, 2], [2, 2, 2]], [1, 2, 1, 2])
     assert (t["ref_accuracy"], t["tied_accuracy"]) == (0.5, 0.5)
-    assert t["correctness_preferred"] == 0.5 and t["correctness_preferred_hard"] == 0.5  # prompt 1 yes, prompt 2 (0 > 0) no
+    assert (
+        t["correctness_preferred"] == 0.5 and t["correctness_preferred_hard"] == 0.5
+    )  # prompt 1 yes, prompt 2 (0 > 0) no
     assert t["correctness_margin_score"] == pytest.approx((1.0 + 0.0) / 2)
     assert t["paired_prompts"] == 2
     assert t["score"] == pytest.approx(0.30 * 0.5 + 0.30 * 0.5 + 0.20 * 0.5 + 0.20 * 0.5 + 0.01 * 0.5)
@@ -82,8 +85,12 @@ def test_rmbench_matrix_and_its_triangles_by_hand():
     chosen, rejected = [[3, 2, 1], [1, 1, 4]], [[2.5, 2.5, 0.5], [0, 2, 3]]
     assert style_matrix(chosen, rejected) == [[1.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 1.0]]
     averages = matrix_averages(style_matrix(chosen, rejected))
-    assert averages == {"hard": pytest.approx(0.5), "normal": pytest.approx(2 / 3), "easy": pytest.approx(0.5),
-                        "average": pytest.approx(5 / 9)}
+    assert averages == {
+        "hard": pytest.approx(0.5),
+        "normal": pytest.approx(2 / 3),
+        "easy": pytest.approx(0.5),
+        "average": pytest.approx(5 / 9),
+    }
     bench = rmbench_scores(["chat", "chat", "safety"], chosen + [[1, 1, 1]], rejected + [[0, 0, 2]])
     assert bench["domains"]["safety"]["matrix"] == [[1.0, 1.0, 0.0]] * 3
     assert bench["overall"]["hard"] == pytest.approx((0.5 + 1 / 3) / 2)  # safety: upper cells 1, 0, 0 → 1/3
@@ -104,7 +111,9 @@ def test_helpsteer3_rows_negative_positive_zero_and_a_three_turn_context(tiny_to
     assert [m["role"] for m in three_turns["prompt"]] == ["user", "assistant", "user"]
     # Token by token: the chosen sequence is the chat template over the three turns plus the chosen reply.
     messages = rows[2]["context"] + [{"role": "assistant", "content": rows[2]["response1"]}]
-    expected = tiny_tokenizer(tiny_tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    expected = tiny_tokenizer(tiny_tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)[
+        "input_ids"
+    ]
     assert encode(tiny_tokenizer, three_turns["prompt"], three_turns["chosen"], None) == expected
     assert ds["domain"][:3] == ["general", "general", "code"] and ds["language"][2] == "python"
 
@@ -113,9 +122,18 @@ def test_helpsteer3_bad_rows_name_the_field_or_are_counted(tmp_path):
     from hsrm.data.helpsteer3 import load_helpsteer3_preference
     from hsrm.data.io import DataError
 
-    good = {"domain": "general", "language": "english", "context": [{"role": "user", "content": "q"}], "response1": "a",
-            "response2": "b", "overall_preference": 1}
-    bad = [dict(good, overall_preference=5), dict(good, context=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])]
+    good = {
+        "domain": "general",
+        "language": "english",
+        "context": [{"role": "user", "content": "q"}],
+        "response1": "a",
+        "response2": "b",
+        "overall_preference": 1,
+    }
+    bad = [
+        dict(good, overall_preference=5),
+        dict(good, context=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]),
+    ]
     path = write_jsonl(tmp_path / "hs3.jsonl", [good, *bad])
     with pytest.raises(DataError, match=r"row 2 \(counting from 1\), field 'overall_preference'"):
         load_helpsteer3_preference(str(path))
@@ -124,15 +142,20 @@ def test_helpsteer3_bad_rows_name_the_field_or_are_counted(tmp_path):
 
 
 def test_grouped_accuracy():
-    assert grouped_accuracy(["a", "b", "a"], [1, 1, 0], [0, 2, 0]) == {"a": {"n": 2, "correct": 1, "accuracy": 0.5},
-                                                                       "b": {"n": 1, "correct": 0, "accuracy": 0.0}}
+    assert grouped_accuracy(["a", "b", "a"], [1, 1, 0], [0, 2, 0]) == {
+        "a": {"n": 2, "correct": 1, "accuracy": 0.5},
+        "b": {"n": 1, "correct": 0, "accuracy": 0.0},
+    }
 
 
 # ------------------------------------------------------------------------------- hsrm evaluate
 def plain_reward(model, tokenizer, prompt, response) -> float:
     messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + [
-        {"role": "assistant", "content": response}]
-    ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False, return_tensors="pt")
+        {"role": "assistant", "content": response}
+    ]
+    ids = tokenizer(
+        tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False, return_tensors="pt"
+    )
     with torch.no_grad():
         return float(model.score(model.model(input_ids=ids["input_ids"]).last_hidden_state[0, -1])[0])
 
@@ -158,8 +181,12 @@ def test_evaluate_rewardbench2_file(tiny_model_dir, tmp_path, capsys, plain):
     result, printed = run_evaluate(tiny_model_dir, DATA / "rewardbench2_sample.jsonl", tmp_path, capsys)
     rows = [json.loads(line) for line in (DATA / "rewardbench2_sample.jsonl").read_text().splitlines()]
     rewards = [[plain(r["prompt"], c) for c in r["chosen"] + r["rejected"]] for r in rows]
-    expected = rewardbench2_scores([r["subset"] for r in rows], [r["id"] for r in rows], [r["num_correct"] for r in rows], rewards)
-    assert result["format"] == "rewardbench2" and result["max_length"] == 1024  # the protocol's 2048, capped at the context
+    expected = rewardbench2_scores(
+        [r["subset"] for r in rows], [r["id"] for r in rows], [r["num_correct"] for r in rows], rewards
+    )
+    assert (
+        result["format"] == "rewardbench2" and result["max_length"] == 1024
+    )  # the protocol's 2048, capped at the context
     for subset, entry in expected["subsets"].items():
         assert result["rewardbench2"]["subsets"][subset]["score"] == pytest.approx(entry["score"], abs=1e-9), subset
     assert result["primary_metric"]["value"] == pytest.approx(expected["overall"])
@@ -185,8 +212,11 @@ def test_evaluate_helpsteer3_file(tiny_model_dir, tmp_path, capsys, plain):
     result, printed = run_evaluate(tiny_model_dir, DATA / "helpsteer3_sample.jsonl", tmp_path, capsys)
     rows = [json.loads(line) for line in (DATA / "helpsteer3_sample.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["overall_preference"] != 0]
-    correct = [plain(r["context"], r["response1"] if r["overall_preference"] < 0 else r["response2"])
-               > plain(r["context"], r["response2"] if r["overall_preference"] < 0 else r["response1"]) for r in rows]
+    correct = [
+        plain(r["context"], r["response1"] if r["overall_preference"] < 0 else r["response2"])
+        > plain(r["context"], r["response2"] if r["overall_preference"] < 0 else r["response1"])
+        for r in rows
+    ]
     assert result["format"] == "helpsteer3" and result["n"] == 7  # the 0-preference row is dropped and counted
     assert "dropped 1 (no preference" in result["load"]
     assert result["metrics"]["accuracy"] == pytest.approx(sum(correct) / len(correct))
@@ -202,8 +232,13 @@ def test_formats_are_detected_from_rows_and_hub_ids():
     assert detect_format(str(DATA / "rewardbench2_sample.jsonl")) == "rewardbench2"
     assert detect_format(str(DATA / "rmbench_sample.jsonl")) == "rmbench"
     assert detect_format(str(DATA / "helpsteer3_sample.jsonl")) == "helpsteer3_preference"
-    assert detect_format("allenai/reward-bench-2") == "rewardbench2" and detect_format("allenai/reward-bench") == "rewardbench"
-    assert detect_format("THU-KEG/RM-Bench") == "rmbench" and detect_format("nvidia/HelpSteer3") == "helpsteer3_preference"
+    assert (
+        detect_format("allenai/reward-bench-2") == "rewardbench2"
+        and detect_format("allenai/reward-bench") == "rewardbench"
+    )
+    assert (
+        detect_format("THU-KEG/RM-Bench") == "rmbench" and detect_format("nvidia/HelpSteer3") == "helpsteer3_preference"
+    )
 
 
 def test_helpsteer3_trains_scaled_bt(tmp_path, tiny_model_dir):
@@ -213,8 +248,22 @@ def test_helpsteer3_trains_scaled_bt(tmp_path, tiny_model_dir):
     recipe = load_recipe(REPO_ROOT / "recipes" / "scaled_bt_helpsteer3.yaml", {"bf16": False, "use_cpu": True})
     assert recipe.objective == "scaled_bt" and recipe.data_format == "helpsteer3_preference"
     data = str(DATA / "helpsteer3_sample.jsonl")
-    summary = run_training(load_recipe(None, {"objective": "scaled_bt", "model_name_or_path": str(tiny_model_dir), "train_data": data,
-                                              "eval_data": data, "eval_split": "validation", "max_steps": 2, "use_cpu": True,
-                                              "save_strategy": "no", "per_device_train_batch_size": 4, "max_length": 64,
-                                              "output_dir": str(tmp_path / "m")}))
+    summary = run_training(
+        load_recipe(
+            None,
+            {
+                "objective": "scaled_bt",
+                "model_name_or_path": str(tiny_model_dir),
+                "train_data": data,
+                "eval_data": data,
+                "eval_split": "validation",
+                "max_steps": 2,
+                "use_cpu": True,
+                "save_strategy": "no",
+                "per_device_train_batch_size": 4,
+                "max_length": 64,
+                "output_dir": str(tmp_path / "m"),
+            },
+        )
+    )
     assert summary["global_step"] == 2 and "dropped 1 (no preference" in summary["data"]["train"]["load"]

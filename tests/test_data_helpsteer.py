@@ -16,10 +16,17 @@ from hsrm.data import (
 )
 
 
-def pref_row(strengths, split="train", as_repr=False, r1="Response one text.", r2="Response two text.", prompt="Say hi."):
+def pref_row(
+    strengths, split="train", as_repr=False, r1="Response one text.", r2="Response two text.", prompt="Say hi."
+):
     annotations = [{"strength": s, "justification": f"@Response {'1' if s < 0 else '2'} is better."} for s in strengths]
-    return {"split": split, "prompt": prompt, "response_1": r1, "response_2": r2,
-            "all_preferences_unprocessed": repr(annotations) if as_repr else annotations}
+    return {
+        "split": split,
+        "prompt": prompt,
+        "response_1": r1,
+        "response_2": r2,
+        "all_preferences_unprocessed": repr(annotations) if as_repr else annotations,
+    }
 
 
 def test_papers_example_is_excluded_for_spread():
@@ -29,9 +36,9 @@ def test_papers_example_is_excluded_for_spread():
 
 def test_mean_is_rounded_and_zero_is_excluded():
     assert overall_preference([-1, -1, 1]) == (None, "overall preference 0")  # the paper's example of disagreement
-    assert overall_preference([-2, -1, -1]) == (-1, None)    # mean −1.33 → −1
-    assert overall_preference([2, 3, 3]) == (3, None)        # mean 2.67 → 3
-    assert overall_preference([3, 3, 3, -3]) == (3, None)    # the outlier is not among the three most similar
+    assert overall_preference([-2, -1, -1]) == (-1, None)  # mean −1.33 → −1
+    assert overall_preference([2, 3, 3]) == (3, None)  # mean 2.67 → 3
+    assert overall_preference([3, 3, 3, -3]) == (3, None)  # the outlier is not among the three most similar
 
 
 def test_neither_valid_annotations_are_dropped_before_selection():
@@ -41,12 +48,12 @@ def test_neither_valid_annotations_are_dropped_before_selection():
 
 def test_loader_applies_every_rule_and_counts_them(tmp_path):
     rows = [
-        pref_row([-2, -2, -1]),                       # kept: response 1 better, strength 2
-        pref_row([1, 2, 2], as_repr=True),            # kept: response 2 better, strength 2 (Python-repr list)
-        pref_row([-3, -1, 2, 3]),                     # spread 4: excluded
-        pref_row([-1, -1, 1]),                        # overall 0: excluded
-        pref_row([-100, -100, -100]),                 # nothing valid: excluded
-        pref_row([3, 3, 2], split="val"),             # other split: not read
+        pref_row([-2, -2, -1]),  # kept: response 1 better, strength 2
+        pref_row([1, 2, 2], as_repr=True),  # kept: response 2 better, strength 2 (Python-repr list)
+        pref_row([-3, -1, 2, 3]),  # spread 4: excluded
+        pref_row([-1, -1, 1]),  # overall 0: excluded
+        pref_row([-100, -100, -100]),  # nothing valid: excluded
+        pref_row([3, 3, 2], split="val"),  # other split: not read
     ]
     path = write_jsonl(tmp_path / "pref.jsonl", rows)
     ds, report = load_helpsteer2_preference(str(path), split="train", return_report=True)
@@ -56,8 +63,11 @@ def test_loader_applies_every_rule_and_counts_them(tmp_path):
     assert ds["overall_preference"] == [-2, 2]
     assert ds["prompt"][0] == [{"role": "user", "content": "Say hi."}]
     assert report.rows_read == 5 and report.rows_kept == 2
-    assert report.dropped == {"spread of the three most similar > 2": 1, "overall preference 0": 1,
-                              "no valid annotation (all −100 or none)": 1}
+    assert report.dropped == {
+        "spread of the three most similar > 2": 1,
+        "overall preference 0": 1,
+        "no valid annotation (all −100 or none)": 1,
+    }
     val = load_helpsteer2_preference(str(path), split="val")
     assert val["strength"] == [3] and val["chosen"] == ["Response two text."]
 
@@ -66,17 +76,33 @@ def test_multi_turn_prompt_becomes_chat_messages(tmp_path):
     prompt = "What is 2+2?<extra_id_1>Assistant\n4.<extra_id_1>User\nAnd 3+3?"
     path = write_jsonl(tmp_path / "pref.jsonl", [pref_row([2, 2, 2], prompt=prompt)])
     assert load_helpsteer2_preference(str(path))["prompt"][0] == [
-        {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."},
-        {"role": "user", "content": "And 3+3?"}]
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3+3?"},
+    ]
 
 
 def test_ratings_select_attributes_and_reject_bad_values(tmp_path):
-    good = {"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 4, "coherence": 4, "complexity": 1, "verbosity": 2}
+    good = {
+        "prompt": "p",
+        "response": "r",
+        "helpfulness": 3,
+        "correctness": 4,
+        "coherence": 4,
+        "complexity": 1,
+        "verbosity": 2,
+    }
     path = write_jsonl(tmp_path / "ratings.jsonl", [good])
     one = load_helpsteer2_ratings(str(path))
     assert one.column_names == ["prompt", "response", "helpfulness"] and one["helpfulness"] == [3.0]
     five = load_helpsteer2_ratings(str(path), attributes="all")
-    assert [five[a][0] for a in ("helpfulness", "correctness", "coherence", "complexity", "verbosity")] == [3.0, 4.0, 4.0, 1.0, 2.0]
+    assert [five[a][0] for a in ("helpfulness", "correctness", "coherence", "complexity", "verbosity")] == [
+        3.0,
+        4.0,
+        4.0,
+        1.0,
+        2.0,
+    ]
     bad = dict(good, helpfulness=7)
     write_jsonl(path, [good, bad])
     with pytest.raises(DataError, match=r"row 2 \(counting from 1\), field 'helpfulness': rating 7 is outside 0–4"):
@@ -101,12 +127,26 @@ def test_non_utf8_file_is_a_clear_error(tmp_path):
         load_helpsteer2_ratings(str(path))
 
 
-value = st.one_of(st.none(), st.integers(-200, 200), st.floats(allow_nan=True), st.text(max_size=20), st.booleans(),
-                  st.lists(st.integers(-5, 5), max_size=3))
-malformed_pref = st.fixed_dictionaries({}, optional={
-    "split": st.sampled_from(["train", "val", 3]), "prompt": value, "response_1": value, "response_2": value,
-    "all_preferences_unprocessed": st.one_of(value, st.lists(st.fixed_dictionaries({"strength": value}), max_size=5),
-                                             st.text(max_size=30))})
+value = st.one_of(
+    st.none(),
+    st.integers(-200, 200),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.booleans(),
+    st.lists(st.integers(-5, 5), max_size=3),
+)
+malformed_pref = st.fixed_dictionaries(
+    {},
+    optional={
+        "split": st.sampled_from(["train", "val", 3]),
+        "prompt": value,
+        "response_1": value,
+        "response_2": value,
+        "all_preferences_unprocessed": st.one_of(
+            value, st.lists(st.fixed_dictionaries({"strength": value}), max_size=5), st.text(max_size=30)
+        ),
+    },
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

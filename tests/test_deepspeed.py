@@ -26,12 +26,47 @@ def free_port() -> int:
 def launch(tmp_path: Path, model_dir: Path, data: Path, stage: str) -> Path:
     out = tmp_path / f"out-{stage}"
     torchrun = Path(sys.executable).parent / "torchrun"
-    command = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "hsrm.train",
-               "--model_name_or_path", str(model_dir), "--train_data", str(data), "--output_dir", str(out),
-               "--objective", "bt", "--max_steps", "6", "--learning_rate", "1e-3", "--warmup_steps", "0",
-               "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4", "--logging_steps", "2",
-               "--save_strategy", "no", "--max_length", "128", "--disable_tqdm", "true",
-               "--deepspeed", str(REPO_ROOT / "ds_configs" / f"{stage}.json"), "--ddp_backend", "gloo", "--use_cpu", "true"]
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "hsrm.train",
+        "--model_name_or_path",
+        str(model_dir),
+        "--train_data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--objective",
+        "bt",
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "0",
+        "--per_device_train_batch_size",
+        "2",
+        "--per_device_eval_batch_size",
+        "4",
+        "--logging_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        "--max_length",
+        "128",
+        "--disable_tqdm",
+        "true",
+        "--deepspeed",
+        str(REPO_ROOT / "ds_configs" / f"{stage}.json"),
+        "--ddp_backend",
+        "gloo",
+        "--use_cpu",
+        "true",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -56,7 +91,9 @@ def test_zero_trains_saves_and_reloads_with_same_rewards(tmp_path, tiny_model_di
     from hsrm.trainers.pairwise import split_pair_rewards
 
     model, tokenizer, _ = load_reward_model(str(out), device="cpu")
-    cfg = load_recipe(None, {"train_data": str(pairs), "max_length": 128, "output_dir": str(tmp_path / "unused"), "use_cpu": True})
+    cfg = load_recipe(
+        None, {"train_data": str(pairs), "max_length": 128, "output_dir": str(tmp_path / "unused"), "use_cpu": True}
+    )
     train_ds, _, _ = load_datasets(cfg, tokenizer)
     batch = PairwiseCollator(tokenizer.pad_token_id)([train_ds[i] for i in range(len(train_ds))])
     with torch.no_grad():

@@ -22,9 +22,12 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     report = (out / "README.md").read_text()
     best = summary["best_of_n"]["rewards"].index(max(summary["best_of_n"]["rewards"]))
     # the console summary ends with the Best-of-N table, every row of it, the best one marked
-    assert [line.split(" | ")[0] for line in console.splitlines() if line.startswith("| ") and " | " in line][-4:] == \
-        [f"| {i}{' (best)' if i == best else ''}" for i in range(4)]
-    assert "held-out pairwise accuracy" in report and "hsrm expo --weak" in report and "## Embedding-path study" in report
+    assert [line.split(" | ")[0] for line in console.splitlines() if line.startswith("| ") and " | " in line][-4:] == [
+        f"| {i}{' (best)' if i == best else ''}" for i in range(4)
+    ]
+    assert (
+        "held-out pairwise accuracy" in report and "hsrm expo --weak" in report and "## Embedding-path study" in report
+    )
     assert (out / "expo" / "expo_search.json").exists() and (out / "study" / "results.csv").exists()
     assert summary["heldout_accuracy_95ci"][0] <= summary["heldout_accuracy"] <= summary["heldout_accuracy_95ci"][1]
     rb_sections = summary["rewardbench"]["sections"]
@@ -40,10 +43,14 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert len(evaluate_lines) == 2
     rb_again = tmp_path / "rb_again.json"
     assert cli_main([*shlex.split(evaluate_lines[0])[1:], "--output", str(rb_again)]) == 0
-    assert json.loads(rb_again.read_text())["rewardbench"]["overall"] == pytest.approx(summary["rewardbench"]["overall"], abs=1e-9)
+    assert json.loads(rb_again.read_text())["rewardbench"]["overall"] == pytest.approx(
+        summary["rewardbench"]["overall"], abs=1e-9
+    )
     expo_again = tmp_path / "expo_again.json"
     assert cli_main([*shlex.split(evaluate_lines[1])[1:], "--output", str(expo_again)]) == 0
-    assert json.loads(expo_again.read_text())["metrics"]["accuracy"] == pytest.approx(summary["expo_heldout_accuracy"], abs=1e-9)
+    assert json.loads(expo_again.read_text())["metrics"]["accuracy"] == pytest.approx(
+        summary["expo_heldout_accuracy"], abs=1e-9
+    )
 
 
 # ------------------------------------------------------------------------------ where the data comes from
@@ -66,23 +73,42 @@ def test_data_dir_then_shared_then_hub_then_generated(tmp_path, monkeypatch, cap
     def fake_load_dataset(repo, data_dir=None, split=None):
         asked.append((repo, data_dir, split))
         if repo == "Anthropic/hh-rlhf":
-            rows = [{"chosen": f"\n\nHuman: q{i}?\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}?\n\nAssistant: bad"}
-                    for i in range(500)]
+            rows = [
+                {
+                    "chosen": f"\n\nHuman: q{i}?\n\nAssistant: good {i}",
+                    "rejected": f"\n\nHuman: q{i}?\n\nAssistant: bad",
+                }
+                for i in range(500)
+            ]
         elif repo == "nvidia/HelpSteer2":
-            rows = [{"prompt": f"q{i}", "response": "r", **{a: 2 for a in ("helpfulness", "correctness", "coherence",
-                                                                              "complexity", "verbosity")}} for i in range(300)]
+            rows = [
+                {
+                    "prompt": f"q{i}",
+                    "response": "r",
+                    **{a: 2 for a in ("helpfulness", "correctness", "coherence", "complexity", "verbosity")},
+                }
+                for i in range(300)
+            ]
         else:
-            rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "subset": s, "id": i} for i, s in
-                    enumerate(["alpacaeval-easy"] * 20 + ["mt-bench-hard"] * 20)]
+            rows = [
+                {"prompt": "q", "chosen": "a", "rejected": "b", "subset": s, "id": i}
+                for i, s in enumerate(["alpacaeval-easy"] * 20 + ["mt-bench-hard"] * 20)
+            ]
         return datasets.Dataset.from_list(rows)
 
     monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     hub = demo.data_sources(tmp_path / "work", profile=demo.QUICK)
     assert hub["note"].startswith("real data from the Hugging Face Hub")
-    assert sorted(asked) == sorted([("Anthropic/hh-rlhf", "helpful-base", "test"), ("Anthropic/hh-rlhf", "helpful-online", "test"),
-                                    ("Anthropic/hh-rlhf", "helpful-rejection-sampled", "test"), ("nvidia/HelpSteer2", None, "train"),
-                                    ("allenai/reward-bench", None, "filtered")])
+    assert sorted(asked) == sorted(
+        [
+            ("Anthropic/hh-rlhf", "helpful-base", "test"),
+            ("Anthropic/hh-rlhf", "helpful-online", "test"),
+            ("Anthropic/hh-rlhf", "helpful-rejection-sampled", "test"),
+            ("nvidia/HelpSteer2", None, "train"),
+            ("allenai/reward-bench", None, "filtered"),
+        ]
+    )
     rb_rows = [json.loads(line) for line in open(hub["rewardbench"])]
     assert len(rb_rows) == 2 * demo.QUICK.rewardbench_per_subset  # the first N of every subset
     assert len(open(hub["train_pairs"]).read().splitlines()) == demo.QUICK.bt_pairs + 64

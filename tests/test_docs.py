@@ -65,7 +65,7 @@ def test_documented_command_is_valid(command, monkeypatch):
             assert (REPO_ROOT / word).exists(), f"{word} does not exist"
     if words[0] in ("accelerate", "torchrun"):
         assert "-m" in words and words[words.index("-m") + 1] in ("hsrm.train", "hsrm.rloo")
-        verb, rest = words[words.index("-m") + 1].split(".")[1], words[words.index("-m") + 2:]
+        verb, rest = words[words.index("-m") + 1].split(".")[1], words[words.index("-m") + 2 :]
     else:
         verb, rest = words[1], words[2:]
     assert verb in VERBS, f"unknown verb {verb}"

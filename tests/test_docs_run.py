@@ -57,19 +57,19 @@ PREFIXES = ("hsrm ", "accelerate launch", "torchrun ", "python -m hsrm.", ".venv
 # ------------------------------------------------------------------------------------------------
 # Placeholder or example name in a documented command → what the sandbox uses (made by `sandbox`).
 SUBSTITUTE = {
-    "RECIPE.yaml": "recipes/tiny_bt.yaml",           # "any recipe": the seconds-long tiny one
-    "TINY_DIR": "runs/tiny-llama",                  # hsrm.tiny.build_tiny_llama
-    "/tmp/tiny": "runs/tiny-llama",                 # evaluation.md's example model (random, 30k parameters)
-    "PAIRS.jsonl": "data/pairs.jsonl",              # 16 learnable pairs with a strength 1-3
+    "RECIPE.yaml": "recipes/tiny_bt.yaml",  # "any recipe": the seconds-long tiny one
+    "TINY_DIR": "runs/tiny-llama",  # hsrm.tiny.build_tiny_llama
+    "/tmp/tiny": "runs/tiny-llama",  # evaluation.md's example model (random, 30k parameters)
+    "PAIRS.jsonl": "data/pairs.jsonl",  # 16 learnable pairs with a strength 1-3
     "pairs.jsonl": "data/pairs.jsonl",
-    "VALIDATION.jsonl": "data/val_pairs.jsonl",     # 8 more pairs
-    "val_rewardbench.jsonl": "data/rb.jsonl",       # RewardBench rows: 2 per subset of the RewardBench sample
+    "VALIDATION.jsonl": "data/val_pairs.jsonl",  # 8 more pairs
+    "val_rewardbench.jsonl": "data/rb.jsonl",  # RewardBench rows: 2 per subset of the RewardBench sample
     "rb.jsonl": "data/rb.jsonl",
-    "allenai/reward-bench": "data/rb.jsonl",        # the Hub id, replaced by the local sample (no network)
-    "allenai/reward-bench-2": "data/rb2.jsonl",     # the Hub ids of the 2025 benchmarks → tests/data's hand-made rows
+    "allenai/reward-bench": "data/rb.jsonl",  # the Hub id, replaced by the local sample (no network)
+    "allenai/reward-bench-2": "data/rb2.jsonl",  # the Hub ids of the 2025 benchmarks → tests/data's hand-made rows
     "THU-KEG/RM-Bench": "data/rmbench.jsonl",
     "nvidia/HelpSteer3": "data/hs3.jsonl",
-    "candidates.jsonl": "data/candidates.jsonl",    # 2 Best-of-N rows + 2 {prompt, response} rows of one prompt
+    "candidates.jsonl": "data/candidates.jsonl",  # 2 Best-of-N rows + 2 {prompt, response} rows of one prompt
 }
 # Literal names kept: pool.npz (active.md's SyntheticWorld line, 20 prompts × 10 here), STATE and
 # STATE_DIR (select state folders), scored.jsonl / pairs_eval.json (outputs), runs/toy_pairs.jsonl
@@ -77,165 +77,335 @@ SUBSTITUTE = {
 # runs/hh/base_401_1000.jsonl (lightweight.md's `zcat … | sed -n 401,1000p`, repeated in Python).
 
 # Tiny settings appended to every training command.
-TINY_TRAIN = ("--max_steps", "2", "--max_length", "64", "--max_train_samples", "16", "--max_eval_samples", "8",
-              "--per_device_train_batch_size", "2", "--use_cpu", "true", "--bf16", "false", "--save_strategy", "no",
-              "--logging_steps", "1", "--disable_tqdm", "true")
+TINY_TRAIN = (
+    "--max_steps",
+    "2",
+    "--max_length",
+    "64",
+    "--max_train_samples",
+    "16",
+    "--max_eval_samples",
+    "8",
+    "--per_device_train_batch_size",
+    "2",
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "true",
+)
 TINY_RM = ("--model_name_or_path", "runs/tiny-llama")
 TINY_CAUSAL_LM = ("--model_name_or_path", "runs/tiny-causal-lm")
 # Paper recipes train a 70B model in bf16 on Hub data with a validation loop: local data, fp32, no loop.
-PAPER_RECIPE = TINY_TRAIN + ("--eval_data", "", "--eval_strategy", "no", "--load_best_model_at_end", "false",
-                             "--model_dtype", "float32", "--gradient_checkpointing", "false")
+PAPER_RECIPE = TINY_TRAIN + (
+    "--eval_data",
+    "",
+    "--eval_strategy",
+    "no",
+    "--load_best_model_at_end",
+    "false",
+    "--model_dtype",
+    "float32",
+    "--gradient_checkpointing",
+    "false",
+)
 # The launcher commands are alternatives that share an output_dir; run one after another here, each replaces the last.
-PAPER_PAIRS = PAPER_RECIPE + TINY_RM + ("--train_data", "data/pairs.jsonl", "--data_format", "auto", "--overwrite_output_dir", "true")
+PAPER_PAIRS = (
+    PAPER_RECIPE
+    + TINY_RM
+    + ("--train_data", "data/pairs.jsonl", "--data_format", "auto", "--overwrite_output_dir", "true")
+)
 TINY_SELECT = ("--hidden", "8", "--max-epochs", "3")  # fixed at a state's first call
-TINY_ACTIVE = ("--train_prompts", "40", "--test_prompts", "5", "--test_responses", "10", "--strategies", "[random, dopt]",
-               "--seeds", "[0]", "--annotations", "20", "--batch_sizes", "[10]", "--prompts_per_round", "8",
-               "--candidates_per_round", "100", "--hidden", "[8]", "--max_epochs", "2")
-STUDY = ("--seeds", "0", "--no-plots", "--n-jobs", "1")  # one process (two CPU cores are shared); plots: test_embedding_study
+TINY_ACTIVE = (
+    "--train_prompts",
+    "40",
+    "--test_prompts",
+    "5",
+    "--test_responses",
+    "10",
+    "--strategies",
+    "[random, dopt]",
+    "--seeds",
+    "[0]",
+    "--annotations",
+    "20",
+    "--batch_sizes",
+    "[10]",
+    "--prompts_per_round",
+    "8",
+    "--candidates_per_round",
+    "100",
+    "--hidden",
+    "[8]",
+    "--max_epochs",
+    "2",
+)
+STUDY = (
+    "--seeds",
+    "0",
+    "--no-plots",
+    "--n-jobs",
+    "1",
+)  # one process (two CPU cores are shared); plots: test_embedding_study
 # Keys an in-process run of a launcher command drops: they need the launcher's process group.
 LAUNCHER_ONLY_KEYS = ("--deepspeed", "--ddp_backend")
 
 
 @dataclass(frozen=True)
 class Run:
-    extra: tuple[str, ...] = ()    # appended to the documented command
-    needs: tuple[str, ...] = ()    # sandbox paths (see BUILD) or documented commands that must run first
-    check: str | None = None       # name of a check_* function below: asserts on what the command wrote
-    before: str | None = None      # a documented non-hsrm step right before it (annotators labelling a batch)
+    extra: tuple[str, ...] = ()  # appended to the documented command
+    needs: tuple[str, ...] = ()  # sandbox paths (see BUILD) or documented commands that must run first
+    check: str | None = None  # name of a check_* function below: asserts on what the command wrote
+    before: str | None = None  # a documented non-hsrm step right before it (annotators labelling a batch)
 
 
-HH600_EMBED = ("hsrm embed --data runs/hh/base_401_1000.jsonl --output runs/hh/hh600.npz --max-length 192 --batch-size 8 "
-               "--cache runs/hh/cache --golden-model runs/smollm-bt-hh --golden-max-length 320 --on-bad-rows skip")
+HH600_EMBED = (
+    "hsrm embed --data runs/hh/base_401_1000.jsonl --output runs/hh/hh600.npz --max-length 192 --batch-size 8 "
+    "--cache runs/hh/cache --golden-model runs/smollm-bt-hh --golden-max-length 320 --on-bad-rows skip"
+)
 RUN: dict[str, Run] = {
     # ---- training (docs order: before evaluation, ExPO and scoring, which use its folders)
     "hsrm train recipes/smollm_bt_hh.yaml": Run(TINY_TRAIN + TINY_RM, check="check_smollm_bt"),
     "hsrm train recipes/scaled_bt.yaml --max_steps 20": Run(PAPER_PAIRS, check="check_scaled_bt_recipe"),
-    "hsrm train recipes/smollm_bt_hh.yaml --train_top_layers 2 --learning_rate 2e-4 --max_length 128 --max_steps 64":
-        Run(TINY_TRAIN + TINY_RM + ("--output_dir", "runs/smollm-bt-top-layers"), check="check_top_layers"),
+    "hsrm train recipes/smollm_bt_hh.yaml --train_top_layers 2 --learning_rate 2e-4 --max_length 128 --max_steps 64": Run(
+        TINY_TRAIN + TINY_RM + ("--output_dir", "runs/smollm-bt-top-layers"), check="check_top_layers"
+    ),
     "hsrm train RECIPE.yaml": Run(TINY_TRAIN + TINY_RM + ("--train_data", "data/pairs.jsonl"), check="check_tiny_bt"),
     "hsrm train --help": Run(check="check_train_help"),
-    "hsrm train RECIPE.yaml --padding_free true --max_tokens_per_batch 16384 --attn_implementation hsrm_varlen":
-        Run(TINY_TRAIN + TINY_RM + ("--train_data", "data/pairs.jsonl", "--output_dir", "runs/tiny-bt-packed"), check="check_packed"),
-    "hsrm train recipes/justifier_all_flip.yaml":
-        Run(PAPER_RECIPE + TINY_CAUSAL_LM + ("--train_data", "data/preference.jsonl"), check="check_justifier_all_flip"),
+    "hsrm train RECIPE.yaml --padding_free true --max_tokens_per_batch 16384 --attn_implementation hsrm_varlen": Run(
+        TINY_TRAIN + TINY_RM + ("--train_data", "data/pairs.jsonl", "--output_dir", "runs/tiny-bt-packed"),
+        check="check_packed",
+    ),
+    "hsrm train recipes/justifier_all_flip.yaml": Run(
+        PAPER_RECIPE + TINY_CAUSAL_LM + ("--train_data", "data/preference.jsonl"), check="check_justifier_all_flip"
+    ),
     # launcher commands: the recipe half runs here in-process, the launcher half is COVERED_ELSEWHERE
     "accelerate launch -m hsrm.train RECIPE.yaml":  # REAL_LAUNCH: a real single-process `accelerate launch`
-        Run(TINY_TRAIN + TINY_RM + ("--train_data", "data/pairs.jsonl", "--output_dir", "runs/tiny-bt-accelerate"),
-            check="check_accelerate_launch"),
-    "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml":
-        Run(PAPER_PAIRS, needs=("runs/helpfulness-regression",), check="check_scaled_bt_from_regression"),
-    "accelerate launch --config_file recipes/accelerate/single_gpu.yaml -m hsrm.train recipes/regular_bt.yaml":
-        Run(PAPER_PAIRS, check="check_regular_bt"),
-    "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml":
-        Run(PAPER_PAIRS, check="check_regular_bt"),
-    "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml":
-        Run(PAPER_PAIRS, check="check_regular_bt"),
-    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.train recipes/scaled_bt_from_regression.yaml":
-        Run(PAPER_PAIRS, needs=("runs/helpfulness-regression",), check="check_scaled_bt_from_regression"),
-    "torchrun --nproc_per_node 2 -m hsrm.train recipes/tiny_bt.yaml --model_name_or_path TINY_DIR --train_data PAIRS.jsonl "
+    Run(
+        TINY_TRAIN + TINY_RM + ("--train_data", "data/pairs.jsonl", "--output_dir", "runs/tiny-bt-accelerate"),
+        check="check_accelerate_launch",
+    ),
+    "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml": Run(
+        PAPER_PAIRS, needs=("runs/helpfulness-regression",), check="check_scaled_bt_from_regression"
+    ),
+    "accelerate launch --config_file recipes/accelerate/single_gpu.yaml -m hsrm.train recipes/regular_bt.yaml": Run(
+        PAPER_PAIRS, check="check_regular_bt"
+    ),
+    "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": Run(
+        PAPER_PAIRS, check="check_regular_bt"
+    ),
+    "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": Run(
+        PAPER_PAIRS, check="check_regular_bt"
+    ),
+    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.train recipes/scaled_bt_from_regression.yaml": Run(
+        PAPER_PAIRS, needs=("runs/helpfulness-regression",), check="check_scaled_bt_from_regression"
+    ),
+    "torchrun --nproc_per_node 2 -m hsrm.train recipes/tiny_bt.yaml --model_name_or_path TINY_DIR --train_data "
+    "PAIRS.jsonl "
     "--deepspeed ds_configs/zero3.json --ddp_backend gloo --use_cpu true":  # writes runs/tiny-bt again, after `hsrm train RECIPE.yaml`
-        Run(TINY_TRAIN + ("--overwrite_output_dir", "true"), check="check_tiny_bt"),
-    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.rloo recipes/rloo_helpsteer2.yaml":
-        Run(("--policy_model", "tiny-random", "--prompt_data", "data/preference.jsonl", "--max_prompts", "4", "--max_steps", "1",
-             "--gradient_accumulation_steps", "1", "--max_completion_length", "4", "--reward_max_length", "64",
-             "--reward_dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
-             "--save_strategy", "no", "--disable_tqdm", "true"),
-            needs=("runs/scaled-bt-expo",), check="check_rloo_helpsteer2"),
+    Run(TINY_TRAIN + ("--overwrite_output_dir", "true"), check="check_tiny_bt"),
+    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.rloo recipes/rloo_helpsteer2.yaml": Run(
+        (
+            "--policy_model",
+            "tiny-random",
+            "--prompt_data",
+            "data/preference.jsonl",
+            "--max_prompts",
+            "4",
+            "--max_steps",
+            "1",
+            "--gradient_accumulation_steps",
+            "1",
+            "--max_completion_length",
+            "4",
+            "--reward_max_length",
+            "64",
+            "--reward_dtype",
+            "float32",
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--gradient_checkpointing",
+            "false",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+        ),
+        needs=("runs/scaled-bt-expo",),
+        check="check_rloo_helpsteer2",
+    ),
     "hsrm rloo recipes/rloo_tiny.yaml": Run(("--disable_tqdm", "true"), check="check_rloo_tiny"),
     # ---- evaluation
-    f"hsrm evaluate --model runs/smollm-bt-hh --data {RB_SAMPLE}":
-        Run(("--limit", "16"), needs=("runs/smollm-bt-hh",), check="check_rb_eval_smollm"),
-    f"hsrm evaluate --model runs/scaled-bt --data {RB_SAMPLE}":
-        Run(("--limit", "16"), needs=("runs/scaled-bt",), check="check_rb_eval_scaled_bt"),
-    "hsrm evaluate --model runs/scaled-bt --data pairs.jsonl --output pairs_eval.json":
-        Run(needs=("runs/scaled-bt",), check="check_pairs_eval"),
-    f"hsrm evaluate --model runs/regression --data {HELPSTEER1}":
-        Run(("--limit", "16"), needs=("runs/regression",), check="check_ratings_eval"),
-    "hsrm evaluate --model runs/scaled-bt --data allenai/reward-bench-2":
-        Run(needs=("runs/scaled-bt",), check="check_rewardbench2_eval"),
-    "hsrm evaluate --model runs/scaled-bt --data THU-KEG/RM-Bench": Run(needs=("runs/scaled-bt",), check="check_rmbench_eval"),
-    "hsrm evaluate --model runs/scaled-bt --data nvidia/HelpSteer3": Run(needs=("runs/scaled-bt",), check="check_helpsteer3_eval"),
-    "hsrm evaluate --justifier --model runs/justifier --data rb.jsonl":
-        Run(("--limit", "4", "--max_new_tokens", "8"), needs=("runs/justifier",), check="check_justifier_eval"),
+    f"hsrm evaluate --model runs/smollm-bt-hh --data {RB_SAMPLE}": Run(
+        ("--limit", "16"), needs=("runs/smollm-bt-hh",), check="check_rb_eval_smollm"
+    ),
+    f"hsrm evaluate --model runs/scaled-bt --data {RB_SAMPLE}": Run(
+        ("--limit", "16"), needs=("runs/scaled-bt",), check="check_rb_eval_scaled_bt"
+    ),
+    "hsrm evaluate --model runs/scaled-bt --data pairs.jsonl --output pairs_eval.json": Run(
+        needs=("runs/scaled-bt",), check="check_pairs_eval"
+    ),
+    f"hsrm evaluate --model runs/regression --data {HELPSTEER1}": Run(
+        ("--limit", "16"), needs=("runs/regression",), check="check_ratings_eval"
+    ),
+    "hsrm evaluate --model runs/scaled-bt --data allenai/reward-bench-2": Run(
+        needs=("runs/scaled-bt",), check="check_rewardbench2_eval"
+    ),
+    "hsrm evaluate --model runs/scaled-bt --data THU-KEG/RM-Bench": Run(
+        needs=("runs/scaled-bt",), check="check_rmbench_eval"
+    ),
+    "hsrm evaluate --model runs/scaled-bt --data nvidia/HelpSteer3": Run(
+        needs=("runs/scaled-bt",), check="check_helpsteer3_eval"
+    ),
+    "hsrm evaluate --justifier --model runs/justifier --data rb.jsonl": Run(
+        ("--limit", "4", "--max_new_tokens", "8"), needs=("runs/justifier",), check="check_justifier_eval"
+    ),
     f"hsrm evaluate --model /tmp/tiny --data {RB_SAMPLE}": Run(("--limit", "16"), check="check_rb_eval_tiny"),
-    "hsrm evaluate --justifier --model runs/justifier-all-flip --data allenai/reward-bench":
-        Run(("--limit", "4", "--max_new_tokens", "8"), needs=("runs/justifier-all-flip",), check="check_justifier_eval"),
+    "hsrm evaluate --justifier --model runs/justifier-all-flip --data allenai/reward-bench": Run(
+        ("--limit", "4", "--max_new_tokens", "8"), needs=("runs/justifier-all-flip",), check="check_justifier_eval"
+    ),
     # ---- ExPO (each writes runs/scaled-bt-expo: --overwrite lets them follow one another)
-    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data VALIDATION.jsonl --output runs/scaled-bt-expo":
-        Run(("--overwrite",), needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"), check="check_expo_search_pairs"),
-    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo":
-        Run(("--overwrite",), needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"), check="check_expo_alpha"),
-    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data val_rewardbench.jsonl --output runs/scaled-bt-expo":
-        Run(("--overwrite", "--max-length", "256"), needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"),
-            check="check_expo_search_rb"),
+    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data VALIDATION.jsonl --output runs/scaled-bt-expo": Run(
+        ("--overwrite",),
+        needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"),
+        check="check_expo_search_pairs",
+    ),
+    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo": Run(
+        ("--overwrite",),
+        needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"),
+        check="check_expo_alpha",
+    ),
+    "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --search --data val_rewardbench.jsonl --output runs/scaled-bt-expo": Run(
+        ("--overwrite", "--max-length", "256"),
+        needs=("runs/helpfulness-regression", "runs/scaled-bt-from-regression"),
+        check="check_expo_search_rb",
+    ),
     # ---- the demo (docs/demo.md): the quick profile, so each takes seconds; --overwrite lets them follow one another
     "hsrm demo --output demo_report": Run(("--quick", "--overwrite"), check="check_demo"),
-    "hsrm demo --output demo_report --overwrite --data-dir ../shared/data": Run(("--quick",), check="check_demo_data_dir"),
+    "hsrm demo --output demo_report --overwrite --data-dir ../shared/data": Run(
+        ("--quick",), check="check_demo_data_dir"
+    ),
     "hsrm demo --output demo_report --overwrite --quick": Run(check="check_demo"),
     # ---- scoring and publishing (push never reaches the network: see Sandbox.call)
-    "hsrm score --model runs/smollm-bt-hh --data candidates.jsonl --output scored.jsonl":
-        Run(needs=("runs/smollm-bt-hh",), check="check_scored_smollm"),
+    "hsrm score --model runs/smollm-bt-hh --data candidates.jsonl --output scored.jsonl": Run(
+        needs=("runs/smollm-bt-hh",), check="check_scored_smollm"
+    ),
     "hsrm score --model runs/scaled-bt-expo --data candidates.jsonl --output scored.jsonl --batch-size 16":  # after README's
-        Run(("--overwrite",), needs=("runs/scaled-bt-expo",), check="check_scored_expo"),
+    Run(("--overwrite",), needs=("runs/scaled-bt-expo",), check="check_scored_expo"),
     # README shows `hsrm evaluate` first: its JSON lands in the model folder and from there in the card
-    "hsrm push --model runs/smollm-bt-hh --repo-id you/smollm-bt-hh --dry-run":
-        Run(needs=(f"hsrm evaluate --model runs/smollm-bt-hh --data {RB_SAMPLE}",), check="check_dry_run_smollm"),
-    "hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --dry-run":
-        Run(needs=("runs/scaled-bt-expo",), check="check_dry_run_expo"),
-    "hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --private":
-        Run(needs=("runs/scaled-bt-expo",), check="check_upload"),
-    "hsrm serve --model runs/scaled-bt-expo --port 8000": Run(needs=("runs/scaled-bt-expo",), check="check_served_expo"),
+    "hsrm push --model runs/smollm-bt-hh --repo-id you/smollm-bt-hh --dry-run": Run(
+        needs=(f"hsrm evaluate --model runs/smollm-bt-hh --data {RB_SAMPLE}",), check="check_dry_run_smollm"
+    ),
+    "hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --dry-run": Run(
+        needs=("runs/scaled-bt-expo",), check="check_dry_run_expo"
+    ),
+    "hsrm push --model runs/scaled-bt-expo --repo-id you/scaled-bt-expo --private": Run(
+        needs=("runs/scaled-bt-expo",), check="check_upload"
+    ),
+    "hsrm serve --model runs/scaled-bt-expo --port 8000": Run(
+        needs=("runs/scaled-bt-expo",), check="check_served_expo"
+    ),
     # ---- the lightweight path
-    f"hsrm embed --data {HH_BASE} --output runs/hh.npz --golden-model runs/smollm-bt-hh --limit 500":
-        Run(("--backbone", "runs/tiny-llama", "--limit", "8", "--max-length", "64", "--cache", "runs/emb-cache"),
-            needs=("runs/smollm-bt-hh",), check="check_hh_embeddings"),
-    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama":
-        Run(check="check_toy_embeddings_then_cache"),
-    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama "
+    f"hsrm embed --data {HH_BASE} --output runs/hh.npz --golden-model runs/smollm-bt-hh --limit 500": Run(
+        ("--backbone", "runs/tiny-llama", "--limit", "8", "--max-length", "64", "--cache", "runs/emb-cache"),
+        needs=("runs/smollm-bt-hh",),
+        check="check_hh_embeddings",
+    ),
+    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama": Run(
+        check="check_toy_embeddings_then_cache"
+    ),
+    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache "
+    "--golden-model runs/tiny-llama "
     "--overwrite": Run(needs=("runs/toy.npz",), check="check_toy_rerun_from_cache"),
-    "hsrm fit --embeddings runs/toy.npz --method bt-mlp --output runs/toy-bt --eval-data runs/toy.npz":
-        Run(("--max-epochs", "5", "--hidden", "16"), needs=("runs/toy.npz",), check="check_fit_bt_mlp"),
-    "hsrm fit --model runs/toy-bt --eval-data runs/toy.npz --scores-output runs/toy-scores.npy":
-        Run(needs=("runs/toy-bt",), check="check_fit_scores"),
-    "hsrm fit --embeddings runs/toy.npz --method clf-lgb --output runs/toy-lgb --beta 5 --pairing cross-prompt --n-annotations 30":
-        Run(needs=("runs/toy.npz",), check="check_fit_lgb"),
+    "hsrm fit --embeddings runs/toy.npz --method bt-mlp --output runs/toy-bt --eval-data runs/toy.npz": Run(
+        ("--max-epochs", "5", "--hidden", "16"), needs=("runs/toy.npz",), check="check_fit_bt_mlp"
+    ),
+    "hsrm fit --model runs/toy-bt --eval-data runs/toy.npz --scores-output runs/toy-scores.npy": Run(
+        needs=("runs/toy-bt",), check="check_fit_scores"
+    ),
+    "hsrm fit --embeddings runs/toy.npz --method clf-lgb --output runs/toy-lgb --beta 5 --pairing cross-prompt --n-annotations 30": Run(
+        needs=("runs/toy.npz",), check="check_fit_lgb"
+    ),
     "hsrm study recipes/studies/tiny.yaml": Run(STUDY, check="check_tiny_study"),
-    HH600_EMBED: Run(("--backbone", "runs/tiny-llama", "--limit", "24"), needs=("runs/hh/base_401_1000.jsonl", "runs/smollm-bt-hh"),
-                     check="check_hh600"),
+    HH600_EMBED: Run(
+        ("--backbone", "runs/tiny-llama", "--limit", "24"),
+        needs=("runs/hh/base_401_1000.jsonl", "runs/smollm-bt-hh"),
+        check="check_hh600",
+    ),
     "hsrm study recipes/studies/hh_smollm.yaml": Run(STUDY, needs=("runs/hh/hh600.npz",), check="check_hh_study"),
     "hsrm active recipes/studies/active_hh_rlhf.yaml": Run(
-        ("--strategies", "[random, dopt]", "--seeds", "[0]", "--annotations", "20", "--batch_sizes", "[10]",
-         "--prompts_per_round", "8", "--candidates_per_round", "100", "--hidden", "[8]", "--max_epochs", "2", "--workers", "1"),
-        needs=("runs/hh/hh600.npz",), check="check_active_hh"),
+        (
+            "--strategies",
+            "[random, dopt]",
+            "--seeds",
+            "[0]",
+            "--annotations",
+            "20",
+            "--batch_sizes",
+            "[10]",
+            "--prompts_per_round",
+            "8",
+            "--candidates_per_round",
+            "100",
+            "--hidden",
+            "[8]",
+            "--max_epochs",
+            "2",
+            "--workers",
+            "1",
+        ),
+        needs=("runs/hh/hh600.npz",),
+        check="check_active_hh",
+    ),
     "hsrm active recipes/studies/active_tiny.yaml": Run(TINY_ACTIVE, check="check_active_study"),
-    "hsrm select STATE_DIR --embeddings pool.npz --strategy dopt --batch-size 100": Run(TINY_SELECT, check="check_select_first"),
-    "hsrm select STATE --embeddings pool.npz --strategy dopt --batch-size 100": Run(TINY_SELECT, check="check_select_first"),
-    "hsrm select STATE": Run(needs=("hsrm select STATE --embeddings pool.npz --strategy dopt --batch-size 100",),
-                             before="label_pending_batch", check="check_select_second"),
-    "hsrm select STATE --strategy pa_dopt": Run(needs=("hsrm select STATE",), before="label_pending_batch", check="check_select_third"),
+    "hsrm select STATE_DIR --embeddings pool.npz --strategy dopt --batch-size 100": Run(
+        TINY_SELECT, check="check_select_first"
+    ),
+    "hsrm select STATE --embeddings pool.npz --strategy dopt --batch-size 100": Run(
+        TINY_SELECT, check="check_select_first"
+    ),
+    "hsrm select STATE": Run(
+        needs=("hsrm select STATE --embeddings pool.npz --strategy dopt --batch-size 100",),
+        before="label_pending_batch",
+        check="check_select_second",
+    ),
+    "hsrm select STATE --strategy pa_dopt": Run(
+        needs=("hsrm select STATE",), before="label_pending_batch", check="check_select_third"
+    ),
 }
 
 # Folders / files the docs use → the command that makes them. Documented commands are RUN keys;
 # the others (no documented command writes these paths) carry their own tiny settings.
 BUILD: dict[str, tuple[str, tuple[str, ...]] | str] = {
     "runs/smollm-bt-hh": "hsrm train recipes/smollm_bt_hh.yaml",
-    "runs/scaled-bt-from-regression":
-        "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml",
-    "runs/scaled-bt-expo":
-        "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo",
+    "runs/scaled-bt-from-regression": "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml",
+    "runs/scaled-bt-expo": "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo",
     "runs/justifier-all-flip": "hsrm train recipes/justifier_all_flip.yaml",
     "runs/toy.npz": "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache "
-                    "--golden-model runs/tiny-llama",
+    "--golden-model runs/tiny-llama",
     "runs/toy-bt": "hsrm fit --embeddings runs/toy.npz --method bt-mlp --output runs/toy-bt --eval-data runs/toy.npz",
     "runs/hh/hh600.npz": HH600_EMBED,
     # Not written by any documented command:
-    "runs/helpfulness-regression": ("hsrm train recipes/helpfulness_regression.yaml",  # the recipe's own header command
-                                    PAPER_RECIPE + TINY_RM + ("--train_data", "data/ratings.jsonl")),
+    "runs/helpfulness-regression": (
+        "hsrm train recipes/helpfulness_regression.yaml",  # the recipe's own header command
+        PAPER_RECIPE + TINY_RM + ("--train_data", "data/ratings.jsonl"),
+    ),
     "runs/scaled-bt": ("hsrm train recipes/scaled_bt.yaml", PAPER_PAIRS + ("--output_dir", "runs/scaled-bt")),
-    "runs/regression": ("hsrm train recipes/tiny_regression.yaml",
-                        TINY_TRAIN + TINY_RM + ("--train_data", "data/ratings.jsonl", "--output_dir", "runs/regression")),
-    "runs/justifier": ("hsrm train recipes/justifier_tiny_cpu.yaml", TINY_TRAIN + TINY_CAUSAL_LM + (
-        "--train_data", "data/preference.jsonl", "--output_dir", "runs/justifier")),
+    "runs/regression": (
+        "hsrm train recipes/tiny_regression.yaml",
+        TINY_TRAIN + TINY_RM + ("--train_data", "data/ratings.jsonl", "--output_dir", "runs/regression"),
+    ),
+    "runs/justifier": (
+        "hsrm train recipes/justifier_tiny_cpu.yaml",
+        TINY_TRAIN + TINY_CAUSAL_LM + ("--train_data", "data/preference.jsonl", "--output_dir", "runs/justifier"),
+    ),
 }
 
 # The launcher half of launcher commands → tests that run that path on CPU (2 processes, gloo).
@@ -244,21 +414,33 @@ DEEPSPEED_ZERO3 = "tests/test_deepspeed.py::test_zero_trains_saves_and_reloads_w
 REAL_LAUNCH = "accelerate launch -m hsrm.train RECIPE.yaml"
 REAL_LAUNCH_TEST = "tests/test_docs_run.py::test_one_launcher_command_runs_for_real"
 COVERED_ELSEWHERE: dict[str, tuple[str, ...]] = {
-    "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml": (DEEPSPEED_ZERO3,),
+    "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml": (
+        DEEPSPEED_ZERO3,
+    ),
     # one process; the config file only asks for a GPU and bf16
-    "accelerate launch --config_file recipes/accelerate/single_gpu.yaml -m hsrm.train recipes/regular_bt.yaml": (REAL_LAUNCH_TEST,),
+    "accelerate launch --config_file recipes/accelerate/single_gpu.yaml -m hsrm.train recipes/regular_bt.yaml": (
+        REAL_LAUNCH_TEST,
+    ),
     # several data-parallel processes over torch.distributed (plain DDP without DeepSpeed is run nowhere on CPU)
-    "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": (DEEPSPEED_ZERO2,),
-    "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": (DEEPSPEED_ZERO2,),
-    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.train recipes/scaled_bt_from_regression.yaml": (DEEPSPEED_ZERO3,),
-    "torchrun --nproc_per_node 2 -m hsrm.train recipes/tiny_bt.yaml --model_name_or_path TINY_DIR --train_data PAIRS.jsonl "
+    "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": (
+        DEEPSPEED_ZERO2,
+    ),
+    "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": (
+        DEEPSPEED_ZERO2,
+    ),
+    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.train recipes/scaled_bt_from_regression.yaml": (
+        DEEPSPEED_ZERO3,
+    ),
+    "torchrun --nproc_per_node 2 -m hsrm.train recipes/tiny_bt.yaml --model_name_or_path TINY_DIR --train_data "
+    "PAIRS.jsonl "
     "--deepspeed ds_configs/zero3.json --ddp_backend gloo --use_cpu true": (DEEPSPEED_ZERO3,),
-    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.rloo recipes/rloo_helpsteer2.yaml":
-        ("tests/test_rloo.py::test_rloo_tiny_recipe_runs_two_steps_with_the_hsrm_reward", DEEPSPEED_ZERO3),
+    "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.rloo recipes/rloo_helpsteer2.yaml": (
+        "tests/test_rloo.py::test_rloo_tiny_recipe_runs_two_steps_with_the_hsrm_reward",
+        DEEPSPEED_ZERO3,
+    ),
 }
 
-KNOWN_BUGS: dict[str, str] = {
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 # The bodies of scoring.md's curl lines, sent to every documented `hsrm serve` command.
 SERVE_EXAMPLES = {
@@ -280,7 +462,7 @@ DOCUMENTED = [(where, normalise(text)) for path in DOCS for where, text in shell
 
 @dataclass
 class Outcome:
-    value: Any      # what the verb's entry returned (a summary dict, a path, a trainer, …)
+    value: Any  # what the verb's entry returned (a summary dict, a path, a trainer, …)
     stdout: str
 
 
@@ -298,7 +480,9 @@ class FakeHubApi:
 
     def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
         FakeHubApi.calls.append(("upload_folder", folder_path, repo_id))
-        FakeHubApi.uploaded = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        FakeHubApi.uploaded = sorted(
+            str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()
+        )
         return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
 
 
@@ -356,8 +540,11 @@ class Sandbox:
         for word in argv:
             if word.endswith(".yaml") and self.path(word).is_file():
                 recipe = yaml.safe_load(self.path(word).read_text()) or {}
-                paths += [value for key, value in recipe.items()
-                          if isinstance(value, str) and value.startswith("../shared/") and f"--{key}" not in argv]
+                paths += [
+                    value
+                    for key, value in recipe.items()
+                    if isinstance(value, str) and value.startswith("../shared/") and f"--{key}" not in argv
+                ]
         return paths
 
     def ensure(self, need: str) -> None:
@@ -397,11 +584,11 @@ class Sandbox:
             return self.call(module, function, argv[2:])
         if argv[0] in ("accelerate", "torchrun"):  # the recipe half; the launcher half is COVERED_ELSEWHERE
             module = argv[argv.index("-m") + 1]
-            body = argv[argv.index("-m") + 2:]
+            body = argv[argv.index("-m") + 2 :]
             for key in LAUNCHER_ONLY_KEYS:
                 if key in body:
                     at = body.index(key)
-                    del body[at:at + 2]
+                    del body[at : at + 2]
             return self.call(module, "main", body)
         if argv[0].endswith("python") and argv[1] == "-m":
             return self.call(argv[2], "main", argv[3:])
@@ -442,9 +629,17 @@ class Sandbox:
         """A real `accelerate launch` subprocess: one CPU process, HF_HOME in the sandbox so that no
         accelerate default config of this machine's user applies."""
         executable = Path(sys.executable).parent / argv[0]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(self.ws.parent / "hf-home")}
-        done = subprocess.run([str(executable), *argv[1:]], cwd=self.ws, env=env, capture_output=True, text=True, timeout=300)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HOME": str(self.ws.parent / "hf-home"),
+        }
+        done = subprocess.run(
+            [str(executable), *argv[1:]], cwd=self.ws, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
         return Outcome(done.returncode, done.stdout + done.stderr)
 
@@ -467,30 +662,54 @@ def sandbox(tmp_path_factory) -> Sandbox:
     build_tiny_llama(ws / "runs" / "tiny-llama")
     with open(ws / "runs" / "toy_pairs.jsonl", "w") as f:
         for i in range(40):
-            f.write(json.dumps({"prompt": f"Question {i}: how to bake bread?", "chosen": "Thank you, here is a clear answer.",
-                                "rejected": "no" if i % 2 else "bad terrible wrong"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": f"Question {i}: how to bake bread?",
+                        "chosen": "Thank you, here is a clear answer.",
+                        "rejected": "no" if i % 2 else "bad terrible wrong",
+                    }
+                )
+                + "\n"
+            )
     # active.md's pool line (SyntheticWorld(dim=32).sample(100, 10)), with 20 prompts
     SyntheticWorld(dim=32).sample(20, 10).save(ws / "pool.npz")
     build_tiny_llama(ws / "runs" / "tiny-causal-lm", causal_lm=True)  # justifier backbone
     write_jsonl(ws / "data" / "pairs.jsonl", make_learnable_pairs(16))
     write_jsonl(ws / "data" / "val_pairs.jsonl", make_learnable_pairs(8, seed=1))
     attributes = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
-    write_jsonl(ws / "data" / "ratings.jsonl", [{"prompt": f"Question {i}", "response": "yes great" if i % 2 else "no",
-                                                 **{a: (i + k) % 5 for k, a in enumerate(attributes)}} for i in range(16)])
+    write_jsonl(
+        ws / "data" / "ratings.jsonl",
+        [
+            {
+                "prompt": f"Question {i}",
+                "response": "yes great" if i % 2 else "no",
+                **{a: (i + k) % 5 for k, a in enumerate(attributes)},
+            }
+            for i in range(16)
+        ],
+    )
     from test_justifier_train import synthetic_preference_rows
 
     write_jsonl(ws / "data" / "preference.jsonl", synthetic_preference_rows(12))
     write_jsonl(ws / "data" / "rb.jsonl", rewardbench_rows())
     for name, sample in (("rb2", "rewardbench2"), ("rmbench", "rmbench"), ("hs3", "helpsteer3")):
         shutil.copy(REPO_ROOT / "tests" / "data" / f"{sample}_sample.jsonl", ws / "data" / f"{name}.jsonl")
-    write_jsonl(ws / "data" / "candidates.jsonl", [
-        {"prompt": "How do I bake bread?",
-         "responses": ["Flour, water, yeast, salt; knead and bake.", "no", "bad terrible wrong", "Yes."]},
-        {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
-         "responses": ["Paris.", "Lyon.", "The capital of France is Paris."]},
-        {"prompt": "Say thank you.", "response": "Thank you."},
-        {"prompt": "Say thank you.", "response": "no"},
-    ])
+    write_jsonl(
+        ws / "data" / "candidates.jsonl",
+        [
+            {
+                "prompt": "How do I bake bread?",
+                "responses": ["Flour, water, yeast, salt; knead and bake.", "no", "bad terrible wrong", "Yes."],
+            },
+            {
+                "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+                "responses": ["Paris.", "Lyon.", "The capital of France is Paris."],
+            },
+            {"prompt": "Say thank you.", "response": "Thank you."},
+            {"prompt": "Say thank you.", "response": "no"},
+        ],
+    )
     if (SHARED / "data" / "hh_rlhf" / "helpful-base.test.jsonl.gz").exists():
         # lightweight.md: zcat ../shared/data/hh_rlhf/helpful-base.test.jsonl.gz | sed -n 401,1000p > runs/hh/base_401_1000.jsonl
         import gzip
@@ -513,8 +732,10 @@ def rewardbench_rows() -> list[dict]:
             by_subset.setdefault(row["subset"], []).append(row)
         return [row for rows in by_subset.values() for row in rows[:2]]
     subsets = ["alpacaeval-easy", "alpacaeval-length", "mt-bench-hard", "llmbar-natural"]
-    return [{**pair, "subset": subsets[i % 4], "id": i, "chosen_model": "a", "rejected_model": "b"}
-            for i, pair in enumerate(make_learnable_pairs(8, seed=2, with_strength=False))]
+    return [
+        {**pair, "subset": subsets[i % 4], "id": i, "chosen_model": "a", "rejected_model": "b"}
+        for i, pair in enumerate(make_learnable_pairs(8, seed=2, with_strength=False))
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -600,10 +821,15 @@ def plain_reward(box: Sandbox, folder: str, prompt, response: str) -> float:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     cache = box.__dict__.setdefault("_models", {})
-    key = (folder, box.path(folder).joinpath("model.safetensors").stat().st_mtime_ns)  # runs/scaled-bt-expo is rewritten
+    key = (
+        folder,
+        box.path(folder).joinpath("model.safetensors").stat().st_mtime_ns,
+    )  # runs/scaled-bt-expo is rewritten
     if key not in cache:
-        cache[key] = (AutoModelForSequenceClassification.from_pretrained(str(box.path(folder))).eval(),
-                      AutoTokenizer.from_pretrained(str(box.path(folder))))
+        cache[key] = (
+            AutoModelForSequenceClassification.from_pretrained(str(box.path(folder))).eval(),
+            AutoTokenizer.from_pretrained(str(box.path(folder))),
+        )
     model, tokenizer = cache[key]
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
@@ -648,7 +874,13 @@ def check_packed(box, outcome):
 
 
 def check_train_help(box, outcome):
-    for key in ("--objective", "--init_from", "--padding_free", "--max_tokens_per_batch", "--center_rewards_coefficient"):
+    for key in (
+        "--objective",
+        "--init_from",
+        "--padding_free",
+        "--max_tokens_per_batch",
+        "--center_rewards_coefficient",
+    ):
         assert key in outcome.stdout, key
 
 
@@ -716,8 +948,11 @@ def check_rb_eval_tiny(box, outcome):
 def check_pairs_eval(box, outcome):
     result = json.loads(box.path("pairs_eval.json").read_text())
     pairs = [json.loads(line) for line in box.path("data/pairs.jsonl").read_text().splitlines()]
-    margins = [plain_reward(box, "runs/scaled-bt", p["prompt"], p["chosen"]) - plain_reward(box, "runs/scaled-bt", p["prompt"], p["rejected"])
-               for p in pairs]  # r(chosen) − r(rejected) by hand
+    margins = [
+        plain_reward(box, "runs/scaled-bt", p["prompt"], p["chosen"])
+        - plain_reward(box, "runs/scaled-bt", p["prompt"], p["rejected"])
+        for p in pairs
+    ]  # r(chosen) − r(rejected) by hand
     assert result["metrics"]["n_pairs"] == len(pairs)
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean([m > 0 for m in margins]))
     assert result["metrics"]["margin"] == pytest.approx(np.mean(margins), abs=1e-4)
@@ -766,8 +1001,10 @@ def check_expo_alpha(box, outcome):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    weak, strong, out = (load_file(str(box.path(f"runs/{name}/model.safetensors")))
-                         for name in ("helpfulness-regression", "scaled-bt-from-regression", "scaled-bt-expo"))
+    weak, strong, out = (
+        load_file(str(box.path(f"runs/{name}/model.safetensors")))
+        for name in ("helpfulness-regression", "scaled-bt-from-regression", "scaled-bt-expo")
+    )
     assert set(out) == set(strong)
     for name, tensor in out.items():
         expected = (weak[name].double() + 1.52 * (strong[name].double() - weak[name].double())).to(strong[name].dtype)
@@ -783,7 +1020,10 @@ def assert_scored(box, folder: str) -> None:
     for row in rows:
         expected = [plain_reward(box, folder, row["prompt"], response) for response in row["responses"]]
         assert row["rewards"] == pytest.approx(expected, abs=1e-4)
-        assert row["best_index"] == int(np.argmax(row["rewards"])) and row["best_response"] == row["responses"][row["best_index"]]
+        assert (
+            row["best_index"] == int(np.argmax(row["rewards"]))
+            and row["best_response"] == row["responses"][row["best_index"]]
+        )
 
 
 def check_scored_smollm(box, outcome):
@@ -820,7 +1060,10 @@ def check_dry_run_expo(box, outcome):
 
 def check_rewardbench2_eval(box, outcome):
     bench = outcome.value["rewardbench2"]
-    assert set(bench["subsets"]) == {"Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"} and bench["overall"] is not None
+    assert (
+        set(bench["subsets"]) == {"Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"}
+        and bench["overall"] is not None
+    )
     assert "overall (6 of 6 subsets)" in outcome.stdout
 
 
@@ -830,7 +1073,12 @@ def check_rmbench_eval(box, outcome):
 
 
 def check_helpsteer3_eval(box, outcome):
-    assert outcome.value["n"] == 7 and set(outcome.value["helpsteer3"]["domain"]) == {"code", "general", "multilingual", "stem"}
+    assert outcome.value["n"] == 7 and set(outcome.value["helpsteer3"]["domain"]) == {
+        "code",
+        "general",
+        "multilingual",
+        "stem",
+    }
 
 
 def check_demo(box, outcome):
@@ -844,10 +1092,12 @@ def check_demo_data_dir(box, outcome):
 
 
 def check_upload(box, outcome):
-    (_, folder, _), = [call for call in FakeHubApi.calls if call[0] == "upload_folder"]
-    assert FakeHubApi.calls == [("init", "hf_docs_run_fake_token"),  # the token comes from HF_TOKEN
-                                ("create_repo", "you/scaled-bt-expo", True),  # --private
-                                ("upload_folder", folder, "you/scaled-bt-expo")]
+    ((_, folder, _),) = [call for call in FakeHubApi.calls if call[0] == "upload_folder"]
+    assert FakeHubApi.calls == [
+        ("init", "hf_docs_run_fake_token"),  # the token comes from HF_TOKEN
+        ("create_repo", "you/scaled-bt-expo", True),  # --private
+        ("upload_folder", folder, "you/scaled-bt-expo"),
+    ]
     assert outcome.value["uploaded"] is True and outcome.value["stage"] is None
     assert not Path(folder).exists()  # without --stage the upload folder was temporary and is gone
     assert {"README.md", "config.json", "model.safetensors"} <= set(FakeHubApi.uploaded)
@@ -863,7 +1113,9 @@ def check_served_expo(box, outcome):
     scorer = RewardScorer(str(box.path("runs/scaled-bt-expo")), device="cpu")
     example = SERVE_EXAMPLES["/score"]
     status, body = answers["/score"]
-    assert status == 200 and abs(body["rewards"][0] - scorer.score(example["prompts"], example["responses"])[0]) <= 1e-5, body
+    assert (
+        status == 200 and abs(body["rewards"][0] - scorer.score(example["prompts"], example["responses"])[0]) <= 1e-5
+    ), body
     status, body = answers["/get_reward"]
     expected = scorer.score_ids([scorer.encode_text(SERVE_EXAMPLES["/get_reward"]["query"][0])]).tolist()
     assert status == 200 and abs(body["rewards"][0] - expected[0]) <= 1e-5, body
@@ -888,8 +1140,13 @@ def check_toy_embeddings_then_cache(box, outcome):
     every one from the cache and writes the same arrays."""
     assert outcome.value["embedded"] == 80 and outcome.value["from_cache"] == 0 and outcome.value["pairs"] == 40
     first = load_embeddings(box, "runs/toy.npz")
-    again = box.invoke(box.argv("hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz "
-                                "--cache runs/emb-cache --golden-model runs/tiny-llama --overwrite", ()))
+    again = box.invoke(
+        box.argv(
+            "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz "
+            "--cache runs/emb-cache --golden-model runs/tiny-llama --overwrite",
+            (),
+        )
+    )
     assert again.value["embedded"] == 0 and again.value["from_cache"] == 80
     second = load_embeddings(box, "runs/toy.npz")
     assert np.array_equal(first.embeddings, second.embeddings) and np.array_equal(first.golden, second.golden)
@@ -923,7 +1180,11 @@ def check_tiny_study(box, outcome):
     import pandas as pd
 
     table = pd.read_csv(box.path("runs/studies/tiny/results.csv"))
-    assert len(table) == 3 * 9 and set(table["method"]) == {"bt-mlp", "clf-mlp", "clf-lgb"}  # 3 methods × 9 setups, seed 0
+    assert len(table) == 3 * 9 and set(table["method"]) == {
+        "bt-mlp",
+        "clf-mlp",
+        "clf-lgb",
+    }  # 3 methods × 9 setups, seed 0
     assert box.path("runs/studies/tiny/summary.md").stat().st_size > 0
 
 
@@ -987,7 +1248,9 @@ def check_select_first(box, outcome):
 
 def check_select_second(box, outcome):
     summary = select_summary(outcome)
-    assert summary["round"] == 2 and summary["labels"] == summary["ingested_now"] == 100 and summary["strategy"] == "dopt"
+    assert (
+        summary["round"] == 2 and summary["labels"] == summary["ingested_now"] == 100 and summary["strategy"] == "dopt"
+    )
     first = {row["pair_id"] for row in batch_rows(box, "STATE", "batch_0001.jsonl")}
     second = {row["pair_id"] for row in batch_rows(box, "STATE", "batch_0002.jsonl")}
     assert len(second) == 100 and not first & second
@@ -998,4 +1261,10 @@ def check_select_third(box, outcome):
     assert summary["round"] == 3 and summary["labels"] == 200 and summary["strategy"] == "pa_dopt"
     # active.md's `ls STATE`
     assert sorted(p.name for p in box.path("STATE").iterdir()) == [
-        "batch_0001.jsonl", "batch_0002.jsonl", "batch_0003.jsonl", "labels.jsonl", "model", "state.json"]
+        "batch_0001.jsonl",
+        "batch_0002.jsonl",
+        "batch_0003.jsonl",
+        "labels.jsonl",
+        "model",
+        "state.json",
+    ]

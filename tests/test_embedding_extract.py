@@ -19,8 +19,13 @@ PROMPTS = [
     "Thank you, please answer with numbers 1 2 3 4 5 6 7 8 9.",
     [{"role": "user", "content": "How do I bake bread?"}],
 ]
-RESPONSES = ["Use flour, water, yeast and salt; knead and bake.", "Paris.", "yes", "0 1 2 3 4 5 6 7 8 9 good",
-             "Use flour, water, yeast and salt; knead and bake."]
+RESPONSES = [
+    "Use flour, water, yeast and salt; knead and bake.",
+    "Paris.",
+    "yes",
+    "0 1 2 3 4 5 6 7 8 9 good",
+    "Use flour, water, yeast and salt; knead and bake.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +111,9 @@ def test_cache_second_run_embeds_nothing_new(backbone, tmp_path):
     np.testing.assert_array_equal(first, second)
     # One new text: exactly one forward pass of one row.
     with CountingForward(backbone.model) as counter:
-        third, report3 = embed_conversations(backbone, PROMPTS + ["new prompt"], RESPONSES + ["new answer"], cache_dir=tmp_path)
+        third, report3 = embed_conversations(
+            backbone, PROMPTS + ["new prompt"], RESPONSES + ["new answer"], cache_dir=tmp_path
+        )
     assert counter.calls == 1 and report3.computed == 1 and report3.from_cache == 4
     np.testing.assert_array_equal(third[:5], first)
     # Another layer is another cache.
@@ -122,7 +129,9 @@ def test_interrupted_run_resumes_from_the_cache(backbone, tmp_path):
             embed_conversations(backbone, prompts, responses, batch_size=2, flush_every=2, cache_dir=tmp_path)
     assert counter.calls == 3
     with CountingForward(backbone.model) as counter:
-        resumed, report = embed_conversations(backbone, prompts, responses, batch_size=2, flush_every=2, cache_dir=tmp_path)
+        resumed, report = embed_conversations(
+            backbone, prompts, responses, batch_size=2, flush_every=2, cache_dir=tmp_path
+        )
     assert report.from_cache == 6 and report.computed == 6 and counter.calls == 3
     fresh, _ = embed_conversations(backbone, prompts, responses, batch_size=2)
     np.testing.assert_allclose(resumed, fresh, atol=1e-5)
@@ -141,12 +150,37 @@ def test_cache_ignores_half_written_shards(tmp_path):
 def test_cli_embed_fit_and_score(tiny_model_dir, tmp_path, capsys):
     from hsrm.cli import main
 
-    pairs = [{"prompt": f"Question {i}: how to bake bread?", "chosen": "Thank you, here is a clear answer.",
-              "rejected": "no" if i % 2 else "bad terrible wrong"} for i in range(40)]
+    pairs = [
+        {
+            "prompt": f"Question {i}: how to bake bread?",
+            "chosen": "Thank you, here is a clear answer.",
+            "rejected": "no" if i % 2 else "bad terrible wrong",
+        }
+        for i in range(40)
+    ]
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "emb.npz"
-    assert main(["embed", "--data", str(data), "--backbone", str(tiny_model_dir), "--output", str(out),
-                 "--cache", str(tmp_path / "cache"), "--golden-model", str(tiny_model_dir), "--batch-size", "8", "--json"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(data),
+                "--backbone",
+                str(tiny_model_dir),
+                "--output",
+                str(out),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--golden-model",
+                str(tiny_model_dir),
+                "--batch-size",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["responses"] == 80 and summary["pairs"] == 40 and summary["prompts"] == 40 and summary["golden"]
     loaded = EmbeddedData.load(out)
@@ -158,18 +192,69 @@ def test_cli_embed_fit_and_score(tiny_model_dir, tmp_path, capsys):
     np.testing.assert_allclose(loaded.golden, loaded.embeddings @ head, atol=1e-4)
 
     model_dir = tmp_path / "bt"
-    assert main(["fit", "--embeddings", str(out), "--method", "bt-mlp", "--output", str(model_dir), "--hidden", "16", "8",
-                 "--max-epochs", "5", "--eval-data", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--embeddings",
+                str(out),
+                "--method",
+                "bt-mlp",
+                "--output",
+                str(model_dir),
+                "--hidden",
+                "16",
+                "8",
+                "--max-epochs",
+                "5",
+                "--eval-data",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     fitted = json.loads(capsys.readouterr().out)
     assert fitted["annotations"] == 40 and fitted["eval_pair_accuracy"] > 0.9  # a separable toy task
-    assert main(["fit", "--model", str(model_dir), "--eval-data", str(out), "--scores-output", str(tmp_path / "s.npy"),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                str(model_dir),
+                "--eval-data",
+                str(out),
+                "--scores-output",
+                str(tmp_path / "s.npy"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     rescored = json.loads(capsys.readouterr().out)
     assert rescored["eval_pair_accuracy"] == fitted["eval_pair_accuracy"]
     assert np.load(tmp_path / "s.npy").shape == (80,)
     # Simulated annotators from the golden reward; a clear error for a bad request.
-    assert main(["fit", "--embeddings", str(out), "--method", "clf-lgb", "--output", str(tmp_path / "lgb"), "--beta", "5",
-                 "--pairing", "cross-prompt", "--n-annotations", "30"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--embeddings",
+                str(out),
+                "--method",
+                "clf-lgb",
+                "--output",
+                str(tmp_path / "lgb"),
+                "--beta",
+                "5",
+                "--pairing",
+                "cross-prompt",
+                "--n-annotations",
+                "30",
+            ]
+        )
+        == 0
+    )
     assert "fitted clf-lgb on 30 pairs" in capsys.readouterr().out  # the human summary
     assert main(["fit", "--embeddings", str(out), "--output", str(tmp_path / "x")]) == 1
     assert "--method" in capsys.readouterr().err
@@ -181,15 +266,48 @@ def test_cli_embed_response_rows_with_golden_column(tiny_model_dir, tmp_path, ca
     rows = [{"prompt": f"p{i % 3}", "response": f"answer {i}", "score": float(i)} for i in range(9)]
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "rows.npz"
-    assert main(["embed", "--data", str(data), "--backbone", str(tiny_model_dir), "--output", str(out), "--cache", "none",
-                 "--golden-column", "score"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(data),
+                "--backbone",
+                str(tiny_model_dir),
+                "--output",
+                str(out),
+                "--cache",
+                "none",
+                "--golden-column",
+                "score",
+            ]
+        )
+        == 0
+    )
     loaded = EmbeddedData.load(out)
     np.testing.assert_array_equal(loaded.golden, np.arange(9.0))
     np.testing.assert_array_equal(loaded.prompt_ids, [0, 1, 2] * 3)
     assert not loaded.has_pairs and loaded.meta["layer"] == 2
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r"}])
-    assert main(["embed", "--data", str(bad), "--backbone", str(tiny_model_dir), "--output", str(out), "--cache", "none",
-                 "--golden-column", "score", "--overwrite"]) == 1
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(bad),
+                "--backbone",
+                str(tiny_model_dir),
+                "--output",
+                str(out),
+                "--cache",
+                "none",
+                "--golden-column",
+                "score",
+                "--overwrite",
+            ]
+        )
+        == 1
+    )
     assert "score" in capsys.readouterr().err
 
 
@@ -197,13 +315,18 @@ def test_read_conversations_skips_and_counts_bad_pairs_only_when_asked(tmp_path,
     from hsrm.data.io import DataError
     from hsrm.embedding.extract import read_conversations
 
-    rows = [{"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"}, {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
-            {"prompt": "Q3?", "chosen": "Bake it.", "rejected": "bad"}]
+    rows = [
+        {"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"},
+        {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
+        {"prompt": "Q3?", "chosen": "Bake it.", "rejected": "bad"},
+    ]
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     with pytest.raises(DataError, match=r"row 2 \(counting from 1\)"):
         read_conversations(str(path))
     with caplog.at_level("INFO"):
-        prompts, responses, prompt_ids, golden, (first, second, first_wins) = read_conversations(str(path), on_error="skip")
+        prompts, responses, prompt_ids, golden, (first, second, first_wins) = read_conversations(
+            str(path), on_error="skip"
+        )
     assert responses == ["Paris.", "no", "Bake it.", "bad"] and list(first) == [0, 2] and list(second) == [1, 3]
     assert "kept 2" in caplog.text
 

@@ -73,14 +73,17 @@ def test_mlp_architecture_matches_appendix_d6():
 def test_each_model_beats_random_on_spearman_and_bon(world_data, method):
     train, test, pairs = world_data
     kwargs = SMALL_FIT if method != "clf-lgb" else {"num_threads": 1}
-    model = fit_reward_model(method, train.embeddings[pairs.first], train.embeddings[pairs.second], pairs.first_wins,
-                             seed=0, **kwargs)
+    model = fit_reward_model(
+        method, train.embeddings[pairs.first], train.embeddings[pairs.second], pairs.first_wins, seed=0, **kwargs
+    )
     scores = model.score(test.embeddings)
     result = evaluate_scores(scores, test.golden, test.prompt_ids)
     # Random scores, averaged over 20 draws, as the baseline a learned model must beat.
     rng = np.random.default_rng(0)
     random_gain = np.mean([best_of_n_gain(rng.normal(size=len(test)), test.golden, test.prompt_ids) for _ in range(20)])
-    random_rho = np.mean([per_prompt_spearman(rng.normal(size=len(test)), test.golden, test.prompt_ids) for _ in range(20)])
+    random_rho = np.mean(
+        [per_prompt_spearman(rng.normal(size=len(test)), test.golden, test.prompt_ids) for _ in range(20)]
+    )
     assert abs(random_rho) < 0.05 and abs(random_gain) < 0.15 * result["oracle_gain"]
     assert result["spearman"] > 0.5, result
     assert result["bon_gain"] > 0.5 * result["oracle_gain"], result
@@ -98,7 +101,7 @@ def test_bt_mlp_early_stopping_and_warm_start(world_data):
     assert h.val_loss[h.best_epoch] == min(h.val_loss)
     # The kept weights are the best epoch's: recomputing the held-out loss gives that minimum back.
     order = np.random.default_rng(1).permutation(len(pairs.first_wins))
-    val = order[:int(round(0.2 * len(order)))]
+    val = order[: int(round(0.2 * len(order)))]
     with torch.no_grad():
         r1, r2 = model(torch.from_numpy(e1[val])), model(torch.from_numpy(e2[val]))
         sign = torch.from_numpy(np.where(pairs.first_wins[val], 1.0, -1.0)).float()
@@ -153,8 +156,14 @@ def test_save_reload_gives_identical_scores(world_data, tmp_path, method):
     train, test, pairs = world_data
     e1, e2, y = train.embeddings[pairs.first[:400]], train.embeddings[pairs.second[:400]], pairs.first_wins[:400]
     if method == "ensemble":
-        model = fit_ensemble(["bt-mlp", "clf-lgb"], e1, e2, y, mlp_kwargs={"hidden": (16, 8), "max_epochs": 2},
-                             lgb_kwargs={"num_threads": 1})
+        model = fit_ensemble(
+            ["bt-mlp", "clf-lgb"],
+            e1,
+            e2,
+            y,
+            mlp_kwargs={"hidden": (16, 8), "max_epochs": 2},
+            lgb_kwargs={"num_threads": 1},
+        )
         assert isinstance(model, EnsembleRewardModel) and len(model.members) == 2
     else:
         kwargs = {"hidden": (16, 8), "max_epochs": 2} if method != "clf-lgb" else {"num_threads": 1}
@@ -186,7 +195,9 @@ def test_annotator_error_rate_matches_sigmoid_theory(beta):
     r1, r2 = rng.normal(size=200_000), rng.normal(size=200_000)
     labels = simulate_annotations(r1, r2, beta, rng)
     observed = np.mean(labels != (r1 > r2))
-    theory = 1 - integrate.quad(lambda d: 2 * stats.norm.pdf(d, scale=np.sqrt(2)) / (1 + np.exp(-beta * d)), 0, np.inf)[0]
+    theory = (
+        1 - integrate.quad(lambda d: 2 * stats.norm.pdf(d, scale=np.sqrt(2)) / (1 + np.exp(-beta * d)), 0, np.inf)[0]
+    )
     assert observed == pytest.approx(theory, abs=0.004)
     assert expected_error_rate(r1, r2, beta) == pytest.approx(theory, abs=0.003)
 
@@ -220,7 +231,7 @@ def test_similar_and_diverse_designs_pick_the_right_indices():
     first, second = select_design(prompt_ids, golden, "similar", rng=1)
     diverse_first, diverse_second = select_design(prompt_ids, golden, "diverse", rng=1)
     for p, block in enumerate(range(0, 30, 10)):
-        g = golden[block:block + 10]
+        g = golden[block : block + 10]
         ranked = block + np.argsort(g)  # ascending
         # similar: ranks 5 and 6 of 10 (1-based) = sorted positions 4 and 5
         assert {first[p], second[p]} == {ranked[4], ranked[5]}
@@ -375,7 +386,9 @@ def test_embedding_fit_bench_smoke_reports_identical_trees_to_its_peer(tmp_path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "fit.json"
-    result = bench.main(["--pairs", "300", "--dim", "16", "--threads", "1", "--methods", "clf-lgb", "--output", str(out)])
+    result = bench.main(
+        ["--pairs", "300", "--dim", "16", "--threads", "1", "--methods", "clf-lgb", "--output", str(out)]
+    )
     peer = result["clf-lgb"]["peer_plain_lightgbm"]
     assert peer["same_trees"] is True
     assert peer["speedup"] > 0 and json.loads(out.read_text())["clf-lgb"]["peer_plain_lightgbm"]["same_trees"] is True

@@ -14,8 +14,9 @@ from hsrm.embedding.study import StudyConfig, load_study, run_setup, run_study
 from hsrm.embedding.synthetic import SyntheticWorld
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STUDY_FILES = sorted(p for p in (REPO_ROOT / "recipes" / "studies").glob("*.yaml")
-                     if p.read_text().startswith("# hsrm study "))  # the folder also holds `hsrm active` files
+STUDY_FILES = sorted(
+    p for p in (REPO_ROOT / "recipes" / "studies").glob("*.yaml") if p.read_text().startswith("# hsrm study ")
+)  # the folder also holds `hsrm active` files
 TINY_FIT = {"hidden": [32, 16], "max_epochs": 8, "batch_size": 128}
 
 
@@ -23,12 +24,30 @@ def tiny_study(tmp_path: Path, **changes) -> dict:
     study = {
         "name": "tiny-test",
         "output_dir": str(tmp_path / "out"),
-        "data": {"synthetic": {"dim": 16, "latent_dim": 4, "nuisance_dim": 4, "n_train_prompts": 300,
-                               "n_test_prompts": 20, "test_responses": 30}},
-        "grid": {"methods": ["bt-mlp", "clf-lgb"], "betas": [1.0], "annotation_counts": [300],
-                 "designs": ["random"], "pairings": ["in-prompt"], "seeds": [0]},
-        "grids": [{"betas": [0.5, 1.0, 5.0]}, {"annotation_counts": [100, 300]}, {"pairings": ["in-prompt", "cross-prompt"]},
-                  {"designs": ["similar", "diverse"], "pairings": ["in-prompt", "cross-prompt"]}],
+        "data": {
+            "synthetic": {
+                "dim": 16,
+                "latent_dim": 4,
+                "nuisance_dim": 4,
+                "n_train_prompts": 300,
+                "n_test_prompts": 20,
+                "test_responses": 30,
+            }
+        },
+        "grid": {
+            "methods": ["bt-mlp", "clf-lgb"],
+            "betas": [1.0],
+            "annotation_counts": [300],
+            "designs": ["random"],
+            "pairings": ["in-prompt"],
+            "seeds": [0],
+        },
+        "grids": [
+            {"betas": [0.5, 1.0, 5.0]},
+            {"annotation_counts": [100, 300]},
+            {"pairings": ["in-prompt", "cross-prompt"]},
+            {"designs": ["similar", "diverse"], "pairings": ["in-prompt", "cross-prompt"]},
+        ],
         "fit": TINY_FIT,
         "lgb_params": {"num_iterations": 20},
         "n_jobs": 1,  # one process here (worker start-up dominates tiny fits); two are tested below
@@ -52,16 +71,35 @@ def test_study_cli_writes_table_summary_plots_and_resumes(tmp_path, capsys):
 
     table = pd.read_csv(out / "results.csv")
     assert len(table) == len(setups)
-    for column in ("method", "beta", "n_annotations", "design", "pairing", "seed", "error_rate", "expected_error_rate",
-                   "bon_gain", "oracle_gain", "spearman", "fit_seconds"):
+    for column in (
+        "method",
+        "beta",
+        "n_annotations",
+        "design",
+        "pairing",
+        "seed",
+        "error_rate",
+        "expected_error_rate",
+        "bon_gain",
+        "oracle_gain",
+        "spearman",
+        "fit_seconds",
+    ):
         assert column in table.columns
     # Lower β, more annotation errors, near the σ(β|Δr|) expectation.
     by_beta = table[(table.design == "random") & (table.pairing == "in-prompt") & (table.n_annotations == 300)]
     rates = by_beta.groupby("beta")["error_rate"].mean()
     assert rates[0.5] > rates[1.0] > rates[5.0]
     assert np.allclose(table["error_rate"], table["expected_error_rate"], atol=0.1)
-    for name in ("fig1_methods.png", "fig2_error_rate.png", "fig3_annotations.png", "fig4_cross_prompt.png",
-                 "fig5_designs.png", "summary.md", "study.json"):
+    for name in (
+        "fig1_methods.png",
+        "fig2_error_rate.png",
+        "fig3_annotations.png",
+        "fig4_cross_prompt.png",
+        "fig5_designs.png",
+        "summary.md",
+        "study.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "fig2_error_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| similar | cross-prompt |" in (out / "summary.md").read_text()
@@ -70,8 +108,12 @@ def test_study_cli_writes_table_summary_plots_and_resumes(tmp_path, capsys):
     assert len(runs) == len(setups)
     lost = out / "runs" / "clf-lgb__beta5.0__n300__random__in-prompt__s0.json"
     row = json.loads(lost.read_text())
-    assert {k: row[k] for k in ("method", "beta", "n_annotations", "seed")} == {"method": "clf-lgb", "beta": 5.0,
-                                                                               "n_annotations": 300, "seed": 0}
+    assert {k: row[k] for k in ("method", "beta", "n_annotations", "seed")} == {
+        "method": "clf-lgb",
+        "beta": 5.0,
+        "n_annotations": 300,
+        "seed": 0,
+    }
     lost.unlink()
     stamps = {p: p.stat().st_mtime_ns for p in runs if p != lost}
     capsys.readouterr()
@@ -100,8 +142,14 @@ def test_worker_plan_honours_n_jobs_up_to_the_cpu_count(monkeypatch, caplog):
 
 @pytest.mark.slow
 def test_two_workers_give_the_same_table_as_one(tmp_path):
-    grid = {"methods": ["clf-mlp", "clf-lgb"], "betas": [1.0, 3.0], "annotation_counts": [200], "designs": ["random"],
-            "pairings": ["in-prompt"], "seeds": [0]}
+    grid = {
+        "methods": ["clf-mlp", "clf-lgb"],
+        "betas": [1.0, 3.0],
+        "annotation_counts": [200],
+        "designs": ["random"],
+        "pairings": ["in-prompt"],
+        "seeds": [0],
+    }
     tables = []
     for jobs in (1, 2):
         config = StudyConfig(**tiny_study(tmp_path / f"j{jobs}", grid=grid, grids=[], n_jobs=jobs, plots=False))
@@ -113,7 +161,14 @@ def test_two_workers_give_the_same_table_as_one(tmp_path):
 def test_run_setup_is_deterministic_and_methods_share_annotations():
     world = SyntheticWorld(dim=8, latent_dim=3, nuisance_dim=2)
     train, test = world.train_test(150, 10, test_responses=20)
-    setup = {"method": "clf-mlp", "beta": 2.0, "n_annotations": 150, "design": "random", "pairing": "cross-prompt", "seed": 3}
+    setup = {
+        "method": "clf-mlp",
+        "beta": 2.0,
+        "n_annotations": 150,
+        "design": "random",
+        "pairing": "cross-prompt",
+        "seed": 3,
+    }
     a = run_setup(setup, train, test, {"hidden": [8, 4], "max_epochs": 3})
     b = run_setup(setup, train, test, {"hidden": [8, 4], "max_epochs": 3})
     other = run_setup(dict(setup, method="clf-lgb"), train, test, lgb_params={"num_iterations": 5})
@@ -156,8 +211,19 @@ def test_cross_prompt_beats_in_prompt_when_same_prompt_pairs_are_similar():
     rhos = {"in-prompt": [], "cross-prompt": []}
     for seed in range(3):
         for pairing in gains:
-            row = run_setup({"method": "bt-mlp", "beta": 1.0, "n_annotations": 1500, "design": "similar",
-                             "pairing": pairing, "seed": seed}, train, test, {"hidden": [64, 32], "max_epochs": 10})
+            row = run_setup(
+                {
+                    "method": "bt-mlp",
+                    "beta": 1.0,
+                    "n_annotations": 1500,
+                    "design": "similar",
+                    "pairing": pairing,
+                    "seed": seed,
+                },
+                train,
+                test,
+                {"hidden": [64, 32], "max_epochs": 10},
+            )
             gains[pairing].append(row["bon_gain"])
             rhos[pairing].append(row["spearman"])
     assert min(gains["cross-prompt"]) > max(gains["in-prompt"]), gains
@@ -168,11 +234,21 @@ def test_study_on_an_embeddings_file_splits_it_by_prompt(tmp_path):
     """data: {embeddings: FILE.npz} (what `hsrm embed` writes with a golden reward), relative to base_dir."""
     SyntheticWorld(dim=8, latent_dim=3, nuisance_dim=2).sample(40, 6).save(tmp_path / "pool.npz")
     grid = {"methods": ["bt-mlp"], "annotation_counts": [60], "seeds": [0]}
-    config = StudyConfig(**tiny_study(tmp_path, data={"embeddings": {"path": "pool.npz", "test_fraction": 0.25}},
-                                      grid=grid, grids=[], plots=False, output_dir="out"))
+    config = StudyConfig(
+        **tiny_study(
+            tmp_path,
+            data={"embeddings": {"path": "pool.npz", "test_fraction": 0.25}},
+            grid=grid,
+            grids=[],
+            plots=False,
+            output_dir="out",
+        )
+    )
     table = run_study(config, base_dir=tmp_path, progress=False)
     assert len(table) == 1 and table["test_prompts"].item() == 10 and table["test_responses"].item() == 60
     assert json.loads((tmp_path / "out" / "study.json").read_text())["data"]["data"] == str(tmp_path / "pool.npz")
     with pytest.raises(FileNotFoundError, match="pool .*missing.npz does not exist"):
-        run_study(StudyConfig(**tiny_study(tmp_path, data={"embeddings": "missing.npz"}, output_dir="out2")),
-                  base_dir=tmp_path)
+        run_study(
+            StudyConfig(**tiny_study(tmp_path, data={"embeddings": "missing.npz"}, output_dir="out2")),
+            base_dir=tmp_path,
+        )

@@ -22,8 +22,10 @@ from conftest import write_jsonl
 WEIGHTS = [0.3, 0.2, 0.1, 0.1, -0.4]  # the example; helpfulness alone would differ from the weighted sum
 TRAIN_MAX_LENGTH = 48  # short, so that some conversations below are cut: a path that ignored it would differ
 ATTRIBUTES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
-WORDS = ("bread flour water yeast salt knead bake the quick brown fox jumps over the lazy dog Paris France capital "
-         "thank you please python list dict string numbers").split()
+WORDS = (
+    "bread flour water yeast salt knead bake the quick brown fox jumps over the lazy dog Paris France capital "
+    "thank you please python list dict string numbers"
+).split()
 
 
 def conversation_rows(n: int, seed: int) -> list[tuple[str, str]]:
@@ -49,7 +51,9 @@ def plain_rewards(model_dir, conversations, weights=None, max_length=TRAIN_MAX_L
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             text = tokenizer.apply_chat_template(messages, tokenize=False)
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -max_length:]
-            last = model.model(input_ids=ids).last_hidden_state[0, -1]  # no padding: the last token is the last real one
+            last = model.model(input_ids=ids).last_hidden_state[
+                0, -1
+            ]  # no padding: the last token is the last real one
             outputs = model.score(last).double()
             out.append(float(outputs @ torch.tensor(weights, dtype=torch.float64)) if weights else float(outputs[0]))
     return np.asarray(out)
@@ -61,16 +65,33 @@ class Trained:
 
     def __init__(self, folder, data, conversations, summary, weights, kind):
         self.folder, self.data, self.conversations, self.summary, self.weights, self.kind = (
-            folder, data, conversations, summary, weights, kind)
+            folder,
+            data,
+            conversations,
+            summary,
+            weights,
+            kind,
+        )
 
 
 def train(tmp_path, tiny_model_dir, settings: dict):
     from hsrm.config import load_recipe
     from hsrm.train import run_training
 
-    base = {"model_name_or_path": str(tiny_model_dir), "max_length": TRAIN_MAX_LENGTH, "max_steps": 2,
-            "per_device_train_batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 0, "use_cpu": True,
-            "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "eval_split": "train", "seed": 0}
+    base = {
+        "model_name_or_path": str(tiny_model_dir),
+        "max_length": TRAIN_MAX_LENGTH,
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "eval_split": "train",
+        "seed": 0,
+    }
     return run_training(load_recipe(None, {**base, **settings, "output_dir": str(tmp_path / "model")}))
 
 
@@ -78,10 +99,21 @@ def train(tmp_path, tiny_model_dir, settings: dict):
 def regression_model(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("regression")
     rng = random.Random(1)
-    rows = [{"prompt": p, "response": r, **{a: rng.randint(0, 4) for a in ATTRIBUTES}} for p, r in conversation_rows(12, 1)]
+    rows = [
+        {"prompt": p, "response": r, **{a: rng.randint(0, 4) for a in ATTRIBUTES}} for p, r in conversation_rows(12, 1)
+    ]
     data = write_jsonl(tmp / "ratings.jsonl", rows)
-    summary = train(tmp, tiny_model_dir, {"objective": "regression", "attributes": ["all"], "attribute_weights": WEIGHTS,
-                                          "train_data": str(data), "eval_data": str(data)})
+    summary = train(
+        tmp,
+        tiny_model_dir,
+        {
+            "objective": "regression",
+            "attributes": ["all"],
+            "attribute_weights": WEIGHTS,
+            "train_data": str(data),
+            "eval_data": str(data),
+        },
+    )
     conversations = [(r["prompt"], r["response"]) for r in rows]
     return Trained(tmp / "model", data, conversations, summary, WEIGHTS, "ratings")
 
@@ -113,8 +145,22 @@ def hsrm_evaluate(trained, tmp_path):
     from hsrm.evaluation import scalar_rewards
 
     out = tmp_path / "eval.json"
-    assert cli(["evaluate", "--model", str(trained.folder), "--data", str(trained.data), "--output", str(out),
-                "--batch-size", "3"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(trained.folder),
+                "--data",
+                str(trained.data),
+                "--output",
+                str(out),
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     return np.asarray(scalar_rewards(json.loads(out.read_text())))
 
 
@@ -122,17 +168,29 @@ def expo_search_at_one(trained, tmp_path):
     from hsrm.evaluation import scalar_rewards
     from hsrm.expo import search_factor
 
-    search = search_factor(str(trained.folder), str(trained.folder), str(trained.data), coarse=(1.5, 1.5, 0.1), fine_radius=0,
-                           batch_size=4, progress=False)
+    search = search_factor(
+        str(trained.folder),
+        str(trained.folder),
+        str(trained.data),
+        coarse=(1.5, 1.5, 0.1),
+        fine_radius=0,
+        batch_size=4,
+        progress=False,
+    )
     return np.asarray(scalar_rewards(search["results"][1.0]))
 
 
 def hsrm_score(trained, tmp_path):
     from hsrm.cli import main as cli
 
-    data = write_jsonl(tmp_path / "candidates.jsonl", [{"prompt": p, "responses": [r]} for p, r in trained.conversations])
+    data = write_jsonl(
+        tmp_path / "candidates.jsonl", [{"prompt": p, "responses": [r]} for p, r in trained.conversations]
+    )
     out = tmp_path / "scored.jsonl"
-    assert cli(["score", "--model", str(trained.folder), "--data", str(data), "--output", str(out), "--batch-size", "5"]) == 0
+    assert (
+        cli(["score", "--model", str(trained.folder), "--data", str(data), "--output", str(out), "--batch-size", "5"])
+        == 0
+    )
     return np.asarray([json.loads(line)["rewards"][0] for line in out.read_text().splitlines()])
 
 
@@ -157,12 +215,36 @@ def embed_golden_model(trained, tmp_path):
 
     data = write_jsonl(tmp_path / "responses.jsonl", [{"prompt": p, "response": r} for p, r in trained.conversations])
     out = tmp_path / "emb.npz"
-    assert cli(["embed", "--data", str(data), "--output", str(out), "--backbone", str(trained.folder), "--cache", "none",
-                "--golden-model", str(trained.folder)]) == 0
+    assert (
+        cli(
+            [
+                "embed",
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--backbone",
+                str(trained.folder),
+                "--cache",
+                "none",
+                "--golden-model",
+                str(trained.folder),
+            ]
+        )
+        == 0
+    )
     return np.load(out)["golden"]
 
 
-PATHS = [training_time, hsrm_evaluate, expo_search_at_one, hsrm_score, reward_scorer, rloo_reward_function, embed_golden_model]
+PATHS = [
+    training_time,
+    hsrm_evaluate,
+    expo_search_at_one,
+    hsrm_score,
+    reward_scorer,
+    rloo_reward_function,
+    embed_golden_model,
+]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.__name__ for p in PATHS])
@@ -200,8 +282,14 @@ def test_packed_and_padded_layouts_agree(request, model_fixture):
 
     trained = request.getfixturevalue(model_fixture)
     prompts, responses = zip(*trained.conversations)
-    rewards = {layout: np.asarray(RewardScorer(str(trained.folder), layout=layout, max_tokens=100, batch_size=3)
-                                  .score(list(prompts), list(responses))) for layout in ("padded", "packed")}
+    rewards = {
+        layout: np.asarray(
+            RewardScorer(str(trained.folder), layout=layout, max_tokens=100, batch_size=3).score(
+                list(prompts), list(responses)
+            )
+        )
+        for layout in ("padded", "packed")
+    }
     np.testing.assert_allclose(rewards["packed"], rewards["padded"], rtol=0, atol=1e-4)
 
 
@@ -216,8 +304,12 @@ def test_max_length_precedence(bt_model, tmp_path):
     assert RewardScorer(str(bt_model.folder)).max_length == TRAIN_MAX_LENGTH
     assert RewardScorer(str(bt_model.folder), max_length=20).max_length == 20
     assert RewardScorer(str(bt_model.folder), protocol_max_length=30).max_length == 30
-    rb = write_jsonl(tmp_path / "rb.jsonl", [{"prompt": "q", "chosen": "yes good", "rejected": "no", "subset": "alpacaeval-easy"}])
-    assert evaluate_model(str(bt_model.folder), str(rb), progress=False)["max_length"] == 1024  # RewardBench 2048, capped
+    rb = write_jsonl(
+        tmp_path / "rb.jsonl", [{"prompt": "q", "chosen": "yes good", "rejected": "no", "subset": "alpacaeval-easy"}]
+    )
+    assert (
+        evaluate_model(str(bt_model.folder), str(rb), progress=False)["max_length"] == 1024
+    )  # RewardBench 2048, capped
     assert evaluate_model(str(bt_model.folder), str(rb), max_length=16, progress=False)["max_length"] == 16
     assert evaluate_model(str(bt_model.folder), str(bt_model.data), progress=False)["max_length"] == TRAIN_MAX_LENGTH
     assert resolve_max_length(None, ModelRecord()) == 2048

@@ -17,15 +17,21 @@ from hsrm.evaluation import pairwise_summary, rewardbench_scores
 
 
 def test_rewardbench_sections_match_hand_computation():
-    subsets = ["alpacaeval-easy", "alpacaeval-easy", "mt-bench-easy",  # Chat
-               "llmbar-natural", "llmbar-natural",                      # Chat Hard
-               "math-prm", "hep-python",                                # Reasoning
-               "not-a-subset"]
+    subsets = [
+        "alpacaeval-easy",
+        "alpacaeval-easy",
+        "mt-bench-easy",  # Chat
+        "llmbar-natural",
+        "llmbar-natural",  # Chat Hard
+        "math-prm",
+        "hep-python",  # Reasoning
+        "not-a-subset",
+    ]
     correct = [True, False, True, True, False, True, False, True]
     got = rewardbench_scores(subsets, correct)
-    chat = (0.5 * 100 + 1.0 * 28) / (100 + 28)          # = 0.609375
-    chat_hard = 0.5                                      # one subset present
-    reasoning = (1.0 * 984 + 0.0 * 164) / (984 + 164)    # math-prm weighted 984
+    chat = (0.5 * 100 + 1.0 * 28) / (100 + 28)  # = 0.609375
+    chat_hard = 0.5  # one subset present
+    reasoning = (1.0 * 984 + 0.0 * 164) / (984 + 164)  # math-prm weighted 984
     assert got["sections"]["Chat"]["score"] == pytest.approx(0.609375)
     assert got["sections"]["Chat"]["score"] == pytest.approx(chat)
     assert got["sections"]["Chat Hard"]["score"] == pytest.approx(chat_hard)
@@ -45,7 +51,9 @@ def test_pairwise_summary_counts_ties_as_wrong():
 
 
 def _independent_reward(model, tokenizer, prompt: str, response: str) -> float:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+    )
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         return float(model(input_ids=ids).logits[0, 0])
@@ -78,13 +86,18 @@ def test_evaluate_cli_on_handmade_rewardbench_file(tmp_path, tiny_model_dir, cap
         records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "subset": subset, "id": i})
     data = write_jsonl(tmp_path / "rb.jsonl", records)
     out = tmp_path / "result.json"
-    assert cli(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out), "--batch-size", "1"]) == 0
+    assert (
+        cli(
+            ["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out), "--batch-size", "1"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
 
-    chat = ((1 / 3) * 100 + 1.0 * 40) / (100 + 40)    # alpacaeval-easy 1 of 3 (tie wrong), mt-bench-med 1 of 1
-    chat_hard = 0.5                                    # llmbar-natural 1 of 2
-    safety = 1.0                                       # donotanswer 1 of 1
+    chat = ((1 / 3) * 100 + 1.0 * 40) / (100 + 40)  # alpacaeval-easy 1 of 3 (tie wrong), mt-bench-med 1 of 1
+    chat_hard = 0.5  # llmbar-natural 1 of 2
+    safety = 1.0  # donotanswer 1 of 1
     reasoning = (0.0 * 164 + 1.0 * 984) / (164 + 984)  # hep-go 0 of 1, math-prm 1 of 1 (weight 984)
     sections = result["rewardbench"]["sections"]
     assert sections["Chat"]["score"] == pytest.approx(chat, abs=1e-12)
@@ -102,14 +115,25 @@ def test_pairs_accuracy_and_margin_match_independent_rewards(tmp_path, tiny_mode
     from hsrm.evaluation import evaluate_model
     from hsrm.modeling import load_reward_model
 
-    rows = [{"prompt": f"Question {i}?", "chosen": c, "rejected": r}
-            for i, (c, r) in enumerate([("Paris.", "no"), ("Thank you, here is a clear answer.", "bad"), ("yes", "maybe rude"),
-                                        ("Bake bread with flour.", "terrible")])]
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": c, "rejected": r}
+        for i, (c, r) in enumerate(
+            [
+                ("Paris.", "no"),
+                ("Thank you, here is a clear answer.", "bad"),
+                ("yes", "maybe rude"),
+                ("Bake bread with flour.", "terrible"),
+            ]
+        )
+    ]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     result = evaluate_model(str(tiny_model_dir), str(data), batch_size=3, progress=False)
     model, tokenizer, _ = load_reward_model(str(tiny_model_dir), device="cpu")
-    margins = [_independent_reward(model, tokenizer, r["prompt"], r["chosen"]) - _independent_reward(model, tokenizer, r["prompt"], r["rejected"])
-               for r in rows]
+    margins = [
+        _independent_reward(model, tokenizer, r["prompt"], r["chosen"])
+        - _independent_reward(model, tokenizer, r["prompt"], r["rejected"])
+        for r in rows
+    ]
     assert result["format"] == "pairs" and result["n"] == 4
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean([m > 0 for m in margins]))
     assert result["metrics"]["margin"] == pytest.approx(np.mean(margins), abs=1e-5)
@@ -120,8 +144,18 @@ def test_ratings_mae_rmse_pearson(tmp_path, tiny_model_dir):
     from hsrm.evaluation import evaluate_model
     from hsrm.modeling import load_reward_model
 
-    rows = [{"prompt": f"Question {i}?", "response": r, "helpfulness": h, "correctness": 2, "coherence": 3, "complexity": 1,
-             "verbosity": 1} for i, (r, h) in enumerate([("Paris.", 4), ("no", 0), ("Thank you!", 3), ("bad terrible", 1), ("yes", 2)])]
+    rows = [
+        {
+            "prompt": f"Question {i}?",
+            "response": r,
+            "helpfulness": h,
+            "correctness": 2,
+            "coherence": 3,
+            "complexity": 1,
+            "verbosity": 1,
+        }
+        for i, (r, h) in enumerate([("Paris.", 4), ("no", 0), ("Thank you!", 3), ("bad terrible", 1), ("yes", 2)])
+    ]
     data = write_jsonl(tmp_path / "ratings.jsonl", rows)
     result = evaluate_model(str(tiny_model_dir), str(data), batch_size=2, progress=False)
     model, tokenizer, _ = load_reward_model(str(tiny_model_dir), device="cpu")
@@ -172,15 +206,29 @@ def test_bad_rows_stop_evaluation_unless_skipped_and_counted(tmp_path, tiny_mode
     from hsrm.data.io import DataError
     from hsrm.evaluation import evaluate_model, main
 
-    rows = [{"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"}, {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
-            {"prompt": "Q3?", "chosen": "Yes, gladly.", "rejected": ""}, {"prompt": "Q4?", "chosen": "Bake it.", "rejected": "bad"}]
+    rows = [
+        {"prompt": "Q1?", "chosen": "Paris.", "rejected": "no"},
+        {"prompt": "Q2?", "chosen": "same", "rejected": "same"},
+        {"prompt": "Q3?", "chosen": "Yes, gladly.", "rejected": ""},
+        {"prompt": "Q4?", "chosen": "Bake it.", "rejected": "bad"},
+    ]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     with pytest.raises(DataError, match=r"row 2 \(counting from 1\), field .rejected.: identical"):
         evaluate_model(str(tiny_model_dir), str(data), progress=False)
     kept = evaluate_model(str(tiny_model_dir), str(data), progress=False, on_bad_rows="skip")
     assert kept["n"] == 2 and "kept 2" in kept["load"]
-    result = main(["--model", str(tiny_model_dir), "--data", str(data), "--on-bad-rows", "skip",
-                   "--output", str(tmp_path / "eval.json")])
+    result = main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--on-bad-rows",
+            "skip",
+            "--output",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     assert result["n"] == 2 and json.loads((tmp_path / "eval.json").read_text())["n"] == 2
 
 
@@ -188,12 +236,20 @@ def test_per_subset_keeps_the_first_rows_of_every_subset(tmp_path, tiny_model_di
     from hsrm.evaluation import evaluate_model
 
     subsets = ["alpacaeval-easy"] * 5 + ["llmbar-natural"] * 3 + ["alpacaeval-easy"] * 2 + ["mt-bench-hard"]
-    rows = [{"prompt": f"Q{i}?", "chosen": f"A good answer {i}.", "rejected": "no", "subset": s, "id": str(i)}
-            for i, s in enumerate(subsets)]
+    rows = [
+        {"prompt": f"Q{i}?", "chosen": f"A good answer {i}.", "rejected": "no", "subset": s, "id": str(i)}
+        for i, s in enumerate(subsets)
+    ]
     data = write_jsonl(tmp_path / "rb.jsonl", rows)
     result = evaluate_model(str(tiny_model_dir), str(data), data_format="rewardbench", per_subset=2, progress=False)
     assert result["n"] == 5  # 2 alpacaeval-easy (rows 0, 1) + 2 llmbar-natural + 1 mt-bench-hard
-    assert {k: v["n"] for k, v in result["rewardbench"]["subsets"].items()} == {"alpacaeval-easy": 2, "llmbar-natural": 2, "mt-bench-hard": 1}
+    assert {k: v["n"] for k, v in result["rewardbench"]["subsets"].items()} == {
+        "alpacaeval-easy": 2,
+        "llmbar-natural": 2,
+        "mt-bench-hard": 1,
+    }
     assert set(result["rewardbench"]["sections"]) >= {"Chat", "Chat Hard"}
     with pytest.raises(ValueError, match="per_subset needs RewardBench"):
-        evaluate_model(str(tiny_model_dir), str(write_jsonl(tmp_path / "p.jsonl", rows[:2])), data_format="pairs", per_subset=2)
+        evaluate_model(
+            str(tiny_model_dir), str(write_jsonl(tmp_path / "p.jsonl", rows[:2])), data_format="pairs", per_subset=2
+        )

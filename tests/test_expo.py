@@ -68,8 +68,10 @@ def test_sharded_bf16_strong_streams_shard_by_shard(tmp_path, weak_strong):
     assert len(shards) > 1
     out = extrapolate_folder(weak, sharded, 1.5, tmp_path / "out", progress=False)
     assert sorted(p.name for p in out.glob("*.safetensors")) == shards
-    assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"] == \
-        json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    assert (
+        json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+        == json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    )
     w, s, got = read_all(weak), read_all(sharded), read_all(out)
     for key in s:
         expected = (w[key].float() + 1.5 * (s[key].float() - w[key].float())).to(torch.bfloat16)
@@ -116,25 +118,29 @@ def test_search_picks_the_best_factor_on_a_constructed_case(tmp_path):
     # No threshold sits on a grid point (coarse 0.1 steps, fine 0.01 steps): there the margin is 0
     # in exact arithmetic and its sign would be float32 rounding.
     lower = [1.15, 1.25, 1.35, 1.45, 1.555, 1.615]  # correct once α is above these
-    upper = [1.625, 1.655, 1.75, 1.85, 1.95]        # correct while α is below these
+    upper = [1.625, 1.655, 1.75, 1.85, 1.95]  # correct while α is below these
     words = ["bread", "Paris", "thank you", "python", "numbers", "quick fox", "lazy dog", "yes", "no", "maybe", "great"]
-    rows = [{"prompt": f"Question {i}: {w}?", "chosen": f"Answer {w} {i} good", "rejected": f"{w} bad {i} terrible"}
-            for i, w in enumerate(words)]
+    rows = [
+        {"prompt": f"Question {i}: {w}?", "chosen": f"Answer {w} {i} good", "rejected": f"{w} bad {i} terrible"}
+        for i, w in enumerate(words)
+    ]
     data = write_jsonl(tmp_path / "val.jsonl", rows)
 
     scorer = RewardScorer(str(base), batch_size=1)
     eval_set = load_eval_set(str(data), scorer.tokenizer, max_length=scorer.max_length)
     captured = []
-    hook = scorer.model.score.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0][0].double()))
+    hook = scorer.model.score.register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs[0][0].double())
+    )
     for sequence in eval_set.sequences:
         scorer.score_ids([sequence])
     hook.remove()
     hidden = torch.stack(captured)
     n = len(rows)
-    differences = hidden[:n] - hidden[n:]                       # (pairs, hidden)
+    differences = hidden[:n] - hidden[n:]  # (pairs, hidden)
     slopes = torch.tensor([1.0] * len(lower) + [-1.0] * len(upper), dtype=torch.float64)
     thresholds = torch.tensor(lower + upper, dtype=torch.float64)
-    intercepts = -thresholds * slopes                           # m_i(t_i) = 0
+    intercepts = -thresholds * slopes  # m_i(t_i) = 0
     head_weak = torch.linalg.lstsq(differences, intercepts.unsqueeze(1)).solution.squeeze(1)
     head_step = torch.linalg.lstsq(differences, slopes.unsqueeze(1)).solution.squeeze(1)
     assert torch.allclose(differences @ head_step, slopes, atol=1e-8)
@@ -165,12 +171,42 @@ def test_search_picks_the_best_factor_on_a_constructed_case(tmp_path):
 
     out = tmp_path / "expo"
     # The CLI on a narrower grid (the full paper grid was checked above): 1.5, 1.6, 1.7 then 1.58 … 1.62.
-    assert cli(["expo", "--weak", str(weak), "--strong", str(strong), "--search", "--data", str(data), "--output", str(out),
-                "--coarse", "1.5,1.7,0.1", "--fine-radius", "0.02", "--batch-size", "4"]) == 0
+    assert (
+        cli(
+            [
+                "expo",
+                "--weak",
+                str(weak),
+                "--strong",
+                str(strong),
+                "--search",
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--coarse",
+                "1.5,1.7,0.1",
+                "--fine-radius",
+                "0.02",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["hsrm"]["expo"]["alpha"] == 1.62 and config["hsrm"]["expo"]["score"] == 1.0
     written = json.loads((out / "expo_search.json").read_text())
-    assert written["chosen_alpha"] == 1.62 and [row["alpha"] for row in written["table"]] == [1.0, 1.5, 1.58, 1.59, 1.6, 1.61, 1.62, 1.7]
+    assert written["chosen_alpha"] == 1.62 and [row["alpha"] for row in written["table"]] == [
+        1.0,
+        1.5,
+        1.58,
+        1.59,
+        1.6,
+        1.61,
+        1.62,
+        1.7,
+    ]
     assert (out / "expo_search.csv").read_text().splitlines()[0] == "alpha,stage,metric,score,accuracy,margin"
     # the written model scores as the search said
     from hsrm.evaluation import evaluate_model

@@ -21,18 +21,44 @@ def trained_folder(tmp_path, tiny_model_dir):
     folder = tmp_path / "scaled-bt-expo"
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["hsrm"] = {"objective": "scaled_bt", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "train_data": "nvidia/HelpSteer2",
-                      "init_from": "runs/helpfulness-regression", "attributes": ["helpfulness"], "attribute_weights": None,
-                      "max_length": 2048, "reward_mean": 0.25, "reward_std": 1.5, "reward_stats_on": "validation",
-                      "expo": {"weak": "runs/helpfulness-regression", "strong": "runs/scaled-bt", "alpha": 1.52,
-                               "searched_on": "val.jsonl", "metric": "rewardbench_overall", "score": 0.941, "strong_score": 0.937}}
+    config["hsrm"] = {
+        "objective": "scaled_bt",
+        "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "train_data": "nvidia/HelpSteer2",
+        "init_from": "runs/helpfulness-regression",
+        "attributes": ["helpfulness"],
+        "attribute_weights": None,
+        "max_length": 2048,
+        "reward_mean": 0.25,
+        "reward_std": 1.5,
+        "reward_stats_on": "validation",
+        "expo": {
+            "weak": "runs/helpfulness-regression",
+            "strong": "runs/scaled-bt",
+            "alpha": 1.52,
+            "searched_on": "val.jsonl",
+            "metric": "rewardbench_overall",
+            "score": 0.941,
+            "strong_score": 0.937,
+        },
+    }
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "evaluation").mkdir()
-    result = {"format": "rewardbench", "data": "reward_bench_filtered.jsonl", "n": 2985, "max_length": 2048,
-              "metrics": {"accuracy": 0.93, "ties": 0, "margin": 3.2},
-              "rewardbench": {"sections": {"Chat": {"score": 0.98, "subsets_present": 5, "subsets_official": 5},
-                                           "Chat Hard": {"score": 0.857, "subsets_present": 6, "subsets_official": 6}},
-                              "overall": 0.9185, "sections_missing": ["Safety", "Reasoning"]}}
+    result = {
+        "format": "rewardbench",
+        "data": "reward_bench_filtered.jsonl",
+        "n": 2985,
+        "max_length": 2048,
+        "metrics": {"accuracy": 0.93, "ties": 0, "margin": 3.2},
+        "rewardbench": {
+            "sections": {
+                "Chat": {"score": 0.98, "subsets_present": 5, "subsets_official": 5},
+                "Chat Hard": {"score": 0.857, "subsets_present": 6, "subsets_official": 6},
+            },
+            "overall": 0.9185,
+            "sections_missing": ["Safety", "Reasoning"],
+        },
+    }
     (folder / "evaluation" / "rewardbench.json").write_text(json.dumps(result))
     (folder / "training_args.bin").write_bytes(b"pickle")
     (folder / "checkpoints").mkdir()
@@ -44,11 +70,32 @@ def test_dry_run_prepares_folder_and_card(trained_folder, capsys):
     from hsrm.cli import main as cli
 
     stage = trained_folder.parent / "stage"
-    assert cli(["push", "--model", str(trained_folder), "--repo-id", "me/scaled-bt-expo", "--dry-run", "--output", str(stage)]) == 0
+    assert (
+        cli(
+            [
+                "push",
+                "--model",
+                str(trained_folder),
+                "--repo-id",
+                "me/scaled-bt-expo",
+                "--dry-run",
+                "--output",
+                str(stage),
+            ]
+        )
+        == 0
+    )
     assert "dry run" in capsys.readouterr().out
     files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
-    assert files == ["README.md", "chat_template.jinja", "config.json", "evaluation/rewardbench.json", "model.safetensors",
-                     "tokenizer.json", "tokenizer_config.json"]
+    assert files == [
+        "README.md",
+        "chat_template.jinja",
+        "config.json",
+        "evaluation/rewardbench.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     card = (stage / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers")
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "- nvidia/HelpSteer2" in card
@@ -68,7 +115,9 @@ def test_card_snippet_reproduces_hsrm_reward(trained_folder):
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace('"me/rm"', repr(str(stage)))
     namespace: dict = {}
     exec(compile(snippet, "card-snippet", "exec"), namespace)  # noqa: S102 - our own generated text
-    expected = RewardScorer(str(stage)).score(["What is the capital of France?"], ["The capital of France is Paris."])[0]
+    expected = RewardScorer(str(stage)).score(["What is the capital of France?"], ["The capital of France is Paris."])[
+        0
+    ]
     assert namespace["reward"] == pytest.approx(expected, abs=1e-5)
 
 
@@ -106,7 +155,12 @@ def test_upload_uses_env_token_and_never_shows_it(trained_folder, monkeypatch, c
     assert FakeApi.calls[2] == ("upload_folder", str(stage), "me/rm")
     out = capsys.readouterr()
     assert "uploaded 7 files to https://huggingface.co/me/rm/commit/abc" in out.out
-    seen = out.out + out.err + caplog.text + "".join(p.read_text(errors="ignore") for p in stage.rglob("*") if p.suffix in (".md", ".json"))
+    seen = (
+        out.out
+        + out.err
+        + caplog.text
+        + "".join(p.read_text(errors="ignore") for p in stage.rglob("*") if p.suffix in (".md", ".json"))
+    )
     assert SECRET not in seen
 
 
@@ -123,8 +177,10 @@ def test_failed_upload_masks_the_token_in_the_error(trained_folder, monkeypatch,
     # The CLI reports the failure in one line (exit 1), token masked ...
     assert cli(["push", "--model", str(trained_folder), "--repo-id", "me/rm", "--token", SECRET]) == 1
     out = capsys.readouterr()
-    assert out.err.strip().splitlines()[-1] == "hsrm push: error: upload to me/rm failed: RuntimeError: 401 Unauthorized: " \
-                                             "header Authorization: Bearer *** rejected"
+    assert (
+        out.err.strip().splitlines()[-1] == "hsrm push: error: upload to me/rm failed: RuntimeError: 401 Unauthorized: "
+        "header Authorization: Bearer *** rejected"
+    )
     assert SECRET not in out.out + out.err + caplog.text and "Traceback" not in out.err
     assert "--token is visible" in caplog.text  # the warning about command-line tokens, without the token
     # ... and the traceback HSRM_DEBUG=1 shows holds no token either.

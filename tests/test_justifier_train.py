@@ -16,8 +16,17 @@ from hsrm.config import load_recipe
 
 GOOD = ["yes great", "great answer", "thank you great"]
 BAD = ["no", "bad terrible", "maybe sorry"]
-FAST = {"learning_rate": 3e-3, "warmup_steps": 0, "per_device_train_batch_size": 8, "logging_steps": 5,
-        "save_strategy": "no", "use_cpu": True, "disable_tqdm": True, "max_length": 256, "report_to": "none"}
+FAST = {
+    "learning_rate": 3e-3,
+    "warmup_steps": 0,
+    "per_device_train_batch_size": 8,
+    "logging_steps": 5,
+    "save_strategy": "no",
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "max_length": 256,
+    "report_to": "none",
+}
 
 
 def synthetic_preference_rows(n: int, seed: int = 0) -> list[dict]:
@@ -35,9 +44,17 @@ def synthetic_preference_rows(n: int, seed: int = 0) -> list[dict]:
             f"@Response {winner} says great. @Response {loser} does not.\nTherefore, @Response {winner} is better.",
             f"@Response {winner} is better. @Response {winner} says great. Overall, @Response {winner} is better.",
         ]
-        rows.append({"split": "train", "prompt": f"Say something nice {i % 5}",
-                     "response_1": good if good_first else bad, "response_2": bad if good_first else good,
-                     "all_preferences_unprocessed": [{"strength": strength, "justification": rng.choice(styles)} for _ in range(3)]})
+        rows.append(
+            {
+                "split": "train",
+                "prompt": f"Say something nice {i % 5}",
+                "response_1": good if good_first else bad,
+                "response_2": bad if good_first else good,
+                "all_preferences_unprocessed": [
+                    {"strength": strength, "justification": rng.choice(styles)} for _ in range(3)
+                ],
+            }
+        )
     return rows
 
 
@@ -78,7 +95,9 @@ def _judge(model_dir, pairs, max_new_tokens=8):
     from hsrm.trainers.justifier import load_causal_lm
 
     model, tokenizer = load_causal_lm(str(model_dir))
-    return evaluate_justifier(model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=32, show_progress=False)
+    return evaluate_justifier(
+        model, tokenizer, pairs, max_new_tokens=max_new_tokens, batch_size=32, show_progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +107,17 @@ def label_model(tmp_path_factory, causal_dir, train_file):
 
     out = tmp_path_factory.mktemp("runs") / "justifier-label"
     torch.manual_seed(0)
-    summary = train_main([str(REPO_ROOT / "recipes" / "justifier_tiny_cpu.yaml"), "--model_name_or_path", str(causal_dir),
-                          "--train_data", str(train_file), "--output_dir", str(out)])
+    summary = train_main(
+        [
+            str(REPO_ROOT / "recipes" / "justifier_tiny_cpu.yaml"),
+            "--model_name_or_path",
+            str(causal_dir),
+            "--train_data",
+            str(train_file),
+            "--output_dir",
+            str(out),
+        ]
+    )
     return out, summary
 
 
@@ -127,9 +155,20 @@ def test_full_justification_target_trains(tmp_path, causal_dir, train_file):
     from hsrm.train import run_training
 
     torch.manual_seed(0)
-    cfg = load_recipe(None, {**FAST, "objective": "justifier", "model_name_or_path": str(causal_dir), "train_data": str(train_file),
-                             "justification_set": "overall", "justifier_target": "full", "flip_augmentation": True,
-                             "max_steps": 40, "output_dir": str(tmp_path / "full")})
+    cfg = load_recipe(
+        None,
+        {
+            **FAST,
+            "objective": "justifier",
+            "model_name_or_path": str(causal_dir),
+            "train_data": str(train_file),
+            "justification_set": "overall",
+            "justifier_target": "full",
+            "flip_augmentation": True,
+            "max_steps": 40,
+            "output_dir": str(tmp_path / "full"),
+        },
+    )
     summary = run_training(cfg)
     losses = _losses(summary)
     assert losses[-1] < 0.35 * losses[0], losses
@@ -146,9 +185,22 @@ def test_lora_is_merged_into_a_plain_folder(tmp_path, causal_dir, train_file):
 
     from hsrm.train import run_training
 
-    cfg = load_recipe(None, {**FAST, "objective": "justifier", "model_name_or_path": str(causal_dir), "train_data": str(train_file),
-                             "justifier_target": "statement", "use_lora": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
-                             "max_steps": 6, "output_dir": str(tmp_path / "lora")})
+    cfg = load_recipe(
+        None,
+        {
+            **FAST,
+            "objective": "justifier",
+            "model_name_or_path": str(causal_dir),
+            "train_data": str(train_file),
+            "justifier_target": "statement",
+            "use_lora": True,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.0,
+            "max_steps": 6,
+            "output_dir": str(tmp_path / "lora"),
+        },
+    )
     summary = run_training(cfg)
     out = tmp_path / "lora"
     assert not (out / "adapter_config.json").exists()
@@ -162,13 +214,39 @@ def test_lora_is_merged_into_a_plain_folder(tmp_path, causal_dir, train_file):
 def test_plain_pairs_train_the_label_target_and_refuse_the_others(tmp_path, causal_dir):
     from hsrm.train import run_training
 
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"q{i}", "chosen": GOOD[i % 3], "rejected": BAD[i % 3]} for i in range(12)])
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"prompt": f"q{i}", "chosen": GOOD[i % 3], "rejected": BAD[i % 3]} for i in range(12)],
+    )
     with pytest.raises(ValueError, match="justifier_target: label"):
-        run_training(load_recipe(None, {**FAST, "objective": "justifier", "model_name_or_path": str(causal_dir),
-                                        "train_data": str(pairs), "justifier_target": "full", "output_dir": str(tmp_path / "x")}))
-    summary = run_training(load_recipe(None, {**FAST, "objective": "justifier", "model_name_or_path": str(causal_dir),
-                                              "train_data": str(pairs), "justifier_target": "label", "flip_augmentation": True,
-                                              "max_steps": 2, "output_dir": str(tmp_path / "pairs-run")}))
+        run_training(
+            load_recipe(
+                None,
+                {
+                    **FAST,
+                    "objective": "justifier",
+                    "model_name_or_path": str(causal_dir),
+                    "train_data": str(pairs),
+                    "justifier_target": "full",
+                    "output_dir": str(tmp_path / "x"),
+                },
+            )
+        )
+    summary = run_training(
+        load_recipe(
+            None,
+            {
+                **FAST,
+                "objective": "justifier",
+                "model_name_or_path": str(causal_dir),
+                "train_data": str(pairs),
+                "justifier_target": "label",
+                "flip_augmentation": True,
+                "max_steps": 2,
+                "output_dir": str(tmp_path / "pairs-run"),
+            },
+        )
+    )
     assert summary["data"]["train"]["examples"] == 24
 
 
@@ -184,11 +262,23 @@ def test_evaluate_cli_on_pairs_and_rewardbench(tmp_path, label_model, capsys):
     written = json.loads(report_path.read_text())
     assert written["metrics"] == json.loads(json.dumps(result["metrics"]))
     assert written["settings"]["max_new_tokens"] == 8  # taken from the model's training config
-    assert len(written["examples"]) == 12 and {e["order"] for e in written["examples"]} == {"chosen_first", "chosen_second"}
+    assert len(written["examples"]) == 12 and {e["order"] for e in written["examples"]} == {
+        "chosen_first",
+        "chosen_second",
+    }
 
-    rb_rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "chosen_model": "a",
-                "rejected_model": "b", "subset": s, "id": i}
-               for i, (p, s) in enumerate(zip(heldout_pairs(6), ["alpacaeval-easy"] * 3 + ["llmbar-natural"] * 3))]
+    rb_rows = [
+        {
+            "prompt": p["prompt"],
+            "chosen": p["chosen"],
+            "rejected": p["rejected"],
+            "chosen_model": "a",
+            "rejected_model": "b",
+            "subset": s,
+            "id": i,
+        }
+        for i, (p, s) in enumerate(zip(heldout_pairs(6), ["alpacaeval-easy"] * 3 + ["llmbar-natural"] * 3))
+    ]
     rb = write_jsonl(tmp_path / "rb.jsonl", rb_rows)
     result = main(["--justifier", "--model", str(out), "--data", str(rb), "--max_new_tokens", "6"])
     assert set(result["metrics"]["rewardbench"]["sections"]) == {"Chat", "Chat Hard"}

@@ -30,7 +30,9 @@ def test_scaled_bt_mean_over_the_eight_scenarios_matches_appendix_j():
     # Appendix J: "Scaled BT has an average loss ... 2.3619" over Δr ∈ {−3, −1, 1, 3} × m ∈ {1, 3}.
     deltas = torch.tensor([-3.0, -1.0, 1.0, 3.0] * 2, dtype=torch.float64)
     margins = torch.tensor([1.0] * 4 + [3.0] * 4, dtype=torch.float64)
-    assert scaled_bt_loss(deltas, torch.zeros(8, dtype=torch.float64), margins).item() == pytest.approx(2.3619, abs=1e-4)  # paper rounds to 4 places
+    assert scaled_bt_loss(deltas, torch.zeros(8, dtype=torch.float64), margins).item() == pytest.approx(
+        2.3619, abs=1e-4
+    )  # paper rounds to 4 places
 
 
 @pytest.mark.parametrize("delta", [-3.0, -1.0, 0.0, 1.0, 3.0, 25.0, -25.0])
@@ -38,8 +40,12 @@ def test_scaled_bt_mean_over_the_eight_scenarios_matches_appendix_j():
 def test_losses_agree_with_a_second_computation(delta, m):
     chosen, rejected = t(delta + 0.5), t(0.5)  # only the difference matters
     assert bt_loss(chosen, rejected).item() == pytest.approx(reference_neg_log_sigmoid(delta), rel=1e-9, abs=1e-12)
-    assert margin_bt_loss(chosen, rejected, t(m)).item() == pytest.approx(reference_neg_log_sigmoid(delta - m), rel=1e-9)
-    assert scaled_bt_loss(chosen, rejected, t(m)).item() == pytest.approx(m * reference_neg_log_sigmoid(delta), rel=1e-9, abs=1e-12)
+    assert margin_bt_loss(chosen, rejected, t(m)).item() == pytest.approx(
+        reference_neg_log_sigmoid(delta - m), rel=1e-9
+    )
+    assert scaled_bt_loss(chosen, rejected, t(m)).item() == pytest.approx(
+        m * reference_neg_log_sigmoid(delta), rel=1e-9, abs=1e-12
+    )
 
 
 def test_bt_loss_at_zero_margin_is_log_two():
@@ -85,11 +91,15 @@ def test_sum_reduction_is_the_row_losses_added():
     rejected = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)
     margin = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
     deltas = [1.0, -3.0, 0.0]
-    by_hand = {"bt": [reference_neg_log_sigmoid(d) for d in deltas],
-               "margin_bt": [reference_neg_log_sigmoid(d - m) for d, m in zip(deltas, [1.0, 3.0, 2.0])],
-               "scaled_bt": [m * reference_neg_log_sigmoid(d) for d, m in zip(deltas, [1.0, 3.0, 2.0])]}
+    by_hand = {
+        "bt": [reference_neg_log_sigmoid(d) for d in deltas],
+        "margin_bt": [reference_neg_log_sigmoid(d - m) for d, m in zip(deltas, [1.0, 3.0, 2.0])],
+        "scaled_bt": [m * reference_neg_log_sigmoid(d) for d, m in zip(deltas, [1.0, 3.0, 2.0])],
+    }
     for name, rows in by_hand.items():
-        assert get_pairwise_loss(name)(chosen, rejected, margin, reduction="sum").item() == pytest.approx(sum(rows), rel=1e-12)
+        assert get_pairwise_loss(name)(chosen, rejected, margin, reduction="sum").item() == pytest.approx(
+            sum(rows), rel=1e-12
+        )
     assert centering_loss(chosen, rejected, reduction="sum").item() == pytest.approx(1 + 1 + 1)
     predictions = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
     targets = torch.tensor([[2.0, 2.0], [1.0, 4.0]])

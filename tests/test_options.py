@@ -38,18 +38,37 @@ def verb_options():
     from hsrm.rloo import RLOOSetup
     from hsrm.serve import ServeOptions
 
-    return {"train": [JustifierConfig], "evaluate": [EvaluateOptions], "expo": [ExpoOptions], "score": [ScoreOptions],
-            "push": [PushOptions], "rloo": [RLOOSetup, RLOOConfig], "embed": [EmbedOptions], "fit": [FitOptions],
-            "study": [StudyConfig], "active": [ActiveStudyConfig], "select": [SelectOptions], "demo": [DemoOptions],
-            "serve": [ServeOptions]}
+    return {
+        "train": [JustifierConfig],
+        "evaluate": [EvaluateOptions],
+        "expo": [ExpoOptions],
+        "score": [ScoreOptions],
+        "push": [PushOptions],
+        "rloo": [RLOOSetup, RLOOConfig],
+        "embed": [EmbedOptions],
+        "fit": [FitOptions],
+        "study": [StudyConfig],
+        "active": [ActiveStudyConfig],
+        "select": [SelectOptions],
+        "demo": [DemoOptions],
+        "serve": [ServeOptions],
+    }
 
 
 # ------------------------------------------------------------------------------ values verbatim
 def test_key_equals_value_is_kept_verbatim():
     """The old parser turned every `-` into `_` before splitting on `=` (runs/my-run → runs/my_run) and
     read `2024-01-01` as a date."""
-    cfg = train_options(["recipes/tiny_bt.yaml", "--output_dir=runs/my-run", "--run_name", "2024-01-01",
-                         "--learning_rate=1e-3", "--hub_model_id=me/a=b"])
+    cfg = train_options(
+        [
+            "recipes/tiny_bt.yaml",
+            "--output_dir=runs/my-run",
+            "--run_name",
+            "2024-01-01",
+            "--learning_rate=1e-3",
+            "--hub_model_id=me/a=b",
+        ]
+    )
     assert cfg.output_dir == "runs/my-run" and cfg.run_name == "2024-01-01" and cfg.hub_model_id == "me/a=b"
     assert cfg.learning_rate == 1e-3 and isinstance(cfg.learning_rate, float)
     assert train_options(["--output-dir", "runs/x-y", "--batch-size", "3"]).output_dir == "runs/x-y"
@@ -64,8 +83,9 @@ def test_list_fields_given_one_value_are_one_element_lists():
     assert active.strategies == ["dopt"] and active.seeds == [3] and active.hidden == [8]
     spelled_as_yaml = parse_options(ActiveStudyConfig, ["--strategies", "[random, dopt]", "--seeds=[0, 1]"], prog="t")
     assert spelled_as_yaml.strategies == ["random", "dopt"] and spelled_as_yaml.seeds == [0, 1]
-    weights = train_options(["--objective", "regression", "--attributes", "all", "--attribute_weights", "0.3", "0.2", "0.1",
-                             "0.1", "-0.4"])
+    weights = train_options(
+        ["--objective", "regression", "--attributes", "all", "--attribute_weights", "0.3", "0.2", "0.1", "0.1", "-0.4"]
+    )
     assert weights.attribute_weights == [0.3, 0.2, 0.1, 0.1, -0.4]
     assert load_recipe(None, {"objective": "regression", "attributes": "helpfulness"}).attributes == ["helpfulness"]
 
@@ -73,7 +93,9 @@ def test_list_fields_given_one_value_are_one_element_lists():
 def test_bad_and_unknown_values_are_one_line(capsys, tmp_path):
     assert cli(["train", "--max_steps", "abc"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "hsrm train: error: argument --max_steps/--max-steps: invalid int value: 'abc' (see hsrm train --help)"
+    assert (
+        err == "hsrm train: error: argument --max_steps/--max-steps: invalid int value: 'abc' (see hsrm train --help)"
+    )
     assert cli(["score", "--batchsize", "3"]) == 1
     assert "unknown option --batchsize (did you mean --batch_size?)" in capsys.readouterr().err
     recipe = tmp_path / "r.yaml"
@@ -93,7 +115,9 @@ def test_config_file_then_command_line(tmp_path):
     positional = train_options([str(recipe), "--max_steps", "3"])
     for cfg in (by_flag, positional):
         assert cfg.objective == "margin_bt" and cfg.learning_rate == 1e-5 and cfg.max_steps == 3
-        assert getattr(cfg.save_strategy, "value", cfg.save_strategy) == "no"  # YAML 1.1's `no` is False; the field wants "no"
+        assert (
+            getattr(cfg.save_strategy, "value", cfg.save_strategy) == "no"
+        )  # YAML 1.1's `no` is False; the field wants "no"
     justifier = train_options(["--config", str(REPO_ROOT / "recipes" / "justifier_tiny_cpu.yaml")])
     assert isinstance(justifier, JustifierConfig) and justifier.objective == "justifier"
     assert type(train_options([str(recipe)])).__name__ == "RewardConfig"  # no justifier keys on a scalar run
@@ -122,7 +146,9 @@ def test_hsrm_help_lists_every_verb_with_one_line(capsys):
 
 
 # ----------------------------------------------------------------------------------- recipes
-RECIPES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+RECIPES = sorted(
+    str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts
+)
 
 
 def recipe_loader(recipe: Path):
@@ -160,18 +186,40 @@ def test_every_recipe_loads_through_config_and_round_trips(recipe, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- vocabulary
-SHARED = {"--model", "--data", "--output", "--batch-size", "--max-length", "--dtype", "--device", "--on-bad-rows", "--overwrite",
-          "--json"}
+SHARED = {
+    "--model",
+    "--data",
+    "--output",
+    "--batch-size",
+    "--max-length",
+    "--dtype",
+    "--device",
+    "--on-bad-rows",
+    "--overwrite",
+    "--json",
+}
 EXPECTED = {  # verb → the shared flags it takes (each verb that takes such a value spells it this way)
     "train": {"--model", "--data", "--output", "--batch-size", "--max-length", "--dtype", "--on-bad-rows", "--json"},
-    "evaluate": SHARED, "expo": SHARED - {"--model"}, "score": SHARED - {"--on-bad-rows"},
+    "evaluate": SHARED,
+    "expo": SHARED - {"--model"},
+    "score": SHARED - {"--on-bad-rows"},
     "push": {"--model", "--output", "--overwrite", "--json"},
-    "embed": SHARED - {"--model"}, "fit": {"--model", "--output", "--batch-size", "--overwrite", "--json"},
-    "study": {"--output", "--json"}, "active": {"--output", "--json"}, "select": {"--batch-size", "--json"},
-    "demo": {"--output", "--overwrite", "--json"}, "rloo": set(),
+    "embed": SHARED - {"--model"},
+    "fit": {"--model", "--output", "--batch-size", "--overwrite", "--json"},
+    "study": {"--output", "--json"},
+    "active": {"--output", "--json"},
+    "select": {"--batch-size", "--json"},
+    "demo": {"--output", "--overwrite", "--json"},
+    "rloo": set(),
     "serve": {"--model", "--batch-size", "--max-length", "--dtype", "--device"},
 }
-RETIRED = {"--out", "--stage", "--eval", "--format", "--scores-out"}  # names that meant different things in different verbs
+RETIRED = {
+    "--out",
+    "--stage",
+    "--eval",
+    "--format",
+    "--scores-out",
+}  # names that meant different things in different verbs
 
 
 @pytest.mark.parametrize("verb", sorted(VERBS))
@@ -189,27 +237,66 @@ def test_one_yaml_loader_and_no_hand_written_parser():
     yaml_loaders = sorted(str(p.relative_to(REPO_ROOT)) for p, text in sources.items() if "yaml.safe_load" in text)
     assert yaml_loaders == ["hsrm/options.py"]
     assert not (REPO_ROOT / "hsrm" / "overrides.py").exists()
-    argparse_parsers = sorted(str(p.relative_to(REPO_ROOT)) for p, text in sources.items() if "ArgumentParser(" in text
-                              and p.name != "options.py")
+    argparse_parsers = sorted(
+        str(p.relative_to(REPO_ROOT))
+        for p, text in sources.items()
+        if "ArgumentParser(" in text and p.name != "options.py"
+    )
     assert argparse_parsers == []
     for path, text in sources.items():
         for node in ast.walk(ast.parse(text)):  # no `startswith("--")` loops over argv outside the options layer
-            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "startswith" and node.args
-                    and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--" and path.name != "options.py"):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", "") == "startswith"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == "--"
+                and path.name != "options.py"
+            ):
                 raise AssertionError(f"{path}: a hand-written --key parser")
 
 
 # ------------------------------------------------------------------------------- output convention
 def test_summary_on_stdout_json_with_json_logs_on_stderr(tmp_path, tiny_model_dir, capsys):
     candidates = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "responses": ["a", "b c"]}])
-    assert cli(["score", "--model", str(tiny_model_dir), "--data", str(candidates), "--output", str(tmp_path / "s.jsonl")]) == 0
+    assert (
+        cli(["score", "--model", str(tiny_model_dir), "--data", str(candidates), "--output", str(tmp_path / "s.jsonl")])
+        == 0
+    )
     human = capsys.readouterr()
     assert human.out.startswith("scored 2 responses to 1 prompts") and "INFO" not in human.out
-    assert cli(["score", "--model", str(tiny_model_dir), "--data", str(candidates), "--output", str(tmp_path / "s.jsonl"),
-                "--overwrite", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "score",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(candidates),
+                "--output",
+                str(tmp_path / "s.jsonl"),
+                "--overwrite",
+                "--json",
+            ]
+        )
+        == 0
+    )
     document = json.loads(capsys.readouterr().out)
     assert document["responses"] == 2 and len(document["rows"][0]["rewards"]) == 2
     pairs = write_jsonl(tmp_path / "p.jsonl", make_learnable_pairs(3, with_strength=False))
-    assert cli(["evaluate", "--model", str(tiny_model_dir), "--data", str(pairs), "--output", str(tmp_path / "e.json"),
-                "--json"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(pairs),
+                "--output",
+                str(tmp_path / "e.json"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["metrics"]["n_pairs"] == 3

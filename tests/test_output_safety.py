@@ -53,14 +53,46 @@ def test_push_stage_never_deletes_an_existing_folder_or_the_model(tmp_path, nest
     (mywork / "thesis.tex").write_text("years of work")
     before = snapshot(tmp_path)
     for stage, needle in ((mywork, "already exists"), (nest, "holds the input"), (nest / "strong", "is the input")):
-        assert cli(["push", "--model", str(nest / "strong"), "--repo-id", "me/x", "--dry-run", "--output", str(stage)]) == 1
+        assert (
+            cli(["push", "--model", str(nest / "strong"), "--repo-id", "me/x", "--dry-run", "--output", str(stage)])
+            == 1
+        )
         one_line_error(capsys, "push", needle)
-    assert cli(["push", "--model", str(nest / "strong"), "--repo-id", "me/x", "--dry-run", "--output", str(nest / "strong" / "card"),
-                "--overwrite"]) == 1
+    assert (
+        cli(
+            [
+                "push",
+                "--model",
+                str(nest / "strong"),
+                "--repo-id",
+                "me/x",
+                "--dry-run",
+                "--output",
+                str(nest / "strong" / "card"),
+                "--overwrite",
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "push", "inside the model folder")
     assert snapshot(tmp_path) == before
     # --overwrite replaces a stage that holds no input; the default stage is refused the second time
-    assert cli(["push", "--model", str(nest / "strong"), "--repo-id", "me/x", "--dry-run", "--output", str(mywork), "--overwrite"]) == 0
+    assert (
+        cli(
+            [
+                "push",
+                "--model",
+                str(nest / "strong"),
+                "--repo-id",
+                "me/x",
+                "--dry-run",
+                "--output",
+                str(mywork),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert (mywork / "README.md").exists() and not (mywork / "thesis.tex").exists()
     assert cli(["push", "--model", str(nest / "strong"), "--repo-id", "me/x", "--dry-run"]) == 0
     assert cli(["push", "--model", str(nest / "strong"), "--repo-id", "me/x", "--dry-run"]) == 1
@@ -72,20 +104,53 @@ def test_expo_out_never_replaces_its_inputs_or_the_working_folder(tmp_path, nest
     before = snapshot(nest)
     for out, needle in (("nest", "holds the input"), (".", "holds the input"), ("strong", "is the input")):
         target = str(nest) if out == "nest" else out
-        assert cli(["expo", "--weak", "weak", "--strong", "strong", "--alpha", "1.5", "--output", target, "--overwrite"]) == 1
+        assert (
+            cli(["expo", "--weak", "weak", "--strong", "strong", "--alpha", "1.5", "--output", target, "--overwrite"])
+            == 1
+        )
         one_line_error(capsys, "expo", needle)
     assert snapshot(nest) == before
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     (work / "file.txt").write_text("keep")
-    assert cli(["expo", "--weak", str(nest / "weak"), "--strong", str(nest / "strong"), "--alpha", "1.5", "--output", ".",
-                "--overwrite"]) == 1
+    assert (
+        cli(
+            [
+                "expo",
+                "--weak",
+                str(nest / "weak"),
+                "--strong",
+                str(nest / "strong"),
+                "--alpha",
+                "1.5",
+                "--output",
+                ".",
+                "--overwrite",
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "expo", "working folder")
     assert (work / "file.txt").read_text() == "keep"
     (work / "old-out").mkdir()
     (work / "old-out" / "mine.txt").write_text("x")
-    assert cli(["expo", "--weak", str(nest / "weak"), "--strong", str(nest / "strong"), "--alpha", "1.5", "--output", "old-out"]) == 1
+    assert (
+        cli(
+            [
+                "expo",
+                "--weak",
+                str(nest / "weak"),
+                "--strong",
+                str(nest / "strong"),
+                "--alpha",
+                "1.5",
+                "--output",
+                "old-out",
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "expo", "old-out already exists", "--overwrite")
     assert (work / "old-out" / "mine.txt").read_text() == "x"
     assert not [p for p in work.iterdir() if p.name.startswith(".")], "no staging folder left behind"
@@ -103,15 +168,62 @@ def test_score_evaluate_embed_never_replace_an_input_or_an_existing_output(tmp_p
     one_line_error(capsys, "score", "already exists", "--overwrite")
     assert cli(["evaluate", "--model", str(tiny_model_dir), "--data", str(pairs), "--output", str(existing)]) == 1
     one_line_error(capsys, "evaluate", "already exists", "--overwrite")
-    assert cli(["evaluate", "--model", str(tiny_model_dir), "--data", str(pairs), "--output", str(pairs), "--overwrite"]) == 1
+    assert (
+        cli(["evaluate", "--model", str(tiny_model_dir), "--data", str(pairs), "--output", str(pairs), "--overwrite"])
+        == 1
+    )
     one_line_error(capsys, "evaluate", "is the input")
-    assert cli(["embed", "--data", str(pairs), "--backbone", str(tiny_model_dir), "--output", str(existing), "--cache", "none"]) == 1
+    assert (
+        cli(
+            [
+                "embed",
+                "--data",
+                str(pairs),
+                "--backbone",
+                str(tiny_model_dir),
+                "--output",
+                str(existing),
+                "--cache",
+                "none",
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "embed", "already exists")
-    assert cli(["embed", "--data", str(pairs), "--backbone", str(tiny_model_dir), "--output", str(pairs), "--cache", "none",
-                "--overwrite"]) == 1
+    assert (
+        cli(
+            [
+                "embed",
+                "--data",
+                str(pairs),
+                "--backbone",
+                str(tiny_model_dir),
+                "--output",
+                str(pairs),
+                "--cache",
+                "none",
+                "--overwrite",
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "embed", "is the input")
     assert snapshot(tmp_path) == before
-    assert cli(["score", "--model", str(tiny_model_dir), "--data", str(candidates), "--output", str(existing), "--overwrite"]) == 0
+    assert (
+        cli(
+            [
+                "score",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(candidates),
+                "--output",
+                str(existing),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert json.loads(existing.read_text().splitlines()[0])["best_index"] in (0, 1)
 
 
@@ -125,17 +237,60 @@ def test_written_files_honour_the_umask(tmp_path, tiny_model_dir, umask):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(4, with_strength=False))
     previous = os.umask(umask)
     try:
-        run_training(load_recipe(None, {"model_name_or_path": str(tiny_model_dir), "train_data": str(pairs), "max_steps": 1,
-                                        "per_device_train_batch_size": 2, "use_cpu": True, "save_strategy": "no",
-                                        "output_dir": str(tmp_path / "bt"), "max_length": 64}))
-        assert cli(["expo", "--weak", str(tiny_model_dir), "--strong", str(tmp_path / "bt"), "--alpha", "1.5",
-                    "--output", str(tmp_path / "expo")]) == 0
-        assert cli(["evaluate", "--model", str(tmp_path / "bt"), "--data", str(pairs), "--output", str(tmp_path / "e.json")]) == 0
+        run_training(
+            load_recipe(
+                None,
+                {
+                    "model_name_or_path": str(tiny_model_dir),
+                    "train_data": str(pairs),
+                    "max_steps": 1,
+                    "per_device_train_batch_size": 2,
+                    "use_cpu": True,
+                    "save_strategy": "no",
+                    "output_dir": str(tmp_path / "bt"),
+                    "max_length": 64,
+                },
+            )
+        )
+        assert (
+            cli(
+                [
+                    "expo",
+                    "--weak",
+                    str(tiny_model_dir),
+                    "--strong",
+                    str(tmp_path / "bt"),
+                    "--alpha",
+                    "1.5",
+                    "--output",
+                    str(tmp_path / "expo"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            cli(
+                [
+                    "evaluate",
+                    "--model",
+                    str(tmp_path / "bt"),
+                    "--data",
+                    str(pairs),
+                    "--output",
+                    str(tmp_path / "e.json"),
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(previous)
     expected_file, expected_dir = 0o666 & ~umask, 0o777 & ~umask
-    for path in [tmp_path / "bt" / "model.safetensors", tmp_path / "bt" / "config.json", tmp_path / "expo" / "model.safetensors",
-                 tmp_path / "e.json"]:
+    for path in [
+        tmp_path / "bt" / "model.safetensors",
+        tmp_path / "bt" / "config.json",
+        tmp_path / "expo" / "model.safetensors",
+        tmp_path / "e.json",
+    ]:
         assert stat.S_IMODE(path.stat().st_mode) == expected_file, path
     for folder in (tmp_path / "bt", tmp_path / "expo"):
         assert stat.S_IMODE(folder.stat().st_mode) == expected_dir, folder
@@ -146,8 +301,20 @@ def test_training_refuses_a_non_empty_output_dir_unless_resuming_or_overwriting(
     out = tmp_path / "mine"
     out.mkdir()
     (out / "results.csv").write_text("a,b\n")
-    common = ["--model_name_or_path", str(tiny_model_dir), "--train_data", str(pairs), "--max_steps", "1", "--use_cpu", "true",
-              "--save_strategy", "no", "--per_device_train_batch_size", "2"]
+    common = [
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--train_data",
+        str(pairs),
+        "--max_steps",
+        "1",
+        "--use_cpu",
+        "true",
+        "--save_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "2",
+    ]
     assert cli(["train", *common, "--output_dir", str(out)]) == 1
     one_line_error(capsys, "train", "already exists", "--overwrite")
     assert (out / "results.csv").read_text() == "a,b\n"
@@ -174,11 +341,41 @@ def test_a_causal_lm_is_refused_by_evaluate_and_score(tmp_path, tiny_tokenizer, 
 @pytest.mark.parametrize("value", ["-5", "0"])
 def test_non_positive_max_length_is_refused(tmp_path, tiny_model_dir, capsys, value):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(4, with_strength=False))
-    assert cli(["evaluate", "--model", str(tiny_model_dir), "--data", str(pairs), "--max-length", value,
-                "--output", str(tmp_path / "e.json")]) == 1
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(pairs),
+                "--max-length",
+                value,
+                "--output",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "evaluate", "--max-length must be a positive whole number")
-    assert cli(["train", "--model_name_or_path", str(tiny_model_dir), "--train_data", str(pairs), "--max_length", value,
-                "--output_dir", str(tmp_path / "m"), "--use_cpu", "true"]) == 1
+    assert (
+        cli(
+            [
+                "train",
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--train_data",
+                str(pairs),
+                "--max_length",
+                value,
+                "--output_dir",
+                str(tmp_path / "m"),
+                "--use_cpu",
+                "true",
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "train", "max_length must be a positive whole number")
 
 
@@ -191,7 +388,9 @@ def test_one_attribute_is_a_one_element_list():
 
     assert train_options(["--objective", "regression", "--attributes", "helpfulness"]).attributes == ["helpfulness"]
     assert train_options(["--objective", "regression", "--attributes", "helpfulness", "verbosity"]).attributes == [
-        "helpfulness", "verbosity"]
+        "helpfulness",
+        "verbosity",
+    ]
 
 
 def test_margin_objectives_need_a_strength_on_every_pair(tmp_path, tiny_model_dir, capsys):
@@ -205,11 +404,16 @@ def test_margin_objectives_need_a_strength_on_every_pair(tmp_path, tiny_model_di
     tokenizer = load_tokenizer(str(tiny_model_dir))
     for objective in ("margin_bt", "scaled_bt"):
         cfg = load_recipe(None, {"objective": objective, "train_data": str(data), "output_dir": str(tmp_path / "o")})
-        with pytest.raises(ValueError, match=r"partial.jsonl, row 3 \(counting from 1\), field 'margin': no preference "
-                                             r"strength.*\(2 of 6 pairs have none\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"partial.jsonl, row 3 \(counting from 1\), field 'margin': no preference "
+            r"strength.*\(2 of 6 pairs have none\)",
+        ):
             load_datasets(cfg, tokenizer)
-        cfg = load_recipe(None, {"objective": objective, "train_data": str(data), "output_dir": str(tmp_path / "o"),
-                                 "on_bad_rows": "skip"})
+        cfg = load_recipe(
+            None,
+            {"objective": objective, "train_data": str(data), "output_dir": str(tmp_path / "o"), "on_bad_rows": "skip"},
+        )
         train, _, summary = load_datasets(cfg, tokenizer)
         assert len(train) == 4 and "dropped 2 (no preference strength)" in summary["train"]["load"]
         assert sorted(train["margin"]) == sorted(float(r["strength"]) for r in rows if "strength" in r)
@@ -227,19 +431,55 @@ def broken_sources(tmp_path):
     truncated.write_bytes(gzip.compress(rows)[:60])
     not_gzip = tmp_path / "plain.jsonl.gz"
     not_gzip.write_bytes(rows)
-    return {"a folder": (folder, "is a folder"), "a truncated .gz": (truncated, "not a complete gzip file"),
-            "a .gz that is not gzip": (not_gzip, "not a complete gzip file")}
+    return {
+        "a folder": (folder, "is a folder"),
+        "a truncated .gz": (truncated, "not a complete gzip file"),
+        "a .gz that is not gzip": (not_gzip, "not a complete gzip file"),
+    }
 
 
 @pytest.mark.parametrize("kind", ["a folder", "a truncated .gz", "a .gz that is not gzip"])
 def test_unreadable_data_is_one_line_in_every_verb(tmp_path, tiny_model_dir, broken_sources, capsys, kind):
     source, needle = broken_sources[kind]
     runs = {
-        "train": ["train", "--model_name_or_path", str(tiny_model_dir), "--train_data", str(source), "--use_cpu", "true",
-                  "--output_dir", str(tmp_path / "m")],
-        "evaluate": ["evaluate", "--model", str(tiny_model_dir), "--data", str(source), "--output", str(tmp_path / "e.json")],
-        "score": ["score", "--model", str(tiny_model_dir), "--data", str(source), "--output", str(tmp_path / "s.jsonl")],
-        "embed": ["embed", "--backbone", str(tiny_model_dir), "--data", str(source), "--output", str(tmp_path / "x.npz")],
+        "train": [
+            "train",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_data",
+            str(source),
+            "--use_cpu",
+            "true",
+            "--output_dir",
+            str(tmp_path / "m"),
+        ],
+        "evaluate": [
+            "evaluate",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(source),
+            "--output",
+            str(tmp_path / "e.json"),
+        ],
+        "score": [
+            "score",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(source),
+            "--output",
+            str(tmp_path / "s.jsonl"),
+        ],
+        "embed": [
+            "embed",
+            "--backbone",
+            str(tiny_model_dir),
+            "--data",
+            str(source),
+            "--output",
+            str(tmp_path / "x.npz"),
+        ],
     }
     for verb, argv in runs.items():
         assert cli(argv) == 1, verb
@@ -252,8 +492,22 @@ def test_malformed_recipe_and_missing_model_are_one_line(tmp_path, capsys):
     assert cli(["train", str(recipe)]) == 1
     one_line_error(capsys, "train", "bad.yaml: not valid YAML at line")
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(2, with_strength=False))
-    assert cli(["train", "--model_name_or_path", str(tmp_path / "no-such-model"), "--train_data", str(pairs), "--use_cpu", "true",
-                "--output_dir", str(tmp_path / "m")]) == 1
+    assert (
+        cli(
+            [
+                "train",
+                "--model_name_or_path",
+                str(tmp_path / "no-such-model"),
+                "--train_data",
+                str(pairs),
+                "--use_cpu",
+                "true",
+                "--output_dir",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 1
+    )
     one_line_error(capsys, "train", "no-such-model does not exist")
 
 
@@ -263,7 +517,9 @@ def test_help_piped_into_a_reader_that_leaves_is_not_a_traceback():
     pipe's buffer before head exits, and the test could not fail)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     pipeline = f"{sys.executable} -m hsrm.cli train --help | true"
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, env=env, timeout=120
+    )
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     # argparse's help printer drops a write error itself (exit 0); anything else printed that hits the
     # closed pipe exits as a writer killed by SIGPIPE would (128 + 13)
@@ -330,4 +586,6 @@ def test_staged_folder_moves_a_whole_folder_or_nothing(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
     with staged_folder(target, keep_existing=True) as staging:
         (staging / "loser.txt").write_text("loser")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "out"
+    ]

@@ -48,7 +48,9 @@ def random_sequences(lengths, seed=0, vocab=300):
 
 def load(model_dir, attn, dtype=torch.float32, device="cpu"):
     packing.register_varlen_attention()  # explicit: importing hsrm registers nothing with transformers
-    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=attn, dtype=dtype).to(device)
+    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=attn, dtype=dtype).to(
+        device
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,9 @@ def pair_features(seed=0):
     rng = random.Random(seed)
     chosen = random_sequences([1, 120, 9, 300, 40], seed=seed)
     rejected = random_sequences([250, 3, 77, 2, 40], seed=seed + 1)
-    return [{"chosen_ids": c, "rejected_ids": r, "margin": float(rng.choice([1, 2, 3]))} for c, r in zip(chosen, rejected)]
+    return [
+        {"chosen_ids": c, "rejected_ids": r, "margin": float(rng.choice([1, 2, 3]))} for c, r in zip(chosen, rejected)
+    ]
 
 
 def pairwise_run(model, batch, objective):
@@ -154,8 +158,10 @@ def test_pairwise_rewards_loss_and_gradients_equal(tiny_model_dir, attn, objecti
 def test_pointwise_predictions_loss_and_gradients_equal(five_label_dir, attn):
     model = load(five_label_dir, attn).train()
     rng = random.Random(3)
-    features = [{"input_ids": s, "labels": [float(rng.randrange(5)) for _ in range(5)]}
-                for s in random_sequences([200, 1, 13, 64, 2, 120], seed=5)]
+    features = [
+        {"input_ids": s, "labels": [float(rng.randrange(5)) for _ in range(5)]}
+        for s in random_sequences([200, 1, 13, 64, 2, 120], seed=5)
+    ]
     results = []
     for collator in (PointwiseCollator(PAD), PackedPointwiseCollator(PAD)):
         model.zero_grad()
@@ -171,8 +177,19 @@ def test_pointwise_predictions_loss_and_gradients_equal(five_label_dir, attn):
 
 
 # ----------------------------------------------------------------- training: same loss sequence
-FAST = {"max_steps": 5, "learning_rate": 3e-3, "warmup_steps": 0, "per_device_train_batch_size": 4, "logging_steps": 1,
-        "save_strategy": "no", "use_cpu": True, "seed": 0, "max_length": 128, "report_to": "none", "disable_tqdm": True}
+FAST = {
+    "max_steps": 5,
+    "learning_rate": 3e-3,
+    "warmup_steps": 0,
+    "per_device_train_batch_size": 4,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "use_cpu": True,
+    "seed": 0,
+    "max_length": 128,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
 
 
 def train_losses(tmp_path, model_dir, data, **overrides):
@@ -180,8 +197,16 @@ def train_losses(tmp_path, model_dir, data, **overrides):
     from hsrm.train import load_datasets, make_trainer
     from hsrm.trainers.base import build_model
 
-    cfg = load_recipe(None, {**FAST, "model_name_or_path": str(model_dir), "train_data": str(data),
-                             "output_dir": str(tmp_path / "out"), **overrides})
+    cfg = load_recipe(
+        None,
+        {
+            **FAST,
+            "model_name_or_path": str(model_dir),
+            "train_data": str(data),
+            "output_dir": str(tmp_path / "out"),
+            **overrides,
+        },
+    )
     model, tokenizer = build_model(cfg)
     train_ds, _, _ = load_datasets(cfg, tokenizer)
     trainer = make_trainer(cfg, model, tokenizer, train_ds, None)
@@ -199,13 +224,21 @@ def pairs_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ratings_file(tmp_path_factory):
-    rows = [{"prompt": f"Question {i}", "response": ("Thank you, here is a clear answer." if i % 2 else "no") + " yes" * (i * 5 % 40),
-             "helpfulness": 4 if i % 2 else 0} for i in range(32)]
+    rows = [
+        {
+            "prompt": f"Question {i}",
+            "response": ("Thank you, here is a clear answer." if i % 2 else "no") + " yes" * (i * 5 % 40),
+            "helpfulness": 4 if i % 2 else 0,
+        }
+        for i in range(32)
+    ]
     return write_jsonl(tmp_path_factory.mktemp("pk-ratings") / "ratings.jsonl", rows)
 
 
 @pytest.mark.parametrize("objective", ["bt", "regression"])
-def test_padding_free_training_gives_the_padded_loss_sequence(tmp_path, tiny_model_dir, pairs_file, ratings_file, objective):
+def test_padding_free_training_gives_the_padded_loss_sequence(
+    tmp_path, tiny_model_dir, pairs_file, ratings_file, objective
+):
     data = ratings_file if objective == "regression" else pairs_file
     padded, _ = train_losses(tmp_path / "padded", tiny_model_dir, data, objective=objective)
     packed, trainer = train_losses(tmp_path / "packed", tiny_model_dir, data, objective=objective, padding_free=True)
@@ -251,9 +284,13 @@ def test_padded_budget_sorts_by_length_so_padding_is_small():
     bound = real / sum(2 * max(item) for item in items)
     random_order = list(range(len(items)))
     random.Random(0).shuffle(random_order)
-    fixed = [random_order[i:i + 8] for i in range(0, len(items), 8)]  # 8 pairs, TRL-style
+    fixed = [random_order[i : i + 8] for i in range(0, len(items), 8)]  # 8 pairs, TRL-style
     fixed_efficiency = real / sum(batch_cost([items[i] for i in b], "padded") for b in fixed)
-    assert sorted_efficiency > 0.95 * bound and sorted_efficiency > 2 * fixed_efficiency, (sorted_efficiency, bound, fixed_efficiency)
+    assert sorted_efficiency > 0.95 * bound and sorted_efficiency > 2 * fixed_efficiency, (
+        sorted_efficiency,
+        bound,
+        fixed_efficiency,
+    )
 
 
 def test_sampler_is_deterministic_and_reshuffles_order_not_groups_per_epoch():
@@ -281,7 +318,9 @@ class RecordingCollator:
 
 
 @pytest.mark.parametrize("padding_free", [True, False])
-def test_token_budget_training_keeps_pairs_together_and_sees_each_once(tmp_path, tiny_model_dir, tiny_tokenizer, padding_free):
+def test_token_budget_training_keeps_pairs_together_and_sees_each_once(
+    tmp_path, tiny_model_dir, tiny_tokenizer, padding_free
+):
     import datasets
 
     from hsrm.train import make_trainer
@@ -289,11 +328,27 @@ def test_token_budget_training_keeps_pairs_together_and_sees_each_once(tmp_path,
 
     rng = random.Random(0)
     # Pair k's chosen side starts with token 10 + k and its rejected side with 200 + k.
-    rows = [{"chosen_ids": [10 + k] + [5] * rng.randrange(0, 60), "rejected_ids": [200 + k] + [6] * rng.randrange(0, 60),
-             "margin": 1.0} for k in range(30)]
+    rows = [
+        {
+            "chosen_ids": [10 + k] + [5] * rng.randrange(0, 60),
+            "rejected_ids": [200 + k] + [6] * rng.randrange(0, 60),
+            "margin": 1.0,
+        }
+        for k in range(30)
+    ]
     budget = 160
-    cfg = load_recipe(None, {**FAST, "max_steps": -1, "num_train_epochs": 2, "model_name_or_path": str(tiny_model_dir),
-                             "output_dir": str(tmp_path / "out"), "padding_free": padding_free, "max_tokens_per_batch": budget})
+    cfg = load_recipe(
+        None,
+        {
+            **FAST,
+            "max_steps": -1,
+            "num_train_epochs": 2,
+            "model_name_or_path": str(tiny_model_dir),
+            "output_dir": str(tmp_path / "out"),
+            "padding_free": padding_free,
+            "max_tokens_per_batch": budget,
+        },
+    )
     model, tokenizer = build_model(cfg)
     trainer = make_trainer(cfg, model, tokenizer, datasets.Dataset.from_list(rows), None)
     recorder = RecordingCollator(trainer.data_collator)
@@ -400,8 +455,12 @@ def test_varlen_path_refuses_attention_it_does_not_implement():
     q = torch.zeros(1, 4, 6, 8)
     module = torch.nn.Module()
     with pytest.raises(ValueError, match="sliding"):
-        packing.attention.varlen_attention_forward(module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=4)
-    out, _ = packing.attention.varlen_attention_forward(module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=None)
+        packing.attention.varlen_attention_forward(
+            module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=4
+        )
+    out, _ = packing.attention.varlen_attention_forward(
+        module, q, q, q, None, position_ids=torch.arange(6)[None], sliding_window=None
+    )
     assert out.shape == (1, 6, 4, 8)
 
 
@@ -425,8 +484,22 @@ def run_bench(argv):
 @pytest.mark.slow
 def test_throughput_bench_smoke_runs_on_cpu(tmp_path):
     out = tmp_path / "throughput.json"
-    result = run_bench(["--model-shape", "tiny", "--steps", "2", "--warmup", "1", "--device", "cpu",
-                        "--score-sequences", "24", "--output", str(out)])
+    result = run_bench(
+        [
+            "--model-shape",
+            "tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--score-sequences",
+            "24",
+            "--output",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     trl_run, hsrm_run = result["training"]["trl"], result["training"]["hsrm_sdpa"]
     assert trl_run["real_tokens_per_s"] > 0 and hsrm_run["real_tokens_per_s"] > 0
@@ -464,8 +537,9 @@ def test_gpu_fp32_packed_equals_padded(tmp_path, tiny_tokenizer, attn):
 
 @pytest.mark.gpu
 @cuda
-# sdpa is refused for packed half-precision rows on CUDA: it failed this test on an H200 (0.0547 > 1.25 × 0.0391 + 1e-3,
-# bench/results/h200-2026-12-04/gpu_tests_not_flex.log); test_sdpa_is_refused_for_packed_half_precision_on_cuda covers it.
+# sdpa is refused for packed half-precision rows on CUDA: it failed this test on an H200
+# (0.0547 > 1.25 × 0.0391 + 1e-3, bench/results/h200-2026-12-04/gpu_tests_not_flex.log);
+# test_sdpa_is_refused_for_packed_half_precision_on_cuda covers it.
 @pytest.mark.parametrize("attn", [p for p in gpu_paths() if p not in ("eager", "sdpa")])
 def test_gpu_bf16_packed_within_batch_size_noise(attn):
     """bf16 on the Llama-1B shape: the packed-vs-padded difference is no larger than the padded
@@ -487,7 +561,9 @@ def test_gpu_bf16_packed_within_batch_size_noise(attn):
 @pytest.mark.gpu
 @cuda
 def test_gpu_bench_smoke(tmp_path):
-    result = run_bench(["--model-shape", "tiny", "--steps", "2", "--warmup", "2", "--device", "cuda", "--score-sequences", "32"])
+    result = run_bench(
+        ["--model-shape", "tiny", "--steps", "2", "--warmup", "2", "--device", "cuda", "--score-sequences", "32"]
+    )
     assert all("error" not in run for run in result["training"].values()), result["training"]
     assert result["summary"]["ratio_hsrm_over_trl"] > 0
 
@@ -524,7 +600,9 @@ def test_attention_auto_is_varlen_on_cuda_in_half_precision_only(tiny_model_dir)
     assert default_attention(torch.device("cuda", 0), torch.float16) == "hsrm_varlen"
     assert default_attention(torch.device("cuda", 0), torch.float32) is None  # fp32: varlen would fall back to a loop
     assert default_attention(torch.device("cpu"), torch.bfloat16) is None
-    on_cpu = load_recipe(None, {"attn_implementation": "auto", "padding_free": True, "use_cpu": True, "output_dir": "/tmp/x"})
+    on_cpu = load_recipe(
+        None, {"attn_implementation": "auto", "padding_free": True, "use_cpu": True, "output_dir": "/tmp/x"}
+    )
     assert training_attention(on_cpu) is None  # CPU: the model's default (sdpa), exact for packed rows
     assert training_attention(load_recipe(None, {"attn_implementation": "eager", "output_dir": "/tmp/x"})) == "eager"
     for recipe in ("regular_bt", "scaled_bt", "scaled_bt_from_regression", "helpfulness_regression"):
@@ -548,7 +626,9 @@ def test_token_budget_micro_batches_come_in_a_multiple_of_the_processes():
         sampler = TokenBudgetBatchSampler(lengths, 20, num_replicas=replicas, seed=1)
         assert len(sampler) % replicas == 0
         assert sorted(i for b in sampler.batches for i in b) == list(range(len(lengths)))
-        assert all(packing.batch_cost([lengths[i] for i in b], "packed") <= 24 for b in sampler.batches)  # 12 + 12 alone
+        assert all(
+            packing.batch_cost([lengths[i] for i in b], "packed") <= 24 for b in sampler.batches
+        )  # 12 + 12 alone
     with pytest.raises(ValueError, match="fewer items than processes"):
         TokenBudgetBatchSampler([(3, 3)], 100, num_replicas=2)
 
@@ -609,23 +689,63 @@ def test_two_processes_with_a_token_budget_log_the_first_loss_of_one(tmp_path, t
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     # 500 tokens make 6 micro-batches of these pairs: even, so 2 processes split none of them and the two runs see the
     # same micro-batches (checked below); the first step is micro-batches 0 and 1 of the epoch's order in both.
-    step = {"objective": "bt", "padding_free": True, "max_tokens_per_batch": 500, "max_steps": 1, "learning_rate": 1e-3,
-            "warmup_steps": 0, "lr_scheduler_type": "constant", "logging_steps": 1, "use_cpu": True, "seed": 0, "data_seed": 0,
-            "max_length": 96, "report_to": "none", "disable_tqdm": True, "save_strategy": "steps", "save_steps": 1}
-    args = ["-m", "hsrm.train", "--model_name_or_path", str(tiny_model_dir), "--train_data", str(data), "--output_dir",
-            str(tmp_path / "two"), "--ddp_backend", "gloo"]
+    step = {
+        "objective": "bt",
+        "padding_free": True,
+        "max_tokens_per_batch": 500,
+        "max_steps": 1,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "use_cpu": True,
+        "seed": 0,
+        "data_seed": 0,
+        "max_length": 96,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "save_strategy": "steps",
+        "save_steps": 1,
+    }
+    args = [
+        "-m",
+        "hsrm.train",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--train_data",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "two"),
+        "--ddp_backend",
+        "gloo",
+    ]
     for key, value in step.items():
         args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     done = torchrun(args)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    two = json.loads((tmp_path / "two" / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
-    one = run_training(load_recipe(None, {**step, "model_name_or_path": str(tiny_model_dir), "train_data": str(data),
-                                          "gradient_accumulation_steps": 2, "output_dir": str(tmp_path / "one")}))
+    two = json.loads((tmp_path / "two" / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())[
+        "log_history"
+    ]
+    one = run_training(
+        load_recipe(
+            None,
+            {
+                **step,
+                "model_name_or_path": str(tiny_model_dir),
+                "train_data": str(data),
+                "gradient_accumulation_steps": 2,
+                "output_dir": str(tmp_path / "one"),
+            },
+        )
+    )
     from hsrm.packing import dataset_item_lengths
     from hsrm.train import load_datasets
     from hsrm.trainers.base import build_model
 
-    cfg = load_recipe(None, {**step, "model_name_or_path": str(tiny_model_dir), "train_data": str(data), "output_dir": str(tmp_path / "x")})
+    cfg = load_recipe(
+        None,
+        {**step, "model_name_or_path": str(tiny_model_dir), "train_data": str(data), "output_dir": str(tmp_path / "x")},
+    )
     lengths = dataset_item_lengths(load_datasets(cfg, build_model(cfg)[1])[0])
     one_process, two_processes = (TokenBudgetBatchSampler(lengths, 500, num_replicas=w, seed=0).batches for w in (1, 2))
     assert one_process == two_processes and len(one_process) > 2

@@ -31,11 +31,13 @@ def test_import_is_lazy_and_registers_nothing():
     """A fresh interpreter: ``import hsrm`` loads neither torch nor transformers; the public names load
     without transformers' Trainer, and importing the trainers registers no attention backend."""
     probe = PROBE.replace("import hsrm.train, hsrm.trainers.pairwise", "pass")
-    lazy = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, check=True, capture_output=True,
-                                     text=True).stdout)
+    lazy = json.loads(
+        subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, check=True, capture_output=True, text=True).stdout
+    )
     assert lazy == {"after_import": [], "trainer_modules": [], "varlen_registered": False}
-    with_trainers = json.loads(subprocess.run([sys.executable, "-c", PROBE], cwd=REPO_ROOT, check=True,
-                                              capture_output=True, text=True).stdout)
+    with_trainers = json.loads(
+        subprocess.run([sys.executable, "-c", PROBE], cwd=REPO_ROOT, check=True, capture_output=True, text=True).stdout
+    )
     assert with_trainers["varlen_registered"] is False
 
 
@@ -69,8 +71,11 @@ def test_score_matches_the_scorer_and_a_plain_forward_pass(tiny_model_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
     expected = []
     for prompt, response in zip(prompts, responses):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                                            tokenize=True, return_dict=False)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            tokenize=True,
+            return_dict=False,
+        )
         with torch.no_grad():
             expected.append(float(model(torch.tensor([ids])).logits[0, 0]))
     assert rewards == pytest.approx(expected, abs=1e-5)
@@ -78,7 +83,12 @@ def test_score_matches_the_scorer_and_a_plain_forward_pass(tiny_model_dir):
 
 def test_no_runtime_module_imports_the_test_helpers():
     """``hsrm.testing`` is for tests and benchmarks; the library's own modules build tiny models from ``hsrm.tiny``."""
-    offenders = [str(path.relative_to(REPO_ROOT)) for path in sorted((REPO_ROOT / "hsrm").rglob("*.py"))
-                 if path.name != "testing.py" and any(needle in path.read_text(encoding="utf-8")
-                                                      for needle in ("from .testing", "from ..testing", "hsrm.testing"))]
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in sorted((REPO_ROOT / "hsrm").rglob("*.py"))
+        if path.name != "testing.py"
+        and any(
+            needle in path.read_text(encoding="utf-8") for needle in ("from .testing", "from ..testing", "hsrm.testing")
+        )
+    ]
     assert offenders == []

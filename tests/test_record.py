@@ -11,10 +11,18 @@ from hsrm.record import FORMAT_VERSION, ModelRecord, RecordError, read_record, r
 
 # What `hsrm train` wrote on main at 816971a for a five-attribute regression model: no format_version.
 OLD_BLOCK = {
-    "objective": "regression", "attributes": ["helpfulness", "correctness", "coherence", "complexity", "verbosity"],
-    "attribute_weights": [0.3, 0.2, 0.1, 0.1, -0.4], "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "init_from": None,
-    "train_data": "nvidia/HelpSteer2", "max_length": 64, "reward_stats_on": "validation", "reward_mean": 1.25,
-    "reward_std": 0.5, "eval_metrics": {"eval_loss": 0.7}, "lora": False,
+    "objective": "regression",
+    "attributes": ["helpfulness", "correctness", "coherence", "complexity", "verbosity"],
+    "attribute_weights": [0.3, 0.2, 0.1, 0.1, -0.4],
+    "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "init_from": None,
+    "train_data": "nvidia/HelpSteer2",
+    "max_length": 64,
+    "reward_stats_on": "validation",
+    "reward_mean": 1.25,
+    "reward_std": 0.5,
+    "eval_metrics": {"eval_loss": 0.7},
+    "lora": False,
 }
 
 
@@ -57,20 +65,28 @@ def test_write_keeps_unknown_keys_and_every_other_config_key(tmp_path, tiny_mode
     write_record(folder, ModelRecord(**{**record.__dict__, "reward_mean": 0.5, "reward_std": 2.0}))
     after = json.loads((folder / "config.json").read_text())
     assert {k: v for k, v in after.items() if k != "hsrm"} == {k: v for k, v in before.items() if k != "hsrm"}
-    assert after["hsrm"] == {"objective": "bt", "note_from_a_later_hsrm": {"x": 1}, "reward_mean": 0.5, "reward_std": 2.0,
-                             "format_version": FORMAT_VERSION}
+    assert after["hsrm"] == {
+        "objective": "bt",
+        "note_from_a_later_hsrm": {"x": 1},
+        "reward_mean": 0.5,
+        "reward_std": 2.0,
+        "format_version": FORMAT_VERSION,
+    }
 
 
-@pytest.mark.parametrize("block, message", [
-    ({"attribute_weights": "abc"}, "hsrm.attribute_weights must be a list of finite numbers, got 'abc'"),
-    ({"attribute_weights": [1, float("nan")]}, "attribute_weights must be a list of finite numbers"),
-    ({"max_length": -5}, "hsrm.max_length must be a positive whole number"),
-    ({"objective": "sigmoid"}, "hsrm.objective must be one of"),
-    ({"reward_std": -1.0}, "reward_std must be a finite number ≥ 0"),
-    ({"attributes": ["a", "b"], "attribute_weights": [1.0]}, "1 attribute_weights for 2 attributes"),
-    ({"format_version": FORMAT_VERSION + 1}, "written by a newer hsrm"),
-    ("not a mapping", "the hsrm block must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ({"attribute_weights": "abc"}, "hsrm.attribute_weights must be a list of finite numbers, got 'abc'"),
+        ({"attribute_weights": [1, float("nan")]}, "attribute_weights must be a list of finite numbers"),
+        ({"max_length": -5}, "hsrm.max_length must be a positive whole number"),
+        ({"objective": "sigmoid"}, "hsrm.objective must be one of"),
+        ({"reward_std": -1.0}, "reward_std must be a finite number ≥ 0"),
+        ({"attributes": ["a", "b"], "attribute_weights": [1.0]}, "1 attribute_weights for 2 attributes"),
+        ({"format_version": FORMAT_VERSION + 1}, "written by a newer hsrm"),
+        ("not a mapping", "the hsrm block must be a mapping"),
+    ],
+)
 def test_a_damaged_block_is_refused_with_the_field_named(tmp_path, tiny_model_dir, block, message):
     folder = with_block(tiny_model_dir, tmp_path / "m", block)
     with pytest.raises(RecordError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -97,7 +113,10 @@ def test_weights_that_do_not_fit_the_head_are_refused(tmp_path, tiny_model_dir):
 
 
 def test_reward_statistics_by_hand():
-    assert reward_statistics([1.0, 2.0, 3.0, 6.0]) == {"reward_mean": 3.0, "reward_std": pytest.approx(1.8708287, abs=1e-7)}
+    assert reward_statistics([1.0, 2.0, 3.0, 6.0]) == {
+        "reward_mean": 3.0,
+        "reward_std": pytest.approx(1.8708287, abs=1e-7),
+    }
 
 
 # ----------------------------------------------------------------------------- the one loader

@@ -23,9 +23,21 @@ from hsrm.modeling import load_reward_model
 from hsrm.train import run_training
 from hsrm.trainers.base import CHECKPOINT_COMPLETE, NonFiniteLossError, TrainingInterrupted
 
-BASE = {"max_steps": 12, "learning_rate": 2e-3, "warmup_steps": 0, "per_device_train_batch_size": 4, "logging_steps": 1,
-        "use_cpu": True, "seed": 7, "data_seed": 7, "max_length": 96, "disable_tqdm": True, "objective": "scaled_bt",
-        "lr_scheduler_type": "linear", "weight_decay": 0.01}
+BASE = {
+    "max_steps": 12,
+    "learning_rate": 2e-3,
+    "warmup_steps": 0,
+    "per_device_train_batch_size": 4,
+    "logging_steps": 1,
+    "use_cpu": True,
+    "seed": 7,
+    "data_seed": 7,
+    "max_length": 96,
+    "disable_tqdm": True,
+    "objective": "scaled_bt",
+    "lr_scheduler_type": "linear",
+    "weight_decay": 0.01,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +46,9 @@ def pairs(tmp_path_factory):
 
 
 def config(model_dir, data, out, **extra):
-    return load_recipe(None, {**BASE, "model_name_or_path": str(model_dir), "train_data": str(data), "output_dir": str(out), **extra})
+    return load_recipe(
+        None, {**BASE, "model_name_or_path": str(model_dir), "train_data": str(data), "output_dir": str(out), **extra}
+    )
 
 
 # The justifier learns the label target from the same plain pairs (hsrm.trainers.justifier).
@@ -103,7 +117,9 @@ def test_sigterm_checkpoints_at_step_boundary_and_resume_is_exact(tmp_path, kind
     assert (out / "checkpoints" / "checkpoint-6" / CHECKPOINT_COMPLETE).exists()
     assert not (out / "config.json").exists()  # an interrupted run presents no final model
     monkeypatch.setattr(train_module, "make_trainer", original)
-    resumed = run_training(config(model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true", **keys))
+    resumed = run_training(
+        config(model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true", **keys)
+    )
     assert_same_weights(full_dir, out)
     full_losses, resumed_losses = step_losses(full["log_history"]), step_losses(resumed["log_history"])
     # The checkpoint carries the log of steps 1-6; the resumed run adds 7-12: the whole history matches.
@@ -112,7 +128,9 @@ def test_sigterm_checkpoints_at_step_boundary_and_resume_is_exact(tmp_path, kind
         assert loss == pytest.approx(full_losses[step], abs=1e-6), step
 
 
-def test_killed_run_resumes_from_last_complete_checkpoint_ignoring_a_half_written_one(tmp_path, kind, pairs, uninterrupted):
+def test_killed_run_resumes_from_last_complete_checkpoint_ignoring_a_half_written_one(
+    tmp_path, kind, pairs, uninterrupted
+):
     (model_dir, keys), (full_dir, full) = kind, uninterrupted
     out = tmp_path / "model"
     (out / "checkpoints").mkdir(parents=True)
@@ -127,7 +145,9 @@ def test_killed_run_resumes_from_last_complete_checkpoint_ignoring_a_half_writte
     os.remove(half / "trainer_state.json")
     with pytest.raises(ValueError, match="half-written checkpoint"):
         load_reward_model(str(half))
-    resumed = run_training(config(model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true", **keys))
+    resumed = run_training(
+        config(model_dir, pairs, out, save_strategy="steps", save_steps=4, resume_from_checkpoint="true", **keys)
+    )
     assert_same_weights(full_dir, out)
     assert set(step_losses(resumed["log_history"])) == set(range(1, 13))
     for step, loss in step_losses(resumed["log_history"]).items():
@@ -178,22 +198,31 @@ def test_nonfinite_steps_are_skipped_and_logged(tmp_path, tiny_model_dir, pairs,
             snapshots[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     original = train_module.make_trainer
-    monkeypatch.setattr(train_module, "make_trainer", lambda *a, **k: (lambda t: (t.add_callback(Snapshot()), t)[1])(original(*a, **k)))
+    monkeypatch.setattr(
+        train_module, "make_trainer", lambda *a, **k: (lambda t: (t.add_callback(Snapshot()), t)[1])(original(*a, **k))
+    )
     summary = run_training(config(tiny_model_dir, pairs, tmp_path / "model", max_steps=6, save_strategy="no"))
     assert calls["n"] == 2
     for name, value in snapshots[2].items():  # steps 3 and 4 (global_step 2→4) applied no update
         assert torch.equal(value, snapshots[4][name]), name
     assert any(not torch.equal(snapshots[4][k], snapshots[5][k]) for k in snapshots[4])  # training went on
     assert summary["log_history"][-2].get("skipped_nonfinite_steps", 0) == 2 or any(
-        e.get("skipped_nonfinite_steps") == 2 for e in summary["log_history"])
+        e.get("skipped_nonfinite_steps") == 2 for e in summary["log_history"]
+    )
 
 
 def test_consecutive_nonfinite_steps_stop_with_the_step_named(tmp_path, tiny_model_dir, pairs, monkeypatch):
     from hsrm.trainers import pairwise
 
-    monkeypatch.setattr(pairwise.PairwiseRewardTrainer, "pair_loss", lambda self, c, r, m, **kwargs: (c - r).mean() * float("nan"))
+    monkeypatch.setattr(
+        pairwise.PairwiseRewardTrainer, "pair_loss", lambda self, c, r, m, **kwargs: (c - r).mean() * float("nan")
+    )
     with pytest.raises(NonFiniteLossError, match="stopped at step 3: 3 consecutive"):
-        run_training(config(tiny_model_dir, pairs, tmp_path / "model", max_steps=6, save_strategy="no", max_consecutive_nonfinite=3))
+        run_training(
+            config(
+                tiny_model_dir, pairs, tmp_path / "model", max_steps=6, save_strategy="no", max_consecutive_nonfinite=3
+            )
+        )
 
 
 def test_same_seed_same_losses(tmp_path, tiny_model_dir, pairs):
@@ -208,7 +237,9 @@ def test_token_never_written_or_logged(tmp_path, kind, pairs, monkeypatch, capsy
     monkeypatch.setenv("HF_TOKEN", secret)
     caplog.set_level("DEBUG")
     out = tmp_path / "model"
-    run_training(config(kind[0], pairs, out, max_steps=4, save_strategy="steps", save_steps=2, hub_token=secret, **kind[1]))
+    run_training(
+        config(kind[0], pairs, out, max_steps=4, save_strategy="steps", save_steps=2, hub_token=secret, **kind[1])
+    )
     assert (out / "config.json").exists() and any((out / "checkpoints").iterdir())  # both were written, and searched
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err + caplog.text
@@ -239,8 +270,21 @@ def test_cli_train_on_malformed_data_is_one_clear_line_and_no_output(tmp_path, t
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": 3, "rejected": "b"}\n')
     out = tmp_path / "model"
-    code = cli_main(["train", "--model_name_or_path", str(tiny_model_dir), "--train_data", str(bad), "--output_dir", str(out),
-                     "--use_cpu", "true", "--max_steps", "2"])
+    code = cli_main(
+        [
+            "train",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_data",
+            str(bad),
+            "--output_dir",
+            str(out),
+            "--use_cpu",
+            "true",
+            "--max_steps",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "bad.jsonl, row 2 (counting from 1), field 'chosen': expected text" in err and "Traceback" not in err
@@ -283,7 +327,13 @@ def test_a_second_sigterm_stops_at_once(tmp_path):
         "print('asked', flush=True)\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "time.sleep(30)\n"
-        "print('still running')\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        "print('still running')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert done.stdout.strip() == "asked" and done.returncode == -signal.SIGTERM, (done.stdout, done.stderr[-2000:])

@@ -12,7 +12,9 @@ PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_chat_template_and_no_duplicated_bos(tiny_tokenizer):
     text = render_text(tiny_tokenizer, PROMPT, "Paris.")
-    assert text == "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"
+    assert (
+        text == "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"
+    )
     ids = encode(tiny_tokenizer, PROMPT, "Paris.", None)
     assert ids.count(tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")) == 2  # one per turn, none added on top
 
@@ -42,8 +44,17 @@ def test_pad_token_added_when_no_candidate_exists():
     raw = Tokenizer(models.WordLevel({"<|im_end|>": 0, "a": 1, "b": 2}, unk_token="a"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|im_end|>")
-    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=3, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                                       num_attention_heads=2, num_key_value_heads=1, num_labels=1))
+    model = LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=3,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            num_labels=1,
+        )
+    )
     pad_id = ensure_distinct_pad_token(tokenizer, model)
     assert tokenizer.pad_token == "<|pad|>" and pad_id == 3
     assert model.get_input_embeddings().num_embeddings == 4 and model.config.pad_token_id == 3
@@ -90,7 +101,9 @@ def test_plain_transformers_pooling_agrees_after_pad_fix(reward_model, tmp_path)
     batch = plain_tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     with torch.no_grad():
         theirs = plain(**batch).logits.squeeze(-1)
-        ours = reward_outputs(model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}).squeeze(-1)
+        ours = reward_outputs(
+            model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        ).squeeze(-1)
     assert theirs.tolist() == pytest.approx(ours.tolist(), abs=1e-5)
 
 

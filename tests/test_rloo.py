@@ -29,8 +29,10 @@ def test_rloo_tiny_recipe_runs_two_steps_with_the_hsrm_reward(tmp_path, tiny_mod
     from hsrm.rloo import build_trainer, load_rloo_recipe
     from hsrm.scoring import RewardScorer
 
-    setup, cfg = load_rloo_recipe(REPO_ROOT / "recipes" / "rloo_tiny.yaml",
-                                  {"output_dir": str(tmp_path / "run"), "reward_model": str(tiny_model_dir)})
+    setup, cfg = load_rloo_recipe(
+        REPO_ROOT / "recipes" / "rloo_tiny.yaml",
+        {"output_dir": str(tmp_path / "run"), "reward_model": str(tiny_model_dir)},
+    )
     assert cfg.num_generations == 4 and cfg.max_steps == 2
     recorder = RecordingScorer(RewardScorer(setup.reward_model, max_length=setup.reward_max_length))
     trainer = build_trainer(setup, cfg, scorer=recorder)
@@ -52,7 +54,9 @@ def test_rloo_tiny_recipe_runs_two_steps_with_the_hsrm_reward(tmp_path, tiny_mod
     prompts, completions, rewards = recorder.calls[0]
     for prompt, completion, reward in list(zip(prompts, completions, rewards))[:3]:
         text = scorer.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-        ids = scorer.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -setup.reward_max_length:]
+        ids = scorer.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][
+            :, -setup.reward_max_length :
+        ]
         with torch.no_grad():
             assert reward == pytest.approx(float(scorer.model(input_ids=ids).logits[0, 0]), abs=1e-4)
 
@@ -63,7 +67,9 @@ def test_rloo_recipes_parse_and_follow_the_paper(recipe):
 
     path = REPO_ROOT / "recipes" / recipe
     header = path.read_text().splitlines()[0]
-    assert header.startswith("# ") and (f"hsrm rloo recipes/{recipe}" in header or f"-m hsrm.rloo recipes/{recipe}" in header)
+    assert header.startswith("# ") and (
+        f"hsrm rloo recipes/{recipe}" in header or f"-m hsrm.rloo recipes/{recipe}" in header
+    )
     # bf16 needs a GPU; only that is overridden on this CPU machine.
     setup, cfg = load_rloo_recipe(path, {"bf16": False, "use_cpu": True, "output_dir": "/tmp/unused"})
     assert cfg.num_generations == 4  # four samples per prompt, leave-one-out baseline (§5.2)
@@ -87,12 +93,19 @@ def test_prompts_from_helpsteer_style_file_are_split_and_deduplicated(tmp_path):
     from conftest import write_jsonl
     from hsrm.rloo import RLOOSetup, load_prompts
 
-    rows = [{"split": "train", "prompt": "Hi<extra_id_1>Assistant\nHello!<extra_id_1>User\nBake bread?", "response_1": "a"},
-            {"split": "train", "prompt": "Hi<extra_id_1>Assistant\nHello!<extra_id_1>User\nBake bread?", "response_1": "b"},
-            {"split": "val", "prompt": "Validation only", "response_1": "c"},
-            {"split": "train", "prompt": "Capital of France?", "response_1": "d"}]
+    rows = [
+        {"split": "train", "prompt": "Hi<extra_id_1>Assistant\nHello!<extra_id_1>User\nBake bread?", "response_1": "a"},
+        {"split": "train", "prompt": "Hi<extra_id_1>Assistant\nHello!<extra_id_1>User\nBake bread?", "response_1": "b"},
+        {"split": "val", "prompt": "Validation only", "response_1": "c"},
+        {"split": "train", "prompt": "Capital of France?", "response_1": "d"},
+    ]
     data = write_jsonl(tmp_path / "helpsteer2_pref.jsonl", rows)
     prompts = load_prompts(RLOOSetup(prompt_data=str(data)))["prompt"]
-    assert prompts == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                        {"role": "user", "content": "Bake bread?"}],
-                       [{"role": "user", "content": "Capital of France?"}]]
+    assert prompts == [
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bake bread?"},
+        ],
+        [{"role": "user", "content": "Capital of France?"}],
+    ]

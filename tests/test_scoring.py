@@ -14,10 +14,23 @@ from hsrm.engine import length_sorted_batches
 from hsrm.files import atomic_write_jsonl
 from hsrm.scoring import RewardScorer, best_of_n, group_candidates
 
-PROMPTS = ["How do I bake bread?", "What is the capital of France?", "Say thank you.", "Python list?", "Numbers please",
-           "Tell me a long story about the quick brown fox and the lazy dog."]
-RESPONSES = ["Mix flour, water, yeast and salt, knead, then bake.", "Paris.", "Thank you!", "print([1, 2, 3])",
-             "0 1 2 3 4 5 6 7 8 9 " * 6, "no"]
+PROMPTS = [
+    "How do I bake bread?",
+    "What is the capital of France?",
+    "Say thank you.",
+    "Python list?",
+    "Numbers please",
+    "Tell me a long story about the quick brown fox and the lazy dog.",
+]
+RESPONSES = [
+    "Mix flour, water, yeast and salt, knead, then bake.",
+    "Paris.",
+    "Thank you!",
+    "print([1, 2, 3])",
+    "0 1 2 3 4 5 6 7 8 9 " * 6,
+    "no",
+]
+
 
 def plain_hf_reward(model, tokenizer, messages, max_length=None) -> torch.Tensor:
     """An independent path: chat template → ids → the model's own forward on one unpadded sequence."""
@@ -54,8 +67,14 @@ def test_rewards_agree_across_batch_sizes_training_eval_and_plain_transformers(t
     from hsrm.trainers.pairwise import split_pair_rewards
 
     chosen, rejected = RESPONSES, RESPONSES[::-1][:5] + ["yes"]
-    pairs = datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS],
-                                        "chosen": chosen, "rejected": rejected, "margin": [1.0] * len(PROMPTS)})
+    pairs = datasets.Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": p}] for p in PROMPTS],
+            "chosen": chosen,
+            "rejected": rejected,
+            "margin": [1.0] * len(PROMPTS),
+        }
+    )
     tokenized, _ = tokenize_pairs(pairs, scorer.tokenizer, max_length=64)
     batch = PairwiseCollator(scorer.tokenizer.pad_token_id)([dict(row) for row in tokenized])
     with torch.no_grad():
@@ -66,9 +85,17 @@ def test_rewards_agree_across_batch_sizes_training_eval_and_plain_transformers(t
         scorer.batch_size = batch_size
         got = torch.tensor(scorer.score(PROMPTS + PROMPTS, chosen + rejected), dtype=torch.float64)
         assert torch.allclose(got, reference, atol=1e-4, rtol=0), f"batch size {batch_size}"
-    plain = torch.stack([plain_hf_reward(scorer.model, scorer.tokenizer, [{"role": "user", "content": p},
-                                                                          {"role": "assistant", "content": r}], 64)[0]
-                         for p, r in zip(PROMPTS + PROMPTS, chosen + rejected)])
+    plain = torch.stack(
+        [
+            plain_hf_reward(
+                scorer.model,
+                scorer.tokenizer,
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                64,
+            )[0]
+            for p, r in zip(PROMPTS + PROMPTS, chosen + rejected)
+        ]
+    )
     assert torch.allclose(plain, reference, atol=1e-4, rtol=0)
     assert reference.std() > 1e-4, "rewards must differ between texts, or the comparison proves nothing"
 
@@ -82,14 +109,26 @@ def test_left_truncation_keeps_the_end_of_the_response(scorer):
 
 
 def test_trl_conversational_and_plain_formats_score_like_the_reward_models_template(scorer):
-    messages_prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}] for p in PROMPTS[:3]]
-    conversational = scorer(prompts=messages_prompts, completions=[[{"role": "assistant", "content": r}] for r in RESPONSES[:3]],
-                            completion_ids=[[1]] * 3, trainer_state=None)
+    messages_prompts = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}] for p in PROMPTS[:3]
+    ]
+    conversational = scorer(
+        prompts=messages_prompts,
+        completions=[[{"role": "assistant", "content": r}] for r in RESPONSES[:3]],
+        completion_ids=[[1]] * 3,
+        trainer_state=None,
+    )
     plain = scorer(prompts=PROMPTS[:3], completions=RESPONSES[:3])
     for k in range(3):
-        expected_conv = plain_hf_reward(scorer.model, scorer.tokenizer, messages_prompts[k] + [{"role": "assistant", "content": RESPONSES[k]}], 64)
-        expected_plain = plain_hf_reward(scorer.model, scorer.tokenizer, [{"role": "user", "content": PROMPTS[k]},
-                                                                          {"role": "assistant", "content": RESPONSES[k]}], 64)
+        expected_conv = plain_hf_reward(
+            scorer.model, scorer.tokenizer, messages_prompts[k] + [{"role": "assistant", "content": RESPONSES[k]}], 64
+        )
+        expected_plain = plain_hf_reward(
+            scorer.model,
+            scorer.tokenizer,
+            [{"role": "user", "content": PROMPTS[k]}, {"role": "assistant", "content": RESPONSES[k]}],
+            64,
+        )
         assert conversational[k] == pytest.approx(float(expected_conv[0]), abs=1e-4)
         assert plain[k] == pytest.approx(float(expected_plain[0]), abs=1e-4)
     assert conversational != plain  # the system turn is part of what the reward model reads
@@ -112,7 +151,9 @@ def test_attribute_weights_from_config_are_applied(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     for k in range(3):
-        logits = plain_hf_reward(model, tokenizer, [{"role": "user", "content": PROMPTS[k]}, {"role": "assistant", "content": RESPONSES[k]}])
+        logits = plain_hf_reward(
+            model, tokenizer, [{"role": "user", "content": PROMPTS[k]}, {"role": "assistant", "content": RESPONSES[k]}]
+        )
         assert got[k] == pytest.approx(float(0.5 * logits[0] - 1.0 * logits[1] + 2.0 * logits[2]), abs=1e-4)
     unweighted = RewardScorer(str(folder), attribute_weights=None).score(PROMPTS[:1], RESPONSES[:1])
     assert unweighted[0] != pytest.approx(got[0], abs=1e-6)  # without weights: the first (helpfulness) output
@@ -121,19 +162,39 @@ def test_attribute_weights_from_config_are_applied(tmp_path):
 def test_hsrm_score_cli_rewards_best_of_n_and_grouping(tmp_path, tiny_model_dir, scorer, capsys):
     from hsrm.cli import main as cli
 
-    rows = [{"id": "a", "prompt": PROMPTS[0], "responses": RESPONSES[:4]},
-            {"prompt": PROMPTS[1], "response": RESPONSES[4]},
-            {"prompt": [{"role": "user", "content": PROMPTS[1]}], "response": RESPONSES[5]},  # same prompt as a chat list
-            {"prompt": PROMPTS[2], "response": RESPONSES[1]}]
+    rows = [
+        {"id": "a", "prompt": PROMPTS[0], "responses": RESPONSES[:4]},
+        {"prompt": PROMPTS[1], "response": RESPONSES[4]},
+        {"prompt": [{"role": "user", "content": PROMPTS[1]}], "response": RESPONSES[5]},  # same prompt as a chat list
+        {"prompt": PROMPTS[2], "response": RESPONSES[1]},
+    ]
     data = write_jsonl(tmp_path / "cands.jsonl", rows)
     out = tmp_path / "out" / "scored.jsonl"
-    assert cli(["score", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out), "--batch-size", "3",
-                "--max-length", "64"]) == 0
+    assert (
+        cli(
+            [
+                "score",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--batch-size",
+                "3",
+                "--max-length",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert "scored 7 responses to 3 prompts" in capsys.readouterr().out
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [len(r["rewards"]) for r in written] == [4, 2, 1]
     assert written[0]["id"] == "a" and written[1]["rows"] == [1, 2]
-    expected = scorer.score([PROMPTS[0]] * 4 + [PROMPTS[1]] * 2 + [PROMPTS[2]], RESPONSES[:4] + [RESPONSES[4], RESPONSES[5], RESPONSES[1]])
+    expected = scorer.score(
+        [PROMPTS[0]] * 4 + [PROMPTS[1]] * 2 + [PROMPTS[2]], RESPONSES[:4] + [RESPONSES[4], RESPONSES[5], RESPONSES[1]]
+    )
     got = [r for row in written for r in row["rewards"]]
     assert got == pytest.approx(expected, abs=1e-4)
     for row in written:

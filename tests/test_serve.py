@@ -30,22 +30,49 @@ MAX_LENGTH = 64
 MAX_SEQUENCES = 16
 MAX_BODY_BYTES = 20_000
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two CI cores, shared with the test process
-SERVER_FLAGS = ["--max-length", str(MAX_LENGTH), "--max-wait-ms", "20", "--max-sequences", str(MAX_SEQUENCES),
-                "--max_body_bytes", str(MAX_BODY_BYTES)]  # both spellings, as users will type them
+SERVER_FLAGS = [
+    "--max-length",
+    str(MAX_LENGTH),
+    "--max-wait-ms",
+    "20",
+    "--max-sequences",
+    str(MAX_SEQUENCES),
+    "--max_body_bytes",
+    str(MAX_BODY_BYTES),
+]  # both spellings, as users will type them
 
-PROMPTS = ["How do I bake bread?", [{"role": "user", "content": "What is the capital of France?"}],
-           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say thank you."},
-            {"role": "assistant", "content": "Thank you."}, {"role": "user", "content": "Again, please."}],
-           "Python list?", "Numbers please"]
-RESPONSES = ["Mix flour, water, yeast and salt, knead, then bake.", "Paris.", "Thank you!", "print([1, 2, 3])",
-             "0 1 2 3 4 5 6 7 8 9 " * 12]  # the last one is cut from the left at MAX_LENGTH tokens
+PROMPTS = [
+    "How do I bake bread?",
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say thank you."},
+        {"role": "assistant", "content": "Thank you."},
+        {"role": "user", "content": "Again, please."},
+    ],
+    "Python list?",
+    "Numbers please",
+]
+RESPONSES = [
+    "Mix flour, water, yeast and salt, knead, then bake.",
+    "Paris.",
+    "Thank you!",
+    "print([1, 2, 3])",
+    "0 1 2 3 4 5 6 7 8 9 " * 12,
+]  # the last one is cut from the left at MAX_LENGTH tokens
 
 
 # ------------------------------------------------------------------------------------ helpers
-def request(url: str, path: str, body: bytes | dict | list | None = None, method: str | None = None) -> tuple[int, dict]:
+def request(
+    url: str, path: str, body: bytes | dict | list | None = None, method: str | None = None
+) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path,
+        data=data,
+        method=method or ("POST" if data is not None else "GET"),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -117,7 +144,9 @@ def test_sixteen_clients_each_get_their_own_rewards_whatever_they_were_batched_w
 def test_info_reports_the_record_the_engine_and_the_limits(server):
     status, info = request(server.url, "/info")
     assert status == 200
-    assert info["max_length"] == MAX_LENGTH and info["attributes"] == ["reward"] and info["record"]["format_version"] == 1
+    assert (
+        info["max_length"] == MAX_LENGTH and info["attributes"] == ["reward"] and info["record"]["format_version"] == 1
+    )
     assert info["engine"] == {"layout": "padded", "device": "cpu", "dtype": "float32", "batch_size": 8}
     assert info["limits"]["max_sequences"] == MAX_SEQUENCES and info["limits"]["max_body_bytes"] == MAX_BODY_BYTES
 
@@ -134,7 +163,12 @@ BAD_INPUT = [
     ("/score", {"prompts": ["a"], "responses": [3]}, 422, "responses[0]"),
     ("/score", {"prompts": ["a", [{"role": "robot", "content": "x"}]], "responses": ["x", "y"]}, 422, "prompts[1]"),
     ("/score", {"prompts": [""], "responses": ["x"]}, 422, "prompts[0]"),
-    ("/score", {"prompts": ["a"] * (MAX_SEQUENCES + 1), "responses": ["b"] * (MAX_SEQUENCES + 1)}, 413, f"at most {MAX_SEQUENCES}"),
+    (
+        "/score",
+        {"prompts": ["a"] * (MAX_SEQUENCES + 1), "responses": ["b"] * (MAX_SEQUENCES + 1)},
+        413,
+        f"at most {MAX_SEQUENCES}",
+    ),
     ("/get_reward", {"queries": ["x"]}, 422, "'query' is missing"),
     ("/get_reward", {"query": []}, 422, "'query' is empty"),
     ("/get_reward", {"query": ["ok", None]}, 422, "query[1]"),
@@ -144,7 +178,9 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("path, body, status, message", BAD_INPUT, ids=[f"{i}-{case[3]}" for i, case in enumerate(BAD_INPUT)])
+@pytest.mark.parametrize(
+    "path, body, status, message", BAD_INPUT, ids=[f"{i}-{case[3]}" for i, case in enumerate(BAD_INPUT)]
+)
 def test_bad_input_is_answered_with_its_status_and_the_server_stays_healthy(server, path, body, status, message):
     got, answer = request(server.url, path, body)
     assert (got, message in answer.get("detail", "")) == (status, True), answer
@@ -155,10 +191,13 @@ def test_a_conversation_the_chat_template_refuses_is_a_422_naming_the_prompt(sco
     from hsrm.serve import RequestError, encode_score_body
 
     template = scorer.tokenizer.chat_template
-    scorer.tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
-                                      + template)
+    scorer.tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}" + template
+    )
     try:
-        with pytest.raises(RequestError, match=r"prompts\[1\]: the reward model's chat template refuses .*no system turns") as raised:
+        with pytest.raises(
+            RequestError, match=r"prompts\[1\]: the reward model's chat template refuses .*no system turns"
+        ) as raised:
             encode_score_body(scorer, {"prompts": [PROMPTS[0], PROMPTS[2]], "responses": ["a", "b"]}, MAX_SEQUENCES)
         assert raised.value.status == 422
     finally:
@@ -194,11 +233,15 @@ def test_texts_are_never_logged_without_log_requests(server):
 # ------------------------------------------------------------------------------------ the client
 def test_remote_reward_scorer_is_a_trl_reward_function_with_the_in_process_rewards(server, scorer):
     remote = RemoteRewardScorer(server.url)
-    conversational = ([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "2+2?"}]],
-                      [[{"role": "assistant", "content": "Hello!"}], [{"role": "assistant", "content": "4"}]])
+    conversational = (
+        [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "2+2?"}]],
+        [[{"role": "assistant", "content": "Hello!"}], [{"role": "assistant", "content": "4"}]],
+    )
     plain = (["Hi", "2+2?"], ["Hello!", "4"])
     for prompts, completions in (conversational, plain):
-        assert_close(remote(prompts, completions, completion_ids=[[1], [2]], trainer_state=None), scorer(prompts, completions))
+        assert_close(
+            remote(prompts, completions, completion_ids=[[1], [2]], trainer_state=None), scorer(prompts, completions)
+        )
     assert_close(remote.get_reward(["plain text"]), scorer.score_ids([scorer.encode_text("plain text")]).tolist())
     with pytest.raises(RemoteRewardError, match="422: 'prompts' has 2 items and 'responses' 1") as raised:
         remote.score(["a", "b"], ["x"])
@@ -226,7 +269,9 @@ def test_sigterm_during_a_burst_answers_every_accepted_request_and_exits_0(tiny_
     texts in the log."""
     # Batches wait 300 ms for company, so when the signal comes requests are still queued, past the
     # 0.1 s uvicorn pauses before it starts waiting for them: a server that dropped them would fail here.
-    process = ServeProcess(["--model", str(tiny_model_dir), *SERVER_FLAGS, "--log-requests", "--max-wait-ms", "300"], env=ONE_THREAD)
+    process = ServeProcess(
+        ["--model", str(tiny_model_dir), *SERVER_FLAGS, "--log-requests", "--max-wait-ms", "300"], env=ONE_THREAD
+    )
     expected = dict(zip(RESPONSES, scorer.score(PROMPTS, RESPONSES)))
     answered, unexpected, lock = [], [], threading.Lock()
     deadline = time.monotonic() + 30
@@ -257,7 +302,9 @@ def test_sigterm_during_a_burst_answers_every_accepted_request_and_exits_0(tiny_
     log = process.output()
     assert not unexpected, unexpected[:3]
     assert code == 0, log[-3000:]
-    accepted, answered_by_server = map(int, re.search(r"stopped: accepted (\d+) requests for scoring, answered (\d+)", log).groups())
+    accepted, answered_by_server = map(
+        int, re.search(r"stopped: accepted (\d+) requests for scoring, answered (\d+)", log).groups()
+    )
     assert accepted == answered_by_server == len(answered) >= 40, log[-3000:]
     assert "Paris." in log  # --log-requests logs the texts
 
@@ -292,7 +339,10 @@ def test_health_is_503_until_the_model_is_loaded(tiny_model_dir):
 
     with in_process_server(ServeOptions(model=str(tiny_model_dir)), slow_load) as (url, _):
         assert request(url, "/health") == (503, {"status": "loading"})
-        assert request(url, "/score", {"prompts": ["a"], "responses": ["b"]}) == (503, {"detail": "the reward model is loading"})
+        assert request(url, "/score", {"prompts": ["a"], "responses": ["b"]}) == (
+            503,
+            {"detail": "the reward model is loading"},
+        )
         assert request(url, "/info")[0] == 503
         with pytest.raises(RemoteRewardError, match="503: the reward model is loading"):
             RemoteRewardScorer(url, retries=0).score(["a"], ["b"])
@@ -335,11 +385,19 @@ def test_a_model_that_fails_to_load_ends_the_command_with_its_error(tmp_path, ca
 
 def test_options_take_both_spellings_and_refuse_nonsense():
     options = serve_options(["--model", "m", "--max-batch-tokens", "512", "--max_wait_ms", "2.5", "--log-requests"])
-    assert (options.max_batch_tokens, options.max_wait_ms, options.log_requests, options.host) == (512, 2.5, True, "127.0.0.1")
+    assert (options.max_batch_tokens, options.max_wait_ms, options.log_requests, options.host) == (
+        512,
+        2.5,
+        True,
+        "127.0.0.1",
+    )
     assert serve_options(["--model", "m", "--max_batch_tokens", "7"]).max_batch_tokens == 7
-    for bad, message in ((["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
-                         (["--max-wait-ms", "-1"], "--max-wait-ms must be ≥ 0"), (["--port", "70000"], "--port"),
-                         (["--dtype", "float8"], "--dtype 'float8'")):
+    for bad, message in (
+        (["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
+        (["--max-wait-ms", "-1"], "--max-wait-ms must be ≥ 0"),
+        (["--port", "70000"], "--port"),
+        (["--dtype", "float8"], "--dtype 'float8'"),
+    ):
         with pytest.raises(ValueError, match=message):
             serve_options(["--model", "m", *bad])
 
@@ -351,9 +409,30 @@ def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine()
     spec = importlib.util.spec_from_file_location("serve_bench", REPO_ROOT / "bench" / "serve.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.main(["--requests", "6", "--pairs-per-request", "2", "--concurrency", "1,3", "--hidden", "32", "--layers", "1",
-                         "--max-prompt-words", "16", "--max-response-words", "32", "--max-length", "128", "--max-batch-tokens", "4096",
-                         "--rounds", "1"])
+    result = bench.main(
+        [
+            "--requests",
+            "6",
+            "--pairs-per-request",
+            "2",
+            "--concurrency",
+            "1,3",
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--max-prompt-words",
+            "16",
+            "--max-response-words",
+            "32",
+            "--max-length",
+            "128",
+            "--max-batch-tokens",
+            "4096",
+            "--rounds",
+            "1",
+        ]
+    )
     assert [row["concurrency"] for row in result["server"]] == [1, 3]
     for row in result["server"]:
         assert row["requests"] == 6 and row["tokens_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0

@@ -18,8 +18,26 @@ from hsrm.data.justifications import encode_justifier_example
 from hsrm.data.render import TruncationStats, encode, encode_batch, encode_pairs, split_tokens
 from hsrm.data.tokenize import tokenize_justifier_examples, tokenize_pairs, tokenize_ratings
 
-WORDS = ["bread", "the", " flour", "Paris", "é", "naïve", "  spaced", "\n", "yes", "no", "<|im_start|>", "@Response 1",
-         "thank you", "1234", "ünïcödé", "tab\there", "</s>", "[INST]"]
+WORDS = [
+    "bread",
+    "the",
+    " flour",
+    "Paris",
+    "é",
+    "naïve",
+    "  spaced",
+    "\n",
+    "yes",
+    "no",
+    "<|im_start|>",
+    "@Response 1",
+    "thank you",
+    "1234",
+    "ünïcödé",
+    "tab\there",
+    "</s>",
+    "[INST]",
+]
 
 
 def conversations(n: int, seed: int = 0):
@@ -34,7 +52,14 @@ def conversations(n: int, seed: int = 0):
         turns = [{"role": role, "content": text(1, 30)} for role in ["user", "assistant", "user"][: rng.choice([1, 3])]]
         if rng.random() < 0.3:
             turns.insert(0, {"role": "system", "content": text(1, 5)})
-        rows.append({"prompt": turns, "chosen": text(1, 60), "rejected": text(0, 8) or "x", "margin": float(rng.choice([1, 2, 3]))})
+        rows.append(
+            {
+                "prompt": turns,
+                "chosen": text(1, 60),
+                "rejected": text(0, 8) or "x",
+                "margin": float(rng.choice([1, 2, 3])),
+            }
+        )
     return rows
 
 
@@ -63,10 +88,18 @@ def metaspace_tokenizer(tmp_path_factory):
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
     tok.train_from_iterator([_CORPUS] * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    fast.add_special_tokens({"additional_special_tokens": [AddedToken("[INST]", special=True, normalized=False),
-                                                           AddedToken("[/INST]", special=True, normalized=False)]})
-    fast.chat_template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %} {{ m['content'] }}</s>"
-                          "{% else %}[INST] {{ m['content'] }} [/INST]{% endif %}{% endfor %}")
+    fast.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                AddedToken("[INST]", special=True, normalized=False),
+                AddedToken("[/INST]", special=True, normalized=False),
+            ]
+        }
+    )
+    fast.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %} {{ m['content'] }}</s>"
+        "{% else %}[INST] {{ m['content'] }} [/INST]{% endif %}{% endfor %}"
+    )
     return fast
 
 
@@ -79,10 +112,14 @@ def tokenizer(request, tiny_tokenizer, metaspace_tokenizer):
 def test_batched_pairs_equal_encode_one_at_a_time(tokenizer, max_length):
     rows = conversations(60)
     (chosen, chosen_cut), (rejected, rejected_cut) = encode_pairs(
-        tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows], max_length)
+        tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows], max_length
+    )
     stats = TruncationStats()
     for i, row in enumerate(rows):
-        for ids, cut, response in ((chosen[i], chosen_cut[i], row["chosen"]), (rejected[i], rejected_cut[i], row["rejected"])):
+        for ids, cut, response in (
+            (chosen[i], chosen_cut[i], row["chosen"]),
+            (rejected[i], rejected_cut[i], row["rejected"]),
+        ):
             assert (ids, cut) == by_hand(tokenizer, row["prompt"], response, max_length), i
             assert ids == encode(tokenizer, row["prompt"], response, max_length, stats)
     batch_stats = TruncationStats()
@@ -109,7 +146,9 @@ def test_tokens_that_reach_across_the_cut_are_not_split_points(tiny_tokenizer, m
     import copy
 
     stripping = copy.deepcopy(metaspace_tokenizer)
-    stripping.add_special_tokens({"additional_special_tokens": [AddedToken("[/INST]", special=True, normalized=False, lstrip=True)]})
+    stripping.add_special_tokens(
+        {"additional_special_tokens": [AddedToken("[/INST]", special=True, normalized=False, lstrip=True)]}
+    )
     assert "[/INST]" not in split_tokens(stripping)  # it takes the spaces on its left: a cut there would change them
 
 
@@ -120,8 +159,13 @@ def test_a_tokenizer_that_breaks_the_premise_gets_whole_texts(tiny_tokenizer, mo
     monkeypatch.setattr(render, "_WARNED_UNSPLITTABLE", set())
     rows = conversations(12, seed=1)
     with caplog.at_level(logging.WARNING):
-        (chosen, _), (rejected, _) = encode_pairs(tiny_tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
-                                                  [r["rejected"] for r in rows], None)
+        (chosen, _), (rejected, _) = encode_pairs(
+            tiny_tokenizer,
+            [r["prompt"] for r in rows],
+            [r["chosen"] for r in rows],
+            [r["rejected"] for r in rows],
+            None,
+        )
     assert "tokenizing each side of every pair whole" in caplog.text
     assert chosen == [by_hand(tiny_tokenizer, r["prompt"], r["chosen"], None)[0] for r in rows]
     assert rejected == [by_hand(tiny_tokenizer, r["prompt"], r["rejected"], None)[0] for r in rows]
@@ -139,7 +183,9 @@ def test_encode_batch_of_rated_responses(tokenizer):
 # --------------------------------------------------------------------------------- datasets
 def pairs_dataset(n=40, seed=0):
     rows = conversations(n, seed)
-    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected", "margin")}), rows
+    return datasets.Dataset.from_dict(
+        {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected", "margin")}
+    ), rows
 
 
 def test_tokenize_pairs_matches_encode_counts_truncation_and_is_cached(tiny_tokenizer, monkeypatch):
@@ -158,7 +204,9 @@ def test_tokenize_pairs_matches_encode_counts_truncation_and_is_cached(tiny_toke
     # The same data, tokenizer and max_length again: read from the cache, tokenizing nothing.
     import hsrm.data.tokenize as tokenize_module
 
-    monkeypatch.setattr(tokenize_module, "encode_pairs", lambda *a, **k: pytest.fail("tokenized again instead of read from the cache"))
+    monkeypatch.setattr(
+        tokenize_module, "encode_pairs", lambda *a, **k: pytest.fail("tokenized again instead of read from the cache")
+    )
     again, again_stats = tokenize_pairs(ds, tiny_tokenizer, 32)
     assert again_stats == stats and again.to_list() == tokenized.to_list()
     # Another max_length is another cache entry (and would tokenize).
@@ -180,8 +228,14 @@ def test_num_proc_gives_the_same_data(tiny_tokenizer):
 def test_rejected_prompt_and_no_margin(tiny_tokenizer):
     rows = conversations(6, seed=5)
     other = conversations(6, seed=6)
-    ds = datasets.Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "chosen": [r["chosen"] for r in rows],
-                                     "rejected": [r["rejected"] for r in rows], "rejected_prompt": [o["prompt"] for o in other]})
+    ds = datasets.Dataset.from_dict(
+        {
+            "prompt": [r["prompt"] for r in rows],
+            "chosen": [r["chosen"] for r in rows],
+            "rejected": [r["rejected"] for r in rows],
+            "rejected_prompt": [o["prompt"] for o in other],
+        }
+    )
     tokenized, _ = tokenize_pairs(ds, tiny_tokenizer, None)
     for row, o, got in zip(rows, other, tokenized):
         assert got["rejected_ids"] == by_hand(tiny_tokenizer, o["prompt"], row["rejected"], None)[0]
@@ -194,8 +248,14 @@ def test_rejected_prompt_and_no_margin(tiny_tokenizer):
 def test_tokenize_ratings(tiny_tokenizer):
     rows = conversations(20, seed=7)
     attributes = ["helpfulness", "verbosity"]
-    ds = datasets.Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "response": [r["chosen"] for r in rows],
-                                     "helpfulness": [i % 5 for i in range(20)], "verbosity": [(3 * i) % 5 for i in range(20)]})
+    ds = datasets.Dataset.from_dict(
+        {
+            "prompt": [r["prompt"] for r in rows],
+            "response": [r["chosen"] for r in rows],
+            "helpfulness": [i % 5 for i in range(20)],
+            "verbosity": [(3 * i) % 5 for i in range(20)],
+        }
+    )
     tokenized, stats = tokenize_ratings(ds, tiny_tokenizer, attributes, 30)
     expected = TruncationStats()
     for i, (row, got) in enumerate(zip(rows, tokenized)):
@@ -208,13 +268,21 @@ def test_tokenize_justifier_examples_matches_one_at_a_time(tiny_tokenizer):
     """Short prompts take the batch path, over-long ones the response-tail cutting, and targets
     longer than max_length are dropped and counted: all as encode_justifier_example does."""
     rng = random.Random(8)
-    examples = [{"prompt": [{"role": "user", "content": "Question " + "bread " * rng.randrange(0, 40)}],
-                 "response_1": "yes great " * rng.randrange(1, 30), "response_2": "no " * rng.randrange(1, 30),
-                 "target": "@Response 1" if i % 5 else "word " * 60} for i in range(25)]
+    examples = [
+        {
+            "prompt": [{"role": "user", "content": "Question " + "bread " * rng.randrange(0, 40)}],
+            "response_1": "yes great " * rng.randrange(1, 30),
+            "response_2": "no " * rng.randrange(1, 30),
+            "target": "@Response 1" if i % 5 else "word " * 60,
+        }
+        for i in range(25)
+    ]
     tokenized, summary = tokenize_justifier_examples(datasets.Dataset.from_list(examples), tiny_tokenizer, 96)
     expected, kept = TruncationStats(), []
     for e in examples:
-        encoded = encode_justifier_example(tiny_tokenizer, e["prompt"], e["response_1"], e["response_2"], e["target"], 96, expected)
+        encoded = encode_justifier_example(
+            tiny_tokenizer, e["prompt"], e["response_1"], e["response_2"], e["target"], 96, expected
+        )
         if encoded is not None:
             kept.append({"input_ids": encoded[0], "labels": encoded[1]})
     assert tokenized.to_list() == kept and 0 < len(kept) < len(examples)
@@ -232,7 +300,9 @@ def test_smollm2_tokenizer_on_hh_rlhf(shared_data):
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     pairs = load_pairs_any(str(SHARED_DATA / "hh_rlhf" / "helpful-online.test.jsonl.gz"), on_error="skip", limit=300)
-    (chosen, chosen_cut), (rejected, _) = encode_pairs(tokenizer, pairs["prompt"], pairs["chosen"], pairs["rejected"], 320)
+    (chosen, chosen_cut), (rejected, _) = encode_pairs(
+        tokenizer, pairs["prompt"], pairs["chosen"], pairs["rejected"], 320
+    )
     assert sum(c > 0 for c in chosen_cut) > 10  # some were truncated
     for i in range(len(pairs)):
         row = pairs[i]
@@ -252,8 +322,20 @@ def test_tokenize_bench_smoke(tmp_path, tiny_model_dir, shared_data):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "tokenize.json"
-    result = bench.main(["--pairs", "300", "--max-length", "1024", "--tokenizer", str(tiny_model_dir),
-                         "--data", str(shared_data / "hh_rlhf"), "--output", str(out)])
+    result = bench.main(
+        [
+            "--pairs",
+            "300",
+            "--max-length",
+            "1024",
+            "--tokenizer",
+            str(tiny_model_dir),
+            "--data",
+            str(shared_data / "hh_rlhf"),
+            "--output",
+            str(out),
+        ]
+    )
     assert result["ids_identical_on_kept_pairs"] is True and 0 < result["pairs_kept_by_trl"] < 300
     assert result["sequences_cut_by_hsrm"] > 0 and result["hsrm_seconds"] > 0 and result["trl_seconds"] > 0
     assert json.loads(out.read_text())["speedup"] == result["speedup"]

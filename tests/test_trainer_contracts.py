@@ -29,9 +29,21 @@ from hsrm.config import load_recipe
 from hsrm.train import load_datasets, make_trainer
 from hsrm.trainers.base import build_model
 
-STEP = {"max_steps": 3, "learning_rate": 1e-3, "warmup_steps": 0, "lr_scheduler_type": "constant", "logging_steps": 1,
-        "save_strategy": "no", "use_cpu": True, "seed": 0, "data_seed": 0, "max_length": 96, "disable_tqdm": True,
-        "report_to": "none", "weight_decay": 0.0}
+STEP = {
+    "max_steps": 3,
+    "learning_rate": 1e-3,
+    "warmup_steps": 0,
+    "lr_scheduler_type": "constant",
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "use_cpu": True,
+    "seed": 0,
+    "data_seed": 0,
+    "max_length": 96,
+    "disable_tqdm": True,
+    "report_to": "none",
+    "weight_decay": 0.0,
+}
 SPLITS = [(8, 1), (4, 2), (2, 4)]  # (per-device batch, accumulation steps): 8 rows per optimizer step
 LOGGED = ("loss", "grad_norm", "accuracy", "margin", "reward_mean", "reward_std", "mae", "target_token_accuracy")
 
@@ -48,9 +60,14 @@ def pairs_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ratings_file(tmp_path_factory):
     rng = random.Random(2)
-    rows = [{"prompt": f"Question {i}", "response": ("Thank you, here is a clear answer." if i % 2 else "no") + " yes" * rng.randrange(0, 25),
-             **{a: rng.randrange(5) for a in ("helpfulness", "correctness", "coherence", "complexity", "verbosity")}}
-            for i in range(24)]
+    rows = [
+        {
+            "prompt": f"Question {i}",
+            "response": ("Thank you, here is a clear answer." if i % 2 else "no") + " yes" * rng.randrange(0, 25),
+            **{a: rng.randrange(5) for a in ("helpfulness", "correctness", "coherence", "complexity", "verbosity")},
+        }
+        for i in range(24)
+    ]
     return write_jsonl(tmp_path_factory.mktemp("contract-ratings") / "ratings.jsonl", rows)
 
 
@@ -64,8 +81,14 @@ def causal_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def justifier_pairs_file(tmp_path_factory):
     rng = random.Random(4)
-    rows = [{"prompt": f"Say something {i}" + " please" * rng.randrange(0, 12), "chosen": "yes great" + " great" * rng.randrange(0, 8),
-             "rejected": "no"} for i in range(24)]
+    rows = [
+        {
+            "prompt": f"Say something {i}" + " please" * rng.randrange(0, 12),
+            "chosen": "yes great" + " great" * rng.randrange(0, 8),
+            "rejected": "no",
+        }
+        for i in range(24)
+    ]
     return write_jsonl(tmp_path_factory.mktemp("contract-justifier") / "pairs.jsonl", rows)
 
 
@@ -84,8 +107,16 @@ def train_steps(tmp_path, model_dir, data, **overrides):
     """(training logs per step, final weights, features of every micro-batch, initial model) of a short run."""
     from hsrm.trainers.justifier import prepare_justifier_run
 
-    cfg = load_recipe(None, {**STEP, "model_name_or_path": str(model_dir), "train_data": str(data),
-                             "output_dir": str(tmp_path / "out"), **overrides})
+    cfg = load_recipe(
+        None,
+        {
+            **STEP,
+            "model_name_or_path": str(model_dir),
+            "train_data": str(data),
+            "output_dir": str(tmp_path / "out"),
+            **overrides,
+        },
+    )
     torch.manual_seed(cfg.seed)  # a five-output head is new: the same seed gives every split the same one
     if cfg.objective == "justifier":
         model, tokenizer, train_ds, _, _ = prepare_justifier_run(cfg)
@@ -107,13 +138,19 @@ def pair_loss_by_hand(model, features, objective: str) -> float:
     from hsrm.modeling import reward_outputs
 
     def reward(ids):
-        return reward_outputs(model, {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)})[0, 0]
+        return reward_outputs(
+            model, {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        )[0, 0]
 
     total = 0.0
     with torch.no_grad():
         for f in features:
             delta, m = (reward(f["chosen_ids"]) - reward(f["rejected_ids"])).double(), float(f["margin"])
-            total += {"bt": -F.logsigmoid(delta), "margin_bt": -F.logsigmoid(delta - m), "scaled_bt": -m * F.logsigmoid(delta)}[objective]
+            total += {
+                "bt": -F.logsigmoid(delta),
+                "margin_bt": -F.logsigmoid(delta - m),
+                "scaled_bt": -m * F.logsigmoid(delta),
+            }[objective]
     return float(total) / len(features)
 
 
@@ -124,7 +161,9 @@ def regression_loss_by_hand(model, features) -> float:
     with torch.no_grad():
         for f in features:
             ids = f["input_ids"]
-            out = reward_outputs(model, {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)})[0]
+            out = reward_outputs(
+                model, {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+            )[0]
             squared += float(((out.double() - torch.tensor(f["labels"], dtype=torch.float64)) ** 2).sum())
             values += len(f["labels"])
     return squared / values
@@ -158,14 +197,24 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_gradient_accumulation_gives_the_step_of_one_batch(tmp_path, tiny_model_dir, causal_dir, pairs_file, ratings_file,
-                                                           justifier_pairs_file, case):
+def test_gradient_accumulation_gives_the_step_of_one_batch(
+    tmp_path, tiny_model_dir, causal_dir, pairs_file, ratings_file, justifier_pairs_file, case
+):
     overrides = CASES[case]
     objective = overrides["objective"]
     model_dir = causal_dir if objective == "justifier" else tiny_model_dir
     data = {"regression": ratings_file, "justifier": justifier_pairs_file}.get(objective, pairs_file)
-    runs = {split: train_steps(tmp_path / f"b{split[0]}", model_dir, data, per_device_train_batch_size=split[0],
-                               gradient_accumulation_steps=split[1], **overrides) for split in SPLITS}
+    runs = {
+        split: train_steps(
+            tmp_path / f"b{split[0]}",
+            model_dir,
+            data,
+            per_device_train_batch_size=split[0],
+            gradient_accumulation_steps=split[1],
+            **overrides,
+        )
+        for split in SPLITS
+    }
     logs, weights, features, initial = runs[(8, 1)]
     assert len(logs) == 3 and len(features[0]) == 8
     # The first step's loss, by hand from the initial model over the 8 rows of that step.
@@ -197,8 +246,15 @@ def test_token_budget_weighs_every_pair_equally(tmp_path, tiny_model_dir, pairs_
     of pairs each, accumulated) give the step of one fixed batch of all the pairs."""
     from hsrm.packing import TokenBudgetBatchSampler, dataset_item_lengths
 
-    cfg = load_recipe(None, {**STEP, "model_name_or_path": str(tiny_model_dir), "train_data": str(pairs_file),
-                             "output_dir": str(tmp_path / "probe")})
+    cfg = load_recipe(
+        None,
+        {
+            **STEP,
+            "model_name_or_path": str(tiny_model_dir),
+            "train_data": str(pairs_file),
+            "output_dir": str(tmp_path / "probe"),
+        },
+    )
     _, tokenizer = build_model(cfg)
     train_ds, _, _ = load_datasets(cfg, tokenizer)
     budget = 600
@@ -206,10 +262,25 @@ def test_token_budget_weighs_every_pair_equally(tmp_path, tiny_model_dir, pairs_
     sizes = sorted(len(b) for b in sampler.batches)
     assert sizes[0] < sizes[-1], sizes  # micro-batches of different numbers of pairs: the case that mattered
     n = len(train_ds)
-    budgeted = train_steps(tmp_path / "budget", tiny_model_dir, pairs_file, objective="bt", max_steps=1, padding_free=True,
-                           max_tokens_per_batch=budget, gradient_accumulation_steps=len(sampler))
-    fixed = train_steps(tmp_path / "fixed", tiny_model_dir, pairs_file, objective="bt", max_steps=1,
-                        per_device_train_batch_size=n, gradient_accumulation_steps=1)
+    budgeted = train_steps(
+        tmp_path / "budget",
+        tiny_model_dir,
+        pairs_file,
+        objective="bt",
+        max_steps=1,
+        padding_free=True,
+        max_tokens_per_batch=budget,
+        gradient_accumulation_steps=len(sampler),
+    )
+    fixed = train_steps(
+        tmp_path / "fixed",
+        tiny_model_dir,
+        pairs_file,
+        objective="bt",
+        max_steps=1,
+        per_device_train_batch_size=n,
+        gradient_accumulation_steps=1,
+    )
     assert sum(len(f) for f in budgeted[2]) == n and len(fixed[2][0]) == n
     assert budgeted[0][0]["loss"] == pytest.approx(pair_loss_by_hand(fixed[3], fixed[2][0], "bt"), rel=1e-5)
     for key, value in fixed[0][0].items():
@@ -236,15 +307,27 @@ def test_two_processes_log_the_loss_and_accuracy_of_one(tmp_path, tiny_model_dir
     """2 processes × 4 pairs (gloo) against 1 process × 8 pairs: the same global batch per step."""
     out = tmp_path / "two"
     flags = {"objective": "bt", "per_device_train_batch_size": 4, "save_strategy": "steps", "save_steps": 3}
-    args = ["-m", "hsrm.train", "--model_name_or_path", str(tiny_model_dir), "--train_data", str(pairs_file),
-            "--output_dir", str(out), "--ddp_backend", "gloo"]
+    args = [
+        "-m",
+        "hsrm.train",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--train_data",
+        str(pairs_file),
+        "--output_dir",
+        str(out),
+        "--ddp_backend",
+        "gloo",
+    ]
     for key, value in {**STEP, **flags}.items():
         args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     done = torchrun(args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     two = [e for e in state["log_history"] if "loss" in e]
-    one, _, features, initial = train_steps(tmp_path / "one", tiny_model_dir, pairs_file, objective="bt", per_device_train_batch_size=8)
+    one, _, features, initial = train_steps(
+        tmp_path / "one", tiny_model_dir, pairs_file, objective="bt", per_device_train_batch_size=8
+    )
     assert len(two) == len(one) == 3
     assert one[0]["loss"] == pytest.approx(pair_loss_by_hand(initial, features[0], "bt"), rel=1e-5)
     for a, b in zip(one, two):
@@ -269,13 +352,46 @@ def test_deepspeed_zero2_nan_steps_are_skipped_and_stop_the_run(tmp_path, tiny_m
         "    return loss * float('nan') if self.model.training and self.state.global_step >= 1 else loss\n"
         "PairwiseRewardTrainer.pair_loss = nan_from_step_2\n"
         "from hsrm.cli import main\n"
-        "sys.exit(main(['train'] + sys.argv[1:]))\n")
+        "sys.exit(main(['train'] + sys.argv[1:]))\n"
+    )
     out = tmp_path / "out"
-    done = torchrun([str(driver), "--model_name_or_path", str(tiny_model_dir), "--train_data", str(pairs_file),
-                     "--output_dir", str(out), "--objective", "bt", "--max_steps", "6", "--per_device_train_batch_size", "2",
-                     "--learning_rate", "1e-3", "--warmup_steps", "0", "--logging_steps", "1", "--save_strategy", "no",
-                     "--max_length", "64", "--disable_tqdm", "true", "--max_consecutive_nonfinite", "2",
-                     "--deepspeed", str(REPO_ROOT / "ds_configs" / "zero2.json"), "--ddp_backend", "gloo", "--use_cpu", "true"])
+    done = torchrun(
+        [
+            str(driver),
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_data",
+            str(pairs_file),
+            "--output_dir",
+            str(out),
+            "--objective",
+            "bt",
+            "--max_steps",
+            "6",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--warmup_steps",
+            "0",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--max_length",
+            "64",
+            "--disable_tqdm",
+            "true",
+            "--max_consecutive_nonfinite",
+            "2",
+            "--deepspeed",
+            str(REPO_ROOT / "ds_configs" / "zero2.json"),
+            "--ddp_backend",
+            "gloo",
+            "--use_cpu",
+            "true",
+        ]
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-3000:]
     assert "non-finite loss or gradient at step 2: update skipped (1 in a row)" in output, output[-5000:]

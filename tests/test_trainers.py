@@ -14,8 +14,19 @@ from hsrm.modeling import reward_outputs
 from hsrm.record import ModelRecord
 from hsrm.train import run_training
 
-FAST = {"max_steps": 24, "learning_rate": 3e-3, "warmup_steps": 0, "per_device_train_batch_size": 4, "logging_steps": 4,
-        "save_strategy": "no", "use_cpu": True, "seed": 0, "max_length": 128, "report_to": "none", "disable_tqdm": True}
+FAST = {
+    "max_steps": 24,
+    "learning_rate": 3e-3,
+    "warmup_steps": 0,
+    "per_device_train_batch_size": 4,
+    "logging_steps": 4,
+    "save_strategy": "no",
+    "use_cpu": True,
+    "seed": 0,
+    "max_length": 128,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +42,31 @@ def ratings_file(tmp_path_factory):
     rows = []
     for i in range(48):
         good = rng.random() < 0.5
-        rows.append({"prompt": f"Question {i}", "response": "Thank you, here is a clear answer." if good else "no bad",
-                     "helpfulness": 4 if good else 0, "correctness": 3 if good else 1, "coherence": 4, "complexity": 1,
-                     "verbosity": 2 if good else 0})
+        rows.append(
+            {
+                "prompt": f"Question {i}",
+                "response": "Thank you, here is a clear answer." if good else "no bad",
+                "helpfulness": 4 if good else 0,
+                "correctness": 3 if good else 1,
+                "coherence": 4,
+                "complexity": 1,
+                "verbosity": 2 if good else 0,
+            }
+        )
     return write_jsonl(tmp_path_factory.mktemp("ratings") / "ratings.jsonl", rows)
 
 
 def train(tmp_path, model_dir, data, **overrides):
-    cfg = load_recipe(None, {**FAST, "model_name_or_path": str(model_dir), "train_data": str(data),
-                             "output_dir": str(tmp_path / "out"), **overrides})
+    cfg = load_recipe(
+        None,
+        {
+            **FAST,
+            "model_name_or_path": str(model_dir),
+            "train_data": str(data),
+            "output_dir": str(tmp_path / "out"),
+            **overrides,
+        },
+    )
     return run_training(cfg)
 
 
@@ -77,15 +104,28 @@ def test_two_stage_init_carries_body_and_helpfulness_head(tmp_path, tiny_model_d
     from hsrm.config import load_recipe as lr
     from hsrm.trainers.base import build_model
 
-    cfg = lr(None, {**FAST, "objective": "scaled_bt", "init_from": regression["output_dir"], "train_data": str(pairs_file),
-                    "output_dir": str(tmp_path / "bt")})
+    cfg = lr(
+        None,
+        {
+            **FAST,
+            "objective": "scaled_bt",
+            "init_from": regression["output_dir"],
+            "train_data": str(pairs_file),
+            "output_dir": str(tmp_path / "bt"),
+        },
+    )
     bt_model, _ = build_model(cfg)
     assert bt_model.config.num_labels == 1
     assert torch.equal(bt_model.score.weight, reg_model.score.weight[:1])
     for name, value in reg_model.model.state_dict().items():
         assert torch.equal(bt_model.model.state_dict()[name], value), name
-    summary = train(tmp_path / "bt2", tiny_model_dir, pairs_file, objective="scaled_bt", init_from=regression["output_dir"])
-    assert json.loads((Path(summary["output_dir"]) / "config.json").read_text())["hsrm"]["init_from"] == regression["output_dir"]
+    summary = train(
+        tmp_path / "bt2", tiny_model_dir, pairs_file, objective="scaled_bt", init_from=regression["output_dir"]
+    )
+    assert (
+        json.loads((Path(summary["output_dir"]) / "config.json").read_text())["hsrm"]["init_from"]
+        == regression["output_dir"]
+    )
 
 
 def test_lora_merged_folder_scores_like_the_unmerged_model(tmp_path, tiny_model_dir, pairs_file):
@@ -93,14 +133,29 @@ def test_lora_merged_folder_scores_like_the_unmerged_model(tmp_path, tiny_model_
     from hsrm.train import load_datasets, make_trainer
     from hsrm.trainers.base import build_model, save_trained_model
 
-    cfg = lr(None, {**FAST, "objective": "bt", "use_lora": True, "lora_r": 4, "model_name_or_path": str(tiny_model_dir),
-                    "train_data": str(pairs_file), "output_dir": str(tmp_path / "ckpt")})
+    cfg = lr(
+        None,
+        {
+            **FAST,
+            "objective": "bt",
+            "use_lora": True,
+            "lora_r": 4,
+            "model_name_or_path": str(tiny_model_dir),
+            "train_data": str(pairs_file),
+            "output_dir": str(tmp_path / "ckpt"),
+        },
+    )
     model, tokenizer = build_model(cfg)
     train_ds, _, _ = load_datasets(cfg, tokenizer)
     trainer = make_trainer(cfg, model, tokenizer, train_ds, None)
     trainer.train()
-    save_trained_model(trainer, cfg, str(tmp_path / "merged"), ModelRecord(objective="bt"),
-                       bare_model=lambda: build_model(cfg, with_lora=False))
+    save_trained_model(
+        trainer,
+        cfg,
+        str(tmp_path / "merged"),
+        ModelRecord(objective="bt"),
+        bare_model=lambda: build_model(cfg, with_lora=False),
+    )
     batch = PairwiseCollator(tokenizer.pad_token_id)([train_ds[i] for i in range(6)])
     model.eval()
     with torch.no_grad():
@@ -148,7 +203,9 @@ def test_train_top_layers_changes_only_the_top_blocks_and_head(tmp_path, tiny_mo
 
     before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     with caplog.at_level("WARNING"):
-        summary = train(tmp_path, tiny_model_dir, pairs_file, objective="bt", train_top_layers=1, gradient_checkpointing=True)
+        summary = train(
+            tmp_path, tiny_model_dir, pairs_file, objective="bt", train_top_layers=1, gradient_checkpointing=True
+        )
     after = load_file(str(Path(summary["output_dir"]) / "model.safetensors"))
     # The tiny Llama has 2 decoder layers: layer 0 and the embeddings are frozen, layer 1, the final norm
     # and the score head train.
@@ -161,8 +218,14 @@ def test_train_top_layers_changes_only_the_top_blocks_and_head(tmp_path, tiny_mo
     assert "gradient_checkpointing turned off" in caplog.text
 
 
-@pytest.mark.parametrize("bad, message", [({"train_top_layers": 0}, "at least 1"), ({"train_top_layers": 3}, "only 2 decoder layers"),
-                                          ({"train_top_layers": 1, "use_lora": True}, "do not combine")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"train_top_layers": 0}, "at least 1"),
+        ({"train_top_layers": 3}, "only 2 decoder layers"),
+        ({"train_top_layers": 1, "use_lora": True}, "do not combine"),
+    ],
+)
 def test_train_top_layers_rejects_bad_values(tmp_path, tiny_model_dir, pairs_file, bad, message):
     with pytest.raises(ValueError, match=message):
         train(tmp_path, tiny_model_dir, pairs_file, objective="bt", **bad)
@@ -172,11 +235,26 @@ def test_a_run_leaves_its_config_as_it_was(tmp_path, tiny_model_dir, pairs_file)
     """The config is read, never written back (issue 19): checkpoints under output_dir/checkpoints,
     evaluation off without eval data and no gradient checkpointing with train_top_layers are all
     the run's own arguments."""
-    cfg = load_recipe(None, {**FAST, "max_steps": 2, "objective": "bt", "model_name_or_path": str(tiny_model_dir),
-                             "train_data": str(pairs_file), "output_dir": str(tmp_path / "out"), "train_top_layers": 1,
-                             "gradient_checkpointing": True, "eval_strategy": "steps", "eval_steps": 1,
-                             "save_strategy": "steps", "save_steps": 2})
+    cfg = load_recipe(
+        None,
+        {
+            **FAST,
+            "max_steps": 2,
+            "objective": "bt",
+            "model_name_or_path": str(tiny_model_dir),
+            "train_data": str(pairs_file),
+            "output_dir": str(tmp_path / "out"),
+            "train_top_layers": 1,
+            "gradient_checkpointing": True,
+            "eval_strategy": "steps",
+            "eval_steps": 1,
+            "save_strategy": "steps",
+            "save_steps": 2,
+        },
+    )
     before = cfg.to_dict()
     summary = run_training(cfg)
     assert cfg.to_dict() == before
-    assert summary["output_dir"] == str(tmp_path / "out") and (tmp_path / "out" / "checkpoints" / "checkpoint-2").is_dir()
+    assert (
+        summary["output_dir"] == str(tmp_path / "out") and (tmp_path / "out" / "checkpoints" / "checkpoint-2").is_dir()
+    )

@@ -10,9 +10,25 @@ from .io import DataError, OnError, is_local_source, read_rows
 from .pairs import load_preference_pairs
 from .rewardbench import load_rewardbench
 
-DataFormat = Literal["auto", "helpsteer2_preference", "helpsteer2_ratings", "helpsteer3_preference", "pairs", "rewardbench",
-                     "rewardbench2", "rmbench"]
-FORMATS = ("helpsteer2_preference", "helpsteer2_ratings", "helpsteer3_preference", "pairs", "rewardbench", "rewardbench2", "rmbench")
+DataFormat = Literal[
+    "auto",
+    "helpsteer2_preference",
+    "helpsteer2_ratings",
+    "helpsteer3_preference",
+    "pairs",
+    "rewardbench",
+    "rewardbench2",
+    "rmbench",
+]
+FORMATS = (
+    "helpsteer2_preference",
+    "helpsteer2_ratings",
+    "helpsteer3_preference",
+    "pairs",
+    "rewardbench",
+    "rewardbench2",
+    "rmbench",
+)
 EVALUATION_ONLY = {"rewardbench2": "best-of-N rows", "rmbench": "rows of three chosen and three rejected responses"}
 
 
@@ -49,12 +65,19 @@ def detect_format(source: str, want: Literal["pairs", "ratings"] = "pairs") -> s
         return "rewardbench"
     if "chosen" in first and "rejected" in first:
         return "pairs"
-    raise DataError(source, 0, None, f"cannot tell the format from the fields {sorted(first)}; "
-                    f"set data_format to one of {FORMATS}")
+    raise DataError(
+        source, 0, None, f"cannot tell the format from the fields {sorted(first)}; set data_format to one of {FORMATS}"
+    )
 
 
-def load_pairs_any(source: str, split: str = "train", data_format: str = "auto", on_error: OnError = "raise",
-                   limit: int | None = None, return_report: bool = False):
+def load_pairs_any(
+    source: str,
+    split: str = "train",
+    data_format: str = "auto",
+    on_error: OnError = "raise",
+    limit: int | None = None,
+    return_report: bool = False,
+):
     """Pairs ``prompt, chosen, rejected, margin`` from any pairwise format (HelpSteer2-Preference's
     strength becomes the margin)."""
     fmt = detect_format(source, "pairs") if data_format == "auto" else data_format
@@ -69,7 +92,9 @@ def load_pairs_any(source: str, split: str = "train", data_format: str = "auto",
     elif fmt == "helpsteer3_preference":
         ds, report = load_helpsteer3_preference(source, split, on_error=on_error, limit=limit, return_report=True)
     elif fmt in EVALUATION_ONLY:
-        raise ValueError(f"{source}: {fmt} holds {EVALUATION_ONLY[fmt]}, not training pairs; evaluate with it (hsrm evaluate)")
+        raise ValueError(
+            f"{source}: {fmt} holds {EVALUATION_ONLY[fmt]}, not training pairs; evaluate with it (hsrm evaluate)"
+        )
     else:
         raise ValueError(f"{source}: format {fmt!r} holds ratings, not pairs; use objective 'regression'")
     if limit is not None and len(ds) > limit:
@@ -77,8 +102,14 @@ def load_pairs_any(source: str, split: str = "train", data_format: str = "auto",
     return (ds, report) if return_report else ds
 
 
-def load_ratings_any(source: str, split: str = "train", attributes=("helpfulness",), on_error: OnError = "raise",
-                     limit: int | None = None, return_report: bool = False):
+def load_ratings_any(
+    source: str,
+    split: str = "train",
+    attributes=("helpfulness",),
+    on_error: OnError = "raise",
+    limit: int | None = None,
+    return_report: bool = False,
+):
     ds, report = load_helpsteer2_ratings(source, split, attributes, on_error=on_error, return_report=True)
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))

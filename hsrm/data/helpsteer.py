@@ -54,17 +54,33 @@ def parse_annotations(raw: Any, source: str, index: int) -> list[int]:
         try:
             raw = ast.literal_eval(raw)  # literal_eval: data, never code
         except (ValueError, SyntaxError):
-            raise DataError(source, index, "all_preferences_unprocessed", "a string that is not a Python/JSON list literal") from None
+            raise DataError(
+                source, index, "all_preferences_unprocessed", "a string that is not a Python/JSON list literal"
+            ) from None
     if not isinstance(raw, (list, tuple)):
         raise DataError(source, index, "all_preferences_unprocessed", f"expected a list, got {type(raw).__name__}")
     strengths = []
     for k, item in enumerate(raw):
         value = item.get("strength") if isinstance(item, dict) else item
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-            raise DataError(source, index, "all_preferences_unprocessed", f"annotation {k} has strength {value!r}, expected an integer")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
+        ):
+            raise DataError(
+                source,
+                index,
+                "all_preferences_unprocessed",
+                f"annotation {k} has strength {value!r}, expected an integer",
+            )
         value = int(value)
         if value != NEITHER_VALID and not -3 <= value <= 3:
-            raise DataError(source, index, "all_preferences_unprocessed", f"annotation {k} has strength {value}, expected −3…3 or −100")
+            raise DataError(
+                source,
+                index,
+                "all_preferences_unprocessed",
+                f"annotation {k} has strength {value}, expected −3…3 or −100",
+            )
         strengths.append(value)
     return strengths
 
@@ -90,8 +106,9 @@ def _split_matches(row_split: Any, split: str | None) -> bool:
     return aliases.get(str(row_split).lower(), str(row_split)) == aliases.get(split.lower(), split)
 
 
-def load_helpsteer2_preference(source: str = "nvidia/HelpSteer2", split: str = "train", *, on_error: OnError = "raise",
-                               return_report: bool = False):
+def load_helpsteer2_preference(
+    source: str = "nvidia/HelpSteer2", split: str = "train", *, on_error: OnError = "raise", return_report: bool = False
+):
     """HelpSteer2-Preference as pairs: ``prompt`` (chat messages), ``chosen``, ``rejected``,
     ``strength`` (1–3), plus ``response_1``, ``response_2`` and ``overall_preference`` (−3…3).
 
@@ -103,7 +120,9 @@ def load_helpsteer2_preference(source: str = "nvidia/HelpSteer2", split: str = "
     # The Hub's preference file is one "train" split whose rows carry split = train | val.
     rows = read_rows(source, split="train", data_dir="preference")
     report = LoadReport(source=str(source))
-    out: dict[str, list] = {k: [] for k in ("prompt", "chosen", "rejected", "strength", "response_1", "response_2", "overall_preference")}
+    out: dict[str, list] = {
+        k: [] for k in ("prompt", "chosen", "rejected", "strength", "response_1", "response_2", "overall_preference")
+    }
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(str(source), index, None, "expected an object per row")
@@ -119,7 +138,9 @@ def load_helpsteer2_preference(source: str = "nvidia/HelpSteer2", split: str = "
             elif "preference_strength" in row:  # already processed upstream: one overall value
                 strengths = parse_annotations([row["preference_strength"]], str(source), index)
             else:
-                raise DataError(str(source), index, "all_preferences_unprocessed", "missing (and no preference_strength)")
+                raise DataError(
+                    str(source), index, "all_preferences_unprocessed", "missing (and no preference_strength)"
+                )
             if r1 == r2:
                 raise DataError(str(source), index, "response_2", "identical to response_1")
         except DataError:
@@ -156,9 +177,14 @@ def _rating(row: dict, name: str, source: str, index: int) -> float:
     return float(value)
 
 
-def load_helpsteer2_ratings(source: str = "nvidia/HelpSteer2", split: str = "train",
-                            attributes: Sequence[str] = ("helpfulness",), *, on_error: OnError = "raise",
-                            return_report: bool = False):
+def load_helpsteer2_ratings(
+    source: str = "nvidia/HelpSteer2",
+    split: str = "train",
+    attributes: Sequence[str] = ("helpfulness",),
+    *,
+    on_error: OnError = "raise",
+    return_report: bool = False,
+):
     """HelpSteer2 (or HelpSteer) Likert ratings: ``prompt`` (chat messages), ``response`` and one
     float column per selected attribute (0–4). ``attributes="all"`` selects the five."""
     import datasets

@@ -18,15 +18,23 @@ DATA_DIR = "preference"  # the Hub repo's folder of the preference files
 SPLITS = {"train": "train", "val": "validation", "validation": "validation"}
 
 
-def load_helpsteer3_preference(source: str = HUB_ID, split: str = "train", *, on_error: OnError = "raise",
-                               limit: int | None = None, return_report: bool = False):
+def load_helpsteer3_preference(
+    source: str = HUB_ID,
+    split: str = "train",
+    *,
+    on_error: OnError = "raise",
+    limit: int | None = None,
+    return_report: bool = False,
+):
     """Pairs ``prompt`` (the context as chat messages), ``chosen``, ``rejected``, ``margin``
     (``|overall_preference|``), ``has_margin``, ``domain``, ``language``, as a ``datasets.Dataset``."""
     import datasets
 
     src = str(source)
     report = LoadReport(source=src)
-    out: dict[str, list] = {k: [] for k in ("prompt", "chosen", "rejected", "margin", "has_margin", "domain", "language")}
+    out: dict[str, list] = {
+        k: [] for k in ("prompt", "chosen", "rejected", "margin", "has_margin", "domain", "language")
+    }
     for index, row in enumerate(read_rows(source, split=SPLITS.get(split, split), data_dir=DATA_DIR)):
         report.rows_read += 1
         try:
@@ -39,7 +47,9 @@ def load_helpsteer3_preference(source: str = HUB_ID, split: str = "train", *, on
             second = require_text(row, "response2", src, index)
             preference = row.get("overall_preference")
             if isinstance(preference, bool) or not isinstance(preference, int) or not -3 <= preference <= 3:
-                raise DataError(src, index, "overall_preference", f"expected a whole number in −3…3, got {preference!r}")
+                raise DataError(
+                    src, index, "overall_preference", f"expected a whole number in −3…3, got {preference!r}"
+                )
         except DataError:
             if on_error == "raise":
                 raise
@@ -49,9 +59,15 @@ def load_helpsteer3_preference(source: str = HUB_ID, split: str = "train", *, on
             report.drop("no preference (overall_preference 0)")
             continue
         chosen, rejected = (first, second) if preference < 0 else (second, first)
-        for key, value in (("prompt", context), ("chosen", chosen), ("rejected", rejected), ("margin", float(abs(preference))),
-                           ("has_margin", True), ("domain", str(row.get("domain") or "unknown")),
-                           ("language", str(row.get("language") or "unknown"))):
+        for key, value in (
+            ("prompt", context),
+            ("chosen", chosen),
+            ("rejected", rejected),
+            ("margin", float(abs(preference))),
+            ("has_margin", True),
+            ("domain", str(row.get("domain") or "unknown")),
+            ("language", str(row.get("language") or "unknown")),
+        ):
             out[key].append(value)
         report.rows_kept += 1
         if limit is not None and report.rows_kept >= limit:

@@ -72,8 +72,12 @@ def _read_bytes(path: str) -> bytes:
         with opener(path, "rb") as handle:
             return handle.read()
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip, or cut short
-        raise DataError(path, None, None, f"not a complete gzip file ({type(err).__name__}: {err}); "
-                        "the download or copy may have been cut short") from None
+        raise DataError(
+            path,
+            None,
+            None,
+            f"not a complete gzip file ({type(err).__name__}: {err}); the download or copy may have been cut short",
+        ) from None
 
 
 def _iter_json_lines(path: str) -> Iterator[dict]:
@@ -84,8 +88,9 @@ def _iter_json_lines(path: str) -> Iterator[dict]:
         before = raw_bytes[: err.start].decode("utf-8", errors="replace")
         row = sum(1 for line in before.split("\n")[:-1] if line.strip())  # rows that end before the bad byte
         line_no = before.count("\n") + 1
-        raise DataError(path, row, None, f"not valid UTF-8 at byte {err.start} (file line {line_no}); "
-                        "re-encode the file as UTF-8") from None
+        raise DataError(
+            path, row, None, f"not valid UTF-8 at byte {err.start} (file line {line_no}); re-encode the file as UTF-8"
+        ) from None
     if path.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -101,10 +106,16 @@ def _iter_json_lines(path: str) -> Iterator[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(path, row_index, None, f"not valid JSON ({err.msg}, file line {line_no}); "
-                            "each line must hold one JSON object") from None
+            raise DataError(
+                path,
+                row_index,
+                None,
+                f"not valid JSON ({err.msg}, file line {line_no}); each line must hold one JSON object",
+            ) from None
         if not isinstance(row, dict):
-            raise DataError(path, row_index, None, f"expected a JSON object, got {type(row).__name__} (file line {line_no})")
+            raise DataError(
+                path, row_index, None, f"expected a JSON object, got {type(row).__name__} (file line {line_no})"
+            )
         row_index += 1
         yield row
 
@@ -136,8 +147,13 @@ def read_rows(source: str | os.PathLike, split: str | None = None, data_dir: str
     try:
         ds = datasets.load_dataset(path, data_dir=data_dir, split=split or "train")
     except Exception as err:  # network or name errors: say what to do instead
-        raise DataError(path, None, None, f"could not load from the Hugging Face Hub ({type(err).__name__}: {err}); "
-                        "pass a local .jsonl/.jsonl.gz/.parquet file instead") from None
+        raise DataError(
+            path,
+            None,
+            None,
+            f"could not load from the Hugging Face Hub ({type(err).__name__}: {err}); "
+            "pass a local .jsonl/.jsonl.gz/.parquet file instead",
+        ) from None
     return ds.to_list()
 
 

@@ -22,7 +22,10 @@ format), ``statement`` = the statement alone, ``label`` = "@Response 1" / "@Resp
 
 The justifier's prompt, exactly as in section 3.2, goes into one user turn of the chat template:
 
-    {prompt} @Response 1:\\n{response_1}\\n@Response 2:\\n{response_2}\\nBetween @Response 1 and @Response 2, which is better?
+    {prompt} @Response 1:\\n{response_1}\\n@Response 2:\\n{response_2}\\n
+    Between @Response 1 and @Response 2, which is better?
+
+(one string: the line break after the last ``\\n`` is only this page's)
 
 Flip augmentation swaps the two responses and rewrites every "@Response 1" ↔ "@Response 2" in
 the target, so the verdict follows the content, not the position.
@@ -87,7 +90,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     for line in re.finditer(r"[^\n]+", text):
         start = line.start()
         for boundary in _SENTENCE_END.finditer(text, line.start(), line.end()):
-            word = re.search(r"(\S+)$", text[start:boundary.start()])
+            word = re.search(r"(\S+)$", text[start : boundary.start()])
             if word and word.group(1).lower().rstrip(".") in _ABBREVIATIONS and boundary.group(0).startswith("."):
                 continue
             add(start, boundary.start(1))
@@ -120,7 +123,7 @@ def statement_label(sentence: str) -> int | None:
 def strip_statement_prefix(sentence: str) -> str:
     """Drop everything before the first "@Response N" ("Overall, @Response 1 …" → "@Response 1 …")."""
     first = RESPONSE_MENTION.search(sentence)
-    return sentence[first.start():] if first else sentence
+    return sentence[first.start() :] if first else sentence
 
 
 @dataclass(frozen=True)
@@ -145,19 +148,19 @@ def split_justification(text: str) -> SplitJustification | None:
         return None
     spans = sentence_spans(text)
     first, last = spans[0], spans[-1]
-    first_label = statement_label(text[first[0]:first[1]])
-    last_label = statement_label(text[last[0]:last[1]]) if len(spans) > 1 else None
+    first_label = statement_label(text[first[0] : first[1]])
+    last_label = statement_label(text[last[0] : last[1]]) if len(spans) > 1 else None
     if first_label is not None:
         statement_span, label = first, first_label
         position = "both" if last_label is not None else "front"
         # A trailing statement repeats the leading one: remove it (appendix C).
-        elaboration = text[first[1]:last[0]] if last_label is not None else text[first[1]:]
+        elaboration = text[first[1] : last[0]] if last_label is not None else text[first[1] :]
     elif last_label is not None:
         statement_span, label, position = last, last_label, "back"
-        elaboration = text[:last[0]]
+        elaboration = text[: last[0]]
     else:
         return None
-    statement = strip_statement_prefix(text[statement_span[0]:statement_span[1]]).strip()
+    statement = strip_statement_prefix(text[statement_span[0] : statement_span[1]]).strip()
     return SplitJustification(statement=statement, elaboration=elaboration.strip(), label=label, position=position)
 
 
@@ -234,7 +237,9 @@ def justifier_user_message(prompt: str | Sequence[dict], response_1: str, respon
     return JUSTIFIER_PROMPT_TEMPLATE.format(prompt=prompt_text(prompt), response_1=response_1, response_2=response_2)
 
 
-def justifier_messages(prompt: str | Sequence[dict], response_1: str, response_2: str, target: str | None = None) -> list[dict]:
+def justifier_messages(
+    prompt: str | Sequence[dict], response_1: str, response_2: str, target: str | None = None
+) -> list[dict]:
     messages = [{"role": "user", "content": justifier_user_message(prompt, response_1, response_2)}]
     if target is not None:
         messages.append({"role": "assistant", "content": target})
@@ -255,8 +260,9 @@ def _balanced_keep(len_1: int, len_2: int, budget: int) -> tuple[int, int]:
     return budget - budget // 2, budget // 2
 
 
-def encode_justifier_prompt(tokenizer, prompt, response_1: str, response_2: str, max_length: int | None,
-                            reserve: int = 0, stats=None) -> list[int]:
+def encode_justifier_prompt(
+    tokenizer, prompt, response_1: str, response_2: str, max_length: int | None, reserve: int = 0, stats=None
+) -> list[int]:
     """Token ids of the user turn plus the assistant header (``add_generation_prompt``), at most
     ``max_length - reserve`` long.
 
@@ -268,7 +274,9 @@ def encode_justifier_prompt(tokenizer, prompt, response_1: str, response_2: str,
     from .render import token_ids
 
     def render(r1: str, r2: str) -> list[int]:
-        text = tokenizer.apply_chat_template(justifier_messages(prompt, r1, r2), tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            justifier_messages(prompt, r1, r2), tokenize=False, add_generation_prompt=True
+        )
         return token_ids(tokenizer, [text])[0]  # no special tokens added: the template holds BOS already
 
     ids = render(response_1, response_2)
@@ -296,12 +304,15 @@ def encode_justifier_prompt(tokenizer, prompt, response_1: str, response_2: str,
 
 def truncation_summary(stats) -> str:
     """What :func:`encode_justifier_prompt` cut, in words (its cuts come from the response tails)."""
-    return (f"{stats.truncated} of {stats.sequences} justifier prompts over max_length shortened "
-            f"({stats.tokens_cut} tokens cut, from the ends of the responses)")
+    return (
+        f"{stats.truncated} of {stats.sequences} justifier prompts over max_length shortened "
+        f"({stats.tokens_cut} tokens cut, from the ends of the responses)"
+    )
 
 
-def encode_justifier_example(tokenizer, prompt, response_1: str, response_2: str, target: str,
-                             max_length: int | None, stats=None) -> tuple[list[int], list[int]] | None:
+def encode_justifier_example(
+    tokenizer, prompt, response_1: str, response_2: str, target: str, max_length: int | None, stats=None
+) -> tuple[list[int], list[int]] | None:
     """(input_ids, labels) for one training example: labels are -100 on the prompt and the
     assistant header, and the token ids on the assistant turn (the target and the template's
     end-of-turn, so the model learns to stop). None when the target alone does not fit.
@@ -320,8 +331,14 @@ def encode_justifier_example(tokenizer, prompt, response_1: str, response_2: str
     return ids, labels
 
 
-def encode_justifier_examples(tokenizer, prompts: Sequence, responses_1: Sequence[str], responses_2: Sequence[str],
-                              targets: Sequence[str], max_length: int | None) -> list[tuple[list[int], list[int], int] | None]:
+def encode_justifier_examples(
+    tokenizer,
+    prompts: Sequence,
+    responses_1: Sequence[str],
+    responses_2: Sequence[str],
+    targets: Sequence[str],
+    max_length: int | None,
+) -> list[tuple[list[int], list[int], int] | None]:
     """:func:`encode_justifier_example` for many examples: (input_ids, labels, prompt tokens cut) or
     None each. One template call and one batch tokenizer call for all; only prompts over
     ``max_length`` go one by one through :func:`encode_justifier_prompt`'s response-tail cutting."""
@@ -334,9 +351,11 @@ def encode_justifier_examples(tokenizer, prompts: Sequence, responses_1: Sequenc
     # The user turn plus the assistant header: exactly what encode_justifier_prompt renders at inference.
     heads = tokenizer.apply_chat_template([m[:1] for m in messages], tokenize=False, add_generation_prompt=True)
     if not all(full.startswith(head) for full, head in zip(fulls, heads)):
-        raise ValueError("the tokenizer's chat template renders the user turn differently with and without the "
-                         "assistant's answer, so the target tokens cannot be located; use a plain chat template")
-    ids = token_ids(tokenizer, heads + [full[len(head):] for full, head in zip(fulls, heads)])
+        raise ValueError(
+            "the tokenizer's chat template renders the user turn differently with and without the "
+            "assistant's answer, so the target tokens cannot be located; use a plain chat template"
+        )
+    ids = token_ids(tokenizer, heads + [full[len(head) :] for full, head in zip(fulls, heads)])
     n = len(messages)
     encoded: list[tuple[list[int], list[int], int] | None] = []
     for i, (head_ids, completion_ids) in enumerate(zip(ids[:n], ids[n:])):
@@ -346,8 +365,15 @@ def encode_justifier_examples(tokenizer, prompts: Sequence, responses_1: Sequenc
         tokens_cut = 0
         if max_length is not None and len(head_ids) > max_length - len(completion_ids):
             cut = TruncationStats()
-            head_ids = encode_justifier_prompt(tokenizer, prompts[i], responses_1[i], responses_2[i], max_length,
-                                               reserve=len(completion_ids), stats=cut)
+            head_ids = encode_justifier_prompt(
+                tokenizer,
+                prompts[i],
+                responses_1[i],
+                responses_2[i],
+                max_length,
+                reserve=len(completion_ids),
+                stats=cut,
+            )
             tokens_cut = cut.tokens_cut
         encoded.append((head_ids + list(completion_ids), [-100] * len(head_ids) + list(completion_ids), tokens_cut))
     return encoded
@@ -368,10 +394,13 @@ class JustificationReport(LoadReport):
     def summary(self) -> str:
         positions = ", ".join(f"{k} {v}" for k, v in sorted(self.statement_positions.items()))
         dropped = "".join(f", dropped {n} ({reason})" for reason, n in sorted(self.justifications_dropped.items()))
-        return (f"{super().summary()}; justifications: read {self.justifications_read}"
-                + (f" (statement at: {positions})" if positions else "") + dropped
-                + f", {self.justifications_kept} examples"
-                + (f" + {self.flipped_added} flipped copies" if self.flipped_added else ""))
+        return (
+            f"{super().summary()}; justifications: read {self.justifications_read}"
+            + (f" (statement at: {positions})" if positions else "")
+            + dropped
+            + f", {self.justifications_kept} examples"
+            + (f" + {self.flipped_added} flipped copies" if self.flipped_added else "")
+        )
 
 
 NO_STATEMENT = "no preference statement"
@@ -389,8 +418,9 @@ def _agrees(label: int, strength: int) -> bool:
     return strength == 0 or (label == 1) == (strength < 0)
 
 
-def justifications_of_row(row: dict, source: str, index: int, justification_set: str, rng: random.Random,
-                          report: JustificationReport) -> list[SplitJustification]:
+def justifications_of_row(
+    row: dict, source: str, index: int, justification_set: str, rng: random.Random, report: JustificationReport
+) -> list[SplitJustification]:
     """The split justifications one task contributes to a set ([] when the task is excluded).
 
     Every valid annotation's justification is split (and counted) first; the set then picks from
@@ -441,8 +471,9 @@ def justifications_of_row(row: dict, source: str, index: int, justification_set:
     return result
 
 
-def _processed_justifications(row: dict, source: str, index: int, justification_set: str,
-                              report: JustificationReport) -> list[SplitJustification]:
+def _processed_justifications(
+    row: dict, source: str, index: int, justification_set: str, report: JustificationReport
+) -> list[SplitJustification]:
     """Rows that carry only the Hub's already processed fields (``preference_statement``,
     ``preference_elaboration``, ``three_most_similar_preferences``)."""
     if justification_set == "overall":
@@ -452,8 +483,12 @@ def _processed_justifications(row: dict, source: str, index: int, justification_
         if isinstance(items, str):
             items = ast.literal_eval(items)
     if not items or items[0].get("statement") is None:
-        raise DataError(source, index, "all_preferences_unprocessed",
-                        "no justification text (and no preference_statement / three_most_similar_preferences)")
+        raise DataError(
+            source,
+            index,
+            "all_preferences_unprocessed",
+            "no justification text (and no preference_statement / three_most_similar_preferences)",
+        )
     result = []
     for item in items:
         report.justifications_read += 1
@@ -472,9 +507,18 @@ def _processed_justifications(row: dict, source: str, index: int, justification_
     return result
 
 
-def load_justification_examples(source: str, split: str = "train", *, justification_set: str = "overall",
-                                target: str = "full", flip_augmentation: bool = False, seed: int = 0,
-                                on_error: OnError = "raise", limit: int | None = None, return_report: bool = False):
+def load_justification_examples(
+    source: str,
+    split: str = "train",
+    *,
+    justification_set: str = "overall",
+    target: str = "full",
+    flip_augmentation: bool = False,
+    seed: int = 0,
+    on_error: OnError = "raise",
+    limit: int | None = None,
+    return_report: bool = False,
+):
     """Justifier examples from HelpSteer2-Preference rows: ``prompt`` (chat messages),
     ``response_1``, ``response_2``, ``target`` (the assistant turn), ``label`` (1 or 2) and
     ``flipped``. ``limit`` keeps the first N examples before flip augmentation doubles them.
@@ -512,9 +556,16 @@ def load_justification_examples(source: str, split: str = "train", *, justificat
         if splits:
             report.rows_kept += 1
         for split_justification_ in splits:
-            examples.append({"prompt": prompt, "response_1": response_1, "response_2": response_2,
-                             "target": make_target(split_justification_, target), "label": split_justification_.label,
-                             "flipped": False})
+            examples.append(
+                {
+                    "prompt": prompt,
+                    "response_1": response_1,
+                    "response_2": response_2,
+                    "target": make_target(split_justification_, target),
+                    "label": split_justification_.label,
+                    "flipped": False,
+                }
+            )
     if limit is not None:
         examples = examples[:limit]
     report.justifications_kept = len(examples)
@@ -522,8 +573,13 @@ def load_justification_examples(source: str, split: str = "train", *, justificat
         examples = add_flipped(examples)
         report.flipped_added = report.justifications_kept
     report.log()
-    dataset = datasets.Dataset.from_list(examples) if examples else datasets.Dataset.from_dict(
-        {k: [] for k in ("prompt", "response_1", "response_2", "target", "label", "flipped")})
+    dataset = (
+        datasets.Dataset.from_list(examples)
+        if examples
+        else datasets.Dataset.from_dict(
+            {k: [] for k in ("prompt", "response_1", "response_2", "target", "label", "flipped")}
+        )
+    )
     return (dataset, report) if return_report else dataset
 
 
@@ -545,6 +601,14 @@ def label_examples_from_pairs(pairs, seed: int = 0, flip_augmentation: bool = Fa
         chosen_first = rng.random() < 0.5
         r1, r2 = (row["chosen"], row["rejected"]) if chosen_first else (row["rejected"], row["chosen"])
         label = 1 if chosen_first else 2
-        examples.append({"prompt": row["prompt"], "response_1": r1, "response_2": r2, "target": label_text(label),
-                         "label": label, "flipped": False})
+        examples.append(
+            {
+                "prompt": row["prompt"],
+                "response_1": r1,
+                "response_2": r2,
+                "target": label_text(label),
+                "label": label,
+                "flipped": False,
+            }
+        )
     return add_flipped(examples) if flip_augmentation else examples

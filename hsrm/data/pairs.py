@@ -46,8 +46,14 @@ def _margin(row: dict, source: str, index: int) -> float | None:
     return None
 
 
-def load_preference_pairs(source: str, split: str = "train", *, on_error: OnError = "raise", limit: int | None = None,
-                          return_report: bool = False):
+def load_preference_pairs(
+    source: str,
+    split: str = "train",
+    *,
+    on_error: OnError = "raise",
+    limit: int | None = None,
+    return_report: bool = False,
+):
     """Preference pairs as ``prompt`` (chat messages), ``chosen``, ``rejected`` and ``margin``
     (the row's margin/strength, or 1.0 where it has none; ``has_margin`` says which).
 

@@ -41,10 +41,19 @@ def ensure_distinct_pad_token(tokenizer, model=None) -> int:
     """Make the pad token differ from EOS (and from every end-of-turn token), reusing an existing
     special token where one exists, else adding ``<|pad|>`` (and resizing the model's embeddings).
     Returns the pad id; sets ``model.config.pad_token_id`` when a model is given."""
-    eos_ids = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "</s>") if t in tokenizer.get_vocab()}
+    eos_ids = {tokenizer.eos_token_id} | {
+        tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "</s>") if t in tokenizer.get_vocab()
+    }
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id in eos_ids:
         vocab = tokenizer.get_vocab()
-        choice = next((t for t in PAD_CANDIDATES if t in vocab and vocab[t] not in eos_ids and vocab[t] != tokenizer.bos_token_id), None)
+        choice = next(
+            (
+                t
+                for t in PAD_CANDIDATES
+                if t in vocab and vocab[t] not in eos_ids and vocab[t] != tokenizer.bos_token_id
+            ),
+            None,
+        )
         if choice is not None:
             tokenizer.pad_token = choice
         else:
@@ -63,7 +72,9 @@ def render_text(tokenizer, prompt: Sequence[dict], response: str) -> str:
 
 def render_texts(tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str]) -> list[str]:
     """:func:`render_text` for many conversations, in one ``apply_chat_template`` call."""
-    conversations = [list(prompt) + [{"role": "assistant", "content": response}] for prompt, response in zip(prompts, responses)]
+    conversations = [
+        list(prompt) + [{"role": "assistant", "content": response}] for prompt, response in zip(prompts, responses)
+    ]
     return tokenizer.apply_chat_template(conversations, tokenize=False) if conversations else []
 
 
@@ -97,7 +108,9 @@ def left_truncate(ids: list[int], max_length: int | None) -> tuple[list[int], in
     return ids[-max_length:], len(ids) - max_length
 
 
-def encode(tokenizer, prompt: Sequence[dict], response: str, max_length: int | None, stats: TruncationStats | None = None) -> list[int]:
+def encode(
+    tokenizer, prompt: Sequence[dict], response: str, max_length: int | None, stats: TruncationStats | None = None
+) -> list[int]:
     """Token ids of prompt + response through the chat template, left-truncated to ``max_length``."""
     (ids,), cuts = encode_batch(tokenizer, [prompt], [response], max_length)
     if stats is not None:
@@ -114,8 +127,9 @@ def encode_text(tokenizer, text: str, max_length: int | None, stats: TruncationS
     return ids
 
 
-def encode_batch(tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
-                 max_length: int | None) -> tuple[list[list[int]], list[int]]:
+def encode_batch(
+    tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str], max_length: int | None
+) -> tuple[list[list[int]], list[int]]:
     """:func:`encode` for many (prompt, response) at once: (ids per sequence, tokens cut per sequence)."""
     return encode_texts(tokenizer, render_texts(tokenizer, prompts, responses), max_length)
 
@@ -127,8 +141,14 @@ def encode_texts(tokenizer, texts: Sequence[str], max_length: int | None) -> tup
     return [ids for ids, _ in cut], [n for _, n in cut]
 
 
-def encode_pairs(tokenizer, prompts: Sequence[Sequence[dict]], chosen: Sequence[str], rejected: Sequence[str],
-                 max_length: int | None, rejected_prompts: Sequence[Sequence[dict]] | None = None):
+def encode_pairs(
+    tokenizer,
+    prompts: Sequence[Sequence[dict]],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    max_length: int | None,
+    rejected_prompts: Sequence[Sequence[dict]] | None = None,
+):
     """:func:`encode` of both sides of many pairs: ((chosen ids, tokens cut), (rejected ids, tokens cut)).
     The text the two sides share (the prompt, as the template renders it) is tokenized once."""
     _check_max_length(max_length)
@@ -154,8 +174,12 @@ def token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if (backend is not None and backend.truncation is None and backend.padding is None
-            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
+    if (
+        backend is not None
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
         encode_many = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [encoding.ids for encoding in encode_many(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -179,17 +203,24 @@ def pair_token_ids(tokenizer, first: Sequence[str], second: Sequence[str]) -> tu
         whole = token_ids(tokenizer, first + second)
         return whole[:n], whole[n:]
     cuts = [_shared_cut(a, b, points) for a, b in zip(first, second)]
-    pieces = token_ids(tokenizer, [a[:cut] for a, cut in zip(first, cuts)] + [a[cut:] for a, cut in zip(first, cuts)]
-                       + [b[cut:] for b, cut in zip(second, cuts)])
+    pieces = token_ids(
+        tokenizer,
+        [a[:cut] for a, cut in zip(first, cuts)]
+        + [a[cut:] for a, cut in zip(first, cuts)]
+        + [b[cut:] for b, cut in zip(second, cuts)],
+    )
     shared = pieces[:n]
-    first_ids = [head + rest for head, rest in zip(shared, pieces[n:2 * n])]
-    second_ids = [head + rest for head, rest in zip(shared, pieces[2 * n:])]
+    first_ids = [head + rest for head, rest in zip(shared, pieces[n : 2 * n])]
+    second_ids = [head + rest for head, rest in zip(shared, pieces[2 * n :])]
     checked = min(n, 4)
     if token_ids(tokenizer, first[:checked] + second[:checked]) != first_ids[:checked] + second_ids[:checked]:
         if type(tokenizer).__name__ not in _WARNED_UNSPLITTABLE:
             _WARNED_UNSPLITTABLE.add(type(tokenizer).__name__)
-            logger.warning("%s does not tokenize the text between its special tokens piece by piece; tokenizing each "
-                           "side of every pair whole (slower)", type(tokenizer).__name__)
+            logger.warning(
+                "%s does not tokenize the text between its special tokens piece by piece; tokenizing each "
+                "side of every pair whole (slower)",
+                type(tokenizer).__name__,
+            )
         whole = token_ids(tokenizer, first + second)
         return whole[:n], whole[n:]
     return first_ids, second_ids
@@ -213,9 +244,15 @@ def split_tokens(tokenizer) -> tuple[str, ...]:
     template = getattr(tokenizer, "chat_template", None)
     if backend is None or not isinstance(template, str) or backend.encode_special_tokens:
         return ()
-    return tuple(token.content for token in backend.get_added_tokens_decoder().values()
-                 if token.content and token.content in template and not token.normalized and not token.lstrip
-                 and not token.single_word)
+    return tuple(
+        token.content
+        for token in backend.get_added_tokens_decoder().values()
+        if token.content
+        and token.content in template
+        and not token.normalized
+        and not token.lstrip
+        and not token.single_word
+    )
 
 
 def _shared_cut(a: str, b: str, points: Sequence[str]) -> int:
@@ -261,8 +298,8 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "
             ids[row, :n] = torch.tensor(seq, dtype=torch.long)
             mask[row, :n] = 1
         else:
-            ids[row, width - n:] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - n:] = 1
+            ids[row, width - n :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - n :] = 1
     return ids, mask
 
 

@@ -13,19 +13,48 @@ from .messages import to_messages
 # Official per-subset counts used as weights. math-prm is weighted to equal the code total
 # (6 × 164 = 984) so math and code count equally in Reasoning.
 SECTIONS: dict[str, dict[str, int]] = {
-    "Chat": {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40},
-    "Chat Hard": {"mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
-                  "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46},
-    "Safety": {"refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 154,
-               "xstest-should-respond": 250, "donotanswer": 136},
-    "Reasoning": {"math-prm": 984, "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164,
-                  "hep-rust": 164},
+    "Chat": {
+        "alpacaeval-easy": 100,
+        "alpacaeval-length": 95,
+        "alpacaeval-hard": 95,
+        "mt-bench-easy": 28,
+        "mt-bench-med": 40,
+    },
+    "Chat Hard": {
+        "mt-bench-hard": 37,
+        "llmbar-natural": 100,
+        "llmbar-adver-neighbor": 134,
+        "llmbar-adver-GPTInst": 92,
+        "llmbar-adver-GPTOut": 47,
+        "llmbar-adver-manual": 46,
+    },
+    "Safety": {
+        "refusals-dangerous": 100,
+        "refusals-offensive": 100,
+        "xstest-should-refuse": 154,
+        "xstest-should-respond": 250,
+        "donotanswer": 136,
+    },
+    "Reasoning": {
+        "math-prm": 984,
+        "hep-cpp": 164,
+        "hep-go": 164,
+        "hep-java": 164,
+        "hep-js": 164,
+        "hep-python": 164,
+        "hep-rust": 164,
+    },
 }
 SUBSET_TO_SECTION = {subset: section for section, subsets in SECTIONS.items() for subset in subsets}
 
 
-def load_rewardbench(source: str = "allenai/reward-bench", split: str = "filtered", *, on_error: OnError = "raise",
-                     return_report: bool = False):
+def load_rewardbench(
+    source: str = "allenai/reward-bench",
+    split: str = "filtered",
+    *,
+    on_error: OnError = "raise",
+    return_report: bool = False,
+):
     """RewardBench rows as ``prompt`` (chat messages), ``chosen``, ``rejected``, ``subset``, ``id``."""
     import datasets
 

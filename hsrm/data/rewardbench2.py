@@ -25,8 +25,9 @@ def _texts(row: dict, name: str, source: str, index: int) -> list[str]:
     return list(value)
 
 
-def load_rewardbench2(source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_error: OnError = "raise",
-                      limit: int | None = None) -> tuple[list[dict[str, Any]], LoadReport]:
+def load_rewardbench2(
+    source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_error: OnError = "raise", limit: int | None = None
+) -> tuple[list[dict[str, Any]], LoadReport]:
     """Rows ``{prompt (messages), completions (chosen first), num_correct, subset, id}`` and the load report.
 
     ``num_correct`` must equal the number of chosen completions, and Ties ids must read ``ref:N`` or
@@ -47,7 +48,9 @@ def load_rewardbench2(source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_er
                 raise DataError(src, index, "subset", "missing")
             num_correct = row.get("num_correct", len(chosen))
             if isinstance(num_correct, bool) or not isinstance(num_correct, int) or num_correct != len(chosen):
-                raise DataError(src, index, "num_correct", f"{num_correct!r}, but the row has {len(chosen)} chosen completions")
+                raise DataError(
+                    src, index, "num_correct", f"{num_correct!r}, but the row has {len(chosen)} chosen completions"
+                )
             row_id = str(row.get("id", index))
             if subset.lower() == "ties" and row_id.split(":", 1)[0] not in ("ref", "tied"):
                 raise DataError(src, index, "id", f"a Ties id reads ref:N or tied:N, got {row_id!r}")
@@ -56,8 +59,15 @@ def load_rewardbench2(source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_er
                 raise
             report.drop("malformed row")
             continue
-        out.append({"prompt": prompt, "completions": chosen + rejected, "num_correct": num_correct, "subset": subset,
-                    "id": row_id})
+        out.append(
+            {
+                "prompt": prompt,
+                "completions": chosen + rejected,
+                "num_correct": num_correct,
+                "subset": subset,
+                "id": row_id,
+            }
+        )
         report.rows_kept += 1
         if limit is not None and len(out) >= limit:
             break

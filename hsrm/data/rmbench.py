@@ -26,8 +26,9 @@ def paper_domain(domain: str) -> str:
     return "safety" if domain.startswith("safety") else domain
 
 
-def load_rmbench(source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_error: OnError = "raise",
-                 limit: int | None = None) -> tuple[list[dict[str, Any]], LoadReport]:
+def load_rmbench(
+    source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_error: OnError = "raise", limit: int | None = None
+) -> tuple[list[dict[str, Any]], LoadReport]:
     """Rows ``{prompt (messages), chosen [3], rejected [3], domain, id}`` and the load report."""
     src = str(source)
     report = LoadReport(source=src)
@@ -41,19 +42,32 @@ def load_rmbench(source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_error: 
             sides = {}
             for name in ("chosen", "rejected"):
                 value = row.get(name)
-                if not isinstance(value, list) or len(value) != len(STYLES) or not all(isinstance(v, str) for v in value):
+                if (
+                    not isinstance(value, list)
+                    or len(value) != len(STYLES)
+                    or not all(isinstance(v, str) for v in value)
+                ):
                     raise DataError(src, index, name, f"expected {len(STYLES)} responses ({', '.join(STYLES)})")
                 sides[name] = list(value)
             domain = row.get("domain")
             if not isinstance(domain, str) or paper_domain(domain) not in DOMAINS:
-                raise DataError(src, index, "domain", f"{domain!r} is not one of chat, math, code, safety-refuse, safety-response")
+                raise DataError(
+                    src, index, "domain", f"{domain!r} is not one of chat, math, code, safety-refuse, safety-response"
+                )
         except DataError:
             if on_error == "raise":
                 raise
             report.drop("malformed row")
             continue
-        out.append({"prompt": prompt, "chosen": sides["chosen"], "rejected": sides["rejected"], "domain": paper_domain(domain),
-                    "id": str(row.get("id", index))})
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": sides["chosen"],
+                "rejected": sides["rejected"],
+                "domain": paper_domain(domain),
+                "id": str(row.get("id", index)),
+            }
+        )
         report.rows_kept += 1
         if limit is not None and len(out) >= limit:
             break

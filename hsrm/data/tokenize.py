@@ -37,10 +37,14 @@ def tokenize_pairs(dataset, tokenizer, max_length: int | None, *, num_proc: int 
     return tokenized.remove_columns(["chosen_tokens_cut", "rejected_tokens_cut"]), stats
 
 
-def tokenize_ratings(dataset, tokenizer, attributes: Sequence[str], max_length: int | None, *, num_proc: int | None = None):
+def tokenize_ratings(
+    dataset, tokenizer, attributes: Sequence[str], max_length: int | None, *, num_proc: int | None = None
+):
     """Rated responses (``prompt``, ``response``, one column per attribute) → ``input_ids, labels``
     (one float per attribute) and the truncation stats."""
-    tokenized = map_cached(dataset, _rating_rows, "ratings", tokenizer, max_length, num_proc, attributes=list(attributes))
+    tokenized = map_cached(
+        dataset, _rating_rows, "ratings", tokenizer, max_length, num_proc, attributes=list(attributes)
+    )
     stats = _truncation_stats(tokenized, ("tokens_cut",))
     logger.info("tokenized %d rated responses: %s", len(tokenized), stats.summary())
     return tokenized.remove_columns(["tokens_cut"]), stats
@@ -56,7 +60,9 @@ def tokenize_justifier_examples(dataset, tokenizer, max_length: int | None, *, n
     stats.add(cut for cut, kept in zip(tokenized["prompt_tokens_cut"], fits) if kept)
     too_long = len(tokenized) - stats.sequences
     kept = tokenized.filter(lambda flags: flags, input_columns="target_fits", batched=True) if too_long else tokenized
-    summary = truncation_summary(stats) + (f"; {too_long} examples dropped (target longer than max_length)" if too_long else "")
+    summary = truncation_summary(stats) + (
+        f"; {too_long} examples dropped (target longer than max_length)" if too_long else ""
+    )
     logger.info("tokenized %d justifier examples: %s", len(kept), summary)
     return kept.remove_columns(["prompt_tokens_cut", "target_fits"]), summary
 
@@ -65,10 +71,21 @@ def tokenize_justifier_examples(dataset, tokenizer, max_length: int | None, *, n
 def _pair_rows(batch: dict, tokenizer, max_length: int | None) -> dict:
     prompts = batch["prompt"]
     (chosen, chosen_cut), (rejected, rejected_cut) = encode_pairs(
-        tokenizer, prompts, batch["chosen"], batch["rejected"], max_length, rejected_prompts=batch.get("rejected_prompt"))
+        tokenizer,
+        prompts,
+        batch["chosen"],
+        batch["rejected"],
+        max_length,
+        rejected_prompts=batch.get("rejected_prompt"),
+    )
     margins = [float(m) for m in batch["margin"]] if "margin" in batch else [1.0] * len(prompts)
-    return {"chosen_ids": chosen, "rejected_ids": rejected, "margin": margins,
-            "chosen_tokens_cut": chosen_cut, "rejected_tokens_cut": rejected_cut}
+    return {
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
+        "margin": margins,
+        "chosen_tokens_cut": chosen_cut,
+        "rejected_tokens_cut": rejected_cut,
+    }
 
 
 def _rating_rows(batch: dict, tokenizer, max_length: int | None, attributes: list[str]) -> dict:
@@ -78,16 +95,28 @@ def _rating_rows(batch: dict, tokenizer, max_length: int | None, attributes: lis
 
 
 def _justifier_rows(batch: dict, tokenizer, max_length: int | None) -> dict:
-    encoded = encode_justifier_examples(tokenizer, batch["prompt"], batch["response_1"], batch["response_2"],
-                                        batch["target"], max_length)
+    encoded = encode_justifier_examples(
+        tokenizer, batch["prompt"], batch["response_1"], batch["response_2"], batch["target"], max_length
+    )
     # A dropped example keeps a row here (empty ids, target_fits False) so the count survives the cache.
-    return {"input_ids": [e[0] if e else [] for e in encoded], "labels": [e[1] if e else [] for e in encoded],
-            "prompt_tokens_cut": [e[2] if e else 0 for e in encoded], "target_fits": [e is not None for e in encoded]}
+    return {
+        "input_ids": [e[0] if e else [] for e in encoded],
+        "labels": [e[1] if e else [] for e in encoded],
+        "prompt_tokens_cut": [e[2] if e else 0 for e in encoded],
+        "target_fits": [e is not None for e in encoded],
+    }
 
 
 # ----------------------------------------------------------------------------------- the map
-def map_cached(dataset, rows: Callable[..., dict], kind: str, tokenizer, max_length: int | None, num_proc: int | None,
-               **options: Any):
+def map_cached(
+    dataset,
+    rows: Callable[..., dict],
+    kind: str,
+    tokenizer,
+    max_length: int | None,
+    num_proc: int | None,
+    **options: Any,
+):
     """``dataset.map(rows, batched=True)`` into a cache file named by the fingerprint of everything
     the ids depend on (an in-memory dataset gets no cache file from ``datasets`` itself)."""
     import datasets
@@ -96,16 +125,25 @@ def map_cached(dataset, rows: Callable[..., dict], kind: str, tokenizer, max_len
     fn_kwargs = {"tokenizer": tokenizer, "max_length": max_length, **options}
     if len(dataset) == 0:  # map never calls the function on no rows, so the columns would be missing
         return datasets.Dataset.from_dict(rows({name: [] for name in dataset.column_names}, **fn_kwargs))
-    fingerprint = Hasher.hash([kind, TOKENIZED_FORMAT, dataset._fingerprint, tokenizer_fingerprint(tokenizer),
-                               max_length, options])
+    fingerprint = Hasher.hash(
+        [kind, TOKENIZED_FORMAT, dataset._fingerprint, tokenizer_fingerprint(tokenizer), max_length, options]
+    )
     cache_file = None
     if datasets.is_caching_enabled():
         folder = Path(datasets.config.HF_DATASETS_CACHE) / CACHE_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         cache_file = str(folder / f"{kind}-{fingerprint}.arrow")
-    return dataset.map(rows, batched=True, fn_kwargs=fn_kwargs, remove_columns=dataset.column_names, num_proc=num_proc,
-                       cache_file_name=cache_file, new_fingerprint=fingerprint, load_from_cache_file=True,
-                       desc=f"tokenizing {kind}")
+    return dataset.map(
+        rows,
+        batched=True,
+        fn_kwargs=fn_kwargs,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        cache_file_name=cache_file,
+        new_fingerprint=fingerprint,
+        load_from_cache_file=True,
+        desc=f"tokenizing {kind}",
+    )
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -115,8 +153,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else Hasher.hash(tokenizer)
-    return Hasher.hash([type(tokenizer).__name__, definition, getattr(tokenizer, "chat_template", None),
-                        bool(getattr(tokenizer, "split_special_tokens", False))])
+    return Hasher.hash(
+        [
+            type(tokenizer).__name__,
+            definition,
+            getattr(tokenizer, "chat_template", None),
+            bool(getattr(tokenizer, "split_special_tokens", False)),
+        ]
+    )
 
 
 def _truncation_stats(tokenized, columns: Sequence[str]) -> TruncationStats:

@@ -88,8 +88,9 @@ class CandidatePairs:
         """Pairs given as two aligned (N, D) arrays: row i of ``first`` against row i of ``second``."""
         first, second = np.asarray(first), np.asarray(second)
         if first.shape != second.shape or first.ndim != 2:
-            raise ValueError(f"the two sides of the pairs must be (N, D) arrays of one shape, got {first.shape} and "
-                             f"{second.shape}")
+            raise ValueError(
+                f"the two sides of the pairs must be (N, D) arrays of one shape, got {first.shape} and {second.shape}"
+            )
         n = len(first)
         return cls(np.concatenate([first, second]), np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1))
 
@@ -105,8 +106,10 @@ def as_candidate_pairs(candidates: Any, name: str = "candidates") -> CandidatePa
         if index_pairs and not np.issubdtype(a.dtype, np.integer):
             return CandidatePairs(a, b)
         return CandidatePairs.from_sides(a, b)
-    raise ValueError(f"{name}: expected CandidatePairs, (items, pairs) or (first_embeddings, second_embeddings); "
-                     f"got {type(candidates).__name__}")
+    raise ValueError(
+        f"{name}: expected CandidatePairs, (items, pairs) or (first_embeddings, second_embeddings); "
+        f"got {type(candidates).__name__}"
+    )
 
 
 @dataclass
@@ -141,8 +144,9 @@ def last_layer_of(model: Any, batch_size: int = 8192) -> LastLayer:
         head = model.head
         if getattr(head, "bias", None) is not None:
             # r̂_1 − r̂_2 = d·β only holds when the last layer has no bias (paper, section 3.1).
-            raise ValueError("the model's last layer has a bias; active selection expects a bias-free head "
-                             "(BT is shift-invariant)")
+            raise ValueError(
+                "the model's last layer has a bias; active selection expects a bias-free head (BT is shift-invariant)"
+            )
         weight = head.weight.detach().cpu().double().numpy().reshape(-1)
         parameter = next(model.parameters())
 
@@ -152,15 +156,18 @@ def last_layer_of(model: Any, batch_size: int = 8192) -> LastLayer:
             out = []
             with torch.no_grad():
                 for start in range(0, len(x), batch_size):
-                    chunk = torch.as_tensor(np.asarray(x[start:start + batch_size]), dtype=parameter.dtype,
-                                            device=parameter.device)
+                    chunk = torch.as_tensor(
+                        np.asarray(x[start : start + batch_size]), dtype=parameter.dtype, device=parameter.device
+                    )
                     out.append(model.features(chunk).detach().cpu().numpy())
             model.train(was_training)
             return np.concatenate(out) if out else np.zeros((0, weight.size))
 
         return LastLayer(features, weight)
-    raise ValueError("model: expected an object with .features() and a .head linear layer, a weight vector, "
-                     f"a LastLayer or None; got {type(model).__name__}")
+    raise ValueError(
+        "model: expected an object with .features() and a .head linear layer, a weight vector, "
+        f"a LastLayer or None; got {type(model).__name__}"
+    )
 
 
 def pair_feature_differences(layer: LastLayer, pairs: CandidatePairs) -> np.ndarray:
@@ -220,8 +227,12 @@ def leverage_scores(differences: np.ndarray, variances: np.ndarray | None, infor
     return np.einsum("ij,ij->j", solved, solved, dtype=np.float64)
 
 
-def dopt_scores(differences: np.ndarray, reward_difference: np.ndarray, past_information: np.ndarray | None = None,
-                ridge: float = 1e-3) -> np.ndarray:
+def dopt_scores(
+    differences: np.ndarray,
+    reward_difference: np.ndarray,
+    past_information: np.ndarray | None = None,
+    ridge: float = 1e-3,
+) -> np.ndarray:
     """D-opt sensitivity of each candidate (paper eqs. 8–10):
 
         S(w) = log det(Σ_i w_i p̂_i(1−p̂_i) d_i d_iᵀ + I_past + λI)
@@ -316,8 +327,13 @@ def weighted_sample_without_replacement(weights: np.ndarray, k: int, rng: np.ran
     return order[:k]
 
 
-def laplace_posterior_samples(weight: np.ndarray, labelled_differences: np.ndarray | None, n_samples: int,
-                              rng: np.random.Generator, prior_precision: float | None = None) -> np.ndarray:
+def laplace_posterior_samples(
+    weight: np.ndarray,
+    labelled_differences: np.ndarray | None,
+    n_samples: int,
+    rng: np.random.Generator,
+    prior_precision: float | None = None,
+) -> np.ndarray:
     """Samples of the last-layer weight from its Laplace posterior, (n_samples, h):
 
         β ~ N(β̂, (I_labelled + τI)⁻¹),   I_labelled = Σ p̂_j(1−p̂_j) d_j d_jᵀ over the labelled pairs
@@ -347,8 +363,9 @@ def _binary_entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p) + (1 - p) * np.log1p(-p))
 
 
-def batchbald_select(probabilities: np.ndarray, k: int, rng: np.random.Generator, n_configurations: int = 128,
-                     block: int = 64) -> np.ndarray:
+def batchbald_select(
+    probabilities: np.ndarray, k: int, rng: np.random.Generator, n_configurations: int = 128, block: int = 64
+) -> np.ndarray:
     """Greedy BatchBALD (Kirsch et al. 2019, algorithm 1) from posterior predictive samples.
 
     ``probabilities`` (N, S): P(first wins | β_s) for S posterior samples. The batch B grows by
@@ -465,8 +482,10 @@ class SelectionProblem:
 
     def need_predictions(self, strategy: str) -> np.ndarray:
         if self.reward_difference is None:
-            raise ValueError(f"strategy {strategy!r} needs a trained model's predictions; pass a model "
-                             "(or use 'random' / 'det_xtx' for the first batch)")
+            raise ValueError(
+                f"strategy {strategy!r} needs a trained model's predictions; pass a model "
+                "(or use 'random' / 'det_xtx' for the first batch)"
+            )
         return self.reward_difference
 
 
@@ -507,16 +526,25 @@ def _select_coreset(problem: SelectionProblem, k: int) -> np.ndarray:
     radius = problem.options.coreset_radius
     if radius is None:
         radius = max(float(np.linalg.norm(problem.weight)), 1e-6)
-    sensitivities = coreset_sensitivities(problem.differences * signs[:, None], problem.options.coreset_clusters,
-                                          radius, seed=int(problem.rng.integers(2**31)))
+    sensitivities = coreset_sensitivities(
+        problem.differences * signs[:, None],
+        problem.options.coreset_clusters,
+        radius,
+        seed=int(problem.rng.integers(2**31)),
+    )
     return weighted_sample_without_replacement(sensitivities, k, problem.rng)
 
 
 def _select_batchbald(problem: SelectionProblem, k: int) -> np.ndarray:
     problem.need_predictions("batchbald")
     options = problem.options
-    samples = laplace_posterior_samples(problem.weight, problem.labelled_differences, options.batchbald_samples,
-                                        problem.rng, options.batchbald_prior_precision)
+    samples = laplace_posterior_samples(
+        problem.weight,
+        problem.labelled_differences,
+        options.batchbald_samples,
+        problem.rng,
+        options.batchbald_prior_precision,
+    )
     probabilities = sigmoid(problem.differences.astype(np.float64) @ samples.T)  # (N, S)
     pool = np.arange(len(probabilities))
     limit = None if options.batchbald_pool is None else max(options.batchbald_pool, k)
@@ -551,8 +579,16 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-def select_pairs(model: Any, candidates: Any, k: int, strategy: str, labelled: Any = None, *,
-                 seed: int | np.random.Generator = 0, options: SelectionOptions | None = None) -> np.ndarray:
+def select_pairs(
+    model: Any,
+    candidates: Any,
+    k: int,
+    strategy: str,
+    labelled: Any = None,
+    *,
+    seed: int | np.random.Generator = 0,
+    options: SelectionOptions | None = None,
+) -> np.ndarray:
     """Choose ``k`` of the candidate pairs to annotate next; returns k distinct indices into
     ``candidates``, the most wanted first (for ``random`` and ``coreset``, the draw order).
 
@@ -580,8 +616,9 @@ def select_pairs(model: Any, candidates: Any, k: int, strategy: str, labelled: A
     differences = pair_feature_differences(layer, candidate_pairs)
     weight = layer.weight
     if weight is not None and weight.size != differences.shape[1]:
-        raise ValueError(f"the model's last-layer weight has {weight.size} entries but its features have "
-                         f"{differences.shape[1]}")
+        raise ValueError(
+            f"the model's last-layer weight has {weight.size} entries but its features have {differences.shape[1]}"
+        )
     labelled_differences = None
     if labelled is not None:
         labelled_pairs = as_candidate_pairs(labelled, "labelled")

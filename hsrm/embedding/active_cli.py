@@ -53,17 +53,24 @@ def active_main(argv: list[str]) -> None:
     from ..options import ResultFormat, parse_options, print_result
     from .loop import ActiveStudyConfig, run_active_study, summary_table
 
-    config, output = parse_options((ActiveStudyConfig, ResultFormat), argv, prog="hsrm active", positional="config",
-                                   description="The simulated online active-learning study (hsrm/embedding/loop.py).")
+    config, output = parse_options(
+        (ActiveStudyConfig, ResultFormat),
+        argv,
+        prog="hsrm active",
+        positional="config",
+        description="The simulated online active-learning study (hsrm/embedding/loop.py).",
+    )
     start = time.perf_counter()
     results = run_active_study(config)
     out = Path(config.output_dir)
     files = [str(out / "results.csv"), str(out / "summary.md"), *(str(p) for p in sorted(out.glob("*.png")))]
     runs = results.groupby(["strategy", "batch_size", "pairing", "seed"]).ngroups
     seconds = time.perf_counter() - start
-    print_result({"rounds": len(results), "runs": runs, "seconds": round(seconds, 1), "files": files},
-                 f"{summary_table(results)}\n\n{len(results)} rounds from {runs} runs in "
-                 f"{seconds:.1f} s → {', '.join(files)}", output.json)
+    print_result(
+        {"rounds": len(results), "runs": runs, "seconds": round(seconds, 1), "files": files},
+        f"{summary_table(results)}\n\n{len(results)} rounds from {runs} runs in {seconds:.1f} s → {', '.join(files)}",
+        output.json,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,8 +100,9 @@ def load_items(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(embeddings), prompt_ids
 
 
-def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarray | None
-                    ) -> tuple[np.ndarray, list[dict]]:
+def load_pool_pairs(
+    path: str | Path | None, n_items: int, prompt_ids: np.ndarray | None
+) -> tuple[np.ndarray, list[dict]]:
     """Candidate pairs (N, 2) and per-pair extra fields to show annotators.
 
     ``.jsonl`` rows {"first": i, "second": j, …}: any other field (prompt, responses, ids) is
@@ -103,8 +111,9 @@ def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarra
     """
     if path is None:
         if prompt_ids is None:
-            raise ValueError("no --pairs given and the embeddings carry no prompt_ids to pair responses within; "
-                             "pass --pairs")
+            raise ValueError(
+                "no --pairs given and the embeddings carry no prompt_ids to pair responses within; pass --pairs"
+            )
         from .annotate import group_by_prompt, in_prompt_pairs
 
         pairs = in_prompt_pairs(group_by_prompt(prompt_ids))
@@ -124,8 +133,9 @@ def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarra
             for name in ("first", "second"):
                 value = row.get(name)
                 if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{path} row {index}: `{name}` must be an integer row of the embeddings, "
-                                     f"got {value!r}")
+                    raise ValueError(
+                        f"{path} row {index}: `{name}` must be an integer row of the embeddings, got {value!r}"
+                    )
             firsts.append(row["first"])
             seconds.append(row["second"])
             extras.append({k: v for k, v in row.items() if k not in ("first", "second", "label", "pair_id")})
@@ -134,8 +144,9 @@ def load_pool_pairs(path: str | Path | None, n_items: int, prompt_ids: np.ndarra
     if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
         raise ValueError(f"{path}: pairs must be (N, 2) integers, got {pairs.shape} {pairs.dtype}")
     if len(pairs) and (pairs.min() < 0 or pairs.max() >= n_items):
-        raise ValueError(f"{path}: pairs refer to rows {pairs.min()}..{pairs.max()} but the embeddings have "
-                         f"{n_items} rows")
+        raise ValueError(
+            f"{path}: pairs refer to rows {pairs.min()}..{pairs.max()} but the embeddings have {n_items} rows"
+        )
     if len(pairs) and np.any(pairs[:, 0] == pairs[:, 1]):
         row = int(np.flatnonzero(pairs[:, 0] == pairs[:, 1])[0])
         raise ValueError(f"{path}: row {row} pairs a response with itself")
@@ -157,8 +168,9 @@ def parse_label(value: Any, where: str) -> int | str | None:
     if isinstance(key, float) and key in (0.0, 1.0):
         key = int(key)
     if key not in LABEL_VALUES:
-        raise ValueError(f"{where}: label {value!r} is not one of 1 (first preferred), 0 (second preferred), "
-                         "\"skip\" or null")
+        raise ValueError(
+            f'{where}: label {value!r} is not one of 1 (first preferred), 0 (second preferred), "skip" or null'
+        )
     return LABEL_VALUES[key]
 
 
@@ -195,58 +207,97 @@ def select_main(argv: list[str]) -> dict:
     if opts.initial_strategy not in (None, "random", "det_xtx"):
         raise ValueError(f"--initial-strategy must be random or det_xtx, got {opts.initial_strategy!r}")
     summary = select_step(
-        opts.state_dir, embeddings=opts.embeddings, pairs=opts.pairs, strategy=opts.strategy,
-        batch_size=opts.batch_size, initial_strategy=opts.initial_strategy, candidates=opts.candidates,
-        hidden=opts.hidden, max_epochs=opts.max_epochs, seed=opts.seed, partial=opts.partial)
+        opts.state_dir,
+        embeddings=opts.embeddings,
+        pairs=opts.pairs,
+        strategy=opts.strategy,
+        batch_size=opts.batch_size,
+        initial_strategy=opts.initial_strategy,
+        candidates=opts.candidates,
+        hidden=opts.hidden,
+        max_epochs=opts.max_epochs,
+        seed=opts.seed,
+        partial=opts.partial,
+    )
     lines = [f"{summary['labels']} labels ({summary['ingested_now']} ingested now), {summary['open_pairs']} pairs open"]
     if "batch_file" in summary:
-        lines.append(f"round {summary['round']}: {summary['batch_size']} pairs chosen by {summary['strategy']} → "
-                     f"{summary['batch_file']} (label them, then call hsrm select {opts.state_dir} again)")
+        lines.append(
+            f"round {summary['round']}: {summary['batch_size']} pairs chosen by {summary['strategy']} → "
+            f"{summary['batch_file']} (label them, then call hsrm select {opts.state_dir} again)"
+        )
     if "message" in summary:
         lines.append(summary["message"])
     print_result(summary, "\n".join(lines), opts.json)
     return summary
 
 
-def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: str | None = None,
-                strategy: str | None = None, batch_size: int | None = None, initial_strategy: str | None = None,
-                candidates: int | None = None,
-                hidden: list[int] | None = None, max_epochs: int | None = None, seed: int | None = None,
-                partial: bool = False) -> dict:
+def select_step(
+    state_dir: str | Path,
+    *,
+    embeddings: str | None = None,
+    pairs: str | None = None,
+    strategy: str | None = None,
+    batch_size: int | None = None,
+    initial_strategy: str | None = None,
+    candidates: int | None = None,
+    hidden: list[int] | None = None,
+    max_epochs: int | None = None,
+    seed: int | None = None,
+    partial: bool = False,
+) -> dict:
     """One turn of the live protocol (module docstring); returns a summary dict (also printed by the CLI)."""
     state_dir = Path(state_dir)
     state = _read_state(state_dir)
     if state is None:
         if embeddings is None:
-            raise ValueError(f"{state_dir} has no {STATE_FILE}: the first call needs --embeddings (and --pairs "
-                             "unless the .npz has prompt_ids)")
+            raise ValueError(
+                f"{state_dir} has no {STATE_FILE}: the first call needs --embeddings (and --pairs "
+                "unless the .npz has prompt_ids)"
+            )
         state_dir.mkdir(parents=True, exist_ok=True)
         items, prompt_ids = load_items(embeddings)
         pool_pairs, extras = load_pool_pairs(pairs, len(items), prompt_ids)
         state = {
             "embeddings": str(Path(embeddings).resolve()),
             "pairs": None if pairs is None else str(Path(pairs).resolve()),
-            "n_items": int(len(items)), "dim": int(items.shape[1]), "n_pairs": int(len(pool_pairs)),
-            "strategy": strategy or "dopt", "batch_size": int(batch_size or 100),
-            "initial_strategy": initial_strategy or "random", "candidates": int(candidates or 20000),
-            "hidden": hidden or [64, 64, 64], "max_epochs": int(max_epochs or 30),
-            "seed": int(seed or 0), "selection": {}, "round": 0, "pending": None, "skipped": [],
+            "n_items": int(len(items)),
+            "dim": int(items.shape[1]),
+            "n_pairs": int(len(pool_pairs)),
+            "strategy": strategy or "dopt",
+            "batch_size": int(batch_size or 100),
+            "initial_strategy": initial_strategy or "random",
+            "candidates": int(candidates or 20000),
+            "hidden": hidden or [64, 64, 64],
+            "max_epochs": int(max_epochs or 30),
+            "seed": int(seed or 0),
+            "selection": {},
+            "round": 0,
+            "pending": None,
+            "skipped": [],
         }
     else:
         for name, value in (("embeddings", embeddings), ("pairs", pairs), ("hidden", hidden), ("seed", seed)):
             if value is not None:
-                raise ValueError(f"--{name} is fixed at the first call ({state.get(name)!r}); start a new STATE_DIR "
-                                 "to change it")
+                raise ValueError(
+                    f"--{name} is fixed at the first call ({state.get(name)!r}); start a new STATE_DIR to change it"
+                )
         items, prompt_ids = load_items(state["embeddings"])
         if items.shape != (state["n_items"], state["dim"]):
-            raise ValueError(f"{state['embeddings']} changed since the first call: shape {items.shape}, expected "
-                             f"{(state['n_items'], state['dim'])}")
+            raise ValueError(
+                f"{state['embeddings']} changed since the first call: shape {items.shape}, expected "
+                f"{(state['n_items'], state['dim'])}"
+            )
         pool_pairs, extras = load_pool_pairs(state["pairs"], len(items), prompt_ids)
         if len(pool_pairs) != state["n_pairs"]:
-            raise ValueError(f"the pairs changed since the first call: {len(pool_pairs)} rows, "
-                             f"expected {state['n_pairs']}")
-        changeable = (("strategy", strategy), ("batch_size", batch_size), ("candidates", candidates),
-                      ("max_epochs", max_epochs))
+            raise ValueError(
+                f"the pairs changed since the first call: {len(pool_pairs)} rows, expected {state['n_pairs']}"
+            )
+        changeable = (
+            ("strategy", strategy),
+            ("batch_size", batch_size),
+            ("candidates", candidates),
+            ("max_epochs", max_epochs),
+        )
         for name, value in changeable:
             if value is not None:
                 state[name] = value
@@ -274,8 +325,12 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     closed[[row["pair_id"] for row in labels]] = True
     closed[state["skipped"]] = True
     open_ids = np.flatnonzero(~closed)
-    summary = {"state_dir": str(state_dir), "labels": len(labels), "ingested_now": ingested,
-               "open_pairs": int(len(open_ids))}
+    summary = {
+        "state_dir": str(state_dir),
+        "labels": len(labels),
+        "ingested_now": ingested,
+        "open_pairs": int(len(open_ids)),
+    }
     if train_seconds is not None:
         summary["train_seconds"] = round(train_seconds, 2)
     if state["pending"] is not None:
@@ -295,9 +350,15 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     strategy = state["strategy"] if model is not None else state["initial_strategy"]
     labelled_ids = np.array([row["pair_id"] for row in labels], dtype=np.int64)
     start = time.perf_counter()
-    chosen = select_pairs(model, CandidatePairs(items, pool_pairs[open_ids]), k, strategy,
-                          labelled=CandidatePairs(items, pool_pairs[labelled_ids]) if len(labelled_ids) else None,
-                          seed=rng, options=SelectionOptions(**state["selection"]))
+    chosen = select_pairs(
+        model,
+        CandidatePairs(items, pool_pairs[open_ids]),
+        k,
+        strategy,
+        labelled=CandidatePairs(items, pool_pairs[labelled_ids]) if len(labelled_ids) else None,
+        seed=rng,
+        options=SelectionOptions(**state["selection"]),
+    )
     select_seconds = time.perf_counter() - start
     chosen_ids = open_ids[chosen]
     state["round"] += 1
@@ -309,8 +370,15 @@ def select_step(state_dir: str | Path, *, embeddings: str | None = None, pairs: 
     atomic_write_jsonl(batch_path, rows)
     state["pending"] = batch_path.name
     atomic_write_json(state_dir / STATE_FILE, state)
-    summary.update({"batch_file": str(batch_path), "batch_size": int(k), "strategy": strategy,
-                    "select_seconds": round(select_seconds, 3), "round": state["round"]})
+    summary.update(
+        {
+            "batch_file": str(batch_path),
+            "batch_size": int(k),
+            "strategy": strategy,
+            "select_seconds": round(select_seconds, 3),
+            "round": state["round"],
+        }
+    )
     return summary
 
 
@@ -361,8 +429,14 @@ def _retrain(state_dir: Path, state: dict, items: np.ndarray, labels: list[dict]
     second = np.array([row["second"] for row in labels], dtype=np.int64)
     wins = np.array([row["label"] == 1 for row in labels])
     start = time.perf_counter()
-    model = fit_bt_mlp(np.asarray(items[first]), np.asarray(items[second]), wins, hidden=tuple(state["hidden"]),
-                       max_epochs=state["max_epochs"], seed=state["seed"])
+    model = fit_bt_mlp(
+        np.asarray(items[first]),
+        np.asarray(items[second]),
+        wins,
+        hidden=tuple(state["hidden"]),
+        max_epochs=state["max_epochs"],
+        seed=state["seed"],
+    )
     seconds = time.perf_counter() - start
     save_model(model, state_dir / MODEL_DIR)
     return model, seconds

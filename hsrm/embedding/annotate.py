@@ -51,8 +51,9 @@ def expected_error_rate(golden_first: np.ndarray, golden_second: np.ndarray, bet
     return float(np.mean(1.0 - correct_label_probability(delta, beta)))
 
 
-def simulate_annotations(golden_first: np.ndarray, golden_second: np.ndarray, beta: float,
-                         rng: np.random.Generator | int | None = None) -> np.ndarray:
+def simulate_annotations(
+    golden_first: np.ndarray, golden_second: np.ndarray, beta: float, rng: np.random.Generator | int | None = None
+) -> np.ndarray:
     """Noisy labels ``first_wins`` (bool, one per pair): correct with probability σ(β|Δr|).
 
     A pair with Δr = 0 has no correct answer; it is a coin flip (σ(0) = ½ either way).
@@ -91,8 +92,9 @@ def group_by_prompt(prompt_ids: Sequence) -> list[np.ndarray]:
     return [groups[k] for k in np.argsort(first_seen)]
 
 
-def select_design(prompt_ids: Sequence, golden: np.ndarray, design: str, rng: np.random.Generator | int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def select_design(
+    prompt_ids: Sequence, golden: np.ndarray, design: str, rng: np.random.Generator | int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Two responses per prompt (prompts with at least two): (first, second) index arrays.
 
     * random: two distinct responses drawn uniformly;
@@ -134,9 +136,13 @@ def select_design(prompt_ids: Sequence, golden: np.ndarray, design: str, rng: np
     return first.astype(np.int64), second.astype(np.int64)
 
 
-def cross_prompt_shuffle(first: np.ndarray, second: np.ndarray, prompt_ids: Sequence,
-                         rng: np.random.Generator | int | None = None, max_tries: int = 100
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def cross_prompt_shuffle(
+    first: np.ndarray,
+    second: np.ndarray,
+    prompt_ids: Sequence,
+    rng: np.random.Generator | int | None = None,
+    max_tries: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-pair the same responses at random so that the two sides of every pair come from
     different prompts (the paper's X-Prompt annotation of a design's responses)."""
     rng = np.random.default_rng(rng)
@@ -147,7 +153,7 @@ def cross_prompt_shuffle(first: np.ndarray, second: np.ndarray, prompt_ids: Sequ
     n = len(first)
     for _ in range(max_tries):
         perm = rng.permutation(pool)
-        a, b = perm[:n], perm[n:2 * n]
+        a, b = perm[:n], perm[n : 2 * n]
         clash = prompt_ids[a] == prompt_ids[b]
         # Repair the few same-prompt pairs by swapping their second side with random other pairs.
         for i in np.flatnonzero(clash):
@@ -170,8 +176,9 @@ def in_prompt_pairs(groups: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
 
 
-def cross_prompt_pairs(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int,
-                       rng: np.random.Generator) -> np.ndarray:
+def cross_prompt_pairs(
+    members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int, rng: np.random.Generator
+) -> np.ndarray:
     """``n_pairs`` distinct random pairs of ``members`` (item indices) answering different prompts."""
     if len(np.unique(prompt_ids[members])) < 2:
         raise ValueError("cross-prompt pairs need responses to at least two prompts")
@@ -191,8 +198,14 @@ def cross_prompt_pairs(members: np.ndarray, prompt_ids: np.ndarray, n_pairs: int
     return np.array(list(found), dtype=np.int64).reshape(-1, 2)
 
 
-def round_candidates(prompt_groups: Sequence[np.ndarray], prompt_ids: np.ndarray, pairing: str, prompts_per_round: int,
-                     n_candidates: int, rng: np.random.Generator) -> np.ndarray:
+def round_candidates(
+    prompt_groups: Sequence[np.ndarray],
+    prompt_ids: np.ndarray,
+    pairing: str,
+    prompts_per_round: int,
+    n_candidates: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """The candidate pairs of one round of the active loop: draw prompts, pair their responses, keep
     ``n_candidates`` at random, each in a random order (position carries no information)."""
     chosen = rng.choice(len(prompt_groups), size=min(prompts_per_round, len(prompt_groups)), replace=False)
@@ -234,9 +247,15 @@ class AnnotatedPairs:
         return expected_error_rate(self.golden_first, self.golden_second, beta)
 
 
-def build_pairs(prompt_ids: Sequence, golden: np.ndarray, *, design: str = "random", pairing: str = "in-prompt",
-                n_pairs: int | None = None, rng: np.random.Generator | int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def build_pairs(
+    prompt_ids: Sequence,
+    golden: np.ndarray,
+    *,
+    design: str = "random",
+    pairing: str = "in-prompt",
+    n_pairs: int | None = None,
+    rng: np.random.Generator | int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs for ``n_pairs`` annotations.
 
     The design picks two responses per prompt; when ``n_pairs`` exceeds the number of prompts the
@@ -253,8 +272,10 @@ def build_pairs(prompt_ids: Sequence, golden: np.ndarray, *, design: str = "rand
             raise ValueError(f"n_pairs must be positive, got {n_pairs}")
         while len(first) < n_pairs:
             if design != "random":
-                raise ValueError(f"the {design} design yields one pair per prompt ({len(first)} here); "
-                                 f"asked for {n_pairs} annotations: use more prompts or fewer annotations")
+                raise ValueError(
+                    f"the {design} design yields one pair per prompt ({len(first)} here); "
+                    f"asked for {n_pairs} annotations: use more prompts or fewer annotations"
+                )
             more_first, more_second = select_design(prompt_ids, golden, design, rng)
             first, second = np.concatenate([first, more_first]), np.concatenate([second, more_second])
         keep = np.sort(rng.choice(len(first), size=n_pairs, replace=False))
@@ -264,9 +285,16 @@ def build_pairs(prompt_ids: Sequence, golden: np.ndarray, *, design: str = "rand
     return first, second
 
 
-def annotate_pairs(prompt_ids: Sequence, golden: np.ndarray, *, beta: float, design: str = "random",
-                   pairing: str = "in-prompt", n_pairs: int | None = None,
-                   rng: np.random.Generator | int | None = None) -> AnnotatedPairs:
+def annotate_pairs(
+    prompt_ids: Sequence,
+    golden: np.ndarray,
+    *,
+    beta: float,
+    design: str = "random",
+    pairing: str = "in-prompt",
+    n_pairs: int | None = None,
+    rng: np.random.Generator | int | None = None,
+) -> AnnotatedPairs:
     """Build pairs with :func:`build_pairs` and label them with a σ(β|Δr|) annotator."""
     rng = np.random.default_rng(rng)
     golden = np.asarray(golden, dtype=np.float64)
@@ -278,10 +306,17 @@ def annotate_pairs(prompt_ids: Sequence, golden: np.ndarray, *, beta: float, des
 # ---------------------------------------------------------------- golden rewards from a full reward model
 
 
-def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequence[str], *,
-                             max_length: int | None = None, batch_size: int = 8,
-                             attribute_weights: Sequence[float] | str | None = "auto", device: str | None = None,
-                             dtype: str = "float32") -> np.ndarray:
+def golden_from_reward_model(
+    model_path: str,
+    prompts: Sequence,
+    responses: Sequence[str],
+    *,
+    max_length: int | None = None,
+    batch_size: int = 8,
+    attribute_weights: Sequence[float] | str | None = "auto",
+    device: str | None = None,
+    dtype: str = "float32",
+) -> np.ndarray:
     """Golden rewards r(x, y) from a trained reward-model folder: exactly what ``hsrm score`` gives
     (:class:`hsrm.scoring.RewardScorer`: the model's chat template, left truncation to
     ``max_length`` — by default the length it was trained with — and the scalar reward of its
@@ -290,8 +325,15 @@ def golden_from_reward_model(model_path: str, prompts: Sequence, responses: Sequ
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    scorer = RewardScorer(model_path, batch_size=batch_size, max_length=max_length, attribute_weights=attribute_weights,
-                          device=device, dtype=dtype, progress=True)
+    scorer = RewardScorer(
+        model_path,
+        batch_size=batch_size,
+        max_length=max_length,
+        attribute_weights=attribute_weights,
+        device=device,
+        dtype=dtype,
+        progress=True,
+    )
     return np.asarray(scorer.score(list(prompts), list(responses), desc="golden reward"), dtype=np.float64)
 
 
@@ -317,8 +359,10 @@ class ResponsePool:
         if self.embeddings.ndim != 2:
             raise ValueError(f"ResponsePool: embeddings must be (n, d), got shape {self.embeddings.shape}")
         if not (len(self.embeddings) == len(self.golden) == len(self.prompt_ids)):
-            raise ValueError(f"ResponsePool: {len(self.embeddings)} embeddings, {len(self.golden)} golden rewards and "
-                             f"{len(self.prompt_ids)} prompt ids; they must match")
+            raise ValueError(
+                f"ResponsePool: {len(self.embeddings)} embeddings, {len(self.golden)} golden rewards and "
+                f"{len(self.prompt_ids)} prompt ids; they must match"
+            )
         if not np.all(np.isfinite(self.golden)):
             raise ValueError("ResponsePool: golden rewards contain NaN or infinite values")
 
@@ -328,8 +372,9 @@ class ResponsePool:
     def subset(self, index: np.ndarray) -> ResponsePool:
         return ResponsePool(self.embeddings[index], self.golden[index], self.prompt_ids[index])
 
-    def split_by_prompt(self, test_fraction: float, rng: np.random.Generator | int | None = None
-                        ) -> tuple[ResponsePool, ResponsePool]:
+    def split_by_prompt(
+        self, test_fraction: float, rng: np.random.Generator | int | None = None
+    ) -> tuple[ResponsePool, ResponsePool]:
         """(train, test): whole prompts go to one side, so test prompts are never seen in training."""
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -355,6 +400,8 @@ class ResponsePool:
         with np.load(path, allow_pickle=False) as data:
             missing = {"embeddings", "golden", "prompt_ids"} - set(data.files)
             if missing:
-                raise ValueError(f"{path}: missing arrays {sorted(missing)}; embed with a golden reward "
-                                 "(`hsrm embed --golden-column …` or `--golden-model …`)")
+                raise ValueError(
+                    f"{path}: missing arrays {sorted(missing)}; embed with a golden reward "
+                    "(`hsrm embed --golden-column …` or `--golden-model …`)"
+                )
             return cls(data["embeddings"], data["golden"], data["prompt_ids"])

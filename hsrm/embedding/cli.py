@@ -30,31 +30,62 @@ def embed_main(argv: list[str] | None = None) -> dict:
     opts = parse_options(EmbedOptions, argv, prog="hsrm embed", description=EmbedOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_output(opts.output, inputs=[opts.data, opts.backbone, opts.golden_model], overwrite=opts.overwrite)
-    prompts, responses, prompt_ids, golden_values, pairs = read_conversations(opts.data, limit=opts.limit,
-                                                                             golden_column=opts.golden_column,
-                                                                             on_error=opts.on_bad_rows)
+    prompts, responses, prompt_ids, golden_values, pairs = read_conversations(
+        opts.data, limit=opts.limit, golden_column=opts.golden_column, on_error=opts.on_bad_rows
+    )
     backbone = load_backbone(opts.backbone, device=opts.device, dtype=opts.dtype)
     max_length = resolve_max_length(opts.max_length, read_record(backbone.path), backbone.model.config)
     cache = None if opts.cache.lower() == "none" else Path(opts.cache).expanduser()
-    embeddings, report = embed_conversations(backbone, prompts, responses, layer=opts.layer, max_length=max_length,
-                                             batch_size=opts.batch_size, cache_dir=cache)
+    embeddings, report = embed_conversations(
+        backbone,
+        prompts,
+        responses,
+        layer=opts.layer,
+        max_length=max_length,
+        batch_size=opts.batch_size,
+        cache_dir=cache,
+    )
     if opts.golden_model:
         from .annotate import golden_from_reward_model
 
-        golden_values = golden_from_reward_model(opts.golden_model, prompts, responses,
-                                                 max_length=opts.golden_max_length, batch_size=opts.batch_size,
-                                                 device=opts.device)
-    meta = {"source": opts.data, "model": backbone.path, "layer": backbone.resolve_layer(opts.layer),
-            "max_length": max_length, "dtype": backbone.dtype_name, "golden": opts.golden_column or opts.golden_model}
+        golden_values = golden_from_reward_model(
+            opts.golden_model,
+            prompts,
+            responses,
+            max_length=opts.golden_max_length,
+            batch_size=opts.batch_size,
+            device=opts.device,
+        )
+    meta = {
+        "source": opts.data,
+        "model": backbone.path,
+        "layer": backbone.resolve_layer(opts.layer),
+        "max_length": max_length,
+        "dtype": backbone.dtype_name,
+        "golden": opts.golden_column or opts.golden_model,
+    }
     data = EmbeddedData(embeddings, prompt_ids, golden_values, *(pairs or (None, None, None)), meta=meta)
     data.save(opts.output)
-    summary = {"output": opts.output, "responses": len(embeddings), "dim": int(embeddings.shape[1]),
-               "prompts": int(len(np.unique(prompt_ids))), "pairs": int(len(pairs[0])) if pairs else 0,
-               "golden": golden_values is not None, "from_cache": report.from_cache, "embedded": report.computed,
-               "truncated": report.truncated, "seconds": round(report.seconds, 2), "cache": report.cache_folder}
-    print_result(summary, f"{report.summary()}\nwrote {opts.output}: {summary['responses']} responses × "
-                          f"{summary['dim']} ({summary['prompts']} prompts, {summary['pairs']} pairs, golden reward: "
-                          f"{'yes' if summary['golden'] else 'no'})", opts.json)
+    summary = {
+        "output": opts.output,
+        "responses": len(embeddings),
+        "dim": int(embeddings.shape[1]),
+        "prompts": int(len(np.unique(prompt_ids))),
+        "pairs": int(len(pairs[0])) if pairs else 0,
+        "golden": golden_values is not None,
+        "from_cache": report.from_cache,
+        "embedded": report.computed,
+        "truncated": report.truncated,
+        "seconds": round(report.seconds, 2),
+        "cache": report.cache_folder,
+    }
+    print_result(
+        summary,
+        f"{report.summary()}\nwrote {opts.output}: {summary['responses']} responses × "
+        f"{summary['dim']} ({summary['prompts']} prompts, {summary['pairs']} pairs, golden reward: "
+        f"{'yes' if summary['golden'] else 'no'})",
+        opts.json,
+    )
     return summary
 
 
@@ -90,22 +121,41 @@ def fit_main(argv: list[str] | None = None) -> dict:
         if opts.beta is not None:
             if data.golden is None:
                 raise ValueError(f"{opts.embeddings} has no golden reward; --beta simulates annotators from it")
-            pairs = annotate_pairs(data.prompt_ids, data.golden, beta=opts.beta, design=opts.design,
-                                   pairing=opts.pairing, n_pairs=opts.n_annotations, rng=opts.seed)
+            pairs = annotate_pairs(
+                data.prompt_ids,
+                data.golden,
+                beta=opts.beta,
+                design=opts.design,
+                pairing=opts.pairing,
+                n_pairs=opts.n_annotations,
+                rng=opts.seed,
+            )
             first, second, first_wins = pairs.first, pairs.second, pairs.first_wins
             result.update(annotation_error_rate=pairs.error_rate, annotations=len(first_wins))
         elif data.has_pairs:
             first, second, first_wins = data.pair_first, data.pair_second, data.pair_first_wins
             result.update(annotations=len(first_wins))
         else:
-            raise ValueError(f"{opts.embeddings} holds no pairs; pass --beta to simulate annotations from its "
-                             "golden reward")
-        fit_mlp = {"hidden": tuple(opts.hidden), "lr": opts.lr, "max_epochs": opts.max_epochs,
-                   "patience": opts.patience, **({"batch_size": opts.batch_size} if opts.batch_size else {})}
+            raise ValueError(
+                f"{opts.embeddings} holds no pairs; pass --beta to simulate annotations from its golden reward"
+            )
+        fit_mlp = {
+            "hidden": tuple(opts.hidden),
+            "lr": opts.lr,
+            "max_epochs": opts.max_epochs,
+            "patience": opts.patience,
+            **({"batch_size": opts.batch_size} if opts.batch_size else {}),
+        }
         emb = data.embeddings
         if opts.ensemble:
-            model = fit_ensemble(list(opts.ensemble), emb[first], emb[second], first_wins,
-                                 seeds=list(opts.ensemble_seeds), mlp_kwargs=fit_mlp)
+            model = fit_ensemble(
+                list(opts.ensemble),
+                emb[first],
+                emb[second],
+                first_wins,
+                seeds=list(opts.ensemble_seeds),
+                mlp_kwargs=fit_mlp,
+            )
         else:
             kwargs = fit_mlp if opts.method != "clf-lgb" else {}
             model = fit_reward_model(opts.method, emb[first], emb[second], first_wins, seed=opts.seed, **kwargs)
@@ -113,8 +163,9 @@ def fit_main(argv: list[str] | None = None) -> dict:
         result.update(method=getattr(model, "method", opts.method), output=opts.output)
         history = getattr(model, "history", None)
         if history is not None:
-            result.update(epochs=len(history.train_loss), best_epoch=history.best_epoch,
-                          fit_seconds=round(history.seconds, 2))
+            result.update(
+                epochs=len(history.train_loss), best_epoch=history.best_epoch, fit_seconds=round(history.seconds, 2)
+            )
     if opts.eval_data:
         from .metrics import evaluate_scores, pairwise_accuracy
 
@@ -126,13 +177,17 @@ def fit_main(argv: list[str] | None = None) -> dict:
         if test.golden is not None:
             result.update({f"eval_{k}": v for k, v in evaluate_scores(scores, test.golden, test.prompt_ids).items()})
         if test.has_pairs:
-            result["eval_pair_accuracy"] = pairwise_accuracy(scores[test.pair_first], scores[test.pair_second],
-                                                             test.pair_first_wins)
+            result["eval_pair_accuracy"] = pairwise_accuracy(
+                scores[test.pair_first], scores[test.pair_second], test.pair_first_wins
+            )
     lines = []
     if "output" in result:
         lines.append(f"fitted {result['method']} on {result.get('annotations')} pairs → {result['output']}")
-    lines += [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()
-              if k.startswith("eval_") or k == "scores_output"]
+    lines += [
+        f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+        for k, v in result.items()
+        if k.startswith("eval_") or k == "scores_output"
+    ]
     print_result(result, "\n".join(lines) or "nothing to report", opts.json)
     return result
 
@@ -144,12 +199,24 @@ def study_main(argv: list[str] | None = None):
     from ..options import ResultFormat, parse_options, print_result
     from .study import StudyConfig, run_study
 
-    config, output = parse_options((StudyConfig, ResultFormat), argv, prog="hsrm study", positional="config",
-                                   description="Sweep reward-model setups on embeddings (hsrm/embedding/study.py).")
+    config, output = parse_options(
+        (StudyConfig, ResultFormat),
+        argv,
+        prog="hsrm study",
+        positional="config",
+        description="Sweep reward-model setups on embeddings (hsrm/embedding/study.py).",
+    )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     table = run_study(config)
     out = Path(config.output_dir)
-    print_result({"study": config.name, "setups": len(table), "output_dir": str(out),
-                  "files": sorted(p.name for p in out.iterdir())},
-                 (out / "summary.md").read_text(), output.json)
+    print_result(
+        {
+            "study": config.name,
+            "setups": len(table),
+            "output_dir": str(out),
+            "files": sorted(p.name for p in out.iterdir()),
+        },
+        (out / "summary.md").read_text(),
+        output.json,
+    )
     return table

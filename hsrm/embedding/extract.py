@@ -191,9 +191,11 @@ class EmbedReport:
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"{self.inputs} inputs ({self.distinct} distinct): {self.from_cache} from cache, {self.computed} "
-                f"embedded "
-                f"in {self.forward_passes} batches, {self.truncated} left-truncated, {self.seconds:.1f} s")
+        return (
+            f"{self.inputs} inputs ({self.distinct} distinct): {self.from_cache} from cache, {self.computed} "
+            f"embedded "
+            f"in {self.forward_passes} batches, {self.truncated} left-truncated, {self.seconds:.1f} s"
+        )
 
 
 def _last_token_states(backbone: Backbone, sequences: list[list[int]], layer_index: int):
@@ -207,17 +209,30 @@ def _last_token_states(backbone: Backbone, sequences: list[list[int]], layer_ind
     last_layer = layer_index == backbone.num_hidden_states - 1
     with torch.inference_mode():
         ((indices, batch),) = batches(sequences, "padded", pad_id=pad_id, batch_size=len(sequences))  # one batch
-        states = last_token_states(backbone.model, to_device(batch, backbone.device),
-                                   hidden_layer=None if last_layer else layer_index).float().cpu().numpy()
+        states = (
+            last_token_states(
+                backbone.model, to_device(batch, backbone.device), hidden_layer=None if last_layer else layer_index
+            )
+            .float()
+            .cpu()
+            .numpy()
+        )
     out = np.empty_like(states)
     out[indices] = states
     return out
 
 
-def embed_conversations(backbone: Backbone, prompts: Sequence, responses: Sequence[str], *, layer: int = -1,
-                        max_length: int | None = DEFAULT_MAX_LENGTH, batch_size: int = 16,
-                        cache_dir: str | os.PathLike | None = None, flush_every: int = DEFAULT_FLUSH_EVERY
-                        ) -> tuple[np.ndarray, EmbedReport]:
+def embed_conversations(
+    backbone: Backbone,
+    prompts: Sequence,
+    responses: Sequence[str],
+    *,
+    layer: int = -1,
+    max_length: int | None = DEFAULT_MAX_LENGTH,
+    batch_size: int = 16,
+    cache_dir: str | os.PathLike | None = None,
+    flush_every: int = DEFAULT_FLUSH_EVERY,
+) -> tuple[np.ndarray, EmbedReport]:
     """(n, d) float32 embeddings of prompt + response conversations, and a report.
 
     prompts: chat-message lists (or plain strings, taken as one user turn); responses: strings.
@@ -265,9 +280,14 @@ def embed_conversations(backbone: Backbone, prompts: Sequence, responses: Sequen
         pending_vectors.clear()
 
     try:
-        for lo in tqdm(range(0, len(missing), batch_size), desc=f"embed (layer {layer_index})", unit="batch",
-                       leave=False, disable=None):
-            batch_keys = missing[lo:lo + batch_size]
+        for lo in tqdm(
+            range(0, len(missing), batch_size),
+            desc=f"embed (layer {layer_index})",
+            unit="batch",
+            leave=False,
+            disable=None,
+        ):
+            batch_keys = missing[lo : lo + batch_size]
             states = _last_token_states(backbone, [token_ids[first_row[k]] for k in batch_keys], layer_index)
             report.forward_passes += 1
             report.computed += len(batch_keys)
@@ -309,8 +329,11 @@ class EmbeddedData:
     meta: dict = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> None:
-        arrays = {"embeddings": self.embeddings, "prompt_ids": self.prompt_ids,
-                  "meta": np.asarray(json.dumps(self.meta))}
+        arrays = {
+            "embeddings": self.embeddings,
+            "prompt_ids": self.prompt_ids,
+            "meta": np.asarray(json.dumps(self.meta)),
+        }
         for name in ("golden", "pair_first", "pair_second", "pair_first_wins"):
             value = getattr(self, name)
             if value is not None:
@@ -326,8 +349,15 @@ class EmbeddedData:
                 raise ValueError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
             get = lambda name: data[name] if name in data.files else None  # noqa: E731
             meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-            return cls(data["embeddings"], data["prompt_ids"], get("golden"), get("pair_first"), get("pair_second"),
-                       get("pair_first_wins"), meta)
+            return cls(
+                data["embeddings"],
+                data["prompt_ids"],
+                get("golden"),
+                get("pair_first"),
+                get("pair_second"),
+                get("pair_first_wins"),
+                meta,
+            )
 
     @property
     def has_pairs(self) -> bool:
@@ -346,8 +376,9 @@ def _prompt_key(prompt) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
-def read_conversations(source: str, *, limit: int | None = None, golden_column: str | None = None,
-                       on_error: str = "raise"):
+def read_conversations(
+    source: str, *, limit: int | None = None, golden_column: str | None = None, on_error: str = "raise"
+):
     """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included) or of
     single responses (``prompt``, ``response``[, golden column]).
 
@@ -388,8 +419,9 @@ def read_conversations(source: str, *, limit: int | None = None, golden_column: 
             raise ValueError("--golden-column applies to single-response rows; for pairs use --golden-model")
     else:
         if "response" not in first:
-            raise ValueError(f"{source}: rows need `prompt` + `response` (or `chosen` + `rejected`); "
-                             f"found {sorted(first)}")
+            raise ValueError(
+                f"{source}: rows need `prompt` + `response` (or `chosen` + `rejected`); found {sorted(first)}"
+            )
         for index, row in enumerate(rows[:limit] if limit else rows):
             score = None
             if golden_column:

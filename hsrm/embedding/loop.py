@@ -49,15 +49,17 @@ class ActiveStudyConfig:
     """One YAML file of ``recipes/studies/`` = one of these; every key is a field here."""
 
     # --- data: a ResponsePool .npz (`hsrm embed` with a golden reward) or a synthetic world
-    pool: str | None = option(None, "embeddings/golden/prompt_ids .npz (`hsrm embed --golden-model`); "
-                                    "empty → synthetic data")
+    pool: str | None = option(
+        None, "embeddings/golden/prompt_ids .npz (`hsrm embed --golden-model`); empty → synthetic data"
+    )
     test_fraction: float = option(0.1, "real pool: share of prompts held out for evaluation")
     synthetic: dict = option(help="SyntheticWorld fields (dim, latent_dim, …)", factory=dict)
     train_prompts: int = option(4000, "synthetic: training prompts", positive=True)
     responses_per_prompt: int = option(10, "synthetic: responses per training prompt (paper: 10)", positive=True)
     test_prompts: int = option(100, "synthetic: held-out prompts", positive=True)
-    test_responses: int = option(500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)",
-                                 positive=True)
+    test_responses: int = option(
+        500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)", positive=True
+    )
     # --- the loop (paper section 5.1)
     strategies: list[str] = option(help="selection strategies compared", factory=lambda: list(STRATEGIES))
     batch_sizes: list[int] = option(help="annotations per round (paper: 125, 250, 500, 1000)", factory=lambda: [500])
@@ -69,8 +71,9 @@ class ActiveStudyConfig:
     initial_strategy: str = option("random", "the first batch, chosen before any model exists: random | det_xtx")
     beta: float = option(1.0, "annotator quality: P(correct) = σ(β·|Δr|)")
     # --- the reward model, retrained every round
-    hidden: list[int] = option(help="MLP hidden sizes (paper section 5.1 / A.4: three hidden layers of 64)",
-                               factory=lambda: [64, 64, 64])
+    hidden: list[int] = option(
+        help="MLP hidden sizes (paper section 5.1 / A.4: three hidden layers of 64)", factory=lambda: [64, 64, 64]
+    )
     lr: float = option(1e-3, "Adam learning rate")
     max_epochs: int = option(30, "upper bound; early stopping usually ends sooner", positive=True)
     patience: int = option(3, "epochs without validation improvement before stopping", positive=True)
@@ -79,16 +82,19 @@ class ActiveStudyConfig:
     selection: dict = option(help="SelectionOptions fields (ridge, batchbald_samples, …)", factory=dict)
     # --- running
     output_dir: str = option("active_study", "results, plots and finished runs go here", aliases=["--output"])
-    workers: int = option(1, "runs in parallel processes (at most the CPU count; they share its threads)",
-                          positive=True)
+    workers: int = option(
+        1, "runs in parallel processes (at most the CPU count; they share its threads)", positive=True
+    )
 
     def __post_init__(self):
         for name in self.strategies:
             check_strategy(name)
         check_strategy(self.initial_strategy)
         if self.initial_strategy not in ("random", "det_xtx"):
-            raise ValueError("initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the "
-                             f"first batch), got {self.initial_strategy!r}")
+            raise ValueError(
+                "initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the "
+                f"first batch), got {self.initial_strategy!r}"
+            )
         for pairing in self.pairings:
             if pairing not in PAIRINGS:
                 raise ValueError(f"unknown pairing {pairing!r}; choose from {', '.join(PAIRINGS)}")
@@ -98,8 +104,9 @@ class ActiveStudyConfig:
             if int(size) < 1:
                 raise ValueError(f"batch sizes must be positive, got {size}")
             if int(size) > self.annotations:
-                raise ValueError(f"batch size {size} exceeds the annotation budget {self.annotations}; "
-                                 "raise `annotations`")
+                raise ValueError(
+                    f"batch size {size} exceeds the annotation budget {self.annotations}; raise `annotations`"
+                )
             if int(size) > self.candidates_per_round:
                 raise ValueError(f"batch size {size} exceeds candidates_per_round {self.candidates_per_round}")
         if self.prompts_per_round < 2:
@@ -138,8 +145,9 @@ def load_pools(config: ActiveStudyConfig, seed: int = 0):
     if config.pool is not None:
         return ResponsePool.load(config.pool).split_by_prompt(config.test_fraction, rng=seed)
     world = SyntheticWorld(**config.synthetic)
-    return world.train_test(config.train_prompts, config.test_prompts, config.responses_per_prompt,
-                            config.test_responses, seed=seed)
+    return world.train_test(
+        config.train_prompts, config.test_prompts, config.responses_per_prompt, config.test_responses, seed=seed
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,9 +175,13 @@ def evaluate_model(model, test) -> dict:
 
     scores = model.score(test.embeddings)
     metrics = evaluate_scores(scores, test.golden, test.prompt_ids)
-    return {"one_minus_spearman": 1.0 - metrics["spearman"], "spearman": metrics["spearman"],
-            "bon_reward": best_of_n_reward(scores, test.golden, test.prompt_ids), "bon_gain": metrics["bon_gain"],
-            "bon_gain_fraction": metrics["bon_gain_fraction"]}
+    return {
+        "one_minus_spearman": 1.0 - metrics["spearman"],
+        "spearman": metrics["spearman"],
+        "bon_reward": best_of_n_reward(scores, test.golden, test.prompt_ids),
+        "bon_gain": metrics["bon_gain"],
+        "bon_gain_fraction": metrics["bon_gain_fraction"],
+    }
 
 
 def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int = 1) -> list[dict]:
@@ -192,20 +204,30 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
     records = []
     torch.set_num_threads(threads)
     for round_index in range(config.annotations // key.batch_size):
-        candidates = round_candidates(groups, train.prompt_ids, key.pairing, config.prompts_per_round,
-                                      config.candidates_per_round, data_rng)
+        candidates = round_candidates(
+            groups, train.prompt_ids, key.pairing, config.prompts_per_round, config.candidates_per_round, data_rng
+        )
         fresh = ~np.isin(pair_keys(candidates, n_items), pair_keys(labelled, n_items))
         candidates = candidates[fresh]
         if len(candidates) < key.batch_size:
-            raise ValueError(f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of "
-                             f"{key.batch_size}; raise prompts_per_round or lower the batch size")
+            raise ValueError(
+                f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of "
+                f"{key.batch_size}; raise prompts_per_round or lower the batch size"
+            )
         start = time.perf_counter()
         pool = CandidatePairs(train.embeddings, candidates)
         if model is None:
             chosen = select_pairs(None, pool, key.batch_size, config.initial_strategy, seed=first_rng, options=options)
         else:
-            chosen = select_pairs(model, pool, key.batch_size, key.strategy,
-                                  labelled=CandidatePairs(train.embeddings, labelled), seed=select_rng, options=options)
+            chosen = select_pairs(
+                model,
+                pool,
+                key.batch_size,
+                key.strategy,
+                labelled=CandidatePairs(train.embeddings, labelled),
+                seed=select_rng,
+                options=options,
+            )
         select_seconds = time.perf_counter() - start
         batch = candidates[chosen]
         golden_first, golden_second = train.golden[batch[:, 0]], train.golden[batch[:, 1]]
@@ -214,16 +236,32 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
         labelled = np.concatenate([labelled, batch])
         wins = np.concatenate([wins, batch_wins])
         start = time.perf_counter()
-        model = fit_bt_mlp(train.embeddings[labelled[:, 0]], train.embeddings[labelled[:, 1]], wins,
-                           hidden=tuple(config.hidden), lr=config.lr, max_epochs=config.max_epochs,
-                           patience=config.patience, batch_size=config.train_batch_size,
-                           seed=key.seed * 10007 + round_index, init=model if config.warm_start else None)
+        model = fit_bt_mlp(
+            train.embeddings[labelled[:, 0]],
+            train.embeddings[labelled[:, 1]],
+            wins,
+            hidden=tuple(config.hidden),
+            lr=config.lr,
+            max_epochs=config.max_epochs,
+            patience=config.patience,
+            batch_size=config.train_batch_size,
+            seed=key.seed * 10007 + round_index,
+            init=model if config.warm_start else None,
+        )
         train_seconds = time.perf_counter() - start
-        records.append({
-            **asdict(key), "round": round_index + 1, "annotations": len(labelled), **evaluate_model(model, test),
-            "batch_error_rate": annotated.error_rate, "batch_mean_abs_delta": annotated.mean_abs_delta,
-            "candidates": len(candidates), "select_seconds": select_seconds, "train_seconds": train_seconds,
-        })
+        records.append(
+            {
+                **asdict(key),
+                "round": round_index + 1,
+                "annotations": len(labelled),
+                **evaluate_model(model, test),
+                "batch_error_rate": annotated.error_rate,
+                "batch_mean_abs_delta": annotated.mean_abs_delta,
+                "candidates": len(candidates),
+                "select_seconds": select_seconds,
+                "train_seconds": train_seconds,
+            }
+        )
     return records
 
 
@@ -234,8 +272,14 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
 
 def study_runs(config: ActiveStudyConfig) -> list[RunKey]:
     """The runs of the grid: seeds vary slowest, strategies fastest."""
-    grid = expand_grid({"seed": config.seeds, "pairing": config.pairings, "batch_size": config.batch_sizes,
-                        "strategy": config.strategies})
+    grid = expand_grid(
+        {
+            "seed": config.seeds,
+            "pairing": config.pairings,
+            "batch_size": config.batch_sizes,
+            "strategy": config.strategies,
+        }
+    )
     return [RunKey(run["strategy"], int(run["batch_size"]), run["pairing"], int(run["seed"])) for run in grid]
 
 
@@ -249,8 +293,15 @@ def run_active_study(config: ActiveStudyConfig, data_seed: int = 0, progress: bo
     out = Path(config.output_dir)
     atomic_write_json(out / "study.json", asdict(config))
     train, test = load_pools(config, data_seed)
-    runs = run_tasks(out, {key.name: key for key in study_runs(config)}, run_active, (config, train, test),
-                     n_jobs=config.workers, desc="active study", progress=progress)
+    runs = run_tasks(
+        out,
+        {key.name: key for key in study_runs(config)},
+        run_active,
+        (config, train, test),
+        n_jobs=config.workers,
+        desc="active study",
+        progress=progress,
+    )
     results = pd.DataFrame([record for records in runs.values() for record in records])
     write_tables(out, results, summary_table(results) + "\n")
     plot_active_study(results, out)
@@ -260,15 +311,19 @@ def run_active_study(config: ActiveStudyConfig, data_seed: int = 0, progress: bo
 def summary_table(results) -> str:
     """Markdown: per (pairing, batch size, strategy), mean ± sd over seeds at the last round, and
     the mean of 1 − Spearman over all rounds (area under the efficiency curve, lower is better)."""
-    lines = ["| pairing | batch | strategy | annotations | 1 − Spearman | BoN reward | mean 1 − Spearman over rounds "
-             "| select s/round |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| pairing | batch | strategy | annotations | 1 − Spearman | BoN reward | mean 1 − Spearman over rounds "
+        "| select s/round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for (pairing, batch, strategy), group in results.groupby(["pairing", "batch_size", "strategy"], sort=False):
         last = group[group["round"] == group["round"].max()]
         auc = group.groupby("seed")["one_minus_spearman"].mean()
-        lines.append(f"| {pairing} | {batch} | {strategy} | {int(last['annotations'].iloc[0])} | "
-                     f"{_mean_sd(last['one_minus_spearman'])} | {_mean_sd(last['bon_reward'])} | {_mean_sd(auc)} | "
-                     f"{group['select_seconds'].mean():.3f} |")
+        lines.append(
+            f"| {pairing} | {batch} | {strategy} | {int(last['annotations'].iloc[0])} | "
+            f"{_mean_sd(last['one_minus_spearman'])} | {_mean_sd(last['bon_reward'])} | {_mean_sd(auc)} | "
+            f"{group['select_seconds'].mean():.3f} |"
+        )
     return "\n".join(lines)
 
 

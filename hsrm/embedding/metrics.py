@@ -23,8 +23,10 @@ def _check(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> tupl
     golden = np.asarray(golden, dtype=np.float64).reshape(-1)
     prompt_ids = np.asarray(prompt_ids)
     if not (len(scores) == len(golden) == len(prompt_ids)):
-        raise ValueError(f"scores ({len(scores)}), golden ({len(golden)}) and prompt_ids ({len(prompt_ids)}) must have "
-                         "one entry per response")
+        raise ValueError(
+            f"scores ({len(scores)}), golden ({len(golden)}) and prompt_ids ({len(prompt_ids)}) must have "
+            "one entry per response"
+        )
     if len(scores) == 0:
         raise ValueError("no responses to evaluate")
     return scores, golden, prompt_ids
@@ -91,7 +93,7 @@ def per_prompt_spearman(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequ
         rs, rg = _rank(s), _rank(g)
         rs -= rs.mean(1, keepdims=True)
         rg -= rg.mean(1, keepdims=True)
-        denom = np.sqrt((rs ** 2).sum(1) * (rg ** 2).sum(1))
+        denom = np.sqrt((rs**2).sum(1) * (rg**2).sum(1))
         valid = denom > 0
         rhos.append((rs * rg).sum(1)[valid] / denom[valid])
     rhos = np.concatenate(rhos) if rhos else np.array([])
@@ -110,8 +112,12 @@ def evaluate_scores(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence
     """The study's metrics on one test set: BoN gain, oracle gain, their ratio, per-prompt Spearman."""
     gain = best_of_n_gain(scores, golden, prompt_ids)
     oracle = oracle_best_of_n_gain(golden, prompt_ids)
-    return {"bon_gain": gain, "oracle_gain": oracle, "bon_gain_fraction": gain / oracle if oracle > 0 else float("nan"),
-            "spearman": per_prompt_spearman(scores, golden, prompt_ids)}
+    return {
+        "bon_gain": gain,
+        "oracle_gain": oracle,
+        "bon_gain_fraction": gain / oracle if oracle > 0 else float("nan"),
+        "spearman": per_prompt_spearman(scores, golden, prompt_ids),
+    }
 
 
 def mean_sd_text(mean: float, sd: float, n: int) -> str:

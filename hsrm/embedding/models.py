@@ -63,8 +63,13 @@ class FitHistory:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss, "best_epoch": self.best_epoch,
-                "stopped_early": self.stopped_early, "seconds": self.seconds}
+        return {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+        }
 
 
 class MLPRewardModel(nn.Module):
@@ -112,8 +117,8 @@ class MLPRewardModel(nn.Module):
         self.eval()
         out = np.empty(len(embeddings), dtype=np.float64)
         for start in range(0, len(embeddings), _SCORE_CHUNK):
-            chunk = torch.from_numpy(np.ascontiguousarray(embeddings[start:start + _SCORE_CHUNK], dtype=np.float32))
-            out[start:start + len(chunk)] = self(chunk).double().numpy()
+            chunk = torch.from_numpy(np.ascontiguousarray(embeddings[start : start + _SCORE_CHUNK], dtype=np.float32))
+            out[start : start + len(chunk)] = self(chunk).double().numpy()
         self.train(was_training)
         return out
 
@@ -157,8 +162,9 @@ class EnsembleRewardModel:
 
     method = "ensemble"
 
-    def __init__(self, members: Sequence, offsets: Sequence[float] | None = None,
-                 scales: Sequence[float] | None = None):
+    def __init__(
+        self, members: Sequence, offsets: Sequence[float] | None = None, scales: Sequence[float] | None = None
+    ):
         if not members:
             raise ValueError("EnsembleRewardModel: no members")
         dims = {m.input_dim for m in members}
@@ -185,8 +191,14 @@ class EnsembleRewardModel:
         return total / len(self.members)
 
     def config(self) -> dict:
-        return {"kind": "ensemble", "method": self.method, "input_dim": self.input_dim, "offsets": self.offsets,
-                "scales": self.scales, "members": [m.method for m in self.members]}
+        return {
+            "kind": "ensemble",
+            "method": self.method,
+            "input_dim": self.input_dim,
+            "offsets": self.offsets,
+            "scales": self.scales,
+            "members": [m.method for m in self.members],
+        }
 
 
 # ---------------------------------------------------------------- input checks and pair → label
@@ -197,8 +209,10 @@ def _check_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarra
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d array (n, d), got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name}: the model expects {dim}-d embeddings, got {x.shape[1]}-d "
-                         "(embedded with another backbone or layer?)")
+        raise ValueError(
+            f"{name}: the model expects {dim}-d embeddings, got {x.shape[1]}-d "
+            "(embedded with another backbone or layer?)"
+        )
     return x
 
 
@@ -207,8 +221,10 @@ def _check_pairs(emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.n
     emb_second = _check_matrix(emb_second, "emb_second", emb_first.shape[1])
     first_wins = np.asarray(first_wins).astype(bool).reshape(-1)
     if not (len(emb_first) == len(emb_second) == len(first_wins)):
-        raise ValueError(f"pairs: emb_first has {len(emb_first)} rows, emb_second {len(emb_second)}, "
-                         f"first_wins {len(first_wins)}; they must match")
+        raise ValueError(
+            f"pairs: emb_first has {len(emb_first)} rows, emb_second {len(emb_second)}, "
+            f"first_wins {len(first_wins)}; they must match"
+        )
     if len(first_wins) < 2:
         raise ValueError(f"pairs: need at least 2 annotated pairs to fit, got {len(first_wins)}")
     return emb_first, emb_second, first_wins
@@ -240,17 +256,30 @@ def _batch(x: np.ndarray, index: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------- MLP training
 
 
-def _train_mlp(model: MLPRewardModel, n_items: int, batch_loss: Callable[[MLPRewardModel, np.ndarray], torch.Tensor],
-               *, lr: float, max_epochs: int, patience: int, val_fraction: float, batch_size: int, seed: int,
-               description: str, bf16: bool = False) -> MLPRewardModel:
+def _train_mlp(
+    model: MLPRewardModel,
+    n_items: int,
+    batch_loss: Callable[[MLPRewardModel, np.ndarray], torch.Tensor],
+    *,
+    lr: float,
+    max_epochs: int,
+    patience: int,
+    val_fraction: float,
+    batch_size: int,
+    seed: int,
+    description: str,
+    bf16: bool = False,
+) -> MLPRewardModel:
     """The loop shared by BT-MLP and CLF-MLP: Adam, shuffled mini-batches, early stopping on a
     held-out split with ``patience`` epochs, best weights restored. ``batch_loss(model, idx)`` is
     the mean loss of the items ``idx``; it must return an fp32 loss (``.float()`` under autocast)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1 or max_epochs < 1 or patience < 1:
-        raise ValueError(f"{description}: batch_size, max_epochs and patience must be ≥ 1 "
-                         f"(got {batch_size}, {max_epochs}, {patience})")
+        raise ValueError(
+            f"{description}: batch_size, max_epochs and patience must be ≥ 1 "
+            f"(got {batch_size}, {max_epochs}, {patience})"
+        )
     rng = np.random.default_rng(seed)
     train_idx, val_idx = _split_indices(n_items, val_fraction, rng)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -263,7 +292,7 @@ def _train_mlp(model: MLPRewardModel, n_items: int, batch_loss: Callable[[MLPRew
         order = rng.permutation(train_idx)
         total, count = 0.0, 0
         for lo in range(0, len(order), batch_size):
-            idx = order[lo:lo + batch_size]
+            idx = order[lo : lo + batch_size]
             # bf16 autocast (opt-in): about 2x faster training on CPUs with AVX512-BF16/AMX;
             # weights, Adam state, validation and scoring stay fp32.
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -279,8 +308,10 @@ def _train_mlp(model: MLPRewardModel, n_items: int, batch_loss: Callable[[MLPRew
             continue
         model.eval()
         with torch.no_grad():
-            val = sum(float(batch_loss(model, val_idx[lo:lo + 8192])) * len(val_idx[lo:lo + 8192])
-                      for lo in range(0, len(val_idx), 8192)) / len(val_idx)
+            val = sum(
+                float(batch_loss(model, val_idx[lo : lo + 8192])) * len(val_idx[lo : lo + 8192])
+                for lo in range(0, len(val_idx), 8192)
+            ) / len(val_idx)
         history.val_loss.append(val)
         progress.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}")
         if val < best_val - 1e-6:
@@ -299,8 +330,14 @@ def _train_mlp(model: MLPRewardModel, n_items: int, batch_loss: Callable[[MLPRew
     return model
 
 
-def _new_mlp(input_dim: int, hidden, method: str, seed: int, init: MLPRewardModel | None,
-             train_embeddings: Callable[[], np.ndarray]) -> MLPRewardModel:
+def _new_mlp(
+    input_dim: int,
+    hidden,
+    method: str,
+    seed: int,
+    init: MLPRewardModel | None,
+    train_embeddings: Callable[[], np.ndarray],
+) -> MLPRewardModel:
     if init is not None:
         if init.input_dim != input_dim:
             raise ValueError(f"init: the warm-start model expects {init.input_dim}-d inputs, the data is {input_dim}-d")
@@ -314,10 +351,21 @@ def _new_mlp(input_dim: int, hidden, method: str, seed: int, init: MLPRewardMode
     return model
 
 
-def fit_bt_mlp(emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.ndarray, *, hidden=DEFAULT_HIDDEN,
-               lr: float = 1e-3, max_epochs: int = 30, patience: int = 3, val_fraction: float = 0.2,
-               batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, init: MLPRewardModel | None = None,
-               bf16: bool = False) -> MLPRewardModel:
+def fit_bt_mlp(
+    emb_first: np.ndarray,
+    emb_second: np.ndarray,
+    first_wins: np.ndarray,
+    *,
+    hidden=DEFAULT_HIDDEN,
+    lr: float = 1e-3,
+    max_epochs: int = 30,
+    patience: int = 3,
+    val_fraction: float = 0.2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    init: MLPRewardModel | None = None,
+    bf16: bool = False,
+) -> MLPRewardModel:
     """BT-MLP: the Siamese MLP trained with L = −mean log σ(s · (f(e₁) − f(e₂))).
 
     emb_first, emb_second: (n, d) embeddings of the two responses of each pair.
@@ -327,26 +375,53 @@ def fit_bt_mlp(emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.nda
     """
     emb_first, emb_second, first_wins = _check_pairs(emb_first, emb_second, first_wins)
     sign = torch.from_numpy(np.where(first_wins, 1.0, -1.0).astype(np.float32))
-    model = _new_mlp(emb_first.shape[1], hidden, "bt-mlp", seed, init,
-                     lambda: np.concatenate([emb_first[:10000], emb_second[:10000]]))
+    model = _new_mlp(
+        emb_first.shape[1],
+        hidden,
+        "bt-mlp",
+        seed,
+        init,
+        lambda: np.concatenate([emb_first[:10000], emb_second[:10000]]),
+    )
 
     def batch_loss(net: MLPRewardModel, idx: np.ndarray) -> torch.Tensor:
         # One forward over both sides: the two towers share weights (Siamese).
         rewards = net(torch.cat([_batch(emb_first, idx), _batch(emb_second, idx)]))
         rewards = rewards.float()
-        margin = rewards[: len(idx)] - rewards[len(idx):]
+        margin = rewards[: len(idx)] - rewards[len(idx) :]
         return -F.logsigmoid(sign[idx] * margin).mean()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _train_mlp(model, len(first_wins), batch_loss, lr=lr, max_epochs=max_epochs, patience=patience,
-                          val_fraction=val_fraction, batch_size=batch_size, seed=seed, description="BT-MLP", bf16=bf16)
+        return _train_mlp(
+            model,
+            len(first_wins),
+            batch_loss,
+            lr=lr,
+            max_epochs=max_epochs,
+            patience=patience,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            seed=seed,
+            description="BT-MLP",
+            bf16=bf16,
+        )
 
 
-def fit_clf_mlp(embeddings: np.ndarray, labels: np.ndarray, *, hidden=DEFAULT_HIDDEN, lr: float = 1e-3,
-                max_epochs: int = 30, patience: int = 3, val_fraction: float = 0.2,
-                batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, init: MLPRewardModel | None = None,
-                bf16: bool = False) -> MLPRewardModel:
+def fit_clf_mlp(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    *,
+    hidden=DEFAULT_HIDDEN,
+    lr: float = 1e-3,
+    max_epochs: int = 30,
+    patience: int = 3,
+    val_fraction: float = 0.2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    init: MLPRewardModel | None = None,
+    bf16: bool = False,
+) -> MLPRewardModel:
     """CLF-MLP: the same network trained with BCE(σ(f(e)), y) on single responses; the logit f is the
     reward. embeddings (n, d); labels (n,) in {0, 1} (1 = this response won its comparison)."""
     embeddings = _check_matrix(embeddings, "embeddings")
@@ -363,8 +438,19 @@ def fit_clf_mlp(embeddings: np.ndarray, labels: np.ndarray, *, hidden=DEFAULT_HI
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _train_mlp(model, len(labels), batch_loss, lr=lr, max_epochs=max_epochs, patience=patience,
-                          val_fraction=val_fraction, batch_size=batch_size, seed=seed, description="CLF-MLP", bf16=bf16)
+        return _train_mlp(
+            model,
+            len(labels),
+            batch_loss,
+            lr=lr,
+            max_epochs=max_epochs,
+            patience=patience,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            seed=seed,
+            description="CLF-MLP",
+            bf16=bf16,
+        )
 
 
 def _as_dense_csc(x: np.ndarray):
@@ -387,8 +473,9 @@ def _as_dense_csc(x: np.ndarray):
     return sp.csc_matrix((values, row_indices, column_starts), shape=(n_rows, n_cols), copy=False)
 
 
-def fit_clf_lgb(embeddings: np.ndarray, labels: np.ndarray, *, seed: int = 0, num_threads: int = 0,
-                params: dict | None = None) -> LGBRewardModel:
+def fit_clf_lgb(
+    embeddings: np.ndarray, labels: np.ndarray, *, seed: int = 0, num_threads: int = 0, params: dict | None = None
+) -> LGBRewardModel:
     """CLF-LGB: ``lightgbm.train({"objective": "binary"}, …)`` with default parameters (appendix D.6:
     objective binary, metric binary_logloss) on single responses; the raw log-odds is the reward.
     ``num_threads`` 0 lets LightGBM choose (OpenMP default); ``params`` overrides for experiments.
@@ -411,8 +498,13 @@ def fit_clf_lgb(embeddings: np.ndarray, labels: np.ndarray, *, seed: int = 0, nu
     if labels.min() == labels.max():
         raise ValueError("fit_clf_lgb: every label is the same; a classifier needs winners and losers")
     params = dict(params or {})
-    config = {"objective": "binary", "metric": "binary_logloss", "seed": seed, "verbosity": -1,
-              "num_threads": num_threads}
+    config = {
+        "objective": "binary",
+        "metric": "binary_logloss",
+        "seed": seed,
+        "verbosity": -1,
+        "num_threads": num_threads,
+    }
     if not params.get("force_row_wise"):
         config["force_col_wise"] = True
     config.update(params)
@@ -424,8 +516,9 @@ def fit_clf_lgb(embeddings: np.ndarray, labels: np.ndarray, *, seed: int = 0, nu
     return LGBRewardModel(booster, embeddings.shape[1])
 
 
-def fit_reward_model(method: str, emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.ndarray, *,
-                     seed: int = 0, **kwargs):
+def fit_reward_model(
+    method: str, emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.ndarray, *, seed: int = 0, **kwargs
+):
     """Fit ``method`` (bt-mlp, clf-mlp, clf-lgb) on annotated pairs; classifiers see each response
     of a pair as its own row (winner 1, loser 0). Extra keyword arguments go to the fitter."""
     if method == "bt-mlp":
@@ -438,14 +531,30 @@ def fit_reward_model(method: str, emb_first: np.ndarray, emb_second: np.ndarray,
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
 
 
-def fit_ensemble(methods: Sequence[str], emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.ndarray, *,
-                 seeds: Sequence[int] = (0,), mlp_kwargs: dict | None = None, lgb_kwargs: dict | None = None
-                 ) -> EnsembleRewardModel:
+def fit_ensemble(
+    methods: Sequence[str],
+    emb_first: np.ndarray,
+    emb_second: np.ndarray,
+    first_wins: np.ndarray,
+    *,
+    seeds: Sequence[int] = (0,),
+    mlp_kwargs: dict | None = None,
+    lgb_kwargs: dict | None = None,
+) -> EnsembleRewardModel:
     """One member per (method, seed), averaged after per-member standardisation on the training
     responses. ``mlp_kwargs`` go to the MLP fitters, ``lgb_kwargs`` to LightGBM."""
-    members = [fit_reward_model(m, emb_first, emb_second, first_wins, seed=s,
-                                **((lgb_kwargs or {}) if m == "clf-lgb" else (mlp_kwargs or {})))
-               for m in methods for s in seeds]
+    members = [
+        fit_reward_model(
+            m,
+            emb_first,
+            emb_second,
+            first_wins,
+            seed=s,
+            **((lgb_kwargs or {}) if m == "clf-lgb" else (mlp_kwargs or {})),
+        )
+        for m in methods
+        for s in seeds
+    ]
     ensemble = EnsembleRewardModel(members)
     return ensemble.calibrate(np.concatenate([emb_first[:10000], emb_second[:10000]]))
 

@@ -16,8 +16,10 @@ from .annotate import PAIRINGS
 from .models import METHOD_NAMES
 
 METHOD_LABELS = {"bt-mlp": "BT-MLP", "clf-mlp": "CLF-MLP", "clf-lgb": "CLF-LGB"}
-ACTIVE_METRICS = {"one_minus_spearman": "1 − Spearman (lower is better)",
-                  "bon_reward": "Best-of-N golden reward (higher is better)"}
+ACTIVE_METRICS = {
+    "one_minus_spearman": "1 − Spearman (lower is better)",
+    "bon_reward": "Best-of-N golden reward (higher is better)",
+}
 
 
 def _pyplot():
@@ -45,9 +47,12 @@ def _reference(table) -> dict:
     """The slice the paper holds fixed when it varies one axis: β = 1 (else the median β), the
     largest annotation count, the random design, in-prompt pairs."""
     betas = sorted(table["beta"].unique())
-    return {"beta": 1.0 if 1.0 in betas else betas[len(betas) // 2], "n_annotations": int(table["n_annotations"].max()),
-            "design": "random" if "random" in set(table["design"]) else sorted(table["design"].unique())[0],
-            "pairing": "in-prompt" if "in-prompt" in set(table["pairing"]) else sorted(table["pairing"].unique())[0]}
+    return {
+        "beta": 1.0 if 1.0 in betas else betas[len(betas) // 2],
+        "n_annotations": int(table["n_annotations"].max()),
+        "design": "random" if "random" in set(table["design"]) else sorted(table["design"].unique())[0],
+        "pairing": "in-prompt" if "in-prompt" in set(table["pairing"]) else sorted(table["pairing"].unique())[0],
+    }
 
 
 def _slice(table, fixed: dict):
@@ -73,8 +78,16 @@ def plot_study(table, out: Path) -> list[Path]:
                 part = data[(data["method"] == m) & (data[group_key] == group)][metric]
                 means.append(part.mean() if len(part) else np.nan)
                 stds.append(part.std(ddof=0) if len(part) > 1 else 0.0)
-            ax.bar(np.arange(len(methods)) + (g - (len(groups) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
-                   label=labels.get(group, str(group)), hatch="//" if "cross" in str(group) else None, alpha=0.85)
+            ax.bar(
+                np.arange(len(methods)) + (g - (len(groups) - 1) / 2) * width,
+                means,
+                width,
+                yerr=stds,
+                capsize=3,
+                label=labels.get(group, str(group)),
+                hatch="//" if "cross" in str(group) else None,
+                alpha=0.85,
+            )
         ax.set_xticks(np.arange(len(methods)), [METHOD_LABELS.get(m, m) for m in methods])
 
     panels = (("bon_gain", "Best-of-N gain (golden reward)"), ("spearman", "per-prompt Spearman"))
@@ -99,8 +112,9 @@ def plot_study(table, out: Path) -> list[Path]:
                 part = data[data["method"] == m]
                 agg = part.groupby(x_key).agg(y=(metric, "mean"), e=(metric, "std"), x=(x_from or x_key, "mean"))
                 agg = agg.reset_index()
-                ax.errorbar(agg["x"], agg["y"], yerr=agg["e"].fillna(0), marker="o", capsize=3,
-                            label=METHOD_LABELS.get(m, m))
+                ax.errorbar(
+                    agg["x"], agg["y"], yerr=agg["e"].fillna(0), marker="o", capsize=3, label=METHOD_LABELS.get(m, m)
+                )
             ax.set_xlabel(x_label)
             ax.set_ylabel(label)
         axes[0].legend()
@@ -108,12 +122,22 @@ def plot_study(table, out: Path) -> list[Path]:
         _save(fig, out / name, 110, written)
 
     # Figure 2: gain against the observed annotation error rate (β varies).
-    lines("fig2_error_rate.png", "beta", "annotation error rate",
-          {k: ref[k] for k in ("n_annotations", "design", "pairing")},
-          f"Changing annotation quality ({ref['n_annotations']} annotations)", x_from="error_rate")
+    lines(
+        "fig2_error_rate.png",
+        "beta",
+        "annotation error rate",
+        {k: ref[k] for k in ("n_annotations", "design", "pairing")},
+        f"Changing annotation quality ({ref['n_annotations']} annotations)",
+        x_from="error_rate",
+    )
     # Figure 3: gain against the number of annotations.
-    lines("fig3_annotations.png", "n_annotations", "# training annotations",
-          {k: ref[k] for k in ("beta", "design", "pairing")}, f"Changing annotation quantity (β={ref['beta']:g})")
+    lines(
+        "fig3_annotations.png",
+        "n_annotations",
+        "# training annotations",
+        {k: ref[k] for k in ("beta", "design", "pairing")},
+        f"Changing annotation quantity (β={ref['beta']:g})",
+    )
 
     # Figures 4 and 5: in-prompt vs cross-prompt, for the random design (4) and the synthetic designs (5).
     pair_labels = {"in-prompt": "in-prompt", "cross-prompt": "X-prompt"}
@@ -150,15 +174,16 @@ def _band(ax, group, x: str, y: str, label: str):
     """The mean of ``y`` against ``x`` over seeds, with a band of ± one standard deviation."""
     stats = group.groupby(x)[y].agg(["mean", "std", "count"]).reset_index()
     sd = stats["std"].fillna(0.0).to_numpy()
-    line, = ax.plot(stats[x], stats["mean"], marker="o", markersize=3, label=label)
+    (line,) = ax.plot(stats[x], stats["mean"], marker="o", markersize=3, label=label)
     ax.fill_between(stats[x], stats["mean"] - sd, stats["mean"] + sd, alpha=0.15, color=line.get_color())
 
 
 def _efficiency_figure(plt, results, panel_by: list[str], curve_by: str, curve_label, panel_title, size):
     """One column per panel (``panel_by`` values), one row per metric, one band per ``curve_by`` value."""
     panels = list(results.groupby(panel_by, sort=False))
-    fig, axes = plt.subplots(len(ACTIVE_METRICS), len(panels), squeeze=False,
-                             figsize=(size[0] * len(panels), size[1] * len(ACTIVE_METRICS)))
+    fig, axes = plt.subplots(
+        len(ACTIVE_METRICS), len(panels), squeeze=False, figsize=(size[0] * len(panels), size[1] * len(ACTIVE_METRICS))
+    )
     for col, (fixed, panel) in enumerate(panels):
         for row, (metric, label) in enumerate(ACTIVE_METRICS.items()):
             ax = axes[row, col]
@@ -177,14 +202,28 @@ def plot_active_study(results, out: Path) -> list[Path]:
     """``efficiency.png`` always; ``batch_sizes.png`` and ``pairings.png`` when those are swept."""
     plt = _pyplot()
     written: list[Path] = []
-    fig = _efficiency_figure(plt, results, ["pairing", "batch_size"], "strategy", str,
-                             lambda pairing, batch: f"{pairing}, batch {batch}", (4.2, 3.4))
+    fig = _efficiency_figure(
+        plt,
+        results,
+        ["pairing", "batch_size"],
+        "strategy",
+        str,
+        lambda pairing, batch: f"{pairing}, batch {batch}",
+        (4.2, 3.4),
+    )
     fig.suptitle(f"Annotation efficiency (mean ± sd over {results['seed'].nunique()} seeds)")
     _save(fig, out / "efficiency.png", 110, written)
     for sweep, name in (("batch_size", "batch_sizes.png"), ("pairing", "pairings.png")):
         if results[sweep].nunique() >= 2:
             other = "pairing" if sweep == "batch_size" else "batch_size"
-            fig = _efficiency_figure(plt, results, ["strategy", other], sweep, lambda value, s=sweep: f"{s} {value}",
-                                     lambda strategy, fixed, o=other: f"{strategy} ({o} {fixed})", (3.6, 3.2))
+            fig = _efficiency_figure(
+                plt,
+                results,
+                ["strategy", other],
+                sweep,
+                lambda value, s=sweep: f"{s} {value}",
+                lambda strategy, fixed, o=other: f"{strategy} ({o} {fixed})",
+                (3.6, 3.2),
+            )
             _save(fig, out / name, 100, written)
     return written

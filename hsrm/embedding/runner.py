@@ -46,8 +46,16 @@ def _named(name: str, run_task: Callable[..., Any], *args) -> tuple[str, Any]:
     return name, run_task(*args)
 
 
-def run_tasks(out: Path, tasks: dict[str, Any], run_task: Callable[..., Any], shared: tuple = (), *, n_jobs: int = 1,
-              desc: str = "study", progress: bool = True) -> dict[str, Any]:
+def run_tasks(
+    out: Path,
+    tasks: dict[str, Any],
+    run_task: Callable[..., Any],
+    shared: tuple = (),
+    *,
+    n_jobs: int = 1,
+    desc: str = "study",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Call ``run_task(task, *shared, threads)`` for every task (name → task) that has no
     ``out/runs/<name>.json`` yet, in up to ``n_jobs`` processes (one: in this process), and store each
     JSON result there as it arrives. Returns name → result for every task, in the order of ``tasks``."""
@@ -58,8 +66,14 @@ def run_tasks(out: Path, tasks: dict[str, Any], run_task: Callable[..., Any], sh
     runs.mkdir(parents=True, exist_ok=True)
     todo = [name for name in tasks if not (runs / f"{name}.json").exists()]
     workers, threads = worker_plan(n_jobs, len(todo))
-    logger.info("%s: %d tasks (%d already done), %d worker processes × %d threads", desc, len(tasks),
-                len(tasks) - len(todo), workers, threads)
+    logger.info(
+        "%s: %d tasks (%d already done), %d worker processes × %d threads",
+        desc,
+        len(tasks),
+        len(tasks) - len(todo),
+        workers,
+        threads,
+    )
     jobs = (delayed(_named)(name, run_task, tasks[name], *shared, threads) for name in todo)
     finished = Parallel(n_jobs=workers, return_as="generator_unordered")(jobs)
     for name, result in tqdm(finished, total=len(todo), desc=desc, disable=None if progress else True):

@@ -61,12 +61,16 @@ class StudyConfig:
     ``hsrm study STUDY.yaml``."""
 
     name: str = option("study", "the study's name (in the summary)")
-    output_dir: str = option("runs/study", "results, summary and plots go here (a rerun skips finished setups)",
-                             aliases=["--output"])
-    data: dict = option(help="{synthetic: {SyntheticWorld sizes}} or {embeddings: FILE.npz, test_fraction: 0.2}",
-                        factory=lambda: {"synthetic": {}})
-    grid: dict = option(help="the base grid: axes methods, betas, annotation_counts, designs, pairings, seeds",
-                        factory=dict)
+    output_dir: str = option(
+        "runs/study", "results, summary and plots go here (a rerun skips finished setups)", aliases=["--output"]
+    )
+    data: dict = option(
+        help="{synthetic: {SyntheticWorld sizes}} or {embeddings: FILE.npz, test_fraction: 0.2}",
+        factory=lambda: {"synthetic": {}},
+    )
+    grid: dict = option(
+        help="the base grid: axes methods, betas, annotation_counts, designs, pairings, seeds", factory=dict
+    )
     grids: list[dict] = option(help="slices: each overrides axes of the base grid; setups are the union", factory=list)
     fit: dict = option(help="MLP options (hidden, lr, max_epochs, patience, batch_size)", factory=dict)
     lgb_params: dict = option(help="LightGBM parameters passed through", factory=dict)
@@ -97,20 +101,28 @@ class StudyConfig:
             if setup["pairing"] not in PAIRINGS:
                 raise ValueError(f"unknown pairing {setup['pairing']!r}; choose from {', '.join(PAIRINGS)}")
             if setup["beta"] < 0 or setup["n_annotations"] < 2:
-                raise ValueError(f"beta must be ≥ 0 and annotation counts ≥ 2 (got {setup['beta']}, "
-                                 f"{setup['n_annotations']})")
+                raise ValueError(
+                    f"beta must be ≥ 0 and annotation counts ≥ 2 (got {setup['beta']}, {setup['n_annotations']})"
+                )
 
     def setups(self) -> list[dict]:
         """The distinct setups of the base grid and every slice, in a stable order."""
-        base = {"methods": list(METHOD_NAMES), "betas": [1.0], "annotation_counts": [2000], "designs": ["random"],
-                "pairings": ["in-prompt"], "seeds": [0]}
+        base = {
+            "methods": list(METHOD_NAMES),
+            "betas": [1.0],
+            "annotation_counts": [2000],
+            "designs": ["random"],
+            "pairings": ["in-prompt"],
+            "seeds": [0],
+        }
         base.update({k: _as_list(v) for k, v in self.grid.items()})
         setups: dict[str, dict] = {}
-        for overrides in (self.grids or [{}]):
+        for overrides in self.grids or [{}]:
             axes = dict(base, **{k: _as_list(v) for k, v in overrides.items()})
             for setup in expand_grid({key: axes[axis] for key, axis in zip(SETUP_KEYS, GRID_AXES)}):
-                setup.update(beta=float(setup["beta"]), n_annotations=int(setup["n_annotations"]),
-                             seed=int(setup["seed"]))
+                setup.update(
+                    beta=float(setup["beta"]), n_annotations=int(setup["n_annotations"]), seed=int(setup["seed"])
+                )
                 setups.setdefault(setup_name(setup), setup)
         return list(setups.values())
 
@@ -121,8 +133,10 @@ def _as_list(value) -> list:
 
 def setup_name(setup: dict) -> str:
     """A file name that tells the setup: ``bt-mlp__beta1.0__n2000__random__in-prompt__s0``."""
-    return (f"{setup['method']}__beta{setup['beta']!r}__n{setup['n_annotations']}__{setup['design']}__"
-            f"{setup['pairing']}__s{setup['seed']}")
+    return (
+        f"{setup['method']}__beta{setup['beta']!r}__n{setup['n_annotations']}__{setup['design']}__"
+        f"{setup['pairing']}__s{setup['seed']}"
+    )
 
 
 def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -144,9 +158,13 @@ def load_study_data(config: StudyConfig, base_dir: str | os.PathLike = ".") -> t
         spec = dict(spec or {})
         sizes = {k: spec.pop(k) for k in _SYNTHETIC_SIZES if k in spec}
         world = SyntheticWorld(**spec)
-        train, test = world.train_test(int(sizes.get("n_train_prompts", 2000)), int(sizes.get("n_test_prompts", 100)),
-                                       int(sizes.get("train_responses", 10)), int(sizes.get("test_responses", 100)),
-                                       seed=int(sizes.get("sample_seed", 0)))
+        train, test = world.train_test(
+            int(sizes.get("n_train_prompts", 2000)),
+            int(sizes.get("n_test_prompts", 100)),
+            int(sizes.get("train_responses", 10)),
+            int(sizes.get("test_responses", 100)),
+            seed=int(sizes.get("sample_seed", 0)),
+        )
         return train, test, {"data": "synthetic", **world.to_dict(), **sizes}
     spec = {"path": spec} if isinstance(spec, str) else dict(spec)
     path = Path(base_dir) / spec["path"]  # an absolute path stays as it is
@@ -158,28 +176,55 @@ def load_study_data(config: StudyConfig, base_dir: str | os.PathLike = ".") -> t
 # ---------------------------------------------------------------- one setup
 
 
-def run_setup(setup: dict, train: ResponsePool, test: ResponsePool, fit_kwargs: dict | None = None,
-              lgb_params: dict | None = None, threads: int = 1) -> dict:
+def run_setup(
+    setup: dict,
+    train: ResponsePool,
+    test: ResponsePool,
+    fit_kwargs: dict | None = None,
+    lgb_params: dict | None = None,
+    threads: int = 1,
+) -> dict:
     """Annotate, fit and evaluate one setup; returns its tidy row."""
     import torch
 
     torch.set_num_threads(max(1, threads))
     rng = np.random.default_rng([setup["seed"], int(setup["beta"] * 1000), setup["n_annotations"], 7])
-    pairs = annotate_pairs(train.prompt_ids, train.golden, beta=setup["beta"], design=setup["design"],
-                           pairing=setup["pairing"], n_pairs=setup["n_annotations"], rng=rng)
+    pairs = annotate_pairs(
+        train.prompt_ids,
+        train.golden,
+        beta=setup["beta"],
+        design=setup["design"],
+        pairing=setup["pairing"],
+        n_pairs=setup["n_annotations"],
+        rng=rng,
+    )
     kwargs = dict(fit_kwargs or {})
     if setup["method"] == "clf-lgb":
         kwargs = {"num_threads": max(1, threads), "params": dict(lgb_params or {})}
     start = time.perf_counter()
-    model = fit_reward_model(setup["method"], train.embeddings[pairs.first], train.embeddings[pairs.second],
-                             pairs.first_wins, seed=setup["seed"], **kwargs)
+    model = fit_reward_model(
+        setup["method"],
+        train.embeddings[pairs.first],
+        train.embeddings[pairs.second],
+        pairs.first_wins,
+        seed=setup["seed"],
+        **kwargs,
+    )
     fit_seconds = time.perf_counter() - start
     metrics = evaluate_scores(model.score(test.embeddings), test.golden, test.prompt_ids)
     history = getattr(model, "history", None)
-    return {**setup, "error_rate": pairs.error_rate, "expected_error_rate": pairs.expected_error_rate(setup["beta"]),
-            "mean_abs_delta": pairs.mean_abs_delta, **metrics, "fit_seconds": fit_seconds,
-            "epochs": (len(history.train_loss) if history else None), "n_pairs": len(pairs.first_wins),
-            "test_prompts": int(len(np.unique(test.prompt_ids))), "test_responses": len(test)}
+    return {
+        **setup,
+        "error_rate": pairs.error_rate,
+        "expected_error_rate": pairs.expected_error_rate(setup["beta"]),
+        "mean_abs_delta": pairs.mean_abs_delta,
+        **metrics,
+        "fit_seconds": fit_seconds,
+        "epochs": (len(history.train_loss) if history else None),
+        "n_pairs": len(pairs.first_wins),
+        "test_prompts": int(len(np.unique(test.prompt_ids))),
+        "test_responses": len(test),
+    }
 
 
 # ---------------------------------------------------------------- the study
@@ -192,11 +237,21 @@ def run_study(config: StudyConfig, base_dir: str | os.PathLike = ".", progress: 
 
     out = Path(base_dir) / config.output_dir  # an absolute output_dir stays as it is
     train, test, description = load_study_data(config, base_dir)
-    atomic_write_json(out / "study.json", {"name": config.name, "data": description, "grid": config.grid,
-                                           "grids": config.grids, "fit": config.fit}, default=str)
+    atomic_write_json(
+        out / "study.json",
+        {"name": config.name, "data": description, "grid": config.grid, "grids": config.grids, "fit": config.fit},
+        default=str,
+    )
     setups = {setup_name(setup): setup for setup in config.setups()}
-    rows = run_tasks(out, setups, run_setup, (train, test, config.fit, config.lgb_params), n_jobs=config.n_jobs,
-                     desc=f"study {config.name}", progress=progress)
+    rows = run_tasks(
+        out,
+        setups,
+        run_setup,
+        (train, test, config.fit, config.lgb_params),
+        n_jobs=config.n_jobs,
+        desc=f"study {config.name}",
+        progress=progress,
+    )
     table = pd.DataFrame(list(rows.values()))
     write_tables(out, table, summary_markdown(table, config.name), config.table_format)
     if config.plots:
@@ -218,13 +273,17 @@ def summary_markdown(table, name: str) -> str:
     """A markdown table: one line per setup (seeds averaged), mean ± std."""
     agg = aggregate(table, ["design", "pairing", "beta", "n_annotations", "method"])
     seeds = int(agg["seeds"].max()) if len(agg) else 0
-    lines = [f"# Study {name}: " + ("mean ± std over seeds" if seeds > 1 else "one seed (no spread to report)"), "",
-             "| design | pairing | β | annotations | method | error rate | BoN gain | gain / oracle | Spearman "
-             "| seeds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Study {name}: " + ("mean ± std over seeds" if seeds > 1 else "one seed (no spread to report)"),
+        "",
+        "| design | pairing | β | annotations | method | error rate | BoN gain | gain / oracle | Spearman | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in agg.itertuples(index=False):
-        lines.append(f"| {row.design} | {row.pairing} | {row.beta:g} | {row.n_annotations} | {row.method} | "
-                     f"{row.error_rate:.3f} | {mean_sd_text(row.bon_gain, row.bon_gain_std, row.seeds)} | "
-                     f"{row.bon_gain_fraction:.3f} | "
-                     f"{mean_sd_text(row.spearman, row.spearman_std, row.seeds)} | {row.seeds} |")
+        lines.append(
+            f"| {row.design} | {row.pairing} | {row.beta:g} | {row.n_annotations} | {row.method} | "
+            f"{row.error_rate:.3f} | {mean_sd_text(row.bon_gain, row.bon_gain_std, row.seeds)} | "
+            f"{row.bon_gain_fraction:.3f} | "
+            f"{mean_sd_text(row.spearman, row.spearman_std, row.seeds)} | {row.seeds} |"
+        )
     return "\n".join(lines) + "\n"

@@ -62,8 +62,9 @@ class SyntheticWorld:
     def sample(self, n_prompts: int, responses_per_prompt: int, seed: int = 0, dtype=np.float32) -> ResponsePool:
         """``n_prompts`` × ``responses_per_prompt`` responses, prompt-major (prompt_ids 0, 0, …, 1, 1, …)."""
         if n_prompts < 1 or responses_per_prompt < 1:
-            raise ValueError("need at least one prompt and one response per prompt, "
-                             f"got {n_prompts} × {responses_per_prompt}")
+            raise ValueError(
+                f"need at least one prompt and one response per prompt, got {n_prompts} × {responses_per_prompt}"
+            )
         rng = np.random.default_rng([self.seed, seed, 31337])
         k, kz, m = self.latent_dim, self.nuisance_dim, responses_per_prompt
         centre = rng.normal(scale=self.prompt_scale, size=(n_prompts, 1, k))
@@ -75,8 +76,14 @@ class SyntheticWorld:
         embeddings += rng.normal(scale=self.embedding_noise, size=embeddings.shape)
         return ResponsePool(embeddings.astype(dtype), self.golden_reward(latent), np.repeat(np.arange(n_prompts), m))
 
-    def train_test(self, n_train_prompts: int, n_test_prompts: int, train_responses: int = 10,
-                   test_responses: int = 500, seed: int = 0) -> tuple[ResponsePool, ResponsePool]:
+    def train_test(
+        self,
+        n_train_prompts: int,
+        n_test_prompts: int,
+        train_responses: int = 10,
+        test_responses: int = 500,
+        seed: int = 0,
+    ) -> tuple[ResponsePool, ResponsePool]:
         """The paper's layout (appendix D.3): 10 candidate responses per training prompt, N (500)
         responses per test prompt for Best-of-N. Test prompt ids continue after the training ones."""
         train = self.sample(n_train_prompts, train_responses, seed=2 * seed)

@@ -19,9 +19,10 @@ How each attention path confines attention to a sequence (transformers 5.23):
   ``max_length_q/k``, passed here as keyword arguments, select ``flash_attn_varlen_func``; without
   them transformers derives them from the position ids at every layer.
 * ``hsrm_varlen`` (:func:`hsrm.packing.attention.register_varlen_attention`, called by
-  :func:`hsrm.modeling.load_reward_model` and the trainers when a model asks for it): PyTorch's own FlashAttention-2 varlen kernel
-  (``torch.nn.attention.varlen.varlen_attn``, CUDA, bf16/fp16) with the same cumulative lengths,
-  no mask and no extra package. On CPU or in fp32 it runs exact per-sequence SDPA instead.
+  :func:`hsrm.modeling.load_reward_model` and the trainers when a model asks for it): PyTorch's own
+  FlashAttention-2 varlen kernel (``torch.nn.attention.varlen.varlen_attn``, CUDA, bf16/fp16) with
+  the same cumulative lengths, no mask and no extra package. On CPU or in fp32 it runs exact
+  per-sequence SDPA instead.
 
 On a GPU pick the path by measurement (``bench/throughput.py`` times them); on CPU use eager or
 sdpa. Token-budget batching (:class:`TokenBudgetBatchSampler`) fills each micro-batch up to a
@@ -33,27 +34,42 @@ paths keep packed sequences apart, and ``hsrm_varlen``), :mod:`.collators` (trai
 """
 
 from .attention import (
-                        PACKING_ATTENTION,
-                        VARLEN_ATTENTION,
-                        VARLEN_KWARG_ATTENTION,
-                        attention_implementation,
-                        check_packing_support,
-                        register_varlen_attention,
-                        varlen_attention_forward,
+    PACKING_ATTENTION,
+    VARLEN_ATTENTION,
+    VARLEN_KWARG_ATTENTION,
+    attention_implementation,
+    check_packing_support,
+    register_varlen_attention,
+    varlen_attention_forward,
 )
 from .batch import PackedBatch, cu_seqlens_from_position_ids, pack
 from .collators import PackedPairwiseCollator, PackedPointwiseCollator
 from .sampler import (
-                        TokenBudgetBatchSampler,
-                        batch_cost,
-                        dataset_item_lengths,
-                        split_to_multiple,
-                        token_budget_batches,
-                        token_budget_dataloader,
+    TokenBudgetBatchSampler,
+    batch_cost,
+    dataset_item_lengths,
+    split_to_multiple,
+    token_budget_batches,
+    token_budget_dataloader,
 )
 
-__all__ = ["PACKING_ATTENTION", "VARLEN_ATTENTION", "VARLEN_KWARG_ATTENTION", "PackedBatch", "PackedPairwiseCollator",
-           "PackedPointwiseCollator", "TokenBudgetBatchSampler", "attention_implementation", "batch_cost",
-           "check_packing_support", "cu_seqlens_from_position_ids", "dataset_item_lengths", "pack",
-           "register_varlen_attention", "split_to_multiple", "token_budget_batches", "token_budget_dataloader",
-           "varlen_attention_forward"]
+__all__ = [
+    "PACKING_ATTENTION",
+    "VARLEN_ATTENTION",
+    "VARLEN_KWARG_ATTENTION",
+    "PackedBatch",
+    "PackedPairwiseCollator",
+    "PackedPointwiseCollator",
+    "TokenBudgetBatchSampler",
+    "attention_implementation",
+    "batch_cost",
+    "check_packing_support",
+    "cu_seqlens_from_position_ids",
+    "dataset_item_lengths",
+    "pack",
+    "register_varlen_attention",
+    "split_to_multiple",
+    "token_budget_batches",
+    "token_budget_dataloader",
+    "varlen_attention_forward",
+]

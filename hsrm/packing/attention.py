@@ -38,8 +38,9 @@ def _per_sequence_sdpa(query, key, value, cu_seqlens, scaling, dropout):
         q = query[start:end].transpose(0, 1)
         k = key[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
         v = value[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
-        out[start:end] = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
-                                                        dropout_p=dropout).transpose(0, 1)
+        out[start:end] = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scaling, dropout_p=dropout
+        ).transpose(0, 1)
     return out
 
 
@@ -54,11 +55,15 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if attention_mask is not None or query.shape[0] != 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     if kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("s_aux") is not None:
         # Only plain causal attention is implemented here; a silent full window would change the model.
-        raise ValueError(f"{VARLEN_ATTENTION} supports plain causal attention only; this model's attention uses a sliding "
-                         "window, soft-capping or sinks: use attn_implementation flex_attention or flash_attention_2")
+        raise ValueError(
+            f"{VARLEN_ATTENTION} supports plain causal attention only; this model's attention uses a sliding "
+            "window, soft-capping or sinks: use attn_implementation flex_attention or flash_attention_2"
+        )
     cu_seqlens, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
     if cu_seqlens is None or longest is None:
         position_ids = kwargs.get("position_ids")
@@ -103,15 +108,25 @@ def _call_varlen_kernel(kernel, q, k, v, cu_seqlens, longest: int, scaling):
     return kernel(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, cu_seqlens, longest, longest, **kwargs)
 
 
-def _varlen_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kwargs):
+def _varlen_mask(
+    batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kwargs
+):
     """Mask builder for ``hsrm_varlen``: none when nothing is padded (packed or full rows: the
     attention reads the lengths itself), SDPA's boolean mask when a padded batch comes through."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
     if attention_mask is None:
         return None
-    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function or causal_mask_function,
-                     attention_mask, **kwargs)
+    return sdpa_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset,
+        kv_offset,
+        mask_function or causal_mask_function,
+        attention_mask,
+        **kwargs,
+    )
 
 
 def register_varlen_attention() -> str:
@@ -122,7 +137,6 @@ def register_varlen_attention() -> str:
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_ATTENTION, _varlen_mask)
     return VARLEN_ATTENTION
-
 
 
 def attention_implementation(model) -> str | None:
@@ -141,17 +155,23 @@ def check_packing_support(model, *, device: torch.device | str | None = None, dt
     a T × T mask besides; ``hsrm_varlen`` passed the same test."""
     body, head = body_and_score_head(model)
     if body is None or head is None:
-        raise ValueError(f"{type(model).__name__} has no transformer body with a `score` head; padding_free needs an "
-                         "AutoModelForSequenceClassification-style model (set padding_free: false)")
+        raise ValueError(
+            f"{type(model).__name__} has no transformer body with a `score` head; padding_free needs an "
+            "AutoModelForSequenceClassification-style model (set padding_free: false)"
+        )
     name = attention_implementation(model)
     if name not in PACKING_ATTENTION:
-        raise ValueError(f"attn_implementation {name!r} does not keep packed sequences apart; use one of "
-                         f"{', '.join(PACKING_ATTENTION)} or set padding_free: false")
+        raise ValueError(
+            f"attn_implementation {name!r} does not keep packed sequences apart; use one of "
+            f"{', '.join(PACKING_ATTENTION)} or set padding_free: false"
+        )
     parameter = next(model.parameters())
     device = torch.device(device) if device is not None else parameter.device
     dtype = dtype or parameter.dtype
     if name == "sdpa" and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        raise ValueError("packed rows with attn_implementation sdpa in half precision on CUDA drift past bf16 noise "
-                         "(0.0547 against 0.0391 on an H200, bench/results/h200-2026-12-04); use attn_implementation "
-                         "hsrm_varlen (or auto), or set padding_free: false")
+        raise ValueError(
+            "packed rows with attn_implementation sdpa in half precision on CUDA drift past bf16 noise "
+            "(0.0547 against 0.0391 on an H200, bench/results/h200-2026-12-04); use attn_implementation "
+            "hsrm_varlen (or auto), or set padding_free: false"
+        )
     return name

@@ -42,8 +42,13 @@ class PackedBatch:
 
     def model_inputs(self) -> dict:
         """The batch as :func:`hsrm.modeling.reward_outputs` reads it."""
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "last_index": self.last_index,
-                "cu_seqlens": self.attention_cu_seqlens(), "max_seqlen": self.max_seqlen}
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "last_index": self.last_index,
+            "cu_seqlens": self.attention_cu_seqlens(),
+            "max_seqlen": self.max_seqlen,
+        }
 
 
 def pack(sequences: Sequence[Sequence[int]], *, pad_id: int = 0, pad_to_multiple_of: int | None = None) -> PackedBatch:
@@ -67,7 +72,7 @@ def pack(sequences: Sequence[Sequence[int]], *, pad_id: int = 0, pad_to_multiple
     ids = torch.empty(total + filler, dtype=torch.long)
     offset = 0
     for seq in sequences:
-        ids[offset:offset + len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        ids[offset : offset + len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         offset += len(seq)
     ids[total:] = pad_id
     length_tensor = torch.tensor(lengths + ([filler] if filler else []), dtype=torch.long)
@@ -76,8 +81,13 @@ def pack(sequences: Sequence[Sequence[int]], *, pad_id: int = 0, pad_to_multiple
     positions = torch.arange(total + filler) - torch.repeat_interleave(starts, length_tensor)
     cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)
-    return PackedBatch(input_ids=ids.unsqueeze(0), position_ids=positions.unsqueeze(0), cu_seqlens=cu_seqlens,
-                       last_index=cu_seqlens[1:].long() - 1, max_seqlen=max(lengths + [filler]))
+    return PackedBatch(
+        input_ids=ids.unsqueeze(0),
+        position_ids=positions.unsqueeze(0),
+        cu_seqlens=cu_seqlens,
+        last_index=cu_seqlens[1:].long() - 1,
+        max_seqlen=max(lengths + [filler]),
+    )
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -94,4 +104,3 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tens
     starts = new_sequence.nonzero().reshape(-1).to(torch.int32)
     cu = torch.cat([starts, torch.tensor([row.numel()], dtype=torch.int32, device=row.device)])
     return cu, int((cu[1:] - cu[:-1]).max())
-

@@ -48,4 +48,3 @@ class PackedPointwiseCollator:
         batch = pack(sequences, pad_id=self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of).model_inputs()
         batch["labels"] = torch.tensor([list(f["labels"]) for f in features], dtype=torch.float32)
         return batch
-

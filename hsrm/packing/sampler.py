@@ -24,8 +24,9 @@ def batch_cost(items: Sequence[Sequence[int]], cost: Cost) -> int:
     return sum(lengths) if cost == "packed" else len(lengths) * max(lengths)
 
 
-def token_budget_batches(item_lengths: Sequence[Sequence[int]], max_tokens: int, cost: Cost = "packed",
-                         order: Sequence[int] | None = None) -> list[list[int]]:
+def token_budget_batches(
+    item_lengths: Sequence[Sequence[int]], max_tokens: int, cost: Cost = "packed", order: Sequence[int] | None = None
+) -> list[list[int]]:
     """Group items (a pair = its two lengths, a rated response = one) into micro-batches of at most
     ``max_tokens`` tokens, longest first. An item is never split; one that alone exceeds the budget
     gets a micro-batch of its own.
@@ -45,7 +46,11 @@ def token_budget_batches(item_lengths: Sequence[Sequence[int]], max_tokens: int,
         raise ValueError(f"cost must be 'packed' or 'padded', not {cost!r}")
     items = [tuple(lengths) for lengths in item_lengths]
     rank = {index: r for r, index in enumerate(order)} if order is not None else {}
-    key = (lambda i: (-sum(items[i]), rank.get(i, i))) if cost == "packed" else (lambda i: (-max(items[i]), rank.get(i, i)))
+    key = (
+        (lambda i: (-sum(items[i]), rank.get(i, i)))
+        if cost == "packed"
+        else (lambda i: (-max(items[i]), rank.get(i, i)))
+    )
     queue = sorted(range(len(items)), key=key)
     batches: list[list[int]] = []
     head, tail = 0, len(queue) - 1
@@ -87,8 +92,16 @@ class TokenBudgetBatchSampler:
 
     drop_last = False
 
-    def __init__(self, item_lengths: Sequence[Sequence[int] | int], max_tokens: int, *, cost: Cost = "packed",
-                 seed: int = 0, shuffle: bool = True, num_replicas: int = 1):
+    def __init__(
+        self,
+        item_lengths: Sequence[Sequence[int] | int],
+        max_tokens: int,
+        *,
+        cost: Cost = "packed",
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+    ):
         items = [(n,) if isinstance(n, int) else tuple(n) for n in item_lengths]
         if not items:
             raise ValueError("TokenBudgetBatchSampler: the dataset is empty")
@@ -99,8 +112,11 @@ class TokenBudgetBatchSampler:
         self.batches = split_to_multiple(token_budget_batches(items, max_tokens, cost, order=order), num_replicas)
         oversized = sum(1 for b in self.batches if len(b) == 1 and batch_cost([items[b[0]]], cost) > max_tokens)
         if oversized:
-            logger.warning("%d items exceed max_tokens_per_batch=%d on their own; each goes in a micro-batch alone",
-                           oversized, max_tokens)
+            logger.warning(
+                "%d items exceed max_tokens_per_batch=%d on their own; each goes in a micro-batch alone",
+                oversized,
+                max_tokens,
+            )
         self.epoch = 0
         self._explicit_epoch = False
 
@@ -131,10 +147,12 @@ def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]
     while len(batches) % multiple:
         largest = max(range(len(batches)), key=lambda i: (len(batches[i]), -i))
         if len(batches[largest]) < 2:
-            raise ValueError(f"{sum(map(len, batches))} items cannot make a multiple of {multiple} micro-batches: "
-                             "fewer items than processes")
+            raise ValueError(
+                f"{sum(map(len, batches))} items cannot make a multiple of {multiple} micro-batches: "
+                "fewer items than processes"
+            )
         half = len(batches[largest]) // 2
-        batches[largest:largest + 1] = [batches[largest][:half], batches[largest][half:]]
+        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
     return batches
 
 
@@ -146,7 +164,9 @@ def dataset_item_lengths(dataset) -> list[tuple[int, ...]]:
         return [(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
     if "input_ids" in columns:
         return [(len(ids),) for ids in dataset["input_ids"]]
-    raise ValueError(f"cannot batch by tokens: the dataset has neither chosen_ids/rejected_ids nor input_ids (columns {columns})")
+    raise ValueError(
+        f"cannot batch by tokens: the dataset has neither chosen_ids/rejected_ids nor input_ids (columns {columns})"
+    )
 
 
 def token_budget_dataloader(trainer):
@@ -156,14 +176,27 @@ def token_budget_dataloader(trainer):
 
     args = trainer.args
     cost: Cost = "packed" if getattr(args, "padding_free", False) else "padded"
-    sampler = TokenBudgetBatchSampler(dataset_item_lengths(trainer.train_dataset), args.max_tokens_per_batch,
-                                      cost=cost, seed=args.data_seed if args.data_seed is not None else args.seed,
-                                      num_replicas=args.world_size)
-    logger.info("token-budget batching: %d micro-batches of ≤ %d %s tokens (per_device_train_batch_size is not used)",
-                len(sampler), args.max_tokens_per_batch, cost)
+    sampler = TokenBudgetBatchSampler(
+        dataset_item_lengths(trainer.train_dataset),
+        args.max_tokens_per_batch,
+        cost=cost,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        num_replicas=args.world_size,
+    )
+    logger.info(
+        "token-budget batching: %d micro-batches of ≤ %d %s tokens (per_device_train_batch_size is not used)",
+        len(sampler),
+        args.max_tokens_per_batch,
+        cost,
+    )
     workers = args.dataloader_num_workers
-    loader = DataLoader(trainer.train_dataset, batch_sampler=sampler, collate_fn=trainer.data_collator, num_workers=workers,
-                        pin_memory=args.dataloader_pin_memory, persistent_workers=workers > 0 and args.dataloader_persistent_workers,
-                        prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None)
+    loader = DataLoader(
+        trainer.train_dataset,
+        batch_sampler=sampler,
+        collate_fn=trainer.data_collator,
+        num_workers=workers,
+        pin_memory=args.dataloader_pin_memory,
+        persistent_workers=workers > 0 and args.dataloader_persistent_workers,
+        prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+    )
     return trainer.accelerator.prepare(loader)
-

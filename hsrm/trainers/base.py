@@ -62,28 +62,47 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
     attention = training_attention(cfg)
     if cfg.init_from:
         # A trained reward model: the loader refuses a folder without a trained head.
-        model, tokenizer, _ = load_reward_model(cfg.init_from, dtype=cfg.model_dtype, device=None,
-                                                trust_remote_code=cfg.trust_remote_code, attn_implementation=attention)
+        model, tokenizer, _ = load_reward_model(
+            cfg.init_from,
+            dtype=cfg.model_dtype,
+            device=None,
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=attention,
+        )
         model.train()
         init_labels = model.config.num_labels
         if init_labels != cfg.num_labels:
             if cfg.num_labels != 1:
-                raise ValueError(f"init_from {cfg.init_from} has {init_labels} outputs; can only reduce to the helpfulness head")
+                raise ValueError(
+                    f"init_from {cfg.init_from} has {init_labels} outputs; can only reduce to the helpfulness head"
+                )
             helpfulness = model.score.weight.data[:1].clone()
             model.score = torch.nn.Linear(helpfulness.shape[1], 1, bias=False, dtype=helpfulness.dtype)
             model.score.weight.data.copy_(helpfulness)
             model.config.num_labels = 1
             model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
     else:
-        model, tokenizer = build_reward_model(cfg.model_name_or_path, num_labels=cfg.num_labels, dtype=cfg.model_dtype,
-                                              trust_remote_code=cfg.trust_remote_code, attn_implementation=attention)
+        model, tokenizer = build_reward_model(
+            cfg.model_name_or_path,
+            num_labels=cfg.num_labels,
+            dtype=cfg.model_dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=attention,
+        )
     model.config.use_cache = False
     if cfg.use_lora if with_lora is None else with_lora:
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           target_modules=cfg.lora_target_modules or "all-linear")
+        model = apply_lora(
+            model,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules or "all-linear",
+        )
     if cfg.train_top_layers:
         trainable, total = freeze_lower_layers(model, cfg.train_top_layers)
-        logger.info("train_top_layers=%d: %s of %s parameters trainable", cfg.train_top_layers, f"{trainable:,}", f"{total:,}")
+        logger.info(
+            "train_top_layers=%d: %s of %s parameters trainable", cfg.train_top_layers, f"{trainable:,}", f"{total:,}"
+        )
     return model, tokenizer
 
 
@@ -100,8 +119,9 @@ class TrainingInterrupted(RuntimeError):
 
     def __init__(self, step: int, checkpoint: str | None):
         self.step, self.checkpoint = step, checkpoint
-        super().__init__(f"training interrupted at step {step}; resume with --resume_from_checkpoint true "
-                         f"(checkpoint: {checkpoint})")
+        super().__init__(
+            f"training interrupted at step {step}; resume with --resume_from_checkpoint true (checkpoint: {checkpoint})"
+        )
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -145,8 +165,10 @@ class NonFiniteGuard(TrainerCallback):
         self.skipped_steps.append(step)
         logger.warning("non-finite loss or gradient at step %d: update skipped (%d in a row)", step, self.consecutive)
         if self.consecutive >= self.limit:
-            raise NonFiniteLossError(f"training stopped at step {step}: {self.consecutive} consecutive non-finite losses or "
-                                     "gradients (check the learning rate, the data's margins, or train in float32)")
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: {self.consecutive} consecutive non-finite losses or "
+                "gradients (check the learning rate, the data's margins, or train in float32)"
+            )
 
 
 def _deepspeed_steps_in_backward(optimizer) -> bool:
@@ -174,8 +196,9 @@ class GracefulStop(TrainerCallback):
             self.restore()
             signal.raise_signal(signum)
             return
-        logger.warning("signal %d received: will checkpoint at the next step boundary and stop (send it again to stop now)",
-                       signum)
+        logger.warning(
+            "signal %d received: will checkpoint at the next step boundary and stop (send it again to stop now)", signum
+        )
         self.requested = True
 
     def restore(self) -> None:
@@ -279,8 +302,11 @@ class RewardTrainerBase(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if (self.averages_gradients_itself and self.accelerator.sync_gradients
-                and isinstance(model, torch.nn.parallel.DistributedDataParallel)):
+        if (
+            self.averages_gradients_itself
+            and self.accelerator.sync_gradients
+            and isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        ):
             average_gradients_across_processes(model.module)
         return loss
 
@@ -374,8 +400,9 @@ def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ save
-def save_trained_model(trainer: Trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord,
-                       bare_model: Callable[[], tuple[Any, Any]]) -> None:
+def save_trained_model(
+    trainer: Trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord, bare_model: Callable[[], tuple[Any, Any]]
+) -> None:
     """Write a plain transformers folder at ``output_dir``: a sequence classifier for scalar runs,
     a causal LM for the justifier; loadable with no hsrm import, with the run's record in config.json.
 

@@ -2,7 +2,10 @@
 
 A causal LM learns to write the preference justification for
 
-    {prompt} @Response 1:\\n{response_1}\\n@Response 2:\\n{response_2}\\nBetween @Response 1 and @Response 2, which is better?
+    {prompt} @Response 1:\\n{response_1}\\n@Response 2:\\n{response_2}\\n
+    Between @Response 1 and @Response 2, which is better?
+
+(one string: the line break after the last ``\\n`` is only this page's)
 
 sent as the user turn of its chat template; the assistant turn is the target. The loss is the
 usual SFT cross-entropy on the assistant turn only (labels are -100 on the prompt and padding):
@@ -58,19 +61,30 @@ def load_justifier_examples(cfg: JustifierConfig, source: str, split: str, limit
     fmt = detect_format(source, "pairs") if cfg.data_format == "auto" else cfg.data_format
     if fmt == "helpsteer2_preference":
         ds, report = load_justification_examples(
-            source, split, justification_set=cfg.justification_set, target=cfg.justifier_target,
-            flip_augmentation=cfg.flip_augmentation, seed=cfg.seed, on_error=cfg.on_bad_rows, limit=limit,
-            return_report=True)
+            source,
+            split,
+            justification_set=cfg.justification_set,
+            target=cfg.justifier_target,
+            flip_augmentation=cfg.flip_augmentation,
+            seed=cfg.seed,
+            on_error=cfg.on_bad_rows,
+            limit=limit,
+            return_report=True,
+        )
         return ds, report
     if cfg.justifier_target != "label":
-        raise ValueError(f"{source}: format {fmt!r} has no written justifications, so justifier_target "
-                         f"{cfg.justifier_target!r} cannot be built; use justifier_target: label or HelpSteer2-Preference data")
+        raise ValueError(
+            f"{source}: format {fmt!r} has no written justifications, so justifier_target "
+            f"{cfg.justifier_target!r} cannot be built; use justifier_target: label or HelpSteer2-Preference data"
+        )
     import datasets
 
     pairs, report = load_pairs_any(source, split, fmt, on_error=cfg.on_bad_rows, limit=limit, return_report=True)
     examples = label_examples_from_pairs(pairs, seed=cfg.seed, flip_augmentation=cfg.flip_augmentation)
     columns = ("prompt", "response_1", "response_2", "target", "label", "flipped")
-    return (datasets.Dataset.from_list(examples) if examples else datasets.Dataset.from_dict({c: [] for c in columns})), report
+    return (
+        datasets.Dataset.from_list(examples) if examples else datasets.Dataset.from_dict({c: [] for c in columns})
+    ), report
 
 
 @dataclass
@@ -127,8 +141,13 @@ class JustifierTrainer(RewardTrainerBase):
 
 
 # ------------------------------------------------------------------------------------------ model
-def load_causal_lm(name_or_path: str | None, *, dtype: str = "float32", trust_remote_code: bool = False,
-                   attn_implementation: str | None = None):
+def load_causal_lm(
+    name_or_path: str | None,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
     """(causal LM, tokenizer). The tokenizer gets a chat template if it has none and a pad token
     (its EOS) if it has none: padding is masked out of the loss, so the pad id does not matter,
     and the saved folder keeps the tokenizer's vocabulary unchanged."""
@@ -139,8 +158,9 @@ def load_causal_lm(name_or_path: str | None, *, dtype: str = "float32", trust_re
     path = resolve_model_path(name_or_path)
     check_model_folder(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
-                                                 use_safetensors=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+    )
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:
@@ -149,14 +169,23 @@ def load_causal_lm(name_or_path: str | None, *, dtype: str = "float32", trust_re
 
 
 def build_justifier_model(cfg: JustifierConfig, *, with_lora: bool | None = None):
-    model, tokenizer = load_causal_lm(cfg.model_name_or_path, dtype=cfg.model_dtype, trust_remote_code=cfg.trust_remote_code,
-                                      attn_implementation=cfg.attn_implementation)
+    model, tokenizer = load_causal_lm(
+        cfg.model_name_or_path,
+        dtype=cfg.model_dtype,
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation=cfg.attn_implementation,
+    )
     model.config.use_cache = False
     if cfg.use_lora if with_lora is None else with_lora:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=cfg.lora_target_modules or "all-linear")
+        lora = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules or "all-linear",
+        )
         model = get_peft_model(model, lora)
     return model, tokenizer
 
@@ -172,8 +201,10 @@ def check_justifier_config(cfg: JustifierConfig) -> None:
     if not cfg.train_data:
         raise ValueError("no train_data: set it in the recipe or pass --train_data FILE")
     if getattr(cfg, "padding_free", False) or getattr(cfg, "max_tokens_per_batch", None):
-        raise ValueError("padding_free / max_tokens_per_batch are not supported by the justifier trainer yet; "
-                         "remove them (sequences are right-padded per batch)")
+        raise ValueError(
+            "padding_free / max_tokens_per_batch are not supported by the justifier trainer yet; "
+            "remove them (sequences are right-padded per batch)"
+        )
 
 
 def prepare_justifier_run(cfg: JustifierConfig):
@@ -190,13 +221,16 @@ def prepare_justifier_run(cfg: JustifierConfig):
     for role, (examples, report) in loaded.items():
         # The first process tokenizes and writes the cache (hsrm.data.tokenize); the others then read it.
         with cfg.main_process_first(desc=f"tokenizing the {role} justifier examples"):
-            tokenized[role], truncation = tokenize_justifier_examples(examples, tokenizer, cfg.max_length,
-                                                                      num_proc=cfg.dataset_num_proc)
+            tokenized[role], truncation = tokenize_justifier_examples(
+                examples, tokenizer, cfg.max_length, num_proc=cfg.dataset_num_proc
+            )
         data_summary[role] = {"load": report.summary(), "truncation": truncation, "examples": len(tokenized[role])}
         logger.info("%s | %s", report.summary(), truncation)
         if len(tokenized[role]) == 0:
             source, split, _ = sources[role]
-            raise ValueError(f"{source} ({split}): no usable justifier examples ({report.summary()}); nothing to train on")
+            raise ValueError(
+                f"{source} ({split}): no usable justifier examples ({report.summary()}); nothing to train on"
+            )
     return model, tokenizer, tokenized["train"], tokenized.get("eval"), data_summary
 
 
@@ -204,7 +238,14 @@ def justifier_record(cfg: JustifierConfig, trainer: JustifierTrainer, eval_ds) -
     """The record of a trained justifier; the validation loss when there is a validation set."""
     eval_metrics = {k: float(v) for k, v in trainer.evaluate().items()} if eval_ds is not None else {}
     return ModelRecord(
-        objective="justifier", justification_set=cfg.justification_set, justifier_target=cfg.justifier_target,
-        flip_augmentation=bool(cfg.flip_augmentation), max_new_tokens=cfg.max_new_tokens,
+        objective="justifier",
+        justification_set=cfg.justification_set,
+        justifier_target=cfg.justifier_target,
+        flip_augmentation=bool(cfg.flip_augmentation),
+        max_new_tokens=cfg.max_new_tokens,
         base_model=DEFAULT_MODEL_HUB_ID if cfg.model_name_or_path in DEFAULT_MODEL_ALIASES else cfg.model_name_or_path,
-        train_data=cfg.train_data, max_length=cfg.max_length, eval_metrics=eval_metrics, lora=bool(cfg.use_lora))
+        train_data=cfg.train_data,
+        max_length=cfg.max_length,
+        eval_metrics=eval_metrics,
+        lora=bool(cfg.use_lora),
+    )

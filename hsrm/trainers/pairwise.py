@@ -34,7 +34,9 @@ class PairwiseRewardTrainer(RewardTrainerBase):
         super().__init__(*args, **kwargs)
         self.pairwise_loss = get_pairwise_loss(self.args.objective)  # unknown names fail here
 
-    def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def pair_loss(
+        self, chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
         loss = self.pairwise_loss(chosen, rejected, margin.to(chosen.dtype), reduction=reduction)
         if self.args.center_rewards_coefficient:
             loss = loss + self.args.center_rewards_coefficient * centering_loss(chosen, rejected, reduction=reduction)
@@ -48,8 +50,13 @@ class PairwiseRewardTrainer(RewardTrainerBase):
         loss_sum = self.pair_loss(chosen, rejected, inputs["margin"], reduction="sum")
         loss = self.mean_over_step(loss_sum, chosen.shape[0], num_items_in_batch)
         if model.training:
-            self.accumulate_metrics({"accuracy": (chosen > rejected).float(), "margin": chosen - rejected,
-                                     "reward": torch.cat([chosen, rejected])})
+            self.accumulate_metrics(
+                {
+                    "accuracy": (chosen > rejected).float(),
+                    "margin": chosen - rejected,
+                    "reward": torch.cat([chosen, rejected]),
+                }
+            )
         if return_outputs:
             return loss, {"chosen": chosen, "rejected": rejected}
         return loss
@@ -71,5 +78,9 @@ def pairwise_metrics(eval_pred) -> dict[str, float]:
     rewards = np.asarray(eval_pred.predictions, dtype=np.float64)
     chosen, rejected = rewards[:, 0], rewards[:, 1]
     both = rewards.reshape(-1)
-    return {"accuracy": float((chosen > rejected).mean()), "margin": float((chosen - rejected).mean()),
-            "reward_mean": float(both.mean()), "reward_std": float(both.std())}
+    return {
+        "accuracy": float((chosen > rejected).mean()),
+        "margin": float((chosen - rejected).mean()),
+        "reward_mean": float(both.mean()),
+        "reward_std": float(both.std()),
+    }

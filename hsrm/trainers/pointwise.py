@@ -28,10 +28,16 @@ class PointwiseRewardTrainer(RewardTrainerBase):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         predictions = reward_outputs(model, inputs)
         labels = inputs["labels"].to(predictions.dtype)
-        loss = self.mean_over_step(regression_loss(predictions, labels, reduction="sum"), labels.numel(), num_items_in_batch)
+        loss = self.mean_over_step(
+            regression_loss(predictions, labels, reduction="sum"), labels.numel(), num_items_in_batch
+        )
         if model.training:
-            self.accumulate_metrics({"mae": (predictions - labels).abs(),
-                                     "reward": scalar_reward(predictions.detach().float(), self.args.attribute_weights)})
+            self.accumulate_metrics(
+                {
+                    "mae": (predictions - labels).abs(),
+                    "reward": scalar_reward(predictions.detach().float(), self.args.attribute_weights),
+                }
+            )
         return (loss, {"predictions": predictions}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -55,10 +61,12 @@ def regression_metrics(attributes, attribute_weights=None):
         for k, name in enumerate(attributes):
             error = predictions[:, k] - labels[:, k]
             metrics[f"{name}_mae"] = float(np.abs(error).mean())
-            metrics[f"{name}_rmse"] = float(np.sqrt((error ** 2).mean()))
+            metrics[f"{name}_rmse"] = float(np.sqrt((error**2).mean()))
             if predictions[:, k].std() > 0 and labels[:, k].std() > 0:
                 metrics[f"{name}_pearson"] = float(np.corrcoef(predictions[:, k], labels[:, k])[0, 1])
-        reward = predictions @ np.asarray(attribute_weights, dtype=np.float64) if attribute_weights else predictions[:, 0]
+        reward = (
+            predictions @ np.asarray(attribute_weights, dtype=np.float64) if attribute_weights else predictions[:, 0]
+        )
         metrics["reward_mean"] = float(reward.mean())
         metrics["reward_std"] = float(reward.std())
         return metrics
