@@ -406,6 +406,39 @@ def primary_metric(result: dict[str, Any]) -> float:
     return float(result["primary_metric"]["value"])
 
 
+def prepare_evaluation(
+    model: str,
+    data: str,
+    *,
+    data_format: str = "auto",
+    split: str | None = None,
+    limit: int | None = None,
+    on_bad_rows: str = "raise",
+    per_subset: int | None = None,
+    scorer: RewardScorer | None = None,
+    **scorer_options: Any,
+) -> tuple[RewardScorer, EvalSet]:
+    """The scorer and the evaluation set as ``hsrm evaluate`` and the ExPO search read them: on benchmark
+    data the scorer's ``max_length`` defaults to the benchmark protocol's (``scorer_options`` are
+    :class:`RewardScorer`'s), and the set is tokenized at the scorer's length."""
+    kind = detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
+    scorer = scorer or RewardScorer(
+        model, protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind), protocol_name=f"{kind} protocol", **scorer_options
+    )
+    eval_set = load_eval_set(
+        data,
+        scorer.tokenizer,
+        data_format=data_format,
+        split=split,
+        limit=limit,
+        max_length=scorer.max_length,
+        model_attributes=scorer.attributes,
+        on_error=on_bad_rows,
+        per_subset=per_subset,
+    )
+    return scorer, eval_set
+
+
 def evaluate_model(
     model: str,
     data: str,
@@ -427,9 +460,15 @@ def evaluate_model(
     """Score ``data`` with the reward model at ``model``. ``on_bad_rows="skip"`` skips and counts rows
     that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping.
     ``max_length=None``: the benchmark's protocol length on RewardBench data, else the model record's."""
-    kind = detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
-    scorer = scorer or RewardScorer(
+    scorer, eval_set = prepare_evaluation(
         model,
+        data,
+        data_format=data_format,
+        split=split,
+        limit=limit,
+        on_bad_rows=on_bad_rows,
+        per_subset=per_subset,
+        scorer=scorer,
         batch_size=batch_size,
         max_length=max_length,
         dtype=dtype,
@@ -437,19 +476,6 @@ def evaluate_model(
         progress=progress,
         layout=layout,
         max_tokens=max_tokens,
-        protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind),
-        protocol_name=f"{kind} protocol",
-    )
-    eval_set = load_eval_set(
-        data,
-        scorer.tokenizer,
-        data_format=data_format,
-        split=split,
-        limit=limit,
-        max_length=scorer.max_length,
-        model_attributes=scorer.attributes,
-        on_error=on_bad_rows,
-        per_subset=per_subset,
     )
     logger.info("%s | %s", eval_set.load_summary, eval_set.truncation)
     result = evaluate_prepared(scorer, eval_set)

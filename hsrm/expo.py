@@ -320,13 +320,16 @@ def search_factor(
     from tqdm.auto import tqdm
 
     from .engine import DEFAULT_MAX_TOKENS
-    from .evaluation import PROTOCOL_MAX_LENGTH, detect_kind, evaluate_prepared, load_eval_set, primary_metric
-    from .scoring import RewardScorer
+    from .evaluation import evaluate_prepared, prepare_evaluation, primary_metric
 
     weak_reader, strong_reader = check_compatible(weak, strong)
-    kind = detect_kind(str(data), data_format)
-    scorer = RewardScorer(
+    scorer, eval_set = prepare_evaluation(
         strong,
+        data,
+        data_format=data_format,
+        split=split,
+        limit=limit,
+        on_bad_rows=on_bad_rows,
         batch_size=batch_size,
         max_length=max_length,
         device=device,
@@ -334,18 +337,6 @@ def search_factor(
         progress=False,
         layout=layout,
         max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
-        protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind),
-        protocol_name=f"{kind} protocol",
-    )
-    eval_set = load_eval_set(
-        data,
-        scorer.tokenizer,
-        data_format=data_format,
-        split=split,
-        limit=limit,
-        max_length=scorer.max_length,
-        model_attributes=scorer.attributes,
-        on_error=on_bad_rows,
     )
     logger.info("ExPO search on %s | %s", eval_set.load_summary, eval_set.truncation)
     table: list[dict[str, Any]] = []
