@@ -256,78 +256,87 @@ def _batch(x: np.ndarray, index: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------- MLP training
 
 
+@dataclass(frozen=True)
+class _Training:
+    """The optimisation settings BT-MLP and CLF-MLP share (their public keyword arguments)."""
+
+    lr: float
+    max_epochs: int
+    patience: int
+    val_fraction: float
+    batch_size: int
+    bf16: bool
+
+
 def _train_mlp(
     model: MLPRewardModel,
     n_items: int,
     batch_loss: Callable[[MLPRewardModel, np.ndarray], torch.Tensor],
-    *,
-    lr: float,
-    max_epochs: int,
-    patience: int,
-    val_fraction: float,
-    batch_size: int,
+    training: _Training,
     seed: int,
     description: str,
-    bf16: bool = False,
 ) -> MLPRewardModel:
     """The loop shared by BT-MLP and CLF-MLP: Adam, shuffled mini-batches, early stopping on a
     held-out split with ``patience`` epochs, best weights restored. ``batch_loss(model, idx)`` is
-    the mean loss of the items ``idx``; it must return an fp32 loss (``.float()`` under autocast)."""
+    the mean loss of the items ``idx``; it must return an fp32 loss (``.float()`` under autocast).
+    Torch's global RNG is seeded with ``seed`` inside a fork, so the caller's stream is untouched."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1 or max_epochs < 1 or patience < 1:
-        raise ValueError(
-            f"{description}: batch_size, max_epochs and patience must be ≥ 1 "
-            f"(got {batch_size}, {max_epochs}, {patience})"
-        )
-    rng = np.random.default_rng(seed)
-    train_idx, val_idx = _split_indices(n_items, val_fraction, rng)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = FitHistory()
-    best_state, best_val, bad_epochs = None, math.inf, 0
-    start = time.perf_counter()
-    progress = tqdm(range(max_epochs), desc=description, leave=False, disable=None)
-    for epoch in progress:
-        model.train()
-        order = rng.permutation(train_idx)
-        total, count = 0.0, 0
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            # bf16 autocast (opt-in): about 2x faster training on CPUs with AVX512-BF16/AMX;
-            # weights, Adam state, validation and scoring stay fp32.
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = batch_loss(model, idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        history.train_loss.append(total / max(count, 1))
-        if len(val_idx) == 0:  # too few items to hold any out: train for max_epochs
-            history.best_epoch = epoch
-            continue
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if training.batch_size < 1 or training.max_epochs < 1 or training.patience < 1:
+            raise ValueError(
+                f"{description}: batch_size, max_epochs and patience must be ≥ 1 "
+                f"(got {training.batch_size}, {training.max_epochs}, {training.patience})"
+            )
+        rng = np.random.default_rng(seed)
+        train_idx, val_idx = _split_indices(n_items, training.val_fraction, rng)
+        optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
+        history = FitHistory()
+        best_state, best_val, bad_epochs = None, math.inf, 0
+        start = time.perf_counter()
+        progress = tqdm(range(training.max_epochs), desc=description, leave=False, disable=None)
+        for epoch in progress:
+            model.train()
+            order = rng.permutation(train_idx)
+            total, count = 0.0, 0
+            for lo in range(0, len(order), training.batch_size):
+                idx = order[lo : lo + training.batch_size]
+                # bf16 autocast (opt-in): about 2x faster training on CPUs with AVX512-BF16/AMX;
+                # weights, Adam state, validation and scoring stay fp32.
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=training.bf16):
+                    loss = batch_loss(model, idx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+            history.train_loss.append(total / max(count, 1))
+            if len(val_idx) == 0:  # too few items to hold any out: train for max_epochs
+                history.best_epoch = epoch
+                continue
+            model.eval()
+            with torch.no_grad():
+                val = sum(
+                    float(batch_loss(model, val_idx[lo : lo + 8192])) * len(val_idx[lo : lo + 8192])
+                    for lo in range(0, len(val_idx), 8192)
+                ) / len(val_idx)
+            history.val_loss.append(val)
+            progress.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}")
+            if val < best_val - 1e-6:
+                best_val, bad_epochs, history.best_epoch = val, 0, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                if bad_epochs >= training.patience:
+                    history.stopped_early = True
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
         model.eval()
-        with torch.no_grad():
-            val = sum(
-                float(batch_loss(model, val_idx[lo : lo + 8192])) * len(val_idx[lo : lo + 8192])
-                for lo in range(0, len(val_idx), 8192)
-            ) / len(val_idx)
-        history.val_loss.append(val)
-        progress.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}")
-        if val < best_val - 1e-6:
-            best_val, bad_epochs, history.best_epoch = val, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= patience:
-                history.stopped_early = True
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    history.seconds = time.perf_counter() - start
-    model.history = history
-    return model
+        history.seconds = time.perf_counter() - start
+        model.history = history
+        return model
 
 
 def _new_mlp(
@@ -391,21 +400,8 @@ def fit_bt_mlp(
         margin = rewards[: len(idx)] - rewards[len(idx) :]
         return -F.logsigmoid(sign[idx] * margin).mean()
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _train_mlp(
-            model,
-            len(first_wins),
-            batch_loss,
-            lr=lr,
-            max_epochs=max_epochs,
-            patience=patience,
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            seed=seed,
-            description="BT-MLP",
-            bf16=bf16,
-        )
+    training = _Training(lr, max_epochs, patience, val_fraction, batch_size, bf16)
+    return _train_mlp(model, len(first_wins), batch_loss, training, seed, "BT-MLP")
 
 
 def fit_clf_mlp(
@@ -436,21 +432,8 @@ def fit_clf_mlp(
     def batch_loss(net: MLPRewardModel, idx: np.ndarray) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(net(_batch(embeddings, idx)).float(), targets[idx])
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _train_mlp(
-            model,
-            len(labels),
-            batch_loss,
-            lr=lr,
-            max_epochs=max_epochs,
-            patience=patience,
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            seed=seed,
-            description="CLF-MLP",
-            bf16=bf16,
-        )
+    training = _Training(lr, max_epochs, patience, val_fraction, batch_size, bf16)
+    return _train_mlp(model, len(labels), batch_loss, training, seed, "CLF-MLP")
 
 
 def _as_dense_csc(x: np.ndarray):
