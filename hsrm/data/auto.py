@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from .helpsteer import load_helpsteer2_preference, load_helpsteer2_ratings
 from .helpsteer3 import load_helpsteer3_preference
@@ -20,15 +20,7 @@ DataFormat = Literal[
     "rewardbench2",
     "rmbench",
 ]
-FORMATS = (
-    "helpsteer2_preference",
-    "helpsteer2_ratings",
-    "helpsteer3_preference",
-    "pairs",
-    "rewardbench",
-    "rewardbench2",
-    "rmbench",
-)
+FORMATS = get_args(DataFormat)[1:]  # every format but "auto"
 EVALUATION_ONLY = {"rewardbench2": "best-of-N rows", "rmbench": "rows of three chosen and three rejected responses"}
 
 

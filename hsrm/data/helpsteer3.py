@@ -10,12 +10,13 @@ strength) is ``|overall_preference|``, and a 0 row is dropped and counted — it
 
 from __future__ import annotations
 
-from .io import DataError, LoadReport, OnError, read_rows, require_text
+from .io import DataError, OnError, load_checked_rows, require_text
 from .messages import to_messages
 
 HUB_ID = "nvidia/HelpSteer3"
 DATA_DIR = "preference"  # the Hub repo's folder of the preference files
 SPLITS = {"train": "train", "val": "validation", "validation": "validation"}
+COLUMNS = ("prompt", "chosen", "rejected", "margin", "has_margin", "domain", "language")
 
 
 def load_helpsteer3_preference(
@@ -30,48 +31,31 @@ def load_helpsteer3_preference(
     (``|overall_preference|``), ``has_margin``, ``domain``, ``language``, as a ``datasets.Dataset``."""
     import datasets
 
-    src = str(source)
-    report = LoadReport(source=src)
-    out: dict[str, list] = {
-        k: [] for k in ("prompt", "chosen", "rejected", "margin", "has_margin", "domain", "language")
-    }
-    for index, row in enumerate(read_rows(source, split=SPLITS.get(split, split), data_dir=DATA_DIR)):
-        report.rows_read += 1
-        try:
-            if not isinstance(row, dict):
-                raise DataError(src, index, None, "expected an object per row")
-            context = to_messages(row.get("context"), src, index, "context")
-            if context[-1]["role"] != "user":
-                raise DataError(src, index, "context", "the last turn must be the user's: the two responses answer it")
-            first = require_text(row, "response1", src, index)
-            second = require_text(row, "response2", src, index)
-            preference = row.get("overall_preference")
-            if isinstance(preference, bool) or not isinstance(preference, int) or not -3 <= preference <= 3:
-                raise DataError(
-                    src, index, "overall_preference", f"expected a whole number in −3…3, got {preference!r}"
-                )
-        except DataError:
-            if on_error == "raise":
-                raise
-            report.drop("malformed row")
-            continue
-        if preference == 0:
-            report.drop("no preference (overall_preference 0)")
-            continue
-        chosen, rejected = (first, second) if preference < 0 else (second, first)
-        for key, value in (
-            ("prompt", context),
-            ("chosen", chosen),
-            ("rejected", rejected),
-            ("margin", float(abs(preference))),
-            ("has_margin", True),
-            ("domain", str(row.get("domain") or "unknown")),
-            ("language", str(row.get("language") or "unknown")),
-        ):
-            out[key].append(value)
-        report.rows_kept += 1
-        if limit is not None and report.rows_kept >= limit:
-            break
-    report.log()
-    dataset = datasets.Dataset.from_dict(out)
+    rows, report = load_checked_rows(
+        source, _parse_row, split=SPLITS.get(split, split), data_dir=DATA_DIR, on_error=on_error, limit=limit
+    )
+    dataset = datasets.Dataset.from_dict({column: [row[column] for row in rows] for column in COLUMNS})
     return (dataset, report) if return_report else dataset
+
+
+def _parse_row(row: dict, src: str, index: int) -> dict | str:
+    context = to_messages(row.get("context"), src, index, "context")
+    if context[-1]["role"] != "user":
+        raise DataError(src, index, "context", "the last turn must be the user's: the two responses answer it")
+    first = require_text(row, "response1", src, index)
+    second = require_text(row, "response2", src, index)
+    preference = row.get("overall_preference")
+    if isinstance(preference, bool) or not isinstance(preference, int) or not -3 <= preference <= 3:
+        raise DataError(src, index, "overall_preference", f"expected a whole number in −3…3, got {preference!r}")
+    if preference == 0:
+        return "no preference (overall_preference 0)"
+    chosen, rejected = (first, second) if preference < 0 else (second, first)
+    return {
+        "prompt": context,
+        "chosen": chosen,
+        "rejected": rejected,
+        "margin": float(abs(preference)),
+        "has_margin": True,
+        "domain": str(row.get("domain") or "unknown"),
+        "language": str(row.get("language") or "unknown"),
+    }

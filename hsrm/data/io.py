@@ -13,7 +13,7 @@ import logging
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -118,6 +118,44 @@ def _iter_json_lines(path: str) -> Iterator[dict]:
             )
         row_index += 1
         yield row
+
+
+def load_checked_rows(
+    source: str | os.PathLike,
+    parse_row: Callable[[dict, str, int], dict[str, Any] | str],
+    *,
+    split: str | None = None,
+    data_dir: str | None = None,
+    on_error: OnError = "raise",
+    limit: int | None = None,
+) -> tuple[list[dict[str, Any]], LoadReport]:
+    """The rows of ``source`` through ``parse_row(row, source, index)``, which returns the row to keep,
+    or a reason (a string) to drop it, counted under that reason. A malformed row (not an object, or
+    one ``parse_row`` raises :class:`DataError` for) stops the load with ``on_error="raise"``, else it is
+    dropped and counted. Stops after ``limit`` kept rows; the report is logged."""
+    src = str(source)
+    report = LoadReport(source=src)
+    kept: list[dict[str, Any]] = []
+    for index, row in enumerate(read_rows(source, split=split, data_dir=data_dir)):
+        report.rows_read += 1
+        try:
+            if not isinstance(row, dict):
+                raise DataError(src, index, None, "expected an object per row")
+            parsed = parse_row(row, src, index)
+        except DataError:
+            if on_error == "raise":
+                raise
+            report.drop("malformed row")
+            continue
+        if isinstance(parsed, str):
+            report.drop(parsed)
+            continue
+        kept.append(parsed)
+        report.rows_kept += 1
+        if limit is not None and len(kept) >= limit:
+            break
+    report.log()
+    return kept, report
 
 
 def read_rows(source: str | os.PathLike, split: str | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .io import DataError, LoadReport, OnError, read_rows
+from .io import DataError, LoadReport, OnError, load_checked_rows
 from .messages import to_messages
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
@@ -33,43 +33,20 @@ def load_rewardbench2(
     ``num_correct`` must equal the number of chosen completions, and Ties ids must read ``ref:N`` or
     ``tied:N``: the scoring depends on both.
     """
-    src = str(source)
-    report = LoadReport(source=src)
-    out: list[dict[str, Any]] = []
-    for index, row in enumerate(read_rows(source, split=split)):
-        report.rows_read += 1
-        try:
-            if not isinstance(row, dict):
-                raise DataError(src, index, None, "expected an object per row")
-            prompt = to_messages(row.get("prompt"), src, index)
-            chosen, rejected = _texts(row, "chosen", src, index), _texts(row, "rejected", src, index)
-            subset = row.get("subset")
-            if not isinstance(subset, str) or not subset:
-                raise DataError(src, index, "subset", "missing")
-            num_correct = row.get("num_correct", len(chosen))
-            if isinstance(num_correct, bool) or not isinstance(num_correct, int) or num_correct != len(chosen):
-                raise DataError(
-                    src, index, "num_correct", f"{num_correct!r}, but the row has {len(chosen)} chosen completions"
-                )
-            row_id = str(row.get("id", index))
-            if subset.lower() == "ties" and row_id.split(":", 1)[0] not in ("ref", "tied"):
-                raise DataError(src, index, "id", f"a Ties id reads ref:N or tied:N, got {row_id!r}")
-        except DataError:
-            if on_error == "raise":
-                raise
-            report.drop("malformed row")
-            continue
-        out.append(
-            {
-                "prompt": prompt,
-                "completions": chosen + rejected,
-                "num_correct": num_correct,
-                "subset": subset,
-                "id": row_id,
-            }
-        )
-        report.rows_kept += 1
-        if limit is not None and len(out) >= limit:
-            break
-    report.log()
-    return out, report
+    return load_checked_rows(source, _parse_row, split=split, on_error=on_error, limit=limit)
+
+
+def _parse_row(row: dict, src: str, index: int) -> dict[str, Any]:
+    prompt = to_messages(row.get("prompt"), src, index)
+    chosen, rejected = _texts(row, "chosen", src, index), _texts(row, "rejected", src, index)
+    subset = row.get("subset")
+    if not isinstance(subset, str) or not subset:
+        raise DataError(src, index, "subset", "missing")
+    num_correct = row.get("num_correct", len(chosen))
+    if isinstance(num_correct, bool) or not isinstance(num_correct, int) or num_correct != len(chosen):
+        raise DataError(src, index, "num_correct", f"{num_correct!r}, but the row has {len(chosen)} chosen completions")
+    row_id = str(row.get("id", index))
+    if subset.lower() == "ties" and row_id.split(":", 1)[0] not in ("ref", "tied"):
+        raise DataError(src, index, "id", f"a Ties id reads ref:N or tied:N, got {row_id!r}")
+    completions = chosen + rejected
+    return {"prompt": prompt, "completions": completions, "num_correct": num_correct, "subset": subset, "id": row_id}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .io import DataError, LoadReport, OnError, read_rows
+from .io import DataError, LoadReport, OnError, load_checked_rows
 from .messages import to_messages
 
 STYLES = ("concise", "detailed", "detailed markdown")
@@ -30,46 +30,25 @@ def load_rmbench(
     source: str = HUB_ID, split: str = DEFAULT_SPLIT, *, on_error: OnError = "raise", limit: int | None = None
 ) -> tuple[list[dict[str, Any]], LoadReport]:
     """Rows ``{prompt (messages), chosen [3], rejected [3], domain, id}`` and the load report."""
-    src = str(source)
-    report = LoadReport(source=src)
-    out: list[dict[str, Any]] = []
-    for index, row in enumerate(read_rows(source, split=split)):
-        report.rows_read += 1
-        try:
-            if not isinstance(row, dict):
-                raise DataError(src, index, None, "expected an object per row")
-            prompt = to_messages(row.get("prompt"), src, index)
-            sides = {}
-            for name in ("chosen", "rejected"):
-                value = row.get(name)
-                if (
-                    not isinstance(value, list)
-                    or len(value) != len(STYLES)
-                    or not all(isinstance(v, str) for v in value)
-                ):
-                    raise DataError(src, index, name, f"expected {len(STYLES)} responses ({', '.join(STYLES)})")
-                sides[name] = list(value)
-            domain = row.get("domain")
-            if not isinstance(domain, str) or paper_domain(domain) not in DOMAINS:
-                raise DataError(
-                    src, index, "domain", f"{domain!r} is not one of chat, math, code, safety-refuse, safety-response"
-                )
-        except DataError:
-            if on_error == "raise":
-                raise
-            report.drop("malformed row")
-            continue
-        out.append(
-            {
-                "prompt": prompt,
-                "chosen": sides["chosen"],
-                "rejected": sides["rejected"],
-                "domain": paper_domain(domain),
-                "id": str(row.get("id", index)),
-            }
-        )
-        report.rows_kept += 1
-        if limit is not None and len(out) >= limit:
-            break
-    report.log()
-    return out, report
+    return load_checked_rows(source, _parse_row, split=split, on_error=on_error, limit=limit)
+
+
+def _parse_row(row: dict, src: str, index: int) -> dict[str, Any]:
+    prompt = to_messages(row.get("prompt"), src, index)
+    sides = {}
+    for name in ("chosen", "rejected"):
+        value = row.get(name)
+        if not isinstance(value, list) or len(value) != len(STYLES) or not all(isinstance(v, str) for v in value):
+            raise DataError(src, index, name, f"expected {len(STYLES)} responses ({', '.join(STYLES)})")
+        sides[name] = list(value)
+    domain = row.get("domain")
+    if not isinstance(domain, str) or paper_domain(domain) not in DOMAINS:
+        known = "chat, math, code, safety-refuse, safety-response"
+        raise DataError(src, index, "domain", f"{domain!r} is not one of {known}")
+    return {
+        "prompt": prompt,
+        "chosen": sides["chosen"],
+        "rejected": sides["rejected"],
+        "domain": paper_domain(domain),
+        "id": str(row.get("id", index)),
+    }
