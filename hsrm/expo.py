@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .files import atomic_write, atomic_write_json, check_output, staged_folder
 from .record import read_record, reward_statistics, write_record
 
 logger = logging.getLogger(__name__)
@@ -235,8 +236,6 @@ def extrapolate_folder(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from .files import check_output, staged_folder
-
     weak_dir, strong_dir, target = Path(weak), Path(strong), Path(out)
     check_output(target, inputs=[weak_dir, strong_dir], overwrite=overwrite)
     weak_reader, strong_reader = check_compatible(weak_dir, strong_dir)
@@ -394,22 +393,20 @@ def write_search_table(folder: str | os.PathLike, search: dict[str, Any]) -> tup
         "coarse_best_alpha": search["coarse_best"]["alpha"],
         "table": search["table"],
     }
-    json_path = root / f"{SEARCH_TABLE}.json"
-    json_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    csv_path = root / f"{SEARCH_TABLE}.csv"
-    columns = ["alpha", "stage", "metric", "score", "accuracy", "margin"]
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+
+    def write_csv(handle) -> None:
+        columns = ["alpha", "stage", "metric", "score", "accuracy", "margin"]
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for row in search["table"]:
-            writer.writerow(row)
-    return json_path, csv_path
+        writer.writerows(search["table"])
+
+    json_path = atomic_write_json(root / f"{SEARCH_TABLE}.json", payload)
+    return json_path, atomic_write(root / f"{SEARCH_TABLE}.csv", write_csv)
 
 
 # ------------------------------------------------------------------------------ CLI
 def main(argv: list[str] | None = None) -> Path:
     from .evaluation import scalar_rewards
-    from .files import check_output
     from .options import ExpoOptions, parse_options, print_result
 
     opts = parse_options(ExpoOptions, argv, prog="hsrm expo", description=ExpoOptions.__doc__)
