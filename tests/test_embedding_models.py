@@ -30,6 +30,7 @@ from hsrm.embedding.models import (
     EnsembleRewardModel,
     MLPRewardModel,
     fit_bt_mlp,
+    fit_clf_mlp,
     fit_ensemble,
     fit_reward_model,
     load_model,
@@ -392,3 +393,12 @@ def test_embedding_fit_bench_smoke_reports_identical_trees_to_its_peer(tmp_path)
     peer = result["clf-lgb"]["peer_plain_lightgbm"]
     assert peer["same_trees"] is True
     assert peer["speedup"] > 0 and json.loads(out.read_text())["clf-lgb"]["peer_plain_lightgbm"]["same_trees"] is True
+
+
+def test_mlp_fitters_take_the_shared_settings_and_name_an_unknown_one(world_data):
+    train, _, pairs = world_data
+    e1, e2 = train.embeddings[pairs.first[:100]], train.embeddings[pairs.second[:100]]
+    model = fit_bt_mlp(e1, e2, pairs.first_wins[:100], hidden=[8], max_epochs=1, seed=0)
+    assert model.hidden == (8,) and len(model.history.train_loss) == 1
+    with pytest.raises(TypeError, match=r"fit_clf_mlp: unknown setting\(s\) \['epochs'\]"):
+        fit_clf_mlp(e1, np.arange(100) % 2, epochs=3)

@@ -24,6 +24,7 @@ from .models import (  # noqa: F401
     EnsembleRewardModel,
     LGBRewardModel,
     MLPRewardModel,
+    MLPSettings,
     fit_bt_mlp,
     fit_clf_lgb,
     fit_clf_mlp,

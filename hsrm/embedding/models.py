@@ -257,39 +257,48 @@ def _batch(x: np.ndarray, index: np.ndarray) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Training:
-    """The optimisation settings BT-MLP and CLF-MLP share (their public keyword arguments)."""
+class MLPSettings:
+    """What BT-MLP and CLF-MLP share: the network's hidden sizes and the optimisation. Each field is
+    also a keyword argument of ``fit_bt_mlp`` and ``fit_clf_mlp``."""
 
-    lr: float
-    max_epochs: int
-    patience: int
-    val_fraction: float
-    batch_size: int
-    bf16: bool
+    hidden: Sequence[int] = DEFAULT_HIDDEN
+    lr: float = 1e-3
+    max_epochs: int = 30
+    patience: int = 3
+    val_fraction: float = 0.2  # held out for early stopping
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    bf16: bool = False  # bfloat16 autocast (opt-in, faster on CPUs with AVX512-BF16)
+
+    @classmethod
+    def from_keywords(cls, caller: str, keywords: dict) -> MLPSettings:
+        unknown = sorted(set(keywords) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"{caller}: unknown setting(s) {unknown}; choose from {list(cls.__dataclass_fields__)}")
+        return cls(**keywords)
 
 
 def _train_mlp(
     model: MLPRewardModel,
     n_items: int,
     batch_loss: Callable[[MLPRewardModel, np.ndarray], torch.Tensor],
-    training: _Training,
-    seed: int,
+    training: MLPSettings,
     description: str,
 ) -> MLPRewardModel:
     """The loop shared by BT-MLP and CLF-MLP: Adam, shuffled mini-batches, early stopping on a
     held-out split with ``patience`` epochs, best weights restored. ``batch_loss(model, idx)`` is
     the mean loss of the items ``idx``; it must return an fp32 loss (``.float()`` under autocast).
-    Torch's global RNG is seeded with ``seed`` inside a fork, so the caller's stream is untouched."""
+    Torch's global RNG is seeded with ``training.seed`` inside a fork, so the caller's stream is untouched."""
     from tqdm.auto import tqdm
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(training.seed)
         if training.batch_size < 1 or training.max_epochs < 1 or training.patience < 1:
             raise ValueError(
                 f"{description}: batch_size, max_epochs and patience must be ≥ 1 "
                 f"(got {training.batch_size}, {training.max_epochs}, {training.patience})"
             )
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(training.seed)
         train_idx, val_idx = _split_indices(n_items, training.val_fraction, rng)
         optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
         history = FitHistory()
@@ -341,9 +350,8 @@ def _train_mlp(
 
 def _new_mlp(
     input_dim: int,
-    hidden,
+    settings: MLPSettings,
     method: str,
-    seed: int,
     init: MLPRewardModel | None,
     train_embeddings: Callable[[], np.ndarray],
 ) -> MLPRewardModel:
@@ -354,9 +362,9 @@ def _new_mlp(
         model.method = method
         return model  # keeps the warm-start's standardisation, so its features stay comparable
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
-        torch.manual_seed(seed)
-        model = MLPRewardModel(input_dim, hidden, method=method)
-    model.set_standardization(train_embeddings(), seed=seed)
+        torch.manual_seed(settings.seed)
+        model = MLPRewardModel(input_dim, settings.hidden, method=method)
+    model.set_standardization(train_embeddings(), seed=settings.seed)
     return model
 
 
@@ -365,32 +373,21 @@ def fit_bt_mlp(
     emb_second: np.ndarray,
     first_wins: np.ndarray,
     *,
-    hidden=DEFAULT_HIDDEN,
-    lr: float = 1e-3,
-    max_epochs: int = 30,
-    patience: int = 3,
-    val_fraction: float = 0.2,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
     init: MLPRewardModel | None = None,
-    bf16: bool = False,
+    **settings,
 ) -> MLPRewardModel:
     """BT-MLP: the Siamese MLP trained with L = −mean log σ(s · (f(e₁) − f(e₂))).
 
     emb_first, emb_second: (n, d) embeddings of the two responses of each pair.
     first_wins: (n,) bool, the (noisy) annotation. init: a model to warm-start from (copied).
-    bf16: train under bfloat16 autocast (opt-in, faster on CPUs with AVX512-BF16).
-    The held-out 20 % are pairs; early stopping watches their BT loss.
+    settings: any field of ``MLPSettings`` (hidden, lr, max_epochs, patience, val_fraction, batch_size,
+    seed, bf16). The held-out 20 % are pairs; early stopping watches their BT loss.
     """
+    training = MLPSettings.from_keywords("fit_bt_mlp", settings)
     emb_first, emb_second, first_wins = _check_pairs(emb_first, emb_second, first_wins)
     sign = torch.from_numpy(np.where(first_wins, 1.0, -1.0).astype(np.float32))
     model = _new_mlp(
-        emb_first.shape[1],
-        hidden,
-        "bt-mlp",
-        seed,
-        init,
-        lambda: np.concatenate([emb_first[:10000], emb_second[:10000]]),
+        emb_first.shape[1], training, "bt-mlp", init, lambda: np.concatenate([emb_first[:10000], emb_second[:10000]])
     )
 
     def batch_loss(net: MLPRewardModel, idx: np.ndarray) -> torch.Tensor:
@@ -400,26 +397,16 @@ def fit_bt_mlp(
         margin = rewards[: len(idx)] - rewards[len(idx) :]
         return -F.logsigmoid(sign[idx] * margin).mean()
 
-    training = _Training(lr, max_epochs, patience, val_fraction, batch_size, bf16)
-    return _train_mlp(model, len(first_wins), batch_loss, training, seed, "BT-MLP")
+    return _train_mlp(model, len(first_wins), batch_loss, training, "BT-MLP")
 
 
 def fit_clf_mlp(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    *,
-    hidden=DEFAULT_HIDDEN,
-    lr: float = 1e-3,
-    max_epochs: int = 30,
-    patience: int = 3,
-    val_fraction: float = 0.2,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    init: MLPRewardModel | None = None,
-    bf16: bool = False,
+    embeddings: np.ndarray, labels: np.ndarray, *, init: MLPRewardModel | None = None, **settings
 ) -> MLPRewardModel:
     """CLF-MLP: the same network trained with BCE(σ(f(e)), y) on single responses; the logit f is the
-    reward. embeddings (n, d); labels (n,) in {0, 1} (1 = this response won its comparison)."""
+    reward. embeddings (n, d); labels (n,) in {0, 1} (1 = this response won its comparison).
+    settings: any field of ``MLPSettings``, as for ``fit_bt_mlp``."""
+    training = MLPSettings.from_keywords("fit_clf_mlp", settings)
     embeddings = _check_matrix(embeddings, "embeddings")
     labels = np.asarray(labels, dtype=np.float32).reshape(-1)
     if len(labels) != len(embeddings):
@@ -427,13 +414,12 @@ def fit_clf_mlp(
     if len(labels) < 2:
         raise ValueError("fit_clf_mlp: need at least 2 labelled responses")
     targets = torch.from_numpy(labels)
-    model = _new_mlp(embeddings.shape[1], hidden, "clf-mlp", seed, init, lambda: embeddings[:20000])
+    model = _new_mlp(embeddings.shape[1], training, "clf-mlp", init, lambda: embeddings[:20000])
 
     def batch_loss(net: MLPRewardModel, idx: np.ndarray) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(net(_batch(embeddings, idx)).float(), targets[idx])
 
-    training = _Training(lr, max_epochs, patience, val_fraction, batch_size, bf16)
-    return _train_mlp(model, len(labels), batch_loss, training, seed, "CLF-MLP")
+    return _train_mlp(model, len(labels), batch_loss, training, "CLF-MLP")
 
 
 def _as_dense_csc(x: np.ndarray):
