@@ -220,6 +220,8 @@ def data_sources(workdir: Path, data_dir: str | None = None, profile: Profile | 
         **generated_data(workdir),
         "note": "GENERATED toy data (no --data-dir, no ../shared/data, no Hub); the numbers "
         "mean nothing: pass --data-dir",
+        "heldout_name": "generated",
+        "rewardbench_name": "generated RewardBench-style",
     }
 
 
@@ -442,6 +444,9 @@ def run_demo(
         if reference["score"] > search["best"]["score"]
         else ""
     )
+    # The generated fallback's rows are stand-ins: the report must not name the real sets they stand in for.
+    heldout_name = data.get("heldout_name", "HH-RLHF helpful-online")
+    rewardbench_name = data.get("rewardbench_name", "RewardBench")
     lines = [
         f"# hsrm demo report: {data['note']}",
         "",
@@ -455,10 +460,9 @@ def run_demo(
         f"| 1. helpfulness regression, {regression['global_step']} steps | train MSE {regression['train_loss']:.3f} |",
         f"| 2. Regular BT from the regression model, {bt['global_step']} steps | held-out pairwise accuracy "
         f"**{heldout_accuracy:.3f}** "
-        f"(95 % interval {heldout_low:.3f}–{heldout_high:.3f}) on {heldout_n} HH-RLHF helpful-online pairs |",
-        f"| 3. RewardBench sample ({rewardbench['n']} rows, {profile.rewardbench_per_subset} per subset) | overall "
-        f"{rewardbench['primary_metric']['value']:.3f} "
-        f"(sections present only) |",
+        f"(95 % interval {heldout_low:.3f}–{heldout_high:.3f}) on {heldout_n} {heldout_name} pairs |",
+        f"| 3. {rewardbench_name} sample ({rewardbench['n']} rows, {profile.rewardbench_per_subset} per subset) | "
+        f"overall {rewardbench['primary_metric']['value']:.3f} (sections present only) |",
         f"| 4. ExPO, factor searched on {profile.expo_pairs} validation pairs | α = {alpha}; held-out accuracy "
         f"{expo_heldout_accuracy:.3f} (BT alone: {heldout_accuracy:.3f}){expo_note} |",
         f'| 5. Best-of-{len(rewards)} | picks answer {best}: "{BEST_OF_N_RESPONSES[best][:60]}…" |',

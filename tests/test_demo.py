@@ -53,6 +53,21 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     )
 
 
+def test_a_demo_on_generated_data_does_not_name_the_real_sets(tmp_path, monkeypatch):
+    import hsrm.demo as demo
+    import hsrm.modeling as modeling
+
+    monkeypatch.setattr(demo, "SHARED", tmp_path / "no-shared-here")
+    monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout=3.0: False)
+    out = tmp_path / "report"
+    assert cli_main(["demo", "--output", str(out), "--quick"]) == 0
+    report = (out / "README.md").read_text()
+    assert report.startswith("# hsrm demo report: GENERATED")
+    results = report.split("## Results", 1)[1].split("## Best-of-N", 1)[0]
+    assert "generated pairs" in results and "generated RewardBench-style sample" in results
+    assert "HH-RLHF" not in results and "| 3. RewardBench" not in results
+
+
 # ------------------------------------------------------------------------------ where the data comes from
 def test_data_dir_then_shared_then_hub_then_generated(tmp_path, monkeypatch, caplog):
     import datasets
