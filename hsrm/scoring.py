@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import torch
 
 from .data.io import DataError, read_rows
 from .data.messages import response_text, to_messages
-from .data.render import TruncationStats, encode, encode_text
+from .data.render import TruncationStats, encode_batch, encode_texts
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
 from .files import atomic_write_jsonl, check_output
 
@@ -144,6 +145,7 @@ class RewardScorer:
         self.batch_size, self.max_tokens, self.layout = batch_size, max_tokens, layout
         self.progress = progress
         self.truncation = TruncationStats()
+        self._truncation_lock = threading.Lock()  # hsrm serve encodes requests in several threads at once
         # TRL names a reward function by its __name__ in logs ("rewards/<name>/mean").
         self.__name__ = name or "reward_" + re.sub(
             r"[^A-Za-z0-9_]+", "_", Path(self.model_dir.rstrip("/")).name or "model"
@@ -166,12 +168,28 @@ class RewardScorer:
     # -- tokenization
     def encode(self, prompt: Any, response: str) -> list[int]:
         """Token ids of prompt (text or chat messages) + response, as training encodes them."""
-        return encode(self.tokenizer, to_messages(prompt), response, self.max_length, self.truncation)
+        return self.encode_many([prompt], [response])[0]
+
+    def encode_many(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode` for many pairs at once: the same ids, from one chat-template call and one
+        fast-tokenizer batch instead of one of each per pair."""
+        ids, cuts = encode_batch(self.tokenizer, [to_messages(p) for p in prompts], list(responses), self.max_length)
+        return self._counted(ids, cuts)
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of a text already formatted for this model (no template applied, no special
         tokens added), cut from the left like :meth:`encode`."""
-        return encode_text(self.tokenizer, text, self.max_length, self.truncation)
+        return self.encode_texts([text])[0]
+
+    def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode_text` for many texts, in one tokenizer batch."""
+        ids, cuts = encode_texts(self.tokenizer, list(texts), self.max_length)
+        return self._counted(ids, cuts)
+
+    def _counted(self, ids: list[list[int]], cuts: list[int]) -> list[list[int]]:
+        with self._truncation_lock:
+            self.truncation.add(cuts)
+        return ids
 
     # -- scoring
     def score_ids(
@@ -201,16 +219,17 @@ class RewardScorer:
         """Scalar rewards of (prompt, response) pairs; prompts are text or chat-message lists."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses; they must pair up one to one")
-        return self.score_ids([self.encode(p, r) for p, r in zip(prompts, responses)], desc=desc).tolist()
+        return self.score_ids(self.encode_many(prompts, responses), desc=desc).tolist()
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
         """TRL reward-function signature; extra columns (``completion_ids``, ``trainer_state`` …) are ignored."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        sequences = []
-        for index, (prompt, completion) in enumerate(zip(prompts, completions)):
-            messages, response = split_completion(prompt, completion, index)
-            sequences.append(encode(self.tokenizer, messages, response, self.max_length, self.truncation))
+        split = [
+            split_completion(prompt, completion, index)
+            for index, (prompt, completion) in enumerate(zip(prompts, completions))
+        ]
+        sequences = self.encode_many([messages for messages, _ in split], [response for _, response in split])
         return self.score_ids(sequences, desc="rewards").tolist()
 
     def __repr__(self) -> str:
@@ -284,13 +303,10 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
     groups = group_candidates(read_rows(data), str(data))
     if not groups:
         raise ValueError(f"{data}: no rows to score")
-    sequences, owner = [], []
-    for g, group in enumerate(groups):
-        for response in group["responses"]:
-            sequences.append(
-                encode(scorer.tokenizer, group["messages"], response, scorer.max_length, scorer.truncation)
-            )
-            owner.append(g)
+    owner = [g for g, group in enumerate(groups) for _ in group["responses"]]
+    sequences = scorer.encode_many(
+        [groups[g]["messages"] for g in owner], [response for group in groups for response in group["responses"]]
+    )
     rewards = scorer.score_ids(sequences, desc="scoring").tolist()
     results: list[dict] = [{"rewards": []} for _ in groups]
     for g, reward in zip(owner, rewards):

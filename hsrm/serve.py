@@ -378,33 +378,37 @@ def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[
         raise RequestError(
             422, f"'prompts' has {len(prompts)} items and 'responses' {len(responses)}; they pair up one to one"
         )
-    sequences = []
+    conversations = []
     for index, (prompt, response) in enumerate(zip(prompts, responses)):
         try:
-            messages = to_messages(prompt, "request", index, "prompts")
+            conversations.append(to_messages(prompt, "request", index, "prompts"))
         except DataError as err:  # err.problem never quotes the text itself
             raise RequestError(422, f"prompts[{index}]: {err.problem}") from None
         if not isinstance(response, str):
             raise RequestError(422, f"responses[{index}] must be a string, got a JSON {json_type(response)}")
-        try:
-            sequences.append(scorer.encode(messages, response))
-        except TemplateError as err:  # e.g. a template that refuses a system turn, or turns out of order
-            raise RequestError(
-                422, f"prompts[{index}]: the reward model's chat template refuses this conversation ({err})"
-            ) from None
-    return sequences
+    try:
+        return scorer.encode_many(conversations, responses)
+    except TemplateError:  # e.g. a template that refuses a system turn, or turns out of order: find which
+        for index, (messages, response) in enumerate(zip(conversations, responses)):
+            try:
+                scorer.encode(messages, response)
+            except TemplateError as err:
+                raise RequestError(
+                    422, f"prompts[{index}]: the reward model's chat template refuses this conversation ({err})"
+                ) from None
+        raise
 
 
 def encode_query_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[int]]:
     """Token ids of a ``/get_reward`` body: each text as given, cut from the left."""
-    sequences = []
-    for index, text in enumerate(items_of(body, "query", limit)):
+    texts = items_of(body, "query", limit)
+    for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise RequestError(422, f"query[{index}] must be a string, got a JSON {json_type(text)}")
-        ids = scorer.encode_text(text)
+    sequences = scorer.encode_texts(texts)
+    for index, ids in enumerate(sequences):
         if not ids:
             raise RequestError(422, f"query[{index}] is empty: there is no token to read a reward at")
-        sequences.append(ids)
     return sequences
 
 

@@ -108,6 +108,26 @@ def test_left_truncation_keeps_the_end_of_the_response(scorer):
     assert "Paris." in tail
 
 
+def test_encoding_many_pairs_at_once_gives_each_pairs_ids_and_counts_every_cut(scorer):
+    prompts = ["bread " * 200, PROMPTS[0], [{"role": "user", "content": PROMPTS[1]}]]
+    responses = ["The capital of France is Paris.", RESPONSES[0], RESPONSES[1]]
+    # hand-rendered: the tokenizer's own chat template, then its plain call, cut from the left
+    expected = []
+    for prompt, response in zip(prompts, responses):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        text = scorer.tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": response}], tokenize=False
+        )
+        expected.append(scorer.tokenizer(text, add_special_tokens=False)["input_ids"])
+    before = (scorer.truncation.sequences, scorer.truncation.truncated, scorer.truncation.tokens_cut)
+    got = scorer.encode_many(prompts, responses)
+    assert got == [ids[-scorer.max_length :] for ids in expected]
+    assert len(expected[0]) > scorer.max_length >= max(len(expected[1]), len(expected[2]))
+    after = (scorer.truncation.sequences, scorer.truncation.truncated, scorer.truncation.tokens_cut)
+    assert [a - b for a, b in zip(after, before)] == [3, 1, len(expected[0]) - scorer.max_length]
+    assert scorer.encode_texts([scorer.tokenizer.decode(expected[1])]) == [expected[1]]
+
+
 def test_trl_conversational_and_plain_formats_score_like_the_reward_models_template(scorer):
     messages_prompts = [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}] for p in PROMPTS[:3]

@@ -118,15 +118,6 @@ def encode(
     return ids
 
 
-def encode_text(tokenizer, text: str, max_length: int | None, stats: TruncationStats | None = None) -> list[int]:
-    """Token ids of a text that is already formatted (rendered by a chat template, or sent that way
-    by an RL framework: ``hsrm serve``'s ``/get_reward``), left-truncated to ``max_length``."""
-    (ids,), cuts = encode_texts(tokenizer, [text], max_length)
-    if stats is not None:
-        stats.add(cuts)
-    return ids
-
-
 def encode_batch(
     tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str], max_length: int | None
 ) -> tuple[list[list[int]], list[int]]:
@@ -135,7 +126,8 @@ def encode_batch(
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int | None) -> tuple[list[list[int]], list[int]]:
-    """:func:`encode_text` for many formatted texts at once: (ids per sequence, tokens cut per sequence)."""
+    """Token ids of texts already formatted (rendered by a chat template, or sent that way by an RL
+    framework: ``hsrm serve``'s ``/get_reward``), left-truncated: (ids per sequence, tokens cut per sequence)."""
     _check_max_length(max_length)
     cut = [left_truncate(ids, max_length) for ids in token_ids(tokenizer, texts)]
     return [ids for ids, _ in cut], [n for _, n in cut]
