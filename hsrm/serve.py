@@ -47,7 +47,7 @@ must be split back per request: that loop is ours on either stack. On FastAPI it
 server's own process beside the model, with no serialisation between the HTTP side and the model,
 and FastAPI + uvicorn bring the rest (routing, a thread pool for tokenization, graceful shutdown).
 We did not build a LitServe variant to measure; the bar it would have to clear is
-``bench/serve.py``'s: at 16 concurrent clients on 2 CPU cores this server delivers 0.86× the
+``bench/serve.py``'s: at 16 concurrent clients on 2 CPU cores this server delivers 0.88× the
 in-process engine's real tokens/s, the model busy 100 % of the time, the rest being the padding of
 batches sorted over only what was waiting (docs/scoring.md has the figures).
 """
