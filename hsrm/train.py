@@ -127,6 +127,10 @@ def training_arguments(cfg: RewardConfig, *, has_eval: bool) -> RewardConfig:
     if cfg.train_top_layers and cfg.gradient_checkpointing:
         logger.warning("gradient_checkpointing turned off: with train_top_layers the frozen layers keep no activations")
         args.gradient_checkpointing = False
+        if hasattr(args, "activation_checkpointing"):
+            # Newer transformers 5.x (5.25 here) renamed it: the old name is an alias resolved once at init; the Trainer
+            # reads the new one, so setting only the old name here would leave checkpointing on.
+            args.activation_checkpointing = False
     return args
 
 

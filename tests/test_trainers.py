@@ -218,6 +218,24 @@ def test_train_top_layers_changes_only_the_top_blocks_and_head(tmp_path, tiny_mo
     assert "gradient_checkpointing turned off" in caplog.text
 
 
+@pytest.mark.parametrize("name", ["gradient_checkpointing", "activation_checkpointing"])
+def test_train_top_layers_turns_checkpointing_off_under_either_name(name):
+    from hsrm.config import RewardConfig
+    from hsrm.train import training_arguments
+
+    if name not in RewardConfig.__dataclass_fields__:
+        pytest.skip(f"this transformers has no {name}")
+    cfg = load_recipe(
+        None,
+        {"objective": "bt", "train_data": "x.jsonl", "output_dir": "/tmp/unused", "train_top_layers": 1, name: True},
+    )
+    args = training_arguments(cfg, has_eval=False)
+    # what the Trainer reads: activation_checkpointing where transformers has it, else gradient_checkpointing
+    assert getattr(args, "activation_checkpointing", args.gradient_checkpointing) is False
+    assert args.gradient_checkpointing is False
+    assert getattr(cfg, name) is True  # the config itself is left as given
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
