@@ -35,7 +35,8 @@ so a request's company changes its rewards by float rounding only (tested at 1e-
 
 Bad input gets an answer naming the field (400 malformed JSON; 422 wrong types, empty lists,
 prompts and responses that do not pair up; 413 a body or a sequence count over the limits; 504
-no reward within ``--request-timeout-s``), and the server goes on. Texts are never logged unless
+no reward within ``--request-timeout-s``; 500 naming the items whose reward is NaN or infinite), and
+the server goes on. Texts are never logged unless
 ``--log-requests``. SIGTERM drains: uvicorn stops accepting connections and waits for the
 requests in flight, the batching thread answers everything queued, and the process exits 0.
 
@@ -61,6 +62,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import signal
 import socket
 import sys
@@ -488,6 +490,13 @@ class RewardService:
         body = await read_json(request, self.options.max_body_bytes)
         sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
         rewards = await self.rewards(sequences)
+        broken = [index for index, reward in enumerate(rewards) if not math.isfinite(reward)]
+        if broken:  # JSON has no NaN: say what happened rather than fail while encoding the answer
+            raise RequestError(
+                500,
+                f"the reward model returned a non-finite reward (NaN or infinity) for item(s) {broken[:10]} of "
+                "this request: its weights, or the dtype it runs in, overflow (try --dtype float32)",
+            )
         self.answered += 1
         if self.options.log_requests:
             logger.info("%s %s → rewards %s", request.url.path, clipped(json.dumps(body, ensure_ascii=False)), rewards)

@@ -376,6 +376,29 @@ def test_a_request_that_waits_too_long_gets_504_and_the_server_goes_on(tiny_mode
         assert request(url, "/health")[0] == 200
 
 
+def test_a_non_finite_reward_is_a_500_naming_the_item_and_the_server_goes_on(tiny_model_dir):
+    import torch
+
+    def load_with_an_overflowing_second_item():
+        scorer = RewardScorer(str(tiny_model_dir), max_length=MAX_LENGTH, device="cpu")
+        score_ids = scorer.score_ids
+
+        def second_is_nan(sequences, **kwargs):
+            rewards = score_ids(sequences, **kwargs)
+            return torch.where(torch.arange(len(rewards)) == 1, torch.nan, rewards) if len(rewards) == 3 else rewards
+
+        scorer.score_ids = second_is_nan
+        return scorer
+
+    with in_process_server(ServeOptions(model=str(tiny_model_dir)), load_with_an_overflowing_second_item) as (url, _):
+        RemoteRewardScorer(url).wait_until_ready(30)
+        status, body = request(url, "/score", {"prompts": PROMPTS[:3], "responses": RESPONSES[:3]})
+        assert status == 500 and "non-finite reward (NaN or infinity) for item(s) [1]" in body["detail"]
+        status, body = request(url, "/score", {"prompts": PROMPTS[:2], "responses": RESPONSES[:2]})
+        assert status == 200 and len(body["rewards"]) == 2
+        assert request(url, "/health")[0] == 200
+
+
 def test_a_model_that_fails_to_load_ends_the_command_with_its_error(tmp_path, capsys):
     from hsrm.cli import main
 
