@@ -137,3 +137,14 @@ def test_data_dir_then_shared_then_hub_then_generated(tmp_path, monkeypatch, cap
     (folder / "helpsteer1" / "nvidia_HelpSteer_sample.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="lacks helpsteer1/nvidia_HelpSteer_sample.jsonl"):
         demo.data_sources(tmp_path, str(folder))
+
+
+def test_the_report_folder_may_not_hold_the_data_dir_even_with_overwrite(tmp_path):
+    import hsrm.demo as demo
+
+    data = tmp_path / "report" / "mydata"
+    data.mkdir(parents=True)
+    (data / "kept.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(ValueError, match=r"--output .*report holds the input .*mydata"):
+        demo.run_demo(tmp_path / "report", quick=True, overwrite=True, data_dir=str(data))
+    assert (data / "kept.jsonl").read_text() == '{"a": 1}\n'
