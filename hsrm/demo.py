@@ -299,7 +299,7 @@ def run_demo(
     from .files import check_output
     from .scoring import RewardScorer
 
-    check_output(out, inputs=[data_dir], overwrite=overwrite, flag="--output")
+    check_output(out, inputs=[data_dir], overwrite=overwrite)
     if overwrite and out.exists():  # the report folder is rebuilt whole: nothing stale survives
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
