@@ -110,5 +110,39 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def end_process(code: int) -> int:
+    """End a process that holds a torch process group (one started by torchrun or accelerate launch,
+    or one DeepSpeed set up): tear the group down and exit with ``code`` now, without finalizing the
+    interpreter. Otherwise return ``code``. Only scripts call this, after their work is done and saved.
+
+    Why not a normal exit: a Gloo worker thread can still be destroying a finished collective (an
+    all-gather of ZeRO-3's) while the main thread finalizes the interpreter. The work drops tensors
+    that own Python objects, so the thread waits for the GIL; Python ends it with pthread_exit inside
+    a noexcept destructor and libstdc++ aborts the process ("terminate called without an active
+    exception", pytorch/pytorch#38228). A ZeRO-3 rank that had saved its model died of SIGABRT and the
+    launcher called the run failed: 5 of 20 two-process launches on a loaded 2-core machine, with gdb
+    showing that stack. The atexit handlers (logging, trackers, temporary folders) still run.
+    """
+    import atexit
+    import os
+
+    dist = sys.modules.get("torch.distributed")  # never imported for `hsrm --help` and the like
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return code
+    dist.destroy_process_group()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
+            pass
+    os._exit(code)
+
+
+def run() -> int:
+    """The `hsrm` console script."""
+    return end_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

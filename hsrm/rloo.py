@@ -158,9 +158,13 @@ def main(argv: list[str] | None = None):
     trainer = build_trainer(setup, cfg)
     result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     trainer.save_model(cfg.output_dir)
-    print(f"saved the policy to {cfg.output_dir} ({result.global_step} steps)")
+    if trainer.is_world_process_zero():  # one line per run, not one per rank
+        print(f"saved the policy to {cfg.output_dir} ({result.global_step} steps)")
     return trainer
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # accelerate launch -m hsrm.rloo
+    from .cli import end_process
+
     main()
+    end_process(0)

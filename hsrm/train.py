@@ -235,16 +235,6 @@ def start_processes(cfg: RewardConfig) -> None:
         deepspeed.init_distributed(dist_backend=cfg.ddp_backend or None)
 
 
-def end_processes() -> None:
-    """Tear the process group down before the interpreter exits, as torch asks. Left to process exit, a
-    rank that had finished and saved was seen dying of SIGABRT ("terminate called without an active
-    exception") in tests/test_deepspeed.py's ZeRO-3 case on a loaded 2-core machine, failing the launch."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def run_training(cfg: RewardConfig) -> dict[str, Any]:
     """Train, save the final model at ``cfg.output_dir``, and return a summary.
 
@@ -334,10 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cfg, output = train_cli_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        summary = run_training(cfg)
-    finally:
-        end_processes()
+    summary = run_training(cfg)
     lines = [
         f"saved {summary['output_dir']} ({summary['objective']}, {summary['global_step']} steps, "
         f"train loss {summary['train_loss']:.4f})"
@@ -349,9 +336,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if not k.endswith(("runtime", "per_second"))
         }
         lines.append(f"validation ({len(summary['eval_rewards'])} rows): {shown}")
-    print_result({k: v for k, v in summary.items() if k != "eval_rewards"}, "\n".join(lines), output.json)
+    if cfg.process_index == 0:  # one summary per run, not one per rank
+        print_result({k: v for k, v in summary.items() if k != "eval_rewards"}, "\n".join(lines), output.json)
     return summary
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # torchrun / accelerate launch -m hsrm.train
+    from .cli import end_process
+
     main()
+    end_process(0)

@@ -70,6 +70,7 @@ def launch(tmp_path: Path, model_dir: Path, data: Path, stage: str) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.stdout.count(f"saved {out} (bt, 6 steps") == 1, done.stdout[-3000:]  # rank 0 only, once
     return out
 
 

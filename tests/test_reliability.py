@@ -337,3 +337,49 @@ def test_a_second_sigterm_stops_at_once(tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert done.stdout.strip() == "asked" and done.returncode == -signal.SIGTERM, (done.stdout, done.stderr[-2000:])
+
+
+END_PROCESS_SCRIPT = """
+import atexit, sys, tempfile
+import torch.distributed as dist
+from hsrm.cli import end_process
+
+if sys.argv[1] == "group":
+    dist.init_process_group("gloo", store=dist.FileStore(tempfile.mktemp(), 1), rank=0, world_size=1)
+# the handlers run after the group is gone, as logging's and the trackers' would
+atexit.register(lambda: print("atexit ran; group initialized:", dist.is_initialized(), flush=True))
+print("returned", end_process(3), flush=True)
+"""
+
+
+@pytest.mark.parametrize("group", ["group", "none"])
+def test_end_process_exits_at_once_only_when_a_process_group_is_up(group):
+    """With a process group, end_process tears it down, runs the atexit handlers and exits with the
+    code given, skipping interpreter finalization (where Gloo's worker threads abort the process,
+    pytorch/pytorch#38228); without one it returns the code and the process ends normally."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", END_PROCESS_SCRIPT, group], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    lines = done.stdout.splitlines()
+    if group == "group":
+        assert done.returncode == 3, done.stderr
+        assert lines == ["atexit ran; group initialized: False"]
+    else:
+        assert done.returncode == 0, done.stderr
+        assert lines == ["returned 3", "atexit ran; group initialized: False"]
+
+
+def test_the_hsrm_script_and_launched_modules_end_through_end_process():
+    """`hsrm` (the console script), `-m hsrm.train` and `-m hsrm.rloo` (what torchrun and accelerate
+    launch start) all leave through end_process."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "hsrm"]
+    assert script.value == "hsrm.cli:run"
+    for module in ("train", "rloo"):
+        text = (REPO_ROOT / "hsrm" / f"{module}.py").read_text()
+        main_block = text[text.index('if __name__ == "__main__":') :]
+        assert "main()\n    end_process(0)" in main_block, module
