@@ -635,10 +635,10 @@ def test_token_budget_micro_batches_come_in_a_multiple_of_the_processes():
 
 SEEN_DRIVER = """
 import json, sys
-import torch.distributed
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
+from hsrm.cli import end_process
 from hsrm.packing import TokenBudgetBatchSampler
 
 lengths = json.loads(sys.argv[1])
@@ -650,8 +650,9 @@ for epoch in range(2):
     loader.set_epoch(epoch)
     epochs.append(gather_object([[int(i) for i in batch] for batch in loader]))
 if accelerator.is_main_process:
-    json.dump({"epochs": epochs, "micro_batches": len(sampler)}, open(sys.argv[2], "w"))
-torch.distributed.destroy_process_group()  # gloo aborts at exit otherwise
+    with open(sys.argv[2], "w") as file:
+        json.dump({"epochs": epochs, "micro_batches": len(sampler)}, file)
+end_process(0)  # as hsrm.train does: a Gloo worker may abort the process during finalization
 """
 
 
