@@ -183,6 +183,10 @@ class RewardConfig(TrainingArguments):
                     "train_top_layers and use_lora do not combine: pick LoRA on every layer or full fine-tuning of "
                     "the top layers"
                 )
+        if self.deepspeed:  # TrainingArguments would fail deep inside accelerate without it
+            from .errors import require_extra
+
+            require_extra("deepspeed", "deepspeed", "deepspeed (a ZeRO config)")
         super().__post_init__()
 
     @property

@@ -228,7 +228,9 @@ def start_processes(cfg: RewardConfig) -> None:
     from_pretrained (zero.Init) and must already see the world size there."""
     _ = cfg.device
     if cfg.deepspeed:
-        import deepspeed
+        from .errors import require_extra
+
+        deepspeed = require_extra("deepspeed", "deepspeed", "--deepspeed")
 
         # On the CPU path transformers creates the torch process group itself; DeepSpeed's own
         # comm layer must adopt it before zero.Init asks it for the world size.

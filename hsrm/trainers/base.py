@@ -173,6 +173,10 @@ class NonFiniteGuard(TrainerCallback):
 
 def _deepspeed_steps_in_backward(optimizer) -> bool:
     """accelerate's DeepSpeed optimizer wrapper: its ``step()`` is a no-op, the engine stepped in backward."""
+    from accelerate.utils import is_deepspeed_available
+
+    if not is_deepspeed_available():  # accelerate exports the wrapper only beside deepspeed (the optional extra)
+        return False
     from accelerate.utils import DeepSpeedOptimizerWrapper
 
     return isinstance(optimizer, DeepSpeedOptimizerWrapper)

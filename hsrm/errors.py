@@ -1,0 +1,31 @@
+"""The errors hsrm raises for a user's mistake or environment, as opposed to its own bugs.
+
+The CLI prints a :class:`UserError` as one line (``hsrm VERB: error: ...``); anything else keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+
+class UserError(Exception):
+    """Something the user can fix: bad data or options, a refused output, a missing extra."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency that a feature the user asked for needs is not installed."""
+
+
+def require_extra(module: str, extra: str, feature: str):
+    """Import ``module`` for ``feature``, or say in one line which extra of hsrm installs it.
+
+    >>> require_extra("json", "none", "a test").__name__
+    'json'
+    """
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(
+            f"{feature} needs {module}, which is not installed: pip install 'hsrm[{extra}]' (or pip install {module})"
+        )
+    return importlib.import_module(module)
