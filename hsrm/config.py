@@ -7,6 +7,7 @@ through :mod:`hsrm.options`. Unknown keys are an error (a typo must not silently
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -143,6 +144,13 @@ class RewardConfig(TrainingArguments):
     )
     remove_unused_columns: bool = field(default=False)
     save_only_model: bool = field(default=False)
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP: look for parameters without a gradient after every backward (off: every trainable "
+            "parameter feeds the reward, and the search costs an extra pass over the graph each step)"
+        },
+    )
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -188,6 +196,15 @@ class RewardConfig(TrainingArguments):
 
             require_extra("deepspeed", "deepspeed", "deepspeed (a ZeRO config)")
         super().__post_init__()
+
+    @contextlib.contextmanager
+    def cache_writers_first(self, desc: str):
+        """Run the body on the processes that write a cache before the processes that read it: the
+        global main process first (the one writer when the cache is on storage every node shares),
+        then the main process of each node (the one writer of a node-local cache), then the rest.
+        Each level is one barrier on every rank, so the nesting cannot deadlock."""
+        with self.main_process_first(local=False, desc=desc), self.main_process_first(local=True, desc=desc):
+            yield
 
     @property
     def num_labels(self) -> int:

@@ -342,16 +342,9 @@ def resolve_max_length(
 
 
 def _unwrap(model):
-    """The transformers model under peft / DeepSpeed / DDP wrappers."""
-    inner = model
-    for _ in range(4):
-        if hasattr(inner, "get_base_model"):
-            inner = inner.get_base_model()
-        elif hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):
-            inner = inner.module
-        else:
-            break
-    return inner
+    """The transformers model under a PEFT wrapper. Engine wrappers (DDP, DeepSpeed, FSDP) are not
+    looked under: the reward is read through the wrapped model's forward (:func:`read_rewards_in_forward`)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -463,6 +456,47 @@ def reward_outputs(model, batch: Mapping[str, Any]) -> torch.Tensor:
     states = last_token_states(body, batch)
     # A peft ModulesToSaveWrapper replaces inner.score; take it from the (possibly wrapped) model.
     return head(states.to(head.weight.dtype if hasattr(head, "weight") else states.dtype))
+
+
+# The keys of a padded or packed batch that the reward read takes (the rest — margins, labels — are the loss's).
+REWARD_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "last_index", "cu_seqlens", "max_seqlen")
+
+
+def reward_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a training batch that :func:`reward_forward` reads (the model's inputs, no targets)."""
+    return {key: batch[key] for key in REWARD_INPUT_KEYS if batch.get(key) is not None}
+
+
+def reward_forward(self, input_ids=None, attention_mask=None, **batch):
+    """``forward`` of a sequence classifier being trained by hsrm: the head outputs (n, num_labels)
+    at each sequence's last real token of a padded or packed batch, through :func:`reward_outputs`,
+    returned as transformers' own ``SequenceClassifierOutputWithPast`` (``logits``). Keys other than
+    the reward read's (``labels`` and the like) are ignored: the trainers compute their own losses."""
+    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+    inputs = reward_inputs({"input_ids": input_ids, "attention_mask": attention_mask, **batch})
+    return SequenceClassifierOutputWithPast(logits=reward_outputs(self, inputs))
+
+
+def read_rewards_in_forward(model):
+    """Make ``model``'s own ``forward`` read the reward the way hsrm does (:func:`reward_forward`).
+
+    Why the model's own forward and not a training-time wrapper module: the Trainer must call the
+    model it was given, so that every engine runs its machinery around the reward read — DDP's
+    reducer arms its bucketed, overlapped all-reduce; FSDP2 unshards and reshards the parameters;
+    ZeRO-3 gathers them — and a wrapper module would hide the ``PreTrainedModel`` from the
+    Trainer's save, PEFT and gradient-checkpointing paths and prefix every saved parameter name.
+    Replacing ``forward`` on this instance only keeps the class, the parameter names and
+    ``config.architectures``, so the saved folder stays a plain ``AutoModelForSequenceClassification``
+    folder; transformers' own forward could not serve as it is: it pools by pad id (wrong when
+    pad == eos, trl#2778) and has no packed layout. Under PEFT the inner model's forward is the
+    one replaced; PEFT's forward passes the packed keys through to it.
+    """
+    import types
+
+    inner = _unwrap(model)
+    inner.forward = types.MethodType(reward_forward, inner)
+    return model
 
 
 def scalar_reward(outputs: torch.Tensor, attribute_weights: Sequence[float] | None = None) -> torch.Tensor:

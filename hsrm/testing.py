@@ -90,3 +90,47 @@ class ServeProcess:
         code = self.process.wait(timeout_s)
         self.reader.join(5)
         return code
+
+
+# ---------------------------------------------------------------------------------- FSDP on CPU
+def allow_fsdp_on_cpu() -> None:
+    """Let accelerate run FSDP on CPU processes (gloo), for tests only.
+
+    accelerate 1.16 turns FSDP on only for GPU-like distributed types (``AcceleratorState``: the
+    FSDP branch sits under MULTI_GPU/NPU/XPU/…); on CPU processes (MULTI_CPU) an FSDP config is
+    ignored and the run silently trains with DDP. This lifts exactly that condition: the rest —
+    accelerate's ``fsdp2_prepare_model`` (``fully_shard`` per decoder layer and on the root), the
+    Trainer's FSDP save, sharded checkpoints and resume — runs as it does on GPUs.
+    """
+    import accelerate.state
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    original = accelerate.state.AcceleratorState.__init__
+    if getattr(original, "hsrm_allows_fsdp_on_cpu", False):
+        return
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        wanted = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if wanted and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()
+
+    init.hsrm_allows_fsdp_on_cpu = True
+    accelerate.state.AcceleratorState.__init__ = init
+
+
+def run_module_with_fsdp_on_cpu(module: str, argv: list[str]) -> None:
+    """``python -m hsrm.testing MODULE ARGS...``: run MODULE as ``-m`` would, with FSDP allowed on CPU."""
+    import runpy
+    import sys
+
+    allow_fsdp_on_cpu()
+    sys.argv = [module, *argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_module_with_fsdp_on_cpu(sys.argv[1], sys.argv[2:])

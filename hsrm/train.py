@@ -26,8 +26,11 @@ from .trainers.base import (
     CHECKPOINT_COMPLETE,
     TrainingInterrupted,
     build_model,
+    check_engine_engaged,
+    check_resumable,
     complete_checkpoints,
     compute_dtype,
+    describe_parallelism,
     save_trained_model,
 )
 from .trainers.justifier import (
@@ -60,8 +63,8 @@ def load_datasets(cfg: RewardConfig, tokenizer):
             )
             if cfg.objective in ("margin_bt", "scaled_bt") and "has_margin" in ds.column_names:
                 ds = require_margins(ds, report, source, cfg)
-        # The first process tokenizes and writes the cache (hsrm.data.tokenize); the others then read it.
-        with cfg.main_process_first(desc=f"tokenizing the {role} data"):
+        # One process per cache tokenizes and writes it (hsrm.data.tokenize); the others then read it.
+        with cfg.cache_writers_first(desc=f"tokenizing the {role} data"):
             if cfg.objective == "regression":
                 tokenized, stats = tokenize_ratings(
                     ds, tokenizer, cfg.attributes, cfg.max_length, num_proc=cfg.dataset_num_proc
@@ -259,8 +262,13 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
         model, tokenizer = build_model(cfg)
         train_ds, eval_ds, data_summary = load_datasets(cfg, tokenizer)
     trainer = make_trainer(cfg, model, tokenizer, train_ds, eval_ds)
+    check_engine_engaged(trainer)
+    parallelism = describe_parallelism(trainer)
+    logger.info("training on %s", parallelism)
     checkpoints = trainer.args.output_dir
-    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, checkpoints))
+    resume_from = resolve_resume(cfg.resume_from_checkpoint, checkpoints)
+    check_resumable(resume_from, trainer)
+    result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.graceful_stop.requested:
         found = complete_checkpoints(checkpoints)
         raise TrainingInterrupted(trainer.state.global_step, str(found[-1]) if found else None)
@@ -276,6 +284,7 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
         "output_dir": cfg.output_dir,
         "train_loss": result.training_loss,
         "global_step": result.global_step,
+        "parallelism": parallelism,
         "log_history": trainer.state.log_history,
         "data": data_summary,
         **record.to_dict(),

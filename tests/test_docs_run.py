@@ -199,7 +199,16 @@ RUN: dict[str, Run] = {
     "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": Run(
         PAPER_PAIRS, check="check_regular_bt"
     ),
+    "accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": Run(
+        PAPER_PAIRS, check="check_regular_bt"
+    ),
     "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": Run(
+        PAPER_PAIRS, check="check_regular_bt"
+    ),
+    "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_machines 2 --num_processes 16 --machine_rank 0 --main_process_ip HOST0 --main_process_port 29500 -m hsrm.train recipes/regular_bt.yaml": Run(
+        PAPER_PAIRS, check="check_regular_bt"
+    ),
+    "torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr HOST0 --master_port 29500 -m hsrm.train recipes/regular_bt.yaml": Run(
         PAPER_PAIRS, check="check_regular_bt"
     ),
     "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.train recipes/scaled_bt_from_regression.yaml": Run(
@@ -409,8 +418,12 @@ BUILD: dict[str, tuple[str, tuple[str, ...]] | str] = {
 }
 
 # The launcher half of launcher commands → tests that run that path on CPU (2 processes, gloo).
-DEEPSPEED_ZERO2 = "tests/test_deepspeed.py::test_zero_trains_saves_and_reloads_with_same_rewards[zero2]"
-DEEPSPEED_ZERO3 = "tests/test_deepspeed.py::test_zero_trains_saves_and_reloads_with_same_rewards[zero3]"
+TWO_PROCESSES_TEST = "tests/test_distributed.py::test_two_processes_train_what_one_process_trains"
+DDP = f"{TWO_PROCESSES_TEST}[ddp]"
+FSDP2 = f"{TWO_PROCESSES_TEST}[fsdp2]"
+DEEPSPEED_ZERO2 = f"{TWO_PROCESSES_TEST}[zero2]"
+DEEPSPEED_ZERO3 = f"{TWO_PROCESSES_TEST}[zero3]"
+TWO_NODES = "tests/test_distributed.py::test_two_simulated_nodes_train_what_one_process_trains"
 REAL_LAUNCH = "accelerate launch -m hsrm.train RECIPE.yaml"
 REAL_LAUNCH_TEST = "tests/test_docs_run.py::test_one_launcher_command_runs_for_real"
 COVERED_ELSEWHERE: dict[str, tuple[str, ...]] = {
@@ -421,9 +434,18 @@ COVERED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "accelerate launch --config_file recipes/accelerate/single_gpu.yaml -m hsrm.train recipes/regular_bt.yaml": (
         REAL_LAUNCH_TEST,
     ),
-    # several data-parallel processes over torch.distributed (plain DDP without DeepSpeed is run nowhere on CPU)
+    # several data-parallel processes over torch.distributed: DDP's own reducer
     "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": (
-        DEEPSPEED_ZERO2,
+        DDP,
+    ),
+    "accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": (
+        FSDP2,
+    ),
+    "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_machines 2 --num_processes 16 --machine_rank 0 --main_process_ip HOST0 --main_process_port 29500 -m hsrm.train recipes/regular_bt.yaml": (
+        TWO_NODES,
+    ),
+    "torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr HOST0 --master_port 29500 -m hsrm.train recipes/regular_bt.yaml": (
+        TWO_NODES,
     ),
     "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 -m hsrm.train recipes/regular_bt.yaml": (
         DEEPSPEED_ZERO2,

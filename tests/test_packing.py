@@ -24,7 +24,7 @@ from hsrm.config import load_recipe, train_options
 from hsrm.data.render import PairwiseCollator, PointwiseCollator, pad_sequences
 from hsrm.engine import packing_discrepancy, score_sequences
 from hsrm.losses import PAIRWISE_LOSSES, regression_loss
-from hsrm.modeling import reward_outputs
+from hsrm.modeling import read_rewards_in_forward, reward_outputs
 from hsrm.packing import (
     PackedPairwiseCollator,
     PackedPointwiseCollator,
@@ -144,7 +144,7 @@ def pairwise_run(model, batch, objective):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("objective", ["bt", "margin_bt", "scaled_bt"])
 def test_pairwise_rewards_loss_and_gradients_equal(tiny_model_dir, attn, objective):
-    model = load(tiny_model_dir, attn).train()
+    model = read_rewards_in_forward(load(tiny_model_dir, attn).train())  # as hsrm's trainers build it
     features = pair_features()
     padded = pairwise_run(model, PairwiseCollator(PAD)(features), objective)
     packed = pairwise_run(model, PackedPairwiseCollator(PAD)(features), objective)

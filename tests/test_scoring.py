@@ -3,6 +3,7 @@ function, and `hsrm score` with Best-of-N."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -64,6 +65,7 @@ def test_rewards_agree_across_batch_sizes_training_eval_and_plain_transformers(t
 
     from hsrm.data.render import PairwiseCollator
     from hsrm.data.tokenize import tokenize_pairs
+    from hsrm.modeling import read_rewards_in_forward
     from hsrm.trainers.pairwise import split_pair_rewards
 
     chosen, rejected = RESPONSES, RESPONSES[::-1][:5] + ["yes"]
@@ -78,7 +80,9 @@ def test_rewards_agree_across_batch_sizes_training_eval_and_plain_transformers(t
     tokenized, _ = tokenize_pairs(pairs, scorer.tokenizer, max_length=64)
     batch = PairwiseCollator(scorer.tokenizer.pad_token_id)([dict(row) for row in tokenized])
     with torch.no_grad():
-        train_chosen, train_rejected = split_pair_rewards(scorer.model, batch)
+        # a copy: the fixture's model keeps transformers' own forward for the plain reference below
+        trained_forward = read_rewards_in_forward(copy.deepcopy(scorer.model))
+        train_chosen, train_rejected = split_pair_rewards(trained_forward, batch)
     reference = torch.cat([train_chosen, train_rejected]).double()
 
     for batch_size in (1, 3, 12):

@@ -22,7 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..config import RewardConfig
-from ..modeling import apply_lora, build_reward_model, freeze_lower_layers, load_reward_model
+from ..modeling import apply_lora, build_reward_model, freeze_lower_layers, load_reward_model, read_rewards_in_forward
 from ..record import ModelRecord, write_record
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
             attn_implementation=attention,
         )
     model.config.use_cache = False
+    read_rewards_in_forward(model)  # the Trainer calls the model, so DDP, FSDP2 and ZeRO see the reward read
     if cfg.use_lora if with_lora is None else with_lora:
         model = apply_lora(
             model,
@@ -243,11 +244,6 @@ class RewardTrainerBase(Trainer):
     """
 
     loss_is_scaled_for_ga = True
-    # hsrm.modeling.reward_outputs runs the model's body and head beneath accelerate's DDP wrapper,
-    # not through its forward, so DDP's reducer never arms and no gradient would be averaged across
-    # processes (each rank stepped on its own gradient); the trainer averages them itself, once per
-    # optimizer step. The justifier calls the wrapped model's own forward and leaves it to DDP.
-    averages_gradients_itself = True
     # Per-item training metrics logged every logging_steps, as means over every item on every
     # process since the last log; a name in ``metrics_with_spread`` logs ``{name}_mean`` and ``{name}_std``.
     logged_metrics: tuple[str, ...] = ()
@@ -302,16 +298,6 @@ class RewardTrainerBase(Trainer):
             # DDP and DeepSpeed average gradients over processes, and the count spans them all:
             # undo the average, as Trainer.compute_loss does for a model's own loss.
             loss = loss * self.accelerator.num_processes
-        return loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if (
-            self.averages_gradients_itself
-            and self.accelerator.sync_gradients
-            and isinstance(model, torch.nn.parallel.DistributedDataParallel)
-        ):
-            average_gradients_across_processes(model.module)
         return loss
 
     # ----------------------------------------------------------------------------------- metrics
@@ -370,20 +356,60 @@ class RewardTrainerBase(Trainer):
             (folder / CHECKPOINT_COMPLETE).write_text(json.dumps({"global_step": self.state.global_step}))
 
 
-def average_gradients_across_processes(model: torch.nn.Module) -> None:
-    """What DDP's reducer does at the end of backward: every trainable parameter's gradient becomes
-    the mean over processes (a parameter without one counts as zero, so every rank makes the same
-    collective calls in the same order)."""
-    import torch.distributed as dist
+def check_engine_engaged(trainer: Trainer) -> None:
+    """Refuse a run that asked for FSDP or DeepSpeed (an accelerate config, ``--fsdp``, ``--deepspeed``)
+    but would train without it: accelerate turns FSDP on only on GPU-like devices, so an FSDP config
+    launched on CPU processes silently trains with DDP — every rank holding the whole model."""
+    from ..errors import UserError
 
-    world = dist.get_world_size()
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        if parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
-        dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-        parameter.grad.div_(world)
+    def asked(env: str, option) -> bool:
+        return os.environ.get(env, "false").lower() == "true" or bool(option)
+
+    if asked("ACCELERATE_USE_FSDP", trainer.args.fsdp) and not trainer.is_fsdp_enabled:
+        raise UserError(
+            f"FSDP was asked for, but accelerate would train with {describe_parallelism(trainer)} instead: it "
+            "enables FSDP only on GPUs (and NPU/XPU…), not on CPU processes. Launch on GPUs, or drop the FSDP config"
+        )
+    if asked("ACCELERATE_USE_DEEPSPEED", trainer.args.deepspeed) and not trainer.is_deepspeed_enabled:
+        raise UserError(
+            f"DeepSpeed was asked for, but accelerate would train with {describe_parallelism(trainer)} instead; "
+            "on CPU pass the ZeRO config as --deepspeed ds_configs/zero2.json (or zero3.json) and launch with torchrun"
+        )
+
+
+def describe_parallelism(trainer: Trainer) -> str:
+    """How the run is spread, in words: ``1 process``, ``DDP on 2 processes (1 node)``, ``FSDP2 …``,
+    ``DeepSpeed ZeRO-3 …``; logged at the start and kept in the run's summary."""
+    state = trainer.accelerator.state
+    processes = state.num_processes
+    if processes == 1 and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return "1 process"
+    if trainer.is_deepspeed_enabled:
+        stage = state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+        engine = f"DeepSpeed ZeRO-{stage}"
+    elif trainer.is_fsdp_enabled:
+        engine = f"FSDP{state.fsdp_plugin.fsdp_version}"
+    else:
+        engine = "DDP"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    nodes = max(processes // max(local, 1), 1)
+    return f"{engine} on {processes} process{'es' if processes > 1 else ''} ({nodes} node{'s' if nodes > 1 else ''})"
+
+
+def check_resumable(checkpoint: str | None, trainer: Trainer) -> None:
+    """Refuse, in one line, a checkpoint this launch cannot load: FSDP with SHARDED_STATE_DICT writes
+    the model and optimizer as torch.distributed.checkpoint shards (``pytorch_model_fsdp_0/``), which
+    only an FSDP run reads (the Trainer would stop with "only supported when using PyTorch FSDP")."""
+    from ..errors import UserError
+
+    if checkpoint is None or trainer.is_fsdp_enabled:
+        return
+    if any(Path(checkpoint).glob("pytorch_model_fsdp_*")):
+        raise UserError(
+            f"{checkpoint} was written by FSDP as sharded torch.distributed.checkpoint files (pytorch_model_fsdp_0/), "
+            f"which only an FSDP run loads, and this run is {describe_parallelism(trainer)}: resume it with the "
+            "same FSDP launch (accelerate launch --config_file recipes/accelerate/fsdp2.yaml ...)"
+        )
 
 
 def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
@@ -419,7 +445,7 @@ def save_trained_model(
 
     target = Path(output_dir)
     staging = target.parent / f".{target.name}.saving"
-    trainer.save_model(str(staging))  # collective under DeepSpeed: every rank calls it
+    write_full_model(trainer, staging)  # collective under DeepSpeed and FSDP: every rank calls it
     if not trainer.is_world_process_zero():
         return
     is_peft = hasattr(trainer.model, "peft_config") or (staging / "adapter_config.json").exists()
@@ -442,6 +468,21 @@ def save_trained_model(
         write_record(staging, record)
     commit_staged_folder(staging, target)
     logger.info("saved %s to %s", "justifier" if record.objective == "justifier" else "reward model", target)
+
+
+def write_full_model(trainer: Trainer, folder: Path) -> None:
+    """The trained weights, whole, as a ``save_pretrained`` folder, whatever the engine. Every rank
+    calls it. Under FSDP the Trainer's own ``save_model`` writes what ``fsdp_state_dict_type`` says —
+    a sharded torch.distributed.checkpoint folder for SHARDED_STATE_DICT, which no Hugging Face tool
+    loads — so the full state dict is gathered here onto the main process (on CPU) and saved from it.
+    The Trainer's path covers one process, DDP and DeepSpeed (ZeRO-3 gathers the 16-bit weights)."""
+    if not trainer.is_fsdp_enabled:
+        trainer.save_model(str(folder))
+        return
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # collective; the full tensors on rank 0
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
 
 
 def commit_staged_folder(staging: Path, target: Path) -> None:

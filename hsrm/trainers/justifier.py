@@ -119,7 +119,6 @@ class JustifierTrainer(RewardTrainerBase):
     """
 
     loss_is_scaled_for_ga = None
-    averages_gradients_itself = False  # its loss comes through the wrapped model's forward, which DDP syncs
     logged_metrics = ("target_token_accuracy",)
 
     def count_loss_items(self, batch: dict):
@@ -219,8 +218,8 @@ def prepare_justifier_run(cfg: JustifierConfig):
     data_summary: dict[str, Any] = {}
     tokenized: dict[str, Any] = {}
     for role, (examples, report) in loaded.items():
-        # The first process tokenizes and writes the cache (hsrm.data.tokenize); the others then read it.
-        with cfg.main_process_first(desc=f"tokenizing the {role} justifier examples"):
+        # One process per cache tokenizes and writes it (hsrm.data.tokenize); the others then read it.
+        with cfg.cache_writers_first(desc=f"tokenizing the {role} justifier examples"):
             tokenized[role], truncation = tokenize_justifier_examples(
                 examples, tokenizer, cfg.max_length, num_proc=cfg.dataset_num_proc
             )

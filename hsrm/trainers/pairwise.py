@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 
 from ..losses import centering_loss, get_pairwise_loss
-from ..modeling import reward_outputs, scalar_reward
+from ..modeling import reward_inputs, scalar_reward
 from .base import RewardTrainerBase
 
 
 def split_pair_rewards(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen rewards, rejected rewards), each (n_pairs,), from a stacked pair batch (padded or packed)."""
-    rewards = scalar_reward(reward_outputs(model, inputs))
+    """(chosen rewards, rejected rewards), each (n_pairs,), from a stacked pair batch (padded or packed),
+    read through the (possibly wrapped) model's forward (:func:`hsrm.modeling.read_rewards_in_forward`)."""
+    rewards = scalar_reward(model(**reward_inputs(inputs)).logits)
     n_pairs = inputs["margin"].shape[0]
     return rewards[:n_pairs], rewards[n_pairs:]
 

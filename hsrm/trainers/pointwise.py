@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import regression_loss
-from ..modeling import reward_outputs, scalar_reward
+from ..modeling import reward_inputs, scalar_reward
 from .base import RewardTrainerBase
 
 
@@ -26,7 +26,7 @@ class PointwiseRewardTrainer(RewardTrainerBase):
         return int(batch["labels"].numel())  # rated values: one per response and attribute
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        predictions = reward_outputs(model, inputs)
+        predictions = model(**reward_inputs(inputs)).logits
         labels = inputs["labels"].to(predictions.dtype)
         loss = self.mean_over_step(
             regression_loss(predictions, labels, reduction="sum"), labels.numel(), num_items_in_batch
@@ -43,7 +43,7 @@ class PointwiseRewardTrainer(RewardTrainerBase):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            predictions = reward_outputs(model, inputs)
+            predictions = model(**reward_inputs(inputs)).logits
             loss = regression_loss(predictions, inputs["labels"].to(predictions.dtype)).detach()
         if prediction_loss_only:
             return loss, None, None
