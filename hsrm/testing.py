@@ -115,6 +115,8 @@ def allow_fsdp_on_cpu() -> None:
         if wanted and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type = DistributedType.FSDP
             self.fsdp_plugin = kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()
+            if self._mixed_precision != "no":  # as accelerate's own FSDP branch does
+                self.fsdp_plugin.set_mixed_precision(self._mixed_precision)
 
     init.hsrm_allows_fsdp_on_cpu = True
     accelerate.state.AcceleratorState.__init__ = init

@@ -110,7 +110,7 @@ def assert_same_run(run: Run, reference: Run, *, weights_atol: float = 1e-6, los
     worst = max((mine[name] - theirs[name]).abs().max().item() for name in mine)
     assert worst <= weights_atol, f"largest weight difference {worst:.3g}"
     moved = max((theirs[name] - initial).abs().max().item() for name, initial in TINY_WEIGHTS.items() if name in theirs)
-    assert moved > 100 * weights_atol  # the runs trained: equality is not two untouched models
+    assert moved > max(10 * weights_atol, 1e-4)  # the runs trained: equality is not two untouched models
 
 
 TINY_WEIGHTS: dict[str, torch.Tensor] = {}
@@ -251,6 +251,18 @@ def test_fsdp2_lora_with_activation_checkpointing_trains_what_one_process_trains
     assert run.summary["parallelism"] == "FSDP2 on 2 processes (1 node)"
     assert not any(name.endswith(("lora_A.weight", "lora_B.weight")) for name in run.weights())  # merged
     assert_same_run(run, one)
+
+
+def test_fsdp2_in_bf16_mixed_precision_trains_what_one_process_trains_to_bf16_precision(runs, model_dir, pairs):
+    """fsdp2.yaml's own mixed precision (bf16 parameters in compute, fp32 master weights): the run is
+    the fp32 one-process run to bf16's precision, and not the fp32 run itself (bf16 really engaged)."""
+    one = reference(runs, model_dir, pairs, False)
+    launcher = accelerate_fsdp2()
+    launcher[launcher.index("no")] = "bf16"  # --mixed_precision
+    run = train(launcher, data_args(model_dir, pairs) + TWO_PROCESSES + ["--bf16", "true"], runs.root / "fsdp2-bf16")
+    assert_same_run(run, one, weights_atol=2e-3, loss_atol=2e-3)
+    differences = [abs(a - b) for a, b in zip(run.losses, one.losses)]
+    assert max(differences) > 1e-5, differences
 
 
 def test_fsdp2_sharded_checkpoint_resumes_exactly_and_is_refused_by_one_process(runs, model_dir, pairs, tmp_path):
