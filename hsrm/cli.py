@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     entry = getattr(module, function_name)
     import os
 
-    from .errors import UserError
-    from .trainers.base import NonFiniteLossError, TrainingInterrupted
+    # from errors, not from the trainers: `hsrm VERB --help` must not import transformers' Trainer
+    from .errors import TrainingInterrupted, UserError
 
     try:
         try:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's final flush does not raise again, and exit as a process killed by SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (UserError, ValueError, OSError, NonFiniteLossError) as err:
+    except (UserError, ValueError, OSError) as err:
         # Input and environment problems (bad data or options, missing or unreadable files, a failed
         # upload) get one clear line, not a traceback; HSRM_DEBUG=1 shows the traceback.
         if os.environ.get("HSRM_DEBUG"):

@@ -29,3 +29,17 @@ def require_extra(module: str, extra: str, feature: str):
             f"{feature} needs {module}, which is not installed: pip install 'hsrm[{extra}]' (or pip install {module})"
         )
     return importlib.import_module(module)
+
+
+class NonFiniteLossError(UserError, RuntimeError):
+    """Training stopped: too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived: a checkpoint was written at the step boundary and training stopped."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(
+            f"training interrupted at step {step}; resume with --resume_from_checkpoint true (checkpoint: {checkpoint})"
+        )

@@ -20,28 +20,12 @@ import torch
 from .config import PAIRWISE_OBJECTIVES, RewardConfig, train_cli_options
 from .data.auto import load_pairs_any, load_ratings_any
 from .data.tokenize import tokenize_pairs, tokenize_ratings
+from .errors import TrainingInterrupted
 from .modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, scalar_reward
 from .record import ModelRecord, reward_statistics
-from .trainers.base import (
-    CHECKPOINT_COMPLETE,
-    TrainingInterrupted,
-    build_model,
-    check_engine_engaged,
-    check_resumable,
-    complete_checkpoints,
-    compute_dtype,
-    describe_parallelism,
-    save_trained_model,
-)
-from .trainers.justifier import (
-    JustifierCollator,
-    JustifierTrainer,
-    build_justifier_model,
-    justifier_record,
-    prepare_justifier_run,
-)
-from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
-from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
+
+# The trainers (and with them transformers' Trainer, peft and accelerate) are imported where a run
+# needs them, not here: `hsrm train --help` reads only the options.
 
 logger = logging.getLogger("hsrm.train")
 
@@ -141,6 +125,10 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     """The trainer of ``cfg.objective``, running with :func:`training_arguments`."""
     from .data.render import PairwiseCollator, PointwiseCollator
     from .packing import PackedPairwiseCollator, PackedPointwiseCollator, check_packing_support
+    from .trainers.base import compute_dtype
+    from .trainers.justifier import JustifierCollator, JustifierTrainer
+    from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
+    from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
 
     args = training_arguments(cfg, has_eval=eval_ds is not None)
     pad_id = tokenizer.pad_token_id
@@ -181,6 +169,8 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
 def resolve_resume(value: str | bool | None, checkpoint_dir: str) -> str | None:
     """``true``/``last`` → the newest *complete* checkpoint (or a fresh start if there is none);
     a path → that checkpoint, which must be complete."""
+    from .trainers.base import CHECKPOINT_COMPLETE, complete_checkpoints
+
     if value in (None, False, "", "no", "false", "False"):
         return None
     if value in (True, "yes", "true", "True", "last", "latest"):
@@ -248,6 +238,16 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     describe the model (its record), save it through a staging folder with no token in it. Only
     the set-up and the record differ between the two.
     """
+    from .trainers.base import (
+        build_model,
+        check_engine_engaged,
+        check_resumable,
+        complete_checkpoints,
+        describe_parallelism,
+        save_trained_model,
+    )
+    from .trainers.justifier import build_justifier_model, justifier_record, prepare_justifier_run
+
     start_processes(cfg)
     prepare_output_dir(cfg)
     # Seed before the model is built: a backbone without a score head gets a freshly initialised one

@@ -19,9 +19,10 @@ import hsrm.train as train_module
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm.cli import main as cli_main
 from hsrm.config import load_recipe
+from hsrm.errors import NonFiniteLossError, TrainingInterrupted
 from hsrm.modeling import load_reward_model
 from hsrm.train import run_training
-from hsrm.trainers.base import CHECKPOINT_COMPLETE, NonFiniteLossError, TrainingInterrupted
+from hsrm.trainers.base import CHECKPOINT_COMPLETE
 
 BASE = {
     "max_steps": 12,

@@ -22,6 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..config import RewardConfig
+from ..errors import NonFiniteLossError
 from ..modeling import apply_lora, build_reward_model, freeze_lower_layers, load_reward_model, read_rewards_in_forward
 from ..record import ModelRecord, write_record
 
@@ -109,20 +110,6 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
 
 # ---------------------------------------------------------------------------------------- trainer
 CHECKPOINT_COMPLETE = "hsrm_checkpoint_complete"  # written last: a checkpoint without it is half-written
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM/SIGINT arrived: a checkpoint was written at the step boundary and training stopped."""
-
-    def __init__(self, step: int, checkpoint: str | None):
-        self.step, self.checkpoint = step, checkpoint
-        super().__init__(
-            f"training interrupted at step {step}; resume with --resume_from_checkpoint true (checkpoint: {checkpoint})"
-        )
 
 
 class NonFiniteGuard(TrainerCallback):
