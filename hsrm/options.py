@@ -99,6 +99,20 @@ def _is_list(tp) -> bool:
     return (typing.get_origin(tp) or tp) is list
 
 
+class DefaultSaidOnceFormatter(argparse.HelpFormatter):
+    """argparse's ArgumentDefaultsHelpFormatter appends ``(default: …)`` to every option, also where
+    the help already says the default in words or the option is required, and shows ``None`` for
+    "not set" ("(required) (default: None)"). This appends the default only where it adds something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        already_said = "default" in text.lower() or "(required)" in text
+        unset = action.default in (None, "", [], argparse.SUPPRESS)
+        if already_said or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OptionsParser(HfArgumentParser):
     """``HfArgumentParser`` with ``--config``, typed YAML values, suggestions and one-line errors."""
 
@@ -115,7 +129,7 @@ class OptionsParser(HfArgumentParser):
             prog=prog,
             description=description,
             allow_abbrev=False,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=DefaultSaidOnceFormatter,
         )
         self.add_argument(
             "--config",

@@ -300,3 +300,22 @@ def test_summary_on_stdout_json_with_json_logs_on_stderr(tmp_path, tiny_model_di
         == 0
     )
     assert json.loads(capsys.readouterr().out)["metrics"]["n_pairs"] == 3
+
+
+def test_every_verbs_help_says_each_default_once():
+    """Before: 8 of 13 verbs printed "(required) (default: None)" or a default in words followed by
+    "(default: None)" (argparse's ArgumentDefaultsHelpFormatter appends one to every option)."""
+    import contextlib
+    import io
+    import re
+
+    from hsrm.cli import VERBS, main
+
+    for verb in VERBS:
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown):
+            assert main([verb, "--help"]) == 0
+        text = re.sub(r"\s+", " ", shown.getvalue())
+        assert "(default: None)" not in text and "(required) (default" not in text, verb
+        if verb == "score":  # a default that is not in the words is still shown, once
+            assert re.search(r"--batch_size .*?\(default: 8\)", text) and text.count("(default: 8)") == 1
