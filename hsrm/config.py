@@ -15,8 +15,8 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .options import OptionsError, ResultFormat, parse_options
+from .record import OBJECTIVES  # one list: what a run may train is what a model record may say
 
-OBJECTIVES = ("regression", "bt", "margin_bt", "scaled_bt", "justifier")
 PAIRWISE_OBJECTIVES = ("bt", "margin_bt", "scaled_bt")
 
 
@@ -165,8 +165,13 @@ class RewardConfig(TrainingArguments):
             self.attributes = [self.attributes]
         if self.attributes == ["all"]:
             self.attributes = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
-        if self.objective != "regression" and len(self.attributes) != 1:
-            self.attributes = ["helpfulness"]
+        if self.objective != "regression" and self.attributes != ["helpfulness"]:
+            # a pairwise or justifier run trains one output, the reward, and records it as helpfulness:
+            # other names would be recorded wrong (before: silently replaced)
+            raise ValueError(
+                f"attributes {self.attributes} with objective {self.objective}: only a regression run trains named "
+                "attributes; drop attributes (the reward is recorded as helpfulness) or use objective regression"
+            )
         for name in (
             "max_length",
             "per_device_train_batch_size",

@@ -319,3 +319,13 @@ def test_every_verbs_help_says_each_default_once():
         assert "(default: None)" not in text and "(required) (default" not in text, verb
         if verb == "score":  # a default that is not in the words is still shown, once
             assert re.search(r"--batch_size .*?\(default: 8\)", text) and text.count("(default: 8)") == 1
+
+
+def test_a_pairwise_run_given_other_attributes_is_refused_not_recorded_as_helpfulness():
+    """Before: `objective: bt` with `attributes: [correctness]` trained and recorded `helpfulness`."""
+    from hsrm.config import load_recipe
+
+    with pytest.raises(ValueError, match=r"attributes \['correctness'\] with objective bt"):
+        load_recipe(None, {"objective": "bt", "attributes": ["correctness"], "output_dir": "unused", "use_cpu": True})
+    cfg = load_recipe(None, {"objective": "bt", "output_dir": "unused", "use_cpu": True})
+    assert cfg.attributes == ["helpfulness"] and cfg.num_labels == 1
