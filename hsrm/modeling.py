@@ -96,8 +96,27 @@ def check_model_exists(path: str) -> None:
     if os.path.exists(path):
         return
     looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
-    if not looks_like_hub_id:
+    # `runs/model` where ./runs exists is a local folder that is missing, not the Hub user "runs"
+    if not looks_like_hub_id or os.path.isdir(path.split("/")[0]):
         raise FileNotFoundError(f"model folder {path} does not exist")
+
+
+def load_model_config(path: str, trust_remote_code: bool = False):
+    """``AutoConfig`` of a local folder or Hub id; a Hub id this machine cannot reach is one line
+    (transformers says "couldn't connect to huggingface.co" whatever the user meant)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if os.path.exists(path):
+            raise
+        from .errors import UserError
+
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{path}: no such local folder, and not a Hugging Face Hub model this machine can load ({reason})"
+        ) from None
 
 
 def check_model_folder(path: str) -> None:
@@ -118,6 +137,35 @@ def check_model_folder(path: str) -> None:
                 "Convert them with `save_pretrained(..., safe_serialization=True)` in a trusted environment."
             )
         raise FileNotFoundError(f"{path} has no *.safetensors weights")
+    check_safetensors_files(path, [n for n in names if n.endswith(".safetensors")])
+
+
+def check_safetensors_files(folder: str, names: Sequence[str]) -> None:
+    """A damaged (truncated, overwritten) weights file is one line naming it, not safetensors' Rust
+    error from deep inside from_pretrained. Reads each file's header only."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in names:
+        try:
+            with safe_open(os.path.join(folder, name), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            from .errors import UserError
+
+            raise UserError(
+                f"{os.path.join(folder, name)} is damaged ({err}); save or download the model again"
+            ) from None
+
+
+# Any of these makes a folder's tokenizer loadable (fast tokenizer, its config, or a slow tokenizer's vocabulary).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -125,7 +173,15 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
     from .data.render import ensure_chat_template
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    path = resolve_model_path(name_or_path)
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, n)) for n in TOKENIZER_FILES):
+        from .errors import UserError
+
+        raise UserError(
+            f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])} …): save the tokenizer into the "
+            "model folder (tokenizer.save_pretrained(folder))"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_chat_template(tokenizer)
     return tokenizer
 
@@ -168,14 +224,14 @@ def build_reward_model(
     """(model, tokenizer) to *train*: any decoder as ``AutoModelForSequenceClassification`` with
     ``num_labels`` outputs. A backbone without a head (or with another head size) gets a fresh one;
     the pad token is made distinct from EOS. To score with a trained model use :func:`load_reward_model`."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     from .data.render import ensure_distinct_pad_token
 
     path = resolve_model_path(name_or_path)
     check_model_exists(path)
     check_model_folder(path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = load_model_config(path, trust_remote_code)
     kwargs = {}
     if attn_implementation:
         kwargs["attn_implementation"] = _register_attention(attn_implementation)
@@ -207,7 +263,16 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/"auto": this process's GPU when there is one (so each accelerate rank scores on its
     own device), else the CPU."""
     if device not in (None, "auto"):
-        return torch.device(device)
+        from .errors import UserError
+
+        try:
+            chosen = torch.device(device)
+        except RuntimeError as err:
+            raise UserError(f"device {device!r}: {err}") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if not torch.backends.cuda.is_built() else "no GPU is visible"
+            raise UserError(f"device {device!r}: {why}; use --device cpu, or leave --device out")
+        return chosen
     if torch.cuda.is_available():
         # LOCAL_RANK is set by accelerate/torchrun before any CUDA device is selected; without it
         # every rank of an RLOO run would put its reward model on GPU 0.
@@ -246,7 +311,7 @@ def load_reward_model(
     rewards would be random. Safetensors only; ``trust_remote_code`` off unless asked.
     ``record`` is the folder's :class:`hsrm.record.ModelRecord` (empty for models hsrm did not train).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from .data.render import ensure_distinct_pad_token
@@ -255,7 +320,7 @@ def load_reward_model(
     path = resolve_model_path(os.path.expanduser(name_or_path) if isinstance(name_or_path, str) else name_or_path)
     check_model_exists(path)
     check_model_folder(path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = load_model_config(path, trust_remote_code)
     architectures = list(getattr(config, "architectures", None) or [])
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise ValueError(

@@ -56,6 +56,8 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "a config") -> dict[s
     with open(path, encoding="utf-8") as handle:
         try:
             loaded = yaml.safe_load(handle) or {}
+        except UnicodeDecodeError as err:
+            raise OptionsError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x})") from None
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             line = f" at line {where.line + 1}" if where is not None else ""
@@ -174,6 +176,9 @@ class OptionsParser(HfArgumentParser):
             return str(value)
         if _is_list(tp) and not _is_structured(tp) and value is not None and not isinstance(value, (list, tuple)):
             return [value]  # `attributes: helpfulness` is a list of one
+        if tp in (int, float, str, bool) and isinstance(value, (list, tuple, dict)):
+            # argparse converts only what the command line gives; a YAML value reaches the field as it is
+            raise OptionsError(f"{key}: expected one {tp.__name__}, got a {type(value).__name__} ({value!r})")
         return value
 
     def set_values(self, values: dict[str, Any], source: str) -> None:
