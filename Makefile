@@ -30,8 +30,8 @@ test: $(STAMP)
 
 # ruff (pinned in the dev extra): pyflakes, isort, pyupgrade, 120 columns, and the formatter's layout.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hsrm tests bench
-	$(VENV)/bin/ruff format --check hsrm tests bench
+	$(VENV)/bin/ruff check hsrm tests bench .ci
+	$(VENV)/bin/ruff format --check hsrm tests bench .ci
 
 clean:
 	rm -rf $(VENV) demo_report

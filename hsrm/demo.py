@@ -29,7 +29,11 @@ from typing import Any
 
 logger = logging.getLogger("hsrm.demo")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside a checkout (CI lays machines out so); an installed package has no checkout around it.
+CHECKOUT = Path(__file__).resolve().parents[1]
+SHARED = CHECKOUT.parent / "shared" / "data" if (CHECKOUT / "pyproject.toml").is_file() else None
+# The embedding study the demo runs: package data (pyproject.toml), so an installed wheel runs its own demo.
+STUDY_CONFIG = "recipes/studies/tiny.yaml"
 BEST_OF_N_PROMPT = [{"role": "user", "content": "How do I make a simple loaf of bread at home?"}]
 BEST_OF_N_RESPONSES = [
     "Mix 500 g flour, 350 ml warm water, 7 g yeast and 10 g salt; knead for 10 minutes, let it rise for an hour, "
@@ -204,7 +208,7 @@ def data_sources(workdir: Path, data_dir: str | None = None, profile: Profile | 
 
     if data_dir is not None:
         return {**data_from_folder(Path(data_dir)), "note": f"real data from {data_dir} ({REAL_NOTE})"}
-    if all((SHARED / relative).is_file() for relative, _ in DATA_FILES.values()):
+    if SHARED is not None and all((SHARED / relative).is_file() for relative, _ in DATA_FILES.values()):
         return {**data_from_folder(SHARED), "note": f"real data from {SHARED} beside this checkout ({REAL_NOTE})"}
     if _hub_reachable():
         logger.info("no local data: downloading the demo's rows from the Hugging Face Hub (cached by datasets)")
@@ -404,13 +408,16 @@ def run_demo(
     best = max(range(len(rewards)), key=rewards.__getitem__)
     # 6. embedding-path study (synthetic embeddings with a known golden reward)
     t = time.time()
+    from importlib.resources import as_file, files
+
     from .embedding.study import load_study, run_study
 
-    repo = Path(__file__).resolve().parents[1]
     study_overrides: dict[str, Any] = {"output_dir": str(out / "study")}
     if quick:  # two setups instead of the tiny study's 27
         study_overrides.update(grids=[{"methods": ["bt-mlp", "clf-lgb"]}])
-    study_cfg = load_study(repo / "recipes" / "studies" / "tiny.yaml", study_overrides)
+    with as_file(files("hsrm") / STUDY_CONFIG) as study_config:
+        study_cfg = load_study(study_config, study_overrides)
+        study_command = f"hsrm study {study_config} --output_dir {out / 'study'}"
     study_table = run_study(study_cfg, progress=True)
     timings["6. embedding study"] = time.time() - t
 
@@ -515,7 +522,7 @@ def run_demo(
         f"--on-bad-rows skip --output {expo_dir}",
         f"hsrm evaluate --model {expo_dir} --data {data['heldout_pairs']} --limit {profile.heldout_pairs} "
         f"--max-length {profile.max_length} --on-bad-rows skip",
-        f"hsrm study recipes/studies/tiny.yaml --output_dir {out / 'study'}",
+        study_command,
         f"hsrm demo --output {out}" + (" --quick" if quick else "") + (f" --data-dir {data_dir}" if data_dir else ""),
         "```",
         "",

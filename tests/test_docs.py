@@ -2,7 +2,7 @@
 
 Each `hsrm VERB …` line (and `-m hsrm.train` / `-m hsrm.rloo` under a launcher) is parsed by that
 verb's own options parser (hsrm.options), and stopped right after the flags are read and typed:
-an unknown flag or a badly typed value fails here. Every recipes/ or ds_configs/ path must exist.
+an unknown flag or a badly typed value fails here. Every recipes/, hsrm/recipes/ or ds_configs/ path must exist.
 Running the commands themselves is tests/test_docs_run.py's job."""
 
 import importlib
@@ -61,7 +61,7 @@ def test_documented_command_is_valid(command, monkeypatch):
     if len(words) > 1 and "..." in words[-1] or "…" in command:
         words = [w for w in words if w not in ("...", "…")]
     for word in words:
-        if word.startswith(("recipes/", "ds_configs/")) and not PLACEHOLDER.search(word):
+        if word.startswith(("recipes/", "hsrm/recipes/", "ds_configs/")) and not PLACEHOLDER.search(word):
             assert (REPO_ROOT / word).exists(), f"{word} does not exist"
     if words[0] in ("accelerate", "torchrun"):
         assert "-m" in words and words[words.index("-m") + 1] in ("hsrm.train", "hsrm.rloo")

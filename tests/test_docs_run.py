@@ -1,7 +1,7 @@
 """Every command shown in README.md and docs/*.md, RUN (issue 10), not only parsed (tests/test_docs.py).
 
-The commands run in one sandbox laid out like a user's checkout (`ws/recipes`, `ws/ds_configs` linked
-from the repository, `ws/../shared` linked to the real ../shared), from `ws`, so that `runs/…` and
+The commands run in one sandbox laid out like a user's checkout (`ws/recipes`, `ws/ds_configs`, `ws/hsrm`
+linked from the repository, `ws/../shared` linked to the real ../shared), from `ws`, so that `runs/…` and
 `../shared/data/…` resolve as in the docs. Verbs run in-process (the hsrm.cli VERBS entry with argv).
 How each command becomes a seconds-long run is written out in the tables below, in this order:
 
@@ -342,7 +342,7 @@ RUN: dict[str, Run] = {
     "hsrm fit --embeddings runs/toy.npz --method clf-lgb --output runs/toy-lgb --beta 5 --pairing cross-prompt --n-annotations 30": Run(
         needs=("runs/toy.npz",), check="check_fit_lgb"
     ),
-    "hsrm study recipes/studies/tiny.yaml": Run(STUDY, check="check_tiny_study"),
+    "hsrm study hsrm/recipes/studies/tiny.yaml": Run(STUDY, check="check_tiny_study"),
     HH600_EMBED: Run(
         ("--backbone", "runs/tiny-llama", "--limit", "24"),
         needs=("runs/hh/base_401_1000.jsonl", "runs/smollm-bt-hh"),
@@ -676,7 +676,7 @@ def sandbox(tmp_path_factory) -> Sandbox:
     ws = box.ws
     (ws / "runs").mkdir(parents=True)
     (ws / "data").mkdir()
-    for name in ("recipes", "ds_configs"):
+    for name in ("recipes", "ds_configs", "hsrm"):  # hsrm: its package data (hsrm/recipes/) is documented
         (ws / name).symlink_to(REPO_ROOT / name)
     if SHARED.exists():
         (root / "shared").symlink_to(SHARED)

@@ -15,7 +15,10 @@ from hsrm.embedding.synthetic import SyntheticWorld
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted(
-    p for p in (REPO_ROOT / "recipes" / "studies").glob("*.yaml") if p.read_text().startswith("# hsrm study ")
+    p
+    for folder in (REPO_ROOT / "recipes" / "studies", REPO_ROOT / "hsrm" / "recipes" / "studies")  # + package data
+    for p in folder.glob("*.yaml")
+    if p.read_text().startswith("# hsrm study ")
 )  # the folder also holds `hsrm active` files
 TINY_FIT = {"hidden": [32, 16], "max_epochs": 8, "batch_size": 128}
 

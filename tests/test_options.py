@@ -147,7 +147,10 @@ def test_hsrm_help_lists_every_verb_with_one_line(capsys):
 
 # ----------------------------------------------------------------------------------- recipes
 RECIPES = sorted(
-    str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts
+    str(p.relative_to(REPO_ROOT))
+    for folder in (REPO_ROOT / "recipes", REPO_ROOT / "hsrm" / "recipes")  # hsrm/recipes: the package data
+    for p in folder.rglob("*.yaml")
+    if "accelerate" not in p.parts
 )
 
 

@@ -72,3 +72,17 @@ def test_asking_for_deepspeed_without_it_names_the_extra_in_one_line(tmp_path, t
     assert last.startswith("hsrm train: error:") and "pip install 'hsrm[deepspeed]'" in last, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_converting_the_default_model_without_gguf_names_the_offline_extra(tmp_path, monkeypatch):
+    # Before: transformers' own ImportError from deep inside from_pretrained(gguf_file=...).
+    import importlib.util
+
+    from hsrm.errors import MissingExtraError
+    from hsrm.modeling import convert_gguf_default
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "gguf" else find_spec(name))
+    with pytest.raises(MissingExtraError, match=r"pip install 'hsrm\[offline\]'"):
+        convert_gguf_default(tmp_path / "model.gguf", tmp_path / "converted")
+    assert not (tmp_path / "converted").exists()

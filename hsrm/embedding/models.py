@@ -456,10 +456,8 @@ def fit_clf_lgb(
     dense 2,048-d embeddings row-wise is 2.4× slower (bench/embedding_fit.py, docs/lightweight.md).
     Pass ``params={"force_row_wise": True}`` to override.
     """
-    try:
-        import lightgbm as lgb
-    except ImportError as err:  # lazy: only CLF-LGB needs it
-        raise ImportError("CLF-LGB needs lightgbm: pip install lightgbm") from err
+    import lightgbm as lgb  # a dependency, imported lazily: only CLF-LGB needs it
+
     embeddings = _check_matrix(embeddings, "embeddings")
     labels = np.asarray(labels, dtype=np.float32).reshape(-1)
     if len(labels) != len(embeddings):
