@@ -18,7 +18,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -377,7 +377,9 @@ def output_lock(output: str | os.PathLike, *, flag: str = "--output_dir") -> Ite
             pid, host = held.get("pid"), held.get("host")
             if isinstance(pid, int) and host == owner["host"] and not _process_alive(pid):
                 logger.warning("%s: taking over the lock of process %d on %s, which is gone", output, pid, host)
-                path.unlink(missing_ok=True)
+                with suppress(OSError, ValueError):
+                    if json.loads(path.read_text(encoding="utf-8")) == held:  # not a newer owner's meanwhile
+                        path.unlink()
                 continue
             if pid is None:
                 import time
