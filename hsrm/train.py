@@ -263,6 +263,15 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     describe the model (its record), save it through a staging folder with no token in it. Only
     the set-up and the record differ between the two.
     """
+    start_processes(cfg)
+    with claim_output_dir(cfg):
+        return train_and_save(cfg)
+
+
+def train_and_save(cfg: RewardConfig) -> dict[str, Any]:
+    """:func:`run_training` once ``output_dir`` is this run's."""
+    from transformers import set_seed
+
     from .trainers.base import (
         build_model,
         check_engine_engaged,
@@ -273,17 +282,8 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     )
     from .trainers.justifier import build_justifier_model, justifier_record, prepare_justifier_run
 
-    start_processes(cfg)
-    with claim_output_dir(cfg):
-        return train_and_save(cfg)
-
-
-def train_and_save(cfg: RewardConfig) -> dict[str, Any]:
-    """:func:`run_training` once ``output_dir`` is this run's."""
     # Seed before the model is built: a backbone without a score head gets a freshly initialised one
     # (and LoRA its adapters), and the Trainer only seeds later, in its own __init__.
-    from transformers import set_seed
-
     set_seed(cfg.seed)
     generative = cfg.objective == "justifier"
     if generative:
