@@ -45,7 +45,7 @@ from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from .files import atomic_write_json, check_output
 from .record import reward_statistics
-from .scoring import RewardScorer
+from .scoring import RewardScorer, nonfinite_rewards_message
 
 logger = logging.getLogger(__name__)
 
@@ -630,7 +630,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print_result(result, summary, opts.json)
         return result
     output = opts.output or default_output_path(opts.model, opts.data)
-    check_output(output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)  # before minutes of scoring
+    check_output(  # before minutes of scoring; <model>/evaluation/ is evaluate's own place in a model folder
+        output,
+        inputs=[opts.data, opts.model],
+        overwrite=opts.overwrite,
+        own_folders=[Path(opts.model) / "evaluation"],
+    )
     result = evaluate_model(
         opts.model,
         opts.data,
@@ -646,6 +651,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         layout=opts.layout,
         max_tokens=opts.max_tokens,
     )
+    refusal = nonfinite_rewards_message(scalar_rewards(result), f"of {opts.data}")
+    if refusal:  # its accuracy would read "0.0 %" as if the model were merely bad
+        raise ValueError(refusal)
     path = atomic_write_json(output, result)
     print_result(result, f"{format_report(result)}\nwrote {path}", opts.json)
     return result

@@ -251,6 +251,13 @@ def extrapolate_folder(
                 shard = {}
                 for key in keys:
                     shard[key] = extrapolate_tensor(weak_reader.tensor(key), strong_reader.tensor(key), alpha)
+                    if shard[key].is_floating_point() and not torch.isfinite(shard[key]).all():
+                        # an α that overflows the dtype gives a model that scores NaN; nothing is moved in
+                        bad = int((~torch.isfinite(shard[key])).sum())
+                        raise ValueError(
+                            f"α = {alpha:g} gives {bad} non-finite weights in {key}: the model would score NaN; "
+                            "choose a smaller --alpha"
+                        )
                     bar.update(1)
                 save_file(shard, str(staging / file), metadata={"format": "pt"})
                 del shard  # one shard in memory at a time

@@ -316,14 +316,18 @@ def prepare_upload_folder(
     (default ``<model>.hub``). The folder is assembled in a new staging folder and renamed into
     place; an existing ``stage`` is replaced only with ``overwrite``, and never when it is, holds or
     sits inside the model or an evaluation file."""
+    from types import SimpleNamespace
+
     from .files import check_output, staged_folder
-    from .modeling import check_model_folder
+    from .modeling import check_model_folder, check_reward_architecture
 
     root = Path(model_dir)
     check_model_folder(str(root))
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a local model folder")
     config = _read_json(root / "config.json") or {}
+    # the card calls it a reward model and tags it text-classification: refuse what is none
+    check_reward_architecture(str(root), SimpleNamespace(**config))
     if config.get("pad_token_id") is not None and config.get("pad_token_id") == config.get("eos_token_id"):
         # transformers' own pooling finds "the last non-pad token"; with pad == eos it can skip the
         # real end of the conversation (trl#2758), so the card's snippet could disagree with hsrm.
@@ -335,8 +339,6 @@ def prepare_upload_folder(
     stage_dir = Path(stage) if stage else root.parent / f"{root.name}.hub"
     eval_files = list(eval_files)
     check_output(stage_dir, inputs=[root, *eval_files], overwrite=overwrite)
-    if root.resolve() in stage_dir.resolve().parents:
-        raise ValueError(f"--output {stage_dir} is inside the model folder {root}; choose a folder outside it")
     # skip_linked: the hard-linked weights are the model's own files, their modes left as they are
     with staged_folder(stage_dir, skip_linked=True) as staging:
         _fill_upload_folder(root, repo_id, staging, eval_files)
@@ -344,13 +346,20 @@ def prepare_upload_folder(
 
 
 def _fill_upload_folder(root: Path, repo_id: str, stage_dir: Path, eval_files: list) -> None:
+    import stat
+
+    from .files import current_umask
+
+    readable = 0o666 & ~current_umask()  # a hard link shares its source's mode: link only sources that have it
     for path in _files_to_upload(root):
         destination = stage_dir / path.relative_to(root)
         destination.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if stat.S_IMODE(path.stat().st_mode) != readable:
+                raise OSError("a link would keep the source's mode")  # e.g. safetensors' 0600: copy instead
             os.link(path, destination)  # weights can be large: share the bytes instead of copying
         except OSError:
-            shutil.copy2(path, destination)
+            shutil.copyfile(path, destination)  # honour_umask gives it the umask's mode afterwards
     extra = []
     for file in eval_files:
         destination = stage_dir / "evaluation" / Path(file).name

@@ -174,6 +174,17 @@ TOKENIZER_FILES = (
 )
 
 
+def check_reward_architecture(path: str, config) -> None:
+    """Refuse a model whose architecture has no score head (a causal LM, a bare backbone): every
+    verb that reads or publishes a reward model (the loader below, ``hsrm push``) asks this."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(
+            f"{path} is a {architectures[0]}, not a reward model: it has no trained score head, so its "
+            "rewards would be random. Train one from it (hsrm train --model_name_or_path ...) first"
+        )
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -327,12 +338,7 @@ def load_reward_model(
     check_model_exists(path)
     check_model_folder(path)
     config = load_model_config(path, trust_remote_code)
-    architectures = list(getattr(config, "architectures", None) or [])
-    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(
-            f"{path} is a {architectures[0]}, not a reward model: it has no trained score head, so its "
-            "rewards would be random. Train one from it (hsrm train --model_name_or_path ...) first"
-        )
+    check_reward_architecture(path, config)
     dtype = torch_dtype(dtype)
     kwargs = {}
     if attn_implementation:

@@ -52,6 +52,7 @@ class RLOOSetup(Options):
         None, "reward-model tokens per sequence, cut from the left (empty: the reward model's own)", positive=True
     )
     reward_dtype: str = option("float32", "bfloat16 for large reward models on GPU")
+    overwrite: bool = option(False, "replace what output_dir holds (a previous run); never an input")
 
 
 def rloo_options(argv: list[str] | None = None, defaults: dict[str, Any] | None = None):
@@ -152,12 +153,46 @@ def build_trainer(setup: RLOOSetup, cfg, scorer=None):
     return RLOOTrainer(model=policy, reward_funcs=scorer, args=cfg, train_dataset=load_prompts(setup))
 
 
+def claim_output_dir(setup: RLOOSetup, cfg):
+    """The output rule of every writer (``hsrm.files.claimed_run_folder``), held for the run: the policy
+    goes to a new folder, or to this run's own when resuming; never into or over the policy, the
+    reward model or the prompts, and another run's folder only with ``--overwrite``."""
+    from .files import claimed_run_folder, file_fingerprint
+    from .train import resuming
+
+    inputs = [model for model in (setup.policy_model, setup.reward_model) if model != TINY] + [setup.prompt_data]
+
+    def wait_for_all() -> None:
+        if cfg.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    key = {
+        "verb": "rloo",
+        "policy_model": setup.policy_model,
+        "reward_model": setup.reward_model,
+        "prompts": file_fingerprint(setup.prompt_data) if setup.prompt_data else setup.prompts,
+        "seed": cfg.seed,
+    }
+    return claimed_run_folder(
+        cfg.output_dir,
+        key,
+        inputs=inputs,
+        overwrite=setup.overwrite,
+        resume=resuming(cfg),
+        main_process=cfg.process_index == 0,
+        wait_for_all=wait_for_all,
+    )
+
+
 def main(argv: list[str] | None = None):
     setup, cfg = rloo_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    trainer = build_trainer(setup, cfg)
-    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-    trainer.save_model(cfg.output_dir)
+    with claim_output_dir(setup, cfg):
+        trainer = build_trainer(setup, cfg)
+        result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+        trainer.save_model(cfg.output_dir)
     if trainer.is_world_process_zero():  # one line per run, not one per rank
         print(f"saved the policy to {cfg.output_dir} ({result.global_step} steps)")
     return trainer

@@ -236,6 +236,22 @@ class RewardScorer:
         return f"RewardScorer({self.model_dir!r}, outputs={self.attributes}, max_length={self.max_length})"
 
 
+def nonfinite_rewards_message(rewards: Sequence[float], where: str) -> str | None:
+    """What to tell the user when a model returned NaN or infinite rewards (``None`` when all are
+    finite): the first items by index and how many. ``hsrm score``, ``hsrm evaluate`` and ``hsrm
+    serve`` refuse such rewards with it: JSON has no NaN, and a NaN ranks and compares as nothing."""
+    import math
+
+    broken = [index for index, reward in enumerate(rewards) if not math.isfinite(reward)]
+    if not broken:
+        return None
+    shown = f"{broken[:10]}"[:-1] + (", …]" if len(broken) > 10 else "]")
+    return (
+        f"the reward model returned a non-finite reward (NaN or infinity) for item(s) {shown} ({len(broken)} of "
+        f"{len(rewards)}) {where}: its weights, or the dtype it runs in, overflow (try --dtype float32)"
+    )
+
+
 def score(
     model: str | RewardScorer, prompts: Sequence[Any], responses: Sequence[str], **scorer_options: Any
 ) -> list[float]:
@@ -308,6 +324,9 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
         [groups[g]["messages"] for g in owner], [response for group in groups for response in group["responses"]]
     )
     rewards = scorer.score_ids(sequences, desc="scoring").tolist()
+    refusal = nonfinite_rewards_message(rewards, f"of {data}")
+    if refusal:  # a NaN would be written as a NaN literal (not JSON) and picked as the best of nothing
+        raise ValueError(refusal)
     results: list[dict] = [{"rewards": []} for _ in groups]
     for g, reward in zip(owner, rewards):
         results[g]["rewards"].append(reward)

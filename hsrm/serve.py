@@ -62,7 +62,6 @@ import http.client
 import ipaddress
 import json
 import logging
-import math
 import signal
 import socket
 import sys
@@ -84,7 +83,7 @@ from .data.io import DataError
 from .data.messages import to_messages
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS
 from .modeling import DTYPES
-from .scoring import RewardScorer, split_completion
+from .scoring import RewardScorer, nonfinite_rewards_message, split_completion
 
 logger = logging.getLogger(__name__)
 
@@ -490,13 +489,9 @@ class RewardService:
         body = await read_json(request, self.options.max_body_bytes)
         sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
         rewards = await self.rewards(sequences)
-        broken = [index for index, reward in enumerate(rewards) if not math.isfinite(reward)]
-        if broken:  # JSON has no NaN: say what happened rather than fail while encoding the answer
-            raise RequestError(
-                500,
-                f"the reward model returned a non-finite reward (NaN or infinity) for item(s) {broken[:10]} of "
-                "this request: its weights, or the dtype it runs in, overflow (try --dtype float32)",
-            )
+        refusal = nonfinite_rewards_message(rewards, "of this request")
+        if refusal:  # JSON has no NaN: say what happened rather than fail while encoding the answer
+            raise RequestError(500, refusal)
         self.answered += 1
         if self.options.log_requests:
             logger.info("%s %s → rewards %s", request.url.path, clipped(json.dumps(body, ensure_ascii=False)), rewards)

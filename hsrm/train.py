@@ -192,28 +192,53 @@ def resuming(cfg: RewardConfig) -> bool:
     return cfg.resume_from_checkpoint not in (None, False, "", "no", "false", "False")
 
 
-def prepare_output_dir(cfg: RewardConfig) -> None:
-    """The output rule (docs/reliability.md): a run writes into a new or empty ``output_dir``, its own
-    folder when resuming, or, with ``overwrite_output_dir``, a folder it first empties; never into a
-    folder that is or holds one of its inputs."""
-    import shutil
+def run_key(cfg: RewardConfig) -> dict[str, Any]:
+    """What defines a training run's results, kept in its folder's run record (``hsrm.files``): a
+    resume must find the same, so ``--resume_from_checkpoint`` never continues, or overwrites, a
+    folder that holds an input model, another model or another run. Data files by content."""
+    from .files import file_fingerprint
 
-    from .files import check_output
+    def where(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
 
-    if resuming(cfg):
-        return
-    target = Path(cfg.output_dir)
-    check_output(
-        target,
+    return {
+        "verb": "train",
+        "objective": cfg.objective,
+        "model": where(cfg.model_name_or_path),
+        "init_from": where(cfg.init_from),
+        "train_data": file_fingerprint(cfg.train_data),
+        "eval_data": file_fingerprint(cfg.eval_data),
+        "attributes": list(cfg.attributes),
+        "lora": bool(cfg.use_lora),
+        "seed": cfg.seed,
+    }
+
+
+def claim_output_dir(cfg: RewardConfig):
+    """The output rule (docs/reliability.md), held for the whole run: a run writes into a new or empty
+    ``output_dir``, its own folder when resuming (recognised by its run record: :func:`run_key`),
+    or, with ``overwrite_output_dir``, a folder it first empties; never into a folder that is, holds
+    or lies inside one of its inputs, resuming or not. Its lock refuses a second run to the same
+    folder, naming the first; the main process holds it for every process of the run."""
+    from .files import claimed_run_folder
+
+    def wait_for_all() -> None:
+        if cfg.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    return claimed_run_folder(
+        cfg.output_dir,
+        run_key(cfg),
         inputs=[cfg.train_data, cfg.eval_data, cfg.model_name_or_path, cfg.init_from],
         overwrite=cfg.overwrite_output_dir,
+        resume=resuming(cfg),
         flag="--output_dir",
-    )  # every rank: they all raise alike
-    if cfg.overwrite_output_dir and target.is_dir() and any(target.iterdir()):
-        with cfg.main_process_first(local=False, desc="emptying output_dir"):
-            if cfg.process_index == 0 and target.is_dir():
-                logger.warning("overwrite_output_dir: removing what %s holds (a previous run)", target)
-                shutil.rmtree(target)
+        overwrite_flag="--overwrite_output_dir true",
+        main_process=cfg.process_index == 0,
+        wait_for_all=wait_for_all,
+    )
 
 
 def start_processes(cfg: RewardConfig) -> None:
@@ -238,6 +263,15 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     describe the model (its record), save it through a staging folder with no token in it. Only
     the set-up and the record differ between the two.
     """
+    start_processes(cfg)
+    with claim_output_dir(cfg):
+        return train_and_save(cfg)
+
+
+def train_and_save(cfg: RewardConfig) -> dict[str, Any]:
+    """:func:`run_training` once ``output_dir`` is this run's."""
+    from transformers import set_seed
+
     from .trainers.base import (
         build_model,
         check_engine_engaged,
@@ -248,12 +282,8 @@ def run_training(cfg: RewardConfig) -> dict[str, Any]:
     )
     from .trainers.justifier import build_justifier_model, justifier_record, prepare_justifier_run
 
-    start_processes(cfg)
-    prepare_output_dir(cfg)
     # Seed before the model is built: a backbone without a score head gets a freshly initialised one
     # (and LoRA its adapters), and the Trainer only seeds later, in its own __init__.
-    from transformers import set_seed
-
     set_seed(cfg.seed)
     generative = cfg.objective == "justifier"
     if generative:

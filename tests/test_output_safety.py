@@ -74,7 +74,7 @@ def test_push_stage_never_deletes_an_existing_folder_or_the_model(tmp_path, nest
         )
         == 1
     )
-    one_line_error(capsys, "push", "inside the model folder")
+    one_line_error(capsys, "push", "is inside the input folder")
     assert snapshot(tmp_path) == before
     # --overwrite replaces a stage that holds no input; the default stage is refused the second time
     assert (

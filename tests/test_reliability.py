@@ -20,6 +20,7 @@ from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm.cli import main as cli_main
 from hsrm.config import load_recipe
 from hsrm.errors import NonFiniteLossError, TrainingInterrupted
+from hsrm.files import RUN_RECORD
 from hsrm.modeling import load_reward_model
 from hsrm.train import run_training
 from hsrm.trainers.base import CHECKPOINT_COMPLETE
@@ -135,7 +136,9 @@ def test_killed_run_resumes_from_last_complete_checkpoint_ignoring_a_half_writte
     (model_dir, keys), (full_dir, full) = kind, uninterrupted
     out = tmp_path / "model"
     (out / "checkpoints").mkdir(parents=True)
-    # What a kill at step 10 leaves: checkpoints 4 and 8 complete ...
+    # What a kill at step 10 leaves: the run's record (written when it started, hsrm.files.RUN_RECORD),
+    # checkpoints 4 and 8 complete ...
+    shutil.copy(full_dir / RUN_RECORD, out / RUN_RECORD)
     for step in (4, 8):
         shutil.copytree(full_dir / "checkpoints" / f"checkpoint-{step}", out / "checkpoints" / f"checkpoint-{step}")
     # ... and, for a kill during a save, a checkpoint-12 whose files are partly written and unmarked.

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write_json, atomic_write_jsonl
+from ..files import atomic_write_json, atomic_write_jsonl, check_output, output_lock
 from .active import CandidatePairs, SelectionOptions, check_strategy, select_pairs
 
 STATE_FILE = "state.json"
@@ -206,19 +206,20 @@ def select_main(argv: list[str]) -> dict:
         check_strategy(opts.strategy)
     if opts.initial_strategy not in (None, "random", "det_xtx"):
         raise ValueError(f"--initial-strategy must be random or det_xtx, got {opts.initial_strategy!r}")
-    summary = select_step(
-        opts.state_dir,
-        embeddings=opts.embeddings,
-        pairs=opts.pairs,
-        strategy=opts.strategy,
-        batch_size=opts.batch_size,
-        initial_strategy=opts.initial_strategy,
-        candidates=opts.candidates,
-        hidden=opts.hidden,
-        max_epochs=opts.max_epochs,
-        seed=opts.seed,
-        partial=opts.partial,
-    )
+    with output_lock(opts.state_dir, flag="STATE_DIR"):  # one `hsrm select` per STATE_DIR at a time
+        summary = select_step(
+            opts.state_dir,
+            embeddings=opts.embeddings,
+            pairs=opts.pairs,
+            strategy=opts.strategy,
+            batch_size=opts.batch_size,
+            initial_strategy=opts.initial_strategy,
+            candidates=opts.candidates,
+            hidden=opts.hidden,
+            max_epochs=opts.max_epochs,
+            seed=opts.seed,
+            partial=opts.partial,
+        )
     lines = [f"{summary['labels']} labels ({summary['ingested_now']} ingested now), {summary['open_pairs']} pairs open"]
     if "batch_file" in summary:
         lines.append(
@@ -254,6 +255,8 @@ def select_step(
                 f"{state_dir} has no {STATE_FILE}: the first call needs --embeddings (and --pairs "
                 "unless the .npz has prompt_ids)"
             )
+        # a new STATE_DIR, never a folder of the user's (its model/ would be replaced) nor an input
+        check_output(state_dir, inputs=[embeddings, pairs], flag="STATE_DIR", overwrite_flag=None)
         state_dir.mkdir(parents=True, exist_ok=True)
         items, prompt_ids = load_items(embeddings)
         pool_pairs, extras = load_pool_pairs(pairs, len(items), prompt_ids)

@@ -349,8 +349,16 @@ class EmbeddedData:
                 raise ValueError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
             get = lambda name: data[name] if name in data.files else None  # noqa: E731
             meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+            embeddings = data["embeddings"]
+            broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1)) if embeddings.ndim == 2 else []
+            if len(broken):  # a model fitted on them scores NaN everywhere, and its accuracy reads 0.0
+                shown = ", ".join(str(row + 1) for row in broken[:10]) + (", …" if len(broken) > 10 else "")
+                raise ValueError(
+                    f"{path}: {len(broken)} of {len(embeddings)} embedding rows hold NaN or infinite values "
+                    f"(rows {shown}, counting from 1); embed them again or drop them"
+                )
             return cls(
-                data["embeddings"],
+                embeddings,
                 data["prompt_ids"],
                 get("golden"),
                 get("pair_first"),

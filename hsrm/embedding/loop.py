@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write_json
+from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
 from ..options import option
 from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
 from .annotate import PAIRINGS
@@ -291,20 +291,30 @@ def run_active_study(config: ActiveStudyConfig, data_seed: int = 0, progress: bo
     from .plots import plot_active_study
 
     out = Path(config.output_dir)
-    atomic_write_json(out / "study.json", asdict(config))
-    train, test = load_pools(config, data_seed)
-    runs = run_tasks(
-        out,
-        {key.name: key for key in study_runs(config)},
-        run_active,
-        (config, train, test),
-        n_jobs=config.workers,
-        desc="active study",
-        progress=progress,
-    )
-    results = pd.DataFrame([record for records in runs.values() for record in records])
-    write_tables(out, results, summary_table(results) + "\n")
-    plot_active_study(results, out)
+    # What defines every run's rows besides its name (strategy, batch size, pairing, seed): a rerun
+    # with another pool, world, budget or model must not reuse the rows of runs/ (hsrm.files.RUN_RECORD).
+    per_run = {"strategies", "batch_sizes", "pairings", "seeds", "output_dir", "workers", "pool"}
+    study_key = {
+        "verb": "active",
+        **{name: value for name, value in asdict(config).items() if name not in per_run},
+        "pool": file_fingerprint(config.pool),  # by content: the same file moved is the same pool
+        "data_seed": data_seed,
+    }
+    with claimed_run_folder(out, study_key, inputs=[config.pool], overwrite_flag=None):
+        atomic_write_json(out / "study.json", asdict(config))
+        train, test = load_pools(config, data_seed)
+        runs = run_tasks(
+            out,
+            {key.name: key for key in study_runs(config)},
+            run_active,
+            (config, train, test),
+            n_jobs=config.workers,
+            desc="active study",
+            progress=progress,
+        )
+        results = pd.DataFrame([record for records in runs.values() for record in records])
+        write_tables(out, results, summary_table(results) + "\n")
+        plot_active_study(results, out)
     return results
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write_json
+from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
 from ..options import option
 from .annotate import DESIGNS, PAIRINGS, ResponsePool, annotate_pairs
 from .metrics import evaluate_scores, mean_sd_text
@@ -237,27 +237,38 @@ def run_study(config: StudyConfig, base_dir: str | os.PathLike = ".", progress: 
 
     out = Path(base_dir) / config.output_dir  # an absolute output_dir stays as it is
     train, test, description = load_study_data(config, base_dir)
-    atomic_write_json(
-        out / "study.json",
-        {"name": config.name, "data": description, "grid": config.grid, "grids": config.grids, "fit": config.fit},
-        default=str,
-    )
-    setups = {setup_name(setup): setup for setup in config.setups()}
-    rows = run_tasks(
-        out,
-        setups,
-        run_setup,
-        (train, test, config.fit, config.lgb_params),
-        n_jobs=config.n_jobs,
-        desc=f"study {config.name}",
-        progress=progress,
-    )
-    table = pd.DataFrame(list(rows.values()))
-    write_tables(out, table, summary_markdown(table, config.name), config.table_format)
-    if config.plots:
-        from .plots import plot_study
+    data_file = Path(description["data"]) if description["data"] != "synthetic" else None
+    # What defines every setup's row besides its name (method, β, count, design, pairing, seed): a
+    # rerun with other data or fit options must not reuse the rows of runs/ (hsrm.files.RUN_RECORD).
+    key = {
+        "verb": "study",
+        # the file by content (moved, it is the same data), synthetic data by its world and sizes
+        "data": {**description, "data": file_fingerprint(data_file) or description["data"]},
+        "fit": config.fit,
+        "lgb_params": config.lgb_params,
+    }
+    with claimed_run_folder(out, key, inputs=[data_file], overwrite_flag=None):
+        atomic_write_json(
+            out / "study.json",
+            {"name": config.name, "data": description, "grid": config.grid, "grids": config.grids, "fit": config.fit},
+            default=str,
+        )
+        setups = {setup_name(setup): setup for setup in config.setups()}
+        rows = run_tasks(
+            out,
+            setups,
+            run_setup,
+            (train, test, config.fit, config.lgb_params),
+            n_jobs=config.n_jobs,
+            desc=f"study {config.name}",
+            progress=progress,
+        )
+        table = pd.DataFrame(list(rows.values()))
+        write_tables(out, table, summary_markdown(table, config.name), config.table_format)
+        if config.plots:
+            from .plots import plot_study
 
-        plot_study(table, out)
+            plot_study(table, out)
     return table
 
 

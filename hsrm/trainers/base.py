@@ -9,6 +9,7 @@ The loop belongs to ``transformers.Trainer``; subclasses override ``compute_loss
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -331,15 +332,20 @@ class RewardTrainerBase(Trainer):
 
     def _save_checkpoint(self, model, trial):
         """transformers writes a checkpoint in place; hsrm marks it complete only after every file
-        is written, and resume ignores checkpoints without the mark (a crash mid-save)."""
-        super()._save_checkpoint(model, trial)
+        is written, and resume ignores checkpoints without the mark (a crash mid-save). Its files get
+        the umask's modes (safetensors and torch.save leave 0600)."""
+        from ..files import honour_umask
+
+        with token_withheld(self.args):
+            super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         if self.args.parallel_mode.value == "distributed":
             import torch.distributed as dist
 
             dist.barrier()
         if self.is_world_process_zero() and folder.exists():
-            (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle that may hold hub_token
+            (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle of the arguments: not needed to resume
+            honour_umask(folder)
             (folder / CHECKPOINT_COMPLETE).write_text(json.dumps({"global_step": self.state.global_step}))
 
 
@@ -417,22 +423,49 @@ def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ save
+@contextlib.contextmanager
+def token_withheld(args):
+    """transformers pickles the arguments into every save (``training_args.bin``): while it writes,
+    they hold no ``hub_token``, so no file, not even one a crash leaves in a staging folder, has it."""
+    token = getattr(args, "hub_token", None)
+    args.hub_token = None
+    try:
+        yield
+    finally:
+        args.hub_token = token
+
+
+def new_run_staging_dir(trainer: Trainer, target: Path) -> Path:
+    """A new staging folder beside ``target`` for this save (:func:`hsrm.files.new_staging_dir`:
+    never one an interrupted run left, which is reported and left alone), the same for every
+    process: DeepSpeed's save is collective and every rank must write to the one folder."""
+    from accelerate.utils import broadcast_object_list
+
+    from ..files import new_staging_dir
+
+    chosen = [str(new_staging_dir(target)) if trainer.is_world_process_zero() else None]
+    broadcast_object_list(chosen)
+    return Path(chosen[0])
+
+
 def save_trained_model(
     trainer: Trainer, cfg: RewardConfig, output_dir: str, record: ModelRecord, bare_model: Callable[[], tuple[Any, Any]]
 ) -> None:
     """Write a plain transformers folder at ``output_dir``: a sequence classifier for scalar runs,
     a causal LM for the justifier; loadable with no hsrm import, with the run's record in config.json.
 
-    The files are written to a staging folder beside the target, a LoRA adapter is merged into
-    ``bare_model()`` (the run's base without LoRA) when ``merge_lora_on_save``, and ``config.json``
-    is moved in last (:func:`commit_staged_folder`), so a crash midway never leaves something that
-    loads as a model. No pickle (``training_args.bin`` may hold ``hub_token``) is kept.
+    The files are written to a new staging folder beside the target (a unique name per save: a
+    crash's leftovers are never reused), a LoRA adapter is merged into ``bare_model()`` (the run's
+    base without LoRA) when ``merge_lora_on_save``, and ``config.json`` is moved in last
+    (:func:`commit_staged_folder`), so a crash midway never leaves something that loads as a model.
+    No pickle is kept, and none is written with ``hub_token`` in it (:func:`token_withheld`).
     """
-    from ..files import atomic_write_json
+    from ..files import atomic_write_json, new_staging_dir
 
     target = Path(output_dir)
-    staging = target.parent / f".{target.name}.saving"
-    write_full_model(trainer, staging)  # collective under DeepSpeed and FSDP: every rank calls it
+    staging = new_run_staging_dir(trainer, target)
+    with token_withheld(trainer.args):
+        write_full_model(trainer, staging)  # collective under DeepSpeed and FSDP: every rank calls it
     if not trainer.is_world_process_zero():
         return
     is_peft = hasattr(trainer.model, "peft_config") or (staging / "adapter_config.json").exists()
@@ -441,9 +474,10 @@ def save_trained_model(
 
         base, tokenizer = bare_model()
         merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
-        shutil.rmtree(staging)
+        adapter, staging = staging, new_staging_dir(target)
         merged.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
+        shutil.rmtree(adapter)
     elif trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(str(staging))
     (staging / "training_args.bin").unlink(missing_ok=True)
