@@ -20,6 +20,7 @@ lists them all).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -189,10 +190,15 @@ def claim_output_dir(setup: RLOOSetup, cfg):
 def main(argv: list[str] | None = None):
     setup, cfg = rloo_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from .trainers.base import token_withheld
+
     with claim_output_dir(setup, cfg):
         trainer = build_trainer(setup, cfg)
-        result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-        trainer.save_model(cfg.output_dir)
+        # transformers pickles the arguments into every checkpoint and the final folder: unless the run
+        # pushes to the Hub itself, none of those files may hold hub_token
+        with contextlib.nullcontext() if cfg.push_to_hub else token_withheld(trainer.args):
+            result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+            trainer.save_model(cfg.output_dir)
     if trainer.is_world_process_zero():  # one line per run, not one per rank
         print(f"saved the policy to {cfg.output_dir} ({result.global_step} steps)")
     return trainer

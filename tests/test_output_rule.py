@@ -384,3 +384,16 @@ def test_checkpoints_and_pushed_files_honour_the_umask(tmp_path, tiny_model_dir,
     assert len([p for p in written if p.name == "model.safetensors"]) == 3
     wrong = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written if p.is_file()}
     assert {path: mode for path, mode in wrong.items() if mode != "0o644"} == {}
+
+
+def test_rloo_writes_no_hub_token_into_its_checkpoints_or_folder(tmp_path, tiny_model_dir):
+    """Old: `hsrm rloo recipes/rloo_tiny.yaml --hub_token hf_… --save_steps 1` pickled the token into
+    every checkpoint's and the final folder's training_args.bin."""
+    recipe = str(REPO_ROOT / "recipes" / "rloo_tiny.yaml")
+    secret = "hf_rloo_secret_token_0123456789"
+    out = tmp_path / "policy"
+    argv = ["rloo", recipe, "--reward_model", str(tiny_model_dir), "--output_dir", str(out)]
+    assert cli(argv + ["--hub_token", secret, "--save_strategy", "steps", "--save_steps", "1"]) == 0
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert any(path.name == "training_args.bin" for path in written)  # the pickle is there, without the token
+    assert not [path for path in written if secret.encode() in path.read_bytes()]
