@@ -119,3 +119,18 @@ def test_help_of_every_verb_imports_no_trainer():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {}
+
+
+def test_python_dash_m_hsrm_is_the_hsrm_command(tmp_path):
+    """Before: `No module named hsrm.__main__; 'hsrm' is a package and cannot be directly executed`."""
+    listed = subprocess.run([sys.executable, "-m", "hsrm", "--help"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "train" in listed.stdout and "score" in listed.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "hsrm", "score", "--model", str(tmp_path / "missing"), "--data", "x.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    missing = tmp_path / "missing"
+    assert refused.stderr.strip().splitlines()[-1] == f"hsrm score: error: model folder {missing} does not exist"
