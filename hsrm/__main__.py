@@ -5,4 +5,5 @@ import sys
 
 from .cli import run
 
-sys.exit(run())
+if __name__ == "__main__":  # importing the module (doctests, tools that list modules) runs nothing
+    sys.exit(run())
