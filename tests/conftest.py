@@ -44,6 +44,16 @@ def tiny_tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(str(tiny_model_dir))
 
 
+@pytest.fixture
+def nest(tmp_path, tiny_model_dir):
+    """A user's folder holding two models (weak and strong) and notes of their own."""
+    root = tmp_path / "nest"
+    shutil.copytree(tiny_model_dir, root / "weak")
+    shutil.copytree(tiny_model_dir, root / "strong")
+    (root / "notes.txt").write_text("my experiment notes\n")
+    return root
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

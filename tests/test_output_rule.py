@@ -31,16 +31,6 @@ def pairs(tmp_path):
     return write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(4, with_strength=False))
 
 
-@pytest.fixture
-def nest(tmp_path, tiny_model_dir):
-    """A user's folder holding two models (weak and strong) and notes of their own."""
-    root = tmp_path / "nest"
-    shutil.copytree(tiny_model_dir, root / "weak")
-    shutil.copytree(tiny_model_dir, root / "strong")
-    (root / "notes.txt").write_text("my experiment notes\n")
-    return root
-
-
 def train_args(model, data, out):
     return ["train", "--model_name_or_path", str(model), "--train_data", str(data), "--output_dir", str(out)]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -33,16 +32,6 @@ def one_line_error(capsys, verb: str, *needles: str) -> str:
     for needle in needles:
         assert needle in last, (needle, last)
     return last
-
-
-@pytest.fixture
-def nest(tmp_path, tiny_model_dir):
-    """A user's folder holding two models (weak and strong) and notes of their own."""
-    root = tmp_path / "nest"
-    shutil.copytree(tiny_model_dir, root / "weak")
-    shutil.copytree(tiny_model_dir, root / "strong")
-    (root / "notes.txt").write_text("my experiment notes\n")
-    return root
 
 
 # ------------------------------------------------------------------------------------ data loss
