@@ -169,7 +169,7 @@ def smoke_push() -> None:
 
 
 def smoke_embed() -> None:
-    hsrm("embed", "--data", PAIRS, "--backbone", TINY, "--output", "embeddings.npz", "--cache", "none")
+    hsrm("embed", "--data", PAIRS, "--model", TINY, "--output", "embeddings.npz", "--cache", "none")
     import numpy as np
 
     with np.load("embeddings.npz") as arrays:
@@ -193,7 +193,7 @@ def smoke_select() -> None:
 
 
 def smoke_study() -> None:
-    hsrm("study", "study.yaml", "--output_dir", "study", "--no-plots")
+    hsrm("study", "study.yaml", "--output", "study", "--no-plots")
     import csv
 
     with open("study/results.csv", encoding="utf-8") as handle:

@@ -2,7 +2,8 @@
 
 Every verb reads its options the same way (hsrm/options.py): `--config FILE.yaml` (or the YAML as the
 first argument) then command-line values, `--batch-size` = `--batch_size`, a human summary on stdout,
-logs on stderr, `--json` for the result document. Errors are one line (HSRM_DEBUG=1: the traceback).
+logs on stderr, `--json` for the result document. A mistake in what the user gave (options, data,
+files) is one line; anything else is a bug and keeps its traceback (HSRM_DEBUG=1: always the traceback).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     # from errors, not from the trainers: `hsrm VERB --help` must not import transformers' Trainer
-    from .errors import TrainingInterrupted, UserError
+    from .errors import TrainingInterrupted
 
     try:
         try:
@@ -102,13 +103,35 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's final flush does not raise again, and exit as a process killed by SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (UserError, ValueError, OSError) as err:
-        # Input and environment problems (bad data or options, missing or unreadable files, a failed
-        # upload) get one clear line, not a traceback; HSRM_DEBUG=1 shows the traceback.
+    except Exception as err:
         if os.environ.get("HSRM_DEBUG"):
             raise
-        print(f"hsrm {verb}: error: {err}", file=sys.stderr)
+        if is_users_to_fix(err):
+            print(f"hsrm {verb}: error: {err}", file=sys.stderr)
+        else:
+            import traceback
+
+            traceback.print_exc()
+            print(BUG_REPORT.format(verb=verb), file=sys.stderr)
         return 1
+
+
+BUG_REPORT = (
+    "hsrm {verb}: this is a bug in hsrm (or in a library it calls), not a problem with what you gave it; "
+    "please report it with the command and the traceback above (pip freeze helps too)"
+)
+
+
+def is_users_to_fix(err: BaseException) -> bool:
+    """One line for what the user can fix, a traceback for the rest (a bug must not hide behind one line).
+
+    The user's: an :class:`hsrm.errors.UserError` (bad data or options, a refused output, a missing
+    or damaged file, a missing extra) and a failed system call (an ``OSError`` with an errno: disk
+    full, permission denied, connection refused). Everything else — a ValueError from inside torch,
+    a KeyError — is a bug."""
+    from .errors import UserError
+
+    return isinstance(err, UserError) or (isinstance(err, OSError) and err.errno is not None)
 
 
 def end_process(code: int) -> int:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from transformers import TrainingArguments
 
-from .options import OptionsError, ResultFormat, parse_options
-from .record import OBJECTIVES  # one list: what a run may train is what a model record may say
+from .options import OVERWRITE_ALIASES, OnBadRows, OptionsError, ResultFormat, check_choices, parse_options
+from .record import Objective  # one list: what a run may train is what a model record may say
+
+TrainFormat = Literal["auto", "helpsteer2_preference", "helpsteer2_ratings", "helpsteer3_preference", "pairs"]
 
 PAIRWISE_OBJECTIVES = ("bt", "margin_bt", "scaled_bt")
 
@@ -33,8 +35,9 @@ class RewardConfig(TrainingArguments):
     init_from: str | None = field(
         default=None, metadata={"help": "a trained regression RM folder to start BT from (two-stage)"}
     )
-    model_dtype: str = field(
-        default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto", "aliases": ["--dtype"]}
+    model_dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
+        default="float32",
+        metadata={"help": "the weights' precision (auto: the checkpoint's own)", "aliases": ["--dtype"]},
     )
     attn_implementation: str | None = field(
         default=None,
@@ -47,7 +50,9 @@ class RewardConfig(TrainingArguments):
         default=False, metadata={"help": "run model code from the Hub (off unless you trust it)"}
     )
     # --- objective
-    objective: str = field(default="bt", metadata={"help": "regression | bt | margin_bt | scaled_bt | justifier"})
+    objective: Objective = field(
+        default="bt", metadata={"help": "what to train: Likert regression, a Bradley-Terry loss, or a justifier"}
+    )
     attributes: list[str] = field(
         default_factory=lambda: ["helpfulness"], metadata={"help": "regression targets; ['all'] = five"}
     )
@@ -60,9 +65,8 @@ class RewardConfig(TrainingArguments):
         default=None, metadata={"help": "file (.jsonl/.jsonl.gz/.parquet) or Hub id", "aliases": ["--data"]}
     )
     eval_data: str | None = field(default=None, metadata={"help": "validation source; empty = none"})
-    data_format: str = field(
-        default="auto",
-        metadata={"help": "auto | helpsteer2_preference | helpsteer2_ratings | helpsteer3_preference | pairs"},
+    data_format: TrainFormat = field(
+        default="auto", metadata={"help": "the training data's format (auto: told from its first row or Hub id)"}
     )
     train_split: str = field(default="train", metadata={"help": "split of a Hub dataset (or of a file's split column)"})
     eval_split: str = field(default="val", metadata={"help": "split of eval_data"})
@@ -71,7 +75,10 @@ class RewardConfig(TrainingArguments):
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training rows"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N validation rows"})
-    on_bad_rows: str = field(default="raise", metadata={"help": "raise | skip (skips are counted and logged)"})
+    on_bad_rows: OnBadRows = field(
+        default="raise",
+        metadata={"help": "unusable rows: raise (stop at the first) or skip (skip, count and log them)"},
+    )
     dataset_num_proc: int | None = field(
         default=None,
         metadata={
@@ -113,11 +120,12 @@ class RewardConfig(TrainingArguments):
     max_consecutive_nonfinite: int = field(
         default=5, metadata={"help": "stop after this many skipped non-finite steps"}
     )
-    overwrite_output_dir: bool = field(
+    overwrite: bool = field(
         default=False,
         metadata={
-            "help": "replace what output_dir holds (a previous run); "
-            "without it a non-empty output_dir is refused unless resuming"
+            "help": "replace what --output holds (a previous run); without it a non-empty folder is refused "
+            "unless resuming",
+            "aliases": list(OVERWRITE_ALIASES),
         },
     )
 
@@ -153,14 +161,11 @@ class RewardConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        check_choices(self)
         if self.objective == "justifier" and not isinstance(self, JustifierConfig):
             raise ValueError(
                 "objective justifier is configured by JustifierConfig (hsrm train picks it from the objective)"
             )
-        if self.on_bad_rows not in ("raise", "skip"):
-            raise ValueError(f"on_bad_rows must be 'raise' or 'skip', not {self.on_bad_rows!r}")
         if isinstance(self.attributes, str):  # RewardConfig(attributes="helpfulness") is one name, not eleven letters
             self.attributes = [self.attributes]
         if self.attributes == ["all"]:
@@ -221,11 +226,11 @@ class JustifierConfig(RewardConfig):
     """A generative pairwise justifier run (HelpSteer2-Preference §3.2, appendix C): the reward-model
     run's keys plus the justifier's own."""
 
-    justification_set: str = field(
-        default="overall", metadata={"help": "justifier: overall (one per task) | all (up to three per task)"}
+    justification_set: Literal["overall", "all"] = field(
+        default="overall", metadata={"help": "justifier: one justification per task (overall) or up to three (all)"}
     )
-    justifier_target: str = field(
-        default="full", metadata={"help": "justifier: full (elaboration then statement) | statement | label"}
+    justifier_target: Literal["full", "statement", "label"] = field(
+        default="full", metadata={"help": "justifier: what it learns to write (full: elaboration then statement)"}
     )
     flip_augmentation: bool = field(
         default=False, metadata={"help": "justifier: also train on each example with the responses swapped"}

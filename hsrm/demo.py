@@ -412,12 +412,12 @@ def run_demo(
 
     from .embedding.study import load_study, run_study
 
-    study_overrides: dict[str, Any] = {"output_dir": str(out / "study")}
+    study_overrides: dict[str, Any] = {"output": str(out / "study")}
     if quick:  # two setups instead of the tiny study's 27
         study_overrides.update(grids=[{"methods": ["bt-mlp", "clf-lgb"]}])
     with as_file(files("hsrm") / STUDY_CONFIG) as study_config:
         study_cfg = load_study(study_config, study_overrides)
-        study_command = f"hsrm study {study_config} --output_dir {out / 'study'}"
+        study_command = f"hsrm study {study_config} --output {out / 'study'}"
     study_table = run_study(study_cfg, progress=True)
     timings["6. embedding study"] = time.time() - t
 

@@ -14,6 +14,18 @@ class UserError(Exception):
     """Something the user can fix: bad data or options, a refused output, a missing extra."""
 
 
+class InputError(UserError, ValueError):
+    """A bad value the user gave: an option, a data row, a file's content, a refused output."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the command needs does not exist."""
+
+
+class DamagedFileError(InputError):
+    """A file exists but cannot be read as what it should be (empty, truncated, another format)."""
+
+
 class MissingExtraError(UserError, ImportError):
     """An optional dependency that a feature the user asked for needs is not installed."""
 

@@ -42,7 +42,7 @@ from .benchmarks import grouped_accuracy, rewardbench2_scores, rmbench_scores
 from .data.render import TruncationStats, encode_batch, encode_pairs
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
 from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
-from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
+from .engine import DEFAULT_BATCH_SIZE
 from .files import atomic_write_json, check_output
 from .record import reward_statistics
 from .scoring import RewardScorer, nonfinite_rewards_message
@@ -448,18 +448,18 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: int | None = None,
-    dtype: str = "float32",
+    dtype: str | None = "float32",
     device: str | None = None,
     progress: bool = True,
     scorer: RewardScorer | None = None,
     on_bad_rows: str = "raise",
     per_subset: int | None = None,
-    layout: str = "auto",
-    max_tokens: int = DEFAULT_MAX_TOKENS,
+    **scorer_options: Any,
 ) -> dict[str, Any]:
     """Score ``data`` with the reward model at ``model``. ``on_bad_rows="skip"`` skips and counts rows
     that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping.
-    ``max_length=None``: the benchmark's protocol length on RewardBench data, else the model record's."""
+    ``max_length=None``: the benchmark's protocol length on RewardBench data, else the model record's.
+    ``scorer_options``: :class:`RewardScorer`'s other keywords (``layout``, ``max_tokens`` …)."""
     scorer, eval_set = prepare_evaluation(
         model,
         data,
@@ -474,8 +474,7 @@ def evaluate_model(
         dtype=dtype,
         device=device,
         progress=progress,
-        layout=layout,
-        max_tokens=max_tokens,
+        **scorer_options,
     )
     logger.info("%s | %s", eval_set.load_summary, eval_set.truncation)
     result = evaluate_prepared(scorer, eval_set)
@@ -484,7 +483,7 @@ def evaluate_model(
             "model": scorer.model_dir,
             "split": eval_set.split,
             "max_length": scorer.max_length,
-            "dtype": str(dtype),
+            "dtype": str(dtype or "float32"),
             "load": eval_set.load_summary,
             "truncation": eval_set.truncation,
             "attribute_weights": scorer.attribute_weights,
@@ -642,14 +641,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_format=opts.data_format,
         split=opts.split,
         limit=opts.limit,
-        batch_size=opts.batch_size,
-        max_length=opts.max_length,
-        dtype=opts.dtype or "float32",
-        device=opts.device,
         on_bad_rows=opts.on_bad_rows,
         per_subset=opts.per_subset,
-        layout=opts.layout,
-        max_tokens=opts.max_tokens,
+        **opts.engine_settings(),
     )
     refusal = nonfinite_rewards_message(scalar_rewards(result), f"of {opts.data}")
     if refusal:  # its accuracy would read "0.0 %" as if the model were merely bad

@@ -307,25 +307,20 @@ def search_factor(
     data_format: str = "auto",
     split: str | None = None,
     limit: int | None = None,
-    batch_size: int = 8,
-    max_length: int | None = None,
-    device: str | None = None,
     progress: bool = True,
     on_bad_rows: str = "raise",
-    dtype: str = "float32",
-    layout: str = "auto",
-    max_tokens: int | None = None,
+    **scorer_options: Any,
 ) -> dict[str, Any]:
     """Score factors on ``data`` with ``hsrm evaluate``'s metric: the coarse grid, then ``fine_step``
     steps within ``fine_radius`` of the coarse best. α = 1 (the strong model) is scored as a reference.
     Rewards come from the engine exactly as ``hsrm evaluate`` computes them, ``max_length`` included
-    (``None``: RewardBench's 2048 on RewardBench data, else the strong model's recorded length).
+    (``None``: RewardBench's 2048 on RewardBench data, else the strong model's recorded length);
+    ``scorer_options`` are :class:`hsrm.scoring.RewardScorer`'s (``batch_size``, ``dtype``, ``layout`` …).
 
     Returns ``{"best": row, "table": [rows], "metric": name, "results": {alpha: evaluate result}}``.
     """
     from tqdm.auto import tqdm
 
-    from .engine import DEFAULT_MAX_TOKENS
     from .evaluation import evaluate_prepared, prepare_evaluation, primary_metric
 
     weak_reader, strong_reader = check_compatible(weak, strong)
@@ -336,13 +331,8 @@ def search_factor(
         split=split,
         limit=limit,
         on_bad_rows=on_bad_rows,
-        batch_size=batch_size,
-        max_length=max_length,
-        device=device,
-        dtype=dtype,
         progress=False,
-        layout=layout,
-        max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+        **scorer_options,
     )
     logger.info("ExPO search on %s | %s", eval_set.load_summary, eval_set.truncation)
     table: list[dict[str, Any]] = []
@@ -434,13 +424,8 @@ def main(argv: list[str] | None = None) -> Path:
         data_format=opts.data_format,
         split=opts.split,
         limit=opts.limit,
-        batch_size=opts.batch_size,
-        max_length=opts.max_length,
-        device=opts.device,
         on_bad_rows=opts.on_bad_rows,
-        dtype=opts.dtype or "float32",
-        layout=opts.layout,
-        max_tokens=opts.max_tokens,
+        **opts.engine_settings(),
     )
     best = search["best"]
     stats = {

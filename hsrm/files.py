@@ -22,6 +22,8 @@ from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -93,6 +95,33 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     import numpy as np
 
     return atomic_write(path, lambda handle: np.savez(handle, **arrays), binary=True)
+
+
+def read_arrays(path: str | os.PathLike, what: str, *, mmap: bool = False):
+    """The arrays of an ``.npz`` (a dict, read whole) or the array of an ``.npy``; or one line naming
+    the file when it is missing, empty, truncated or not NumPy's format. NumPy raises EOFError,
+    BadZipFile, zlib or ValueError errors for those, from deep inside and naming no file.
+    ``mmap``: map an ``.npy`` instead of reading it."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    from .errors import DamagedFileError, MissingFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such {what}")
+    try:
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
+        return loaded
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        size = path.stat().st_size
+        state = "the file is empty" if size == 0 else f"{size} bytes, damaged or truncated: {err}"
+        raise DamagedFileError(f"{path}: not a readable {what} ({state}); write it again") from None
 
 
 # ------------------------------------------------------------------------------ output safety
@@ -219,7 +248,7 @@ def check_run_folder(
     inputs: Iterable[str | os.PathLike | None] = (),
     overwrite: bool = False,
     resume: bool = True,
-    flag: str = "--output_dir",
+    flag: str = "--output",
     overwrite_flag: str | None = "--overwrite",
 ) -> str:
     """The output rule (:func:`check_output`) for a run that can be continued (train, rloo, study,
@@ -263,7 +292,7 @@ def claimed_run_folder(
     inputs: Iterable[str | os.PathLike | None] = (),
     overwrite: bool = False,
     resume: bool = True,
-    flag: str = "--output_dir",
+    flag: str = "--output",
     overwrite_flag: str | None = "--overwrite",
     main_process: bool = True,
     wait_for_all: Callable[[], Any] = lambda: None,
@@ -336,7 +365,7 @@ def file_fingerprint(path: str | os.PathLike | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------ one writer at a time
-class OutputLocked(ValueError):
+class OutputLocked(InputError):
     """Another live process writes to the same output."""
 
 
@@ -357,7 +386,7 @@ def _process_alive(pid: int) -> bool:
 
 
 @contextmanager
-def output_lock(output: str | os.PathLike, *, flag: str = "--output_dir") -> Iterator[Path]:
+def output_lock(output: str | os.PathLike, *, flag: str = "--output") -> Iterator[Path]:
     """Hold the lock of ``output`` while the block runs: one writer per output. The lock file
     (``.NAME.lock`` beside it) is created atomically (``O_CREAT | O_EXCL``) and names its owner's pid
     and host; a second writer is refused in one line naming the first. A lock left by a process that

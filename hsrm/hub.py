@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 KEEP_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".csv", ".tiktoken")
@@ -38,9 +40,9 @@ OBJECTIVE_TEXT = {
 
 
 # ------------------------------------------------------------------------------ secrets
-class HubUploadError(ConnectionError):
-    """An upload failed; the message never contains the token. An ``OSError``, so the CLI reports it
-    in one line like any other I/O failure."""
+class HubUploadError(UserError, ConnectionError):
+    """An upload failed; the message never contains the token. The CLI reports it in one line; an
+    ``OSError`` still, for callers that catch I/O failures."""
 
 
 def resolve_token(explicit: str | None = None) -> str | None:

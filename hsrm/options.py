@@ -38,10 +38,16 @@ from typing import Any, Literal
 import yaml
 from transformers import HfArgumentParser
 
+from .data.auto import DataFormat
+from .embedding.active import InitialStrategy, Strategy
+from .embedding.annotate import Design, Pairing
+from .embedding.extract import EmbedFormat
+from .embedding.models import FitMethod
 from .engine import Layout
+from .errors import InputError
 
 
-class OptionsError(ValueError):
+class OptionsError(InputError):
     """A bad option: the CLI prints it as one line and exits 1."""
 
 
@@ -101,6 +107,29 @@ def _is_list(tp) -> bool:
     return (typing.get_origin(tp) or tp) is list
 
 
+def choices_of(tp) -> tuple | None:
+    """The allowed values of a ``Literal`` field (or of a list of them), else ``None``."""
+    tp = _strip_optional(tp)
+    if _is_list(tp) and typing.get_args(tp):
+        tp = _strip_optional(typing.get_args(tp)[0])
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def check_choices(options: Any) -> None:
+    """Every ``Literal``-typed field of a dataclass holds one of its values: argparse checks the
+    command line, this checks what a YAML file or a Python caller gave."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        allowed = choices_of(hints.get(f.name, Any))
+        value = getattr(options, f.name)
+        if allowed is None or value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item not in allowed:
+                flag = "--" + f.name.replace("_", "-")
+                raise OptionsError(f"{flag} {item!r}: choose one of {', '.join(map(str, allowed))}")
+
+
 class DefaultSaidOnceFormatter(argparse.HelpFormatter):
     """argparse's ArgumentDefaultsHelpFormatter appends ``(default: …)`` to every option, also where
     the help already says the default in words or the option is required, and shows ``None`` for
@@ -145,11 +174,19 @@ class OptionsParser(HfArgumentParser):
         if any(key in field.metadata for key in CHECK_KEYS):  # hsrm's own checks are not argparse keywords
             field = copy.copy(field)
             field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k not in CHECK_KEYS})
-        if _is_structured(field.type):
+        if field.name == "output_dir" and "--output" not in field.metadata.get("aliases", []):
+            # the Trainer's folder (TrainingArguments, TRL's configs): --output, as in every other verb
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(
+                {**field.metadata, "aliases": [*field.metadata.get("aliases", []), "--output"]}
+            )
+        structured, literal_list = _is_structured(field.type), _is_list(field.type) and choices_of(field.type)
+        if structured or literal_list:  # HfArgumentParser types neither (a list of Literal calls Literal("x"))
             kwargs = {k: v for k, v in field.metadata.items() if k != "aliases"}
             default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
             names = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
-            parser.add_argument(*names, *field.metadata.get("aliases", []), type=_yaml_value, default=default, **kwargs)
+            typing_ = {"type": _yaml_value} if structured else {"type": str, "nargs": "+", "choices": literal_list}
+            parser.add_argument(*names, *field.metadata.get("aliases", []), default=default, **typing_, **kwargs)
             return
         HfArgumentParser._parse_dataclass_field(parser, field)
 
@@ -158,7 +195,16 @@ class OptionsParser(HfArgumentParser):
 
     # -------------------------------------------------------------------------------- parsing
     def _dests(self) -> dict[str, argparse.Action]:
-        return {action.dest: action for action in self._actions if action.dest not in ("help", "config")}
+        """Every key a YAML file may use → its action: the field's name and each alias's
+        (``output_dir:`` sets ``output`` where ``--output_dir`` is an alias of ``--output``)."""
+        dests = {}
+        for action in self._actions:
+            if action.dest in ("help", "config"):
+                continue
+            for flag in action.option_strings:
+                dests.setdefault(flag.lstrip("-").replace("-", "_"), action)
+            dests[action.dest] = action
+        return dests
 
     def _flags(self) -> list[str]:
         return [s for action in self._actions for s in action.option_strings if s.startswith("--")]
@@ -189,7 +235,7 @@ class OptionsParser(HfArgumentParser):
         if unknown:
             hints = [f"{k}{self._suggest(k, dests)}" for k in unknown]
             raise OptionsError(f"{source}: unknown keys: {', '.join(hints)}")
-        coerced = {k: self._coerce(k, v) for k, v in normalized.items()}
+        coerced = {dests[k].dest: self._coerce(dests[k].dest, v) for k, v in normalized.items()}
         self.set_defaults(**coerced)
         for key in coerced:
             dests[key].required = False
@@ -294,9 +340,11 @@ def option(
 
 @dataclasses.dataclass
 class Options:
-    """Base of the verbs' options: runs the ``required`` / ``positive`` checks of :func:`option`."""
+    """Base of every verb's options: runs the ``required`` / ``positive`` checks of :func:`option`
+    and the ``Literal`` choices (:func:`check_choices`)."""
 
     def __post_init__(self):
+        check_choices(self)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             flag = "--" + f.name.replace("_", "-")
@@ -338,6 +386,7 @@ def print_result(result: Any, summary: str, as_json: bool) -> None:
 # --backbone, --golden-model, --weak/--strong), --data, --output, --batch-size, --max-length, --dtype,
 # --device, --on-bad-rows, --overwrite, --json. Each is declared once, here, and mixed into the verbs.
 OnBadRows = Literal["raise", "skip"]
+Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclasses.dataclass
@@ -350,11 +399,7 @@ class ModelInput:
 @dataclasses.dataclass
 class DataInput:
     data: str | None = option(None, "data file (.jsonl/.jsonl.gz/.json/.parquet) or Hub id", required=True)
-    data_format: str = option(
-        "auto",
-        "auto | rewardbench | rewardbench2 | rmbench | pairs | helpsteer2_preference | "
-        "helpsteer2_ratings | helpsteer3_preference",
-    )
+    data_format: DataFormat = option("auto", "the data's format (auto: told from its first row or its Hub id)")
     split: str | None = option(None, "split of a Hub dataset or of a file's split column (default per format)")
     limit: int | None = option(None, "use the first N rows only", positive=True)
     on_bad_rows: OnBadRows = option("raise", "unusable rows: raise (stop at the first) or skip (skip and count them)")
@@ -371,20 +416,34 @@ class EngineInput:
         "else the model's training max_length, else 2048)",
         positive=True,
     )
-    dtype: str | None = option(None, "float32 | bfloat16 | float16 (default float32; auto for a justifier)")
+    dtype: Dtype | None = option(None, "the weights' precision (default float32)")
     device: str | None = option(None, "cpu, cuda, cuda:1 … (default: this process's GPU when present)")
     layout: Layout = option(
         "auto",
-        "padded (length-sorted batches) | packed (token-budget rows) | auto (packed on CUDA "
-        "with varlen attention, else padded)",
+        "padded (length-sorted batches), packed (token-budget rows), or auto: packed on CUDA "
+        "with varlen attention, else padded",
     )
     max_tokens: int = option(16384, "tokens per packed row", positive=True)
+    reward_output: str | None = option(
+        None,
+        "which output of the model's head is the reward, by index or label name (default: what the model record "
+        "says; required for a head with several outputs and no hsrm record, such as a 2-label classifier)",
+    )
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The engine's options as :class:`hsrm.scoring.RewardScorer`'s keywords: declared once, in
+        this class, and handed on as one object."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineInput)}
 
 
 @dataclasses.dataclass
 class Output:
     output: str | None = option(None, "where to write the result")
     overwrite: bool = option(False, "replace --output if it exists (never one of the inputs, nor a folder holding one)")
+
+
+# the one spelling of "replace what --output holds" in every verb (also a Trainer's, whose field keeps the old name)
+OVERWRITE_ALIASES = ("--overwrite_output_dir", "--overwrite-output-dir")
 
 
 # ====================================================================================== verbs
@@ -405,6 +464,9 @@ class EvaluateOptions(ResultFormat, Output, EngineInput, DataInput, ModelInput, 
     output: str | None = option(None, "JSON result path (default: <model>/evaluation/<data name>.json)")
     per_subset: int | None = option(
         None, "RewardBench: the first N rows of every subset (quick, every section still scores)", positive=True
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = option(
+        None, "the weights' precision (default float32; a justifier: auto, the precision it was saved in)"
     )
     justifier: bool = option(
         False,
@@ -474,9 +536,18 @@ class EmbedOptions(ResultFormat, Output, DataInput, Options):
     """hsrm embed: embed (prompt, response) rows with a frozen backbone, optionally with golden rewards."""
 
     data: str | None = option(None, "pairs (chosen/rejected, HH transcripts) or prompt+response rows", required=True)
+    data_format: EmbedFormat = option(
+        "auto",
+        "responses (prompt + response rows) or a pairwise format; auto: told from the first row",
+    )
+    split: str | None = option(
+        None, "the split to embed (a Hub dataset's, or a file's split column); default: all rows"
+    )
     output: str | None = option(None, "the .npz to write (embeddings, prompt_ids, golden, pairs, meta)", required=True)
-    backbone: str | None = option(
-        None, "the frozen backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)"
+    model: str | None = option(
+        None,
+        "the frozen backbone folder or Hub id (default: the embedded SmolLM2-135M-Instruct)",
+        aliases=["--backbone"],
     )
     layer: int = option(-1, "hidden-state index: -1 = last (normalised), 0 = token embeddings")
     max_length: int | None = option(
@@ -485,7 +556,7 @@ class EmbedOptions(ResultFormat, Output, DataInput, Options):
     batch_size: int = option(16, "sequences per forward pass", positive=True)
     cache: str = option("~/.cache/hsrm/embeddings", "embedding cache folder; 'none' disables it")
     device: str | None = option(None, "cuda / cpu (default: cuda when available)")
-    dtype: str | None = option(None, "bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
+    dtype: Dtype | None = option(None, "the backbone's precision (default: bfloat16 on GPU, float32 on CPU)")
     golden_column: str | None = option(None, "numeric column holding each response's golden reward")
     golden_model: str | None = option(None, "a trained reward-model folder whose rewards are the golden reward")
     golden_max_length: int | None = option(
@@ -503,16 +574,18 @@ class FitOptions(ResultFormat, Output, Options):
     """hsrm fit: fit (or apply) a reward model on embeddings."""
 
     embeddings: str | None = option(None, "the training .npz from `hsrm embed` (or a study pool)")
-    method: str | None = option(None, "reward model to fit: bt-mlp | clf-mlp | clf-lgb")
-    ensemble: list[str] | None = option(None, "methods averaged as one model, e.g. bt-mlp clf-lgb")
+    method: FitMethod | None = option(None, "the reward model to fit")
+    ensemble: list[FitMethod] | None = option(None, "methods averaged as one model, e.g. bt-mlp clf-lgb")
     ensemble_seeds: list[int] = option(help="seeds per ensemble method", factory=lambda: [0])
     output: str | None = option(None, "folder to save the fitted model in")
-    model: str | None = option(None, "a saved embedding model folder: score --eval-data with it instead of fitting")
+    apply: str | None = option(
+        None, "a folder written by `hsrm fit`: score --eval-data with that fitted model instead of fitting one"
+    )
     beta: float | None = option(
         None, "simulate annotators σ(β|Δr|) from the golden reward instead of using the file's pairs"
     )
-    design: str = option("random", "random | similar | diverse (with --beta)")
-    pairing: str = option("in-prompt", "in-prompt | cross-prompt (with --beta)")
+    design: Design = option("random", "which pairs the annotators see (with --beta)")
+    pairing: Pairing = option("in-prompt", "pairs of one prompt's responses, or of two prompts' (with --beta)")
     n_annotations: int | None = option(None, "pairs to annotate (with --beta; default one per prompt)", positive=True)
     seed: int = option(0, "seed of the annotators and the model")
     max_epochs: int = option(30, "MLP epochs at most", positive=True)
@@ -534,6 +607,7 @@ class SelectOptions(ResultFormat, Options):
         None,
         "folder holding state.json, batch files, labels and the model (the first positional argument)",
         required=True,
+        aliases=["--output"],
     )
     embeddings: str | None = option(None, "first call: .npy (n, dim) or .npz with `embeddings` (+ `prompt_ids`)")
     pairs: str | None = option(
@@ -541,9 +615,11 @@ class SelectOptions(ResultFormat, Options):
         "first call: candidate pairs, .jsonl rows {first, second, …} or an (N, 2) .npy; "
         "default: all in-prompt pairs of the .npz's prompt_ids",
     )
-    strategy: str | None = option(None, "selection strategy (default dopt; may change between calls)")
+    strategy: Strategy | None = option(None, "selection strategy (default dopt; may change between calls)")
     batch_size: int | None = option(None, "pairs per batch (default 100; may change between calls)", positive=True)
-    initial_strategy: str | None = option(None, "first batch, before any model: random | det_xtx (default random)")
+    initial_strategy: InitialStrategy | None = option(
+        None, "the first batch, chosen before any model exists (default random)"
+    )
     candidates: int | None = option(
         None, "random subset of the unlabelled pool scored per round (default 20000)", positive=True
     )

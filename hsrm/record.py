@@ -26,14 +26,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from .errors import InputError
 
 RECORD_KEY = "hsrm"  # the block's name inside config.json
 FORMAT_VERSION = 1
-OBJECTIVES = ("regression", "bt", "margin_bt", "scaled_bt", "justifier")
+Objective = Literal["regression", "bt", "margin_bt", "scaled_bt", "justifier"]
+OBJECTIVES = get_args(Objective)
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """The ``hsrm`` block of a config.json is damaged or was written by a newer hsrm."""
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .options import Options, option
+from .options import Dtype, Options, ResultFormat, option
 
 logger = logging.getLogger("hsrm.rloo")
 
@@ -35,7 +35,7 @@ TINY = "tiny-random"  # model value that builds a random tiny model locally (hsr
 
 
 @dataclass
-class RLOOSetup(Options):
+class RLOOSetup(ResultFormat, Options):
     """The recipe keys that are hsrm's, not TRL's."""
 
     policy_model: str = option(
@@ -52,8 +52,8 @@ class RLOOSetup(Options):
     reward_max_length: int | None = option(
         None, "reward-model tokens per sequence, cut from the left (empty: the reward model's own)", positive=True
     )
-    reward_dtype: str = option("float32", "bfloat16 for large reward models on GPU")
-    overwrite: bool = option(False, "replace what output_dir holds (a previous run); never an input")
+    reward_dtype: Dtype = option("float32", "the reward model's precision (bfloat16 for large ones on GPU)")
+    overwrite: bool = option(False, "replace what --output holds (a previous run); never an input")
 
 
 def rloo_options(argv: list[str] | None = None, defaults: dict[str, Any] | None = None):
@@ -78,25 +78,23 @@ def load_rloo_recipe(path: str | Path | None, overrides: dict[str, Any] | None =
     return rloo_options([f"--config={path}"] if path is not None else [], overrides)
 
 
-def _split_matches(row: dict, split: str) -> bool:
-    aliases = {"val": "val", "validation": "val", "valid": "val", "train": "train"}
-    row_split = row.get("split")
-    return row_split is None or aliases.get(str(row_split).lower(), str(row_split)) == aliases.get(split.lower(), split)
-
-
 def load_prompts(setup: RLOOSetup):
     """A ``datasets.Dataset`` with one conversational ``prompt`` (chat messages ending on a user
     turn) per distinct prompt. HelpSteer2 prompts have their ``<extra_id_1>`` turns split."""
     import datasets
 
-    from .data.io import DataError, read_rows
+    from .data.io import DataError, in_split, read_rows
     from .data.messages import HELPSTEER_TURN_SEPARATOR, split_helpsteer_turns, to_messages
 
     if setup.prompt_data:
         source = setup.prompt_data
         is_helpsteer = "helpsteer" in source.lower()
         rows = read_rows(source, split=setup.prompt_split, data_dir="preference" if is_helpsteer else None)
-        raw = [row.get("prompt") for row in rows if isinstance(row, dict) and _split_matches(row, setup.prompt_split)]
+        raw = [
+            row.get("prompt")
+            for row in rows
+            if isinstance(row, dict) and in_split(row.get("split"), setup.prompt_split)
+        ]
     elif setup.prompts:
         source, raw = "recipe prompts", list(setup.prompts)
     else:
@@ -200,7 +198,13 @@ def main(argv: list[str] | None = None):
             result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
             trainer.save_model(cfg.output_dir)
     if trainer.is_world_process_zero():  # one line per run, not one per rank
-        print(f"saved the policy to {cfg.output_dir} ({result.global_step} steps)")
+        from .options import print_result
+
+        print_result(
+            {"output": cfg.output_dir, "global_step": result.global_step, "train_loss": result.training_loss},
+            f"saved the policy to {cfg.output_dir} ({result.global_step} steps)",
+            setup.json,
+        )
     return trainer
 
 

@@ -98,7 +98,7 @@ class RewardScorer:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int | None = None,
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype | None = "float32",
         device: str | None = None,
         attribute_weights: Sequence[float] | str | None = "auto",
         trust_remote_code: bool = False,
@@ -109,6 +109,7 @@ class RewardScorer:
         attn_implementation: str | None = None,
         protocol_max_length: int | None = None,
         protocol_name: str = "",
+        reward_output: int | str | None = None,
     ):
         from .modeling import default_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
 
@@ -116,6 +117,7 @@ class RewardScorer:
             raise ValueError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
         if batch_size < 1 or max_tokens < 1:
             raise ValueError(f"batch_size and max_tokens must be at least 1, got {batch_size} and {max_tokens}")
+        dtype = dtype or "float32"
         device = pick_device(device)
         if attn_implementation is None and layout != "padded":
             attn_implementation = default_attention(device, torch_dtype(dtype))
@@ -139,6 +141,16 @@ class RewardScorer:
             )
         self.attribute_weights = list(weights) if weights is not None else None
         self.attributes = self._attribute_names()
+        if reward_output is not None:
+            self.attribute_weights = self._one_hot(reward_output)
+        elif self.attribute_weights is None and self.num_labels > 1 and not self.record.attributes:
+            # A head with several outputs and no hsrm record saying what they are (a 2-label
+            # classifier, say): output 0 is often the *negative* class, so guessing would be silent and wrong.
+            raise ValueError(
+                f"{self.model_dir}: its head has {self.num_labels} outputs ({', '.join(self.attributes)}) and no hsrm "
+                "record says which is the reward; name it with --reward-output INDEX or LABEL "
+                "(RewardScorer(reward_output=...))"
+            )
         self.max_length = resolve_max_length(
             max_length, self.record, self.model.config, protocol=protocol_max_length, protocol_name=protocol_name
         )
@@ -150,6 +162,28 @@ class RewardScorer:
         self.__name__ = name or "reward_" + re.sub(
             r"[^A-Za-z0-9_]+", "_", Path(self.model_dir.rstrip("/")).name or "model"
         )
+
+    @classmethod
+    def from_options(cls, options, model: str | None = None, **keywords: Any) -> RewardScorer:
+        """The scorer a verb's options describe: its ``--model`` (or ``model``) with the engine's options,
+        :class:`hsrm.options.EngineInput`, handed on as one object."""
+        return cls(model or options.model, **options.engine_settings(), **keywords)
+
+    def _one_hot(self, output: int | str) -> list[float]:
+        """Weights that pick one output of the head, named by index or by label."""
+        text = str(output)
+        index = int(text) if text.lstrip("-").isdigit() else None
+        id2label = getattr(self.model.config, "id2label", None) or {}
+        labels = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(self.num_labels)]
+        for names in (self.attributes, labels):  # hsrm's output names, then the config's labels (LABEL_1)
+            if index is None and text in names:
+                index = names.index(text)
+        if index is None or not 0 <= index < self.num_labels:
+            raise ValueError(
+                f"--reward-output {output!r}: not an output of {self.model_dir}'s head; give an index 0…"
+                f"{self.num_labels - 1} or one of {self.attributes}"
+            )
+        return [1.0 if i == index else 0.0 for i in range(self.num_labels)]
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -359,16 +393,7 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     output = opts.output or default_scores_path(opts.data)
     check_output(output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)  # before minutes of scoring
-    scorer = RewardScorer(
-        opts.model,
-        batch_size=opts.batch_size,
-        max_length=opts.max_length,
-        dtype=opts.dtype,
-        device=opts.device,
-        layout=opts.layout,
-        max_tokens=opts.max_tokens,
-        progress=True,
-    )
+    scorer = RewardScorer.from_options(opts, progress=True)
     path, rows = score_file(scorer, opts.data, output)
     n_responses = sum(len(r["responses"]) for r in rows)
     summary = (

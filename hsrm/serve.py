@@ -71,8 +71,8 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -81,8 +81,9 @@ from starlette.concurrency import run_in_threadpool
 
 from .data.io import DataError
 from .data.messages import to_messages
-from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS
-from .modeling import DTYPES
+from .engine import DEFAULT_MAX_TOKENS
+from .errors import UserError
+from .options import EngineInput, ModelInput, Options, OptionsError, ResultFormat, option
 from .scoring import RewardScorer, nonfinite_rewards_message, split_completion
 
 logger = logging.getLogger(__name__)
@@ -93,81 +94,41 @@ LOGGED_BODY_CHARS = 4000  # --log-requests: longer bodies are cut in the log lin
 
 # ------------------------------------------------------------------------------------ options
 @dataclass
-class ServeOptions:
-    """`hsrm serve`'s options (hsrm.options: HfArgumentParser, every flag spelled with dashes or
-    underscores, ``--max-batch-tokens`` / ``--max_batch_tokens``)."""
+class ServeOptions(ResultFormat, EngineInput, ModelInput, Options):
+    """`hsrm serve`'s options: the engine's (hsrm.options.EngineInput) and the server's own."""
 
-    model: str = field(metadata={"help": "reward model folder (any trained AutoModelForSequenceClassification)"})
-    host: str = field(
-        default="127.0.0.1",
-        metadata={
-            "help": "address to listen on; the loopback default keeps the server to this machine "
-            "(it has no authentication)"
-        },
+    host: str = option(
+        "127.0.0.1",
+        "address to listen on; the loopback default keeps the server to this machine (it has no authentication)",
     )
-    port: int = field(default=8000, metadata={"help": "TCP port; 0 takes a free one (printed at start)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 … (default: the GPU when present)"})
-    max_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "tokens kept per sequence, cut from the left (default: the model's training max_length, else 2048)"
-        },
+    port: int = option(8000, "TCP port; 0 takes a free one (printed at start)")
+    max_tokens: int = option(
+        DEFAULT_MAX_TOKENS,
+        "real tokens merged from waiting requests into one engine call (and per packed row)",
+        aliases=["--max-batch-tokens", "--max_batch_tokens"],
+        positive=True,
     )
-    layout: Literal["auto", "padded", "packed"] = field(
-        default="auto",
-        metadata={
-            "help": "the engine's layout: auto = packed rows on CUDA with varlen attention, "
-            "length-sorted padded batches otherwise"
-        },
+    max_wait_ms: float = option(
+        10.0, "how long the oldest waiting request waits for others to batch with (milliseconds)"
     )
-    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "sequences per padded forward pass"})
-    max_batch_tokens: int = field(
-        default=DEFAULT_MAX_TOKENS,
-        metadata={"help": "real tokens merged from waiting requests into one engine call (and per packed row)"},
+    max_sequences: int = option(4096, "sequences per request; more are refused with 413", positive=True)
+    max_body_bytes: int = option(32 * 2**20, "request body size; larger bodies are refused with 413", positive=True)
+    request_timeout_s: float = option(
+        300.0, "seconds a request may wait for its rewards (queue and forward passes) before a 504"
     )
-    max_wait_ms: float = field(
-        default=10.0,
-        metadata={"help": "how long the oldest waiting request waits for others to batch with (milliseconds)"},
-    )
-    max_sequences: int = field(default=4096, metadata={"help": "sequences per request; more are refused with 413"})
-    max_body_bytes: int = field(
-        default=32 * 2**20, metadata={"help": "request body size; larger bodies are refused with 413"}
-    )
-    request_timeout_s: float = field(
-        default=300.0,
-        metadata={"help": "seconds a request may wait for its rewards (queue and forward passes) before a 504"},
-    )
-    log_requests: bool = field(
-        default=False,
-        metadata={
-            "help": "log every request with its texts and rewards, and uvicorn's access log "
-            "(off: no text is ever logged)"
-        },
+    log_requests: bool = option(
+        False,
+        "log every request with its texts and rewards, and uvicorn's access log (off: no text is ever logged)",
     )
 
     def __post_init__(self):
-        at_least_one = {
-            "--batch-size": self.batch_size,
-            "--max-batch-tokens": self.max_batch_tokens,
-            "--max-sequences": self.max_sequences,
-            "--max-body-bytes": self.max_body_bytes,
-        }
-        if self.max_length is not None:
-            at_least_one["--max-length"] = self.max_length
-        for flag, value in at_least_one.items():
-            if value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
+        super().__post_init__()
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port must be 0…65535, got {self.port}")
+            raise OptionsError(f"--port must be 0…65535, got {self.port}")
         if self.max_wait_ms < 0:
-            raise ValueError(f"--max-wait-ms must be ≥ 0, got {self.max_wait_ms}")
+            raise OptionsError(f"--max-wait-ms must be ≥ 0, got {self.max_wait_ms}")
         if not self.request_timeout_s > 0:
-            raise ValueError(f"--request-timeout-s must be positive, got {self.request_timeout_s}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
-        if self.dtype not in DTYPES:  # checked here: the model loads after the port is bound
-            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+            raise OptionsError(f"--request-timeout-s must be positive, got {self.request_timeout_s}")
 
 
 def serve_options(argv: Sequence[str]) -> ServeOptions:
@@ -187,17 +148,9 @@ def serve_options(argv: Sequence[str]) -> ServeOptions:
 
 
 def load_scorer(options: ServeOptions) -> RewardScorer:
-    # max_tokens = max_batch_tokens: a merged batch holds at most that many real tokens, so on CUDA
-    # it is one packed row, one forward pass.
-    return RewardScorer(
-        options.model,
-        batch_size=options.batch_size,
-        max_length=options.max_length,
-        dtype=options.dtype,
-        device=options.device,
-        layout=options.layout,
-        max_tokens=options.max_batch_tokens,
-    )
+    # max_tokens bounds both a merged batch and a packed row: on CUDA a merged batch is one packed
+    # row, one forward pass.
+    return RewardScorer.from_options(options)
 
 
 # ------------------------------------------------------------------------------------ batching
@@ -450,7 +403,7 @@ class RewardService:
         self.options = options
         self.batcher = RewardBatcher(
             load or (lambda: load_scorer(options)),
-            max_batch_tokens=options.max_batch_tokens,
+            max_batch_tokens=options.max_tokens,
             max_wait_s=options.max_wait_ms / 1000,
         )
         self.accepted = self.answered = 0  # touched only on the event loop
@@ -517,7 +470,7 @@ class RewardService:
                 "batch_size": scorer.batch_size,
             },
             "limits": {
-                "max_batch_tokens": options.max_batch_tokens,
+                "max_batch_tokens": options.max_tokens,
                 "max_wait_ms": options.max_wait_ms,
                 "max_sequences": options.max_sequences,
                 "max_body_bytes": options.max_body_bytes,
@@ -610,6 +563,22 @@ def url_of(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or one line saying why not. uvicorn's own ``bind_socket``
+    logs the error and exits the process (rc 1, or 3 from its supervisor) with no word on what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        hint = " (is another server on it?) choose another --port, or --port 0 for a free one" if port else ""
+        raise UserError(f"cannot listen on {url_of(host, port)}: {err.strerror or err}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(options: ServeOptions) -> None:
     import uvicorn
 
@@ -633,12 +602,16 @@ def serve(options: ServeOptions) -> None:
         logger.warning(
             "listening on %s: the server has no authentication; whoever reaches this address can use it", options.host
         )
-    sock = config.bind_socket()  # bound here so that --port 0 can print the port it got
+    sock = listening_socket(options.host, options.port)  # bound here so that --port 0 can print the port it got
     host, port = sock.getsockname()[:2]
-    print(
-        f"hsrm serve: {options.model} at {url_of(host, port)} (GET /health answers 200 once the model is loaded)",
-        flush=True,
-    )
+    if options.json:
+        print(json.dumps({"model": options.model, "url": url_of(host, port), "health": url_of(host, port) + "/health"}))
+        sys.stdout.flush()
+    else:
+        print(
+            f"hsrm serve: {options.model} at {url_of(host, port)} (GET /health answers 200 once the model is loaded)",
+            flush=True,
+        )
     with stop_signals_recorded():
         server.run(sockets=[sock])
     if service.batcher.load_error is not None:

@@ -217,7 +217,7 @@ def run_key(cfg: RewardConfig) -> dict[str, Any]:
 def claim_output_dir(cfg: RewardConfig):
     """The output rule (docs/reliability.md), held for the whole run: a run writes into a new or empty
     ``output_dir``, its own folder when resuming (recognised by its run record: :func:`run_key`),
-    or, with ``overwrite_output_dir``, a folder it first empties; never into a folder that is, holds
+    or, with ``overwrite``, a folder it first empties; never into a folder that is, holds
     or lies inside one of its inputs, resuming or not. Its lock refuses a second run to the same
     folder, naming the first; the main process holds it for every process of the run."""
     from .files import claimed_run_folder
@@ -232,10 +232,10 @@ def claim_output_dir(cfg: RewardConfig):
         cfg.output_dir,
         run_key(cfg),
         inputs=[cfg.train_data, cfg.eval_data, cfg.model_name_or_path, cfg.init_from],
-        overwrite=cfg.overwrite_output_dir,
+        overwrite=cfg.overwrite,
         resume=resuming(cfg),
-        flag="--output_dir",
-        overwrite_flag="--overwrite_output_dir true",
+        flag="--output",
+        overwrite_flag="--overwrite",
         main_process=cfg.process_index == 0,
         wait_for_all=wait_for_all,
     )

@@ -29,7 +29,7 @@ def tiny_study(tmp_path, **overrides) -> ActiveStudyConfig:
         hidden=[16, 16],
         max_epochs=4,
         selection={"batchbald_samples": 16, "batchbald_configurations": 32},
-        output_dir=str(tmp_path / "study"),
+        output=str(tmp_path / "study"),
     )
     values.update(overrides)
     return ActiveStudyConfig(**values)
@@ -70,7 +70,7 @@ def test_round_candidates_draw_prompts_and_keep_the_requested_number():
 def test_active_study_runs_end_to_end_and_writes_table_and_plots(tmp_path):
     config = tiny_study(tmp_path)
     results = run_active_study(config)
-    out = Path(config.output_dir)
+    out = Path(config.output)
     assert (out / "results.csv").exists() and (out / "summary.md").exists() and (out / "efficiency.png").exists()
     assert len(results) == 8 * 2  # 8 strategies × 2 rounds of 20
     assert sorted(results["annotations"].unique().tolist()) == [20, 40]
@@ -99,13 +99,13 @@ def test_cross_prompt_and_batch_size_sweep_draw_their_figures(tmp_path):
     assert results.groupby("batch_size")["round"].max().to_dict() == {10: 2, 20: 1}
     cross = results[results["pairing"] == "cross-prompt"]
     assert cross["candidates"].max() == 300  # cross-prompt pairs are plentiful: the full cut is kept
-    assert (Path(config.output_dir) / "batch_sizes.png").exists() and (
-        Path(config.output_dir) / "pairings.png"
+    assert (Path(config.output) / "batch_sizes.png").exists() and (
+        Path(config.output) / "pairings.png"
     ).exists()
 
 
 def test_study_config_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown selection strategy 'dop'"):
+    with pytest.raises(ValueError, match="--strategies 'dop': choose one of random, dopt"):
         tiny_study(tmp_path, strategies=["dop"])
     with pytest.raises(ValueError, match="unknown keys: batch_size \\(did you mean batch_sizes\\?\\)"):
         load_active_study(None, {"batch_size": 10})

@@ -118,7 +118,7 @@ PAPER_RECIPE = TINY_TRAIN + (
 PAPER_PAIRS = (
     PAPER_RECIPE
     + TINY_RM
-    + ("--train_data", "data/pairs.jsonl", "--data_format", "auto", "--overwrite_output_dir", "true")
+    + ("--train_data", "data/pairs.jsonl", "--data_format", "auto", "--overwrite")
 )
 TINY_SELECT = ("--hidden", "8", "--max-epochs", "3")  # fixed at a state's first call
 TINY_ACTIVE = (
@@ -217,7 +217,7 @@ RUN: dict[str, Run] = {
     "torchrun --nproc_per_node 2 -m hsrm.train recipes/tiny_bt.yaml --model_name_or_path TINY_DIR --train_data "
     "PAIRS.jsonl "
     "--deepspeed ds_configs/zero3.json --ddp_backend gloo --use_cpu true":  # writes runs/tiny-bt again, after `hsrm train RECIPE.yaml`
-    Run(TINY_TRAIN + ("--overwrite_output_dir", "true"), check="check_tiny_bt"),
+    Run(TINY_TRAIN + ("--overwrite",), check="check_tiny_bt"),
     "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 -m hsrm.rloo recipes/rloo_helpsteer2.yaml": Run(
         (
             "--policy_model",
@@ -323,20 +323,20 @@ RUN: dict[str, Run] = {
     ),
     # ---- the lightweight path
     f"hsrm embed --data {HH_BASE} --output runs/hh.npz --golden-model runs/smollm-bt-hh --limit 500": Run(
-        ("--backbone", "runs/tiny-llama", "--limit", "8", "--max-length", "64", "--cache", "runs/emb-cache"),
+        ("--model", "runs/tiny-llama", "--limit", "8", "--max-length", "64", "--cache", "runs/emb-cache"),
         needs=("runs/smollm-bt-hh",),
         check="check_hh_embeddings",
     ),
-    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama": Run(
+    "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache --golden-model runs/tiny-llama": Run(
         check="check_toy_embeddings_then_cache"
     ),
-    "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache "
+    "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache "
     "--golden-model runs/tiny-llama "
     "--overwrite": Run(needs=("runs/toy.npz",), check="check_toy_rerun_from_cache"),
     "hsrm fit --embeddings runs/toy.npz --method bt-mlp --output runs/toy-bt --eval-data runs/toy.npz": Run(
         ("--max-epochs", "5", "--hidden", "16"), needs=("runs/toy.npz",), check="check_fit_bt_mlp"
     ),
-    "hsrm fit --model runs/toy-bt --eval-data runs/toy.npz --scores-output runs/toy-scores.npy": Run(
+    "hsrm fit --apply runs/toy-bt --eval-data runs/toy.npz --scores-output runs/toy-scores.npy": Run(
         needs=("runs/toy-bt",), check="check_fit_scores"
     ),
     "hsrm fit --embeddings runs/toy.npz --method clf-lgb --output runs/toy-lgb --beta 5 --pairing cross-prompt --n-annotations 30": Run(
@@ -344,7 +344,7 @@ RUN: dict[str, Run] = {
     ),
     "hsrm study hsrm/recipes/studies/tiny.yaml": Run(STUDY, check="check_tiny_study"),
     HH600_EMBED: Run(
-        ("--backbone", "runs/tiny-llama", "--limit", "24"),
+        ("--model", "runs/tiny-llama", "--limit", "24"),
         needs=("runs/hh/base_401_1000.jsonl", "runs/smollm-bt-hh"),
         check="check_hh600",
     ),
@@ -397,7 +397,7 @@ BUILD: dict[str, tuple[str, tuple[str, ...]] | str] = {
     "runs/scaled-bt-from-regression": "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml",
     "runs/scaled-bt-expo": "hsrm expo --weak runs/helpfulness-regression --strong runs/scaled-bt-from-regression --alpha 1.52 --output runs/scaled-bt-expo",
     "runs/justifier-all-flip": "hsrm train recipes/justifier_all_flip.yaml",
-    "runs/toy.npz": "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache "
+    "runs/toy.npz": "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --output runs/toy.npz --cache runs/emb-cache "
     "--golden-model runs/tiny-llama",
     "runs/toy-bt": "hsrm fit --embeddings runs/toy.npz --method bt-mlp --output runs/toy-bt --eval-data runs/toy.npz",
     "runs/hh/hh600.npz": HH600_EMBED,
@@ -1164,7 +1164,7 @@ def check_toy_embeddings_then_cache(box, outcome):
     first = load_embeddings(box, "runs/toy.npz")
     again = box.invoke(
         box.argv(
-            "hsrm embed --data runs/toy_pairs.jsonl --backbone runs/tiny-llama --output runs/toy.npz "
+            "hsrm embed --data runs/toy_pairs.jsonl --model runs/tiny-llama --output runs/toy.npz "
             "--cache runs/emb-cache --golden-model runs/tiny-llama --overwrite",
             (),
         )

@@ -220,7 +220,7 @@ def test_cli_embed_fit_and_score(tiny_model_dir, tmp_path, capsys):
         main(
             [
                 "fit",
-                "--model",
+                "--apply",
                 str(model_dir),
                 "--eval-data",
                 str(out),

@@ -26,7 +26,7 @@ TINY_FIT = {"hidden": [32, 16], "max_epochs": 8, "batch_size": 128}
 def tiny_study(tmp_path: Path, **changes) -> dict:
     study = {
         "name": "tiny-test",
-        "output_dir": str(tmp_path / "out"),
+        "output": str(tmp_path / "out"),
         "data": {
             "synthetic": {
                 "dim": 16,
@@ -244,14 +244,14 @@ def test_study_on_an_embeddings_file_splits_it_by_prompt(tmp_path):
             grid=grid,
             grids=[],
             plots=False,
-            output_dir="out",
+            output="out",
         )
     )
     table = run_study(config, base_dir=tmp_path, progress=False)
     assert len(table) == 1 and table["test_prompts"].item() == 10 and table["test_responses"].item() == 60
     assert json.loads((tmp_path / "out" / "study.json").read_text())["data"]["data"] == str(tmp_path / "pool.npz")
-    with pytest.raises(FileNotFoundError, match="pool .*missing.npz does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing.npz: no such pool"):
         run_study(
-            StudyConfig(**tiny_study(tmp_path, data={"embeddings": "missing.npz"}, output_dir="out2")),
+            StudyConfig(**tiny_study(tmp_path, data={"embeddings": "missing.npz"}, output="out2")),
             base_dir=tmp_path,
         )

@@ -112,3 +112,96 @@ def test_no_default_model_offline_is_one_line(tmp_path, capsys, pairs, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     line = one_line_error(capsys, ["score", "--model", "default", "--data", str(pairs)])
     assert line.startswith("hsrm score: error: no default model: install it offline with")
+
+
+@pytest.mark.parametrize("verb", ["fit", "select"])
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_empty_or_truncated_npz_is_named(verb, damage, tmp_path, capsys):
+    # Before: EOFError: No data left in file / zipfile.BadZipFile: File is not a zip file
+    import io
+
+    import numpy as np
+
+    whole = io.BytesIO()
+    np.savez(whole, embeddings=np.ones((4, 3), dtype=np.float32), prompt_ids=np.array([0, 0, 1, 1]))
+    npz = tmp_path / "emb.npz"
+    npz.write_bytes(b"" if damage == "empty" else whole.getvalue()[:200])
+    argv = {
+        "fit": ["fit", "--embeddings", str(npz), "--method", "bt-mlp", "--output", str(tmp_path / "m")],
+        "select": ["select", str(tmp_path / "state"), "--embeddings", str(npz)],
+    }[verb]
+    line = one_line_error(capsys, argv)
+    assert line.startswith(f"hsrm {verb}: error: {npz}: not a readable embeddings file")
+    assert ("the file is empty" if damage == "empty" else "200 bytes, damaged or truncated") in line
+    assert not (tmp_path / "m").exists() and not (tmp_path / "state").exists()
+
+
+def test_select_names_a_labels_file_it_did_not_write(tmp_path, capsys):
+    # Before: KeyError: 'pair_id'
+    import numpy as np
+
+    npz = tmp_path / "emb.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, embeddings=rng.normal(size=(12, 4)).astype(np.float32), prompt_ids=np.repeat(np.arange(3), 4))
+    state = tmp_path / "state"
+    assert main(["select", str(state), "--embeddings", str(npz), "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    (state / "labels.jsonl").write_text('{"first_wins": true}\n')
+    line = one_line_error(capsys, ["select", str(state)])
+    assert line.startswith(f"hsrm select: error: {state / 'labels.jsonl'} line 1: not a label `hsrm select` ingested")
+
+
+def test_a_typo_under_a_study_fit_key_is_refused_at_once(tmp_path, capsys):
+    # Before: a TypeError inside a worker process, after the data was built
+    study = tmp_path / "study.yaml"
+    study.write_text("data: {synthetic: {}}\nfit: {max_epoch: 3}\n")
+    line = one_line_error(capsys, ["study", str(study), "--output", str(tmp_path / "out")])
+    assert "fit: unknown setting(s) ['max_epoch']" in line and "max_epochs" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_serve_on_a_busy_port_says_which_and_what_to_do(capsys, tiny_model_dir):
+    # Before: uvicorn's "[Errno 98] error while attempting to bind on address" log line, rc 3
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_error(capsys, ["serve", "--model", str(tiny_model_dir), "--port", str(port)])
+    assert line.startswith(f"hsrm serve: error: cannot listen on http://127.0.0.1:{port}: ")
+    assert "--port 0" in line
+
+
+@pytest.fixture(scope="module")
+def two_label_classifier(tmp_path_factory):
+    from hsrm.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("two-labels"), num_labels=2, seed=3)
+
+
+def test_a_two_label_classifier_needs_its_reward_output_named(tmp_path, capsys, two_label_classifier):
+    # Before: scored with output 0 (often the *negative* class) without a word
+    candidates = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "hi", "responses": ["a b", "c"]}])
+    argv = ["score", "--model", str(two_label_classifier), "--data", str(candidates)]
+    line = one_line_error(capsys, [*argv, "--output", str(tmp_path / "s.jsonl")])
+    assert "its head has 2 outputs" in line and "--reward-output" in line
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_the_named_reward_output_is_the_one_scored(two_label_classifier):
+    """--reward-output 1 scores logits[:, 1] as plain transformers computes them; a label name works too."""
+    from transformers import AutoModelForSequenceClassification
+
+    from hsrm.scoring import RewardScorer
+
+    scorer = RewardScorer(str(two_label_classifier), reward_output=1)
+    ids = scorer.encode("hi", "a b c")
+    model = AutoModelForSequenceClassification.from_pretrained(two_label_classifier).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0, 1].item()
+    assert scorer.score(["hi"], ["a b c"])[0] == pytest.approx(expected, abs=1e-5)
+    by_label = RewardScorer(str(two_label_classifier), reward_output="LABEL_1")
+    assert by_label.score(["hi"], ["a b c"])[0] == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="not an output of"):
+        RewardScorer(str(two_label_classifier), reward_output=2)

@@ -44,10 +44,10 @@ def test_resume_never_writes_into_an_input_another_model_or_another_run(tmp_path
     weak = nest / "weak"
     assert cli([*train_args(weak, pairs, weak), *resume]) == 1
     one_line_error(capsys, "train", "is the input")
-    assert cli([*train_args(weak, pairs, weak), *resume, "--overwrite_output_dir", "true"]) == 1
+    assert cli([*train_args(weak, pairs, weak), *resume, "--overwrite"]) == 1
     one_line_error(capsys, "train", "is the input")
     assert cli([*train_args(weak, pairs, nest / "strong"), *resume]) == 1  # another model: no run record
-    one_line_error(capsys, "train", "holds no run of this kind to resume", "--overwrite_output_dir true")
+    one_line_error(capsys, "train", "holds no run of this kind to resume", "--overwrite")
     assert snapshot(tmp_path) == before
     # its own folder resumes; the same folder with other data is another run
     out = tmp_path / "run"
@@ -133,7 +133,7 @@ def test_final_save_never_reuses_a_stale_staging_folder_nor_writes_a_token(
     (stale / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]}')
     leftovers = {p.name: snapshot(p) for p in (stale, left[0])}
     caplog.set_level("WARNING")
-    run_training(load_recipe(None, {**keys, "output_dir": str(out), "overwrite_output_dir": True}))
+    run_training(load_recipe(None, {**keys, "output_dir": str(out), "overwrite": True}))
     assert {p.name: snapshot(p) for p in (stale, left[0])} == leftovers  # reported, left alone
     assert f"{left[0]} is left from an interrupted save" in caplog.text
     run_training(load_recipe(None, {**keys, "output_dir": str(tmp_path / "clean")}))
@@ -163,7 +163,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
         assert (out / "checkpoints").is_dir(), "the first run never started training"
         first.send_signal(signal.SIGSTOP)  # hold still while the second one tries
         before = snapshot(tmp_path)
-        for extra in (["--overwrite_output_dir", "true"], ["--resume_from_checkpoint", "true"]):
+        for extra in (["--overwrite"], ["--resume_from_checkpoint", "true"]):
             assert cli([*args, "--max_steps", "1", *extra]) == 1
             one_line_error(capsys, "train", f"is being written by process {first.pid} on")
         assert snapshot(tmp_path) == before
@@ -174,7 +174,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
 
     assert lock_path(out).exists()
     caplog.set_level("WARNING")
-    assert cli([*args, "--max_steps", "1", "--overwrite_output_dir", "true"]) == 0
+    assert cli([*args, "--max_steps", "1", "--overwrite"]) == 0
     assert f"taking over the lock of process {first.pid}" in caplog.text
     assert not lock_path(out).exists()  # released at the end of the run
 

@@ -309,7 +309,7 @@ def test_training_refuses_a_non_empty_output_dir_unless_resuming_or_overwriting(
     assert (out / "results.csv").read_text() == "a,b\n"
     assert cli(["train", *common, "--output_dir", str(tmp_path)]) == 1  # holds the training data
     one_line_error(capsys, "train", "holds the input")
-    assert cli(["train", *common, "--output_dir", str(out), "--overwrite_output_dir", "true"]) == 0
+    assert cli(["train", *common, "--output_dir", str(out), "--overwrite"]) == 0
     assert (out / "config.json").exists() and not (out / "results.csv").exists()
 
 

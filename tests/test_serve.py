@@ -408,18 +408,18 @@ def test_a_model_that_fails_to_load_ends_the_command_with_its_error(tmp_path, ca
 
 def test_options_take_both_spellings_and_refuse_nonsense():
     options = serve_options(["--model", "m", "--max-batch-tokens", "512", "--max_wait_ms", "2.5", "--log-requests"])
-    assert (options.max_batch_tokens, options.max_wait_ms, options.log_requests, options.host) == (
+    assert (options.max_tokens, options.max_wait_ms, options.log_requests, options.host) == (
         512,
         2.5,
         True,
         "127.0.0.1",
     )
-    assert serve_options(["--model", "m", "--max_batch_tokens", "7"]).max_batch_tokens == 7
+    assert serve_options(["--model", "m", "--max_batch_tokens", "7"]).max_tokens == 7
     for bad, message in (
-        (["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
+        (["--max-batch-tokens", "0"], "--max-tokens must be a positive whole number"),
         (["--max-wait-ms", "-1"], "--max-wait-ms must be ≥ 0"),
         (["--port", "70000"], "--port"),
-        (["--dtype", "float8"], "--dtype 'float8'"),
+        (["--dtype", "float8"], "--dtype: invalid choice: 'float8'"),
     ):
         with pytest.raises(ValueError, match=message):
             serve_options(["--model", "m", *bad])

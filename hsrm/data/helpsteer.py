@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .io import DataError, LoadReport, OnError, read_rows, require_text
+from .io import DataError, LoadReport, OnError, in_split, read_rows, require_text
 from .messages import split_helpsteer_turns
 
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -99,13 +99,6 @@ def overall_preference(strengths: Sequence[int]) -> tuple[int | None, str | None
     return overall, None
 
 
-def _split_matches(row_split: Any, split: str | None) -> bool:
-    if split is None or row_split is None:
-        return True
-    aliases = {"val": "val", "validation": "val", "valid": "val", "test": "val", "train": "train"}
-    return aliases.get(str(row_split).lower(), str(row_split)) == aliases.get(split.lower(), split)
-
-
 def load_helpsteer2_preference(
     source: str = "nvidia/HelpSteer2", split: str = "train", *, on_error: OnError = "raise", return_report: bool = False
 ):
@@ -126,7 +119,7 @@ def load_helpsteer2_preference(
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(str(source), index, None, "expected an object per row")
-        if not _split_matches(row.get("split"), split):
+        if not in_split(row.get("split"), split):
             continue
         report.rows_read += 1
         try:
@@ -197,7 +190,7 @@ def load_helpsteer2_ratings(
     report = LoadReport(source=str(source))
     out: dict[str, list] = {"prompt": [], "response": [], **{a: [] for a in attributes}}
     for index, row in enumerate(rows):
-        if isinstance(row, dict) and not _split_matches(row.get("split"), split):
+        if isinstance(row, dict) and not in_split(row.get("split"), split):
             continue
         report.rows_read += 1
         try:

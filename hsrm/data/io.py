@@ -17,13 +17,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A row that cannot be used, with where it came from and what is wrong with it.
 
     ``row`` is the 0-based position of the row among the source's rows (what ``enumerate`` gives);
@@ -156,6 +158,19 @@ def load_checked_rows(
             break
     report.log()
     return kept, report
+
+
+def in_split(row_split: Any, split: str | None) -> bool:
+    """Whether a row whose ``split`` column holds ``row_split`` belongs to ``split`` (``None`` on
+    either side: every row does); ``validation``, ``valid`` and ``test`` all mean HelpSteer2's ``val``.
+
+    >>> in_split("validation", "val"), in_split("train", "val"), in_split(None, "train")
+    (True, False, True)
+    """
+    if split is None or row_split is None:
+        return True
+    aliases = {"val": "val", "validation": "val", "valid": "val", "test": "val", "train": "train"}
+    return aliases.get(str(row_split).lower(), str(row_split)) == aliases.get(split.lower(), split)
 
 
 def read_rows(source: str | os.PathLike, split: str | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:

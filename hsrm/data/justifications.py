@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .helpsteer import NEITHER_VALID, _split_matches, overall_preference, parse_annotations, three_most_similar
-from .io import DataError, LoadReport, OnError, read_rows, require_text
+from .helpsteer import NEITHER_VALID, overall_preference, parse_annotations, three_most_similar
+from .io import DataError, LoadReport, OnError, in_split, read_rows, require_text
 from .messages import split_helpsteer_turns
 
 JUSTIFICATION_SETS = ("overall", "all")
@@ -539,7 +539,7 @@ def load_justification_examples(
             break
         if not isinstance(row, dict):
             raise DataError(src, index, None, "expected an object per row")
-        if not _split_matches(row.get("split"), split):
+        if not in_split(row.get("split"), split):
             continue
         report.rows_read += 1
         try:

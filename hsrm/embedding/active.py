@@ -40,13 +40,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from .annotate import sigmoid
 
-STRATEGIES = ("random", "dopt", "pa_dopt", "entropy", "maxdiff", "det_xtx", "coreset", "batchbald")
+Strategy = Literal["random", "dopt", "pa_dopt", "entropy", "maxdiff", "det_xtx", "coreset", "batchbald"]
+InitialStrategy = Literal["random", "det_xtx"]  # the first batch is chosen before any model exists
+STRATEGIES = get_args(Strategy)
 
 
 # ----------------------------------------------------------------------------------------------

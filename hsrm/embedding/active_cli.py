@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write_json, atomic_write_jsonl, check_output, output_lock
+from ..files import atomic_write_json, atomic_write_jsonl, check_output, output_lock, read_arrays
 from .active import CandidatePairs, SelectionOptions, check_strategy, select_pairs
 
 STATE_FILE = "state.json"
@@ -62,7 +62,7 @@ def active_main(argv: list[str]) -> None:
     )
     start = time.perf_counter()
     results = run_active_study(config)
-    out = Path(config.output_dir)
+    out = Path(config.output)
     files = [str(out / "results.csv"), str(out / "summary.md"), *(str(p) for p in sorted(out.glob("*.png")))]
     runs = results.groupby(["strategy", "batch_size", "pairing", "seed"]).ngroups
     seconds = time.perf_counter() - start
@@ -82,17 +82,15 @@ def load_items(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(embeddings (n, D), prompt_ids or None) from an .npy array or an .npz with ``embeddings``
     (and optionally ``prompt_ids``, as ``hsrm embed`` writes)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"embeddings file {path} does not exist")
     if path.suffix == ".npy":
-        embeddings = np.load(path, allow_pickle=False, mmap_mode="r")
+        embeddings = read_arrays(path, "embeddings array (.npy)", mmap=True)
         prompt_ids = None
     elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            if "embeddings" not in data.files:
-                raise ValueError(f"{path}: no `embeddings` array (found {', '.join(data.files)})")
-            embeddings = data["embeddings"]
-            prompt_ids = data["prompt_ids"] if "prompt_ids" in data.files else None
+        data = read_arrays(path, "embeddings file (.npz, as `hsrm embed` writes)")
+        if "embeddings" not in data:
+            raise ValueError(f"{path}: no `embeddings` array (found {', '.join(data) or 'none'})")
+        embeddings = data["embeddings"]
+        prompt_ids = data.get("prompt_ids")
     else:
         raise ValueError(f"{path}: embeddings must be an .npy array (n, dim) or an .npz with an `embeddings` array")
     if embeddings.ndim != 2:
@@ -122,7 +120,7 @@ def load_pool_pairs(
     if not path.exists():
         raise FileNotFoundError(f"pairs file {path} does not exist")
     if path.suffix == ".npy":
-        pairs = np.load(path, allow_pickle=False)
+        pairs = read_arrays(path, "pairs array (.npy, shape (N, 2))")
         extras = [{} for _ in range(len(pairs))]
     else:
         from ..data.io import read_rows
@@ -197,6 +195,24 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def read_labels(state_dir: Path, pool_pairs: np.ndarray) -> list[dict]:
+    """The labels ingested so far, each checked against the pool: a labels.jsonl edited by hand (or
+    not written by ``hsrm select``) is named with its line, not met later as a KeyError."""
+    path = state_dir / LABELS_FILE
+    labels = _read_jsonl(path)
+    for number, row in enumerate(labels, 1):
+        row = row if isinstance(row, dict) else {}
+        pair_id = row.get("pair_id")
+        known = not isinstance(pair_id, bool) and isinstance(pair_id, int) and 0 <= pair_id < len(pool_pairs)
+        matches = known and [row.get("first"), row.get("second")] == [int(x) for x in pool_pairs[pair_id]]
+        if not matches or row.get("label") not in (0, 1):
+            raise ValueError(
+                f"{path} line {number}: not a label `hsrm select` ingested ({{pair_id, first, second, label 0|1}} "
+                f"of a pool pair); got {row!r}. Labels go in the pending batch file, not in {LABELS_FILE}"
+            )
+    return labels
+
+
 def select_main(argv: list[str]) -> dict:
     """`hsrm select STATE_DIR …`: ingest the pending batch's labels, retrain, write the next batch."""
     from ..options import SelectOptions, parse_options, print_result
@@ -257,9 +273,9 @@ def select_step(
             )
         # a new STATE_DIR, never a folder of the user's (its model/ would be replaced) nor an input
         check_output(state_dir, inputs=[embeddings, pairs], flag="STATE_DIR", overwrite_flag=None)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        items, prompt_ids = load_items(embeddings)
+        items, prompt_ids = load_items(embeddings)  # read before the folder is made: bad inputs leave nothing
         pool_pairs, extras = load_pool_pairs(pairs, len(items), prompt_ids)
+        state_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "embeddings": str(Path(embeddings).resolve()),
             "pairs": None if pairs is None else str(Path(pairs).resolve()),
@@ -313,7 +329,7 @@ def select_step(
     if state["pending"] != pending_before:
         # record the ingestion at once, so a crash while retraining never ingests the batch twice
         atomic_write_json(state_dir / STATE_FILE, state)
-    labels = _read_jsonl(state_dir / LABELS_FILE)
+    labels = read_labels(state_dir, pool_pairs)
     model = None
     train_seconds = None
     if ingested or (labels and not (state_dir / MODEL_DIR / "config.json").exists()):
@@ -407,7 +423,7 @@ def _ingest_pending(state_dir: Path, state: dict, pool_pairs: np.ndarray, partia
     if missing and not partial:
         return 0
     batch_number = int(path.stem.split("_")[-1])
-    labels = _read_jsonl(state_dir / LABELS_FILE)
+    labels = read_labels(state_dir, pool_pairs)
     already = {row["pair_id"] for row in labels}
     new = []
     for pair_id, label in parsed:

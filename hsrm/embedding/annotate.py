@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
-DESIGNS = ("random", "similar", "diverse")
-PAIRINGS = ("in-prompt", "cross-prompt")
+Design = Literal["random", "similar", "diverse"]  # which of a prompt's responses annotators compare
+Pairing = Literal["in-prompt", "cross-prompt"]
+DESIGNS, PAIRINGS = get_args(Design), get_args(Pairing)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -395,13 +396,13 @@ class ResponsePool:
     @classmethod
     def load(cls, path) -> ResponsePool:
         """The pool of an .npz written by ``hsrm embed`` with a golden reward (or by :meth:`save`)."""
-        if not Path(path).exists():
-            raise FileNotFoundError(f"pool {path} does not exist (write one with `hsrm embed … --golden-…`)")
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"embeddings", "golden", "prompt_ids"} - set(data.files)
-            if missing:
-                raise ValueError(
-                    f"{path}: missing arrays {sorted(missing)}; embed with a golden reward "
-                    "(`hsrm embed --golden-column …` or `--golden-model …`)"
-                )
-            return cls(data["embeddings"], data["golden"], data["prompt_ids"])
+        from ..files import read_arrays
+
+        data = read_arrays(path, "pool (write one with `hsrm embed … --golden-…`)")
+        missing = {"embeddings", "golden", "prompt_ids"} - set(data if isinstance(data, dict) else ())
+        if missing:
+            raise ValueError(
+                f"{path}: missing arrays {sorted(missing)}; embed with a golden reward "
+                "(`hsrm embed --golden-column …` or `--golden-model …`)"
+            )
+        return cls(data["embeddings"], data["golden"], data["prompt_ids"])

@@ -1,11 +1,11 @@
 """The lightweight path's verbs: ``hsrm embed``, ``hsrm fit``, ``hsrm study``.
 
-    hsrm embed --data FILE --output EMB.npz [--backbone DIR] [--layer -1] [--max-length N]
+    hsrm embed --data FILE --output EMB.npz [--model BACKBONE] [--layer -1] [--max-length N]
                [--batch-size 16] [--cache DIR] [--limit N] [--golden-column COL | --golden-model DIR]
     hsrm fit   --embeddings EMB.npz --method bt-mlp|clf-mlp|clf-lgb [--ensemble …] --output DIR
                [--beta B --design random --pairing in-prompt --n-annotations N] [--eval-data EMB.npz]
-    hsrm fit   --model DIR --eval-data EMB.npz [--scores-output SCORES.npy]       (score only)
-    hsrm study STUDY.yaml [--output_dir DIR] [--n_jobs N] [--seeds 0 1 2]
+    hsrm fit   --apply DIR --eval-data EMB.npz [--scores-output SCORES.npy]       (score only)
+    hsrm study STUDY.yaml [--output DIR] [--n_jobs N] [--seeds 0 1 2]
 
 Options: :mod:`hsrm.options` (``EmbedOptions``, ``FitOptions``) and ``hsrm.embedding.study.StudyConfig``.
 """
@@ -29,11 +29,16 @@ def embed_main(argv: list[str] | None = None) -> dict:
 
     opts = parse_options(EmbedOptions, argv, prog="hsrm embed", description=EmbedOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    check_output(opts.output, inputs=[opts.data, opts.backbone, opts.golden_model], overwrite=opts.overwrite)
+    check_output(opts.output, inputs=[opts.data, opts.model, opts.golden_model], overwrite=opts.overwrite)
     prompts, responses, prompt_ids, golden_values, pairs = read_conversations(
-        opts.data, limit=opts.limit, golden_column=opts.golden_column, on_error=opts.on_bad_rows
+        opts.data,
+        limit=opts.limit,
+        golden_column=opts.golden_column,
+        on_error=opts.on_bad_rows,
+        data_format=opts.data_format,
+        split=opts.split,
     )
-    backbone = load_backbone(opts.backbone, device=opts.device, dtype=opts.dtype)
+    backbone = load_backbone(opts.model, device=opts.device, dtype=opts.dtype)
     max_length = resolve_max_length(opts.max_length, read_record(backbone.path), backbone.model.config)
     cache = None if opts.cache.lower() == "none" else Path(opts.cache).expanduser()
     embeddings, report = embed_conversations(
@@ -97,23 +102,19 @@ def fit_main(argv: list[str] | None = None) -> dict:
     from ..options import FitOptions, parse_options, print_result
     from .annotate import annotate_pairs
     from .extract import EmbeddedData
-    from .models import METHOD_NAMES, fit_ensemble, fit_reward_model, load_model, save_model
+    from .models import fit_ensemble, fit_reward_model, load_model, save_model
 
     opts = parse_options(FitOptions, argv, prog="hsrm fit", description=FitOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    inputs = [opts.embeddings, opts.eval_data, opts.model]
+    inputs = [opts.embeddings, opts.eval_data, opts.apply]
     for path in (opts.output, opts.scores_output):
         if path:
             check_output(path, inputs=inputs, overwrite=opts.overwrite)
-    for method in ([opts.method] if opts.method else []) + list(opts.ensemble or []):
-        if method not in METHOD_NAMES:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")
-
     result: dict = {}
-    if opts.model:
-        model = load_model(opts.model)
+    if opts.apply:
+        model = load_model(opts.apply)
         if not opts.eval_data:
-            raise ValueError("--model scores embeddings: give them with --eval-data FILE.npz")
+            raise ValueError("--apply scores embeddings: give them with --eval-data FILE.npz")
     else:
         if not opts.embeddings or not (opts.method or opts.ensemble) or not opts.output:
             raise ValueError("fitting needs --embeddings FILE.npz, --method (or --ensemble) and --output DIR")
@@ -208,12 +209,12 @@ def study_main(argv: list[str] | None = None):
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     table = run_study(config)
-    out = Path(config.output_dir)
+    out = Path(config.output)
     print_result(
         {
             "study": config.name,
             "setups": len(table),
-            "output_dir": str(out),
+            "output": str(out),
             "files": sorted(p.name for p in out.iterdir()),
         },
         (out / "summary.md").read_text(),

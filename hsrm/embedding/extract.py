@@ -33,10 +33,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from ..files import atomic_save_npy, atomic_save_npz
+from ..files import atomic_save_npy, atomic_save_npz, read_arrays
 from ..modeling import DEFAULT_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
@@ -342,30 +343,27 @@ class EmbeddedData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddedData:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such embeddings file (write one with `hsrm embed`)")
-        with np.load(path, allow_pickle=False) as data:
-            if "embeddings" not in data.files or "prompt_ids" not in data.files:
-                raise ValueError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
-            get = lambda name: data[name] if name in data.files else None  # noqa: E731
-            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-            embeddings = data["embeddings"]
-            broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1)) if embeddings.ndim == 2 else []
-            if len(broken):  # a model fitted on them scores NaN everywhere, and its accuracy reads 0.0
-                shown = ", ".join(str(row + 1) for row in broken[:10]) + (", …" if len(broken) > 10 else "")
-                raise ValueError(
-                    f"{path}: {len(broken)} of {len(embeddings)} embedding rows hold NaN or infinite values "
-                    f"(rows {shown}, counting from 1); embed them again or drop them"
-                )
-            return cls(
-                embeddings,
-                data["prompt_ids"],
-                get("golden"),
-                get("pair_first"),
-                get("pair_second"),
-                get("pair_first_wins"),
-                meta,
+        data = read_arrays(path, "embeddings file (write one with `hsrm embed`)")
+        if not isinstance(data, dict) or "embeddings" not in data or "prompt_ids" not in data:
+            raise ValueError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
+        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+        embeddings = data["embeddings"]
+        broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1)) if embeddings.ndim == 2 else []
+        if len(broken):  # a model fitted on them scores NaN everywhere, and its accuracy reads 0.0
+            shown = ", ".join(str(row + 1) for row in broken[:10]) + (", …" if len(broken) > 10 else "")
+            raise ValueError(
+                f"{path}: {len(broken)} of {len(embeddings)} embedding rows hold NaN or infinite values "
+                f"(rows {shown}, counting from 1); embed them again or drop them"
             )
+        return cls(
+            embeddings,
+            data["prompt_ids"],
+            data.get("golden"),
+            data.get("pair_first"),
+            data.get("pair_second"),
+            data.get("pair_first_wins"),
+            meta,
+        )
 
     @property
     def has_pairs(self) -> bool:
@@ -380,26 +378,40 @@ class EmbeddedData:
         return ResponsePool(self.embeddings, self.golden, self.prompt_ids)
 
 
+# what `hsrm embed --data-format` reads: prompt + response rows, or one of the pairwise formats
+EmbedFormat = Literal["auto", "responses", "pairs", "helpsteer2_preference", "helpsteer3_preference", "rewardbench"]
+
+
 def _prompt_key(prompt) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 def read_conversations(
-    source: str, *, limit: int | None = None, golden_column: str | None = None, on_error: str = "raise"
+    source: str,
+    *,
+    limit: int | None = None,
+    golden_column: str | None = None,
+    on_error: str = "raise",
+    data_format: EmbedFormat = "auto",
+    split: str | None = None,
 ):
-    """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included) or of
-    single responses (``prompt``, ``response``[, golden column]).
+    """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included, or
+    another pairwise ``data_format``) or of single responses (``prompt``, ``response``[, golden
+    column]). ``auto`` tells the two apart by the first row; ``split`` keeps one split (of a Hub
+    dataset, or a file's ``split`` column; default: every row).
 
     Returns (prompts, responses, prompt_ids, golden or None, pairs or None) where pairs is
     (first, second, first_wins) indexing the responses (chosen first, so first_wins is all True).
     """
-    from ..data.io import DataError, read_rows
+    from ..data.io import DataError, in_split, is_local_source, read_rows
     from ..data.messages import response_text, to_messages
 
-    rows = read_rows(source)
+    rows = read_rows(source, split=split)
     if not rows:
-        raise ValueError(f"{source}: no rows")
+        raise DataError(source, None, None, "no rows" + (f" in split {split!r}" if split else ""))
     first = rows[0] if isinstance(rows[0], dict) else {}
+    if data_format == "auto":
+        data_format = "pairs" if "chosen" in first and "rejected" in first else "responses"
     prompts, responses, golden = [], [], []
     prompt_index: dict[str, int] = {}
     prompt_ids = []
@@ -411,10 +423,12 @@ def read_conversations(
         responses.append(response)
         golden.append(score)
 
-    if "chosen" in first and "rejected" in first:
+    if data_format != "responses":
         from ..data.auto import load_pairs_any
 
-        pairs = load_pairs_any(source, limit=limit, on_error=on_error)  # the loader logs what it kept and dropped
+        pairs = load_pairs_any(  # the loader logs what it kept and dropped
+            source, split=split or "train", data_format=data_format, limit=limit, on_error=on_error
+        )
         firsts, seconds = [], []
         for row in pairs:
             firsts.append(len(responses))
@@ -430,6 +444,8 @@ def read_conversations(
             raise ValueError(
                 f"{source}: rows need `prompt` + `response` (or `chosen` + `rejected`); found {sorted(first)}"
             )
+        if split is not None and is_local_source(source):  # a Hub dataset's split was read as asked
+            rows = [row for row in rows if isinstance(row, dict) and in_split(row.get("split"), split)]
         for index, row in enumerate(rows[:limit] if limit else rows):
             score = None
             if golden_column:

@@ -20,7 +20,7 @@ For one seed every strategy sees the same prompts and candidate pools each round
 first batch (separate random streams for data, selection and annotation), so differences
 between the lines of the plots come from the selection, not from luck of the draw.
 
-Outputs in ``output_dir``: ``results.csv`` (one row per run and round), ``summary.md`` (mean ±
+Outputs in ``output``: ``results.csv`` (one row per run and round), ``summary.md`` (mean ±
 sd over seeds at the final round), ``efficiency.png`` (metric against annotations, one line
 per strategy, bands = ± one sd over seeds: the paper's figures 3 and 5), and when swept,
 ``batch_sizes.png`` (figure 4) and ``pairings.png`` (appendix A.3) (plots.py). The runs go
@@ -38,14 +38,14 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
-from ..options import option
-from .active import STRATEGIES, CandidatePairs, SelectionOptions, check_strategy, select_pairs
-from .annotate import PAIRINGS
+from ..options import Options, option
+from .active import STRATEGIES, CandidatePairs, InitialStrategy, SelectionOptions, Strategy, select_pairs
+from .annotate import Pairing
 from .runner import expand_grid, run_tasks, write_tables
 
 
 @dataclass
-class ActiveStudyConfig:
+class ActiveStudyConfig(Options):
     """One YAML file of ``recipes/studies/`` = one of these; every key is a field here."""
 
     # --- data: a ResponsePool .npz (`hsrm embed` with a golden reward) or a synthetic world
@@ -61,14 +61,14 @@ class ActiveStudyConfig:
         500, "synthetic: responses per held-out prompt, the N of Best-of-N (paper: 500)", positive=True
     )
     # --- the loop (paper section 5.1)
-    strategies: list[str] = option(help="selection strategies compared", factory=lambda: list(STRATEGIES))
+    strategies: list[Strategy] = option(help="selection strategies compared", factory=lambda: list(STRATEGIES))
     batch_sizes: list[int] = option(help="annotations per round (paper: 125, 250, 500, 1000)", factory=lambda: [500])
-    pairings: list[str] = option(help="in-prompt and/or cross-prompt", factory=lambda: ["in-prompt"])
+    pairings: list[Pairing] = option(help="in-prompt and/or cross-prompt", factory=lambda: ["in-prompt"])
     seeds: list[int] = option(help="repetitions (paper: 5)", factory=lambda: [0, 1, 2])
     annotations: int = option(5000, "budget per run; rounds = annotations // batch size", positive=True)
     prompts_per_round: int = option(500, "prompts drawn each round (paper: 500)")
     candidates_per_round: int = option(20000, "candidate pairs kept each round (paper: 20,000)", positive=True)
-    initial_strategy: str = option("random", "the first batch, chosen before any model exists: random | det_xtx")
+    initial_strategy: InitialStrategy = option("random", "the first batch, chosen before any model exists")
     beta: float = option(1.0, "annotator quality: P(correct) = σ(β·|Δr|)")
     # --- the reward model, retrained every round
     hidden: list[int] = option(
@@ -81,23 +81,18 @@ class ActiveStudyConfig:
     warm_start: bool = option(False, "start each round from the previous model instead of from scratch")
     selection: dict = option(help="SelectionOptions fields (ridge, batchbald_samples, …)", factory=dict)
     # --- running
-    output_dir: str = option("active_study", "results, plots and finished runs go here", aliases=["--output"])
+    output: str = option(
+        "active_study",
+        "results, plots and finished runs go here (a rerun of the same study skips its finished runs)",
+        aliases=["--output_dir", "--output-dir"],
+    )
+    overwrite: bool = option(False, "start over: replace what an earlier study (other settings) left in --output")
     workers: int = option(
         1, "runs in parallel processes (at most the CPU count; they share its threads)", positive=True
     )
 
     def __post_init__(self):
-        for name in self.strategies:
-            check_strategy(name)
-        check_strategy(self.initial_strategy)
-        if self.initial_strategy not in ("random", "det_xtx"):
-            raise ValueError(
-                "initial_strategy must be 'random' or 'det_xtx' (no trained model exists before the "
-                f"first batch), got {self.initial_strategy!r}"
-            )
-        for pairing in self.pairings:
-            if pairing not in PAIRINGS:
-                raise ValueError(f"unknown pairing {pairing!r}; choose from {', '.join(PAIRINGS)}")
+        super().__post_init__()
         if not self.strategies or not self.batch_sizes or not self.pairings or not self.seeds:
             raise ValueError("strategies, batch_sizes, pairings and seeds must each list at least one value")
         for size in self.batch_sizes:
@@ -113,8 +108,6 @@ class ActiveStudyConfig:
             raise ValueError(f"prompts_per_round must be ≥ 2, got {self.prompts_per_round}")
         if self.beta < 0:
             raise ValueError(f"beta must be ≥ 0, got {self.beta}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be ≥ 1, got {self.workers}")
         self.selection_options()  # validate early
 
     def selection_options(self) -> SelectionOptions:
@@ -157,7 +150,7 @@ def load_pools(config: ActiveStudyConfig, seed: int = 0):
 
 @dataclass(frozen=True)
 class RunKey:
-    """One run of the grid; ``name`` is its file in ``output_dir/runs``."""
+    """One run of the grid; ``name`` is its file in ``output/runs``."""
 
     strategy: str
     batch_size: int
@@ -284,23 +277,23 @@ def study_runs(config: ActiveStudyConfig) -> list[RunKey]:
 
 
 def run_active_study(config: ActiveStudyConfig, data_seed: int = 0, progress: bool = True):
-    """Every run of the grid not finished yet in ``output_dir/runs`` (runner.py), then the table,
+    """Every run of the grid not finished yet in ``output/runs`` (runner.py), then the table,
     the summary and the plots. Returns the results as a pandas DataFrame."""
     import pandas as pd
 
     from .plots import plot_active_study
 
-    out = Path(config.output_dir)
+    out = Path(config.output)
     # What defines every run's rows besides its name (strategy, batch size, pairing, seed): a rerun
     # with another pool, world, budget or model must not reuse the rows of runs/ (hsrm.files.RUN_RECORD).
-    per_run = {"strategies", "batch_sizes", "pairings", "seeds", "output_dir", "workers", "pool"}
+    per_run = {"strategies", "batch_sizes", "pairings", "seeds", "output", "overwrite", "workers", "pool"}
     study_key = {
         "verb": "active",
         **{name: value for name, value in asdict(config).items() if name not in per_run},
         "pool": file_fingerprint(config.pool),  # by content: the same file moved is the same pool
         "data_seed": data_seed,
     }
-    with claimed_run_folder(out, study_key, inputs=[config.pool], overwrite_flag=None):
+    with claimed_run_folder(out, study_key, inputs=[config.pool], overwrite=config.overwrite, flag="--output"):
         atomic_write_json(out / "study.json", asdict(config))
         train, test = load_pools(config, data_seed)
         runs = run_tasks(

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 Method = Literal["bt-mlp", "clf-mlp", "clf-lgb"]
-METHOD_NAMES: tuple[str, ...] = ("bt-mlp", "clf-mlp", "clf-lgb")
+FitMethod = Literal["bt-mlp", "clf-mlp", "clf-lgb"]
+METHOD_NAMES: tuple[str, ...] = get_args(FitMethod)
 DEFAULT_HIDDEN = (1024, 512)
 DEFAULT_BATCH_SIZE = 256  # pairs (BT) or responses (CLF) per Adam step; the paper does not state it
 _SCORE_CHUNK = 8192  # rows per forward pass when scoring, to bound memory

@@ -8,7 +8,7 @@ N responses: Best-of-N gain, per-prompt Spearman, and the design's annotation er
 A study file (YAML)::
 
     name: synthetic-quick
-    output_dir: runs/studies/synthetic-quick
+    output: runs/studies/synthetic-quick
     data:                          # either synthetic: {SyntheticWorld fields + sizes} …
       synthetic: {dim: 64, n_train_prompts: 4000, n_test_prompts: 100, test_responses: 100}
       # … or embeddings: FILE.npz (from `hsrm embed`, with golden rewards), test_fraction: 0.2
@@ -27,7 +27,7 @@ A study file (YAML)::
     n_jobs: 2                      # worker processes (at most the CPU count)
     table_format: csv              # or parquet
 
-Results go to ``output_dir``: ``results.csv`` (one tidy row per setup), ``summary.md`` (mean ± std
+Results go to ``output``: ``results.csv`` (one tidy row per setup), ``summary.md`` (mean ± std
 over seeds), ``fig1_methods.png`` … ``fig5_designs.png`` (plots.py), and ``runs/<setup>.json``,
 written as each setup finishes (runner.py), so an interrupted study resumes where it stopped.
 """
@@ -38,12 +38,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
-from ..options import option
+from ..options import Options, OptionsError, option
 from .annotate import DESIGNS, PAIRINGS, ResponsePool, annotate_pairs
 from .metrics import evaluate_scores, mean_sd_text
 from .models import METHOD_NAMES, fit_reward_model
@@ -56,13 +56,18 @@ _SYNTHETIC_SIZES = ("n_train_prompts", "n_test_prompts", "train_responses", "tes
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(Options):
     """One study YAML (``recipes/studies/*.yaml``): every key is a field here, and every field a flag of
     ``hsrm study STUDY.yaml``."""
 
     name: str = option("study", "the study's name (in the summary)")
-    output_dir: str = option(
-        "runs/study", "results, summary and plots go here (a rerun skips finished setups)", aliases=["--output"]
+    output: str = option(
+        "runs/study",
+        "results, summary and plots go here (a rerun of the same study skips its finished setups)",
+        aliases=["--output_dir", "--output-dir"],
+    )
+    overwrite: bool = option(
+        False, "start over: replace what an earlier study (other data or fit options) left in --output"
     )
     data: dict = option(
         help="{synthetic: {SyntheticWorld sizes}} or {embeddings: FILE.npz, test_fraction: 0.2}",
@@ -75,17 +80,20 @@ class StudyConfig:
     fit: dict = option(help="MLP options (hidden, lr, max_epochs, patience, batch_size)", factory=dict)
     lgb_params: dict = option(help="LightGBM parameters passed through", factory=dict)
     n_jobs: int = option(2, "worker processes", positive=True)
-    table_format: str = option("csv", "results table: csv | parquet")
+    table_format: Literal["csv", "parquet"] = option("csv", "the results table's file format")
     plots: bool = option(True, "draw the plots (--no-plots: tables only)")
     seeds: list[int] | None = option(None, "replace the seeds of the base grid and of every slice, e.g. --seeds 0 1 2")
 
     def __post_init__(self):
-        if self.table_format not in ("csv", "parquet"):
-            raise ValueError(f"table_format must be csv or parquet, got {self.table_format!r}")
+        super().__post_init__()
         if not isinstance(self.data, dict) or len(self.data) != 1 or next(iter(self.data)) not in DATA_KINDS:
             raise ValueError("data must be {synthetic: {...}} or {embeddings: FILE.npz, test_fraction: 0.2}")
-        if self.n_jobs < 1:
-            raise ValueError(f"n_jobs must be ≥ 1, got {self.n_jobs}")
+        from .models import MLPSettings
+
+        try:  # a typo in `fit:` is refused now, not in a worker process after the data is built
+            MLPSettings.from_keywords("fit", self.fit)
+        except TypeError as err:  # what a Python caller's keyword typo raises; here it is an option
+            raise OptionsError(str(err)) from None
         if self.seeds is not None:
             self.grid = dict(self.grid, seeds=list(self.seeds))
             self.grids = [{k: v for k, v in g.items() if k != "seeds"} for g in self.grids]
@@ -231,11 +239,11 @@ def run_setup(
 
 
 def run_study(config: StudyConfig, base_dir: str | os.PathLike = ".", progress: bool = True):
-    """Run every setup not finished yet in ``output_dir/runs`` (runner.py), then write the table,
+    """Run every setup not finished yet in ``output/runs`` (runner.py), then write the table,
     the summary and the plots. Returns the results as a pandas DataFrame."""
     import pandas as pd
 
-    out = Path(base_dir) / config.output_dir  # an absolute output_dir stays as it is
+    out = Path(base_dir) / config.output  # an absolute output stays as it is
     train, test, description = load_study_data(config, base_dir)
     data_file = Path(description["data"]) if description["data"] != "synthetic" else None
     # What defines every setup's row besides its name (method, β, count, design, pairing, seed): a
@@ -247,7 +255,7 @@ def run_study(config: StudyConfig, base_dir: str | os.PathLike = ".", progress: 
         "fit": config.fit,
         "lgb_params": config.lgb_params,
     }
-    with claimed_run_folder(out, key, inputs=[data_file], overwrite_flag=None):
+    with claimed_run_folder(out, key, inputs=[data_file], overwrite=config.overwrite, flag="--output"):
         atomic_write_json(
             out / "study.json",
             {"name": config.name, "data": description, "grid": config.grid, "grids": config.grids, "fit": config.fit},
