@@ -20,8 +20,9 @@ import torch
 from .config import PAIRWISE_OBJECTIVES, RewardConfig, train_cli_options
 from .data.auto import load_pairs_any, load_ratings_any
 from .data.tokenize import tokenize_pairs, tokenize_ratings
+from .default_model import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
 from .errors import TrainingInterrupted
-from .modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, scalar_reward
+from .modeling import scalar_reward
 from .record import ModelRecord, reward_statistics
 
 # The trainers (and with them transformers' Trainer, peft and accelerate) are imported where a run

@@ -40,7 +40,8 @@ from ..data.justifications import (
 )
 from ..data.render import ensure_chat_template, pad_sequences
 from ..data.tokenize import tokenize_justifier_examples
-from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, torch_dtype
+from ..default_model import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
+from ..modeling import torch_dtype
 from ..record import ModelRecord
 from .base import RewardTrainerBase
 
@@ -152,7 +153,8 @@ def load_causal_lm(
     and the saved folder keeps the tokenizer's vocabulary unchanged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..modeling import check_model_folder, resolve_model_path
+    from ..default_model import resolve_model_path
+    from ..modeling import check_model_folder
 
     path = resolve_model_path(name_or_path)
     check_model_folder(path)
