@@ -124,10 +124,16 @@ def training_arguments(cfg: RewardConfig, *, has_eval: bool) -> RewardConfig:
 
 def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     """The trainer of ``cfg.objective``, running with :func:`training_arguments`."""
-    from .data.render import PairwiseCollator, PointwiseCollator
-    from .packing import PackedPairwiseCollator, PackedPointwiseCollator, check_packing_support
+    from .data.collators import (
+        JustifierCollator,
+        PackedPairwiseCollator,
+        PackedPointwiseCollator,
+        PairwiseCollator,
+        PointwiseCollator,
+    )
+    from .packing import check_packing_support
     from .trainers.base import compute_dtype
-    from .trainers.justifier import JustifierCollator, JustifierTrainer
+    from .trainers.justifier import JustifierTrainer
     from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
     from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
 
