@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from hsrm.modeling import build_reward_model, default_model_path, freeze_lower_layers, reward_outputs
+    from hsrm.default_model import default_model_path
+    from hsrm.modeling import build_reward_model, freeze_lower_layers, reward_outputs
 
     torch.set_num_threads(args.threads)
     model, _ = build_reward_model(args.model or default_model_path())

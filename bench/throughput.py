@@ -265,7 +265,8 @@ def run_hsrm(args, pairs, tokenizer, device, dtype, peak, attn: str) -> dict:
     import datasets
 
     from hsrm.config import RewardConfig
-    from hsrm.packing import PackedPairwiseCollator, check_packing_support
+    from hsrm.data.collators import PackedPairwiseCollator
+    from hsrm.packing import check_packing_support
     from hsrm.trainers.pairwise import pairwise_metrics
 
     model = build_model(args.model_shape, attn, dtype, device, args.seed)

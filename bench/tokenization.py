@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     import trl
     from transformers import AutoTokenizer
 
-    from hsrm.modeling import default_model_path
+    from hsrm.default_model import default_model_path
 
     datasets.disable_progress_bars()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or default_model_path())

@@ -204,7 +204,7 @@ def generated_data(workdir: Path) -> dict[str, str]:
 def data_sources(workdir: Path, data_dir: str | None = None, profile: Profile | None = None) -> dict[str, str]:
     """The demo's data, first found: ``data_dir`` (laid out like ../shared/data); ../shared/data beside
     a checkout; the Hub, when it answers; a generated toy set, said loudly. ``note`` says which."""
-    from .modeling import _hub_reachable
+    from .default_model import _hub_reachable
 
     if data_dir is not None:
         return {**data_from_folder(Path(data_dir)), "note": f"real data from {data_dir} ({REAL_NOTE})"}
@@ -315,7 +315,7 @@ def run_demo(
 
         model = str(build_tiny_llama(out / "tiny-backbone"))
     else:
-        from .modeling import default_model_path
+        from .default_model import default_model_path
 
         model = default_model_path()
     common = {

@@ -13,7 +13,7 @@ What is measured depends on the data (detected from its first row, or ``--data-f
   with w_s the official counts in ``hsrm.data.rewardbench.SECTIONS`` (math-prm weighted 984 so
   math equals code in Reasoning); overall = mean of the sections present.
 * RewardBench 2, RM-Bench and HelpSteer3-Preference (the 2025 benchmarks; their scoring in
-  :mod:`hsrm.benchmarks`): best-of-N and Ties subset scores; the 3×3 style matrix per domain;
+  :mod:`hsrm.benchmark_scores`): best-of-N and Ties subset scores; the 3×3 style matrix per domain;
   accuracy per domain and language;
 * any other preference pairs: accuracy (strict) and mean margin r(chosen) − r(rejected);
 * ratings (HelpSteer-style): MAE, RMSE and Pearson r per attribute the model predicts.
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .benchmarks import grouped_accuracy, rewardbench2_scores, rmbench_scores
+from .benchmark_scores import grouped_accuracy, rewardbench2_scores, rmbench_scores
 from .data.render import TruncationStats, encode_batch, encode_pairs
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
 from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS

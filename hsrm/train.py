@@ -20,8 +20,9 @@ import torch
 from .config import PAIRWISE_OBJECTIVES, RewardConfig, train_cli_options
 from .data.auto import load_pairs_any, load_ratings_any
 from .data.tokenize import tokenize_pairs, tokenize_ratings
+from .default_model import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
 from .errors import TrainingInterrupted
-from .modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, scalar_reward
+from .modeling import scalar_reward
 from .record import ModelRecord, reward_statistics
 
 # The trainers (and with them transformers' Trainer, peft and accelerate) are imported where a run
@@ -123,10 +124,16 @@ def training_arguments(cfg: RewardConfig, *, has_eval: bool) -> RewardConfig:
 
 def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     """The trainer of ``cfg.objective``, running with :func:`training_arguments`."""
-    from .data.render import PairwiseCollator, PointwiseCollator
-    from .packing import PackedPairwiseCollator, PackedPointwiseCollator, check_packing_support
+    from .data.collators import (
+        JustifierCollator,
+        PackedPairwiseCollator,
+        PackedPointwiseCollator,
+        PairwiseCollator,
+        PointwiseCollator,
+    )
+    from .packing import check_packing_support
     from .trainers.base import compute_dtype
-    from .trainers.justifier import JustifierCollator, JustifierTrainer
+    from .trainers.justifier import JustifierTrainer
     from .trainers.pairwise import PairwiseRewardTrainer, pairwise_metrics
     from .trainers.pointwise import PointwiseRewardTrainer, regression_metrics
 

@@ -99,9 +99,7 @@ def test_cross_prompt_and_batch_size_sweep_draw_their_figures(tmp_path):
     assert results.groupby("batch_size")["round"].max().to_dict() == {10: 2, 20: 1}
     cross = results[results["pairing"] == "cross-prompt"]
     assert cross["candidates"].max() == 300  # cross-prompt pairs are plentiful: the full cut is kept
-    assert (Path(config.output) / "batch_sizes.png").exists() and (
-        Path(config.output) / "pairings.png"
-    ).exists()
+    assert (Path(config.output) / "batch_sizes.png").exists() and (Path(config.output) / "pairings.png").exists()
 
 
 def test_study_config_errors_are_clear(tmp_path):

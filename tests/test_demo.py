@@ -54,11 +54,11 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
 
 
 def test_a_demo_on_generated_data_does_not_name_the_real_sets(tmp_path, monkeypatch):
+    import hsrm.default_model as default_model
     import hsrm.demo as demo
-    import hsrm.modeling as modeling
 
     monkeypatch.setattr(demo, "SHARED", tmp_path / "no-shared-here")
-    monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(default_model, "_hub_reachable", lambda timeout=3.0: False)
     out = tmp_path / "report"
     assert cli_main(["demo", "--output", str(out), "--quick"]) == 0
     report = (out / "README.md").read_text()
@@ -72,11 +72,11 @@ def test_a_demo_on_generated_data_does_not_name_the_real_sets(tmp_path, monkeypa
 def test_data_dir_then_shared_then_hub_then_generated(tmp_path, monkeypatch, caplog):
     import datasets
 
+    import hsrm.default_model as default_model
     import hsrm.demo as demo
-    import hsrm.modeling as modeling
 
     monkeypatch.setattr(demo, "SHARED", tmp_path / "no-shared-here")
-    monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(default_model, "_hub_reachable", lambda timeout=3.0: False)
     generated = demo.data_sources(tmp_path, profile=demo.QUICK)
     assert generated["note"].startswith("GENERATED") and "pass --data-dir" in generated["note"]
     assert "falls back to a GENERATED toy data set" in caplog.text
@@ -111,7 +111,7 @@ def test_data_dir_then_shared_then_hub_then_generated(tmp_path, monkeypatch, cap
             ]
         return datasets.Dataset.from_list(rows)
 
-    monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(default_model, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     hub = demo.data_sources(tmp_path / "work", profile=demo.QUICK)
     assert hub["note"].startswith("real data from the Hugging Face Hub")

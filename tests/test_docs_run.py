@@ -115,11 +115,7 @@ PAPER_RECIPE = TINY_TRAIN + (
     "false",
 )
 # The launcher commands are alternatives that share an output_dir; run one after another here, each replaces the last.
-PAPER_PAIRS = (
-    PAPER_RECIPE
-    + TINY_RM
-    + ("--train_data", "data/pairs.jsonl", "--data_format", "auto", "--overwrite")
-)
+PAPER_PAIRS = PAPER_RECIPE + TINY_RM + ("--train_data", "data/pairs.jsonl", "--data_format", "auto", "--overwrite")
 TINY_SELECT = ("--hidden", "8", "--max-epochs", "3")  # fixed at a state's first call
 TINY_ACTIVE = (
     "--train_prompts",

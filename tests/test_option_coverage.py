@@ -111,4 +111,3 @@ def test_a_declared_but_unread_option_is_caught():
 
     code = "def run(opts):\n    return opts.data_format, 'a,b'.split(',')\n"
     assert declared(WithUnused) - names_read(code) == {"split"}
-

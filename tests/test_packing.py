@@ -21,13 +21,12 @@ from transformers import AutoModelForSequenceClassification
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm import packing
 from hsrm.config import load_recipe, train_options
-from hsrm.data.render import PairwiseCollator, PointwiseCollator, pad_sequences
+from hsrm.data.collators import PackedPairwiseCollator, PackedPointwiseCollator, PairwiseCollator, PointwiseCollator
+from hsrm.data.render import pad_sequences
 from hsrm.engine import packing_discrepancy, score_sequences
 from hsrm.losses import PAIRWISE_LOSSES, regression_loss
 from hsrm.modeling import read_rewards_in_forward, reward_outputs
 from hsrm.packing import (
-    PackedPairwiseCollator,
-    PackedPointwiseCollator,
     TokenBudgetBatchSampler,
     batch_cost,
     pack,

@@ -78,8 +78,8 @@ def test_converting_the_default_model_without_gguf_names_the_offline_extra(tmp_p
     # Before: transformers' own ImportError from deep inside from_pretrained(gguf_file=...).
     import importlib.util
 
+    from hsrm.default_model import convert_gguf_default
     from hsrm.errors import MissingExtraError
-    from hsrm.modeling import convert_gguf_default
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "gguf" else find_spec(name))

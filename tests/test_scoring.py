@@ -63,7 +63,7 @@ def test_rewards_agree_across_batch_sizes_training_eval_and_plain_transformers(t
     transformers forward on each unpadded sequence."""
     import datasets
 
-    from hsrm.data.render import PairwiseCollator
+    from hsrm.data.collators import PairwiseCollator
     from hsrm.data.tokenize import tokenize_pairs
     from hsrm.modeling import read_rewards_in_forward
     from hsrm.trainers.pairwise import split_pair_rewards

@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import REPO_ROOT
+from hsrm.client import RemoteRewardError, RemoteRewardScorer
 from hsrm.data.messages import to_messages
 from hsrm.data.render import render_text
 from hsrm.scoring import RewardScorer
-from hsrm.serve import RemoteRewardError, RemoteRewardScorer, ServeOptions, create_app, serve_options
+from hsrm.serve import ServeOptions, create_app, serve_options
 from hsrm.testing import ServeProcess
 
 MAX_LENGTH = 64
@@ -258,6 +259,20 @@ def test_remote_reward_scorer_retries_connection_errors_then_says_so():
     with pytest.raises(RemoteRewardError, match="no answer after 3 tries.*Connection refused") as raised:
         remote.score(["a"], ["b"])
     assert raised.value.status is None
+
+
+def test_the_client_imports_no_server_stack():
+    """A trainer that calls a reward server (issue 28): ``hsrm.client`` loads neither FastAPI, uvicorn
+    nor starlette. A fresh interpreter, because this test process has imported the server already."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import hsrm.client; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, check=True, capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------------------------------ SIGTERM

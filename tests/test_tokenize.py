@@ -296,7 +296,7 @@ def test_smollm2_tokenizer_on_hh_rlhf(shared_data):
     from transformers import AutoTokenizer
 
     from hsrm.data.auto import load_pairs_any
-    from hsrm.modeling import default_model_path
+    from hsrm.default_model import default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     pairs = load_pairs_any(str(SHARED_DATA / "hh_rlhf" / "helpful-online.test.jsonl.gz"), on_error="skip", limit=300)

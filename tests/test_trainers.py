@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification
 
 from conftest import REPO_ROOT, make_learnable_pairs, write_jsonl
 from hsrm.config import load_recipe
-from hsrm.data.render import PairwiseCollator
+from hsrm.data.collators import PairwiseCollator
 from hsrm.modeling import reward_outputs
 from hsrm.record import ModelRecord
 from hsrm.train import run_training

@@ -1,5 +1,12 @@
 """Data loaders (one module per source format), rendering, tokenization and collators."""
 
+from .collators import (
+    JustifierCollator,
+    PackedPairwiseCollator,
+    PackedPointwiseCollator,
+    PairwiseCollator,
+    PointwiseCollator,
+)
 from .helpsteer import (
     ATTRIBUTES,
     load_helpsteer2_preference,
@@ -11,8 +18,6 @@ from .io import DataError, LoadReport, read_rows
 from .messages import parse_hh_transcript, split_helpsteer_turns, to_messages
 from .pairs import flip_pair, load_preference_pairs, split_hh_pair
 from .render import (
-    PairwiseCollator,
-    PointwiseCollator,
     encode,
     encode_batch,
     encode_pairs,
@@ -25,7 +30,10 @@ from .tokenize import tokenize_justifier_examples, tokenize_pairs, tokenize_rati
 __all__ = [
     "ATTRIBUTES",
     "DataError",
+    "JustifierCollator",
     "LoadReport",
+    "PackedPairwiseCollator",
+    "PackedPointwiseCollator",
     "PairwiseCollator",
     "PointwiseCollator",
     "SECTIONS",

@@ -3,7 +3,7 @@
 A row is one prompt with several completions: ``chosen`` (a list: one correct completion, or several
 for Ties), ``rejected`` (a list), ``num_correct``, ``num_incorrect``, ``total_completions``,
 ``subset`` ∈ Factuality, Precise IF, Math, Safety, Focus, Ties, and ``id`` (``ref:N`` / ``tied:N`` in
-Ties). The scoring lives in :mod:`hsrm.benchmarks`.
+Ties). The scoring lives in :mod:`hsrm.benchmark_scores`.
 """
 
 from __future__ import annotations

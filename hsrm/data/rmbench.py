@@ -1,7 +1,7 @@
 """RM-Bench rows (Liu et al., ICLR 2025; Hub ``THU-KEG/RM-Bench``): three chosen and three rejected
 responses per prompt, in the same three styles in the same order — concise, detailed plain text,
 detailed markdown — and a ``domain`` (chat, code, math, safety-refuse, safety-response; the paper
-reports safety-refuse and safety-response together as safety). Scoring: :mod:`hsrm.benchmarks`.
+reports safety-refuse and safety-response together as safety). Scoring: :mod:`hsrm.benchmark_scores`.
 """
 
 from __future__ import annotations

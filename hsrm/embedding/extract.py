@@ -154,7 +154,8 @@ def load_backbone(name_or_path: str | None = None, *, device: str | None = None,
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from ..modeling import check_model_folder, load_tokenizer, resolve_model_path, torch_dtype
+    from ..default_model import resolve_model_path
+    from ..modeling import check_model_folder, load_tokenizer, torch_dtype
 
     path = resolve_model_path(name_or_path)
     check_model_folder(path)

@@ -29,8 +29,9 @@ sdpa. Token-budget batching (:class:`TokenBudgetBatchSampler`) fills each micro-
 number of tokens instead of a number of pairs, keeping the two sides of a pair together.
 
 The package is split by concern: :mod:`.batch` (the packed row), :mod:`.attention` (which attention
-paths keep packed sequences apart, and ``hsrm_varlen``), :mod:`.collators` (training batches) and
-:mod:`.sampler` (token-budget micro-batches). Importing it registers nothing with transformers.
+paths keep packed sequences apart, and ``hsrm_varlen``) and :mod:`.sampler` (token-budget
+micro-batches); the training collators, packed and padded, are :mod:`hsrm.data.collators`.
+Importing it registers nothing with transformers.
 """
 
 from .attention import (
@@ -43,7 +44,6 @@ from .attention import (
     varlen_attention_forward,
 )
 from .batch import PackedBatch, cu_seqlens_from_position_ids, pack
-from .collators import PackedPairwiseCollator, PackedPointwiseCollator
 from .sampler import (
     TokenBudgetBatchSampler,
     batch_cost,
@@ -58,8 +58,6 @@ __all__ = [
     "VARLEN_ATTENTION",
     "VARLEN_KWARG_ATTENTION",
     "PackedBatch",
-    "PackedPairwiseCollator",
-    "PackedPointwiseCollator",
     "TokenBudgetBatchSampler",
     "attention_implementation",
     "batch_cost",

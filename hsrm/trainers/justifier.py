@@ -26,27 +26,26 @@ model, trainer and record.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..config import JustifierConfig
+from ..data.collators import IGNORE_INDEX
 from ..data.justifications import (
     JUSTIFICATION_SETS,
     JUSTIFIER_TARGETS,
     label_examples_from_pairs,
     load_justification_examples,
 )
-from ..data.render import ensure_chat_template, pad_sequences
+from ..data.render import ensure_chat_template
 from ..data.tokenize import tokenize_justifier_examples
-from ..modeling import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, torch_dtype
+from ..default_model import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
+from ..modeling import torch_dtype
 from ..record import ModelRecord
 from .base import RewardTrainerBase
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100  # positions that carry no loss (prompt, assistant header, padding)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -85,26 +84,6 @@ def load_justifier_examples(cfg: JustifierConfig, source: str, split: str, limit
     return (
         datasets.Dataset.from_list(examples) if examples else datasets.Dataset.from_dict({c: [] for c in columns})
     ), report
-
-
-@dataclass
-class JustifierCollator:
-    """Pre-tokenized ``input_ids`` / ``labels`` → a right-padded batch; padding gets label -100.
-
-    >>> c = JustifierCollator(pad_id=0)
-    >>> b = c([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
-    >>> b["input_ids"].tolist(), b["attention_mask"].tolist(), b["labels"].tolist()
-    ([[5, 6, 7], [8, 9, 0]], [[1, 1, 1], [1, 1, 0]], [[-100, 6, 7], [-100, 9, -100]])
-    """
-
-    pad_id: int
-
-    def __call__(self, features: list[dict]) -> dict:
-        ids, mask = pad_sequences([f["input_ids"] for f in features], self.pad_id, "right")
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        for row, feature in enumerate(features):
-            labels[row, : len(feature["labels"])] = torch.tensor(feature["labels"], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -152,7 +131,8 @@ def load_causal_lm(
     and the saved folder keeps the tokenizer's vocabulary unchanged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..modeling import check_model_folder, resolve_model_path
+    from ..default_model import resolve_model_path
+    from ..modeling import check_model_folder
 
     path = resolve_model_path(name_or_path)
     check_model_folder(path)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, write_jsonl
-from hsrm.benchmarks import (
+from hsrm.benchmark_scores import (
     best_of_n_score,
     grouped_accuracy,
     matrix_averages,

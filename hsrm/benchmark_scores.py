@@ -9,6 +9,9 @@
   (styles: concise, detailed, detailed markdown) — and its averages: *hard* = upper triangle (a plainer
   chosen against a fancier rejected), *normal* = diagonal, *easy* = lower triangle.
 * **HelpSteer3-Preference** (Wang et al., 2025): pairwise accuracy, overall and per domain and language.
+
+The benchmarks' rows are read by :mod:`hsrm.data` (rewardbench2, rmbench, helpsteer3); the repository's
+``bench/`` folder is something else: hsrm's own speed measurements.
 """
 
 from __future__ import annotations
