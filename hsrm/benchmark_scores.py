@@ -24,6 +24,7 @@ from typing import Any
 
 from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
 from .data.rmbench import DOMAINS as RMBENCH_DOMAINS
+from .errors import InputError
 
 # ---------------------------------------------------------------------------------- RewardBench 2
 
@@ -48,7 +49,7 @@ def ties_prompt_stats(rewards: Sequence[float], num_correct: int) -> tuple[bool,
     """
     correct, incorrect = list(rewards[:num_correct]), list(rewards[num_correct:])
     if not correct or not incorrect:
-        raise ValueError(
+        raise InputError(
             f"a Ties prompt needs correct and incorrect completions ({num_correct} of {len(rewards)} correct)"
         )
     different_correct_margin = max(correct) - min(correct) if len(correct) > 1 else None
@@ -78,7 +79,7 @@ def ties_score(ids: Sequence[str], rewards: Sequence[Sequence[float]], num_corre
     for row_id, row_rewards, correct in zip(ids, rewards, num_correct):
         kind, prompt = str(row_id).split(":", 1)
         if kind not in stats:
-            raise ValueError(f"Ties id {row_id!r}: expected ref:N or tied:N")
+            raise InputError(f"Ties id {row_id!r}: expected ref:N or tied:N")
         stats[kind][prompt] = ties_prompt_stats(row_rewards, correct)
     ref_accuracy = mean(s[0] for s in stats["ref"].values()) if stats["ref"] else 0.0
     tied_accuracy = mean(s[0] for s in stats["tied"].values()) if stats["tied"] else 0.0

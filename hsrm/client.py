@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import InputError
 from .scoring import split_completion
 
 
@@ -57,7 +58,7 @@ class RemoteRewardScorer:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
         """TRL's reward-function signature; extra columns (``completion_ids``, ``trainer_state`` …) are ignored."""
         if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+            raise InputError(f"{len(prompts)} prompts for {len(completions)} completions")
         pairs = [
             split_completion(prompt, completion, index)
             for index, (prompt, completion) in enumerate(zip(prompts, completions))

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from transformers import TrainingArguments
 
+from .errors import InputError
 from .options import OVERWRITE_ALIASES, OnBadRows, OptionsError, ResultFormat, check_choices, parse_options
 from .record import Objective  # one list: what a run may train is what a model record may say
 
@@ -163,7 +164,7 @@ class RewardConfig(TrainingArguments):
     def __post_init__(self):
         check_choices(self)
         if self.objective == "justifier" and not isinstance(self, JustifierConfig):
-            raise ValueError(
+            raise InputError(
                 "objective justifier is configured by JustifierConfig (hsrm train picks it from the objective)"
             )
         if isinstance(self.attributes, str):  # RewardConfig(attributes="helpfulness") is one name, not eleven letters
@@ -173,7 +174,7 @@ class RewardConfig(TrainingArguments):
         if self.objective != "regression" and self.attributes != ["helpfulness"]:
             # a pairwise or justifier run trains one output, the reward, and records it as helpfulness:
             # other names would be recorded wrong (before: silently replaced)
-            raise ValueError(
+            raise InputError(
                 f"attributes {self.attributes} with objective {self.objective}: only a regression run trains named "
                 "attributes; drop attributes (the reward is recorded as helpfulness) or use objective regression"
             )
@@ -187,17 +188,17 @@ class RewardConfig(TrainingArguments):
         ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+                raise InputError(f"{name} must be a positive whole number, got {value!r}")
         if self.attribute_weights is not None and len(self.attribute_weights) != len(self.attributes):
-            raise ValueError(f"{len(self.attribute_weights)} attribute_weights for {len(self.attributes)} attributes")
+            raise InputError(f"{len(self.attribute_weights)} attribute_weights for {len(self.attributes)} attributes")
         if self.train_top_layers is not None:
             if self.train_top_layers < 1:
-                raise ValueError(
+                raise InputError(
                     f"train_top_layers must be at least 1, not {self.train_top_layers} (leave it empty to train "
                     "every layer)"
                 )
             if self.use_lora:
-                raise ValueError(
+                raise InputError(
                     "train_top_layers and use_lora do not combine: pick LoRA on every layer or full fine-tuning of "
                     "the top layers"
                 )

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import MissingFileError
+
 logger = logging.getLogger("hsrm.demo")
 
 # ../shared/data beside a checkout (CI lays machines out so); an installed package has no checkout around it.
@@ -135,7 +137,7 @@ def rows_needed(profile: Profile) -> dict[str, int]:
 def data_from_folder(folder: Path) -> dict[str, str]:
     missing = [relative for relative, _ in DATA_FILES.values() if not (folder / relative).is_file()]
     if missing:
-        raise FileNotFoundError(f"--data-dir {folder} lacks {', '.join(missing)} (the layout of ../shared/data)")
+        raise MissingFileError(f"--data-dir {folder} lacks {', '.join(missing)} (the layout of ../shared/data)")
     return {role: str(folder / relative) for role, (relative, _) in DATA_FILES.items()}
 
 

@@ -28,6 +28,7 @@ from typing import Literal, get_args
 
 import torch
 
+from .errors import InputError
 from .modeling import reward_outputs, scalar_reward
 
 Layout = Literal["auto", "padded", "packed"]
@@ -43,7 +44,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     [[1, 3], [4, 0], [2]]
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
@@ -59,7 +60,7 @@ def choose_layout(model, layout: str = "auto") -> str:
     )
 
     if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+        raise InputError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     if layout == "padded":
         return "padded"
     if layout == "packed":
@@ -92,7 +93,7 @@ def batches(
 
     if layout == "packed":
         if max_tokens is None or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens!r}")
+            raise InputError(f"max_tokens must be a positive number of tokens, got {max_tokens!r}")
         for row in token_budget_batches([(len(s),) for s in sequences], max_tokens, "packed"):
             yield row, pack([sequences[i] for i in row], pad_id=pad_id).model_inputs()
     elif layout == "padded":
@@ -100,7 +101,7 @@ def batches(
             ids, mask = pad_sequences([sequences[i] for i in indices], pad_id, "right")
             yield indices, {"input_ids": ids, "attention_mask": mask}
     else:
-        raise ValueError(f"layout must be 'padded' or 'packed' here, not {layout!r} (choose_layout resolves 'auto')")
+        raise InputError(f"layout must be 'padded' or 'packed' here, not {layout!r} (choose_layout resolves 'auto')")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -135,7 +136,7 @@ def score_sequences(
         return torch.zeros((0, num_labels) if all_outputs else (0,), dtype=torch.float32)
     empty = next((i for i, s in enumerate(sequences) if len(s) == 0), None)
     if empty is not None:
-        raise ValueError(f"sequence {empty} is empty; every sequence needs at least one token")
+        raise InputError(f"sequence {empty} is empty; every sequence needs at least one token")
     chosen = choose_layout(model, layout)
     if pad_id is None:
         pad_id = getattr(model.config, "pad_token_id", None)

@@ -43,6 +43,7 @@ from .data.render import TruncationStats, encode_batch, encode_pairs
 from .data.rewardbench import SECTIONS, SUBSET_TO_SECTION
 from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
 from .engine import DEFAULT_BATCH_SIZE
+from .errors import InputError
 from .files import atomic_write_json, check_output
 from .record import reward_statistics
 from .scoring import RewardScorer, nonfinite_rewards_message
@@ -86,7 +87,7 @@ def pairwise_summary(chosen: Sequence[float], rejected: Sequence[float]) -> dict
     c = torch.as_tensor(list(chosen), dtype=torch.float64)
     r = torch.as_tensor(list(rejected), dtype=torch.float64)
     if c.shape != r.shape or c.numel() == 0:
-        raise ValueError(f"need as many chosen as rejected rewards, and at least one ({c.numel()} vs {r.numel()})")
+        raise InputError(f"need as many chosen as rejected rewards, and at least one ({c.numel()} vs {r.numel()})")
     both = torch.cat([c, r])
     return {
         "n_pairs": int(c.numel()),
@@ -106,7 +107,7 @@ def rewardbench_scores(subsets: Sequence[str], correct: Sequence[bool]) -> dict[
     count in no section.
     """
     if len(subsets) != len(correct):
-        raise ValueError(f"{len(subsets)} subset labels for {len(correct)} results")
+        raise InputError(f"{len(subsets)} subset labels for {len(correct)} results")
     per_subset: dict[str, dict[str, Any]] = {}
     for subset, ok in zip(subsets, correct):
         entry = per_subset.setdefault(subset, {"section": SUBSET_TO_SECTION.get(subset), "n": 0, "correct": 0})
@@ -185,7 +186,7 @@ def detect_kind(source: str, data_format: str = "auto") -> str:
 
     fmt = detect_format(source, "pairs") if data_format == "auto" else data_format
     if fmt not in EVAL_FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; use auto or one of {', '.join(EVAL_FORMATS)}")
+        raise InputError(f"unknown data format {fmt!r}; use auto or one of {', '.join(EVAL_FORMATS)}")
     return fmt
 
 
@@ -225,7 +226,7 @@ def _grouped_eval_set(
         sizes = [len(row["chosen"]) + len(row["rejected"]) for row in rows]
         extra = {"groups": {"domain": [row["domain"] for row in rows]}}
     if not rows:
-        raise ValueError(f"{source} ({split}): no usable rows ({report.summary()})")
+        raise InputError(f"{source} ({split}): no usable rows ({report.summary()})")
     sequences, cut = encode_batch(
         tokenizer, [prompt for prompt, _ in texts], [response for _, response in texts], max_length
     )
@@ -287,9 +288,9 @@ def load_eval_set(
             split=split,
         )
     if per_subset is not None and fmt not in ("rewardbench", "rewardbench2"):
-        raise ValueError(f"per_subset needs RewardBench-format data (rows with a 'subset'); {source} is {fmt}")
+        raise InputError(f"per_subset needs RewardBench-format data (rows with a 'subset'); {source} is {fmt}")
     if per_subset is not None and per_subset < 1:
-        raise ValueError(f"per_subset must be at least 1, not {per_subset}")
+        raise InputError(f"per_subset must be at least 1, not {per_subset}")
     if fmt in GROUPED_KINDS:
         return _grouped_eval_set(
             fmt,
@@ -310,7 +311,7 @@ def load_eval_set(
     else:
         ds, report = load_pairs_any(source, split, fmt, on_error=on_error, limit=limit, return_report=True)
     if len(ds) == 0:
-        raise ValueError(f"{source} ({split}): no usable pairs ({report.summary()})")
+        raise InputError(f"{source} ({split}): no usable pairs ({report.summary()})")
     (chosen, chosen_cut), (rejected, rejected_cut) = encode_pairs(
         tokenizer, ds["prompt"], ds["chosen"], ds["rejected"], max_length
     )
@@ -647,7 +648,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     refusal = nonfinite_rewards_message(scalar_rewards(result), f"of {opts.data}")
     if refusal:  # its accuracy would read "0.0 %" as if the model were merely bad
-        raise ValueError(refusal)
+        raise InputError(refusal)
     path = atomic_write_json(output, result)
     print_result(result, f"{format_report(result)}\nwrote {path}", opts.json)
     return result

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .errors import InputError, MissingFileError
 from .files import atomic_write, atomic_write_json, check_output, staged_folder
 from .record import read_record, reward_statistics, write_record
 
@@ -60,7 +61,7 @@ def extrapolate_tensor(weak: torch.Tensor, strong: torch.Tensor, alpha: float) -
     Non-floating tensors (integer buffers) are taken from the strong model unchanged.
     """
     if weak.shape != strong.shape:
-        raise ValueError(f"shapes differ: weak {tuple(weak.shape)} vs strong {tuple(strong.shape)}")
+        raise InputError(f"shapes differ: weak {tuple(weak.shape)} vs strong {tuple(strong.shape)}")
     if not strong.is_floating_point():
         return strong.clone()
     wide = compute_dtype(weak.dtype, strong.dtype)
@@ -81,7 +82,7 @@ def factor_grid(start: float, stop: float, step: float) -> list[float]:
     [1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0]
     """
     if step <= 0 or stop < start:
-        raise ValueError(f"bad factor grid start={start} stop={stop} step={step}: need step > 0 and stop ≥ start")
+        raise InputError(f"bad factor grid start={start} stop={stop} step={step}: need step > 0 and stop ≥ start")
     count = int(round((stop - start) / step))
     return [round(start + k * step, 6) for k in range(count + 1)]
 
@@ -100,7 +101,7 @@ def best_factor(table: Sequence[dict]) -> dict:
     """The row with the highest score; on a tie the smallest factor (closest to the trained model)."""
     scored = [row for row in table if row.get("stage") != "reference"]
     if not scored:
-        raise ValueError("no factor was scored")
+        raise InputError("no factor was scored")
     return max(scored, key=lambda row: (row["score"], -row["alpha"]))
 
 
@@ -111,24 +112,24 @@ def weight_map(folder: str | os.PathLike) -> dict[str, str]:
 
     root = Path(folder)
     if not (root / "config.json").is_file():
-        raise FileNotFoundError(f"{root} has no config.json: not a Hugging Face model folder")
+        raise MissingFileError(f"{root} has no config.json: not a Hugging Face model folder")
     if (root / INDEX_FILE).is_file():
         index = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
         mapping = dict(index.get("weight_map") or {})
         if not mapping:
-            raise ValueError(f"{root / INDEX_FILE} has an empty weight_map")
+            raise InputError(f"{root / INDEX_FILE} has an empty weight_map")
         missing = sorted({f for f in mapping.values() if not (root / f).is_file()})
         if missing:
-            raise FileNotFoundError(f"{root}: shard files listed in {INDEX_FILE} are missing: {missing[:5]}")
+            raise MissingFileError(f"{root}: shard files listed in {INDEX_FILE} are missing: {missing[:5]}")
         return mapping
     if (root / SINGLE_FILE).is_file():
         with safe_open(str(root / SINGLE_FILE), framework="pt") as handle:
             return {key: SINGLE_FILE for key in handle.keys()}
     if any(p.suffix in (".bin", ".pt", ".pth") for p in root.iterdir()):
-        raise ValueError(
+        raise InputError(
             f"{root} holds pickle weights only; ExPO reads safetensors (re-save with safe_serialization=True)"
         )
-    raise FileNotFoundError(f"{root} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+    raise MissingFileError(f"{root} has neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 
 class ShardReader:
@@ -163,7 +164,7 @@ def check_compatible(weak: str | os.PathLike, strong: str | os.PathLike) -> tupl
     weak_config, strong_config = _config(weak), _config(strong)
     for key in ("model_type", "architectures"):
         if weak_config.get(key) != strong_config.get(key):
-            raise ValueError(
+            raise InputError(
                 f"ExPO needs two checkpoints of one architecture: {key} is {weak_config.get(key)!r} in {weak} "
                 f"but {strong_config.get(key)!r} in {strong}"
             )
@@ -171,7 +172,7 @@ def check_compatible(weak: str | os.PathLike, strong: str | os.PathLike) -> tupl
     only_weak = sorted(set(weak_reader.mapping) - set(strong_reader.mapping))
     only_strong = sorted(set(strong_reader.mapping) - set(weak_reader.mapping))
     if only_weak or only_strong:
-        raise ValueError(
+        raise InputError(
             f"the two models hold different tensors: only in weak {only_weak[:5]}"
             f"{' …' if len(only_weak) > 5 else ''}, only in strong {only_strong[:5]}"
             f"{' …' if len(only_strong) > 5 else ''}; ExPO needs the same architecture and head size"
@@ -183,7 +184,7 @@ def check_compatible(weak: str | os.PathLike, strong: str | os.PathLike) -> tupl
     ]
     if mismatched:
         listed = "; ".join(f"{k}: weak {w} vs strong {s}" for k, w, s in mismatched[:5])
-        raise ValueError(
+        raise InputError(
             f"{len(mismatched)} tensors differ in shape ({listed}); ExPO needs models of the same size "
             "(same vocabulary, hidden size and number of reward outputs)"
         )
@@ -254,7 +255,7 @@ def extrapolate_folder(
                     if shard[key].is_floating_point() and not torch.isfinite(shard[key]).all():
                         # an α that overflows the dtype gives a model that scores NaN; nothing is moved in
                         bad = int((~torch.isfinite(shard[key])).sum())
-                        raise ValueError(
+                        raise InputError(
                             f"α = {alpha:g} gives {bad} non-finite weights in {key}: the model would score NaN; "
                             "choose a smaller --alpha"
                         )
@@ -283,7 +284,7 @@ def apply_extrapolation_(model, weak_reader: ShardReader, strong_reader: ShardRe
     state = model.state_dict()
     for key in strong_reader.mapping:
         if key not in state:
-            raise ValueError(f"tensor {key} of the checkpoint is not in the loaded model; cannot search in memory")
+            raise InputError(f"tensor {key} of the checkpoint is not in the loaded model; cannot search in memory")
         value = extrapolate_tensor(weak_reader.tensor(key), strong_reader.tensor(key), alpha)
         param = state[key]
         if param.shape == value.shape:
@@ -292,7 +293,7 @@ def apply_extrapolation_(model, weak_reader: ShardReader, strong_reader: ShardRe
             # Embeddings grown by a pad token added at load time: the added rows are never scored.
             param[: value.shape[0]].copy_(value)
         else:
-            raise ValueError(f"{key}: loaded shape {tuple(param.shape)} vs checkpoint {tuple(value.shape)}")
+            raise InputError(f"{key}: loaded shape {tuple(param.shape)} vs checkpoint {tuple(value.shape)}")
 
 
 # ------------------------------------------------------------------------------ search

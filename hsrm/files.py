@@ -220,20 +220,20 @@ def check_output(
         source = Path(item).expanduser().resolve()
         if _is_same_or_inside(source, target):
             what = "is" if source == target else "holds"
-            raise ValueError(f"{flag} {path} {what} the input {item}; it would be overwritten: choose another {flag}")
+            raise InputError(f"{flag} {path} {what} the input {item}; it would be overwritten: choose another {flag}")
         if source.is_dir() and source in target.parents and not any(_is_same_or_inside(target, a) for a in allowed):
-            raise ValueError(
+            raise InputError(
                 f"{flag} {path} is inside the input folder {item}; it would change that input: choose a path outside it"
             )
     if _is_same_or_inside(Path.cwd().resolve(), target):
-        raise ValueError(f"{flag} {path} is the working folder or holds it; choose a new {flag}")
+        raise InputError(f"{flag} {path} is the working folder or holds it; choose a new {flag}")
     exists = (
         target.is_file() or (target.is_dir() and any(target.iterdir())) or (target.exists() and not target.is_dir())
     )
     if exists and not overwrite:
         kind = "folder" if target.is_dir() else "file"
         allow = f"pass {overwrite_flag} to replace it, or " if overwrite_flag else ""
-        raise ValueError(f"{flag} {path} already exists ({kind}); {allow}choose another {flag}")
+        raise InputError(f"{flag} {path} already exists ({kind}); {allow}choose another {flag}")
     return target
 
 
@@ -267,18 +267,18 @@ def check_run_folder(
     or_replace = f", or pass {overwrite_flag} to replace it" if overwrite_flag else ", or remove it first"
     recorded = read_run_record(target)
     if recorded is None:
-        raise ValueError(
+        raise InputError(
             f"{flag} {folder} already exists and holds no run of this kind to resume (no {RUN_RECORD}); "
             f"choose another {flag}{or_replace}"
         )
     if recorded != key:
         changed = sorted(name for name in set(recorded) | set(key) if recorded.get(name) != key.get(name))
-        raise ValueError(
+        raise InputError(
             f"{flag} {folder} holds a run with other inputs ({', '.join(changed)} differ); its results would "
             f"be mixed with this run's: choose another {flag}{or_replace}"
         )
     if not resume:
-        raise ValueError(
+        raise InputError(
             f"{flag} {folder} already exists (a run of the same setup); resume it, choose another {flag}{or_replace}"
         )
     return "resume"

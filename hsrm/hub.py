@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import InputError, MissingFileError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def prepare_upload_folder(
     root = Path(model_dir)
     check_model_folder(str(root))
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a local model folder")
+        raise MissingFileError(f"{root} is not a local model folder")
     config = _read_json(root / "config.json") or {}
     # the card calls it a reward model and tags it text-classification: refuse what is none
     check_reward_architecture(str(root), SimpleNamespace(**config))
@@ -390,7 +390,7 @@ def push(
     import tempfile
 
     if "/" not in repo_id or repo_id.count("/") != 1:
-        raise ValueError(f"--repo-id {repo_id!r} must look like 'user-or-org/name'")
+        raise InputError(f"--repo-id {repo_id!r} must look like 'user-or-org/name'")
     if stage is None and not dry_run:
         with tempfile.TemporaryDirectory(prefix="hsrm-push-") as scratch:
             return push(
@@ -416,7 +416,7 @@ def push(
 
     secret = resolve_token(token)
     if secret is None:
-        raise ValueError("no Hugging Face token: set HF_TOKEN, run `huggingface-cli login`, or pass --token")
+        raise InputError("no Hugging Face token: set HF_TOKEN, run `huggingface-cli login`, or pass --token")
     try:
         api = HfApi(token=secret)
         repo_url = api.create_repo(repo_id=repo_id, private=private, repo_type="model", exist_ok=True)

@@ -24,6 +24,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import InputError
+
 logger = logging.getLogger("hsrm.justifier_eval")
 
 ORDERS = ("chosen_first", "chosen_second")  # where the chosen response sits: @Response 1, @Response 2
@@ -42,10 +44,10 @@ def justifier_metrics(
     (0.6666666666666666, 0.3333333333333333, 0.3333333333333333, 0.16666666666666666)
     """
     if len(verdicts_chosen_first) != len(verdicts_chosen_second):
-        raise ValueError("one verdict per pair and order is needed: the two lists differ in length")
+        raise InputError("one verdict per pair and order is needed: the two lists differ in length")
     n = len(verdicts_chosen_first)
     if n == 0:
-        raise ValueError("no pairs to score")
+        raise InputError("no pairs to score")
     first, second = list(verdicts_chosen_first), list(verdicts_chosen_second)
     correct_first = [v == 1 for v in first]
     correct_second = [v == 2 for v in second]
@@ -146,7 +148,7 @@ def evaluate_justifier(
 
     rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
     if not rows:
-        raise ValueError("no pairs to evaluate")
+        raise InputError("no pairs to evaluate")
     comparisons = []
     for row in rows:
         comparisons.append((row["prompt"], row["chosen"], row["rejected"]))  # chosen is @Response 1
@@ -201,7 +203,7 @@ def _model_record(path: str):
     with open(config_path, encoding="utf-8") as handle:
         architectures = json.load(handle).get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(
+        raise InputError(
             f"{path} is a scalar reward model ({architectures[0]}), not a generative justifier; "
             "evaluate it without --justifier"
         )

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 PairwiseObjective = Literal["bt", "margin_bt", "scaled_bt"]
 Reduction = Literal["mean", "sum"]
 
@@ -33,7 +35,7 @@ def _reduce(per_item: torch.Tensor, reduction: Reduction) -> torch.Tensor:
         return per_item.mean()
     if reduction == "sum":
         return per_item.sum()
-    raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+    raise InputError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
 
 
 def regression_loss(
@@ -50,7 +52,7 @@ def regression_loss(
     over a whole accumulated batch.
     """
     if predictions.shape != targets.shape:
-        raise ValueError(
+        raise InputError(
             f"regression_loss: predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in "
             "shape"
         )
@@ -87,7 +89,7 @@ def margin_bt_loss(
     m is the annotated preference strength (1 slightly, 2 better, 3 much better).
     """
     if margin is None:
-        raise ValueError("margin_bt needs a margin per pair (a `strength` or `margin` column in the data)")
+        raise InputError("margin_bt needs a margin per pair (a `strength` or `margin` column in the data)")
     return _reduce(-F.logsigmoid(_upcast(chosen_rewards - rejected_rewards - margin)), reduction)
 
 
@@ -102,7 +104,7 @@ def scaled_bt_loss(
     The strength multiplies the loss instead of shifting the logit: like repeating a pair m times.
     """
     if margin is None:
-        raise ValueError("scaled_bt needs a margin per pair (a `strength` or `margin` column in the data)")
+        raise InputError("scaled_bt needs a margin per pair (a `strength` or `margin` column in the data)")
     return _reduce(-_upcast(margin) * F.logsigmoid(_upcast(chosen_rewards - rejected_rewards)), reduction)
 
 
@@ -126,4 +128,4 @@ def get_pairwise_loss(name: str) -> Callable[..., torch.Tensor]:
     try:
         return PAIRWISE_LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown pairwise objective {name!r}; choose one of {sorted(PAIRWISE_LOSSES)}") from None
+        raise InputError(f"unknown pairwise objective {name!r}; choose one of {sorted(PAIRWISE_LOSSES)}") from None

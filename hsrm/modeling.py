@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .default_model import resolve_model_path
+from .errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def check_model_exists(path: str) -> None:
     looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
     # `runs/model` where ./runs exists is a local folder that is missing, not the Hub user "runs"
     if not looks_like_hub_id or os.path.isdir(path.split("/")[0]):
-        raise FileNotFoundError(f"model folder {path} does not exist")
+        raise MissingFileError(f"model folder {path} does not exist")
 
 
 def load_model_config(path: str, trust_remote_code: bool = False):
@@ -53,19 +54,19 @@ def check_model_folder(path: str) -> None:
     if not os.path.isdir(path):
         return  # a Hub id: transformers reports its own errors
     if not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+        raise MissingFileError(f"{path} has no config.json: not a Hugging Face model folder")
     names = os.listdir(path)
     if os.path.basename(os.path.normpath(path)).startswith("checkpoint-") and not (
         "hsrm_checkpoint_complete" in names or "trainer_state.json" in names
     ):
-        raise ValueError(f"{path} is a half-written checkpoint (its save was interrupted); use an earlier checkpoint")
+        raise InputError(f"{path} is a half-written checkpoint (its save was interrupted); use an earlier checkpoint")
     if not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
         if any(n.endswith((".bin", ".pt", ".pth")) for n in names):
-            raise ValueError(
+            raise InputError(
                 f"{path} holds only pickle weights (.bin/.pt); hsrm loads safetensors only. "
                 "Convert them with `save_pretrained(..., safe_serialization=True)` in a trusted environment."
             )
-        raise FileNotFoundError(f"{path} has no *.safetensors weights")
+        raise MissingFileError(f"{path} has no *.safetensors weights")
     check_safetensors_files(path, [n for n in names if n.endswith(".safetensors")])
 
 
@@ -102,7 +103,7 @@ def check_reward_architecture(path: str, config) -> None:
     verb that reads or publishes a reward model (the loader below, ``hsrm push``) asks this."""
     architectures = list(getattr(config, "architectures", None) or [])
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(
+        raise InputError(
             f"{path} is a {architectures[0]}, not a reward model: it has no trained score head, so its "
             "rewards would be random. Train one from it (hsrm train --model_name_or_path ...) first"
         )
@@ -148,7 +149,7 @@ def torch_dtype(dtype: torch.dtype | str | None, default: torch.dtype | str = to
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)} or auto")
+        raise InputError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)} or auto")
     return DTYPES[dtype]
 
 
@@ -282,7 +283,7 @@ def load_reward_model(
     _, head = body_and_score_head(model)
     missing = [k for k in info.get("missing_keys", []) if k == "score" or k.startswith("score.")]
     if head is None or missing:
-        raise ValueError(
+        raise InputError(
             f"{path} holds no trained score head ({', '.join(missing) or 'no score module'} not in the checkpoint): "
             "its rewards would be random. Use a folder written by hsrm train / hsrm expo, or any trained "
             "AutoModelForSequenceClassification reward model"
@@ -291,7 +292,7 @@ def load_reward_model(
     ensure_distinct_pad_token(tokenizer, model)
     record = record_from_config(model.config, os.path.join(path, "config.json") if os.path.isdir(path) else path)
     if record.attribute_weights is not None and len(record.attribute_weights) != model.config.num_labels:
-        raise ValueError(
+        raise InputError(
             f"{path}: {len(record.attribute_weights)} attribute weights recorded for a head with "
             f"{model.config.num_labels} outputs; the folder is damaged"
         )
@@ -320,7 +321,7 @@ def resolve_max_length(
     (2048, 512, 2048)
     """
     if explicit is not None and (isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1):
-        raise ValueError(f"max_length must be a positive number of tokens, got {explicit!r}")
+        raise InputError(f"max_length must be a positive number of tokens, got {explicit!r}")
     recorded = getattr(record, "max_length", None)
     value, source = next(
         (v, name)
@@ -360,7 +361,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     count = getattr(inner.config, "num_hidden_layers", None)
     stacks = [m for m in inner.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
     if not stacks:
-        raise ValueError(f"{type(inner).__name__}: no list of {count} decoder layers found; train_top_layers needs one")
+        raise InputError(f"{type(inner).__name__}: no list of {count} decoder layers found; train_top_layers needs one")
     return stacks[0]
 
 
@@ -373,7 +374,7 @@ def freeze_lower_layers(model, top_layers: int) -> tuple[int, int]:
     """
     layers = decoder_layers(model)
     if top_layers > len(layers):
-        raise ValueError(f"train_top_layers={top_layers} but the model has only {len(layers)} decoder layers")
+        raise InputError(f"train_top_layers={top_layers} but the model has only {len(layers)} decoder layers")
     body, _ = body_and_score_head(model)
     frozen = {id(p) for layer in layers[: len(layers) - top_layers] for p in layer.parameters()}
     embeddings = body.get_input_embeddings() if body is not None and hasattr(body, "get_input_embeddings") else None
@@ -421,7 +422,7 @@ def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | Non
 
         input_ids, position_ids = batch["input_ids"], batch["position_ids"]
         if input_ids.shape[0] != 1:
-            raise ValueError(f"packed input_ids must be one row, got shape {tuple(input_ids.shape)}")
+            raise InputError(f"packed input_ids must be one row, got shape {tuple(input_ids.shape)}")
         if getattr(body.config, "_attn_implementation", None) in VARLEN_KWARG_ATTENTION:
             cu_seqlens, longest = batch.get("cu_seqlens"), batch.get("max_seqlen")
             if cu_seqlens is None or longest is None:
@@ -449,7 +450,7 @@ def reward_outputs(model, batch: Mapping[str, Any]) -> torch.Tensor:
     """
     body, head = body_and_score_head(model)
     if head is None or body is None:
-        raise ValueError(
+        raise InputError(
             f"{type(_unwrap(model)).__name__} has no transformer body with a `score` head: hsrm reads rewards "
             "from AutoModelForSequenceClassification-style models"
         )
@@ -505,7 +506,7 @@ def scalar_reward(outputs: torch.Tensor, attribute_weights: Sequence[float] | No
     if attribute_weights is not None:
         weights = torch.as_tensor(attribute_weights, dtype=outputs.dtype, device=outputs.device)
         if weights.numel() != outputs.shape[-1]:
-            raise ValueError(f"{weights.numel()} attribute weights for a head with {outputs.shape[-1]} outputs")
+            raise InputError(f"{weights.numel()} attribute weights for a head with {outputs.shape[-1]} outputs")
         return outputs @ weights
     return outputs[:, 0]
 

@@ -44,7 +44,7 @@ from .embedding.annotate import Design, Pairing
 from .embedding.extract import EmbedFormat
 from .embedding.models import FitMethod
 from .engine import Layout
-from .errors import InputError
+from .errors import InputError, MissingFileError
 
 
 class OptionsError(InputError):
@@ -58,7 +58,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "a config") -> dict[s
     """The top-level mapping of a YAML file, or a one-line error naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file ({what} was expected)")
+        raise MissingFileError(f"{path}: no such file ({what} was expected)")
     with open(path, encoding="utf-8") as handle:
         try:
             loaded = yaml.safe_load(handle) or {}

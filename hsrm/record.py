@@ -210,7 +210,7 @@ def reward_statistics(rewards: Sequence[float] | Any) -> dict[str, float]:
 
     values = np.asarray(rewards, dtype=np.float64).reshape(-1)
     if values.size == 0:
-        raise ValueError("reward statistics of no rewards")
+        raise InputError("reward statistics of no rewards")
     if not np.isfinite(values).all():
         logging.getLogger(__name__).warning(
             "%d of %d rewards are not finite: no reward statistics recorded",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .options import Dtype, Options, ResultFormat, option
 
 logger = logging.getLogger("hsrm.rloo")
@@ -98,7 +99,7 @@ def load_prompts(setup: RLOOSetup):
     elif setup.prompts:
         source, raw = "recipe prompts", list(setup.prompts)
     else:
-        raise ValueError("the recipe gives no prompts: set prompt_data (a file or Hub id) or prompts (a list)")
+        raise InputError("the recipe gives no prompts: set prompt_data (a file or Hub id) or prompts (a list)")
     seen, prompts = set(), []
     for index, prompt in enumerate(raw):
         if isinstance(prompt, str) and HELPSTEER_TURN_SEPARATOR in prompt:
@@ -114,7 +115,7 @@ def load_prompts(setup: RLOOSetup):
         if setup.max_prompts is not None and len(prompts) >= setup.max_prompts:
             break
     if not prompts:
-        raise ValueError(f"{source}: no prompts found")
+        raise InputError(f"{source}: no prompts found")
     logger.info("%d distinct prompts from %s", len(prompts), source)
     return datasets.Dataset.from_dict({"prompt": prompts})
 

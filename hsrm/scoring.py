@@ -35,6 +35,7 @@ from .data.io import DataError, read_rows
 from .data.messages import response_text, to_messages
 from .data.render import TruncationStats, encode_batch, encode_texts
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
+from .errors import InputError
 from .files import atomic_write_jsonl, check_output
 
 logger = logging.getLogger(__name__)
@@ -114,9 +115,9 @@ class RewardScorer:
         from .modeling import default_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
 
         if layout not in LAYOUTS:
-            raise ValueError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+            raise InputError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
         if batch_size < 1 or max_tokens < 1:
-            raise ValueError(f"batch_size and max_tokens must be at least 1, got {batch_size} and {max_tokens}")
+            raise InputError(f"batch_size and max_tokens must be at least 1, got {batch_size} and {max_tokens}")
         dtype = dtype or "float32"
         device = pick_device(device)
         if attn_implementation is None and layout != "padded":
@@ -136,7 +137,7 @@ class RewardScorer:
             else attribute_weights
         )
         if weights is not None and len(weights) != self.num_labels:
-            raise ValueError(
+            raise InputError(
                 f"{self.model_dir}: {len(weights)} attribute weights for a head with {self.num_labels} outputs"
             )
         self.attribute_weights = list(weights) if weights is not None else None
@@ -146,7 +147,7 @@ class RewardScorer:
         elif self.attribute_weights is None and self.num_labels > 1 and not self.record.attributes:
             # A head with several outputs and no hsrm record saying what they are (a 2-label
             # classifier, say): output 0 is often the *negative* class, so guessing would be silent and wrong.
-            raise ValueError(
+            raise InputError(
                 f"{self.model_dir}: its head has {self.num_labels} outputs ({', '.join(self.attributes)}) and no hsrm "
                 "record says which is the reward; name it with --reward-output INDEX or LABEL "
                 "(RewardScorer(reward_output=...))"
@@ -179,7 +180,7 @@ class RewardScorer:
             if index is None and text in names:
                 index = names.index(text)
         if index is None or not 0 <= index < self.num_labels:
-            raise ValueError(
+            raise InputError(
                 f"--reward-output {output!r}: not an output of {self.model_dir}'s head; give an index 0…"
                 f"{self.num_labels - 1} or one of {self.attributes}"
             )
@@ -252,13 +253,13 @@ class RewardScorer:
     def score(self, prompts: Sequence[Any], responses: Sequence[str], *, desc: str = "scoring") -> list[float]:
         """Scalar rewards of (prompt, response) pairs; prompts are text or chat-message lists."""
         if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses; they must pair up one to one")
+            raise InputError(f"{len(prompts)} prompts for {len(responses)} responses; they must pair up one to one")
         return self.score_ids(self.encode_many(prompts, responses), desc=desc).tolist()
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
         """TRL reward-function signature; extra columns (``completion_ids``, ``trainer_state`` …) are ignored."""
         if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+            raise InputError(f"{len(prompts)} prompts for {len(completions)} completions")
         split = [
             split_completion(prompt, completion, index)
             for index, (prompt, completion) in enumerate(zip(prompts, completions))
@@ -352,7 +353,7 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
     ``rewards`` (one per response, in order) and ``best_index`` (the Best-of-N choice)."""
     groups = group_candidates(read_rows(data), str(data))
     if not groups:
-        raise ValueError(f"{data}: no rows to score")
+        raise InputError(f"{data}: no rows to score")
     owner = [g for g, group in enumerate(groups) for _ in group["responses"]]
     sequences = scorer.encode_many(
         [groups[g]["messages"] for g in owner], [response for group in groups for response in group["responses"]]
@@ -360,7 +361,7 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
     rewards = scorer.score_ids(sequences, desc="scoring").tolist()
     refusal = nonfinite_rewards_message(rewards, f"of {data}")
     if refusal:  # a NaN would be written as a NaN literal (not JSON) and picked as the best of nothing
-        raise ValueError(refusal)
+        raise InputError(refusal)
     results: list[dict] = [{"rewards": []} for _ in groups]
     for g, reward in zip(owner, rewards):
         results[g]["rewards"].append(reward)

@@ -21,7 +21,7 @@ from .config import PAIRWISE_OBJECTIVES, RewardConfig, train_cli_options
 from .data.auto import load_pairs_any, load_ratings_any
 from .data.tokenize import tokenize_pairs, tokenize_ratings
 from .default_model import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
-from .errors import TrainingInterrupted
+from .errors import InputError, TrainingInterrupted
 from .modeling import scalar_reward
 from .record import ModelRecord, reward_statistics
 
@@ -34,7 +34,7 @@ logger = logging.getLogger("hsrm.train")
 def load_datasets(cfg: RewardConfig, tokenizer):
     """Tokenized (train, eval-or-None) datasets and a summary of what loading kept and cut."""
     if not cfg.train_data:
-        raise ValueError("no train_data: set it in the recipe or pass --train_data FILE")
+        raise InputError("no train_data: set it in the recipe or pass --train_data FILE")
     summary: dict[str, Any] = {}
 
     def load(role: str, source: str, split: str, limit: int | None):
@@ -59,7 +59,7 @@ def load_datasets(cfg: RewardConfig, tokenizer):
         summary[role] = {"load": report.summary(), "truncation": stats.summary()}
         logger.info("%s | %s", report.summary(), stats.summary())
         if len(tokenized) == 0:
-            raise ValueError(
+            raise InputError(
                 f"{source} ({split}): no usable rows after filtering ({report.summary()}); nothing to train on"
             )
         return tokenized
@@ -76,7 +76,7 @@ def require_margins(ds, report, source: str, cfg: RewardConfig):
 
     missing = [i for i, has in enumerate(ds["has_margin"]) if not has]
     if len(missing) == len(ds):
-        raise ValueError(
+        raise InputError(
             f"{source}: objective {cfg.objective} needs a preference strength per pair, and the data has none; "
             "use objective 'bt' or add a 'margin'/'strength' column"
         )
@@ -161,7 +161,7 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     elif cfg.objective in PAIRWISE_OBJECTIVES:
         trainer_cls, collator, metrics = PairwiseRewardTrainer, pairwise_collator, pairwise_metrics
     else:
-        raise ValueError(f"unknown objective {cfg.objective!r}")
+        raise InputError(f"unknown objective {cfg.objective!r}")
     return trainer_cls(
         model=model,
         args=args,
@@ -188,7 +188,7 @@ def resolve_resume(value: str | bool | None, checkpoint_dir: str) -> str | None:
         return str(found[-1])
     path = Path(str(value))
     if not (path / CHECKPOINT_COMPLETE).exists():
-        raise ValueError(
+        raise InputError(
             f"{path} is not a complete hsrm checkpoint (no {CHECKPOINT_COMPLETE}; a save may have been "
             "interrupted): pick an earlier one or use --resume_from_checkpoint true"
         )

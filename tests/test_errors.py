@@ -205,3 +205,31 @@ def test_the_named_reward_output_is_the_one_scored(two_label_classifier):
     assert by_label.score(["hi"], ["a b c"])[0] == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match="not an output of"):
         RewardScorer(str(two_label_classifier), reward_output=2)
+
+
+@pytest.mark.parametrize(
+    "raised, one_line",
+    [
+        (lambda: __import__("hsrm.errors").errors.InputError("--data x.jsonl: no rows"), True),
+        (lambda: PermissionError(13, "Permission denied", "out.jsonl"), True),
+        (lambda: KeyError("pair_id"), False),
+        (lambda: ValueError("cannot reshape array"), False),  # from inside a library: a bug, not the user's
+    ],
+    ids=["user-error", "system-call", "key-error", "library-value-error"],
+)
+def test_user_mistakes_are_one_line_and_bugs_keep_their_traceback(raised, one_line, capsys, monkeypatch):
+    """Before: every ValueError/OSError, bugs in torch or transformers included, was one line with
+    no traceback, so a bug looked like the user's mistake and could not be reported."""
+    import hsrm.scoring
+
+    def broken(argv):
+        raise raised()
+
+    monkeypatch.setattr(hsrm.scoring, "main", broken)
+    assert main(["score"]) == 1
+    err = capsys.readouterr().err
+    if one_line:
+        assert err.count("\n") == 1 and err.startswith("hsrm score: error: ") and "Traceback" not in err
+    else:
+        assert "Traceback (most recent call last)" in err and "in broken" in err
+        assert err.rstrip().splitlines()[-1].startswith("hsrm score: this is a bug in hsrm")

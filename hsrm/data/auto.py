@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from ..errors import InputError
 from .helpsteer import load_helpsteer2_preference, load_helpsteer2_ratings
 from .helpsteer3 import load_helpsteer3_preference
 from .io import DataError, OnError, is_local_source, read_rows
@@ -84,11 +85,11 @@ def load_pairs_any(
     elif fmt == "helpsteer3_preference":
         ds, report = load_helpsteer3_preference(source, split, on_error=on_error, limit=limit, return_report=True)
     elif fmt in EVALUATION_ONLY:
-        raise ValueError(
+        raise InputError(
             f"{source}: {fmt} holds {EVALUATION_ONLY[fmt]}, not training pairs; evaluate with it (hsrm evaluate)"
         )
     else:
-        raise ValueError(f"{source}: format {fmt!r} holds ratings, not pairs; use objective 'regression'")
+        raise InputError(f"{source}: format {fmt!r} holds ratings, not pairs; use objective 'regression'")
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))
     return (ds, report) if return_report else ds

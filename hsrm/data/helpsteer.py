@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import InputError
 from .io import DataError, LoadReport, OnError, in_split, read_rows, require_text
 from .messages import split_helpsteer_turns
 
@@ -185,7 +186,7 @@ def load_helpsteer2_ratings(
     attributes = ATTRIBUTES if attributes == "all" else tuple(attributes)
     unknown = [a for a in attributes if a not in ATTRIBUTES]
     if unknown or not attributes:
-        raise ValueError(f"unknown attributes {unknown}; choose from {ATTRIBUTES} or 'all'")
+        raise InputError(f"unknown attributes {unknown}; choose from {ATTRIBUTES} or 'all'")
     rows = read_rows(source, split="validation" if split in ("val", "validation") else split)
     report = LoadReport(source=str(source))
     out: dict[str, list] = {"prompt": [], "response": [], **{a: [] for a in attributes}}

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InputError
 from .helpsteer import NEITHER_VALID, overall_preference, parse_annotations, three_most_similar
 from .io import DataError, LoadReport, OnError, in_split, read_rows, require_text
 from .messages import split_helpsteer_turns
@@ -191,12 +192,12 @@ def make_target(split: SplitJustification, target: str) -> str:
         return split.statement
     if target == "label":
         return label_text(split.label)
-    raise ValueError(f"unknown justifier_target {target!r}; choose one of {JUSTIFIER_TARGETS}")
+    raise InputError(f"unknown justifier_target {target!r}; choose one of {JUSTIFIER_TARGETS}")
 
 
 def label_text(label: int) -> str:
     if label not in (1, 2):
-        raise ValueError(f"a justifier label is 1 or 2, not {label!r}")
+        raise InputError(f"a justifier label is 1 or 2, not {label!r}")
     return f"@Response {label}"
 
 
@@ -351,7 +352,7 @@ def encode_justifier_examples(
     # The user turn plus the assistant header: exactly what encode_justifier_prompt renders at inference.
     heads = tokenizer.apply_chat_template([m[:1] for m in messages], tokenize=False, add_generation_prompt=True)
     if not all(full.startswith(head) for full, head in zip(fulls, heads)):
-        raise ValueError(
+        raise InputError(
             "the tokenizer's chat template renders the user turn differently with and without the "
             "assistant's answer, so the target tokens cannot be located; use a plain chat template"
         )
@@ -526,9 +527,9 @@ def load_justification_examples(
     import datasets
 
     if justification_set not in JUSTIFICATION_SETS:
-        raise ValueError(f"unknown justification_set {justification_set!r}; choose one of {JUSTIFICATION_SETS}")
+        raise InputError(f"unknown justification_set {justification_set!r}; choose one of {JUSTIFICATION_SETS}")
     if target not in JUSTIFIER_TARGETS:
-        raise ValueError(f"unknown justifier_target {target!r}; choose one of {JUSTIFIER_TARGETS}")
+        raise InputError(f"unknown justifier_target {target!r}; choose one of {JUSTIFIER_TARGETS}")
     src = str(source)
     # The Hub keeps every preference row in one "train" file with a ``split`` column: filter here.
     rows = read_rows(source, split="train", data_dir="preference")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..errors import InputError
 from .io import DataError
 
 Message = dict[str, str]
@@ -70,7 +71,7 @@ def parse_hh_transcript(text: str) -> list[Message]:
     parts = _HH_TURN.split(text)
     # parts = [preamble, role, content, role, content, ...]
     if len(parts) < 3:
-        raise ValueError("no '\\n\\nHuman:' / '\\n\\nAssistant:' turns found")
+        raise InputError("no '\\n\\nHuman:' / '\\n\\nAssistant:' turns found")
     messages = []
     for role, content in zip(parts[1::2], parts[2::2]):
         messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})

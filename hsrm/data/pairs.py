@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import InputError
 from .io import DataError, LoadReport, OnError, read_rows
 from .messages import parse_hh_transcript, response_text, to_messages
 
@@ -25,12 +26,12 @@ def split_hh_pair(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
     """
     chosen_msgs, rejected_msgs = parse_hh_transcript(chosen), parse_hh_transcript(rejected)
     if len(chosen_msgs) < 2 or len(rejected_msgs) < 2:
-        raise ValueError("transcript has no assistant reply")
+        raise InputError("transcript has no assistant reply")
     prompt_c, prompt_r = chosen_msgs[:-1], rejected_msgs[:-1]
     if prompt_c != prompt_r:
-        raise ValueError("the two transcripts differ before their last assistant turn")
+        raise InputError("the two transcripts differ before their last assistant turn")
     if chosen_msgs[-1]["role"] != "assistant" or rejected_msgs[-1]["role"] != "assistant":
-        raise ValueError("a transcript does not end with an assistant turn")
+        raise InputError("a transcript does not end with an assistant turn")
     return prompt_c, chosen_msgs[-1]["content"], rejected_msgs[-1]["content"]
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 # Used when a tokenizer has no chat template of its own.
@@ -97,7 +99,7 @@ class TruncationStats:
 
 def _check_max_length(max_length: int | None) -> None:
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
-        raise ValueError(f"max_length must be a positive number of tokens, got {max_length!r}")
+        raise InputError(f"max_length must be a positive number of tokens, got {max_length!r}")
 
 
 def left_truncate(ids: list[int], max_length: int | None) -> tuple[list[int], int]:
@@ -188,7 +190,7 @@ def pair_token_ids(tokenizer, first: Sequence[str], second: Sequence[str]) -> tu
     """
     first, second = list(first), list(second)
     if len(first) != len(second):
-        raise ValueError(f"pair_token_ids: {len(first)} first texts but {len(second)} second texts")
+        raise InputError(f"pair_token_ids: {len(first)} first texts but {len(second)} second texts")
     n = len(first)
     points = split_tokens(tokenizer)
     if not points or n == 0:
@@ -278,14 +280,14 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "
     import torch
 
     if not sequences:
-        raise ValueError("pad_sequences: no sequences")
+        raise InputError("pad_sequences: no sequences")
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         n = len(seq)
         if n == 0:
-            raise ValueError(f"pad_sequences: sequence {row} is empty")
+            raise InputError(f"pad_sequences: sequence {row} is empty")
         if side == "right":
             ids[row, :n] = torch.tensor(seq, dtype=torch.long)
             mask[row, :n] = 1

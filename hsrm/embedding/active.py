@@ -44,6 +44,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from ..errors import InputError
 from .annotate import sigmoid
 
 Strategy = Literal["random", "dopt", "pa_dopt", "entropy", "maxdiff", "det_xtx", "coreset", "batchbald"]
@@ -72,13 +73,13 @@ class CandidatePairs:
         items = np.asarray(self.items)
         pairs = np.asarray(self.pairs)
         if items.ndim != 2:
-            raise ValueError(f"candidate items must be a 2-D array (n_items, dim), got shape {items.shape}")
+            raise InputError(f"candidate items must be a 2-D array (n_items, dim), got shape {items.shape}")
         if pairs.ndim != 2 or pairs.shape[1] != 2:
-            raise ValueError(f"candidate pairs must be an (N, 2) array of item indices, got shape {pairs.shape}")
+            raise InputError(f"candidate pairs must be an (N, 2) array of item indices, got shape {pairs.shape}")
         if pairs.size and not np.issubdtype(pairs.dtype, np.integer):
-            raise ValueError(f"candidate pairs must hold integer item indices, got dtype {pairs.dtype}")
+            raise InputError(f"candidate pairs must hold integer item indices, got dtype {pairs.dtype}")
         if pairs.size and (pairs.min() < 0 or pairs.max() >= len(items)):
-            raise ValueError(f"candidate pairs index items 0..{len(items) - 1}, found {pairs.min()}..{pairs.max()}")
+            raise InputError(f"candidate pairs index items 0..{len(items) - 1}, found {pairs.min()}..{pairs.max()}")
         object.__setattr__(self, "items", items)
         object.__setattr__(self, "pairs", pairs.astype(np.int64, copy=False))
 
@@ -90,7 +91,7 @@ class CandidatePairs:
         """Pairs given as two aligned (N, D) arrays: row i of ``first`` against row i of ``second``."""
         first, second = np.asarray(first), np.asarray(second)
         if first.shape != second.shape or first.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"the two sides of the pairs must be (N, D) arrays of one shape, got {first.shape} and {second.shape}"
             )
         n = len(first)
@@ -108,7 +109,7 @@ def as_candidate_pairs(candidates: Any, name: str = "candidates") -> CandidatePa
         if index_pairs and not np.issubdtype(a.dtype, np.integer):
             return CandidatePairs(a, b)
         return CandidatePairs.from_sides(a, b)
-    raise ValueError(
+    raise InputError(
         f"{name}: expected CandidatePairs, (items, pairs) or (first_embeddings, second_embeddings); "
         f"got {type(candidates).__name__}"
     )
@@ -146,7 +147,7 @@ def last_layer_of(model: Any, batch_size: int = 8192) -> LastLayer:
         head = model.head
         if getattr(head, "bias", None) is not None:
             # r̂_1 − r̂_2 = d·β only holds when the last layer has no bias (paper, section 3.1).
-            raise ValueError(
+            raise InputError(
                 "the model's last layer has a bias; active selection expects a bias-free head (BT is shift-invariant)"
             )
         weight = head.weight.detach().cpu().double().numpy().reshape(-1)
@@ -166,7 +167,7 @@ def last_layer_of(model: Any, batch_size: int = 8192) -> LastLayer:
             return np.concatenate(out) if out else np.zeros((0, weight.size))
 
         return LastLayer(features, weight)
-    raise ValueError(
+    raise InputError(
         "model: expected an object with .features() and a .head linear layer, a weight vector, "
         f"a LastLayer or None; got {type(model).__name__}"
     )
@@ -224,7 +225,7 @@ def leverage_scores(differences: np.ndarray, variances: np.ndarray | None, infor
     try:
         cholesky = np.linalg.cholesky(information)
     except np.linalg.LinAlgError as err:
-        raise ValueError("the information matrix is not positive definite; raise `ridge`") from err
+        raise InputError("the information matrix is not positive definite; raise `ridge`") from err
     solved = scipy.linalg.solve_triangular(cholesky.astype(np.float32), scaled.T, lower=True, check_finite=False)
     return np.einsum("ij,ij->j", solved, solved, dtype=np.float64)
 
@@ -462,12 +463,12 @@ class SelectionOptions:
 
     def __post_init__(self):
         if not self.ridge > 0:
-            raise ValueError(f"ridge must be > 0 (it keeps the information invertible), got {self.ridge}")
+            raise InputError(f"ridge must be > 0 (it keeps the information invertible), got {self.ridge}")
         for name in ("coreset_clusters", "batchbald_samples", "batchbald_configurations"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.batchbald_pool is not None and self.batchbald_pool < 1:
-            raise ValueError(f"batchbald_pool must be ≥ 1 or None, got {self.batchbald_pool}")
+            raise InputError(f"batchbald_pool must be ≥ 1 or None, got {self.batchbald_pool}")
 
 
 @dataclass
@@ -484,7 +485,7 @@ class SelectionProblem:
 
     def need_predictions(self, strategy: str) -> np.ndarray:
         if self.reward_difference is None:
-            raise ValueError(
+            raise InputError(
                 f"strategy {strategy!r} needs a trained model's predictions; pass a model "
                 "(or use 'random' / 'det_xtx' for the first batch)"
             )
@@ -577,7 +578,7 @@ def check_strategy(strategy: str) -> str:
 
         guess = difflib.get_close_matches(str(strategy), STRATEGIES, 1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        raise ValueError(f"unknown selection strategy {strategy!r}{hint}; choose one of {', '.join(STRATEGIES)}")
+        raise InputError(f"unknown selection strategy {strategy!r}{hint}; choose one of {', '.join(STRATEGIES)}")
     return strategy
 
 
@@ -607,9 +608,9 @@ def select_pairs(
     candidate_pairs = as_candidate_pairs(candidates)
     n = len(candidate_pairs)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     if k > n:
-        raise ValueError(f"cannot select {k} pairs from {n} candidates; lower k or add candidates")
+        raise InputError(f"cannot select {k} pairs from {n} candidates; lower k or add candidates")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if strategy == "random":
         # no features needed: skip the forward pass
@@ -618,7 +619,7 @@ def select_pairs(
     differences = pair_feature_differences(layer, candidate_pairs)
     weight = layer.weight
     if weight is not None and weight.size != differences.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"the model's last-layer weight has {weight.size} entries but its features have {differences.shape[1]}"
         )
     labelled_differences = None

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, MissingFileError
 from ..files import atomic_write_json, atomic_write_jsonl, check_output, output_lock, read_arrays
 from .active import CandidatePairs, SelectionOptions, check_strategy, select_pairs
 
@@ -88,13 +89,13 @@ def load_items(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     elif path.suffix == ".npz":
         data = read_arrays(path, "embeddings file (.npz, as `hsrm embed` writes)")
         if "embeddings" not in data:
-            raise ValueError(f"{path}: no `embeddings` array (found {', '.join(data) or 'none'})")
+            raise InputError(f"{path}: no `embeddings` array (found {', '.join(data) or 'none'})")
         embeddings = data["embeddings"]
         prompt_ids = data.get("prompt_ids")
     else:
-        raise ValueError(f"{path}: embeddings must be an .npy array (n, dim) or an .npz with an `embeddings` array")
+        raise InputError(f"{path}: embeddings must be an .npy array (n, dim) or an .npz with an `embeddings` array")
     if embeddings.ndim != 2:
-        raise ValueError(f"{path}: embeddings must be 2-D (n, dim), got shape {embeddings.shape}")
+        raise InputError(f"{path}: embeddings must be 2-D (n, dim), got shape {embeddings.shape}")
     return np.asarray(embeddings), prompt_ids
 
 
@@ -109,7 +110,7 @@ def load_pool_pairs(
     """
     if path is None:
         if prompt_ids is None:
-            raise ValueError(
+            raise InputError(
                 "no --pairs given and the embeddings carry no prompt_ids to pair responses within; pass --pairs"
             )
         from .annotate import group_by_prompt, in_prompt_pairs
@@ -118,7 +119,7 @@ def load_pool_pairs(
         return pairs, [{"prompt_id": _plain(prompt_ids[a])} for a, _ in pairs]
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"pairs file {path} does not exist")
+        raise MissingFileError(f"pairs file {path} does not exist")
     if path.suffix == ".npy":
         pairs = read_arrays(path, "pairs array (.npy, shape (N, 2))")
         extras = [{} for _ in range(len(pairs))]
@@ -131,7 +132,7 @@ def load_pool_pairs(
             for name in ("first", "second"):
                 value = row.get(name)
                 if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(
+                    raise InputError(
                         f"{path} row {index}: `{name}` must be an integer row of the embeddings, got {value!r}"
                     )
             firsts.append(row["first"])
@@ -140,14 +141,14 @@ def load_pool_pairs(
         pairs = np.array([firsts, seconds], dtype=np.int64).T.reshape(-1, 2)
     pairs = np.asarray(pairs)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
-        raise ValueError(f"{path}: pairs must be (N, 2) integers, got {pairs.shape} {pairs.dtype}")
+        raise InputError(f"{path}: pairs must be (N, 2) integers, got {pairs.shape} {pairs.dtype}")
     if len(pairs) and (pairs.min() < 0 or pairs.max() >= n_items):
-        raise ValueError(
+        raise InputError(
             f"{path}: pairs refer to rows {pairs.min()}..{pairs.max()} but the embeddings have {n_items} rows"
         )
     if len(pairs) and np.any(pairs[:, 0] == pairs[:, 1]):
         row = int(np.flatnonzero(pairs[:, 0] == pairs[:, 1])[0])
-        raise ValueError(f"{path}: row {row} pairs a response with itself")
+        raise InputError(f"{path}: row {row} pairs a response with itself")
     return pairs.astype(np.int64), extras
 
 
@@ -166,7 +167,7 @@ def parse_label(value: Any, where: str) -> int | str | None:
     if isinstance(key, float) and key in (0.0, 1.0):
         key = int(key)
     if key not in LABEL_VALUES:
-        raise ValueError(
+        raise InputError(
             f'{where}: label {value!r} is not one of 1 (first preferred), 0 (second preferred), "skip" or null'
         )
     return LABEL_VALUES[key]
@@ -191,7 +192,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg}); fix the line and rerun") from err
+                raise InputError(f"{path} line {number}: not valid JSON ({err.msg}); fix the line and rerun") from err
     return rows
 
 
@@ -206,7 +207,7 @@ def read_labels(state_dir: Path, pool_pairs: np.ndarray) -> list[dict]:
         known = not isinstance(pair_id, bool) and isinstance(pair_id, int) and 0 <= pair_id < len(pool_pairs)
         matches = known and [row.get("first"), row.get("second")] == [int(x) for x in pool_pairs[pair_id]]
         if not matches or row.get("label") not in (0, 1):
-            raise ValueError(
+            raise InputError(
                 f"{path} line {number}: not a label `hsrm select` ingested ({{pair_id, first, second, label 0|1}} "
                 f"of a pool pair); got {row!r}. Labels go in the pending batch file, not in {LABELS_FILE}"
             )
@@ -221,7 +222,7 @@ def select_main(argv: list[str]) -> dict:
     if opts.strategy is not None:
         check_strategy(opts.strategy)
     if opts.initial_strategy not in (None, "random", "det_xtx"):
-        raise ValueError(f"--initial-strategy must be random or det_xtx, got {opts.initial_strategy!r}")
+        raise InputError(f"--initial-strategy must be random or det_xtx, got {opts.initial_strategy!r}")
     with output_lock(opts.state_dir, flag="STATE_DIR"):  # one `hsrm select` per STATE_DIR at a time
         summary = select_step(
             opts.state_dir,
@@ -267,7 +268,7 @@ def select_step(
     state = _read_state(state_dir)
     if state is None:
         if embeddings is None:
-            raise ValueError(
+            raise InputError(
                 f"{state_dir} has no {STATE_FILE}: the first call needs --embeddings (and --pairs "
                 "unless the .npz has prompt_ids)"
             )
@@ -297,18 +298,18 @@ def select_step(
     else:
         for name, value in (("embeddings", embeddings), ("pairs", pairs), ("hidden", hidden), ("seed", seed)):
             if value is not None:
-                raise ValueError(
+                raise InputError(
                     f"--{name} is fixed at the first call ({state.get(name)!r}); start a new STATE_DIR to change it"
                 )
         items, prompt_ids = load_items(state["embeddings"])
         if items.shape != (state["n_items"], state["dim"]):
-            raise ValueError(
+            raise InputError(
                 f"{state['embeddings']} changed since the first call: shape {items.shape}, expected "
                 f"{(state['n_items'], state['dim'])}"
             )
         pool_pairs, extras = load_pool_pairs(state["pairs"], len(items), prompt_ids)
         if len(pool_pairs) != state["n_pairs"]:
-            raise ValueError(
+            raise InputError(
                 f"the pairs changed since the first call: {len(pool_pairs)} rows, expected {state['n_pairs']}"
             )
         changeable = (
@@ -322,7 +323,7 @@ def select_step(
                 state[name] = value
     check_strategy(state["strategy"])
     if state["batch_size"] < 1:
-        raise ValueError(f"--batch-size must be positive, got {state['batch_size']}")
+        raise InputError(f"--batch-size must be positive, got {state['batch_size']}")
 
     pending_before = state["pending"]
     ingested = _ingest_pending(state_dir, state, pool_pairs, partial)
@@ -408,16 +409,16 @@ def _ingest_pending(state_dir: Path, state: dict, pool_pairs: np.ndarray, partia
         return 0
     path = state_dir / state["pending"]
     if not path.exists():
-        raise FileNotFoundError(f"the pending batch {path} is missing; restore it (state.json points to it)")
+        raise MissingFileError(f"the pending batch {path} is missing; restore it (state.json points to it)")
     rows = _read_jsonl(path)
     parsed = []
     for number, row in enumerate(rows, 1):
         where = f"{path} line {number}"
         pair_id = row.get("pair_id")
         if not isinstance(pair_id, int) or not 0 <= pair_id < len(pool_pairs):
-            raise ValueError(f"{where}: `pair_id` {pair_id!r} is not a pair of the pool; do not edit it")
+            raise InputError(f"{where}: `pair_id` {pair_id!r} is not a pair of the pool; do not edit it")
         if [row.get("first"), row.get("second")] != [int(x) for x in pool_pairs[pair_id]]:
-            raise ValueError(f"{where}: `first`/`second` do not match pair {pair_id} of the pool; do not edit them")
+            raise InputError(f"{where}: `first`/`second` do not match pair {pair_id} of the pool; do not edit them")
         parsed.append((pair_id, parse_label(row.get("label"), where)))
     missing = sum(label is None for _, label in parsed)
     if missing and not partial:

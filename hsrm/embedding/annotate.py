@@ -28,6 +28,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from ..errors import InputError
+
 Design = Literal["random", "similar", "diverse"]  # which of a prompt's responses annotators compare
 Pairing = Literal["in-prompt", "cross-prompt"]
 DESIGNS, PAIRINGS = get_args(Design), get_args(Pairing)
@@ -42,7 +44,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def correct_label_probability(delta: np.ndarray, beta: float) -> np.ndarray:
     """ξ(Δr) = σ(β·|Δr|) (eq. 23): the chance an annotator orders a pair like the golden reward."""
     if beta < 0:
-        raise ValueError(f"beta must be ≥ 0 (0 = random annotator), got {beta}")
+        raise InputError(f"beta must be ≥ 0 (0 = random annotator), got {beta}")
     return sigmoid(beta * np.abs(np.asarray(delta, dtype=np.float64)))
 
 
@@ -63,7 +65,7 @@ def simulate_annotations(
     golden_first = np.asarray(golden_first, dtype=np.float64)
     golden_second = np.asarray(golden_second, dtype=np.float64)
     if golden_first.shape != golden_second.shape:
-        raise ValueError(f"golden_first {golden_first.shape} and golden_second {golden_second.shape} differ in shape")
+        raise InputError(f"golden_first {golden_first.shape} and golden_second {golden_second.shape} differ in shape")
     truth = golden_first > golden_second
     correct = rng.random(truth.shape) < correct_label_probability(golden_first - golden_second, beta)
     return np.where(correct, truth, ~truth)
@@ -105,12 +107,12 @@ def select_design(
     The order inside a pair is random, so position carries no information.
     """
     if design not in DESIGNS:
-        raise ValueError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
+        raise InputError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
     rng = np.random.default_rng(rng)
     golden = np.asarray(golden, dtype=np.float64)
     prompt_ids = np.asarray(prompt_ids)
     if len(golden) != len(prompt_ids):
-        raise ValueError(f"{len(prompt_ids)} prompt ids but {len(golden)} golden rewards")
+        raise InputError(f"{len(prompt_ids)} prompt ids but {len(golden)} golden rewards")
     _, first_seen, inverse = np.unique(prompt_ids, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     # Responses sorted by (prompt, golden reward): each prompt is a contiguous, ranked block.
@@ -120,7 +122,7 @@ def select_design(
     usable = np.argsort(first_seen)  # prompts in order of first appearance
     usable = usable[sizes[usable] >= 2]
     if len(usable) == 0:
-        raise ValueError("no prompt has two or more responses; in-prompt designs need at least two per prompt")
+        raise InputError("no prompt has two or more responses; in-prompt designs need at least two per prompt")
     start, size = starts[usable], sizes[usable]
     if design == "random":
         # Two distinct uniform positions: a in [0, n), b in [0, n−1) shifted past a.
@@ -150,7 +152,7 @@ def cross_prompt_shuffle(
     prompt_ids = np.asarray(prompt_ids)
     pool = np.concatenate([first, second])
     if len(np.unique(prompt_ids[pool])) < 2:
-        raise ValueError("cross-prompt pairs need responses from at least two prompts")
+        raise InputError("cross-prompt pairs need responses from at least two prompts")
     n = len(first)
     for _ in range(max_tries):
         perm = rng.permutation(pool)
@@ -164,7 +166,7 @@ def cross_prompt_shuffle(
                     break
         if not np.any(prompt_ids[a] == prompt_ids[b]):
             return a, b
-    raise ValueError("could not pair responses across prompts (one prompt dominates the pool)")
+    raise InputError("could not pair responses across prompts (one prompt dominates the pool)")
 
 
 def in_prompt_pairs(groups: Sequence[np.ndarray]) -> np.ndarray:
@@ -182,7 +184,7 @@ def cross_prompt_pairs(
 ) -> np.ndarray:
     """``n_pairs`` distinct random pairs of ``members`` (item indices) answering different prompts."""
     if len(np.unique(prompt_ids[members])) < 2:
-        raise ValueError("cross-prompt pairs need responses to at least two prompts")
+        raise InputError("cross-prompt pairs need responses to at least two prompts")
     found: dict[tuple[int, int], None] = {}
     possible = len(members) * (len(members) - 1) // 2
     for _ in range(100):
@@ -265,15 +267,15 @@ def build_pairs(
     a random subset of prompts is kept. Cross-prompt pairing then re-pairs those responses.
     """
     if pairing not in PAIRINGS:
-        raise ValueError(f"unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
+        raise InputError(f"unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
     rng = np.random.default_rng(rng)
     first, second = select_design(prompt_ids, golden, design, rng)
     if n_pairs is not None:
         if n_pairs < 1:
-            raise ValueError(f"n_pairs must be positive, got {n_pairs}")
+            raise InputError(f"n_pairs must be positive, got {n_pairs}")
         while len(first) < n_pairs:
             if design != "random":
-                raise ValueError(
+                raise InputError(
                     f"the {design} design yields one pair per prompt ({len(first)} here); "
                     f"asked for {n_pairs} annotations: use more prompts or fewer annotations"
                 )
@@ -325,7 +327,7 @@ def golden_from_reward_model(
     from ..scoring import RewardScorer
 
     if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        raise InputError(f"{len(prompts)} prompts but {len(responses)} responses")
     scorer = RewardScorer(
         model_path,
         batch_size=batch_size,
@@ -358,14 +360,14 @@ class ResponsePool:
         self.golden = np.asarray(self.golden, dtype=np.float64).reshape(-1)
         self.prompt_ids = np.asarray(self.prompt_ids).reshape(-1)
         if self.embeddings.ndim != 2:
-            raise ValueError(f"ResponsePool: embeddings must be (n, d), got shape {self.embeddings.shape}")
+            raise InputError(f"ResponsePool: embeddings must be (n, d), got shape {self.embeddings.shape}")
         if not (len(self.embeddings) == len(self.golden) == len(self.prompt_ids)):
-            raise ValueError(
+            raise InputError(
                 f"ResponsePool: {len(self.embeddings)} embeddings, {len(self.golden)} golden rewards and "
                 f"{len(self.prompt_ids)} prompt ids; they must match"
             )
         if not np.all(np.isfinite(self.golden)):
-            raise ValueError("ResponsePool: golden rewards contain NaN or infinite values")
+            raise InputError("ResponsePool: golden rewards contain NaN or infinite values")
 
     def __len__(self) -> int:
         return len(self.golden)
@@ -378,11 +380,11 @@ class ResponsePool:
     ) -> tuple[ResponsePool, ResponsePool]:
         """(train, test): whole prompts go to one side, so test prompts are never seen in training."""
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+            raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
         rng = np.random.default_rng(rng)
         prompts = np.unique(self.prompt_ids)
         if len(prompts) < 2:
-            raise ValueError("splitting by prompt needs at least two prompts")
+            raise InputError("splitting by prompt needs at least two prompts")
         n_test = min(max(1, int(round(len(prompts) * test_fraction))), len(prompts) - 1)
         test_prompts = rng.choice(prompts, size=n_test, replace=False)
         is_test = np.isin(self.prompt_ids, test_prompts)
@@ -401,7 +403,7 @@ class ResponsePool:
         data = read_arrays(path, "pool (write one with `hsrm embed … --golden-…`)")
         missing = {"embeddings", "golden", "prompt_ids"} - set(data if isinstance(data, dict) else ())
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{path}: missing arrays {sorted(missing)}; embed with a golden reward "
                 "(`hsrm embed --golden-column …` or `--golden-model …`)"
             )

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 # ---------------------------------------------------------------- hsrm embed
 
 
@@ -114,14 +116,14 @@ def fit_main(argv: list[str] | None = None) -> dict:
     if opts.apply:
         model = load_model(opts.apply)
         if not opts.eval_data:
-            raise ValueError("--apply scores embeddings: give them with --eval-data FILE.npz")
+            raise InputError("--apply scores embeddings: give them with --eval-data FILE.npz")
     else:
         if not opts.embeddings or not (opts.method or opts.ensemble) or not opts.output:
-            raise ValueError("fitting needs --embeddings FILE.npz, --method (or --ensemble) and --output DIR")
+            raise InputError("fitting needs --embeddings FILE.npz, --method (or --ensemble) and --output DIR")
         data = EmbeddedData.load(opts.embeddings)
         if opts.beta is not None:
             if data.golden is None:
-                raise ValueError(f"{opts.embeddings} has no golden reward; --beta simulates annotators from it")
+                raise InputError(f"{opts.embeddings} has no golden reward; --beta simulates annotators from it")
             pairs = annotate_pairs(
                 data.prompt_ids,
                 data.golden,
@@ -137,7 +139,7 @@ def fit_main(argv: list[str] | None = None) -> dict:
             first, second, first_wins = data.pair_first, data.pair_second, data.pair_first_wins
             result.update(annotations=len(first_wins))
         else:
-            raise ValueError(
+            raise InputError(
                 f"{opts.embeddings} holds no pairs; pass --beta to simulate annotations from its golden reward"
             )
         fit_mlp = {

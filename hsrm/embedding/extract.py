@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import InputError
 from ..files import atomic_save_npy, atomic_save_npz, read_arrays
 from ..modeling import DEFAULT_MAX_LENGTH
 
@@ -91,7 +92,7 @@ class EmbeddingCache:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(keys) != len(vectors):
-            raise ValueError(f"EmbeddingCache.put: {len(keys)} keys for {len(vectors)} vectors")
+            raise InputError(f"EmbeddingCache.put: {len(keys)} keys for {len(vectors)} vectors")
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         vectors_file = self.folder / f"{stem}.vectors.npy"
         keys_file = self.folder / f"{stem}.keys.npy"
@@ -140,7 +141,7 @@ class Backbone:
         n = self.num_hidden_states
         index = layer if layer >= 0 else n + layer
         if not 0 <= index < n:
-            raise ValueError(f"layer {layer} is out of range for a model with {n - 1} layers (use −{n}…{n - 1})")
+            raise InputError(f"layer {layer} is out of range for a model with {n - 1} layers (use −{n}…{n - 1})")
         return index
 
     def cache_key(self) -> str:
@@ -162,7 +163,7 @@ def load_backbone(name_or_path: str | None = None, *, device: str | None = None,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     compute_dtype = torch_dtype(dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     if not isinstance(compute_dtype, torch.dtype):  # "auto": the dtype keys the cache, so it must be named
-        raise ValueError("dtype auto: name the compute dtype (bfloat16, float16 or float32); it keys the cache")
+        raise InputError("dtype auto: name the compute dtype (bfloat16, float16 or float32); it keys the cache")
     dtype_name = str(compute_dtype).replace("torch.", "")
     # A sequence-classifier folder carries a score head that AutoModel does not use: expected, not news.
     verbosity = hf_logging.get_verbosity()
@@ -248,9 +249,9 @@ def embed_conversations(
     from ..data.render import TruncationStats, encode_batch
 
     if len(prompts) != len(responses):
-        raise ValueError(f"embed: {len(prompts)} prompts but {len(responses)} responses")
+        raise InputError(f"embed: {len(prompts)} prompts but {len(responses)} responses")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
     start = time.perf_counter()
     layer_index = backbone.resolve_layer(layer)
     stats = TruncationStats()
@@ -346,13 +347,13 @@ class EmbeddedData:
     def load(cls, path: str | os.PathLike) -> EmbeddedData:
         data = read_arrays(path, "embeddings file (write one with `hsrm embed`)")
         if not isinstance(data, dict) or "embeddings" not in data or "prompt_ids" not in data:
-            raise ValueError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
+            raise InputError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
         meta = json.loads(str(data["meta"])) if "meta" in data else {}
         embeddings = data["embeddings"]
         broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1)) if embeddings.ndim == 2 else []
         if len(broken):  # a model fitted on them scores NaN everywhere, and its accuracy reads 0.0
             shown = ", ".join(str(row + 1) for row in broken[:10]) + (", …" if len(broken) > 10 else "")
-            raise ValueError(
+            raise InputError(
                 f"{path}: {len(broken)} of {len(embeddings)} embedding rows hold NaN or infinite values "
                 f"(rows {shown}, counting from 1); embed them again or drop them"
             )
@@ -375,7 +376,7 @@ class EmbeddedData:
         from .annotate import ResponsePool
 
         if self.golden is None:
-            raise ValueError("these embeddings carry no golden reward; embed with --golden-column or --golden-model")
+            raise InputError("these embeddings carry no golden reward; embed with --golden-column or --golden-model")
         return ResponsePool(self.embeddings, self.golden, self.prompt_ids)
 
 
@@ -439,10 +440,10 @@ def read_conversations(
         pair_arrays = (np.asarray(firsts), np.asarray(seconds), np.ones(len(firsts), dtype=bool))
         golden_array = None
         if golden_column:
-            raise ValueError("--golden-column applies to single-response rows; for pairs use --golden-model")
+            raise InputError("--golden-column applies to single-response rows; for pairs use --golden-model")
     else:
         if "response" not in first:
-            raise ValueError(
+            raise InputError(
                 f"{source}: rows need `prompt` + `response` (or `chosen` + `rejected`); found {sorted(first)}"
             )
         if split is not None and is_local_source(source):  # a Hub dataset's split was read as asked

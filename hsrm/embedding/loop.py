@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
 from ..options import Options, option
 from .active import STRATEGIES, CandidatePairs, InitialStrategy, SelectionOptions, Strategy, select_pairs
@@ -94,27 +95,27 @@ class ActiveStudyConfig(Options):
     def __post_init__(self):
         super().__post_init__()
         if not self.strategies or not self.batch_sizes or not self.pairings or not self.seeds:
-            raise ValueError("strategies, batch_sizes, pairings and seeds must each list at least one value")
+            raise InputError("strategies, batch_sizes, pairings and seeds must each list at least one value")
         for size in self.batch_sizes:
             if int(size) < 1:
-                raise ValueError(f"batch sizes must be positive, got {size}")
+                raise InputError(f"batch sizes must be positive, got {size}")
             if int(size) > self.annotations:
-                raise ValueError(
+                raise InputError(
                     f"batch size {size} exceeds the annotation budget {self.annotations}; raise `annotations`"
                 )
             if int(size) > self.candidates_per_round:
-                raise ValueError(f"batch size {size} exceeds candidates_per_round {self.candidates_per_round}")
+                raise InputError(f"batch size {size} exceeds candidates_per_round {self.candidates_per_round}")
         if self.prompts_per_round < 2:
-            raise ValueError(f"prompts_per_round must be ≥ 2, got {self.prompts_per_round}")
+            raise InputError(f"prompts_per_round must be ≥ 2, got {self.prompts_per_round}")
         if self.beta < 0:
-            raise ValueError(f"beta must be ≥ 0, got {self.beta}")
+            raise InputError(f"beta must be ≥ 0, got {self.beta}")
         self.selection_options()  # validate early
 
     def selection_options(self) -> SelectionOptions:
         known = {f.name for f in fields(SelectionOptions)}
         unknown = sorted(set(self.selection) - known)
         if unknown:
-            raise ValueError(f"selection: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(f"selection: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return SelectionOptions(**self.selection)
 
 
@@ -203,7 +204,7 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
         fresh = ~np.isin(pair_keys(candidates, n_items), pair_keys(labelled, n_items))
         candidates = candidates[fresh]
         if len(candidates) < key.batch_size:
-            raise ValueError(
+            raise InputError(
                 f"round {round_index}: only {len(candidates)} new candidate pairs for a batch of "
                 f"{key.batch_size}; raise prompts_per_round or lower the batch size"
             )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .annotate import group_by_prompt
 
 
@@ -23,12 +24,12 @@ def _check(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> tupl
     golden = np.asarray(golden, dtype=np.float64).reshape(-1)
     prompt_ids = np.asarray(prompt_ids)
     if not (len(scores) == len(golden) == len(prompt_ids)):
-        raise ValueError(
+        raise InputError(
             f"scores ({len(scores)}), golden ({len(golden)}) and prompt_ids ({len(prompt_ids)}) must have "
             "one entry per response"
         )
     if len(scores) == 0:
-        raise ValueError("no responses to evaluate")
+        raise InputError("no responses to evaluate")
     return scores, golden, prompt_ids
 
 

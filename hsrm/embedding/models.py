@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 Method = Literal["bt-mlp", "clf-mlp", "clf-lgb"]
@@ -83,10 +85,10 @@ class MLPRewardModel(nn.Module):
     def __init__(self, input_dim: int, hidden: Sequence[int] = DEFAULT_HIDDEN, method: str = "bt-mlp"):
         super().__init__()
         if input_dim < 1:
-            raise ValueError(f"MLPRewardModel: input_dim must be positive, got {input_dim}")
+            raise InputError(f"MLPRewardModel: input_dim must be positive, got {input_dim}")
         hidden = tuple(int(h) for h in hidden)
         if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"MLPRewardModel: hidden must be a non-empty tuple of positive sizes, got {hidden}")
+            raise InputError(f"MLPRewardModel: hidden must be a non-empty tuple of positive sizes, got {hidden}")
         self.input_dim = int(input_dim)
         self.hidden = hidden
         self.method = method
@@ -167,10 +169,10 @@ class EnsembleRewardModel:
         self, members: Sequence, offsets: Sequence[float] | None = None, scales: Sequence[float] | None = None
     ):
         if not members:
-            raise ValueError("EnsembleRewardModel: no members")
+            raise InputError("EnsembleRewardModel: no members")
         dims = {m.input_dim for m in members}
         if len(dims) != 1:
-            raise ValueError(f"EnsembleRewardModel: members expect different input sizes {sorted(dims)}")
+            raise InputError(f"EnsembleRewardModel: members expect different input sizes {sorted(dims)}")
         self.members = list(members)
         self.input_dim = dims.pop()
         self.offsets = [0.0] * len(members) if offsets is None else [float(o) for o in offsets]
@@ -208,9 +210,9 @@ class EnsembleRewardModel:
 def _check_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-d array (n, d), got shape {x.shape}")
+        raise InputError(f"{name}: expected a 2-d array (n, d), got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(
+        raise InputError(
             f"{name}: the model expects {dim}-d embeddings, got {x.shape[1]}-d "
             "(embedded with another backbone or layer?)"
         )
@@ -222,12 +224,12 @@ def _check_pairs(emb_first: np.ndarray, emb_second: np.ndarray, first_wins: np.n
     emb_second = _check_matrix(emb_second, "emb_second", emb_first.shape[1])
     first_wins = np.asarray(first_wins).astype(bool).reshape(-1)
     if not (len(emb_first) == len(emb_second) == len(first_wins)):
-        raise ValueError(
+        raise InputError(
             f"pairs: emb_first has {len(emb_first)} rows, emb_second {len(emb_second)}, "
             f"first_wins {len(first_wins)}; they must match"
         )
     if len(first_wins) < 2:
-        raise ValueError(f"pairs: need at least 2 annotated pairs to fit, got {len(first_wins)}")
+        raise InputError(f"pairs: need at least 2 annotated pairs to fit, got {len(first_wins)}")
     return emb_first, emb_second, first_wins
 
 
@@ -242,7 +244,7 @@ def pairs_to_pointwise(emb_first: np.ndarray, emb_second: np.ndarray, first_wins
 
 def _split_indices(n: int, val_fraction: float, rng: np.random.Generator):
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = rng.permutation(n)
     n_val = int(round(n * val_fraction))
     if n - n_val < 1:
@@ -295,7 +297,7 @@ def _train_mlp(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(training.seed)
         if training.batch_size < 1 or training.max_epochs < 1 or training.patience < 1:
-            raise ValueError(
+            raise InputError(
                 f"{description}: batch_size, max_epochs and patience must be ≥ 1 "
                 f"(got {training.batch_size}, {training.max_epochs}, {training.patience})"
             )
@@ -358,7 +360,7 @@ def _new_mlp(
 ) -> MLPRewardModel:
     if init is not None:
         if init.input_dim != input_dim:
-            raise ValueError(f"init: the warm-start model expects {init.input_dim}-d inputs, the data is {input_dim}-d")
+            raise InputError(f"init: the warm-start model expects {init.input_dim}-d inputs, the data is {input_dim}-d")
         model = copy.deepcopy(init)
         model.method = method
         return model  # keeps the warm-start's standardisation, so its features stay comparable
@@ -411,9 +413,9 @@ def fit_clf_mlp(
     embeddings = _check_matrix(embeddings, "embeddings")
     labels = np.asarray(labels, dtype=np.float32).reshape(-1)
     if len(labels) != len(embeddings):
-        raise ValueError(f"fit_clf_mlp: {len(embeddings)} embeddings but {len(labels)} labels")
+        raise InputError(f"fit_clf_mlp: {len(embeddings)} embeddings but {len(labels)} labels")
     if len(labels) < 2:
-        raise ValueError("fit_clf_mlp: need at least 2 labelled responses")
+        raise InputError("fit_clf_mlp: need at least 2 labelled responses")
     targets = torch.from_numpy(labels)
     model = _new_mlp(embeddings.shape[1], training, "clf-mlp", init, lambda: embeddings[:20000])
 
@@ -462,9 +464,9 @@ def fit_clf_lgb(
     embeddings = _check_matrix(embeddings, "embeddings")
     labels = np.asarray(labels, dtype=np.float32).reshape(-1)
     if len(labels) != len(embeddings):
-        raise ValueError(f"fit_clf_lgb: {len(embeddings)} embeddings but {len(labels)} labels")
+        raise InputError(f"fit_clf_lgb: {len(embeddings)} embeddings but {len(labels)} labels")
     if labels.min() == labels.max():
-        raise ValueError("fit_clf_lgb: every label is the same; a classifier needs winners and losers")
+        raise InputError("fit_clf_lgb: every label is the same; a classifier needs winners and losers")
     params = dict(params or {})
     config = {
         "objective": "binary",
@@ -496,7 +498,7 @@ def fit_reward_model(
         return fit_clf_mlp(embeddings, labels, seed=seed, **kwargs)
     if method == "clf-lgb":
         return fit_clf_lgb(embeddings, labels, seed=seed, **kwargs)
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
+    raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
 
 
 def fit_ensemble(
@@ -559,7 +561,7 @@ def _write_model(model, folder: Path) -> None:
         for i, member in enumerate(model.members):
             _write_model(member, folder / f"member_{i}")
     else:
-        raise ValueError(f"save_model: cannot save a {type(model).__name__}")
+        raise InputError(f"save_model: cannot save a {type(model).__name__}")
     atomic_write_json(folder / "config.json", config)  # last: a folder without it is no model
 
 
@@ -568,7 +570,7 @@ def load_model(folder: str | Path):
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.exists():
-        raise FileNotFoundError(f"{folder} has no config.json: not a model saved by `hsrm fit`")
+        raise MissingFileError(f"{folder} has no config.json: not a model saved by `hsrm fit`")
     config = json.loads(config_path.read_text())
     kind = config.get("kind")
     if kind == "mlp":
@@ -585,4 +587,4 @@ def load_model(folder: str | Path):
     if kind == "ensemble":
         members = [load_model(folder / f"member_{i}") for i in range(len(config["members"]))]
         return EnsembleRewardModel(members, config["offsets"], config["scales"])
-    raise ValueError(f"{config_path}: unknown model kind {kind!r} (expected mlp, lgb or ensemble)")
+    raise InputError(f"{config_path}: unknown model kind {kind!r} (expected mlp, lgb or ensemble)")

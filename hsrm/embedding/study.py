@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import InputError
 from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
 from ..options import Options, OptionsError, option
 from .annotate import DESIGNS, PAIRINGS, ResponsePool, annotate_pairs
@@ -87,7 +88,7 @@ class StudyConfig(Options):
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.data, dict) or len(self.data) != 1 or next(iter(self.data)) not in DATA_KINDS:
-            raise ValueError("data must be {synthetic: {...}} or {embeddings: FILE.npz, test_fraction: 0.2}")
+            raise InputError("data must be {synthetic: {...}} or {embeddings: FILE.npz, test_fraction: 0.2}")
         from .models import MLPSettings
 
         try:  # a typo in `fit:` is refused now, not in a worker process after the data is built
@@ -100,16 +101,16 @@ class StudyConfig(Options):
         for grid in [self.grid, *self.grids]:
             unknown = set(grid) - set(GRID_AXES)
             if unknown:
-                raise ValueError(f"unknown grid axes {sorted(unknown)}; the axes are {', '.join(GRID_AXES)}")
+                raise InputError(f"unknown grid axes {sorted(unknown)}; the axes are {', '.join(GRID_AXES)}")
         for setup in self.setups():
             if setup["method"] not in METHOD_NAMES:
-                raise ValueError(f"unknown method {setup['method']!r}; choose from {', '.join(METHOD_NAMES)}")
+                raise InputError(f"unknown method {setup['method']!r}; choose from {', '.join(METHOD_NAMES)}")
             if setup["design"] not in DESIGNS:
-                raise ValueError(f"unknown design {setup['design']!r}; choose from {', '.join(DESIGNS)}")
+                raise InputError(f"unknown design {setup['design']!r}; choose from {', '.join(DESIGNS)}")
             if setup["pairing"] not in PAIRINGS:
-                raise ValueError(f"unknown pairing {setup['pairing']!r}; choose from {', '.join(PAIRINGS)}")
+                raise InputError(f"unknown pairing {setup['pairing']!r}; choose from {', '.join(PAIRINGS)}")
             if setup["beta"] < 0 or setup["n_annotations"] < 2:
-                raise ValueError(
+                raise InputError(
                     f"beta must be ≥ 0 and annotation counts ≥ 2 (got {setup['beta']}, {setup['n_annotations']})"
                 )
 

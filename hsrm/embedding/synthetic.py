@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from .annotate import ResponsePool
 
 
@@ -40,12 +41,12 @@ class SyntheticWorld:
     def __post_init__(self):
         for name in ("dim", "latent_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"SyntheticWorld.{name} must be ≥ 1, got {getattr(self, name)}")
+                raise InputError(f"SyntheticWorld.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.nuisance_dim < 0:
-            raise ValueError(f"SyntheticWorld.nuisance_dim must be ≥ 0, got {self.nuisance_dim}")
+            raise InputError(f"SyntheticWorld.nuisance_dim must be ≥ 0, got {self.nuisance_dim}")
         for name in ("prompt_scale", "response_scale", "embedding_noise"):
             if getattr(self, name) < 0:
-                raise ValueError(f"SyntheticWorld.{name} must be ≥ 0, got {getattr(self, name)}")
+                raise InputError(f"SyntheticWorld.{name} must be ≥ 0, got {getattr(self, name)}")
         rng = np.random.default_rng([self.seed, 1729])
         k, kz = self.latent_dim, self.nuisance_dim
         w = rng.normal(size=k)
@@ -62,7 +63,7 @@ class SyntheticWorld:
     def sample(self, n_prompts: int, responses_per_prompt: int, seed: int = 0, dtype=np.float32) -> ResponsePool:
         """``n_prompts`` × ``responses_per_prompt`` responses, prompt-major (prompt_ids 0, 0, …, 1, 1, …)."""
         if n_prompts < 1 or responses_per_prompt < 1:
-            raise ValueError(
+            raise InputError(
                 f"need at least one prompt and one response per prompt, got {n_prompts} × {responses_per_prompt}"
             )
         rng = np.random.default_rng([self.seed, seed, 31337])

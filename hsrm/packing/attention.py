@@ -7,6 +7,7 @@ import functools
 
 import torch
 
+from ..errors import InputError
 from ..modeling import body_and_score_head
 from .batch import cu_seqlens_from_position_ids
 
@@ -60,7 +61,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         )
     if kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("s_aux") is not None:
         # Only plain causal attention is implemented here; a silent full window would change the model.
-        raise ValueError(
+        raise InputError(
             f"{VARLEN_ATTENTION} supports plain causal attention only; this model's attention uses a sliding "
             "window, soft-capping or sinks: use attn_implementation flex_attention or flash_attention_2"
         )
@@ -155,13 +156,13 @@ def check_packing_support(model, *, device: torch.device | str | None = None, dt
     a T × T mask besides; ``hsrm_varlen`` passed the same test."""
     body, head = body_and_score_head(model)
     if body is None or head is None:
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} has no transformer body with a `score` head; padding_free needs an "
             "AutoModelForSequenceClassification-style model (set padding_free: false)"
         )
     name = attention_implementation(model)
     if name not in PACKING_ATTENTION:
-        raise ValueError(
+        raise InputError(
             f"attn_implementation {name!r} does not keep packed sequences apart; use one of "
             f"{', '.join(PACKING_ATTENTION)} or set padding_free: false"
         )
@@ -169,7 +170,7 @@ def check_packing_support(model, *, device: torch.device | str | None = None, dt
     device = torch.device(device) if device is not None else parameter.device
     dtype = dtype or parameter.dtype
     if name == "sdpa" and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        raise ValueError(
+        raise InputError(
             "packed rows with attn_implementation sdpa in half precision on CUDA drift past bf16 noise "
             "(0.0547 against 0.0391 on an H200, bench/results/h200-2026-12-04); use attn_implementation "
             "hsrm_varlen (or auto), or set padding_free: false"

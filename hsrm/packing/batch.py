@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 @dataclass
 class PackedBatch:
@@ -63,10 +65,10 @@ def pack(sequences: Sequence[Sequence[int]], *, pad_id: int = 0, pad_to_multiple
     [[0, 1, 2, 0]]
     """
     if not sequences:
-        raise ValueError("pack: no sequences to pack")
+        raise InputError("pack: no sequences to pack")
     lengths = [len(s) for s in sequences]
     if min(lengths) == 0:
-        raise ValueError(f"pack: sequence {lengths.index(0)} is empty; every sequence needs at least one token")
+        raise InputError(f"pack: sequence {lengths.index(0)} is empty; every sequence needs at least one token")
     total = sum(lengths)
     filler = (-total) % pad_to_multiple_of if pad_to_multiple_of else 0
     ids = torch.empty(total + filler, dtype=torch.long)

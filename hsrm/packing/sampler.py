@@ -8,6 +8,8 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,9 +43,9 @@ def token_budget_batches(
     [[0], [2], [4, 3], [1]]
     """
     if max_tokens is None or max_tokens < 1:
-        raise ValueError(f"max_tokens_per_batch must be a positive number of tokens, got {max_tokens!r}")
+        raise InputError(f"max_tokens_per_batch must be a positive number of tokens, got {max_tokens!r}")
     if cost not in ("packed", "padded"):
-        raise ValueError(f"cost must be 'packed' or 'padded', not {cost!r}")
+        raise InputError(f"cost must be 'packed' or 'padded', not {cost!r}")
     items = [tuple(lengths) for lengths in item_lengths]
     rank = {index: r for r, index in enumerate(order)} if order is not None else {}
     key = (
@@ -104,7 +106,7 @@ class TokenBudgetBatchSampler:
     ):
         items = [(n,) if isinstance(n, int) else tuple(n) for n in item_lengths]
         if not items:
-            raise ValueError("TokenBudgetBatchSampler: the dataset is empty")
+            raise InputError("TokenBudgetBatchSampler: the dataset is empty")
         self.max_tokens, self.cost, self.seed, self.shuffle = max_tokens, cost, seed, shuffle
         order = list(range(len(items)))
         if shuffle:
@@ -147,7 +149,7 @@ def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]
     while len(batches) % multiple:
         largest = max(range(len(batches)), key=lambda i: (len(batches[i]), -i))
         if len(batches[largest]) < 2:
-            raise ValueError(
+            raise InputError(
                 f"{sum(map(len, batches))} items cannot make a multiple of {multiple} micro-batches: "
                 "fewer items than processes"
             )
@@ -164,7 +166,7 @@ def dataset_item_lengths(dataset) -> list[tuple[int, ...]]:
         return [(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
     if "input_ids" in columns:
         return [(len(ids),) for ids in dataset["input_ids"]]
-    raise ValueError(
+    raise InputError(
         f"cannot batch by tokens: the dataset has neither chosen_ids/rejected_ids nor input_ids (columns {columns})"
     )
 

@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..config import RewardConfig
-from ..errors import NonFiniteLossError
+from ..errors import InputError, NonFiniteLossError
 from ..modeling import apply_lora, build_reward_model, freeze_lower_layers, load_reward_model, read_rewards_in_forward
 from ..record import ModelRecord, write_record
 
@@ -75,7 +75,7 @@ def build_model(cfg: RewardConfig, *, with_lora: bool | None = None):
         init_labels = model.config.num_labels
         if init_labels != cfg.num_labels:
             if cfg.num_labels != 1:
-                raise ValueError(
+                raise InputError(
                     f"init_from {cfg.init_from} has {init_labels} outputs; can only reduce to the helpfulness head"
                 )
             helpfulness = model.score.weight.data[:1].clone()

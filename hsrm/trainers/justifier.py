@@ -41,6 +41,7 @@ from ..data.justifications import (
 from ..data.render import ensure_chat_template
 from ..data.tokenize import tokenize_justifier_examples
 from ..default_model import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID
+from ..errors import InputError
 from ..modeling import torch_dtype
 from ..record import ModelRecord
 from .base import RewardTrainerBase
@@ -72,7 +73,7 @@ def load_justifier_examples(cfg: JustifierConfig, source: str, split: str, limit
         )
         return ds, report
     if cfg.justifier_target != "label":
-        raise ValueError(
+        raise InputError(
             f"{source}: format {fmt!r} has no written justifications, so justifier_target "
             f"{cfg.justifier_target!r} cannot be built; use justifier_target: label or HelpSteer2-Preference data"
         )
@@ -172,15 +173,15 @@ def build_justifier_model(cfg: JustifierConfig, *, with_lora: bool | None = None
 # ------------------------------------------------------------------------------------------- run
 def check_justifier_config(cfg: JustifierConfig) -> None:
     if cfg.justification_set not in JUSTIFICATION_SETS:
-        raise ValueError(f"justification_set {cfg.justification_set!r}: choose one of {JUSTIFICATION_SETS}")
+        raise InputError(f"justification_set {cfg.justification_set!r}: choose one of {JUSTIFICATION_SETS}")
     if cfg.justifier_target not in JUSTIFIER_TARGETS:
-        raise ValueError(f"justifier_target {cfg.justifier_target!r}: choose one of {JUSTIFIER_TARGETS}")
+        raise InputError(f"justifier_target {cfg.justifier_target!r}: choose one of {JUSTIFIER_TARGETS}")
     if cfg.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, not {cfg.max_new_tokens}")
+        raise InputError(f"max_new_tokens must be at least 1, not {cfg.max_new_tokens}")
     if not cfg.train_data:
-        raise ValueError("no train_data: set it in the recipe or pass --train_data FILE")
+        raise InputError("no train_data: set it in the recipe or pass --train_data FILE")
     if getattr(cfg, "padding_free", False) or getattr(cfg, "max_tokens_per_batch", None):
-        raise ValueError(
+        raise InputError(
             "padding_free / max_tokens_per_batch are not supported by the justifier trainer yet; "
             "remove them (sequences are right-padded per batch)"
         )
@@ -207,7 +208,7 @@ def prepare_justifier_run(cfg: JustifierConfig):
         logger.info("%s | %s", report.summary(), truncation)
         if len(tokenized[role]) == 0:
             source, split, _ = sources[role]
-            raise ValueError(
+            raise InputError(
                 f"{source} ({split}): no usable justifier examples ({report.summary()}); nothing to train on"
             )
     return model, tokenizer, tokenized["train"], tokenized.get("eval"), data_summary
