@@ -168,7 +168,7 @@ def test_lora_merged_folder_scores_like_the_unmerged_model(tmp_path, tiny_model_
 
 
 def test_unknown_objective_and_keys_are_errors():
-    with pytest.raises(ValueError, match="unknown objective 'scaled-bt'"):
+    with pytest.raises(ValueError, match="--objective 'scaled-bt': choose one of regression, bt, margin_bt, scaled_bt"):
         load_recipe(None, {"objective": "scaled-bt"})
     with pytest.raises(ValueError, match="learning_rte \\(did you mean learning_rate\\?\\)"):
         load_recipe(None, {"learning_rte": 1e-5})
