@@ -417,15 +417,19 @@ def prepare_evaluation(
     on_bad_rows: str = "raise",
     per_subset: int | None = None,
     scorer: RewardScorer | None = None,
+    shard_into: str | os.PathLike | None = None,
     **scorer_options: Any,
 ) -> tuple[RewardScorer, EvalSet]:
     """The scorer and the evaluation set as ``hsrm evaluate`` and the ExPO search read them: on benchmark
     data the scorer's ``max_length`` defaults to the benchmark protocol's (``scorer_options`` are
-    :class:`RewardScorer`'s), and the set is tokenized at the scorer's length."""
+    :class:`RewardScorer`'s), and the set is tokenized at the scorer's length. ``shard_into``: the output
+    path whose parts folder keeps finished shards, scored across this launch's processes (hsrm.shards)."""
     kind = detect_kind(str(data), data_format)  # a missing or unreadable data file fails before the model loads
     scorer = scorer or RewardScorer(
         model, protocol_max_length=PROTOCOL_MAX_LENGTH.get(kind), protocol_name=f"{kind} protocol", **scorer_options
     )
+    if shard_into is not None:
+        scorer.shard(shard_into)
     eval_set = load_eval_set(
         data,
         scorer.tokenizer,
@@ -619,6 +623,7 @@ def default_output_path(model: str, data: str) -> Path:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from .options import EvaluateOptions, parse_options, print_result
+    from .shards import parts_folder, process_group, remove_parts
 
     opts = parse_options(EvaluateOptions, argv, prog="hsrm evaluate", description=EvaluateOptions.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -644,11 +649,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         limit=opts.limit,
         on_bad_rows=opts.on_bad_rows,
         per_subset=opts.per_subset,
+        shard_into=output,  # across the processes of torchrun/accelerate launch; resumable
         **opts.engine_settings(),
     )
     refusal = nonfinite_rewards_message(scalar_rewards(result), f"of {opts.data}")
     if refusal:  # its accuracy would read "0.0 %" as if the model were merely bad
         raise InputError(refusal)
+    if process_group()[0] != 0:  # the metrics are every process's; rank 0 writes and reports them
+        return result
     path = atomic_write_json(output, result)
+    remove_parts(parts_folder(output))
     print_result(result, f"{format_report(result)}\nwrote {path}", opts.json)
     return result

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +38,9 @@ from .data.render import TruncationStats, encode_batch, encode_texts
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
 from .errors import InputError
 from .files import atomic_write_jsonl, check_output
+
+if TYPE_CHECKING:
+    from .shards import ShardedScoring
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +161,7 @@ class RewardScorer:
         )
         self.batch_size, self.max_tokens, self.layout = batch_size, max_tokens, layout
         self.progress = progress
+        self.sharding = None  # a ShardedScoring (hsrm.shards): the CLI's verbs score in shards, across processes
         self.truncation = TruncationStats()
         self._truncation_lock = threading.Lock()  # hsrm serve encodes requests in several threads at once
         # TRL names a reward function by its __name__ in logs ("rewards/<name>/mean").
@@ -231,18 +236,29 @@ class RewardScorer:
         self, sequences: Sequence[Sequence[int]], *, all_outputs: bool = False, desc: str = "scoring"
     ) -> torch.Tensor:
         """Rewards of token sequences through the engine: (n,) scalar rewards, or (n, outputs) with ``all_outputs``."""
-        return score_sequences(
-            self.model,
-            sequences,
-            layout=self.layout,
-            pad_id=self.tokenizer.pad_token_id,
-            batch_size=self.batch_size,
-            max_tokens=self.max_tokens,
-            attribute_weights=self.attribute_weights,
-            all_outputs=all_outputs,
-            progress=self.progress,
-            desc=desc,
-        )
+        engine = {
+            "layout": self.layout,
+            "pad_id": self.tokenizer.pad_token_id,
+            "batch_size": self.batch_size,
+            "max_tokens": self.max_tokens,
+            "attribute_weights": self.attribute_weights,
+            "all_outputs": all_outputs,
+            "progress": self.progress,
+            "desc": desc,
+        }
+        if self.sharding is not None:
+            return self.sharding.score(self.model, sequences, **engine)
+        return score_sequences(self.model, sequences, **engine)
+
+    def shard(self, output: str | os.PathLike) -> ShardedScoring:
+        """Score from now on in shards, spread over this launch's processes (torchrun, accelerate) and
+        kept in ``OUTPUT.parts/`` until the caller has written ``output`` (hsrm.shards)."""
+        from .shards import ShardedScoring, model_identity, parts_folder
+
+        parameter = next(self.model.parameters())
+        key = {"verb": "scoring", **model_identity(self.model_dir), "dtype": str(parameter.dtype)}
+        self.sharding = ShardedScoring(parts_folder(output), key)
+        return self.sharding
 
     def scalar(self, outputs: torch.Tensor) -> torch.Tensor:
         """The scalar reward of head outputs (n, outputs), with this scorer's attribute weights."""
@@ -348,9 +364,12 @@ def best_of_n(rewards: Sequence[float]) -> int:
     return max(range(len(rewards)), key=lambda i: (rewards[i], -i))
 
 
-def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tuple[Path, list[dict]]:
+def score_file(
+    scorer: RewardScorer, data: str, output: str | None = None, *, write: bool = True
+) -> tuple[Path, list[dict]]:
     """Score every candidate of ``data`` and write one JSON line per prompt group with
-    ``rewards`` (one per response, in order) and ``best_index`` (the Best-of-N choice)."""
+    ``rewards`` (one per response, in order) and ``best_index`` (the Best-of-N choice).
+    ``write=False``: return the rows without writing (the other processes of a launched job)."""
     groups = group_candidates(read_rows(data), str(data))
     if not groups:
         raise InputError(f"{data}: no rows to score")
@@ -379,7 +398,8 @@ def score_file(scorer: RewardScorer, data: str, output: str | None = None) -> tu
         if group["id"] is not None:
             row = {"id": group["id"], **row}
         out_rows.append(row)
-    return atomic_write_jsonl(output or default_scores_path(data), out_rows), out_rows
+    path = Path(output or default_scores_path(data))
+    return (atomic_write_jsonl(path, out_rows) if write else path), out_rows
 
 
 def default_scores_path(data: str) -> Path:
@@ -395,11 +415,17 @@ def main(argv: list[str] | None = None) -> Path:
     output = opts.output or default_scores_path(opts.data)
     check_output(output, inputs=[opts.data, opts.model], overwrite=opts.overwrite)  # before minutes of scoring
     scorer = RewardScorer.from_options(opts, progress=True)
-    path, rows = score_file(scorer, opts.data, output)
+    sharding = scorer.shard(output)  # across the processes of torchrun/accelerate launch; resumable
+    path, rows = score_file(scorer, opts.data, output, write=sharding.rank == 0)
+    sharding.remove_parts()
+    if sharding.rank != 0:
+        return path
     n_responses = sum(len(r["responses"]) for r in rows)
     summary = (
-        f"scored {n_responses} responses to {len(rows)} prompts with {opts.model} → {path}\n"
-        f"truncation: {scorer.truncation.summary()}"
+        f"scored {n_responses} responses to {len(rows)} prompts with {opts.model} → {path}"
+        + (f" ({sharding.world} processes)" if sharding.world > 1 else "")
+        + (f"\nreused {sharding.reused} rewards from {sharding.parts}" if sharding.reused else "")
+        + f"\ntruncation: {scorer.truncation.summary()}"
     )
     print_result(
         {

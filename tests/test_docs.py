@@ -64,8 +64,10 @@ def test_documented_command_is_valid(command, monkeypatch):
         if word.startswith(("recipes/", "hsrm/recipes/", "ds_configs/")) and not PLACEHOLDER.search(word):
             assert (REPO_ROOT / word).exists(), f"{word} does not exist"
     if words[0] in ("accelerate", "torchrun"):
-        assert "-m" in words and words[words.index("-m") + 1] in ("hsrm.train", "hsrm.rloo")
-        verb, rest = words[words.index("-m") + 1].split(".")[1], words[words.index("-m") + 2 :]
+        module = words[words.index("-m") + 1] if "-m" in words else None
+        assert module in ("hsrm.train", "hsrm.rloo", "hsrm")
+        after = words[words.index("-m") + 2 :]
+        verb, rest = (after[0], after[1:]) if module == "hsrm" else (module.split(".")[1], after)
     else:
         verb, rest = words[1], words[2:]
     assert verb in VERBS, f"unknown verb {verb}"

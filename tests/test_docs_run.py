@@ -299,6 +299,15 @@ RUN: dict[str, Run] = {
     ),
     "hsrm demo --output demo_report --overwrite --quick": Run(check="check_demo"),
     # ---- scoring and publishing (push never reaches the network: see Sandbox.call)
+    "torchrun --nproc_per_node 8 -m hsrm score --model runs/scaled-bt --data candidates.jsonl --output scored.jsonl": Run(
+        ("--overwrite",), needs=("runs/scaled-bt",)
+    ),
+    "accelerate launch --num_processes 8 -m hsrm evaluate --model runs/scaled-bt --data pairs.jsonl --output pairs_eval.json": Run(
+        ("--overwrite",), needs=("runs/scaled-bt",), check="check_pairs_eval"
+    ),
+    "torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr HOST0 --master_port 29500 -m hsrm score --model runs/scaled-bt --data candidates.jsonl --output scored.jsonl": Run(
+        ("--overwrite",), needs=("runs/scaled-bt",)
+    ),
     "hsrm score --model runs/smollm-bt-hh --data candidates.jsonl --output scored.jsonl": Run(
         needs=("runs/smollm-bt-hh",), check="check_scored_smollm"
     ),
@@ -422,7 +431,19 @@ DEEPSPEED_ZERO3 = f"{TWO_PROCESSES_TEST}[zero3]"
 TWO_NODES = "tests/test_distributed.py::test_two_simulated_nodes_train_what_one_process_trains"
 REAL_LAUNCH = "accelerate launch -m hsrm.train RECIPE.yaml"
 REAL_LAUNCH_TEST = "tests/test_docs_run.py::test_one_launcher_command_runs_for_real"
+SCORE_TWO_PROCESSES = "tests/test_batch_inference.py::test_two_processes_write_the_same_bytes_as_one"
+EVALUATE_TWO_PROCESSES = "tests/test_batch_inference.py::test_two_processes_evaluate_to_the_same_metrics_and_rewards"
 COVERED_ELSEWHERE: dict[str, tuple[str, ...]] = {
+    # batch inference across processes (docs/scoring.md): the recipe half runs here, the launch there
+    "torchrun --nproc_per_node 8 -m hsrm score --model runs/scaled-bt --data candidates.jsonl --output scored.jsonl": (
+        SCORE_TWO_PROCESSES,
+    ),
+    "accelerate launch --num_processes 8 -m hsrm evaluate --model runs/scaled-bt --data pairs.jsonl --output pairs_eval.json": (
+        EVALUATE_TWO_PROCESSES,
+    ),
+    "torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr HOST0 --master_port 29500 -m hsrm score --model runs/scaled-bt --data candidates.jsonl --output scored.jsonl": (
+        SCORE_TWO_PROCESSES,
+    ),
     "accelerate launch --config_file recipes/accelerate/zero3.yaml -m hsrm.train recipes/scaled_bt_from_regression.yaml": (
         DEEPSPEED_ZERO3,
     ),
@@ -603,6 +624,8 @@ class Sandbox:
         if argv[0] in ("accelerate", "torchrun"):  # the recipe half; the launcher half is COVERED_ELSEWHERE
             module = argv[argv.index("-m") + 1]
             body = argv[argv.index("-m") + 2 :]
+            if module == "hsrm":  # `-m hsrm VERB …` is the hsrm command
+                return self.invoke(["hsrm", *body])
             for key in LAUNCHER_ONLY_KEYS:
                 if key in body:
                     at = body.index(key)
