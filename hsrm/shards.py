@@ -57,20 +57,37 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def contiguous_shards(lengths: Sequence[int]) -> list[range]:
-    """Contiguous ranges of about equal token counts: about ``MIN_SHARDS`` of them (fewer only when
-    there are fewer sequences), at most ``SHARD_SEQUENCES`` sequences each. Depends on ``lengths`` alone.
+def gather_from_processes(value: Any) -> list[Any]:
+    """Every process's ``value``, in rank order, on every process (one all-gather of pickled objects)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
+
+
+def contiguous_shards(lengths: Sequence[int], multiple: int = 1) -> list[range]:
+    """Contiguous ranges of about equal token counts: about ``MIN_SHARDS`` of them (fewer when there
+    are fewer batches), each a whole number of ``multiple`` sequences (a batch; the last may be short)
+    and at most ``SHARD_SEQUENCES``. Depends on ``lengths`` and ``multiple`` alone, never on the processes.
 
     >>> contiguous_shards([5] * 3)
     [range(0, 1), range(1, 2), range(2, 3)]
     >>> [len(r) for r in contiguous_shards([1] * 40)]
     [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1]
+    >>> [len(r) for r in contiguous_shards([1] * 40, multiple=8)]
+    [8, 8, 8, 8, 8]
     """
-    target = sum(lengths) / max(1, min(MIN_SHARDS, len(lengths)))  # tokens per shard
+    multiple = max(1, int(multiple))
+    cap = max(multiple, SHARD_SEQUENCES // multiple * multiple)
+    target = sum(lengths) / max(1, min(MIN_SHARDS, -(-len(lengths) // multiple)))  # tokens per shard
     shards, start, held = [], 0, 0
     for i, length in enumerate(lengths):
         held += length
-        if held >= target or i + 1 - start >= SHARD_SEQUENCES:
+        size = i + 1 - start
+        if size % multiple == 0 and (held >= target or size >= cap):
             shards.append(range(start, i + 1))
             start, held = i + 1, 0
     if start < len(lengths):
@@ -79,17 +96,18 @@ def contiguous_shards(lengths: Sequence[int]) -> list[range]:
 
 
 def assign_shards(tokens: Sequence[int], world: int) -> list[list[int]]:
-    """Shard indices per rank: largest shards first, each to the rank with the fewest tokens so far.
+    """Shard indices per rank, each rank's in order: largest shards first, each to the rank with the
+    fewest tokens so far.
 
     >>> assign_shards([10, 1, 1, 8], 2)
-    [[0], [3, 1, 2]]
+    [[0], [1, 2, 3]]
     """
     loads, owned = [0] * world, [[] for _ in range(world)]
     for shard in sorted(range(len(tokens)), key=lambda s: (-tokens[s], s)):
         rank = min(range(world), key=lambda r: (loads[r], r))
         owned[rank].append(shard)
         loads[rank] += tokens[shard]
-    return owned
+    return [sorted(shards) for shards in owned]
 
 
 def sequences_digest(sequences: Sequence[Sequence[int]]) -> str:
@@ -189,7 +207,7 @@ class ShardedScoring:
 
         from .files import atomic_save_npy, read_arrays
 
-        shards = contiguous_shards([len(s) for s in sequences])
+        shards = contiguous_shards([len(s) for s in sequences], multiple=engine.get("batch_size", 1))
         tokens = [sum(len(sequences[i]) for i in shard) for shard in shards]
         mine = assign_shards(tokens, self.world)[self.rank]
         plain = {k: v for k, v in engine.items() if k not in ("progress", "desc")}
@@ -235,17 +253,7 @@ class ShardedScoring:
     def _gather(self, values: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         if self.world == 1:
             return values
-        import torch.distributed as dist
-
-        everyone: list[dict[int, torch.Tensor] | None] = [None] * self.world
-        dist.all_gather_object(everyone, values)
-        return {shard: tensor for part in everyone for shard, tensor in (part or {}).items()}
+        return {shard: tensor for part in gather_from_processes(values) for shard, tensor in part.items()}
 
     def _sum(self, count: int) -> int:
-        if self.world == 1:
-            return count
-        import torch.distributed as dist
-
-        counts: list[int | None] = [None] * self.world
-        dist.all_gather_object(counts, count)
-        return sum(c or 0 for c in counts)
+        return count if self.world == 1 else sum(gather_from_processes(count))

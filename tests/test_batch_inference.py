@@ -64,6 +64,24 @@ def test_two_processes_evaluate_to_the_same_metrics_and_rewards(tmp_path, tiny_m
     assert not (tmp_path / "two.json.parts").exists()
 
 
+@pytest.mark.slow
+def test_two_processes_embed_the_same_arrays(tmp_path, tiny_model_dir):
+    import numpy as np
+
+    from conftest import make_learnable_pairs
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(20))
+    common = ["embed", "--model", str(tiny_model_dir), "--data", str(pairs), "--batch-size", "3", "--cache", "none"]
+    assert main([*common, "--output", str(tmp_path / "one.npz")]) == 0
+    done = launch_two(*common, "--output", str(tmp_path / "two.npz"), cwd=tmp_path)
+    assert sum(line.startswith("wrote ") for line in done.stdout.splitlines()) == 1  # rank 0 alone reports
+    with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as two:
+        assert sorted(one.files) == sorted(two.files)
+        for name in one.files:
+            if name != "meta":
+                np.testing.assert_allclose(two[name], one[name], atol=1e-5, rtol=0)
+
+
 class Killed(Exception):
     pass
 

@@ -72,6 +72,10 @@ def embed_main(argv: list[str] | None = None) -> dict:
         "golden": opts.golden_column or opts.golden_model,
     }
     data = EmbeddedData(embeddings, prompt_ids, golden_values, *(pairs or (None, None, None)), meta=meta)
+    from ..shards import process_group
+
+    if process_group()[0] != 0:  # under torchrun/accelerate every process embedded its share; rank 0 writes
+        return {}
     data.save(opts.output)
     summary = {
         "output": opts.output,

@@ -241,12 +241,16 @@ def embed_conversations(
     prompts: chat-message lists (or plain strings, taken as one user turn); responses: strings.
     Identical inputs are embedded once; with ``cache_dir`` only inputs missing from the cache are
     embedded, in length-sorted batches (longest first, so memory problems show at once), and
-    flushed to the cache every ``flush_every`` texts.
+    flushed to the cache every ``flush_every`` texts. The missing inputs are cut into shards of
+    about equal token counts (:mod:`hsrm.shards`) and, under torchrun or accelerate launch, spread
+    over the processes, each of which returns every embedding; the shards (and so the batches) do
+    not depend on the number of processes, so neither do the embeddings.
     """
     from tqdm.auto import tqdm
 
     from ..data.messages import to_messages
     from ..data.render import TruncationStats, encode_batch
+    from ..shards import assign_shards, contiguous_shards, gather_from_processes, process_group
 
     if len(prompts) != len(responses):
         raise InputError(f"embed: {len(prompts)} prompts but {len(responses)} responses")
@@ -272,6 +276,19 @@ def embed_conversations(
     missing = [k for k in first_row if cache is None or k not in cache]
     report.from_cache = report.distinct - len(missing)
     missing.sort(key=lambda k: -len(token_ids[first_row[k]]))
+    rank, world = process_group()
+    if world > 1:  # every process has read the cache before any writes to it: the same `missing` everywhere
+        import torch.distributed as dist
+
+        dist.barrier()
+    lengths = [len(token_ids[first_row[k]]) for k in missing]
+    shards = contiguous_shards(lengths, multiple=batch_size)  # whole batches: the batches of one process
+    mine = assign_shards([sum(lengths[i] for i in shard) for shard in shards], world)[rank]
+    batches = [
+        [missing[i] for i in shards[s][lo : lo + batch_size]]
+        for s in mine
+        for lo in range(0, len(shards[s]), batch_size)
+    ]
 
     pending_keys: list[str] = []
     pending_vectors: list[np.ndarray] = []
@@ -283,14 +300,9 @@ def embed_conversations(
         pending_vectors.clear()
 
     try:
-        for lo in tqdm(
-            range(0, len(missing), batch_size),
-            desc=f"embed (layer {layer_index})",
-            unit="batch",
-            leave=False,
-            disable=None,
+        for batch_keys in tqdm(
+            batches, desc=f"embed (layer {layer_index})", unit="batch", leave=False, disable=None if rank == 0 else True
         ):
-            batch_keys = missing[lo : lo + batch_size]
             states = _last_token_states(backbone, [token_ids[first_row[k]] for k in batch_keys], layer_index)
             report.forward_passes += 1
             report.computed += len(batch_keys)
@@ -302,6 +314,10 @@ def embed_conversations(
                 flush()
     finally:
         flush()  # what was computed survives an interruption (KeyboardInterrupt included)
+    if world > 1:
+        parts = gather_from_processes((vectors, report.computed, report.forward_passes))
+        vectors = {key: vec for part, _, _ in parts for key, vec in part.items()}
+        report.computed, report.forward_passes = sum(p[1] for p in parts), sum(p[2] for p in parts)
 
     cached_keys = [k for k in first_row if k not in vectors]
     if cached_keys:
