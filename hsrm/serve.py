@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -78,6 +79,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .data.io import DataError
 from .data.messages import to_messages
+from .data.render import render_text
 from .engine import DEFAULT_MAX_TOKENS
 from .errors import UserError
 from .options import EngineInput, ModelInput, Options, OptionsError, ResultFormat, option
@@ -113,6 +115,11 @@ class ServeOptions(ResultFormat, EngineInput, ModelInput, Options):
     request_timeout_s: float = option(
         300.0, "seconds a request may wait for its rewards (queue and forward passes) before a 504"
     )
+    normalize: bool = option(
+        False,
+        "answer (r - mean) / std with the reward statistics of the model record (hsrm train and expo write "
+        "them); off: the raw reward",
+    )
     log_requests: bool = option(
         False,
         "log every request with its texts and rewards, and uvicorn's access log (off: no text is ever logged)",
@@ -147,7 +154,14 @@ def serve_options(argv: Sequence[str]) -> ServeOptions:
 def load_scorer(options: ServeOptions) -> RewardScorer:
     # max_tokens bounds both a merged batch and a packed row: on CUDA a merged batch is one packed
     # row, one forward pass.
-    return RewardScorer.from_options(options)
+    scorer = RewardScorer.from_options(options)
+    record = scorer.record
+    if options.normalize and not (record.reward_mean is not None and record.reward_std):
+        raise UserError(
+            f"--normalize: {scorer.model_dir}'s record holds no reward statistics (reward_mean, reward_std > 0); "
+            "models trained by hsrm train or written by hsrm expo have them"
+        )
+    return scorer
 
 
 # ------------------------------------------------------------------------------------ batching
@@ -304,8 +318,9 @@ def json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def items_of(body: Any, key: str, limit: int) -> list:
-    """``body[key]``: a non-empty list of at most ``limit`` items, or a RequestError naming ``key``."""
+def items_of(body: Any, key: str, limit: int, allow_empty: bool = False) -> list:
+    """``body[key]``: a list of at most ``limit`` items (non-empty unless ``allow_empty``), or a
+    RequestError naming ``key``."""
     if not isinstance(body, dict):
         raise RequestError(422, f"the body must be a JSON object with {key!r}, got a JSON {json_type(body)}")
     if key not in body:
@@ -313,7 +328,7 @@ def items_of(body: Any, key: str, limit: int) -> list:
     value = body[key]
     if not isinstance(value, list):
         raise RequestError(422, f"{key!r} must be an array, got a JSON {json_type(value)}")
-    if not value:
+    if not value and not allow_empty:
         raise RequestError(422, f"{key!r} is empty; send at least one item")
     if len(value) > limit:
         raise RequestError(
@@ -337,6 +352,13 @@ def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[
             raise RequestError(422, f"prompts[{index}]: {err.problem}") from None
         if not isinstance(response, str):
             raise RequestError(422, f"responses[{index}] must be a string, got a JSON {json_type(response)}")
+        problem = unicode_problem(response)
+        if problem:
+            raise RequestError(422, f"responses[{index}]: {problem}")
+        for turn in conversations[-1]:
+            problem = unicode_problem(str(turn.get("content", "")))
+            if problem:
+                raise RequestError(422, f"prompts[{index}]: {problem}")
     try:
         return scorer.encode_many(conversations, responses)
     except TemplateError:  # e.g. a template that refuses a system turn, or turns out of order: find which
@@ -350,12 +372,65 @@ def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[
         raise
 
 
-def encode_query_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[int]]:
-    """Token ids of a ``/get_reward`` body: each text as given, cut from the left."""
-    texts = items_of(body, "query", limit)
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be tokenized (JSON lets a lone surrogate such as "\\ud800" through), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"not valid Unicode text (a lone surrogate at character {err.start})"
+    return None
+
+
+def check_texts(texts: Sequence[Any], field: str) -> None:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise RequestError(422, f"query[{index}] must be a string, got a JSON {json_type(text)}")
+            raise RequestError(422, f"{field}[{index}] must be a string, got a JSON {json_type(text)}")
+        problem = unicode_problem(text)
+        if problem:
+            raise RequestError(422, f"{field}[{index}]: {problem}")
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """What the reward model's chat template writes around an assistant's text: ``opener`` before it
+    (the end of the user turn and the assistant header), ``closer`` after it (``<|im_end|>\\n``)."""
+
+    opener: str
+    closer: str
+
+
+@functools.lru_cache(maxsize=8)
+def turn_end_of(tokenizer) -> TurnEnd:
+    user, response = "\u27e6hsrm user\u27e7", "\u27e6hsrm response\u27e7"  # texts no template writes itself
+    text = render_text(tokenizer, [{"role": "user", "content": user}], response)
+    at = text.rindex(response)
+    return TurnEnd(opener=text[text.rindex(user) + len(user) : at], closer=text[at + len(response) :])
+
+
+def completed_query(text: str, turn_end: TurnEnd, eos: str | None = None) -> str:
+    """An OpenRLHF query as the model was trained on it. OpenRLHF sends ``decode(prompt_ids +
+    response_ids)``: the response ends with the EOS token, or with nothing when generation was cut,
+    while training rendered the template's whole end of turn (``<|im_end|>`` *and* ``\\n`` for
+    ChatML). A query that holds the assistant opener is a conversation: what is missing of the closer
+    is appended (an EOS that the template does not write there is replaced by the closer). Any other
+    text is scored as given."""
+    if not turn_end.closer or not turn_end.opener or turn_end.opener not in text:
+        return text
+    if eos and text.endswith(eos) and not turn_end.closer.startswith(eos):
+        text = text[: -len(eos)]
+    for kept in range(len(turn_end.closer), 0, -1):
+        if text.endswith(turn_end.closer[:kept]):
+            return text + turn_end.closer[kept:]
+    return text + turn_end.closer
+
+
+def encode_query_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[int]]:
+    """Token ids of a ``/get_reward`` body: each text with its end of turn completed as training
+    rendered it (:func:`completed_query`), cut from the left."""
+    texts = items_of(body, "query", limit, allow_empty=True)  # OpenRLHF's sharding sends [] to some servers
+    check_texts(texts, "query")
+    turn_end = turn_end_of(scorer.tokenizer)
+    texts = [completed_query(text, turn_end, scorer.tokenizer.eos_token) for text in texts]
     sequences = scorer.encode_texts(texts)
     for index, ids in enumerate(sequences):
         if not ids:
@@ -438,14 +513,18 @@ class RewardService:
         scorer = self.ready_scorer()
         body = await read_json(request, self.options.max_body_bytes)
         sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
-        rewards = await self.rewards(sequences)
+        rewards = await self.rewards(sequences) if sequences else []
         refusal = nonfinite_rewards_message(rewards, "of this request")
         if refusal:  # JSON has no NaN: say what happened rather than fail while encoding the answer
             raise RequestError(500, refusal)
+        if self.options.normalize:
+            mean, std = scorer.record.reward_mean, scorer.record.reward_std
+            rewards = [(reward - mean) / std for reward in rewards]
         self.answered += 1
         if self.options.log_requests:
             logger.info("%s %s → rewards %s", request.url.path, clipped(json.dumps(body, ensure_ascii=False)), rewards)
-        return JSONResponse({"rewards": rewards})
+        # OpenRLHF's serve_rm answers {rewards, scores, extra_logs} and its client reads either list
+        return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {}})
 
     def info(self) -> dict[str, Any]:
         from .engine import choose_layout
@@ -474,6 +553,16 @@ class RewardService:
                 "request_timeout_s": options.request_timeout_s,
             },
             "counts": {**self.batcher.counts, "accepted": self.accepted, "answered": self.answered},
+            "rewards": {
+                "normalized": bool(options.normalize),
+                **({"mean": scorer.record.reward_mean, "std": scorer.record.reward_std} if options.normalize else {}),
+            },
+            "get_reward": {
+                "appends_end_of_turn": turn_end_of(scorer.tokenizer).closer,
+                "to": "queries holding the assistant opener "
+                f"{turn_end_of(scorer.tokenizer).opener!r}: the part of it they lack (an EOS the template "
+                "does not write there is replaced); other texts are scored as given",
+            },
         }
 
 

@@ -171,7 +171,6 @@ BAD_INPUT = [
         f"at most {MAX_SEQUENCES}",
     ),
     ("/get_reward", {"queries": ["x"]}, 422, "'query' is missing"),
-    ("/get_reward", {"query": []}, 422, "'query' is empty"),
     ("/get_reward", {"query": ["ok", None]}, 422, "query[1]"),
     ("/get_reward", {"query": [""]}, 422, "query[0]"),
     ("/get_reward", {"query": ["x"] * (MAX_SEQUENCES + 1)}, 413, f"at most {MAX_SEQUENCES}"),
@@ -478,3 +477,103 @@ def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine()
         assert len(row["rounds"]) == 1 and row["in_process_tokens_per_s"] > 0 and 0 < row["engine_busy"] <= 1
     assert result["server_exit_code"] == 0
     assert result["target"] is None  # no level at 16 clients in this run
+
+
+# ------------------------------------------------------------------------------------ round 2 (issue 33)
+QWEN_STYLE = (  # ChatML with a default system turn, as Qwen2.5's template writes it
+    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module", params=["smollm2", "qwen", "llama3"])
+def templated_scorer(request, tmp_path_factory):
+    from hsrm.tiny import build_tiny_llama, build_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp(request.param)
+    tokenizer = build_tiny_tokenizer(folder)
+    if request.param == "qwen":
+        tokenizer.chat_template = QWEN_STYLE
+    if request.param == "llama3":
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+        )
+        tokenizer.eos_token = "<|eot_id|>"
+        tokenizer.chat_template = LLAMA3_STYLE
+    build_tiny_llama(folder, tokenizer=tokenizer, seed=4)
+    return RewardScorer(str(folder), max_length=MAX_LENGTH, device="cpu")
+
+
+def openrlhf_query(tokenizer, prompt: str, response: str, finished: bool = True) -> str:
+    """What OpenRLHF sends to a remote reward model: decode(prompt_ids + response_ids), special tokens kept."""
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if finished:  # generation stopped at EOS; a response cut at the length limit has none
+        response_ids.append(tokenizer.eos_token_id)
+    return tokenizer.decode(prompt_ids + response_ids, skip_special_tokens=False)
+
+
+def test_get_reward_scores_openrlhf_queries_as_training_rendered_them(templated_scorer):
+    """Before: a ChatML query ended at <|im_end|> without the template's "\\n": the reward was read one
+    token early, 0.6–1.9 away from RewardScorer.score."""
+    from hsrm.serve import encode_query_body, turn_end_of
+
+    scorer = templated_scorer
+    prompts, responses = ["How do I bake bread?", "Say yes."], ["Flour, water, yeast and salt.", "yes"]
+    for finished in (True, False):
+        queries = [openrlhf_query(scorer.tokenizer, p, r, finished) for p, r in zip(prompts, responses)]
+        got = scorer.score_ids(encode_query_body(scorer, {"query": queries}, 16)).tolist()
+        assert_close(got, scorer.score(prompts, responses))
+        as_given = scorer.score_ids(scorer.encode_texts(queries)).tolist()
+        if not finished or scorer.tokenizer.eos_token != turn_end_of(scorer.tokenizer).closer:  # not Llama-3's
+            assert max(abs(a - b) for a, b in zip(as_given, got)) > 1e-4  # the completion changed what is read
+
+
+def test_get_reward_answers_an_empty_query_and_openrlhf_fields(server, scorer):
+    """OpenRLHF splits a sample's queries over its --reward.remote_url servers: one may get []."""
+    assert request(server.url, "/get_reward", {"query": [], "prompts": [], "labels": []}) == (
+        200,
+        {"rewards": [], "scores": [], "extra_logs": {}},
+    )
+    status, body = request(server.url, "/get_reward", {"query": ["hello"], "prompts": ["p"], "labels": ["l"]})
+    assert status == 200 and body["scores"] == body["rewards"] and body["extra_logs"] == {}
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/get_reward", {"query": ["ok", "bad \ud800 text"]}, "query[1]"),
+    ("/score", {"prompts": ["a"], "responses": ["\udfff"]}, "responses[0]"),
+    ("/score", {"prompts": ["fine", "\ud800"], "responses": ["x", "y"]}, "prompts[1]"),
+])  # fmt: skip
+def test_a_lone_surrogate_is_a_422_naming_the_field(server, path, body, field):
+    """Before: a plain-text 500 with an 80-line traceback."""
+    status, answer = request(server.url, path, body)
+    assert status == 422 and answer["detail"].startswith(f"{field}: not valid Unicode text"), answer
+    assert request(server.url, "/health") == (200, {"status": "ok"})
+
+
+def test_normalize_answers_the_standardised_reward_and_info_says_so(tiny_model_dir, tmp_path, scorer):
+    import shutil
+
+    from hsrm.record import read_record, write_record
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    record = read_record(model)
+    record.reward_mean, record.reward_std = 0.25, 2.0
+    write_record(model, record)
+    with in_process_server(ServeOptions(model=str(model), normalize=True, max_length=MAX_LENGTH), None) as (url, _):
+        while request(url, "/health")[0] != 200:
+            time.sleep(0.05)
+        status, body = request(url, "/score", {"prompts": PROMPTS[:2], "responses": RESPONSES[:2]})
+        assert status == 200
+        assert_close(body["rewards"], [(r - 0.25) / 2.0 for r in scorer.score(PROMPTS[:2], RESPONSES[:2])])
+        assert request(url, "/info")[1]["rewards"] == {"normalized": True, "mean": 0.25, "std": 2.0}
