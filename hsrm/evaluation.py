@@ -456,6 +456,7 @@ def evaluate_model(
     per_subset: int | None = None,
     layout: str = "auto",
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    share_prompts: bool = True,
 ) -> dict[str, Any]:
     """Score ``data`` with the reward model at ``model``. ``on_bad_rows="skip"`` skips and counts rows
     that cannot be evaluated (an empty response, chosen identical to rejected) instead of stopping.
@@ -476,6 +477,7 @@ def evaluate_model(
         progress=progress,
         layout=layout,
         max_tokens=max_tokens,
+        share_prompts=share_prompts,
     )
     logger.info("%s | %s", eval_set.load_summary, eval_set.truncation)
     result = evaluate_prepared(scorer, eval_set)
@@ -650,6 +652,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_subset=opts.per_subset,
         layout=opts.layout,
         max_tokens=opts.max_tokens,
+        share_prompts=opts.share_prompts,
     )
     refusal = nonfinite_rewards_message(scalar_rewards(result), f"of {opts.data}")
     if refusal:  # its accuracy would read "0.0 %" as if the model were merely bad

@@ -315,6 +315,7 @@ def search_factor(
     dtype: str = "float32",
     layout: str = "auto",
     max_tokens: int | None = None,
+    share_prompts: bool = True,
 ) -> dict[str, Any]:
     """Score factors on ``data`` with ``hsrm evaluate``'s metric: the coarse grid, then ``fine_step``
     steps within ``fine_radius`` of the coarse best. α = 1 (the strong model) is scored as a reference.
@@ -343,6 +344,7 @@ def search_factor(
         progress=False,
         layout=layout,
         max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+        share_prompts=share_prompts,
     )
     logger.info("ExPO search on %s | %s", eval_set.load_summary, eval_set.truncation)
     table: list[dict[str, Any]] = []
@@ -441,6 +443,7 @@ def main(argv: list[str] | None = None) -> Path:
         dtype=opts.dtype or "float32",
         layout=opts.layout,
         max_tokens=opts.max_tokens,
+        share_prompts=opts.share_prompts,
     )
     best = search["best"]
     stats = {

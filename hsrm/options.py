@@ -379,6 +379,11 @@ class EngineInput:
         "with varlen attention, else padded)",
     )
     max_tokens: int = option(16384, "tokens per packed row", positive=True)
+    share_prompts: bool = option(
+        True,
+        "compute a prompt (any common token-id prefix) once for all its responses; the engine scores "
+        "unshared where that is not exact for the model (docs/speed.md)",
+    )
 
 
 @dataclasses.dataclass

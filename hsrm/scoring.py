@@ -89,7 +89,8 @@ class RewardScorer:
     ``max_length=None`` resolves by :func:`hsrm.modeling.resolve_max_length` (what the user asks,
     else the benchmark protocol the caller names, else the length the model was trained with, else
     2048; capped at the model's context). ``layout`` is the engine's (``auto``: packed on CUDA with
-    a varlen attention path, padded otherwise).
+    a varlen attention path, padded otherwise), and so is ``share_prompts`` (each common prompt
+    computed once where that is exact, :mod:`hsrm.engine`).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class RewardScorer:
         attn_implementation: str | None = None,
         protocol_max_length: int | None = None,
         protocol_name: str = "",
+        share_prompts: bool = True,
     ):
         from .modeling import default_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
 
@@ -143,6 +145,7 @@ class RewardScorer:
             max_length, self.record, self.model.config, protocol=protocol_max_length, protocol_name=protocol_name
         )
         self.batch_size, self.max_tokens, self.layout = batch_size, max_tokens, layout
+        self.share_prompts = share_prompts
         self.progress = progress
         self.truncation = TruncationStats()
         self._truncation_lock = threading.Lock()  # hsrm serve encodes requests in several threads at once
@@ -207,6 +210,7 @@ class RewardScorer:
             all_outputs=all_outputs,
             progress=self.progress,
             desc=desc,
+            share_prompts=self.share_prompts,
         )
 
     def scalar(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -367,6 +371,7 @@ def main(argv: list[str] | None = None) -> Path:
         device=opts.device,
         layout=opts.layout,
         max_tokens=opts.max_tokens,
+        share_prompts=opts.share_prompts,
         progress=True,
     )
     path, rows = score_file(scorer, opts.data, output)
