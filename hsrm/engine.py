@@ -212,20 +212,34 @@ def shared_prefix_fallback(model, longest: int) -> str | None:
     return None
 
 
-def prefix_batches(groups: Sequence[tuple[int, Sequence[int]]], batch_size: int) -> list[list]:
-    """Groups whose prefixes run in one forward pass: longest prefix first, as many groups as hold
-    ``batch_size`` members between them (at least one group).
+# A prefix pass takes the next (shorter) prefix while its padded positions stay within this factor
+# of its real tokens: Best-of-N prompts are few and their lengths heavy-tailed, so one padded pass
+# over all of them could compute more padding than sharing saves.
+PREFIX_PADDING = 1.25
 
-    >>> prefix_batches([(5, [0, 1]), (9, [2, 3, 4]), (7, [5, 6])], 4)
-    [[(9, [2, 3, 4])], [(7, [5, 6]), (5, [0, 1])]]
+
+def prefix_batches(groups: Sequence[tuple[int, Sequence[int]]], batch_size: int) -> list[list[list]]:
+    """The order of the shared work: ``batch_size`` groups at a time, longest prefix first; each
+    such batch split into prefix passes (forward calls) of similar lengths (:data:`PREFIX_PADDING`).
+    The members' continuations of a batch are then sorted by length across its groups and cut into
+    batches: a Best-of-N group's own responses vary too much in length to make a batch with little padding.
+
+    >>> prefix_batches([(4, [0, 1]), (9, [2, 3, 4]), (8, [5, 6]), (2, [7, 8])], 3)  # 3 × 9 > 1.25 × (9 + 8 + 4)
+    [[[(9, [2, 3, 4]), (8, [5, 6])], [(4, [0, 1])]], [[(2, [7, 8])]]]
     """
-    batches, members = [], batch_size
-    for group in sorted(groups, key=lambda group: -group[0]):
-        if members + len(group[1]) > batch_size:
-            batches.append([])
-            members = 0
-        batches[-1].append(group)
-        members += len(group[1])
+    ordered = sorted(groups, key=lambda group: -group[0])
+    batches = []
+    for start in range(0, len(ordered), batch_size):
+        passes: list[list] = []
+        for group in ordered[start : start + batch_size]:
+            current = passes[-1] if passes else None
+            if current and (len(current) + 1) * current[0][0] <= PREFIX_PADDING * (
+                sum(length for length, _ in current) + group[0]
+            ):
+                current.append(group)
+            else:
+                passes.append([group])
+        batches.append(passes)
     return batches
 
 
@@ -241,11 +255,12 @@ def shared_prefix_batches(
     """Yield ``(indices, batch)`` for the members of ``groups`` (see :func:`shared_prefix_groups`):
     continuation batches that :func:`hsrm.modeling.reward_outputs` reads like padded ones.
 
-    Groups are taken longest prefix first, as many as hold ``batch_size`` members (at least one);
-    their prefixes run together, right-padded, in one forward pass that keeps its KV cache. The
-    members' continuations then run, longest first, ``batch_size`` rows at a time, against the
-    cache rows of their prefix (copied per row: attention takes one key row per query row), with
-    the mask [prefix mask | continuation mask] and positions continuing from each prefix's length.
+    Each prefix pass of :func:`prefix_batches` runs right-padded in one forward call that keeps its
+    KV cache; each group keeps its own rows of it, cut to its length. The members' continuations
+    then run, longest first, ``batch_size`` rows at a time, against their prefix's keys and values
+    (copied per row into one tensor per layer, right-padded to the chunk's longest prefix:
+    attention takes one key row per query row), with the mask [prefix mask | continuation mask]
+    and positions continuing from each prefix's length.
     """
     from transformers import DynamicCache
 
@@ -253,30 +268,43 @@ def shared_prefix_batches(
     from .modeling import body_and_score_head
 
     body, _ = body_and_score_head(model)
-    for taken in prefix_batches(groups, batch_size):
-        prefixes = [list(sequences[group_members[0]][:length]) for length, group_members in taken]
-        prefix_ids, prefix_mask = pad_sequences(prefixes, pad_id, "right")
-        prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
-        out = body(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
-        keys_values = [(layer.keys, layer.values) for layer in cache.layers]
-        rows = [(i, g) for g, (_, group_members) in enumerate(taken) for i in group_members]
+    for passes in prefix_batches(groups, batch_size):
+        taken, cached = [], []  # the groups of this batch, and each one's [(keys, values) per layer]
+        for part in passes:
+            prefixes = [list(sequences[members[0]][:length]) for length, members in part]
+            prefix_ids, prefix_mask = pad_sequences(prefixes, pad_id, "right")
+            out = body(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True)
+            layers = (getattr(out, "cache", None) or out.past_key_values).layers
+            for row, (length, members) in enumerate(part):
+                taken.append((length, members))
+                cached.append([(layer.keys[row, :, :length], layer.values[row, :, :length]) for layer in layers])
+        rows = [(i, g) for g, (_, members) in enumerate(taken) for i in members]
         rows.sort(key=lambda row: -(len(sequences[row[0]]) - taken[row[1]][0]))
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            indices = [i for i, _ in chunk]
-            group = torch.tensor([g for _, g in chunk], device=device)
-            continuations = [list(sequences[i][taken[g][0] :]) for i, g in chunk]
-            ids, mask = pad_sequences(continuations, pad_id, "right")
+            lengths = [taken[g][0] for _, g in chunk]
+            width = max(lengths)
+            prefix_mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+            keys_values = []
+            for layer, (keys, values) in enumerate(cached[chunk[0][1]]):
+                heads, _, dim = keys.shape
+                k = keys.new_zeros((len(chunk), heads, width, dim))
+                v = values.new_zeros((len(chunk), heads, width, dim))
+                for row, (_, g) in enumerate(chunk):
+                    k[row, :, : lengths[row]], v[row, :, : lengths[row]] = cached[g][layer]
+                keys_values.append((k, v))
+            for row, length in enumerate(lengths):
+                prefix_mask[row, :length] = 1
+            ids, mask = pad_sequences([list(sequences[i][taken[g][0] :]) for i, g in chunk], pad_id, "right")
             ids, mask = ids.to(device), mask.to(device)
-            lengths = torch.tensor([taken[g][0] for _, g in chunk], device=device)
             yield (
-                indices,
+                [i for i, _ in chunk],
                 {
                     "input_ids": ids,
-                    "attention_mask": torch.cat([prefix_mask[group], mask], dim=1),
-                    "position_ids": lengths[:, None] + torch.arange(ids.shape[1], device=device)[None],
-                    "cache": DynamicCache(ddp_cache_data=[(k[group], v[group]) for k, v in keys_values]),
+                    "attention_mask": torch.cat([prefix_mask, mask], dim=1),
+                    "position_ids": torch.tensor(lengths, device=device)[:, None]
+                    + torch.arange(ids.shape[1], device=device)[None],
+                    "cache": DynamicCache(ddp_cache_data=keys_values),
                 },
             )
 
@@ -311,8 +339,8 @@ def score_sequences(
     ``share_prompts``: compute each common token-id prefix once (module docstring); where the model
     or layout cannot do that exactly, the sequences are scored unshared. ``stats``, when given, is
     filled with what was computed: ``sequences``, ``shared_sequences``, ``shared_groups``,
-    ``tokens`` (in the sequences), ``tokens_computed`` (prefixes once) and ``fallback`` (why
-    nothing was shared, or None).
+    ``tokens`` (in the sequences), ``tokens_computed`` (prefixes once), ``positions_computed``
+    (what the forward passes ran, padding included) and ``fallback`` (why nothing was shared, or None).
     """
     from tqdm.auto import tqdm
 
@@ -350,9 +378,9 @@ def score_sequences(
         )
     ]
     shared = shared_prefix_batches(model, sequences, groups, pad_id=pad_id, batch_size=batch_size, device=device)
-    total = len(plan) + sum(
-        -(-sum(len(m) for _, m in taken) // batch_size) for taken in prefix_batches(groups, batch_size)
-    )
+    grouped = prefix_batches(groups, batch_size)
+    total = len(plan) + sum(-(-sum(len(m) for part in passes for _, m in part) // batch_size) for passes in grouped)
+    positions = sum(len(part) * part[0][0] for passes in grouped for part in passes)  # the prefix passes
     if stats is not None:
         tokens = sum(map(len, sequences))
         stats.update(
@@ -370,8 +398,11 @@ def score_sequences(
             outputs = reward_outputs(model, to_device(batch, device)).float()
             values = outputs if all_outputs else scalar_reward(outputs, attribute_weights)
             results[torch.as_tensor(indices)] = values.cpu()
+            positions += batch["input_ids"].numel()
     finally:
         model.train(was_training)
+    if stats is not None:
+        stats["positions_computed"] = positions
     return results
 
 
