@@ -238,3 +238,24 @@ def test_the_option_reaches_the_engine_from_every_verb(tiny_model_dir, monkeypat
         scorer = scoring.RewardScorer(str(tiny_model_dir), share_prompts=share, device="cpu")
         scorer.score(["a question"] * 2, ["yes", "no"])
     assert seen == [True, False]
+
+
+def test_bench_smoke_on_real_pairs(tiny_model_dir, shared_data, capsys):
+    """bench/shared_prompts.py end to end at a tiny size (the tiny model stands in for SmolLM2): both
+    workloads shared, fewer tokens computed, the same rewards."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("shared_prompts_bench", REPO_ROOT / "bench" / "shared_prompts.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = shared_data / "hh_rlhf" / "helpful-online.test.jsonl.gz"
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--pairs", "6", "--groups", "2", "--repeats", "1"]
+    result = bench.main([*argv, "--max-length", "256"])
+    for name in ("pairs", "best_of_8"):
+        row = result[name]
+        assert row["fallback"] is None and row["shared_sequences"] > 0
+        assert row["tokens_computed_shared"] < row["tokens"]
+        assert row["max_abs_reward_difference"] < TOLERANCE
+    assert "best_of_8:" in capsys.readouterr().out
