@@ -19,10 +19,23 @@ Layouts:
   block-diagonal mask over the whole row (eager/sdpa), which costs more than the little padding
   that sorting leaves (``bench/throughput.py --model-shape tiny --device cpu`` prints both), and
   flex attention stays out of ``auto`` because its first call compiles for minutes.
+
+Shared prompts (``share_prompts``, on by default; issue 32): sequences that begin with the same
+token ids — the responses of a Best-of-N group, the chosen and rejected of a pair, a GRPO group
+sent to ``hsrm serve`` — are grouped by their longest common token-id prefix
+(:func:`shared_prefix_groups`, from the ids after templating and truncation, never from the text).
+Each group's prefix runs once with a KV cache; the continuations run against that cache, repeated
+over the group's rows, with positions continuing the prefix, and each reward is read at the
+sequence's last real token by the same :func:`hsrm.modeling.reward_outputs`. In fp32 the rewards
+equal the unshared ones within float rounding (tests/test_shared_prompts.py). Sharing applies to
+the padded layout with eager or SDPA attention on a causal decoder; otherwise the engine scores
+unshared — the packed layout (CUDA), other attention paths, bidirectional encoders, a sliding
+window shorter than twice the longest sequence — and says why in ``stats["fallback"]``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -35,6 +48,9 @@ Layout = Literal["auto", "padded", "packed"]
 LAYOUTS = get_args(Layout)
 DEFAULT_BATCH_SIZE = 8  # sequences per padded batch
 DEFAULT_MAX_TOKENS = 16384  # tokens per packed row
+# Shorter common prefixes are scored unshared: sharing them saves less than the extra forward call costs.
+MIN_SHARED_PREFIX = 16  # tokens
+SHARED_ATTENTION = ("eager", "sdpa")  # attention paths whose padded masks keep a cached prefix exact
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -104,6 +120,196 @@ def batches(
         raise InputError(f"layout must be 'padded' or 'packed' here, not {layout!r} (choose_layout resolves 'auto')")
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    import numpy as np
+
+    width = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:width]) != np.asarray(b[:width]))
+    return int(differ[0]) if differ.size else width
+
+
+def shared_prefix_groups(
+    sequences: Sequence[Sequence[int]], min_prefix: int = MIN_SHARED_PREFIX
+) -> list[tuple[int, list[int]]]:
+    """``(prefix_length, members)`` of the groups whose prefix the engine computes once.
+
+    Sorted lexicographically, sequences sharing a prefix are neighbours, and a run's common prefix
+    is the smallest common prefix of adjacent pairs. Each is capped at the shorter length minus one,
+    so every continuation keeps at least one token: a sequence that is a prefix of another (or a
+    duplicate) is still read at its own last token. Runs nest (a system prompt shared by all, a user
+    prompt by each Best-of-N group); the partition kept is the one computing the fewest tokens,
+    ``(size − 1) × prefix`` saved per group, with groups of at least two members and ``min_prefix``
+    tokens. Sequences in no group are scored unshared.
+
+    >>> shared_prefix_groups([[1, 2, 3, 4], [9, 9], [1, 2, 3, 5, 6], [1, 2, 3]], min_prefix=2)
+    [(2, [3, 0, 2])]
+    >>> shared_prefix_groups([[1, 2, 3, 4], [1, 2, 3, 4]], min_prefix=2)  # duplicates: one token each to read
+    [(3, [0, 1])]
+    """
+    order = sorted(range(len(sequences)), key=lambda i: tuple(sequences[i]))
+    caps = [
+        min(_common_prefix(sequences[a], sequences[b]), len(sequences[a]) - 1, len(sequences[b]) - 1)
+        for a, b in zip(order, order[1:])
+    ]
+    # The runs form a tree (a Cartesian tree of ``caps``): a run splits where its smallest cap is.
+    # Built top-down, then solved bottom-up without recursion (the tree can be thousands deep).
+    if len(order) < 2:
+        return []
+    nodes, children = [(0, len(order) - 1)], [[]]  # (first, last) positions in ``order``, inclusive
+    index = 0
+    while index < len(nodes):  # nodes grows as runs split
+        lo, hi = nodes[index]
+        smallest = min(caps[lo:hi])
+        start = lo
+        for end in [k for k in range(lo, hi) if caps[k] == smallest] + [hi]:
+            if end > start:  # a run of one sequence shares nothing
+                children[index].append(len(nodes))
+                nodes.append((start, end))
+                children.append([])
+            start = end + 1
+        index += 1
+    best: list[tuple[int, list]] = [(0, [])] * len(nodes)
+    for index in reversed(range(len(nodes))):
+        lo, hi = nodes[index]
+        prefix = min(caps[lo:hi])
+        split_saving = sum(best[c][0] for c in children[index])
+        whole_saving = (hi - lo) * prefix if prefix >= min_prefix else 0
+        if whole_saving > 0 and whole_saving >= split_saving:
+            best[index] = (whole_saving, [(prefix, order[lo : hi + 1])])
+        else:
+            best[index] = (split_saving, [g for c in children[index] for g in best[c][1]])
+    return best[0][1]
+
+
+def shared_prefix_fallback(model, longest: int) -> str | None:
+    """Why this model cannot score a cached prefix exactly (so the engine scores unshared), or None.
+
+    Exactness needs attention that is causal — a prefix's keys must not depend on what follows it,
+    which rules out bidirectional encoders (DeBERTa, BERT reward models) — a body that takes a cache
+    and position ids, an attention path whose padded mask keeps the cached prefix's padding out
+    (eager and SDPA; FlashAttention's padded path assumes left padding), and no sliding window the
+    padded layout could cross (windows are counted in cache slots, which padding stretches).
+    """
+    import inspect
+
+    from .modeling import body_and_score_head, cache_argument
+
+    body, head = body_and_score_head(model)
+    if body is None or head is None:
+        return "no transformer body with a score head"
+    attention = getattr(body.config, "_attn_implementation", None)
+    if attention not in SHARED_ATTENTION:
+        return f"attention {attention!r} (sharing needs {' or '.join(SHARED_ATTENTION)})"
+    parameters = inspect.signature(body.forward).parameters
+    if cache_argument(body) not in parameters or "position_ids" not in parameters:
+        return f"{type(body).__name__} takes no KV cache and position ids"
+    causal = [m.is_causal for m in body.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    if not causal or not all(causal):
+        return f"{type(body).__name__} has bidirectional (or unknown) attention"
+    window = getattr(body.config, "sliding_window", None)
+    if isinstance(window, int) and window < 2 * longest:
+        return f"sliding window of {window} tokens, sequences up to {longest}"
+    return None
+
+
+# A prefix pass takes the next (shorter) prefix while its padded positions stay within this factor
+# of its real tokens: Best-of-N prompts are few and their lengths heavy-tailed, so one padded pass
+# over all of them could compute more padding than sharing saves.
+PREFIX_PADDING = 1.25
+
+
+def prefix_batches(groups: Sequence[tuple[int, Sequence[int]]], batch_size: int) -> list[list[list]]:
+    """The order of the shared work: ``batch_size`` groups at a time, longest prefix first; each
+    such batch split into prefix passes (forward calls) of similar lengths (:data:`PREFIX_PADDING`).
+    The members' continuations of a batch are then sorted by length across its groups and cut into
+    batches: a Best-of-N group's own responses vary too much in length to make a batch with little padding.
+
+    >>> prefix_batches([(4, [0, 1]), (9, [2, 3, 4]), (8, [5, 6]), (2, [7, 8])], 3)  # 3 × 9 > 1.25 × (9 + 8 + 4)
+    [[[(9, [2, 3, 4]), (8, [5, 6])], [(4, [0, 1])]], [[(2, [7, 8])]]]
+    """
+    ordered = sorted(groups, key=lambda group: -group[0])
+    batches = []
+    for start in range(0, len(ordered), batch_size):
+        passes: list[list] = []
+        for group in ordered[start : start + batch_size]:
+            current = passes[-1] if passes else None
+            if current and (len(current) + 1) * current[0][0] <= PREFIX_PADDING * (
+                sum(length for length, _ in current) + group[0]
+            ):
+                current.append(group)
+            else:
+                passes.append([group])
+        batches.append(passes)
+    return batches
+
+
+def shared_prefix_batches(
+    model,
+    sequences: Sequence[Sequence[int]],
+    groups: Sequence[tuple[int, Sequence[int]]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+):
+    """Yield ``(indices, batch)`` for the members of ``groups`` (see :func:`shared_prefix_groups`):
+    continuation batches that :func:`hsrm.modeling.reward_outputs` reads like padded ones.
+
+    Each prefix pass of :func:`prefix_batches` runs right-padded in one forward call that keeps its
+    KV cache; each group keeps its own rows of it, cut to its length. The members' continuations
+    then run, longest first, ``batch_size`` rows at a time, against their prefix's keys and values
+    (copied per row into one tensor per layer, right-padded to the chunk's longest prefix:
+    attention takes one key row per query row), with the mask [prefix mask | continuation mask]
+    and positions continuing from each prefix's length.
+    """
+    from transformers import DynamicCache
+
+    from .data.render import pad_sequences
+    from .modeling import body_and_score_head
+
+    body, _ = body_and_score_head(model)
+    for passes in prefix_batches(groups, batch_size):
+        taken, cached = [], []  # the groups of this batch, and each one's [(keys, values) per layer]
+        for part in passes:
+            prefixes = [list(sequences[members[0]][:length]) for length, members in part]
+            prefix_ids, prefix_mask = pad_sequences(prefixes, pad_id, "right")
+            out = body(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True)
+            layers = (getattr(out, "cache", None) or out.past_key_values).layers
+            for row, (length, members) in enumerate(part):
+                taken.append((length, members))
+                cached.append([(layer.keys[row, :, :length], layer.values[row, :, :length]) for layer in layers])
+        rows = [(i, g) for g, (_, members) in enumerate(taken) for i in members]
+        rows.sort(key=lambda row: -(len(sequences[row[0]]) - taken[row[1]][0]))
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            lengths = [taken[g][0] for _, g in chunk]
+            width = max(lengths)
+            prefix_mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+            keys_values = []
+            for layer, (keys, values) in enumerate(cached[chunk[0][1]]):
+                heads, _, dim = keys.shape
+                k = keys.new_zeros((len(chunk), heads, width, dim))
+                v = values.new_zeros((len(chunk), heads, width, dim))
+                for row, (_, g) in enumerate(chunk):
+                    k[row, :, : lengths[row]], v[row, :, : lengths[row]] = cached[g][layer]
+                keys_values.append((k, v))
+            for row, length in enumerate(lengths):
+                prefix_mask[row, :length] = 1
+            ids, mask = pad_sequences([list(sequences[i][taken[g][0] :]) for i, g in chunk], pad_id, "right")
+            ids, mask = ids.to(device), mask.to(device)
+            yield (
+                [i for i, _ in chunk],
+                {
+                    "input_ids": ids,
+                    "attention_mask": torch.cat([prefix_mask, mask], dim=1),
+                    "position_ids": torch.tensor(lengths, device=device)[:, None]
+                    + torch.arange(ids.shape[1], device=device)[None],
+                    "cache": DynamicCache(ddp_cache_data=keys_values),
+                },
+            )
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -121,13 +327,21 @@ def score_sequences(
     all_outputs: bool = False,
     progress: bool = False,
     desc: str = "scoring",
+    share_prompts: bool = True,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Rewards of pre-tokenized sequences, in input order, as float32 on the CPU.
 
     Returns shape (n,) — the scalar reward, ``scalar_reward(outputs, attribute_weights)``: the
     weighted sum of the head's outputs when weights are given, else its first output — or, with
     ``all_outputs``, the raw head outputs (n, num_labels). Each reward is read at its sequence's
-    last real token, so neither the layout nor the batch changes it beyond float rounding.
+    last real token, so neither the layout, the batch nor prompt sharing changes it beyond float rounding.
+
+    ``share_prompts``: compute each common token-id prefix once (module docstring); where the model
+    or layout cannot do that exactly, the sequences are scored unshared. ``stats``, when given, is
+    filled with what was computed: ``sequences``, ``shared_sequences``, ``shared_groups``,
+    ``tokens`` (in the sequences), ``tokens_computed`` (prefixes once), ``positions_computed``
+    (what the forward passes ran, padding included) and ``fallback`` (why nothing was shared, or None).
     """
     from tqdm.auto import tqdm
 
@@ -146,21 +360,57 @@ def score_sequences(
     model.eval()
     width = num_labels if all_outputs else None
     results = torch.empty((len(sequences), width) if width else (len(sequences),), dtype=torch.float32)
-    plan = list(batches(sequences, chosen, pad_id=pad_id, batch_size=batch_size, max_tokens=max_tokens))
+    groups, fallback = [], None
+    if share_prompts:
+        fallback = (
+            f"{chosen} layout (sharing runs in the padded one)"
+            if chosen != "padded"
+            else shared_prefix_fallback(model, max(map(len, sequences)))
+        )
+        groups = shared_prefix_groups(sequences) if fallback is None else []
+    in_group = {i for _, members in groups for i in members}
+    alone = [i for i in range(len(sequences)) if i not in in_group]
+    plan = [
+        ([alone[k] for k in indices], batch)
+        for indices, batch in (
+            batches([sequences[i] for i in alone], chosen, pad_id=pad_id, batch_size=batch_size, max_tokens=max_tokens)
+            if alone
+            else ()
+        )
+    ]
+    shared = shared_prefix_batches(model, sequences, groups, pad_id=pad_id, batch_size=batch_size, device=device)
+    grouped = prefix_batches(groups, batch_size)
+    total = len(plan) + sum(-(-sum(len(m) for part in passes for _, m in part) // batch_size) for passes in grouped)
+    positions = sum(len(part) * part[0][0] for passes in grouped for part in passes)  # the prefix passes
+    if stats is not None:
+        tokens = sum(map(len, sequences))
+        stats.update(
+            sequences=len(sequences),
+            shared_sequences=len(in_group),
+            shared_groups=len(groups),
+            tokens=tokens,
+            tokens_computed=tokens - sum((len(members) - 1) * length for length, members in groups),
+            fallback=fallback,
+        )
     try:
-        for indices, batch in tqdm(plan, desc=desc, unit="batch", disable=not progress, leave=False):
+        for indices, batch in tqdm(
+            itertools.chain(plan, shared), total=total, desc=desc, unit="batch", disable=not progress, leave=False
+        ):
             outputs = reward_outputs(model, to_device(batch, device)).float()
             values = outputs if all_outputs else scalar_reward(outputs, attribute_weights)
             results[torch.as_tensor(indices)] = values.cpu()
+            positions += batch["input_ids"].numel()
     finally:
         model.train(was_training)
+    if stats is not None:
+        stats["positions_computed"] = positions
     return results
 
 
 def packing_discrepancy(model, sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, float]:
     """Largest |packed − padded| and |padded(batch) − padded(one at a time)| head outputs for the same
     sequences: the first must not exceed the second's order of magnitude (bf16 noise, issue 8)."""
-    everything = {"pad_id": pad_id, "all_outputs": True, "batch_size": len(sequences)}
+    everything = {"pad_id": pad_id, "all_outputs": True, "batch_size": len(sequences), "share_prompts": False}
     packed = score_sequences(model, sequences, layout="packed", max_tokens=sum(map(len, sequences)), **everything)
     padded = score_sequences(model, sequences, layout="padded", **everything)
     alone = score_sequences(model, sequences, layout="padded", **{**everything, "batch_size": 1})

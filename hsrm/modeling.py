@@ -413,6 +413,10 @@ def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | Non
     position ids (a block-diagonal mask for eager/sdpa/flex, varlen kernels for flash and
     ``hsrm_varlen``, which also get the cumulative lengths so no layer recomputes them), and
     ``use_cache=False`` because a cache turns that detection off.
+
+    A padded batch may also continue cached prefixes (:mod:`hsrm.engine`, shared prompts): ``cache``
+    holds the prefixes' keys and values (one row per sequence), ``position_ids`` continue each prefix,
+    and ``attention_mask`` spans [prefix | continuation]; the last real token lies in the continuation.
     """
     kwargs: dict[str, Any] = {"use_cache": False}
     if hidden_layer is not None:
@@ -435,10 +439,25 @@ def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | Non
         hidden = out.last_hidden_state if hidden_layer is None else out.hidden_states[hidden_layer]
         return hidden[0, batch["last_index"].to(hidden.device)]
     mask = batch["attention_mask"]
+    if batch.get("cache") is not None:
+        # A continuation batch (hsrm.engine's shared prompts): the ids continue a prefix whose keys and
+        # values are in the cache; the mask covers [prefix | continuation], the positions continue the prefix.
+        # use_cache=True: some architectures read a given cache only when asked to use one.
+        kwargs.update({cache_argument(body): batch["cache"], "position_ids": batch["position_ids"], "use_cache": True})
     out = body(input_ids=batch["input_ids"], attention_mask=mask, **kwargs)
     hidden = out.last_hidden_state if hidden_layer is None else out.hidden_states[hidden_layer]
-    index = last_token_index(mask).to(hidden.device)
+    # The hidden states cover the ids only: a cached prefix shifts the mask's last real position by its width.
+    index = (last_token_index(mask) - (mask.shape[-1] - batch["input_ids"].shape[-1])).to(hidden.device)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def cache_argument(body) -> str:
+    """The name under which ``body.forward`` takes a KV cache: ``cache`` since transformers 5.2x,
+    ``past_key_values`` before (still accepted there, with a deprecation warning)."""
+    import inspect
+
+    parameters = inspect.signature(body.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def reward_outputs(model, batch: Mapping[str, Any]) -> torch.Tensor:

@@ -429,6 +429,11 @@ class EngineInput:
         "which output of the model's head is the reward, by index or label name (default: what the model record "
         "says; required for a head with several outputs and no hsrm record, such as a 2-label classifier)",
     )
+    share_prompts: bool = option(
+        True,
+        "compute a prompt (any common token-id prefix) once for all its responses; the engine scores "
+        "unshared where that is not exact for the model (docs/speed.md)",
+    )
 
     def engine_settings(self) -> dict[str, Any]:
         """The engine's options as :class:`hsrm.scoring.RewardScorer`'s keywords: declared once, in

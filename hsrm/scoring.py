@@ -94,7 +94,8 @@ class RewardScorer:
     ``max_length=None`` resolves by :func:`hsrm.modeling.resolve_max_length` (what the user asks,
     else the benchmark protocol the caller names, else the length the model was trained with, else
     2048; capped at the model's context). ``layout`` is the engine's (``auto``: packed on CUDA with
-    a varlen attention path, padded otherwise).
+    a varlen attention path, padded otherwise), and so is ``share_prompts`` (each common prompt
+    computed once where that is exact, :mod:`hsrm.engine`).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class RewardScorer:
         protocol_max_length: int | None = None,
         protocol_name: str = "",
         reward_output: int | str | None = None,
+        share_prompts: bool = True,
     ):
         from .modeling import default_attention, load_reward_model, pick_device, resolve_max_length, torch_dtype
 
@@ -160,6 +162,7 @@ class RewardScorer:
             max_length, self.record, self.model.config, protocol=protocol_max_length, protocol_name=protocol_name
         )
         self.batch_size, self.max_tokens, self.layout = batch_size, max_tokens, layout
+        self.share_prompts = share_prompts
         self.progress = progress
         self.sharding = None  # a ShardedScoring (hsrm.shards): the CLI's verbs score in shards, across processes
         self.truncation = TruncationStats()
@@ -245,6 +248,7 @@ class RewardScorer:
             "all_outputs": all_outputs,
             "progress": self.progress,
             "desc": desc,
+            "share_prompts": self.share_prompts,
         }
         if self.sharding is not None:
             return self.sharding.score(self.model, sequences, **engine)

@@ -4,7 +4,8 @@
 under ``torchrun --nproc_per_node N -m hsrm score …`` / ``accelerate launch -m hsrm score …``
 (on one node or several):
 
-* The sequences are cut into contiguous **shards** of about equal token counts (at least
+* The sequences, in token-id order (so that those sharing a prompt are neighbours), are cut into
+  contiguous **shards** of about equal token counts (at least
   ``MIN_SHARDS`` of them, at most ``SHARD_SEQUENCES`` sequences each). The cut depends on the data
   alone, never on the number of processes, and each shard is scored by the one engine
   (:func:`hsrm.engine.score_sequences`) exactly as a one-process run scores it: the output is the
@@ -207,6 +208,11 @@ class ShardedScoring:
 
         from .files import atomic_save_npy, read_arrays
 
+        # In token-id order, sequences that share a prompt sit side by side, so a shard keeps a
+        # pair's or a Best-of-N group's members together and the engine computes their prompt once
+        # (input order would split pairwise evaluation's all-chosen-then-all-rejected lists).
+        order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+        sequences = [sequences[i] for i in order]
         shards = contiguous_shards([len(s) for s in sequences], multiple=engine.get("batch_size", 1))
         tokens = [sum(len(sequences[i]) for i in shard) for shard in shards]
         mine = assign_shards(tokens, self.world)[self.rank]
@@ -248,7 +254,10 @@ class ShardedScoring:
             return score_sequences(model, [], **plain)
         if len(gathered) != len(shards):
             raise InputError(f"{len(shards) - len(gathered)} shards came back from no process")
-        return torch.cat([gathered[s] for s in range(len(shards))])
+        in_order = torch.cat([gathered[s] for s in range(len(shards))])
+        results = torch.empty_like(in_order)
+        results[torch.as_tensor(order)] = in_order
+        return results
 
     def _gather(self, values: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         if self.world == 1:

@@ -1,0 +1,181 @@
+"""Shared prompts in the scoring engine (issue 32): tokens computed and time, with and without.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/shared_prompts.py [--quick] [--groups 8] [--pairs 32]
+                                                            [--output runs/bench/shared_prompts.json]
+
+Model: the embedded SmolLM2-135M-Instruct (the offline GGUF, converted once; ``--model`` for
+another) as a sequence classifier with a fresh, seeded score head: the timing and the equality of
+rewards do not depend on what the head learned. Data: real HH-RLHF helpful-online rows
+(../shared/data/hh_rlhf), rendered with the model's chat template and cut from the left to
+``--max-length`` like every hsrm verb:
+
+* pairs: each row's prompt with its chosen and its rejected response (what ``hsrm evaluate`` and
+  pair training score);
+* Best-of-8: each row's prompt with eight real responses — its own chosen and rejected, and six
+  responses of other rows — the shape of ``hsrm score``, RewardBench 2 and a GRPO reward call.
+
+Each workload is scored by ``hsrm.engine.score_sequences`` in one process, with ``share_prompts``
+on and off (padded layout, the CPU engine; alternated, ``--repeats`` times each, the best time
+kept), and the bench prints the tokens each computes, the times, both ratios and the largest
+reward difference. On CUDA it also times the packed unshared engine (``layout=auto``), which
+sharing does not use (docs/speed.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh_rlhf" / "helpful-online.test.jsonl.gz"
+)
+RESPONSES_PER_GROUP = 8
+
+
+def workloads(tokenizer, data: Path, n_pairs: int, n_groups: int, max_length: int, seed: int) -> dict:
+    """Token ids of the pair workload and of the Best-of-8 workload (see the module docstring), on
+    rows drawn at random (seeded) from the whole file, so that the lengths are the file's."""
+    from hsrm.data.auto import load_pairs_any
+    from hsrm.data.render import encode_batch
+
+    rows = load_pairs_any(str(data), on_error="skip")
+    rng = random.Random(seed)
+    drawn = rng.sample(range(len(rows)), max(n_pairs, n_groups))
+    pairs = rows.select(drawn[:n_pairs])
+    prompts = [p for p in pairs["prompt"] for _ in range(2)]
+    responses = [r for c, j in zip(pairs["chosen"], pairs["rejected"]) for r in (c, j)]
+    pair_ids, _ = encode_batch(tokenizer, prompts, responses, max_length)
+
+    pool = list(rows["chosen"]) + list(rows["rejected"])
+    prompts, responses = [], []
+    for i in drawn[:n_groups]:
+        row = rows[i]
+        others = [r for r in rng.sample(pool, RESPONSES_PER_GROUP + 2) if r not in (row["chosen"], row["rejected"])]
+        prompts += [row["prompt"]] * RESPONSES_PER_GROUP
+        responses += [row["chosen"], row["rejected"], *others[: RESPONSES_PER_GROUP - 2]]
+    group_ids, _ = encode_batch(tokenizer, prompts, responses, max_length)
+    return {"pairs": pair_ids, f"best_of_{RESPONSES_PER_GROUP}": group_ids}
+
+
+def timed(function) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process, result). CPU time is what the ratio should be read
+    from on a machine shared with other jobs: their load stretches the wall clock of either side."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def compare(model, sequences, *, batch_size: int, repeats: int, device: str) -> dict:
+    """Shared against unshared on the same sequences, alternated so that load on a shared machine
+    hits both alike; the best of ``repeats`` timings of each side."""
+    from hsrm.engine import score_sequences
+
+    stats = {True: {}, False: {}}
+    best = {True: [float("inf")] * 2, False: [float("inf")] * 2}
+    rewards = {}
+    score_sequences(model, sequences[:batch_size], layout="padded", batch_size=batch_size)  # warm-up
+    for _ in range(repeats):
+        for share in (True, False):
+            wall, cpu, rewards[share] = timed(
+                lambda share=share: score_sequences(
+                    model, sequences, layout="padded", batch_size=batch_size, share_prompts=share, stats=stats[share]
+                )
+            )
+            best[share] = [min(best[share][0], wall), min(best[share][1], cpu)]
+    shared, unshared = stats[True], stats[False]
+    result = {
+        "sequences": len(sequences),
+        "shared_groups": shared["shared_groups"],
+        "shared_sequences": shared["shared_sequences"],
+        "fallback": shared["fallback"],
+        "tokens": shared["tokens"],
+        "tokens_computed_shared": shared["tokens_computed"],
+        "token_ratio": shared["tokens"] / shared["tokens_computed"],
+        "positions_computed_unshared": unshared["positions_computed"],
+        "positions_computed_shared": shared["positions_computed"],
+        "seconds_unshared": best[False][0],
+        "seconds_shared": best[True][0],
+        "speedup": best[False][0] / best[True][0],
+        "cpu_seconds_unshared": best[False][1],
+        "cpu_seconds_shared": best[True][1],
+        "cpu_speedup": best[False][1] / best[True][1],
+        "max_abs_reward_difference": float((rewards[True] - rewards[False]).abs().max()),
+        "reward_scale": float(rewards[False].abs().max()),
+    }
+    if device == "cuda":
+        wall, _, packed = timed(lambda: score_sequences(model, sequences, layout="auto", share_prompts=False))
+        result["seconds_auto_unshared"] = wall
+        result["max_abs_reward_difference_auto"] = float((rewards[True] - packed).abs().max())
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="backbone folder (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="HH-RLHF pairs file")
+    parser.add_argument("--pairs", type=int, default=32, help="pairs scored (2 sequences each)")
+    parser.add_argument("--groups", type=int, default=8, help="Best-of-8 groups scored (8 sequences each)")
+    parser.add_argument("--max-length", type=int, default=1024, help="tokens kept per sequence, cut from the left")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    parser.add_argument("--repeats", type=int, default=2, help="timings per side; the best is kept")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quick", action="store_true", help="8 pairs, 2 groups, one timing: about a minute")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.groups, args.repeats = 8, 2, 1
+
+    from transformers.utils import logging as hf_logging
+
+    from hsrm.modeling import build_reward_model, pick_device, torch_dtype
+
+    hf_logging.set_verbosity_error()  # the fresh score head's "newly initialized" notice
+    device = pick_device(None)
+    torch.manual_seed(args.seed)
+    model, tokenizer = build_reward_model(args.model, num_labels=1, dtype=torch_dtype(args.dtype))
+    model.to(device).eval()
+    result = {
+        "model": model.config.name_or_path,
+        "data": args.data,
+        "device": str(device),
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+    }
+    for name, sequences in workloads(
+        tokenizer, Path(args.data), args.pairs, args.groups, args.max_length, args.seed
+    ).items():
+        result[name] = compare(model, sequences, batch_size=args.batch_size, repeats=args.repeats, device=device.type)
+        row = result[name]
+        print(
+            f"{name:>10}: {row['sequences']} sequences, {row['shared_groups']} shared groups; tokens "
+            f"{row['tokens']} → {row['tokens_computed_shared']} ({row['token_ratio']:.2f}× fewer; with padding "
+            f"{row['positions_computed_unshared']} → {row['positions_computed_shared']}); "
+            f"time {row['seconds_unshared']:.1f} s → {row['seconds_shared']:.1f} s ({row['speedup']:.2f}× faster; "
+            f"CPU time {row['cpu_seconds_unshared']:.1f} s → {row['cpu_seconds_shared']:.1f} s, "
+            f"{row['cpu_speedup']:.2f}×); "
+            f"max |Δreward| {row['max_abs_reward_difference']:.2e} (rewards up to {row['reward_scale']:.2f})"
+            + (f"; fallback: {row['fallback']}" if row["fallback"] else ""),
+            flush=True,
+        )
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
