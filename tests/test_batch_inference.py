@@ -3,6 +3,7 @@ processes of ``torchrun -m hsrm …``, resumable from ``OUTPUT.parts/``; the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -29,6 +30,20 @@ def candidates(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("bon") / "candidates.jsonl", rows)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """The in-process run with the launched processes' thread count (OMP_NUM_THREADS=1): float sums
+    split over another number of threads round differently, and the comparison is byte for byte."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def launch_two(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -43,7 +58,8 @@ def launch_two(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_two_processes_write_the_same_bytes_as_one(tmp_path, tiny_model_dir, candidates):
     common = ["score", "--model", str(tiny_model_dir), "--data", str(candidates), "--batch-size", "4"]
-    assert main([*common, "--output", str(tmp_path / "one.jsonl")]) == 0
+    with one_thread():
+        assert main([*common, "--output", str(tmp_path / "one.jsonl")]) == 0
     done = launch_two(*common, "--output", str(tmp_path / "two.jsonl"), cwd=tmp_path)
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     assert done.stdout.count("scored 96 responses to 24 prompts") == 1  # rank 0 alone reports
@@ -57,7 +73,8 @@ def test_two_processes_evaluate_to_the_same_metrics_and_rewards(tmp_path, tiny_m
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(20))
     common = ["evaluate", "--model", str(tiny_model_dir), "--data", str(pairs), "--batch-size", "3"]
-    assert main([*common, "--output", str(tmp_path / "one.json")]) == 0
+    with one_thread():
+        assert main([*common, "--output", str(tmp_path / "one.json")]) == 0
     launch_two(*common, "--output", str(tmp_path / "two.json"), cwd=tmp_path)
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert two["metrics"] == one["metrics"] and two["rewards"] == one["rewards"]
@@ -72,7 +89,8 @@ def test_two_processes_embed_the_same_arrays(tmp_path, tiny_model_dir):
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_learnable_pairs(20))
     common = ["embed", "--model", str(tiny_model_dir), "--data", str(pairs), "--batch-size", "3", "--cache", "none"]
-    assert main([*common, "--output", str(tmp_path / "one.npz")]) == 0
+    with one_thread():
+        assert main([*common, "--output", str(tmp_path / "one.npz")]) == 0
     done = launch_two(*common, "--output", str(tmp_path / "two.npz"), cwd=tmp_path)
     assert sum(line.startswith("wrote ") for line in done.stdout.splitlines()) == 1  # rank 0 alone reports
     with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as two:
