@@ -67,6 +67,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -424,18 +425,78 @@ def completed_query(text: str, turn_end: TurnEnd, eos: str | None = None) -> str
     return text + turn_end.closer
 
 
-def encode_query_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[int]]:
-    """Token ids of a ``/get_reward`` body: each text with its end of turn completed as training
-    rendered it (:func:`completed_query`), cut from the left."""
-    texts = items_of(body, "query", limit, allow_empty=True)  # OpenRLHF's sharding sends [] to some servers
-    check_texts(texts, "query")
+def encode_query_body(scorer: RewardScorer, body: Any, limit: int, key: str = "query") -> list[list[int]]:
+    """Token ids of a ``/get_reward`` body (``key`` "query"; vLLM's ``/classify`` and ``/pooling``:
+    "input", a text or a list): each text with its end of turn completed as training rendered it
+    (:func:`completed_query`), cut from the left."""
+    if key == "input" and isinstance(body, dict) and isinstance(body.get("input"), str):
+        body = {**body, "input": [body["input"]]}  # vLLM takes one text or a list
+    texts = items_of(body, key, limit, allow_empty=True)  # OpenRLHF's sharding sends [] to some servers
+    check_texts(texts, key)
     turn_end = turn_end_of(scorer.tokenizer)
     texts = [completed_query(text, turn_end, scorer.tokenizer.eos_token) for text in texts]
     sequences = scorer.encode_texts(texts)
     for index, ids in enumerate(sequences):
         if not ids:
-            raise RequestError(422, f"query[{index}] is empty: there is no token to read a reward at")
+            raise RequestError(422, f"{key}[{index}] is empty: there is no token to read a reward at")
     return sequences
+
+
+def encode_vllm_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[int]]:
+    """vLLM's ``/v1/score`` (``text_1`` the prompt, ``text_2`` the responses; one text of either side
+    pairs with every text of the other), encoded as ``/score`` encodes (prompt, response) pairs."""
+    if scorer.num_labels != 1:
+        raise RequestError(400, f"/v1/score needs a single-output head; this one has {scorer.num_labels}: use /score")
+    if not isinstance(body, dict):
+        raise RequestError(
+            422, f"the body must be a JSON object with 'text_1' and 'text_2', got a JSON {json_type(body)}"
+        )
+    sides = {key: [value] if isinstance(value, str) else value for key, value in body.items()}
+    for key in ("text_1", "text_2"):
+        check_texts(items_of(sides, key, limit), key)
+    first, second = sides["text_1"], sides["text_2"]
+    if len(first) == 1:
+        first = first * len(second)
+    if len(second) == 1:
+        second = second * len(first)
+    if len(first) != len(second):
+        raise RequestError(422, f"'text_1' has {len(first)} texts and 'text_2' {len(second)}; give one or as many")
+    return encode_score_body(scorer, {"prompts": first, "responses": second}, limit)
+
+
+def openrlhf_answer(rewards: list[float], sequences: list[list[int]], body: Any, scorer: RewardScorer) -> dict:
+    """OpenRLHF's ``serve_rm`` shape (its client reads ``rewards`` or ``scores``)."""
+    return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
+
+
+def vllm_answer(kind: str, entry: Callable[[int, float], dict]):
+    """vLLM's answer shape for ``/classify``, ``/pooling`` and ``/v1/score``: ``data`` holds one
+    ``entry(index, reward)`` per text, ``usage`` the tokens read."""
+
+    def shape(rewards: list[float], sequences: list[list[int]], body: Any, scorer: RewardScorer) -> dict:
+        tokens = sum(map(len, sequences))
+        model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+        return {
+            "id": f"{kind}-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": model or scorer.model_dir,
+            "data": [entry(index, reward) for index, reward in enumerate(rewards)],
+            "usage": {
+                "prompt_tokens": tokens,
+                "total_tokens": tokens,
+                "completion_tokens": 0,
+                "prompt_tokens_details": None,
+            },
+        }
+
+    return shape
+
+
+# hsrm's reward where vLLM puts a probability: verl reads data[-1]["probs"][-1] as the reward
+CLASSIFY_ANSWER = vllm_answer("classify", lambda i, r: {"index": i, "label": "reward", "probs": [r], "num_classes": 1})
+POOLING_ANSWER = vllm_answer("pool", lambda i, r: {"index": i, "object": "pooling", "data": [r]})
+SCORE_ANSWER = vllm_answer("score", lambda i, r: {"index": i, "object": "score", "score": r})
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -508,7 +569,10 @@ class RewardService:
             raise RequestError(500, f"scoring failed: {type(err).__name__}: {err}") from None
 
     async def answer(
-        self, request: Request, encode: Callable[[RewardScorer, Any, int], list[list[int]]]
+        self,
+        request: Request,
+        encode: Callable[[RewardScorer, Any, int], list[list[int]]],
+        shape: Callable[..., dict] = openrlhf_answer,
     ) -> JSONResponse:
         scorer = self.ready_scorer()
         body = await read_json(request, self.options.max_body_bytes)
@@ -523,8 +587,7 @@ class RewardService:
         self.answered += 1
         if self.options.log_requests:
             logger.info("%s %s → rewards %s", request.url.path, clipped(json.dumps(body, ensure_ascii=False)), rewards)
-        # OpenRLHF's serve_rm answers {rewards, scores, extra_logs} and its client reads either list
-        return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {}})
+        return JSONResponse(shape(rewards, sequences, body, scorer))
 
     def info(self) -> dict[str, Any]:
         from .engine import choose_layout
@@ -589,6 +652,20 @@ async def get_reward(request: Request) -> JSONResponse:
     return await service_of(request).answer(request, encode_query_body)
 
 
+async def classify(request: Request) -> JSONResponse:
+    encode = functools.partial(encode_query_body, key="input")
+    return await service_of(request).answer(request, encode, CLASSIFY_ANSWER)
+
+
+async def pooling(request: Request) -> JSONResponse:
+    encode = functools.partial(encode_query_body, key="input")
+    return await service_of(request).answer(request, encode, POOLING_ANSWER)
+
+
+async def vllm_score(request: Request) -> JSONResponse:
+    return await service_of(request).answer(request, encode_vllm_score_body, SCORE_ANSWER)
+
+
 async def request_error_response(request: Request, err: RequestError) -> JSONResponse:
     return JSONResponse({"detail": err.message}, status_code=err.status)
 
@@ -624,6 +701,12 @@ def create_app(options: ServeOptions, load: Callable[[], RewardScorer] | None = 
     app.add_api_route("/info", info, methods=["GET"])
     app.add_api_route("/score", score, methods=["POST"])
     app.add_api_route("/get_reward", get_reward, methods=["POST"])
+    # vLLM's pooling-model endpoints, as verl's reward client and vLLM's own clients call them
+    for path in ("/classify", "/v1/classify"):
+        app.add_api_route(path, classify, methods=["POST"])
+    for path in ("/pooling", "/v1/pooling"):
+        app.add_api_route(path, pooling, methods=["POST"])
+    app.add_api_route("/v1/score", vllm_score, methods=["POST"])  # vLLM's /score is hsrm's own /score
     app.add_exception_handler(RequestError, request_error_response)
     return app
 

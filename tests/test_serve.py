@@ -577,3 +577,32 @@ def test_normalize_answers_the_standardised_reward_and_info_says_so(tiny_model_d
         assert status == 200
         assert_close(body["rewards"], [(r - 0.25) / 2.0 for r in scorer.score(PROMPTS[:2], RESPONSES[:2])])
         assert request(url, "/info")[1]["rewards"] == {"normalized": True, "mean": 0.25, "std": 2.0}
+
+
+def test_vllm_endpoints_answer_in_vllm_shapes_with_the_rewards_of_score(server, scorer):
+    """verl's reward client posts /classify {"model", "input"} and reads data[-1]["probs"][-1]; vLLM's own
+    clients post /classify or /pooling {"model", "input"} (one text or a list) and /v1/score {"text_1", "text_2"}."""
+    texts = [render_text(scorer.tokenizer, to_messages(p), r) for p, r in zip(PROMPTS[:3], RESPONSES[:3])]
+    expected = scorer.score(PROMPTS[:3], RESPONSES[:3])
+    status, body = request(server.url, "/classify", {"model": "rm", "input": texts})
+    assert status == 200, body
+    assert set(body) == {"id", "object", "created", "model", "data", "usage"} and body["object"] == "list"
+    assert body["model"] == "rm" and body["id"].startswith("classify-")
+    assert [d["index"] for d in body["data"]] == [0, 1, 2] and all(d["num_classes"] == 1 for d in body["data"])
+    assert_close([d["probs"][-1] for d in body["data"]], expected)
+    assert (
+        body["usage"]["prompt_tokens"]
+        == body["usage"]["total_tokens"]
+        == sum(len(ids) for ids in scorer.encode_texts(texts))
+    )
+    status, one = request(server.url, "/v1/classify", {"model": "rm", "input": texts[0]})  # one text, not a list
+    assert status == 200 and len(one["data"]) == 1
+    assert_close([one["data"][-1]["probs"][-1]], expected[:1])
+    status, pooled = request(server.url, "/pooling", {"model": "rm", "input": texts})
+    assert status == 200 and [d["object"] for d in pooled["data"]] == ["pooling"] * 3
+    assert_close([d["data"][0] for d in pooled["data"]], expected)
+    status, scored = request(server.url, "/v1/score", {"model": "rm", "text_1": PROMPTS[0], "text_2": RESPONSES[:3]})
+    assert status == 200 and [d["object"] for d in scored["data"]] == ["score"] * 3
+    assert_close([d["score"] for d in scored["data"]], scorer.score([PROMPTS[0]] * 3, RESPONSES[:3]))
+    status, refused = request(server.url, "/v1/score", {"text_1": ["a", "b"], "text_2": ["x", "y", "z"]})
+    assert status == 422 and "give one or as many" in refused["detail"]
