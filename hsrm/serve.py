@@ -74,9 +74,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from jinja2 import TemplateError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from .data.io import DataError
 from .data.messages import to_messages
@@ -88,7 +89,6 @@ from .scoring import RewardScorer, nonfinite_rewards_message
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 30.0  # beyond --request-timeout-s: tokenizing and sending what was already scored
 LOGGED_BODY_CHARS = 4000  # --log-requests: longer bodies are cut in the log line
 
 
@@ -107,6 +107,19 @@ class ServeOptions(ResultFormat, EngineInput, ModelInput, Options):
         "real tokens merged from waiting requests into one engine call (and per packed row)",
         aliases=["--max-batch-tokens", "--max_batch_tokens"],
         positive=True,
+    )
+    max_queued: int = option(
+        1024,
+        "requests waiting for the model at most; more are answered 429 with Retry-After (a client retries "
+        "later instead of waiting behind minutes of work)",
+        positive=True,
+    )
+    body_timeout_s: float = option(
+        30.0, "seconds a client may take to send its request body; a slower one is answered 408 and closed"
+    )
+    shutdown_grace_s: float = option(
+        30.0,
+        "on SIGTERM/SIGINT: seconds to answer what was accepted before the process exits (a typical kill grace)",
     )
     max_wait_ms: float = option(
         10.0, "how long the oldest waiting request waits for others to batch with (milliseconds)"
@@ -132,8 +145,13 @@ class ServeOptions(ResultFormat, EngineInput, ModelInput, Options):
             raise OptionsError(f"--port must be 0…65535, got {self.port}")
         if self.max_wait_ms < 0:
             raise OptionsError(f"--max-wait-ms must be ≥ 0, got {self.max_wait_ms}")
-        if not self.request_timeout_s > 0:
-            raise OptionsError(f"--request-timeout-s must be positive, got {self.request_timeout_s}")
+        for flag, value in (
+            ("--request-timeout-s", self.request_timeout_s),
+            ("--body-timeout-s", self.body_timeout_s),
+            ("--shutdown-grace-s", self.shutdown_grace_s),
+        ):
+            if not value > 0:
+                raise OptionsError(f"{flag} must be positive, got {value}")
 
 
 def serve_options(argv: Sequence[str]) -> ServeOptions:
@@ -178,6 +196,14 @@ class WaitingRequest:
     queued_at: float  # time.monotonic()
 
 
+class QueueFull(RuntimeError):
+    """``--max-queued`` requests already wait for the model."""
+
+    def __init__(self, requests: int, tokens: int):
+        super().__init__(f"{requests} requests ({tokens} tokens) already wait for the model (--max-queued)")
+        self.requests, self.tokens = requests, tokens
+
+
 class RewardBatcher:
     """The one thread that owns the reward model: it loads it, then merges waiting requests into
     token-budget batches for the engine and resolves each request's future with its own rewards.
@@ -192,10 +218,11 @@ class RewardBatcher:
         *,
         max_batch_tokens: int,
         max_wait_s: float,
+        max_queued: int | None = None,
         on_load_failure: Callable[[BaseException], None] | None = None,
     ):
         self._load = load
-        self.max_batch_tokens, self.max_wait_s = max_batch_tokens, max_wait_s
+        self.max_batch_tokens, self.max_wait_s, self.max_queued = max_batch_tokens, max_wait_s, max_queued
         self.on_load_failure = on_load_failure
         self.scorer: RewardScorer | None = None  # set once loaded: the server is ready
         self.load_error: BaseException | None = None
@@ -230,6 +257,8 @@ class RewardBatcher:
         with self._changed:
             if self._stopping:
                 raise ServerStopping("the server is shutting down")
+            if self.max_queued is not None and len(self._waiting) >= self.max_queued:
+                raise QueueFull(len(self._waiting), self._waiting_tokens)
             self._waiting.append(item)
             self._waiting_tokens += item.tokens
             self._changed.notify_all()
@@ -302,9 +331,9 @@ class RewardBatcher:
 class RequestError(Exception):
     """An answer other than 200: the status and a message that names the field at fault."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def json_type(value: Any) -> str:
@@ -499,7 +528,24 @@ POOLING_ANSWER = vllm_answer("pool", lambda i, r: {"index": i, "object": "poolin
 SCORE_ANSWER = vllm_answer("score", lambda i, r: {"index": i, "object": "score", "score": r})
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def client_left(request: Request) -> None:
+    """Return once the client has closed its connection (polled: ASGI tells only when asked)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.1)
+
+
+async def read_json(request: Request, limit: int, timeout: float | None = None) -> Any:
+    """:func:`read_body_json` within ``timeout`` seconds, else 408: a client that sends half a body
+    and stalls would otherwise hold its connection (and delay a shutdown) for as long as it likes."""
+    try:
+        return await asyncio.wait_for(read_body_json(request, limit), timeout)
+    except TimeoutError:
+        raise RequestError(
+            408, f"the request body did not arrive within {timeout:g} s (--body-timeout-s)", {"Connection": "close"}
+        ) from None
+
+
+async def read_body_json(request: Request, limit: int) -> Any:
     """The parsed body, or 413 when it is over ``limit`` bytes, or 400 when it is not JSON.
 
     An oversized body is still read to its end (and thrown away): answering before it is consumed
@@ -538,8 +584,10 @@ class RewardService:
             load or (lambda: load_scorer(options)),
             max_batch_tokens=options.max_tokens,
             max_wait_s=options.max_wait_ms / 1000,
+            max_queued=options.max_queued,
         )
-        self.accepted = self.answered = 0  # touched only on the event loop
+        # touched only on the event loop; dropped: accepted, then dropped because the client had left
+        self.accepted = self.answered = self.dropped = self.refused_busy = self.gone = 0
 
     def ready_scorer(self) -> RewardScorer:
         if self.batcher.scorer is None:
@@ -548,25 +596,57 @@ class RewardService:
             )
         return self.batcher.scorer
 
-    async def rewards(self, sequences: list[list[int]]) -> list[float]:
+    def retry_after(self, queued_tokens: int) -> int:
+        """Seconds until the queue ahead has likely been scored, from the model's rate so far."""
+        counts = self.batcher.counts
+        rate = counts["tokens"] / counts["scoring_seconds"] if counts["scoring_seconds"] > 0 else None
+        return max(1, round(queued_tokens / rate)) if rate else 1
+
+    async def rewards(self, sequences: list[list[int]], request: Request | None = None) -> list[float]:
         try:
             future = self.batcher.submit(sequences)
         except ServerStopping as err:
             raise RequestError(503, str(err)) from None
+        except QueueFull as err:
+            self.refused_busy += 1
+            wait = self.retry_after(err.tokens)
+            raise RequestError(429, f"{err}; retry in {wait} s", headers={"Retry-After": str(wait)}) from None
         self.accepted += 1
         timeout = self.options.request_timeout_s
+        waiting = asyncio.ensure_future(asyncio.wrap_future(future))
+        watching = asyncio.ensure_future(client_left(request)) if request is not None else None
         try:
-            # On timeout wait_for cancels the wrapper, which cancels the future; the batcher then
-            # skips the request if it has not started scoring it.
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            # On timeout (or when the client leaves) the wrapper is cancelled, which cancels the
+            # future; the batcher then skips the request if it has not started scoring it.
+            done, _ = await asyncio.wait(
+                {waiting, *([watching] if watching else [])}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiting in done:
+                return waiting.result()
+            waiting.cancel()
+            if watching is not None and watching in done:
+                dropped = future.cancel()  # False once the batcher has begun to score it
+                self.dropped += dropped
+                logger.info(
+                    "%s: the client disconnected while its request %s",
+                    request.url.path,
+                    "waited; dropped before scoring" if dropped else "was scored",
+                )
+                raise RequestError(499, "the client disconnected")  # nginx's "client closed request"; no reader
+            raise TimeoutError
         except TimeoutError:
             raise RequestError(
                 504,
                 f"no rewards within {timeout:g} s (--request-timeout-s): the server is "
                 "overloaded or the request is too large",
             ) from None
+        except RequestError:
+            raise
         except Exception as err:  # noqa: BLE001 - the batch failed (logged by the batcher)
             raise RequestError(500, f"scoring failed: {type(err).__name__}: {err}") from None
+        finally:
+            if watching is not None:
+                watching.cancel()
 
     async def answer(
         self,
@@ -575,9 +655,9 @@ class RewardService:
         shape: Callable[..., dict] = openrlhf_answer,
     ) -> JSONResponse:
         scorer = self.ready_scorer()
-        body = await read_json(request, self.options.max_body_bytes)
+        body = await read_json(request, self.options.max_body_bytes, self.options.body_timeout_s)
         sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
-        rewards = await self.rewards(sequences) if sequences else []
+        rewards = await self.rewards(sequences, request) if sequences else []
         refusal = nonfinite_rewards_message(rewards, "of this request")
         if refusal:  # JSON has no NaN: say what happened rather than fail while encoding the answer
             raise RequestError(500, refusal)
@@ -614,8 +694,18 @@ class RewardService:
                 "max_sequences": options.max_sequences,
                 "max_body_bytes": options.max_body_bytes,
                 "request_timeout_s": options.request_timeout_s,
+                "max_queued": options.max_queued,
+                "body_timeout_s": options.body_timeout_s,
+                "shutdown_grace_s": options.shutdown_grace_s,
             },
-            "counts": {**self.batcher.counts, "accepted": self.accepted, "answered": self.answered},
+            "counts": {
+                **self.batcher.counts,
+                "accepted": self.accepted,
+                "answered": self.answered,
+                "dropped_client_gone": self.dropped,
+                "refused_busy": self.refused_busy,
+                "client_gone_before_read": self.gone,
+            },
             "rewards": {
                 "normalized": bool(options.normalize),
                 **({"mean": scorer.record.reward_mean, "std": scorer.record.reward_std} if options.normalize else {}),
@@ -667,7 +757,14 @@ async def vllm_score(request: Request) -> JSONResponse:
 
 
 async def request_error_response(request: Request, err: RequestError) -> JSONResponse:
-    return JSONResponse({"detail": err.message}, status_code=err.status)
+    return JSONResponse({"detail": err.message}, status_code=err.status, headers=err.headers)
+
+
+async def client_gone_response(request: Request, err: ClientDisconnect) -> Response:
+    """A client that left while sending its body: one INFO line (it was a ~60-line ERROR traceback)."""
+    service_of(request).gone += 1
+    logger.info("%s: the client disconnected before its request was read", request.url.path)
+    return Response(status_code=499)  # nginx's "client closed request"; nobody is left to read it
 
 
 @contextlib.asynccontextmanager
@@ -708,6 +805,7 @@ def create_app(options: ServeOptions, load: Callable[[], RewardScorer] | None = 
         app.add_api_route(path, pooling, methods=["POST"])
     app.add_api_route("/v1/score", vllm_score, methods=["POST"])  # vLLM's /score is hsrm's own /score
     app.add_exception_handler(RequestError, request_error_response)
+    app.add_exception_handler(ClientDisconnect, client_gone_response)
     return app
 
 
@@ -759,7 +857,7 @@ def serve(options: ServeOptions) -> None:
         port=options.port,
         log_level="info",
         access_log=options.log_requests,
-        timeout_graceful_shutdown=options.request_timeout_s + SHUTDOWN_GRACE_S,
+        timeout_graceful_shutdown=options.shutdown_grace_s,
     )
     server = uvicorn.Server(config)
     service.batcher.on_load_failure = lambda err: setattr(server, "should_exit", True)  # polled by uvicorn's main loop

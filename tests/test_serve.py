@@ -11,6 +11,7 @@ import json
 import random
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -606,3 +607,112 @@ def test_vllm_endpoints_answer_in_vllm_shapes_with_the_rewards_of_score(server, 
     assert_close([d["score"] for d in scored["data"]], scorer.score([PROMPTS[0]] * 3, RESPONSES[:3]))
     status, refused = request(server.url, "/v1/score", {"text_1": ["a", "b"], "text_2": ["x", "y", "z"]})
     assert status == 422 and "give one or as many" in refused["detail"]
+
+
+def held_scorer(tiny_model_dir, release: threading.Event, started: threading.Event):
+    """A loader whose scorer blocks in its first batch until ``release``: the model is busy."""
+
+    def load():
+        scorer = RewardScorer(str(tiny_model_dir), max_length=MAX_LENGTH, device="cpu")
+        score_ids = scorer.score_ids
+
+        def held(sequences, **kwargs):
+            started.set()
+            release.wait(30)
+            return score_ids(sequences, **kwargs)
+
+        scorer.score_ids = held
+        return scorer
+
+    return load
+
+
+def raw_post(url: str, path: str, body: bytes, send: int | None = None) -> socket.socket:
+    """A client that sends ``send`` bytes of the body (all by default) and keeps the connection open."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body[: len(body) if send is None else send])
+    return sock
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_half_sent_body_is_a_408_after_the_body_timeout(tiny_model_dir):
+    """Before: 50 half-sent bodies stayed open past 20 s, and one stalled client held SIGTERM for 339 s."""
+    options = ServeOptions(model=str(tiny_model_dir), body_timeout_s=0.5, max_length=MAX_LENGTH)
+    with in_process_server(options, None) as (url, _):
+        wait_until(lambda: request(url, "/health")[0] == 200)
+        sock = raw_post(url, "/score", json.dumps({"prompts": ["a"], "responses": ["b"]}).encode(), send=5)
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+        assert answer.decode().startswith("HTTP/1.1 408") and "--body-timeout-s" in answer.decode()
+        assert time.monotonic() - started < 5
+        sock.close()
+
+
+def test_a_request_whose_client_left_is_dropped_before_scoring(tiny_model_dir, caplog):
+    """Before: a request whose client had gone was still scored (7.1 s of model time) and counted as answered."""
+    import logging
+
+    release, started = threading.Event(), threading.Event()
+    options = ServeOptions(model=str(tiny_model_dir), max_length=MAX_LENGTH)
+    with (
+        caplog.at_level(logging.INFO, logger="hsrm.serve"),
+        in_process_server(options, held_scorer(tiny_model_dir, release, started)) as (url, service),
+    ):
+        wait_until(lambda: request(url, "/health")[0] == 200)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(request, url, "/score", {"prompts": ["a"], "responses": ["b"]})
+            assert started.wait(10)  # the model is busy with the first request
+            leaving = raw_post(url, "/score", json.dumps({"prompts": ["q"], "responses": ["gone"]}).encode())
+            wait_until(lambda: service.accepted == 2)
+            leaving.close()
+            wait_until(lambda: service.dropped == 1)
+            release.set()
+            assert first.result(30)[0] == 200
+        assert service.batcher.counts["requests"] == 1 and service.answered == 1  # the second was never scored
+        assert request(url, "/info")[1]["counts"]["dropped_client_gone"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_full_queue_answers_429_with_retry_after(tiny_model_dir):
+    release, started = threading.Event(), threading.Event()
+    options = ServeOptions(model=str(tiny_model_dir), max_length=MAX_LENGTH, max_queued=1, max_wait_ms=0)
+    with in_process_server(options, held_scorer(tiny_model_dir, release, started)) as (url, service):
+        wait_until(lambda: request(url, "/health")[0] == 200)
+        body = {"prompts": ["a"], "responses": ["b"]}
+        with ThreadPoolExecutor(2) as pool:
+            busy = pool.submit(request, url, "/score", body)
+            assert started.wait(10)
+            queued = pool.submit(request, url, "/score", body)
+            wait_until(lambda: service.accepted == 2)
+            req = urllib.request.Request(url + "/score", data=json.dumps(body).encode(), method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req, timeout=10)
+            assert refused.value.code == 429 and int(refused.value.headers["Retry-After"]) >= 1
+            assert "--max-queued" in json.loads(refused.value.read())["detail"]
+            release.set()
+            assert busy.result(30)[0] == 200 and queued.result(30)[0] == 200
+        assert request(url, "/info")[1]["counts"]["refused_busy"] == 1
+
+
+def test_a_client_that_leaves_mid_body_is_one_info_line(tiny_model_dir, caplog):
+    """Before: every client disconnect logged a ~60-line ERROR traceback."""
+    import logging
+
+    options = ServeOptions(model=str(tiny_model_dir), max_length=MAX_LENGTH)
+    with caplog.at_level(logging.INFO), in_process_server(options, None) as (url, service):
+        wait_until(lambda: request(url, "/health")[0] == 200)
+        raw_post(url, "/score", b'{"prompts": ["a"], "responses": ["b"]}', send=10).close()
+        wait_until(lambda: service.gone == 1)
+        assert request(url, "/health")[0] == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("disconnected before its request was read" in r.getMessage() for r in caplog.records)
