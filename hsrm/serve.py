@@ -374,17 +374,13 @@ def encode_score_body(scorer: RewardScorer, body: Any, limit: int) -> list[list[
         raise RequestError(
             422, f"'prompts' has {len(prompts)} items and 'responses' {len(responses)}; they pair up one to one"
         )
+    check_texts(responses, "responses")
     conversations = []
-    for index, (prompt, response) in enumerate(zip(prompts, responses)):
+    for index, prompt in enumerate(prompts):
         try:
             conversations.append(to_messages(prompt, "request", index, "prompts"))
         except DataError as err:  # err.problem never quotes the text itself
             raise RequestError(422, f"prompts[{index}]: {err.problem}") from None
-        if not isinstance(response, str):
-            raise RequestError(422, f"responses[{index}] must be a string, got a JSON {json_type(response)}")
-        problem = unicode_problem(response)
-        if problem:
-            raise RequestError(422, f"responses[{index}]: {problem}")
         for turn in conversations[-1]:
             problem = unicode_problem(str(turn.get("content", "")))
             if problem:

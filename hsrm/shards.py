@@ -248,8 +248,9 @@ class ShardedScoring:
                 scored += len(subset)
                 if self.parts is not None:
                     atomic_save_npy(self.part_file(shard), values[shard].numpy())
-            gathered = self._gather(values)
-        self.reused, self.scored = self._sum(reused), self._sum(scored)
+            parts = gather_from_processes((values, reused, scored))  # one collective: rewards and counts
+        gathered = {shard: tensor for part, _, _ in parts for shard, tensor in part.items()}
+        self.reused, self.scored = sum(part[1] for part in parts), sum(part[2] for part in parts)
         if not gathered:
             return score_sequences(model, [], **plain)
         if len(gathered) != len(shards):
@@ -258,11 +259,3 @@ class ShardedScoring:
         results = torch.empty_like(in_order)
         results[torch.as_tensor(order)] = in_order
         return results
-
-    def _gather(self, values: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        if self.world == 1:
-            return values
-        return {shard: tensor for part in gather_from_processes(values) for shard, tensor in part.items()}
-
-    def _sum(self, count: int) -> int:
-        return count if self.world == 1 else sum(gather_from_processes(count))

@@ -196,6 +196,16 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def pool_pair_problem(row: dict, pool_pairs: np.ndarray) -> str | None:
+    """Why a row's ``pair_id``, ``first`` and ``second`` are not a pair of the pool, or None."""
+    pair_id = row.get("pair_id")
+    if isinstance(pair_id, bool) or not isinstance(pair_id, int) or not 0 <= pair_id < len(pool_pairs):
+        return f"`pair_id` {pair_id!r} is not a pair of the pool; do not edit it"
+    if [row.get("first"), row.get("second")] != [int(x) for x in pool_pairs[pair_id]]:
+        return f"`first`/`second` do not match pair {pair_id} of the pool; do not edit them"
+    return None
+
+
 def read_labels(state_dir: Path, pool_pairs: np.ndarray) -> list[dict]:
     """The labels ingested so far, each checked against the pool: a labels.jsonl edited by hand (or
     not written by ``hsrm select``) is named with its line, not met later as a KeyError."""
@@ -203,10 +213,7 @@ def read_labels(state_dir: Path, pool_pairs: np.ndarray) -> list[dict]:
     labels = _read_jsonl(path)
     for number, row in enumerate(labels, 1):
         row = row if isinstance(row, dict) else {}
-        pair_id = row.get("pair_id")
-        known = not isinstance(pair_id, bool) and isinstance(pair_id, int) and 0 <= pair_id < len(pool_pairs)
-        matches = known and [row.get("first"), row.get("second")] == [int(x) for x in pool_pairs[pair_id]]
-        if not matches or row.get("label") not in (0, 1):
+        if pool_pair_problem(row, pool_pairs) or row.get("label") not in (0, 1):
             raise InputError(
                 f"{path} line {number}: not a label `hsrm select` ingested ({{pair_id, first, second, label 0|1}} "
                 f"of a pool pair); got {row!r}. Labels go in the pending batch file, not in {LABELS_FILE}"
@@ -414,12 +421,10 @@ def _ingest_pending(state_dir: Path, state: dict, pool_pairs: np.ndarray, partia
     parsed = []
     for number, row in enumerate(rows, 1):
         where = f"{path} line {number}"
-        pair_id = row.get("pair_id")
-        if not isinstance(pair_id, int) or not 0 <= pair_id < len(pool_pairs):
-            raise InputError(f"{where}: `pair_id` {pair_id!r} is not a pair of the pool; do not edit it")
-        if [row.get("first"), row.get("second")] != [int(x) for x in pool_pairs[pair_id]]:
-            raise InputError(f"{where}: `first`/`second` do not match pair {pair_id} of the pool; do not edit them")
-        parsed.append((pair_id, parse_label(row.get("label"), where)))
+        problem = pool_pair_problem(row, pool_pairs)
+        if problem:
+            raise InputError(f"{where}: {problem}")
+        parsed.append((row["pair_id"], parse_label(row.get("label"), where)))
     missing = sum(label is None for _, label in parsed)
     if missing and not partial:
         return 0
