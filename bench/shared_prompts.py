@@ -1,4 +1,4 @@
-"""Shared prompts in the scoring engine (issue 32): tokens computed and time, with and without.
+"""Shared prompts in scoring and pair training (issue 32): tokens computed and time, with and without.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/shared_prompts.py [--quick] [--groups 8] [--pairs 32]
                                                             [--output runs/bench/shared_prompts.json]
@@ -19,6 +19,10 @@ on and off (padded layout, the CPU engine; alternated, ``--repeats`` times each,
 kept), and the bench prints the tokens each computes, the times, both ratios and the largest
 reward difference. On CUDA it also times the packed unshared engine (``layout=auto``), which
 sharing does not use (docs/speed.md).
+
+Then a pair-training step on the first ``--train-pairs`` pairs (:func:`compare_training`): forward,
+loss and backward with each pair one row ``[prompt | chosen | rejected]`` against its two sides as
+separate rows, timed alike, with the losses and gradients compared.
 """
 
 from __future__ import annotations
@@ -117,12 +121,100 @@ def compare(model, sequences, *, batch_size: int, repeats: int, device: str) -> 
     return result
 
 
+def compare_training(model, pair_ids, *, max_tokens: int, repeats: int, layers: int | None) -> dict:
+    """A pair-training step — forward, Bradley-Terry loss and backward over every pair, accumulated
+    over micro-batches — with each pair one row ``[prompt | chosen | rejected]``
+    (:class:`hsrm.data.collators.SharedPromptPairCollator`) and with its sides as two padded rows
+    (:class:`hsrm.data.collators.PairwiseCollator`), through the trainer's own reward read and loss.
+    Each side is cut into micro-batches the way the trainer cuts them under ``max_tokens_per_batch``
+    (:func:`hsrm.packing.sampler.token_budget_batches` over :func:`dataset_item_lengths`, which
+    counts a shared pair as one row of the tokens it computes). Alternated, the best of ``repeats``
+    kept; the losses and every gradient compared. ``layers`` keeps only the first decoder layers
+    (both sides alike) so that a CPU step takes seconds: sharing changes the tokens each layer
+    computes, and the count of layers scales both sides alike."""
+    import copy
+
+    import datasets
+
+    from hsrm.data.collators import PairwiseCollator, SharedPromptPairCollator
+    from hsrm.losses import get_pairwise_loss
+    from hsrm.modeling import body_and_score_head, read_rewards_in_forward
+    from hsrm.packing.sampler import dataset_item_lengths, token_budget_batches
+    from hsrm.trainers.pairwise import split_pair_rewards
+
+    model = copy.deepcopy(model)
+    body, _ = body_and_score_head(model)
+    if layers:
+        body.layers = body.layers[:layers]
+        body.config.num_hidden_layers = len(body.layers)
+    read_rewards_in_forward(model.train())
+    rows = [
+        {"chosen_ids": pair_ids[i], "rejected_ids": pair_ids[i + 1], "margin": 1.0} for i in range(0, len(pair_ids), 2)
+    ]
+    dataset = datasets.Dataset.from_list(rows)
+    loss_of = get_pairwise_loss("bt")
+    collators = {True: SharedPromptPairCollator(pad_id=0), False: PairwiseCollator(pad_id=0)}
+    batches = {
+        share: [
+            collate([rows[i] for i in micro])
+            for micro in token_budget_batches(dataset_item_lengths(dataset, shared_prompts=share), max_tokens, "padded")
+        ]
+        for share, collate in collators.items()
+    }
+
+    def step(share: bool):
+        model.zero_grad()
+        total = 0.0
+        for batch in batches[share]:
+            chosen, rejected = split_pair_rewards(model, batch)
+            loss = loss_of(chosen, rejected, batch["margin"], reduction="sum") / len(rows)
+            loss.backward()
+            total += float(loss.detach())
+        return total, [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+    best = {True: [float("inf")] * 2, False: [float("inf")] * 2}
+    results = {}
+    for _ in range(repeats):
+        for share in (True, False):
+            wall, cpu, results[share] = timed(lambda share=share: step(share))
+            best[share] = [min(best[share][0], wall), min(best[share][1], cpu)]
+    (shared_loss, shared_grads), (loss, grads) = results[True], results[False]
+    positions = {share: sum(b["input_ids"].numel() for b in batches[share]) for share in (True, False)}
+    tokens = sum(len(s) for s in pair_ids)
+    return {
+        "pairs": len(rows),
+        "layers": len(body.layers),
+        "max_tokens_per_batch": max_tokens,
+        "micro_batches_unshared": len(batches[False]),
+        "micro_batches_shared": len(batches[True]),
+        "tokens": tokens,
+        "tokens_computed_shared": sum(int((b["segment_ids"] != 3).sum()) for b in batches[True]),
+        "positions_computed_unshared": positions[False],
+        "positions_computed_shared": positions[True],
+        "seconds_unshared": best[False][0],
+        "seconds_shared": best[True][0],
+        "speedup": best[False][0] / best[True][0],
+        "cpu_seconds_unshared": best[False][1],
+        "cpu_seconds_shared": best[True][1],
+        "cpu_speedup": best[False][1] / best[True][1],
+        "loss_shared": shared_loss,
+        "loss_unshared": loss,
+        "max_abs_gradient_difference": max(float((a - b).abs().max()) for a, b in zip(shared_grads, grads)),
+        "gradient_scale": max(float(g.abs().max()) for g in grads),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="backbone folder (default: the embedded SmolLM2-135M)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="HH-RLHF pairs file")
     parser.add_argument("--pairs", type=int, default=32, help="pairs scored (2 sequences each)")
     parser.add_argument("--groups", type=int, default=8, help="Best-of-8 groups scored (8 sequences each)")
+    parser.add_argument("--train-pairs", type=int, default=16, help="pairs in the timed training step")
+    parser.add_argument("--train-max-tokens", type=int, default=4096, help="max_tokens_per_batch of that step")
+    parser.add_argument(
+        "--train-layers", type=int, default=4, help="decoder layers kept for the training step (0 = all)"
+    )
     parser.add_argument("--max-length", type=int, default=1024, help="tokens kept per sequence, cut from the left")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     parser.add_argument("--repeats", type=int, default=2, help="timings per side; the best is kept")
@@ -132,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.groups, args.repeats = 8, 2, 1
+        args.pairs, args.groups, args.repeats, args.train_pairs = 8, 2, 1, 4
 
     from transformers.utils import logging as hf_logging
 
@@ -154,9 +246,12 @@ def main(argv: list[str] | None = None) -> dict:
         "max_length": args.max_length,
         "batch_size": args.batch_size,
     }
-    for name, sequences in workloads(
-        tokenizer, Path(args.data), args.pairs, args.groups, args.max_length, args.seed
-    ).items():
+    scored = workloads(
+        tokenizer, Path(args.data), max(args.pairs, args.train_pairs), args.groups, args.max_length, args.seed
+    )
+    training_pairs = scored["pairs"][: 2 * args.train_pairs]  # the first pairs scored, trained on
+    scored["pairs"] = scored["pairs"][: 2 * args.pairs]
+    for name, sequences in scored.items():
         result[name] = compare(model, sequences, batch_size=args.batch_size, repeats=args.repeats, device=device.type)
         row = result[name]
         print(
@@ -170,6 +265,25 @@ def main(argv: list[str] | None = None) -> dict:
             + (f"; fallback: {row['fallback']}" if row["fallback"] else ""),
             flush=True,
         )
+    row = result["pair_training_step"] = compare_training(
+        model,
+        training_pairs,
+        max_tokens=args.train_max_tokens,
+        repeats=args.repeats,
+        layers=args.train_layers or None,
+    )
+    print(
+        f"pair training step: {row['pairs']} pairs, {row['layers']} layers, micro-batches of ≤ "
+        f"{row['max_tokens_per_batch']} tokens ({row['micro_batches_unshared']} → {row['micro_batches_shared']}); "
+        f"tokens {row['tokens']} → {row['tokens_computed_shared']} "
+        f"({row['tokens'] / row['tokens_computed_shared']:.2f}× fewer; with padding "
+        f"{row['positions_computed_unshared']} → {row['positions_computed_shared']}); "
+        f"time {row['seconds_unshared']:.1f} s → {row['seconds_shared']:.1f} s ({row['speedup']:.2f}× faster; "
+        f"CPU time {row['cpu_seconds_unshared']:.1f} s → {row['cpu_seconds_shared']:.1f} s, "
+        f"{row['cpu_speedup']:.2f}×); loss {row['loss_unshared']:.6f} vs {row['loss_shared']:.6f}, max |Δgradient| "
+        f"{row['max_abs_gradient_difference']:.2e} (gradients up to {row['gradient_scale']:.2e})",
+        flush=True,
+    )
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

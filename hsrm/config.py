@@ -92,6 +92,13 @@ class RewardConfig(TrainingArguments):
         default=False,
         metadata={"help": "pack each micro-batch into one row with per-sequence position ids (no pad tokens)"},
     )
+    share_prompts: bool = field(
+        default=True,
+        metadata={
+            "help": "pairs: compute each pair's prompt once, one row [prompt | chosen | rejected] (exact; "
+            "padded layout with eager or SDPA attention, else each side whole, and the log says why)"
+        },
+    )
     max_tokens_per_batch: int | None = field(
         default=None,
         metadata={

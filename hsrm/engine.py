@@ -120,13 +120,22 @@ def batches(
         raise InputError(f"layout must be 'padded' or 'packed' here, not {layout!r} (choose_layout resolves 'auto')")
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id sequences."""
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids two sequences can share: their longest common prefix, capped so that
+    each keeps at least one token of its own, at which its reward is read (a duplicate, or a
+    sequence that is a prefix of the other, still gets its own read position).
+
+    >>> shared_prefix_length([1, 2, 3, 4], [1, 2, 5]), shared_prefix_length([1, 2], [1, 2, 3])
+    (2, 1)
+    >>> shared_prefix_length([7], [8]), shared_prefix_length([7], [7])
+    (0, 0)
+    """
     import numpy as np
 
     width = min(len(a), len(b))
     differ = np.flatnonzero(np.asarray(a[:width]) != np.asarray(b[:width]))
-    return int(differ[0]) if differ.size else width
+    common = int(differ[0]) if differ.size else width
+    return max(min(common, len(a) - 1, len(b) - 1), 0)
 
 
 def shared_prefix_groups(
@@ -148,10 +157,7 @@ def shared_prefix_groups(
     [(3, [0, 1])]
     """
     order = sorted(range(len(sequences)), key=lambda i: tuple(sequences[i]))
-    caps = [
-        min(_common_prefix(sequences[a], sequences[b]), len(sequences[a]) - 1, len(sequences[b]) - 1)
-        for a, b in zip(order, order[1:])
-    ]
+    caps = [shared_prefix_length(sequences[a], sequences[b]) for a, b in zip(order, order[1:])]
     # The runs form a tree (a Cartesian tree of ``caps``): a run splits where its smallest cap is.
     # Built top-down, then solved bottom-up without recursion (the tree can be thousands deep).
     if len(order) < 2:

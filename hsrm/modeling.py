@@ -414,6 +414,10 @@ def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | Non
     ``hsrm_varlen``, which also get the cumulative lengths so no layer recomputes them), and
     ``use_cache=False`` because a cache turns that detection off.
 
+    A shared-prompt pair batch (:class:`hsrm.data.collators.SharedPromptPairCollator`) holds one row
+    per pair with ``segment_ids``, ``position_ids`` and ``last_index`` (flat indices into rows × width):
+    it runs with the mask :func:`segment_attention_mask` builds, and is read at those indices.
+
     A padded batch may also continue cached prefixes (:mod:`hsrm.engine`, shared prompts): ``cache``
     holds the prefixes' keys and values (one row per sequence), ``position_ids`` continue each prefix,
     and ``attention_mask`` spans [prefix | continuation]; the last real token lies in the continuation.
@@ -421,6 +425,12 @@ def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | Non
     kwargs: dict[str, Any] = {"use_cache": False}
     if hidden_layer is not None:
         kwargs["output_hidden_states"] = True
+    if batch.get("segment_ids") is not None:
+        input_ids = batch["input_ids"]
+        mask = segment_attention_mask(batch["segment_ids"], body)
+        out = body(input_ids=input_ids, position_ids=batch["position_ids"], attention_mask=mask, **kwargs)
+        hidden = out.last_hidden_state if hidden_layer is None else out.hidden_states[hidden_layer]
+        return hidden.flatten(0, 1)[batch["last_index"].to(hidden.device)]
     if "last_index" in batch:
         from .packing import VARLEN_KWARG_ATTENTION, cu_seqlens_from_position_ids
 
@@ -451,6 +461,28 @@ def last_token_states(body, batch: Mapping[str, Any], *, hidden_layer: int | Non
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
 
 
+def segment_attention_mask(segment_ids: torch.Tensor, body) -> torch.Tensor:
+    """The (rows, 1, width, width) attention mask of shared-prompt pair rows: causal, and a token sees
+    the shared prompt (segment 0) and its own segment only — the rejected side never sees the chosen
+    one; padding sees padding, so no query row is empty (an empty one gives NaN in SDPA).
+    Boolean (True = attend) for SDPA; additive (0 or the dtype's lowest) for eager attention, which
+    adds the mask to its scores. transformers passes a 4-D mask through unchanged.
+
+    >>> segment_attention_mask(torch.tensor([[0, 1, 2]]), None)[0, 0].int().tolist()
+    [[1, 0, 0], [1, 1, 0], [1, 0, 1]]
+    """
+    from .data.collators import PROMPT_SEGMENT
+
+    width = segment_ids.shape[-1]
+    causal = torch.ones((width, width), dtype=torch.bool, device=segment_ids.device).tril()
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = (causal & ((key == PROMPT_SEGMENT) | (key == query)))[:, None]
+    if getattr(getattr(body, "config", None), "_attn_implementation", "sdpa") != "eager":
+        return allowed
+    dtype = next(body.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 def cache_argument(body) -> str:
     """The name under which ``body.forward`` takes a KV cache: ``cache`` since transformers 5.2x,
     ``past_key_values`` before (still accepted there, with a deprecation warning)."""
@@ -479,7 +511,15 @@ def reward_outputs(model, batch: Mapping[str, Any]) -> torch.Tensor:
 
 
 # The keys of a padded or packed batch that the reward read takes (the rest — margins, labels — are the loss's).
-REWARD_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "last_index", "cu_seqlens", "max_seqlen")
+REWARD_INPUT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "last_index",
+    "cu_seqlens",
+    "max_seqlen",
+    "segment_ids",
+)
 
 
 def reward_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -124,13 +124,7 @@ def training_arguments(cfg: RewardConfig, *, has_eval: bool) -> RewardConfig:
 
 def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     """The trainer of ``cfg.objective``, running with :func:`training_arguments`."""
-    from .data.collators import (
-        JustifierCollator,
-        PackedPairwiseCollator,
-        PackedPointwiseCollator,
-        PairwiseCollator,
-        PointwiseCollator,
-    )
+    from .data.collators import JustifierCollator, PackedPointwiseCollator, PointwiseCollator
     from .packing import check_packing_support
     from .trainers.base import compute_dtype
     from .trainers.justifier import JustifierTrainer
@@ -151,7 +145,7 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
     if cfg.padding_free:  # one packed row per micro-batch (issue 8); refuses attention paths that would mix sequences
         check_packing_support(model, device=args.device, dtype=compute_dtype(cfg))
     pointwise_collator = PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id)
-    pairwise_collator = PackedPairwiseCollator(pad_id) if cfg.padding_free else PairwiseCollator(pad_id)
+    pairwise_collator = pair_collator(cfg, model, pad_id)
     if cfg.objective == "regression":
         trainer_cls, collator, metrics = (
             PointwiseRewardTrainer,
@@ -171,6 +165,24 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
         data_collator=collator,
         compute_metrics=metrics,
     )
+
+
+def pair_collator(cfg: RewardConfig, model, pad_id: int):
+    """How pairs reach the model: one row per pair with the prompt computed once
+    (``share_prompts``, exact wherever :func:`hsrm.engine.shared_prefix_fallback` allows it), each
+    side a packed sequence (``padding_free``), or each side a padded row."""
+    from .data.collators import PackedPairwiseCollator, PairwiseCollator, SharedPromptPairCollator
+    from .engine import shared_prefix_fallback
+
+    if cfg.share_prompts:
+        # A pair row holds up to 2 × max_length tokens: a sliding window must cover it whole.
+        why = "padding_free packs each side (sharing runs in the padded layout)" if cfg.padding_free else None
+        why = why or shared_prefix_fallback(model, cfg.max_length)
+        if why is None:
+            logger.info("share_prompts: each pair is one row [prompt | chosen | rejected], the prompt computed once")
+            return SharedPromptPairCollator(pad_id)
+        logger.info("share_prompts: each side of a pair computed whole: %s", why)
+    return PackedPairwiseCollator(pad_id) if cfg.padding_free else PairwiseCollator(pad_id)
 
 
 def resolve_resume(value: str | bool | None, checkpoint_dir: str) -> str | None:

@@ -316,10 +316,8 @@ class RecordingCollator:
         return batch
 
 
-@pytest.mark.parametrize("padding_free", [True, False])
-def test_token_budget_training_keeps_pairs_together_and_sees_each_once(
-    tmp_path, tiny_model_dir, tiny_tokenizer, padding_free
-):
+@pytest.mark.parametrize("layout", ["packed", "padded", "shared"])
+def test_token_budget_training_keeps_pairs_together_and_sees_each_once(tmp_path, tiny_model_dir, layout):
     import datasets
 
     from hsrm.train import make_trainer
@@ -344,7 +342,8 @@ def test_token_budget_training_keeps_pairs_together_and_sees_each_once(
             "num_train_epochs": 2,
             "model_name_or_path": str(tiny_model_dir),
             "output_dir": str(tmp_path / "out"),
-            "padding_free": padding_free,
+            "padding_free": layout == "packed",
+            "share_prompts": layout == "shared",
             "max_tokens_per_batch": budget,
         },
     )
@@ -362,10 +361,16 @@ def test_token_budget_training_keeps_pairs_together_and_sees_each_once(
     for firsts, batch in recorder.calls:
         n = len(firsts)
         ids = batch["input_ids"]
-        if padding_free:
+        if layout == "packed":
             starts = [0] + (batch["last_index"][:-1] + 1).tolist()
             heads = ids[0, starts].tolist()  # first token of every packed sequence
             assert ids.shape == (1, ids.shape[1]) and (ids.shape[1] <= budget or n == 1)
+        elif layout == "shared":
+            # One row per pair: the sides share no prompt here, so the rejected side starts where the
+            # chosen one ends (segment 2); the budget counts rows × the longest pair row.
+            rejected_starts = (batch["segment_ids"] == 2).int().argmax(dim=1)
+            heads = ids[:, 0].tolist() + ids[torch.arange(n), rejected_starts].tolist()
+            assert ids.shape[0] == n and (ids.numel() <= budget or n == 1)
         else:
             heads = ids[:, 0].tolist()
             assert ids.numel() <= budget or n == 1

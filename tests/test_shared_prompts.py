@@ -258,4 +258,217 @@ def test_bench_smoke_on_real_pairs(tiny_model_dir, shared_data, capsys):
         assert row["fallback"] is None and row["shared_sequences"] > 0
         assert row["tokens_computed_shared"] < row["tokens"]
         assert row["max_abs_reward_difference"] < TOLERANCE
-    assert "best_of_8:" in capsys.readouterr().out
+    step = result["pair_training_step"]
+    assert step["tokens_computed_shared"] < step["tokens"] and step["pairs"] == 16
+    assert step["max_abs_gradient_difference"] < GRADIENT_TOLERANCE
+    assert step["loss_shared"] == pytest.approx(step["loss_unshared"], abs=GRADIENT_TOLERANCE)
+    out = capsys.readouterr().out
+    assert "best_of_8:" in out and "pair training step:" in out
+
+
+# ------------------------------------------------------------------------- training (item 2)
+GRADIENT_TOLERANCE = 1e-5
+
+
+def pair_rows(seed: int = 1) -> list[dict]:
+    """Pairs whose sides share prompts of 0–40 tokens: continuations of different lengths, one side a
+    prefix of the other, identical sides, and a pair left-truncated to 24 tokens (its sides then
+    start at different places and share nothing)."""
+    rng = random.Random(seed)
+    rows = []
+    for prompt_length in (0, 3, 17, 40, 25, 9):
+        prompt = ids(rng, prompt_length)
+        rows.append(
+            {
+                "chosen_ids": prompt + ids(rng, rng.randrange(1, 15)),
+                "rejected_ids": prompt + ids(rng, rng.randrange(1, 15)),
+                "margin": rng.choice([0.5, 1.0, 3.0]),
+            }
+        )
+    prompt, extra = ids(rng, 12), ids(rng, 4)
+    rows.append({"chosen_ids": prompt + extra, "rejected_ids": prompt + extra + ids(rng, 3), "margin": 2.0})
+    rows.append({"chosen_ids": prompt + extra, "rejected_ids": prompt + extra, "margin": 1.0})
+    long_prompt = ids(rng, 30)
+    rows.append(
+        {
+            "chosen_ids": (long_prompt + ids(rng, 4))[-24:],
+            "rejected_ids": (long_prompt + ids(rng, 9))[-24:],
+            "margin": 1.0,
+        }
+    )
+    return rows
+
+
+def scalar_model(kind: str, attn: str):
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    from hsrm.modeling import read_rewards_in_forward
+
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_labels=1,
+            pad_token_id=0,
+        )
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn)
+    else:
+        model = tiny_config_model(kind, num_labels=1, attn=attn)
+    return read_rewards_in_forward(model.train())
+
+
+def loss_and_gradients(model, loss_of_rewards, rewards_of) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    chosen, rejected = rewards_of(model)
+    loss = loss_of_rewards(chosen, rejected)
+    loss.backward()
+    return float(loss.detach()), [p.grad.detach().clone() for p in model.parameters()]
+
+
+def plain_pair_rewards(rows):
+    """The independent computation: every side alone, no padding, read at its last token."""
+
+    def rewards(model):
+        body = getattr(model, model.base_model_prefix)
+        read = [model.score(body(input_ids=torch.tensor([s])).last_hidden_state[0, -1]) for s in sequences]
+        return torch.cat(read[: len(rows)]), torch.cat(read[len(rows) :])
+
+    sequences = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+    return rewards
+
+
+@pytest.mark.parametrize("objective", ["bt", "margin_bt", "scaled_bt", "centered"])
+@pytest.mark.parametrize("kind,attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")])
+def test_pair_rows_give_the_losses_and_gradients_of_separate_sequences(objective, kind, attn):
+    """One row per pair, the prompt computed once: the loss and every parameter's gradient equal
+    each side computed alone (and the padded two-row batch) within 1e-5 in fp32, for every BT objective."""
+    from hsrm.data.collators import PairwiseCollator, SharedPromptPairCollator
+    from hsrm.losses import centering_loss, get_pairwise_loss
+    from hsrm.trainers.pairwise import split_pair_rewards
+
+    rows = pair_rows()
+    margin = torch.tensor([r["margin"] for r in rows])
+    pairwise = get_pairwise_loss("bt" if objective == "centered" else objective)
+
+    def loss(chosen, rejected):
+        value = pairwise(chosen, rejected, margin)
+        return value + 0.01 * centering_loss(chosen, rejected) if objective == "centered" else value
+
+    model = scalar_model(kind, attn)
+    shared_batch = SharedPromptPairCollator(pad_id=0)(rows)
+    assert int((shared_batch["segment_ids"] == 0).sum()) == 0 + 3 + 17 + 40 + 25 + 9 + 15 + 15  # prompts once
+    shared = loss_and_gradients(model, loss, lambda m: split_pair_rewards(m, shared_batch))
+    padded = loss_and_gradients(model, loss, lambda m: split_pair_rewards(m, PairwiseCollator(pad_id=0)(rows)))
+    alone = loss_and_gradients(model, loss, plain_pair_rewards(rows))
+    for other in (padded, alone):
+        assert shared[0] == pytest.approx(other[0], abs=GRADIENT_TOLERANCE)
+        assert max(float((a - b).abs().max()) for a, b in zip(shared[1], other[1])) < GRADIENT_TOLERANCE
+
+
+def test_the_gradient_check_catches_a_rejected_side_that_sees_the_chosen_one(monkeypatch):
+    """The comparison above can fail: let the rejected tokens attend to the chosen ones (one segment)
+    and the rewards move far beyond the tolerance."""
+    from hsrm.data.collators import SharedPromptPairCollator
+    from hsrm.trainers.pairwise import split_pair_rewards
+
+    rows = pair_rows()
+    model = scalar_model("llama", "sdpa")
+    batch = SharedPromptPairCollator(pad_id=0)(rows)
+    leaky = {**batch, "segment_ids": batch["segment_ids"].masked_fill(batch["segment_ids"] == 2, 1)}
+    with torch.no_grad():
+        _, rejected = split_pair_rewards(model, batch)
+        _, leaked = split_pair_rewards(model, leaky)
+        _, alone = plain_pair_rewards(rows)(model)
+    assert float((rejected - alone).abs().max()) < TOLERANCE
+    assert float((leaked - alone).abs().max()) > 100 * TOLERANCE
+
+
+def train_weights(tmp_path, tiny_model_dir, rows, **overrides) -> dict[str, torch.Tensor]:
+    import datasets
+
+    from hsrm.config import load_recipe
+    from hsrm.train import make_trainer
+    from hsrm.trainers.base import build_model
+
+    cfg = load_recipe(
+        None,
+        {
+            "model_name_or_path": str(tiny_model_dir),
+            "output_dir": str(tmp_path / "out"),
+            "objective": "margin_bt",
+            "optim": "sgd",  # the update is lr × gradient: equal weights mean equal gradients
+            "learning_rate": 1.0,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0,
+            "weight_decay": 0.0,
+            "max_grad_norm": 1e9,
+            "num_train_epochs": 1,
+            "save_strategy": "no",
+            "use_cpu": True,
+            "seed": 0,
+            "report_to": "none",
+            "disable_tqdm": True,
+            **overrides,
+        },
+    )
+    model, tokenizer = build_model(cfg)
+    trainer = make_trainer(cfg, model, tokenizer, datasets.Dataset.from_list(rows), None)
+    trainer.train()
+    return {name: p.detach().clone() for name, p in model.named_parameters()}, trainer
+
+
+@pytest.mark.parametrize(
+    "batching",
+    [
+        {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 3},
+        {"max_tokens_per_batch": 120, "gradient_accumulation_steps": 16},
+    ],
+    ids=["accumulation", "token-budget"],
+)
+def test_a_training_step_with_shared_prompts_equals_one_without(tmp_path, tiny_model_dir, batching):
+    """One optimizer step over every pair, accumulated over micro-batches (a fixed number of pairs, or
+    a token budget that counts one row per pair when shared, two when not — so the two runs cut
+    their micro-batches differently): the same weights after the step within 1e-5 (lr 1, SGD)."""
+    from hsrm.data.collators import PairwiseCollator, SharedPromptPairCollator
+
+    rows = pair_rows()
+    shared, shared_trainer = train_weights(tmp_path / "shared", tiny_model_dir, rows, share_prompts=True, **batching)
+    apart, apart_trainer = train_weights(tmp_path / "apart", tiny_model_dir, rows, share_prompts=False, **batching)
+    assert isinstance(shared_trainer.data_collator, SharedPromptPairCollator)
+    assert isinstance(apart_trainer.data_collator, PairwiseCollator)
+    assert shared_trainer.state.global_step == apart_trainer.state.global_step == 1
+    if "max_tokens_per_batch" in batching:  # the budget counts computed tokens: fewer micro-batches shared
+        assert len(shared_trainer.get_train_dataloader()) < len(apart_trainer.get_train_dataloader())
+    initial, _ = train_weights(tmp_path / "none", tiny_model_dir, rows, learning_rate=0.0, **batching)
+    moved = max(float((shared[n] - initial[n]).abs().max()) for n in shared)
+    assert moved > 1e-3  # the step changed the weights, so equal weights say equal gradients
+    assert max(float((shared[n] - apart[n]).abs().max()) for n in shared) < GRADIENT_TOLERANCE
+
+
+def test_training_falls_back_where_sharing_is_not_exact(tmp_path, tiny_model_dir, caplog):
+    """padding_free packs each side, flash-style attention cannot take the pair mask: each side is
+    computed whole, and the log says why."""
+    import logging
+
+    from hsrm.config import load_recipe
+    from hsrm.data.collators import PackedPairwiseCollator, PairwiseCollator, SharedPromptPairCollator
+    from hsrm.train import pair_collator
+
+    model = scalar_model("llama", "sdpa")
+    base = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path), "use_cpu": True}
+    with caplog.at_level(logging.INFO, logger="hsrm.train"):
+        assert isinstance(pair_collator(load_recipe(None, base), model, 0), SharedPromptPairCollator)
+        packed = pair_collator(load_recipe(None, {**base, "padding_free": True}), model, 0)
+        assert isinstance(packed, PackedPairwiseCollator)
+        assert "padding_free packs each side" in caplog.text
+        model.config._attn_implementation = "flash_attention_2"
+        getattr(model, model.base_model_prefix).config._attn_implementation = "flash_attention_2"
+        assert isinstance(pair_collator(load_recipe(None, base), model, 0), PairwiseCollator)
+        assert "attention 'flash_attention_2'" in caplog.text
+        off = load_recipe(None, {**base, "share_prompts": False})
+        assert isinstance(pair_collator(off, scalar_model("llama", "sdpa"), 0), PairwiseCollator)

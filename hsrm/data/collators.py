@@ -4,6 +4,8 @@
   attention mask; the reward is read at the last position whose mask is 1;
 * packed (:class:`PackedPairwiseCollator`, :class:`PackedPointwiseCollator`, ``padding_free: true``):
   one row of concatenated sequences, position ids restarting at 0 per sequence (:func:`hsrm.packing.pack`);
+* shared-prompt pairs (:class:`SharedPromptPairCollator`, ``share_prompts: true``, the default for
+  pairs in the padded layout): one row per pair, ``[prompt | chosen | rejected]``, the prompt computed once;
 * generative (:class:`JustifierCollator`): right-padded ids with the SFT labels, -100 where no loss is taken.
 
 A pair's chosen sides come first and its rejected sides after them, in both layouts, so reward ``i``
@@ -41,6 +43,73 @@ class PairwiseCollator:
         ids, mask = pad_sequences(sequences, self.pad_id, self.padding_side)
         margin = torch.tensor([float(f.get("margin", 1.0)) for f in features], dtype=torch.float32)
         return {"input_ids": ids, "attention_mask": mask, "margin": margin}
+
+
+# Segment ids of a shared-prompt pair row (:class:`SharedPromptPairCollator`): a token attends to the
+# earlier tokens of its own segment and to the shared prompt, never to the other response.
+PROMPT_SEGMENT, CHOSEN_SEGMENT, REJECTED_SEGMENT, PAD_SEGMENT = 0, 1, 2, 3
+
+
+@dataclass
+class SharedPromptPairCollator:
+    """Pre-tokenized pairs → one row per pair, ``[prompt | chosen | rejected]``, the prompt computed
+    once (issue 32). The prompt is the pair's longest common token-id prefix (from the ids after
+    templating and truncation, never from the text; :func:`hsrm.engine.shared_prefix_length` keeps
+    one token of each side to read the reward at). ``segment_ids`` mark prompt, chosen, rejected and
+    padding, from which :func:`hsrm.modeling.last_token_states` builds the attention mask: the rejected
+    tokens see the prompt and themselves, not the chosen ones; ``position_ids`` continue from the
+    prompt for both sides, so each side computes what it computes as a sequence of its own.
+    ``last_index`` holds flat indices into the (rows × width) hidden states: every chosen end, then
+    every rejected end, as the other pair collators order the rewards.
+
+    >>> c = SharedPromptPairCollator(pad_id=0)
+    >>> b = c([{"chosen_ids": [5, 6, 7], "rejected_ids": [5, 6, 8, 9], "margin": 2.0},
+    ...        {"chosen_ids": [4], "rejected_ids": [3]}])
+    >>> b["input_ids"].tolist(), b["segment_ids"].tolist()
+    ([[5, 6, 7, 8, 9], [4, 3, 0, 0, 0]], [[0, 0, 1, 2, 2], [1, 2, 3, 3, 3]])
+    >>> b["position_ids"].tolist(), b["last_index"].tolist(), b["margin"].tolist()
+    ([[0, 1, 2, 2, 3], [0, 0, 0, 0, 0]], [2, 5, 4, 6], [2.0, 1.0])
+    """
+
+    pad_id: int
+
+    shares_prompts = True  # token budgets count one row per pair (hsrm.packing.dataset_item_lengths)
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        from ..engine import shared_prefix_length
+
+        rows, segments, positions, chosen_ends, rejected_ends = [], [], [], [], []
+        for f in features:
+            chosen, rejected = list(f["chosen_ids"]), list(f["rejected_ids"])
+            prompt = shared_prefix_length(chosen, rejected)
+            rows.append(chosen + rejected[prompt:])
+            segments.append(
+                [PROMPT_SEGMENT] * prompt
+                + [CHOSEN_SEGMENT] * (len(chosen) - prompt)
+                + [REJECTED_SEGMENT] * (len(rejected) - prompt)
+            )
+            positions.append(list(range(len(chosen))) + list(range(prompt, len(rejected))))
+            chosen_ends.append(len(chosen) - 1)
+            rejected_ends.append(len(rows[-1]) - 1)
+        ids, _ = pad_sequences(rows, self.pad_id, "right")
+        width = ids.shape[1]
+        segment_ids = torch.full_like(ids, PAD_SEGMENT)
+        position_ids = torch.zeros_like(ids)
+        for row, (segment, position) in enumerate(zip(segments, positions)):
+            segment_ids[row, : len(segment)] = torch.tensor(segment)
+            position_ids[row, : len(position)] = torch.tensor(position)
+        last_index = [row * width + end for row, end in enumerate(chosen_ends)]
+        last_index += [row * width + end for row, end in enumerate(rejected_ends)]
+        margin = torch.tensor([float(f.get("margin", 1.0)) for f in features], dtype=torch.float32)
+        return {
+            "input_ids": ids,
+            "segment_ids": segment_ids,
+            "position_ids": position_ids,
+            "last_index": torch.tensor(last_index, dtype=torch.long),
+            "margin": margin,
+        }
 
 
 @dataclass

@@ -158,12 +158,19 @@ def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]
     return batches
 
 
-def dataset_item_lengths(dataset) -> list[tuple[int, ...]]:
+def dataset_item_lengths(dataset, *, shared_prompts: bool = False) -> list[tuple[int, ...]]:
     """Token lengths per item of a tokenized pairs (``chosen_ids``, ``rejected_ids``) or ratings
-    (``input_ids``) dataset."""
+    (``input_ids``) dataset: the rows each item adds to a micro-batch. A pair is two rows, or with
+    ``shared_prompts`` one row of the tokens it computes (the prompt once,
+    :class:`hsrm.data.collators.SharedPromptPairCollator`), so a budget counts what is computed."""
     columns = getattr(dataset, "column_names", None) or list(dataset[0].keys())
     if "chosen_ids" in columns and "rejected_ids" in columns:
-        return [(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+        pairs = zip(dataset["chosen_ids"], dataset["rejected_ids"])
+        if shared_prompts:
+            from ..engine import shared_prefix_length
+
+            return [(len(c) + len(r) - shared_prefix_length(c, r),) for c, r in pairs]
+        return [(len(c), len(r)) for c, r in pairs]
     if "input_ids" in columns:
         return [(len(ids),) for ids in dataset["input_ids"]]
     raise InputError(
@@ -178,8 +185,9 @@ def token_budget_dataloader(trainer):
 
     args = trainer.args
     cost: Cost = "packed" if getattr(args, "padding_free", False) else "padded"
+    shared = getattr(trainer.data_collator, "shares_prompts", False)
     sampler = TokenBudgetBatchSampler(
-        dataset_item_lengths(trainer.train_dataset),
+        dataset_item_lengths(trainer.train_dataset, shared_prompts=shared),
         args.max_tokens_per_batch,
         cost=cost,
         seed=args.data_seed if args.data_seed is not None else args.seed,

@@ -1,8 +1,10 @@
 """Pairwise reward-model trainer: the Bradley-Terry family (Regular, Margin, Scaled BT).
 
 HelpSteer2-Preference §3.2, eqs. (1)-(3). Chosen and rejected go through the model in one forward
-pass (the collator stacks them), the reward is read at each sequence's last real token, and the
-objective is looked up by name in ``hsrm.losses.PAIRWISE_LOSSES``.
+pass — by default one row per pair with the prompt computed once (``share_prompts``,
+:class:`hsrm.data.collators.SharedPromptPairCollator`), else stacked as rows of their own — the
+reward is read at each sequence's last real token, and the objective is looked up by name in
+``hsrm.losses.PAIRWISE_LOSSES``.
 
     hsrm train recipes/tiny_bt.yaml
 """
