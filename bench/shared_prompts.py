@@ -77,23 +77,38 @@ def timed(function) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
+def alternate(run, repeats: int) -> tuple[dict, dict]:
+    """``run(share)`` timed with sharing on and off, alternated so that load on a shared machine hits
+    both alike, the best of ``repeats`` timings of each kept: (timings and ratios, {share: result})."""
+    best = {True: [float("inf")] * 2, False: [float("inf")] * 2}
+    results = {}
+    for _ in range(repeats):
+        for share in (True, False):
+            wall, cpu, results[share] = timed(lambda share=share: run(share))
+            best[share] = [min(best[share][0], wall), min(best[share][1], cpu)]
+    timings = {
+        "seconds_unshared": best[False][0],
+        "seconds_shared": best[True][0],
+        "speedup": best[False][0] / best[True][0],
+        "cpu_seconds_unshared": best[False][1],
+        "cpu_seconds_shared": best[True][1],
+        "cpu_speedup": best[False][1] / best[True][1],
+    }
+    return timings, results
+
+
 def compare(model, sequences, *, batch_size: int, repeats: int, device: str) -> dict:
-    """Shared against unshared on the same sequences, alternated so that load on a shared machine
-    hits both alike; the best of ``repeats`` timings of each side."""
+    """Shared against unshared scoring of the same sequences (:func:`alternate`)."""
     from hsrm.engine import score_sequences
 
     stats = {True: {}, False: {}}
-    best = {True: [float("inf")] * 2, False: [float("inf")] * 2}
-    rewards = {}
     score_sequences(model, sequences[:batch_size], layout="padded", batch_size=batch_size)  # warm-up
-    for _ in range(repeats):
-        for share in (True, False):
-            wall, cpu, rewards[share] = timed(
-                lambda share=share: score_sequences(
-                    model, sequences, layout="padded", batch_size=batch_size, share_prompts=share, stats=stats[share]
-                )
-            )
-            best[share] = [min(best[share][0], wall), min(best[share][1], cpu)]
+    timings, rewards = alternate(
+        lambda share: score_sequences(
+            model, sequences, layout="padded", batch_size=batch_size, share_prompts=share, stats=stats[share]
+        ),
+        repeats,
+    )
     shared, unshared = stats[True], stats[False]
     result = {
         "sequences": len(sequences),
@@ -105,12 +120,7 @@ def compare(model, sequences, *, batch_size: int, repeats: int, device: str) -> 
         "token_ratio": shared["tokens"] / shared["tokens_computed"],
         "positions_computed_unshared": unshared["positions_computed"],
         "positions_computed_shared": shared["positions_computed"],
-        "seconds_unshared": best[False][0],
-        "seconds_shared": best[True][0],
-        "speedup": best[False][0] / best[True][0],
-        "cpu_seconds_unshared": best[False][1],
-        "cpu_seconds_shared": best[True][1],
-        "cpu_speedup": best[False][1] / best[True][1],
+        **timings,
         "max_abs_reward_difference": float((rewards[True] - rewards[False]).abs().max()),
         "reward_scale": float(rewards[False].abs().max()),
     }
@@ -172,12 +182,7 @@ def compare_training(model, pair_ids, *, max_tokens: int, repeats: int, layers: 
             total += float(loss.detach())
         return total, [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
-    best = {True: [float("inf")] * 2, False: [float("inf")] * 2}
-    results = {}
-    for _ in range(repeats):
-        for share in (True, False):
-            wall, cpu, results[share] = timed(lambda share=share: step(share))
-            best[share] = [min(best[share][0], wall), min(best[share][1], cpu)]
+    timings, results = alternate(step, repeats)
     (shared_loss, shared_grads), (loss, grads) = results[True], results[False]
     positions = {share: sum(b["input_ids"].numel() for b in batches[share]) for share in (True, False)}
     tokens = sum(len(s) for s in pair_ids)
@@ -191,12 +196,7 @@ def compare_training(model, pair_ids, *, max_tokens: int, repeats: int, layers: 
         "tokens_computed_shared": sum(int((b["segment_ids"] != 3).sum()) for b in batches[True]),
         "positions_computed_unshared": positions[False],
         "positions_computed_shared": positions[True],
-        "seconds_unshared": best[False][0],
-        "seconds_shared": best[True][0],
-        "speedup": best[False][0] / best[True][0],
-        "cpu_seconds_unshared": best[False][1],
-        "cpu_seconds_shared": best[True][1],
-        "cpu_speedup": best[False][1] / best[True][1],
+        **timings,
         "loss_shared": shared_loss,
         "loss_unshared": loss,
         "max_abs_gradient_difference": max(float((a - b).abs().max()) for a, b in zip(shared_grads, grads)),
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-pairs", type=int, default=16, help="pairs in the timed training step")
     parser.add_argument("--train-max-tokens", type=int, default=4096, help="max_tokens_per_batch of that step")
     parser.add_argument(
-        "--train-layers", type=int, default=4, help="decoder layers kept for the training step (0 = all)"
+        "--train-layers", type=int, default=8, help="decoder layers kept for the training step (0 = all)"
     )
     parser.add_argument("--max-length", type=int, default=1024, help="tokens kept per sequence, cut from the left")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")

@@ -54,9 +54,9 @@ def plain_outputs(model, sequences) -> torch.Tensor:
 
 def tiny_config_model(kind: str, num_labels: int = 3, attn: str = "sdpa", **overrides):
     """A random two-layer sequence classifier of another architecture, from a config (nothing downloaded)."""
-    from transformers import AutoModelForSequenceClassification, MistralConfig, Qwen2Config
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, MistralConfig, Qwen2Config
 
-    config_class = {"qwen2": Qwen2Config, "mistral": MistralConfig}[kind]
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[kind]
     config = config_class(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -300,26 +300,10 @@ def pair_rows(seed: int = 1) -> list[dict]:
 
 
 def scalar_model(kind: str, attn: str):
-    from transformers import AutoModelForSequenceClassification, LlamaConfig
-
+    """A random two-layer scalar reward model whose ``forward`` reads rewards as the trainers do."""
     from hsrm.modeling import read_rewards_in_forward
 
-    if kind == "llama":
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_labels=1,
-            pad_token_id=0,
-        )
-        torch.manual_seed(0)
-        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn)
-    else:
-        model = tiny_config_model(kind, num_labels=1, attn=attn)
-    return read_rewards_in_forward(model.train())
+    return read_rewards_in_forward(tiny_config_model(kind, num_labels=1, attn=attn).train())
 
 
 def loss_and_gradients(model, loss_of_rewards, rewards_of) -> tuple[float, list[torch.Tensor]]:
