@@ -138,6 +138,19 @@ def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return max(min(common, len(a) - 1, len(b) - 1), 0)
 
 
+def pair_prompt_length(chosen: Sequence[int], rejected: Sequence[int]) -> int:
+    """The prompt a pair computes once in training (:class:`hsrm.data.collators.SharedPromptPairCollator`):
+    :func:`shared_prefix_length`, or 0 — each side a row of its own — below :data:`MIN_SHARED_PREFIX`
+    tokens, where a row twice as long would cost more attention than the prompt saves. Left
+    truncation often cuts the two sides at different places, and they then share nothing.
+
+    >>> pair_prompt_length([1] * 20 + [2], [1] * 20 + [3]), pair_prompt_length([1, 2, 3], [1, 2, 4])
+    (20, 0)
+    """
+    shared = shared_prefix_length(chosen, rejected)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
 def shared_prefix_groups(
     sequences: Sequence[Sequence[int]], min_prefix: int = MIN_SHARED_PREFIX
 ) -> list[tuple[int, list[int]]]:

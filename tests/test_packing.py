@@ -324,16 +324,18 @@ def test_token_budget_training_keeps_pairs_together_and_sees_each_once(tmp_path,
     from hsrm.trainers.base import build_model
 
     rng = random.Random(0)
-    # Pair k's chosen side starts with token 10 + k and its rejected side with 200 + k.
+    # Pair k's chosen side starts with token 10 + k and its rejected side with 200 + k; shared, both
+    # sides begin with a 20-token prompt of token 10 + k, which each pair computes once.
+    prompt = [[10 + k] * 20 if layout == "shared" else [] for k in range(30)]
     rows = [
         {
-            "chosen_ids": [10 + k] + [5] * rng.randrange(0, 60),
-            "rejected_ids": [200 + k] + [6] * rng.randrange(0, 60),
+            "chosen_ids": prompt[k] + [10 + k] + [5] * rng.randrange(0, 60),
+            "rejected_ids": prompt[k] + [200 + k] + [6] * rng.randrange(0, 60),
             "margin": 1.0,
         }
         for k in range(30)
     ]
-    budget = 160
+    budget = 160 if layout != "shared" else 200
     cfg = load_recipe(
         None,
         {
@@ -366,11 +368,13 @@ def test_token_budget_training_keeps_pairs_together_and_sees_each_once(tmp_path,
             heads = ids[0, starts].tolist()  # first token of every packed sequence
             assert ids.shape == (1, ids.shape[1]) and (ids.shape[1] <= budget or n == 1)
         elif layout == "shared":
-            # One row per pair: the sides share no prompt here, so the rejected side starts where the
-            # chosen one ends (segment 2); the budget counts rows × the longest pair row.
+            # One row per pair: the first token of each side follows the prompt (chosen) or the
+            # chosen side (rejected); the budget counts rows × the longest pair row.
+            chosen_starts = (batch["segment_ids"] == 1).int().argmax(dim=1)
             rejected_starts = (batch["segment_ids"] == 2).int().argmax(dim=1)
-            heads = ids[:, 0].tolist() + ids[torch.arange(n), rejected_starts].tolist()
+            heads = ids[torch.arange(n), chosen_starts].tolist() + ids[torch.arange(n), rejected_starts].tolist()
             assert ids.shape[0] == n and (ids.numel() <= budget or n == 1)
+            assert (batch["last_index"][:n] // ids.shape[1]).tolist() == list(range(n))  # a pair's sides in its row
         else:
             heads = ids[:, 0].tolist()
             assert ids.numel() <= budget or n == 1

@@ -271,9 +271,9 @@ GRADIENT_TOLERANCE = 1e-5
 
 
 def pair_rows(seed: int = 1) -> list[dict]:
-    """Pairs whose sides share prompts of 0–40 tokens: continuations of different lengths, one side a
-    prefix of the other, identical sides, and a pair left-truncated to 24 tokens (its sides then
-    start at different places and share nothing)."""
+    """Pairs whose sides share prompts of 0–40 tokens (those under 16 are two rows), continuations
+    of different lengths, one side a prefix of the other, identical sides, and a pair left-truncated
+    to 24 tokens (its sides then start at different places and share nothing)."""
     rng = random.Random(seed)
     rows = []
     for prompt_length in (0, 3, 17, 40, 25, 9):
@@ -285,7 +285,7 @@ def pair_rows(seed: int = 1) -> list[dict]:
                 "margin": rng.choice([0.5, 1.0, 3.0]),
             }
         )
-    prompt, extra = ids(rng, 12), ids(rng, 4)
+    prompt, extra = ids(rng, 20), ids(rng, 4)
     rows.append({"chosen_ids": prompt + extra, "rejected_ids": prompt + extra + ids(rng, 3), "margin": 2.0})
     rows.append({"chosen_ids": prompt + extra, "rejected_ids": prompt + extra, "margin": 1.0})
     long_prompt = ids(rng, 30)
@@ -345,7 +345,10 @@ def test_pair_rows_give_the_losses_and_gradients_of_separate_sequences(objective
 
     model = scalar_model(kind, attn)
     shared_batch = SharedPromptPairCollator(pad_id=0)(rows)
-    assert int((shared_batch["segment_ids"] == 0).sum()) == 0 + 3 + 17 + 40 + 25 + 9 + 15 + 15  # prompts once
+    # Prompts of 17, 40 and 25 tokens, and 23 for the last two pairs (one token short of the shorter
+    # side), are computed once; the pairs sharing 0, 3 or 9 tokens and the truncated one are two rows.
+    assert int((shared_batch["segment_ids"] == 0).sum()) == 17 + 40 + 25 + 23 + 23
+    assert shared_batch["input_ids"].shape[0] == 5 + 2 * 4
     shared = loss_and_gradients(model, loss, lambda m: split_pair_rewards(m, shared_batch))
     padded = loss_and_gradients(model, loss, lambda m: split_pair_rewards(m, PairwiseCollator(pad_id=0)(rows)))
     alone = loss_and_gradients(model, loss, plain_pair_rewards(rows))

@@ -5,7 +5,8 @@
 * packed (:class:`PackedPairwiseCollator`, :class:`PackedPointwiseCollator`, ``padding_free: true``):
   one row of concatenated sequences, position ids restarting at 0 per sequence (:func:`hsrm.packing.pack`);
 * shared-prompt pairs (:class:`SharedPromptPairCollator`, ``share_prompts: true``, the default for
-  pairs in the padded layout): one row per pair, ``[prompt | chosen | rejected]``, the prompt computed once;
+  pairs in the padded layout): one row per pair, ``[prompt | chosen | rejected]``, the prompt computed
+  once (two rows for a pair whose sides share too little);
 * generative (:class:`JustifierCollator`): right-padded ids with the SFT labels, -100 where no loss is taken.
 
 A pair's chosen sides come first and its rejected sides after them, in both layouts, so reward ``i``
@@ -52,47 +53,58 @@ PROMPT_SEGMENT, CHOSEN_SEGMENT, REJECTED_SEGMENT, PAD_SEGMENT = 0, 1, 2, 3
 
 @dataclass
 class SharedPromptPairCollator:
-    """Pre-tokenized pairs → one row per pair, ``[prompt | chosen | rejected]``, the prompt computed
-    once (issue 32). The prompt is the pair's longest common token-id prefix (from the ids after
-    templating and truncation, never from the text; :func:`hsrm.engine.shared_prefix_length` keeps
-    one token of each side to read the reward at). ``segment_ids`` mark prompt, chosen, rejected and
-    padding, from which :func:`hsrm.modeling.last_token_states` builds the attention mask: the rejected
-    tokens see the prompt and themselves, not the chosen ones; ``position_ids`` continue from the
-    prompt for both sides, so each side computes what it computes as a sequence of its own.
-    ``last_index`` holds flat indices into the (rows × width) hidden states: every chosen end, then
-    every rejected end, as the other pair collators order the rewards.
+    """Pre-tokenized pairs → rows in which a pair's prompt is computed once (issue 32): a pair whose
+    sides share a prompt is one row, ``[prompt | chosen | rejected]``; one whose sides share too
+    little (:func:`hsrm.engine.pair_prompt_length`: under 16 tokens, e.g. cut from the left at
+    different places) is two rows, as in :class:`PairwiseCollator`. The prompt is the longest common
+    token-id prefix of the ids after templating and truncation, never taken from the text.
+
+    ``segment_ids`` mark prompt, chosen, rejected and padding, from which
+    :func:`hsrm.modeling.last_token_states` builds the attention mask: the rejected tokens see the
+    prompt and themselves, not the chosen ones; ``position_ids`` continue from the prompt on both
+    sides, so each side computes exactly what it computes as a sequence of its own. ``last_index``
+    holds flat indices into the (rows × width) hidden states: every chosen end, then every rejected
+    end, the order of the other pair collators' rewards.
 
     >>> c = SharedPromptPairCollator(pad_id=0)
-    >>> b = c([{"chosen_ids": [5, 6, 7], "rejected_ids": [5, 6, 8, 9], "margin": 2.0},
+    >>> b = c([{"chosen_ids": [5] * 16 + [7], "rejected_ids": [5] * 16 + [8, 9], "margin": 2.0},
     ...        {"chosen_ids": [4], "rejected_ids": [3]}])
-    >>> b["input_ids"].tolist(), b["segment_ids"].tolist()
-    ([[5, 6, 7, 8, 9], [4, 3, 0, 0, 0]], [[0, 0, 1, 2, 2], [1, 2, 3, 3, 3]])
-    >>> b["position_ids"].tolist(), b["last_index"].tolist(), b["margin"].tolist()
-    ([[0, 1, 2, 2, 3], [0, 0, 0, 0, 0]], [2, 5, 4, 6], [2.0, 1.0])
+    >>> b["input_ids"][:, 14:].tolist(), b["segment_ids"][:, 14:].tolist()
+    ([[5, 5, 7, 8, 9], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]], [[0, 0, 1, 2, 2], [3, 3, 3, 3, 3], [3, 3, 3, 3, 3]])
+    >>> b["input_ids"][1:, :2].tolist(), b["segment_ids"][1:, :2].tolist()
+    ([[4, 0], [3, 0]], [[1, 3], [2, 3]])
+    >>> b["position_ids"][0, 15:].tolist(), b["last_index"].tolist(), b["margin"].tolist()
+    ([15, 16, 16, 17], [16, 19, 18, 38], [2.0, 1.0])
     """
 
     pad_id: int
 
-    shares_prompts = True  # token budgets count one row per pair (hsrm.packing.dataset_item_lengths)
+    shares_prompts = True  # token budgets count the rows it makes (hsrm.packing.dataset_item_lengths)
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
-        from ..engine import shared_prefix_length
+        from ..engine import pair_prompt_length
 
         rows, segments, positions, chosen_ends, rejected_ends = [], [], [], [], []
         for f in features:
             chosen, rejected = list(f["chosen_ids"]), list(f["rejected_ids"])
-            prompt = shared_prefix_length(chosen, rejected)
-            rows.append(chosen + rejected[prompt:])
-            segments.append(
-                [PROMPT_SEGMENT] * prompt
-                + [CHOSEN_SEGMENT] * (len(chosen) - prompt)
-                + [REJECTED_SEGMENT] * (len(rejected) - prompt)
-            )
-            positions.append(list(range(len(chosen))) + list(range(prompt, len(rejected))))
-            chosen_ends.append(len(chosen) - 1)
-            rejected_ends.append(len(rows[-1]) - 1)
+            prompt = pair_prompt_length(chosen, rejected)
+            if prompt:
+                rows.append(chosen + rejected[prompt:])
+                segments.append(
+                    [PROMPT_SEGMENT] * prompt
+                    + [CHOSEN_SEGMENT] * (len(chosen) - prompt)
+                    + [REJECTED_SEGMENT] * (len(rejected) - prompt)
+                )
+                positions.append(list(range(len(chosen))) + list(range(prompt, len(rejected))))
+                chosen_ends.append((len(rows) - 1, len(chosen) - 1))
+            else:
+                rows += [chosen, rejected]
+                segments += [[CHOSEN_SEGMENT] * len(chosen), [REJECTED_SEGMENT] * len(rejected)]
+                positions += [list(range(len(chosen))), list(range(len(rejected)))]
+                chosen_ends.append((len(rows) - 2, len(chosen) - 1))
+            rejected_ends.append((len(rows) - 1, len(rows[-1]) - 1))
         ids, _ = pad_sequences(rows, self.pad_id, "right")
         width = ids.shape[1]
         segment_ids = torch.full_like(ids, PAD_SEGMENT)
@@ -100,8 +112,7 @@ class SharedPromptPairCollator:
         for row, (segment, position) in enumerate(zip(segments, positions)):
             segment_ids[row, : len(segment)] = torch.tensor(segment)
             position_ids[row, : len(position)] = torch.tensor(position)
-        last_index = [row * width + end for row, end in enumerate(chosen_ends)]
-        last_index += [row * width + end for row, end in enumerate(rejected_ends)]
+        last_index = [row * width + end for row, end in chosen_ends + rejected_ends]
         margin = torch.tensor([float(f.get("margin", 1.0)) for f in features], dtype=torch.float32)
         return {
             "input_ids": ids,

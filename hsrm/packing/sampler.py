@@ -161,15 +161,18 @@ def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]
 def dataset_item_lengths(dataset, *, shared_prompts: bool = False) -> list[tuple[int, ...]]:
     """Token lengths per item of a tokenized pairs (``chosen_ids``, ``rejected_ids``) or ratings
     (``input_ids``) dataset: the rows each item adds to a micro-batch. A pair is two rows, or with
-    ``shared_prompts`` one row of the tokens it computes (the prompt once,
-    :class:`hsrm.data.collators.SharedPromptPairCollator`), so a budget counts what is computed."""
+    ``shared_prompts`` the rows :class:`hsrm.data.collators.SharedPromptPairCollator` makes of it —
+    one row of the tokens it computes when its sides share a prompt — so a budget counts what is computed."""
     columns = getattr(dataset, "column_names", None) or list(dataset[0].keys())
     if "chosen_ids" in columns and "rejected_ids" in columns:
         pairs = zip(dataset["chosen_ids"], dataset["rejected_ids"])
         if shared_prompts:
-            from ..engine import shared_prefix_length
+            from ..engine import pair_prompt_length
 
-            return [(len(c) + len(r) - shared_prefix_length(c, r),) for c, r in pairs]
+            return [
+                (len(c) + len(r) - prompt,) if (prompt := pair_prompt_length(c, r)) else (len(c), len(r))
+                for c, r in pairs
+            ]
         return [(len(c), len(r)) for c, r in pairs]
     if "input_ids" in columns:
         return [(len(ids),) for ids in dataset["input_ids"]]
