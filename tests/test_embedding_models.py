@@ -15,16 +15,8 @@ from hsrm.embedding.annotate import (
     correct_label_probability,
     cross_prompt_shuffle,
     expected_error_rate,
-    group_by_prompt,
     select_design,
     simulate_annotations,
-)
-from hsrm.embedding.metrics import (
-    best_of_n_gain,
-    best_of_n_reward,
-    evaluate_scores,
-    oracle_best_of_n_gain,
-    per_prompt_spearman,
 )
 from hsrm.embedding.models import (
     EnsembleRewardModel,
@@ -38,6 +30,14 @@ from hsrm.embedding.models import (
     save_model,
 )
 from hsrm.embedding.synthetic import SyntheticWorld
+from hsrm.metrics import (
+    best_of_n_gain,
+    best_of_n_reward,
+    evaluate_scores,
+    group_by_prompt,
+    oracle_best_of_n_gain,
+    per_prompt_spearman,
+)
 
 SMALL_FIT = {"hidden": (64, 32), "max_epochs": 15, "batch_size": 128}
 

@@ -113,7 +113,8 @@ def load_pool_pairs(
             raise InputError(
                 "no --pairs given and the embeddings carry no prompt_ids to pair responses within; pass --pairs"
             )
-        from .annotate import group_by_prompt, in_prompt_pairs
+        from ..metrics import group_by_prompt
+        from .annotate import in_prompt_pairs
 
         pairs = in_prompt_pairs(group_by_prompt(prompt_ids))
         return pairs, [{"prompt_id": _plain(prompt_ids[a])} for a, _ in pairs]

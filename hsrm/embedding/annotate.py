@@ -85,16 +85,6 @@ def observed_error_rate(golden_first: np.ndarray, golden_second: np.ndarray, fir
 # ---------------------------------------------------------------- pair designs
 
 
-def group_by_prompt(prompt_ids: Sequence) -> list[np.ndarray]:
-    """Indices of each prompt's responses, prompts in order of first appearance."""
-    prompt_ids = np.asarray(prompt_ids)
-    _, first_seen, inverse = np.unique(prompt_ids, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    members = np.argsort(inverse, kind="stable")
-    groups = np.split(members, np.cumsum(np.bincount(inverse))[:-1])
-    return [groups[k] for k in np.argsort(first_seen)]
-
-
 def select_design(
     prompt_ids: Sequence, golden: np.ndarray, design: str, rng: np.random.Generator | int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -174,7 +174,7 @@ def fit_main(argv: list[str] | None = None) -> dict:
                 epochs=len(history.train_loss), best_epoch=history.best_epoch, fit_seconds=round(history.seconds, 2)
             )
     if opts.eval_data:
-        from .metrics import evaluate_scores, pairwise_accuracy
+        from ..metrics import evaluate_scores, pairwise_accuracy
 
         test = EmbeddedData.load(opts.eval_data)
         scores = model.score(test.embeddings)

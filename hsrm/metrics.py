@@ -1,12 +1,16 @@
-"""How good is a learned reward on held-out prompts, judged by the golden reward.
+"""The numbers hsrm reports about rewards, each computed in one place: Best-of-N, pairwise
+accuracy and margins, per-prompt Spearman, binary entropy.
 
-Paper: Sun et al. (2024), section 6 ("Evaluation of Learned Reward Models"): Best-of-N with
+Used by ``hsrm score`` (the Best-of-N pick), ``hsrm evaluate`` and the trainers' evaluation
+(pairwise accuracy and margins), the demo, and the lightweight path's studies, ``hsrm fit`` and
+active selection (Best-of-N gain, Spearman, entropy).
+
+Best-of-N on a golden reward — Sun et al. (2024), section 6 ("Evaluation of Learned Reward Models"):
 N = 500 responses per test prompt; the gain is the golden reward of the response the learned
 model ranks first, minus the mean golden reward of the N responses (the improvement over the
 base model's average sample), averaged over test prompts. Shen et al. (2025) add the per-prompt
-Spearman correlation between learned and golden rewards.
-
-All functions take flat arrays (one entry per response) and ``prompt_ids`` grouping them.
+Spearman correlation between learned and golden rewards. Those functions take flat arrays (one
+entry per response) and ``prompt_ids`` grouping them.
 """
 
 from __future__ import annotations
@@ -15,8 +19,27 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from .annotate import group_by_prompt
+from .errors import InputError
+
+
+def best_of_n(rewards, axis: int = -1):
+    """Index of the highest reward (along ``axis``); the first one on ties.
+
+    >>> best_of_n([0.1, 0.7, 0.7, -2.0]), best_of_n([[1.0, 3.0], [2.0, 2.0]]).tolist()
+    (1, [1, 0])
+    """
+    picks = np.argmax(np.asarray(rewards), axis=axis)
+    return int(picks) if np.ndim(picks) == 0 else picks
+
+
+def group_by_prompt(prompt_ids: Sequence) -> list[np.ndarray]:
+    """Indices of each prompt's responses, prompts in order of first appearance."""
+    prompt_ids = np.asarray(prompt_ids)
+    _, first_seen, inverse = np.unique(prompt_ids, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    members = np.argsort(inverse, kind="stable")
+    groups = np.split(members, np.cumsum(np.bincount(inverse))[:-1])
+    return [groups[k] for k in np.argsort(first_seen)]
 
 
 def _check(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,8 +73,8 @@ def _best_of_n_picks(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequenc
     order, n, groups = _blocks(prompt_ids)
     if order is not None:
         s, g = scores[order].reshape(-1, n), golden[order].reshape(-1, n)
-        return g[np.arange(len(g)), s.argmax(1)], g.mean(1)
-    return (np.array([golden[m][np.argmax(scores[m])] for m in groups]), np.array([golden[m].mean() for m in groups]))
+        return g[np.arange(len(g)), best_of_n(s, axis=1)], g.mean(1)
+    return (np.array([golden[m][best_of_n(scores[m])] for m in groups]), np.array([golden[m].mean() for m in groups]))
 
 
 def best_of_n_reward(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> float:
@@ -101,12 +124,67 @@ def per_prompt_spearman(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequ
     return float(rhos.mean()) if len(rhos) else float("nan")
 
 
+def pairwise_summary(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
+    """Accuracy with ties counted wrong, the tie count, mean margin, and reward mean/std over both sides.
+
+    >>> summary = pairwise_summary([2.0, 1.0, 0.5], [1.0, 1.0, 1.5])
+    >>> {k: round(v, 6) for k, v in summary.items()}
+    {'n_pairs': 3, 'accuracy': 0.333333, 'ties': 1, 'margin': 0.0, 'reward_mean': 1.166667, 'reward_std': 0.471405}
+    """
+    c = np.asarray(chosen, dtype=np.float64).reshape(-1)
+    r = np.asarray(rejected, dtype=np.float64).reshape(-1)
+    if c.shape != r.shape or c.size == 0:
+        raise InputError(f"need as many chosen as rejected rewards, and at least one ({c.size} vs {r.size})")
+    both = np.stack([c, r], axis=1).reshape(-1)  # pair by pair, the order the trainer's predictions come in
+    return {
+        "n_pairs": int(c.size),
+        "accuracy": float((c > r).mean()),
+        "ties": int((c == r).sum()),
+        "margin": float((c - r).mean()),
+        "reward_mean": float(both.mean()),
+        "reward_std": float(both.std()),
+    }
+
+
+def pairwise_metrics(eval_pred) -> dict[str, float]:
+    """The pairwise trainer's ``compute_metrics``: :func:`pairwise_summary` of its predictions, shape
+    (pairs, 2) = (chosen, rejected) rewards, without the counts (Trainer logs averages)."""
+    rewards = np.asarray(eval_pred.predictions, dtype=np.float64)
+    summary = pairwise_summary(rewards[:, 0], rewards[:, 1])
+    return {name: summary[name] for name in ("accuracy", "margin", "reward_mean", "reward_std")}
+
+
 def pairwise_accuracy(scores_first: np.ndarray, scores_second: np.ndarray, first_wins: np.ndarray) -> float:
     """Fraction of pairs the learned reward orders like the labels (ties count as wrong)."""
     first_wins = np.asarray(first_wins, dtype=bool)
-    predicted = np.asarray(scores_first) > np.asarray(scores_second)
-    strict = np.asarray(scores_first) != np.asarray(scores_second)
-    return float(np.mean((predicted == first_wins) & strict))
+    chosen = np.where(first_wins, scores_first, scores_second)
+    rejected = np.where(first_wins, scores_second, scores_first)
+    return pairwise_summary(chosen, rejected)["accuracy"]
+
+
+def _x_log_x(x: np.ndarray) -> np.ndarray:
+    """x log x with 0 log 0 = 0 (its limit), in x's dtype."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(x), 0.0)
+
+
+def binary_entropy(p, q=None) -> np.ndarray:
+    """Bernoulli entropy in nats, −p log p − q log q, elementwise, in the input's dtype.
+
+    ``q`` defaults to 1 − p, computed as ``log1p(−p)``, which keeps the digits 1 − p rounds away when p
+    is small; pass ``q`` when it is known more exactly — p = σ(x) with q = σ(−x): 1 − σ(x) rounds to 0
+    long before σ(−x) underflows. 0 log 0 = 0, so no clipping epsilon is needed.
+
+    >>> binary_entropy([0.5, 0.1, 0.0, 1.0]).round(6).tolist() == [0.693147, 0.325083, 0.0, 0.0]
+    True
+    """
+    p = np.asarray(p)
+    if q is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q_log_q = np.where(p < 1, (1 - p) * np.log1p(-p), 0.0)
+    else:
+        q_log_q = _x_log_x(np.asarray(q))
+    return -(_x_log_x(p) + q_log_q)
 
 
 def evaluate_scores(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence) -> dict:
@@ -119,12 +197,3 @@ def evaluate_scores(scores: np.ndarray, golden: np.ndarray, prompt_ids: Sequence
         "bon_gain_fraction": gain / oracle if oracle > 0 else float("nan"),
         "spearman": per_prompt_spearman(scores, golden, prompt_ids),
     }
-
-
-def mean_sd_text(mean: float, sd: float, n: int) -> str:
-    """``mean ± sd`` over ``n`` seeds; the mean alone with one seed (a spread of one value says nothing).
-
-    >>> mean_sd_text(0.5, 0.1, 3), mean_sd_text(0.5, 0.0, 1)
-    ('0.500 ± 0.100', '0.500')
-    """
-    return f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}"
