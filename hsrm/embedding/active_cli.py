@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import InputError, MissingFileError
 from ..files import atomic_write_json, atomic_write_jsonl, check_output, output_lock, read_arrays
 from .active import CandidatePairs, SelectionOptions, check_strategy, select_pairs
+from .extract import EmbeddedData
 
 STATE_FILE = "state.json"
 LABELS_FILE = "labels.jsonl"
@@ -77,26 +78,6 @@ def active_main(argv: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------
 # hsrm select: the pool
 # ----------------------------------------------------------------------------------------------
-
-
-def load_items(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(embeddings (n, D), prompt_ids or None) from an .npy array or an .npz with ``embeddings``
-    (and optionally ``prompt_ids``, as ``hsrm embed`` writes)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        embeddings = read_arrays(path, "embeddings array (.npy)", mmap=True)
-        prompt_ids = None
-    elif path.suffix == ".npz":
-        data = read_arrays(path, "embeddings file (.npz, as `hsrm embed` writes)")
-        if "embeddings" not in data:
-            raise InputError(f"{path}: no `embeddings` array (found {', '.join(data) or 'none'})")
-        embeddings = data["embeddings"]
-        prompt_ids = data.get("prompt_ids")
-    else:
-        raise InputError(f"{path}: embeddings must be an .npy array (n, dim) or an .npz with an `embeddings` array")
-    if embeddings.ndim != 2:
-        raise InputError(f"{path}: embeddings must be 2-D (n, dim), got shape {embeddings.shape}")
-    return np.asarray(embeddings), prompt_ids
 
 
 def load_pool_pairs(
@@ -282,7 +263,8 @@ def select_step(
             )
         # a new STATE_DIR, never a folder of the user's (its model/ would be replaced) nor an input
         check_output(state_dir, inputs=[embeddings, pairs], flag="STATE_DIR", overwrite_flag=None)
-        items, prompt_ids = load_items(embeddings)  # read before the folder is made: bad inputs leave nothing
+        pool = EmbeddedData.load(embeddings)  # read before the folder is made: bad inputs leave nothing
+        items, prompt_ids = pool.embeddings, pool.prompt_ids
         pool_pairs, extras = load_pool_pairs(pairs, len(items), prompt_ids)
         state_dir.mkdir(parents=True, exist_ok=True)
         state = {
@@ -309,7 +291,8 @@ def select_step(
                 raise InputError(
                     f"--{name} is fixed at the first call ({state.get(name)!r}); start a new STATE_DIR to change it"
                 )
-        items, prompt_ids = load_items(state["embeddings"])
+        pool = EmbeddedData.load(state["embeddings"])
+        items, prompt_ids = pool.embeddings, pool.prompt_ids
         if items.shape != (state["n_items"], state["dim"]):
             raise InputError(
                 f"{state['embeddings']} changed since the first call: shape {items.shape}, expected "

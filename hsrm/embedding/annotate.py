@@ -338,7 +338,8 @@ class ResponsePool:
     """Responses as embeddings (n, d), their golden rewards (n,) and the prompt each answers (n,).
 
     Stored as ``.npz`` with arrays ``embeddings``, ``golden``, ``prompt_ids`` (what ``hsrm embed``
-    writes when it knows a golden reward, and what ``hsrm study`` reads).
+    writes when it knows a golden reward); read back with ``EmbeddedData.load(path).pool()``, the
+    one reader of embedding files (:mod:`hsrm.embedding.extract`).
     """
 
     embeddings: np.ndarray
@@ -384,17 +385,3 @@ class ResponsePool:
         from ..files import atomic_save_npz
 
         atomic_save_npz(path, embeddings=self.embeddings, golden=self.golden, prompt_ids=self.prompt_ids)
-
-    @classmethod
-    def load(cls, path) -> ResponsePool:
-        """The pool of an .npz written by ``hsrm embed`` with a golden reward (or by :meth:`save`)."""
-        from ..files import read_arrays
-
-        data = read_arrays(path, "pool (write one with `hsrm embed … --golden-…`)")
-        missing = {"embeddings", "golden", "prompt_ids"} - set(data if isinstance(data, dict) else ())
-        if missing:
-            raise InputError(
-                f"{path}: missing arrays {sorted(missing)}; embed with a golden reward "
-                "(`hsrm embed --golden-column …` or `--golden-model …`)"
-            )
-        return cls(data["embeddings"], data["golden"], data["prompt_ids"])

@@ -337,23 +337,26 @@ def embed_conversations(
 
 @dataclass
 class EmbeddedData:
-    """What ``hsrm embed`` writes: one row per response, prompts grouped, pairs when the input had them."""
+    """What ``hsrm embed`` writes: one row per response, prompts grouped, pairs when the input had them.
+
+    :meth:`load` is the one reader of embedding files — ``hsrm fit``, ``hsrm study``, ``hsrm active``
+    pools and ``hsrm select`` all read through it, with one contract: ``embeddings`` (n, dim), finite,
+    is required; ``prompt_ids``, ``golden`` and the pairs are optional, and a verb that needs one asks
+    for it with :meth:`require`, which names the missing array and how to write it.
+    """
 
     embeddings: np.ndarray
-    prompt_ids: np.ndarray
+    prompt_ids: np.ndarray | None = None
     golden: np.ndarray | None = None
     pair_first: np.ndarray | None = None
     pair_second: np.ndarray | None = None
     pair_first_wins: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    path: str | None = field(default=None, repr=False, compare=False)  # the file it was read from, for messages
 
     def save(self, path: str | os.PathLike) -> None:
-        arrays = {
-            "embeddings": self.embeddings,
-            "prompt_ids": self.prompt_ids,
-            "meta": np.asarray(json.dumps(self.meta)),
-        }
-        for name in ("golden", "pair_first", "pair_second", "pair_first_wins"):
+        arrays = {"embeddings": self.embeddings, "meta": np.asarray(json.dumps(self.meta))}
+        for name in ("prompt_ids", "golden", "pair_first", "pair_second", "pair_first_wins"):
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
@@ -361,38 +364,58 @@ class EmbeddedData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddedData:
-        data = read_arrays(path, "embeddings file (write one with `hsrm embed`)")
-        if not isinstance(data, dict) or "embeddings" not in data or "prompt_ids" not in data:
-            raise InputError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
-        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+        """An ``.npz`` as ``hsrm embed`` (or :meth:`ResponsePool.save`) writes it, or an ``.npy`` array
+        (n, dim) of embeddings alone, which is memory-mapped: a large pool is read as it is used."""
+        path = Path(path)
+        if path.suffix == ".npy":
+            data = {"embeddings": read_arrays(path, "embeddings array (.npy, shape (n, dim))", mmap=True)}
+        else:
+            data = read_arrays(path, "embeddings file (write one with `hsrm embed`)")
+            if not isinstance(data, dict) or "embeddings" not in data:
+                found = ", ".join(data) if isinstance(data, dict) else "one unnamed array"
+                raise InputError(
+                    f"{path}: not an embeddings file: no `embeddings` array (found {found or 'none'}); "
+                    "give an .npz from `hsrm embed` or an .npy of shape (n, dim)"
+                )
         embeddings = data["embeddings"]
-        broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1)) if embeddings.ndim == 2 else []
+        if embeddings.ndim != 2:
+            raise InputError(f"{path}: embeddings must be 2-D (n, dim), got shape {embeddings.shape}")
+        broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
         if len(broken):  # a model fitted on them scores NaN everywhere, and its accuracy reads 0.0
             shown = ", ".join(str(row + 1) for row in broken[:10]) + (", …" if len(broken) > 10 else "")
             raise InputError(
                 f"{path}: {len(broken)} of {len(embeddings)} embedding rows hold NaN or infinite values "
                 f"(rows {shown}, counting from 1); embed them again or drop them"
             )
-        return cls(
-            embeddings,
-            data["prompt_ids"],
-            data.get("golden"),
-            data.get("pair_first"),
-            data.get("pair_second"),
-            data.get("pair_first_wins"),
-            meta,
-        )
+        for name in ("prompt_ids", "golden"):
+            if name in data and len(data[name]) != len(embeddings):
+                raise InputError(f"{path}: {len(data[name])} `{name}` for {len(embeddings)} embeddings; one per row")
+        names = ("prompt_ids", "golden", "pair_first", "pair_second", "pair_first_wins")
+        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+        return cls(embeddings, *(data.get(name) for name in names), meta=meta, path=str(path))
+
+    def require(self, *names: str, purpose: str) -> None:
+        """Refuse, in one line, a file that lacks an array ``purpose`` needs."""
+        how = {
+            "prompt_ids": "embed it with `hsrm embed` (which groups responses by prompt)",
+            "golden": "embed with --golden-column or --golden-model",
+        }
+        for name in names:
+            if getattr(self, name) is None:
+                raise InputError(
+                    f"{self.path or 'these embeddings'}: no `{name}` array, which {purpose} needs; "
+                    f"{how.get(name, 'embed a pairwise file with `hsrm embed`')}"
+                )
 
     @property
     def has_pairs(self) -> bool:
         return self.pair_first is not None
 
     def pool(self):
-        """As a :class:`ResponsePool` (needs golden rewards)."""
+        """As a :class:`ResponsePool` (needs golden rewards and prompt ids)."""
         from .annotate import ResponsePool
 
-        if self.golden is None:
-            raise InputError("these embeddings carry no golden reward; embed with --golden-column or --golden-model")
+        self.require("golden", "prompt_ids", purpose="a pool of responses with a golden reward")
         return ResponsePool(self.embeddings, self.golden, self.prompt_ids)
 
 

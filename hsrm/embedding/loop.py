@@ -133,11 +133,11 @@ def load_active_study(path: str | Path | None, overrides: dict[str, Any] | None 
 
 def load_pools(config: ActiveStudyConfig, seed: int = 0):
     """(train, test) ``ResponsePool``s: the synthetic world's, or the .npz pool split by prompt."""
-    from .annotate import ResponsePool
+    from .extract import EmbeddedData
     from .synthetic import SyntheticWorld
 
     if config.pool is not None:
-        return ResponsePool.load(config.pool).split_by_prompt(config.test_fraction, rng=seed)
+        return EmbeddedData.load(config.pool).pool().split_by_prompt(config.test_fraction, rng=seed)
     world = SyntheticWorld(**config.synthetic)
     return world.train_test(
         config.train_prompts, config.test_prompts, config.responses_per_prompt, config.test_responses, seed=seed

@@ -47,6 +47,7 @@ from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
 from ..metrics import evaluate_scores
 from ..options import Options, OptionsError, option
 from .annotate import DESIGNS, PAIRINGS, ResponsePool, annotate_pairs
+from .extract import EmbeddedData
 from .models import METHOD_NAMES, fit_reward_model
 from .runner import expand_grid, run_tasks, write_tables
 
@@ -177,7 +178,7 @@ def load_study_data(config: StudyConfig, base_dir: str | os.PathLike = ".") -> t
         return train, test, {"data": "synthetic", **world.to_dict(), **sizes}
     spec = {"path": spec} if isinstance(spec, str) else dict(spec)
     path = Path(base_dir) / spec["path"]  # an absolute path stays as it is
-    pool = ResponsePool.load(path)
+    pool = EmbeddedData.load(path).pool()
     train, test = pool.split_by_prompt(float(spec.get("test_fraction", 0.2)), rng=int(spec.get("split_seed", 0)))
     return train, test, {"data": str(path), "test_fraction": spec.get("test_fraction", 0.2)}
 
