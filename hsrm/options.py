@@ -558,7 +558,13 @@ class EmbedOptions(ResultFormat, Output, DataInput, Options):
     max_length: int | None = option(
         None, "tokens kept, cut from the left (default: the backbone's recorded max_length, else 2048)", positive=True
     )
-    batch_size: int = option(16, "sequences per forward pass", positive=True)
+    batch_size: int = option(16, "sequences per forward pass (padded layout)", positive=True)
+    layout: Layout = option(
+        "auto",
+        "the engine's batches: padded (length-sorted), packed (token-budget rows), or auto: packed on CUDA "
+        "with varlen attention, else padded",
+    )
+    max_tokens: int = option(16384, "tokens per packed row", positive=True)
     cache: str = option("~/.cache/hsrm/embeddings", "embedding cache folder; 'none' disables it")
     device: str | None = option(None, "cuda / cpu (default: cuda when available)")
     dtype: Dtype | None = option(None, "the backbone's precision (default: bfloat16 on GPU, float32 on CPU)")

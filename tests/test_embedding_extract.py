@@ -343,3 +343,16 @@ def test_backbone_dtype_names_are_hsrm_modeling_s(tiny_model_dir, backbone):
         load_backbone(str(tiny_model_dir), device="cpu", dtype="fp64")
     with pytest.raises(ValueError, match="name the compute dtype"):
         load_backbone(str(tiny_model_dir), device="cpu", dtype="auto")
+
+
+def test_packed_rows_give_the_padded_embeddings(backbone):
+    """The engine's packed layout (what auto picks on CUDA) reads the same hidden states as its padded
+    batches, at every layer: one row per token budget, sequences kept apart by their position ids."""
+    for layer in (-1, 1):
+        padded, _ = embed_conversations(backbone, PROMPTS, RESPONSES, layer=layer, batch_size=2, layout="padded")
+        with CountingForward(backbone.model) as counter:
+            packed, report = embed_conversations(
+                backbone, PROMPTS, RESPONSES, layer=layer, layout="packed", max_tokens=10_000
+            )
+        assert counter.calls == report.forward_passes == 1  # the 4 distinct texts in one packed row
+        np.testing.assert_allclose(packed, padded, atol=1e-5, rtol=1e-5)

@@ -51,6 +51,8 @@ def embed_main(argv: list[str] | None = None) -> dict:
         max_length=max_length,
         batch_size=opts.batch_size,
         cache_dir=cache,
+        layout=opts.layout,
+        max_tokens=opts.max_tokens,
     )
     if opts.golden_model:
         from .annotate import golden_from_reward_model
