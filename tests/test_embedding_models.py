@@ -409,7 +409,7 @@ def test_mlp_fitters_take_the_shared_settings_and_name_an_unknown_one(world_data
 def test_one_reader_of_embedding_files_one_contract(tmp_path):
     """EmbeddedData.load reads what hsrm embed, ResponsePool.save and a bare .npy hold; the arrays a
     verb needs are asked for with require(), which names the array and how to get it."""
-    from hsrm.embedding.active_cli import select_step
+    from hsrm.embedding.annotation_queue import select_step
     from hsrm.errors import InputError
 
     pool = SyntheticWorld(dim=4, latent_dim=2, nuisance_dim=0).sample(5, 3)
