@@ -590,7 +590,10 @@ class FitOptions(ResultFormat, Output, Options):
     ensemble_seeds: list[int] = option(help="seeds per ensemble method", factory=lambda: [0])
     output: str | None = option(None, "folder to save the fitted model in")
     apply: str | None = option(
-        None, "a folder written by `hsrm fit`: score --eval-data with that fitted model instead of fitting one"
+        None,
+        "a fitted embedding-model folder (written by `hsrm fit`, not a reward model): score --eval-data with it "
+        "instead of fitting one (--model, its spelling before, still works)",
+        aliases=["--model"],
     )
     beta: float | None = option(
         None, "simulate annotators σ(β|Δr|) from the golden reward instead of using the file's pairs"
