@@ -468,12 +468,13 @@ def read_conversations(
     split: str | None = None,
 ):
     """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included, or
-    another pairwise ``data_format``) or of single responses (``prompt``, ``response``[, golden
-    column]). ``auto`` tells the two apart by the first row; ``split`` keeps one split (of a Hub
-    dataset, or a file's ``split`` column; default: every row).
+        another pairwise ``data_format``) or of single responses (``prompt``, ``response``[, golden
+        column]). ``auto`` tells them apart by the first row (:func:`hsrm.data.auto.format_of_row`, which
+    also knows the pairwise formats by their fields); ``split`` keeps one split (of a Hub
+        dataset, or a file's ``split`` column; default: every row).
 
-    Returns (prompts, responses, prompt_ids, golden or None, pairs or None) where pairs is
-    (first, second, first_wins) indexing the responses (chosen first, so first_wins is all True).
+        Returns (prompts, responses, prompt_ids, golden or None, pairs or None) where pairs is
+        (first, second, first_wins) indexing the responses (chosen first, so first_wins is all True).
     """
     from ..data.io import DataError, in_split, is_local_source, read_rows
     from ..data.messages import response_text, to_messages
@@ -483,7 +484,9 @@ def read_conversations(
         raise DataError(source, None, None, "no rows" + (f" in split {split!r}" if split else ""))
     first = rows[0] if isinstance(rows[0], dict) else {}
     if data_format == "auto":
-        data_format = "pairs" if "chosen" in first and "rejected" in first else "responses"
+        from ..data.auto import format_of_row
+
+        data_format = format_of_row(first, source, responses=True)
     prompts, responses, golden = [], [], []
     prompt_index: dict[str, int] = {}
     prompt_ids = []
