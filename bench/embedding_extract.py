@@ -9,7 +9,7 @@ The peer ("old") is a copy of what ``hsrm embed`` ran before issue 34, kept here
 one as a single engine batch. The new path is :func:`hsrm.embedding.extract.embed_conversations`
 (cache off): the backbone loaded by ``hsrm.modeling.load_backbone_model`` and batched by the engine.
 Both embed the same (prompt, response) texts with a random tiny Llama built locally, at the same
-batch size; each is timed best of ``--repeats`` runs (this machine's timings vary ±15 % run to run)
+batch size; each is timed best of ``--repeats`` runs, taking turns (this machine's timings vary ±15 % run to run)
 and reported as real (unpadded) tokens per second, with the largest difference between the two
 paths' embeddings. ``--layouts padded,packed`` adds the engine's packed layout (what ``auto`` picks on
 CUDA with a varlen attention path); run it on a GPU with ``--device cuda``.
@@ -83,15 +83,19 @@ def texts(n: int, seed: int = 0) -> tuple[list, list[str]]:
     return prompts, responses
 
 
-def best_of(repeats: int, run) -> tuple[float, object]:
-    """The shortest of ``repeats`` timed runs, after one untimed run (first calls pay one-off set-up)."""
-    run()
-    best, value = float("inf"), None
+def best_of(repeats: int, runs: dict) -> dict:
+    """name → (shortest of ``repeats`` timed runs, its result). Every run is called once untimed first
+    (first calls pay one-off set-up), then the runs take turns, so a change in the machine's load
+    (it is shared) falls on all of them alike."""
+    for run in runs.values():
+        run()
+    best = {name: (float("inf"), None) for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        value = run()
-        best = min(best, time.perf_counter() - start)
-    return best, value
+        for name, run in runs.items():
+            start = time.perf_counter()
+            value = run()
+            best[name] = min(best[name], (time.perf_counter() - start, value), key=lambda pair: pair[0])
+    return best
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,10 +133,17 @@ def main(argv: list[str] | None = None) -> dict:
                 backbone, prompts, responses, max_length=1024, batch_size=args.batch_size, layout=layout
             )[0]
 
-        old_seconds, old_vectors = best_of(
+        layouts = args.layouts.split(",")
+        timings = best_of(
             args.repeats,
-            lambda: old_embed(old_model, old_tokenizer, prompts, responses, args.batch_size, args.device, 1024),
+            {
+                "old": lambda: old_embed(
+                    old_model, old_tokenizer, prompts, responses, args.batch_size, args.device, 1024
+                ),
+                **{layout: new(layout) for layout in layouts},
+            },
         )
+        old_seconds, old_vectors = timings["old"]
         result = {
             "bench": "embedding_extract",
             "texts": args.texts,
@@ -149,8 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
         }
         print(f"old (pre-issue-34 loop): {tokens / old_seconds:,.0f} tokens/s ({old_seconds:.3f} s, {tokens} tokens)")
-        for layout in args.layouts.split(","):
-            seconds, vectors = best_of(args.repeats, new(layout))
+        for layout in layouts:
+            seconds, vectors = timings[layout]
             difference = float(np.abs(vectors - old_vectors).max())
             result[f"new_{layout}_tokens_per_s"] = round(tokens / seconds)
             result[f"new_{layout}_speedup"] = round(old_seconds / seconds, 3)

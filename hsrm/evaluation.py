@@ -130,7 +130,7 @@ def rating_metrics(predictions: torch.Tensor, labels: torch.Tensor, attributes: 
     training-time and offline numbers are the same computation)."""
     from types import SimpleNamespace
 
-    from .trainers.pointwise import regression_metrics
+    from .metrics import regression_metrics
 
     eval_pred = SimpleNamespace(predictions=predictions.double().numpy(), label_ids=labels.double().numpy())
     return regression_metrics(list(attributes))(eval_pred)

@@ -1,9 +1,9 @@
 """The numbers hsrm reports about rewards, each computed in one place: Best-of-N, pairwise
-accuracy and margins, per-prompt Spearman, binary entropy.
+accuracy and margins, rating errors and correlation, per-prompt Spearman, binary entropy.
 
 Used by ``hsrm score`` (the Best-of-N pick), ``hsrm evaluate`` and the trainers' evaluation
-(pairwise accuracy and margins), the demo, and the lightweight path's studies, ``hsrm fit`` and
-active selection (Best-of-N gain, Spearman, entropy).
+(pairwise accuracy and margins; MAE, RMSE and Pearson r of ratings), the demo, and the lightweight
+path's studies, ``hsrm fit`` and active selection (Best-of-N gain, Spearman, entropy).
 
 Best-of-N on a golden reward — Sun et al. (2024), section 6 ("Evaluation of Learned Reward Models"):
 N = 500 responses per test prompt; the gain is the golden reward of the response the learned
@@ -152,6 +152,29 @@ def pairwise_metrics(eval_pred) -> dict[str, float]:
     rewards = np.asarray(eval_pred.predictions, dtype=np.float64)
     summary = pairwise_summary(rewards[:, 0], rewards[:, 1])
     return {name: summary[name] for name in ("accuracy", "margin", "reward_mean", "reward_std")}
+
+
+def regression_metrics(attributes, attribute_weights=None):
+    """MAE, RMSE and Pearson r per attribute; mean/std of the scalar reward (outputs · weights, or the first output)."""
+
+    def compute(eval_pred) -> dict[str, float]:
+        predictions = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, len(attributes))
+        labels = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1, len(attributes))
+        metrics: dict[str, float] = {}
+        for k, name in enumerate(attributes):
+            error = predictions[:, k] - labels[:, k]
+            metrics[f"{name}_mae"] = float(np.abs(error).mean())
+            metrics[f"{name}_rmse"] = float(np.sqrt((error**2).mean()))
+            if predictions[:, k].std() > 0 and labels[:, k].std() > 0:
+                metrics[f"{name}_pearson"] = float(np.corrcoef(predictions[:, k], labels[:, k])[0, 1])
+        reward = (
+            predictions @ np.asarray(attribute_weights, dtype=np.float64) if attribute_weights else predictions[:, 0]
+        )
+        metrics["reward_mean"] = float(reward.mean())
+        metrics["reward_std"] = float(reward.std())
+        return metrics
+
+    return compute
 
 
 def pairwise_accuracy(scores_first: np.ndarray, scores_second: np.ndarray, first_wins: np.ndarray) -> float:
