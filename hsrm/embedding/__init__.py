@@ -1,11 +1,12 @@
 """The lightweight path: reward models on a frozen backbone's embeddings.
 
 Paper: Sun et al., "Rethinking Bradley-Terry Models in Preference-Based Reward Modeling"
-(sections 3, 4, 6; appendix D). Modules: extract (embeddings + disk cache), models (BT-MLP,
-CLF-MLP, CLF-LGB), annotate (golden reward, simulated annotators, every pair builder; the
-metrics are hsrm.metrics': Best-of-N reward and gain, Spearman), synthetic (embeddings with a known reward), study
-(``hsrm study``'s grid), active and loop (active selection, ``hsrm active``'s online loop),
-runner (both studies' processes and resume), plots (both studies' figures).
+(sections 3, 4, 6; appendix D). Modules: extract (embeddings + disk cache, and the one reader of
+embedding files), models (BT-MLP, CLF-MLP, CLF-LGB), annotate (golden reward, simulated annotators,
+every pair builder), synthetic (embeddings with a known reward), study (``hsrm study``'s grid),
+active and loop (active selection, ``hsrm active``'s online loop), annotation_queue (``hsrm
+select``'s state machine), runner (both studies' processes and resume), plots (both studies'
+figures). The metrics (Best-of-N reward and gain, Spearman, entropy) are :mod:`hsrm.metrics`.
 Heavy pieces (transformers, lightgbm, matplotlib) are imported only where used.
 """
 
