@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from hsrm.embedding.annotate import annotate_pairs
-    from hsrm.embedding.metrics import evaluate_scores
     from hsrm.embedding.models import fit_reward_model
     from hsrm.embedding.synthetic import SyntheticWorld
+    from hsrm.metrics import evaluate_scores
 
     torch.set_num_threads(args.threads)
     world = SyntheticWorld(dim=args.dim, latent_dim=32, nuisance_dim=64, embedding_noise=0.5, seed=0)

@@ -303,6 +303,7 @@ def run_demo(
     from .evaluation import evaluate_model, format_report
     from .expo import extrapolate_folder, search_factor, write_search_table
     from .files import check_output
+    from .metrics import best_of_n
     from .scoring import RewardScorer
 
     check_output(out, inputs=[data_dir], overwrite=overwrite)
@@ -407,7 +408,7 @@ def run_demo(
     # 5. Best-of-N
     scorer = RewardScorer(bt["output_dir"], max_length=profile.max_length)
     rewards = scorer([BEST_OF_N_PROMPT] * len(BEST_OF_N_RESPONSES), BEST_OF_N_RESPONSES)
-    best = max(range(len(rewards)), key=rewards.__getitem__)
+    best = best_of_n(rewards)
     # 6. embedding-path study (synthetic embeddings with a known golden reward)
     t = time.time()
     from importlib.resources import as_file, files

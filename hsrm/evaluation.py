@@ -45,6 +45,7 @@ from .data.rewardbench2 import SUBSETS as REWARDBENCH2_SUBSETS
 from .engine import DEFAULT_BATCH_SIZE
 from .errors import InputError
 from .files import atomic_write_json, check_output
+from .metrics import pairwise_summary
 from .record import reward_statistics
 from .scoring import RewardScorer, nonfinite_rewards_message
 
@@ -77,28 +78,6 @@ DEFAULT_SPLITS = {
 
 
 # ------------------------------------------------------------------------------ pure metrics
-def pairwise_summary(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
-    """Accuracy with ties counted wrong, the tie count, mean margin, and reward mean/std over both sides.
-
-    >>> summary = pairwise_summary([2.0, 1.0, 0.5], [1.0, 1.0, 1.5])
-    >>> {k: round(v, 6) for k, v in summary.items()}
-    {'n_pairs': 3, 'accuracy': 0.333333, 'ties': 1, 'margin': 0.0, 'reward_mean': 1.166667, 'reward_std': 0.471405}
-    """
-    c = torch.as_tensor(list(chosen), dtype=torch.float64)
-    r = torch.as_tensor(list(rejected), dtype=torch.float64)
-    if c.shape != r.shape or c.numel() == 0:
-        raise InputError(f"need as many chosen as rejected rewards, and at least one ({c.numel()} vs {r.numel()})")
-    both = torch.cat([c, r])
-    return {
-        "n_pairs": int(c.numel()),
-        "accuracy": float((c > r).double().mean()),
-        "ties": int((c == r).sum()),
-        "margin": float((c - r).mean()),
-        "reward_mean": float(both.mean()),
-        "reward_std": float(both.std(unbiased=False)),
-    }
-
-
 def rewardbench_scores(subsets: Sequence[str], correct: Sequence[bool]) -> dict[str, Any]:
     """RewardBench v1 scores from per-pair correctness (``correct`` = chosen > rejected strictly).
 
@@ -151,7 +130,7 @@ def rating_metrics(predictions: torch.Tensor, labels: torch.Tensor, attributes: 
     training-time and offline numbers are the same computation)."""
     from types import SimpleNamespace
 
-    from .trainers.pointwise import regression_metrics
+    from .metrics import regression_metrics
 
     eval_pred = SimpleNamespace(predictions=predictions.double().numpy(), label_ids=labels.double().numpy())
     return regression_metrics(list(attributes))(eval_pred)

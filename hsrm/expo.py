@@ -50,8 +50,9 @@ SEARCH_TABLE = "expo_search"  # .json and .csv written inside the chosen model's
 
 
 # ------------------------------------------------------------------------------ the formula
-def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """fp64 when any input is fp32/fp64 (so α ∈ {0, 1} round-trips exactly), else fp32."""
+def extrapolation_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The precision θ_weak + α(θ_strong − θ_weak) is computed in: fp64 when any input is fp32/fp64 (so
+    α ∈ {0, 1} round-trips exactly), else fp32. (The dtype a model *runs* in is trainers.base.compute_dtype.)"""
     return torch.float64 if any(d in (torch.float32, torch.float64) for d in dtypes) else torch.float32
 
 
@@ -64,7 +65,7 @@ def extrapolate_tensor(weak: torch.Tensor, strong: torch.Tensor, alpha: float) -
         raise InputError(f"shapes differ: weak {tuple(weak.shape)} vs strong {tuple(strong.shape)}")
     if not strong.is_floating_point():
         return strong.clone()
-    wide = compute_dtype(weak.dtype, strong.dtype)
+    wide = extrapolation_dtype(weak.dtype, strong.dtype)
     result = torch.empty_like(strong, memory_format=torch.contiguous_format)
     flat_out, flat_weak, flat_strong = result.view(-1), weak.reshape(-1), strong.reshape(-1)
     for start in range(0, flat_out.numel(), CHUNK_ELEMENTS):

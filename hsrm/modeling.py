@@ -8,6 +8,7 @@ padding side or pad id (pitfall trl#2778), and saved folders stay plain
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -253,7 +254,6 @@ def load_reward_model(
     ``record`` is the folder's :class:`hsrm.record.ModelRecord` (empty for models hsrm did not train).
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     from .data.render import ensure_distinct_pad_token
     from .record import record_from_config
@@ -267,9 +267,7 @@ def load_reward_model(
     kwargs = {}
     if attn_implementation:
         kwargs["attn_implementation"] = _register_attention(attn_implementation)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the missing-head report below replaces transformers' log line
-    try:
+    with quiet_transformers():  # the missing-head report below replaces transformers' log line
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
             dtype=dtype,
@@ -278,8 +276,6 @@ def load_reward_model(
             output_loading_info=True,
             **kwargs,
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     _, head = body_and_score_head(model)
     missing = [k for k in info.get("missing_keys", []) if k == "score" or k.startswith("score.")]
     if head is None or missing:
@@ -299,6 +295,46 @@ def load_reward_model(
     if device is not None:
         model.to(pick_device(device))
     return model.eval(), tokenizer, record
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' loading reports at ERROR only: the loaders below say what matters themselves."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_backbone_model(
+    name_or_path: str | None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = "auto",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """(body, tokenizer): the transformer body of any decoder or sequence-classifier folder
+    (``AutoModel``, no head), frozen, in eval mode on ``device`` — what ``hsrm embed`` reads hidden
+    states from, at the position :func:`last_token_states` reads every reward at. Same path, folder
+    checks, dtype names, device choice and tokenizer as :func:`load_reward_model`; a classifier's
+    score head is left out (``AutoModel`` does not use it: expected, so not logged)."""
+    from transformers import AutoModel
+
+    path = resolve_model_path(os.path.expanduser(name_or_path) if isinstance(name_or_path, str) else name_or_path)
+    check_model_exists(path)
+    check_model_folder(path)
+    kwargs = {"attn_implementation": _register_attention(attn_implementation)} if attn_implementation else {}
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(
+            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+        )
+    model.to(pick_device(device)).eval().requires_grad_(False)
+    return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
 
 
 DEFAULT_MAX_LENGTH = 2048  # tokens per sequence when neither the user, a benchmark protocol nor the model record says

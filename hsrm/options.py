@@ -558,7 +558,13 @@ class EmbedOptions(ResultFormat, Output, DataInput, Options):
     max_length: int | None = option(
         None, "tokens kept, cut from the left (default: the backbone's recorded max_length, else 2048)", positive=True
     )
-    batch_size: int = option(16, "sequences per forward pass", positive=True)
+    batch_size: int = option(16, "sequences per forward pass (padded layout)", positive=True)
+    layout: Layout = option(
+        "auto",
+        "the engine's batches: padded (length-sorted), packed (token-budget rows), or auto: packed on CUDA "
+        "with varlen attention, else padded",
+    )
+    max_tokens: int = option(16384, "tokens per packed row", positive=True)
     cache: str = option("~/.cache/hsrm/embeddings", "embedding cache folder; 'none' disables it")
     device: str | None = option(None, "cuda / cpu (default: cuda when available)")
     dtype: Dtype | None = option(None, "the backbone's precision (default: bfloat16 on GPU, float32 on CPU)")
@@ -584,7 +590,10 @@ class FitOptions(ResultFormat, Output, Options):
     ensemble_seeds: list[int] = option(help="seeds per ensemble method", factory=lambda: [0])
     output: str | None = option(None, "folder to save the fitted model in")
     apply: str | None = option(
-        None, "a folder written by `hsrm fit`: score --eval-data with that fitted model instead of fitting one"
+        None,
+        "a fitted embedding-model folder (written by `hsrm fit`, not a reward model): score --eval-data with it "
+        "instead of fitting one (--model, its spelling before, still works)",
+        aliases=["--model"],
     )
     beta: float | None = option(
         None, "simulate annotators σ(β|Δr|) from the golden reward instead of using the file's pairs"

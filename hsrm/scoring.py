@@ -38,6 +38,7 @@ from .data.render import TruncationStats, encode_batch, encode_texts
 from .engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, LAYOUTS, score_sequences
 from .errors import InputError
 from .files import atomic_write_jsonl, check_output
+from .metrics import best_of_n
 
 if TYPE_CHECKING:
     from .shards import ShardedScoring
@@ -361,11 +362,6 @@ def group_candidates(rows: Iterable[dict], source: str) -> list[dict]:
         else:
             raise DataError(source, index, "responses", "missing: give 'responses' (a list) or 'response' (one text)")
     return groups
-
-
-def best_of_n(rewards: Sequence[float]) -> int:
-    """Index of the highest reward; the first one on ties."""
-    return max(range(len(rewards)), key=lambda i: (rewards[i], -i))
 
 
 def score_file(

@@ -164,7 +164,7 @@ def _label_pending(state_dir: Path, golden, override=None) -> list[dict]:
 
 
 def test_select_protocol_round_trip(pool_file, tmp_path):
-    from hsrm.embedding.active_cli import select_step
+    from hsrm.embedding.annotation_queue import select_step
     from hsrm.embedding.models import load_model
 
     path, pool = pool_file
@@ -209,7 +209,7 @@ def test_select_protocol_round_trip(pool_file, tmp_path):
 
 
 def test_select_rejects_edited_pairs_and_bad_labels(pool_file, tmp_path):
-    from hsrm.embedding.active_cli import select_step
+    from hsrm.embedding.annotation_queue import select_step
 
     path, pool = pool_file
     state_dir = tmp_path / "state"
@@ -227,7 +227,7 @@ def test_select_rejects_edited_pairs_and_bad_labels(pool_file, tmp_path):
 
 
 def test_select_partial_batch_returns_unlabelled_rows_to_the_pool(pool_file, tmp_path):
-    from hsrm.embedding.active_cli import select_step
+    from hsrm.embedding.annotation_queue import select_step
 
     path, pool = pool_file
     state_dir = tmp_path / "state"

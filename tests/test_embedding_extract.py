@@ -343,3 +343,36 @@ def test_backbone_dtype_names_are_hsrm_modeling_s(tiny_model_dir, backbone):
         load_backbone(str(tiny_model_dir), device="cpu", dtype="fp64")
     with pytest.raises(ValueError, match="name the compute dtype"):
         load_backbone(str(tiny_model_dir), device="cpu", dtype="auto")
+
+
+def test_packed_rows_give_the_padded_embeddings(backbone):
+    """The engine's packed layout (what auto picks on CUDA) reads the same hidden states as its padded
+    batches, at every layer: one row per token budget, sequences kept apart by their position ids."""
+    for layer in (-1, 1):
+        padded, _ = embed_conversations(backbone, PROMPTS, RESPONSES, layer=layer, batch_size=2, layout="padded")
+        with CountingForward(backbone.model) as counter:
+            packed, report = embed_conversations(
+                backbone, PROMPTS, RESPONSES, layer=layer, layout="packed", max_tokens=10_000
+            )
+        assert counter.calls == report.forward_passes == 1  # the 4 distinct texts in one packed row
+        np.testing.assert_allclose(packed, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_format_is_hsrm_data_auto_s(tmp_path):
+    """embed's --data-format auto is data.auto's first-row rule: single responses (ratings or not),
+    plain pairs, and the pairwise formats it knows by their fields (HelpSteer2-Preference here)."""
+    from hsrm.data.auto import format_of_row
+    from hsrm.data.io import DataError
+    from hsrm.embedding.extract import read_conversations
+
+    ratings = {"prompt": "Q?", "response": "A.", "helpfulness": 3}
+    assert format_of_row(ratings, "x", responses=True) == "responses"
+    assert format_of_row(ratings, "x") == "helpsteer2_ratings"  # what training reads the same row as
+    assert format_of_row({"prompt": "Q?", "chosen": "a", "rejected": "b"}, "x", responses=True) == "pairs"
+    preference = {"prompt": "Q?", "response_1": "Yes.", "response_2": "No.", "preference_strength": -2}
+    path = write_jsonl(tmp_path / "hs2.jsonl", [{**preference, "split": "train"}])
+    _, responses, _, _, (first, second, _) = read_conversations(str(path))
+    assert [responses[first[0]], responses[second[0]]] == ["Yes.", "No."]  # response_1 preferred (strength < 0)
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q?"}])
+    with pytest.raises(DataError, match="cannot tell the format.*'responses'"):
+        read_conversations(str(path))

@@ -15,17 +15,10 @@ from hsrm.embedding.annotate import (
     correct_label_probability,
     cross_prompt_shuffle,
     expected_error_rate,
-    group_by_prompt,
     select_design,
     simulate_annotations,
 )
-from hsrm.embedding.metrics import (
-    best_of_n_gain,
-    best_of_n_reward,
-    evaluate_scores,
-    oracle_best_of_n_gain,
-    per_prompt_spearman,
-)
+from hsrm.embedding.extract import EmbeddedData
 from hsrm.embedding.models import (
     EnsembleRewardModel,
     MLPRewardModel,
@@ -38,6 +31,14 @@ from hsrm.embedding.models import (
     save_model,
 )
 from hsrm.embedding.synthetic import SyntheticWorld
+from hsrm.metrics import (
+    best_of_n_gain,
+    best_of_n_reward,
+    evaluate_scores,
+    group_by_prompt,
+    oracle_best_of_n_gain,
+    per_prompt_spearman,
+)
 
 SMALL_FIT = {"hidden": (64, 32), "max_epochs": 15, "batch_size": 128}
 
@@ -326,8 +327,9 @@ def test_response_pool_split_keeps_prompts_whole(tmp_path):
     train, test = pool.split_by_prompt(0.2, rng=0)
     assert len(test) == 18 and not set(train.prompt_ids) & set(test.prompt_ids)
     pool.save(tmp_path / "p.npz")
-    again = ResponsePool.load(tmp_path / "p.npz")
+    again = EmbeddedData.load(tmp_path / "p.npz").pool()
     np.testing.assert_array_equal(again.embeddings, pool.embeddings)
+    np.testing.assert_array_equal(again.golden, pool.golden)
     with pytest.raises(ValueError, match="must match"):
         ResponsePool(pool.embeddings, pool.golden[:5], pool.prompt_ids)
 
@@ -402,3 +404,34 @@ def test_mlp_fitters_take_the_shared_settings_and_name_an_unknown_one(world_data
     assert model.hidden == (8,) and len(model.history.train_loss) == 1
     with pytest.raises(TypeError, match=r"fit_clf_mlp: unknown setting\(s\) \['epochs'\]"):
         fit_clf_mlp(e1, np.arange(100) % 2, epochs=3)
+
+
+def test_one_reader_of_embedding_files_one_contract(tmp_path):
+    """EmbeddedData.load reads what hsrm embed, ResponsePool.save and a bare .npy hold; the arrays a
+    verb needs are asked for with require(), which names the array and how to get it."""
+    from hsrm.embedding.annotation_queue import select_step
+    from hsrm.errors import InputError
+
+    pool = SyntheticWorld(dim=4, latent_dim=2, nuisance_dim=0).sample(5, 3)
+    np.save(tmp_path / "items.npy", pool.embeddings)
+    bare = EmbeddedData.load(tmp_path / "items.npy")
+    np.testing.assert_array_equal(bare.embeddings, pool.embeddings)
+    assert bare.prompt_ids is None and bare.golden is None and not bare.has_pairs
+    with pytest.raises(InputError, match="items.npy: no `golden` array, which a pool of responses"):
+        bare.pool()
+    EmbeddedData(pool.embeddings, pool.prompt_ids).save(tmp_path / "no_golden.npz")
+    with pytest.raises(InputError, match="no_golden.npz: no `golden` array.*--golden-column or --golden-model"):
+        EmbeddedData.load(tmp_path / "no_golden.npz").pool()
+    np.savez(tmp_path / "short.npz", embeddings=pool.embeddings, golden=pool.golden[:2])
+    with pytest.raises(InputError, match="2 `golden` for 15 embeddings"):
+        EmbeddedData.load(tmp_path / "short.npz")
+    np.savez(tmp_path / "other.npz", vectors=pool.embeddings)
+    with pytest.raises(InputError, match="no `embeddings` array \\(found vectors\\)"):
+        EmbeddedData.load(tmp_path / "other.npz")
+    broken = pool.embeddings.copy()
+    broken[4, 1] = np.nan
+    np.save(tmp_path / "nan.npy", broken)
+    # select reads through the same reader: a NaN row is refused before STATE_DIR is made
+    with pytest.raises(InputError, match="1 of 15 embedding rows hold NaN.*rows 5"):
+        select_step(tmp_path / "state", embeddings=str(tmp_path / "nan.npy"), pairs=None)
+    assert not (tmp_path / "state").exists()

@@ -250,7 +250,7 @@ def test_study_on_an_embeddings_file_splits_it_by_prompt(tmp_path):
     table = run_study(config, base_dir=tmp_path, progress=False)
     assert len(table) == 1 and table["test_prompts"].item() == 10 and table["test_responses"].item() == 60
     assert json.loads((tmp_path / "out" / "study.json").read_text())["data"]["data"] == str(tmp_path / "pool.npz")
-    with pytest.raises(FileNotFoundError, match="missing.npz: no such pool"):
+    with pytest.raises(FileNotFoundError, match="missing.npz: no such embeddings file"):
         run_study(
             StudyConfig(**tiny_study(tmp_path, data={"embeddings": "missing.npz"}, output="out2")),
             base_dir=tmp_path,

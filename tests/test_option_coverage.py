@@ -38,7 +38,7 @@ VERB_CODE = {
     "fit": ([options.FitOptions], ["embedding/cli.py"]),
     "study": ([study.StudyConfig], ["embedding/study.py", "embedding/cli.py"]),
     "active": ([loop.ActiveStudyConfig], ["embedding/loop.py", "embedding/active_cli.py"]),
-    "select": ([options.SelectOptions], ["embedding/active_cli.py"]),
+    "select": ([options.SelectOptions], ["embedding/active_cli.py", "embedding/annotation_queue.py"]),
     "serve": ([serve.ServeOptions], ["serve.py"]),
     "demo": ([options.DemoOptions], ["demo.py"]),
 }

@@ -332,3 +332,13 @@ def test_a_pairwise_run_given_other_attributes_is_refused_not_recorded_as_helpfu
         load_recipe(None, {"objective": "bt", "attributes": ["correctness"], "output_dir": "unused", "use_cpu": True})
     cfg = load_recipe(None, {"objective": "bt", "output_dir": "unused", "use_cpu": True})
     assert cfg.attributes == ["helpfulness"] and cfg.num_labels == 1
+
+
+def test_fit_apply_names_the_fitted_model_and_keeps_its_old_spelling():
+    """fit's model to apply is --apply (a fitted embedding model, not a reward model); scripts written
+    with --model, its spelling before, still run."""
+    from hsrm.options import FitOptions, parse_options
+
+    for flag in ("--apply", "--model"):
+        opts = parse_options(FitOptions, [flag, "fitted", "--eval-data", "e.npz"], prog="hsrm fit")
+        assert opts.apply == "fitted" and opts.embeddings is None

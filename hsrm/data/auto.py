@@ -43,7 +43,16 @@ def detect_format(source: str, want: Literal["pairs", "ratings"] = "pairs") -> s
     rows = read_rows(source)
     if not rows:
         raise DataError(source, None, None, "the file holds no rows")
-    first = rows[0] if isinstance(rows[0], dict) else {}
+    return format_of_row(rows[0], source)
+
+
+def format_of_row(first, source: str, *, responses: bool = False) -> str:
+    """The format a source's first row says, by its fields. ``responses``: rows of one response each
+    (``prompt`` + ``response``, with or without ratings) are ``"responses"`` — what ``hsrm embed`` reads
+    besides the pairwise formats — instead of HelpSteer2 ratings."""
+    first = first if isinstance(first, dict) else {}
+    if responses and "response" in first and not ("chosen" in first and "rejected" in first):
+        return "responses"
     if "all_preferences_unprocessed" in first or "response_1" in first:
         return "helpsteer2_preference"
     if "overall_preference" in first and "response1" in first:
@@ -58,8 +67,9 @@ def detect_format(source: str, want: Literal["pairs", "ratings"] = "pairs") -> s
         return "rewardbench"
     if "chosen" in first and "rejected" in first:
         return "pairs"
+    choices = ("responses", *FORMATS) if responses else FORMATS
     raise DataError(
-        source, 0, None, f"cannot tell the format from the fields {sorted(first)}; set data_format to one of {FORMATS}"
+        source, 0, None, f"cannot tell the format from the fields {sorted(first)}; set data_format to one of {choices}"
     )
 
 

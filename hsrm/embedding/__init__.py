@@ -1,14 +1,16 @@
 """The lightweight path: reward models on a frozen backbone's embeddings.
 
 Paper: Sun et al., "Rethinking Bradley-Terry Models in Preference-Based Reward Modeling"
-(sections 3, 4, 6; appendix D). Modules: extract (embeddings + disk cache), models (BT-MLP,
-CLF-MLP, CLF-LGB), annotate (golden reward, simulated annotators, every pair builder), metrics
-(Best-of-N reward and gain, Spearman), synthetic (embeddings with a known reward), study
-(``hsrm study``'s grid), active and loop (active selection, ``hsrm active``'s online loop),
-runner (both studies' processes and resume), plots (both studies' figures).
+(sections 3, 4, 6; appendix D). Modules: extract (embeddings + disk cache, and the one reader of
+embedding files), models (BT-MLP, CLF-MLP, CLF-LGB), annotate (golden reward, simulated annotators,
+every pair builder), synthetic (embeddings with a known reward), study (``hsrm study``'s grid),
+active and loop (active selection, ``hsrm active``'s online loop), annotation_queue (``hsrm
+select``'s state machine), runner (both studies' processes and resume), plots (both studies'
+figures). The metrics (Best-of-N reward and gain, Spearman, entropy) are :mod:`hsrm.metrics`.
 Heavy pieces (transformers, lightgbm, matplotlib) are imported only where used.
 """
 
+from ..metrics import best_of_n_gain, evaluate_scores, per_prompt_spearman  # noqa: F401
 from .annotate import (  # noqa: F401
     AnnotatedPairs,
     ResponsePool,
@@ -18,7 +20,6 @@ from .annotate import (  # noqa: F401
     select_design,
     simulate_annotations,
 )
-from .metrics import best_of_n_gain, evaluate_scores, per_prompt_spearman  # noqa: F401
 from .models import (  # noqa: F401
     METHOD_NAMES,
     EnsembleRewardModel,

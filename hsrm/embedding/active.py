@@ -45,6 +45,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import binary_entropy
 from .annotate import sigmoid
 
 Strategy = Literal["random", "dopt", "pa_dopt", "entropy", "maxdiff", "det_xtx", "coreset", "batchbald"]
@@ -263,9 +264,7 @@ def entropy_scores(reward_difference: np.ndarray) -> np.ndarray:
     """Bernoulli entropy of p̂ = σ(Δr̂) (eq. 5): −p̂ log p̂ − (1−p̂) log(1−p̂). It is largest at
     p̂ = 0.5 and falls with |Δr̂|; the selection ranks by −|Δr̂|, which orders candidates the
     same way without the entropy's underflow to exact ties when |Δr̂| is large."""
-    p = np.clip(sigmoid(reward_difference), 1e-300, 1.0)
-    q = np.clip(sigmoid(-np.asarray(reward_difference, dtype=np.float64)), 1e-300, 1.0)
-    return -(p * np.log(p) + q * np.log(q))
+    return binary_entropy(sigmoid(reward_difference), sigmoid(-np.asarray(reward_difference, dtype=np.float64)))
 
 
 def coreset_sensitivities(z: np.ndarray, n_clusters: int = 10, radius: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -361,11 +360,6 @@ def laplace_posterior_samples(
     return (weight[:, None] + noise).T
 
 
-def _binary_entropy(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    return -(p * np.log(p) + (1 - p) * np.log1p(-p))
-
-
 def batchbald_select(
     probabilities: np.ndarray, k: int, rng: np.random.Generator, n_configurations: int = 128, block: int = 64
 ) -> np.ndarray:
@@ -390,11 +384,10 @@ def batchbald_select(
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     n, s = probabilities.shape
-    conditional = _binary_entropy(probabilities).mean(1)  # E_β H(y_i | β)
+    conditional = binary_entropy(probabilities).mean(1)  # E_β H(y_i | β)
     wins = np.ascontiguousarray(probabilities, dtype=np.float32)  # (N, S); gathered rows stay contiguous for BLAS
     q = np.ones((n_configurations, s), dtype=np.float32)  # rows kept at mean 1: P̂(ŷ_m) is the row mean
-    tiny = np.float32(1e-30)
-    bound = _binary_entropy(probabilities.mean(1)) - conditional  # exact gains for the empty batch
+    bound = binary_entropy(probabilities.mean(1)) - conditional  # exact gains for the empty batch
     available = np.ones(n, dtype=bool)
     chosen: list[int] = []
     with _single_threaded_blas():
@@ -404,7 +397,7 @@ def batchbald_select(
                 top = candidates[top_k(bound[candidates], min(block, len(candidates)))]
                 p_win = np.clip(q @ wins[top].T / s, 0.0, 1.0)  # P̂(y_i = 1 | ŷ_m), (M, block)
                 p_loss = 1.0 - p_win
-                entropy = -(p_win * np.log(np.maximum(p_win, tiny)) + p_loss * np.log(np.maximum(p_loss, tiny))).mean(0)
+                entropy = binary_entropy(p_win, p_loss).mean(0)  # float32, like the products above
                 fresh = entropy.astype(np.float64) - conditional[top]
                 bound[top] = fresh
                 best = int(np.argmax(fresh))
@@ -553,7 +546,7 @@ def _select_batchbald(problem: SelectionProblem, k: int) -> np.ndarray:
     limit = None if options.batchbald_pool is None else max(options.batchbald_pool, k)
     if limit is not None and limit < len(pool):
         # single-pair BALD = H(E p) − E H(p): the batch is then grown among the best of these
-        bald = _binary_entropy(probabilities.mean(1)) - _binary_entropy(probabilities).mean(1)
+        bald = binary_entropy(probabilities.mean(1)) - binary_entropy(probabilities).mean(1)
         pool = top_k(bald, limit)
     chosen = batchbald_select(probabilities[pool], k, problem.rng, options.batchbald_configurations)
     return pool[chosen]

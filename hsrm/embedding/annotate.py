@@ -85,16 +85,6 @@ def observed_error_rate(golden_first: np.ndarray, golden_second: np.ndarray, fir
 # ---------------------------------------------------------------- pair designs
 
 
-def group_by_prompt(prompt_ids: Sequence) -> list[np.ndarray]:
-    """Indices of each prompt's responses, prompts in order of first appearance."""
-    prompt_ids = np.asarray(prompt_ids)
-    _, first_seen, inverse = np.unique(prompt_ids, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    members = np.argsort(inverse, kind="stable")
-    groups = np.split(members, np.cumsum(np.bincount(inverse))[:-1])
-    return [groups[k] for k in np.argsort(first_seen)]
-
-
 def select_design(
     prompt_ids: Sequence, golden: np.ndarray, design: str, rng: np.random.Generator | int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +338,8 @@ class ResponsePool:
     """Responses as embeddings (n, d), their golden rewards (n,) and the prompt each answers (n,).
 
     Stored as ``.npz`` with arrays ``embeddings``, ``golden``, ``prompt_ids`` (what ``hsrm embed``
-    writes when it knows a golden reward, and what ``hsrm study`` reads).
+    writes when it knows a golden reward); read back with ``EmbeddedData.load(path).pool()``, the
+    one reader of embedding files (:mod:`hsrm.embedding.extract`).
     """
 
     embeddings: np.ndarray
@@ -394,17 +385,3 @@ class ResponsePool:
         from ..files import atomic_save_npz
 
         atomic_save_npz(path, embeddings=self.embeddings, golden=self.golden, prompt_ids=self.prompt_ids)
-
-    @classmethod
-    def load(cls, path) -> ResponsePool:
-        """The pool of an .npz written by ``hsrm embed`` with a golden reward (or by :meth:`save`)."""
-        from ..files import read_arrays
-
-        data = read_arrays(path, "pool (write one with `hsrm embed … --golden-…`)")
-        missing = {"embeddings", "golden", "prompt_ids"} - set(data if isinstance(data, dict) else ())
-        if missing:
-            raise InputError(
-                f"{path}: missing arrays {sorted(missing)}; embed with a golden reward "
-                "(`hsrm embed --golden-column …` or `--golden-model …`)"
-            )
-        return cls(data["embeddings"], data["golden"], data["prompt_ids"])

@@ -51,6 +51,8 @@ def embed_main(argv: list[str] | None = None) -> dict:
         max_length=max_length,
         batch_size=opts.batch_size,
         cache_dir=cache,
+        layout=opts.layout,
+        max_tokens=opts.max_tokens,
     )
     if opts.golden_model:
         from .annotate import golden_from_reward_model
@@ -126,8 +128,7 @@ def fit_main(argv: list[str] | None = None) -> dict:
             raise InputError("fitting needs --embeddings FILE.npz, --method (or --ensemble) and --output DIR")
         data = EmbeddedData.load(opts.embeddings)
         if opts.beta is not None:
-            if data.golden is None:
-                raise InputError(f"{opts.embeddings} has no golden reward; --beta simulates annotators from it")
+            data.require("golden", "prompt_ids", purpose="--beta (annotators simulated from the golden reward)")
             pairs = annotate_pairs(
                 data.prompt_ids,
                 data.golden,
@@ -174,7 +175,7 @@ def fit_main(argv: list[str] | None = None) -> dict:
                 epochs=len(history.train_loss), best_epoch=history.best_epoch, fit_seconds=round(history.seconds, 2)
             )
     if opts.eval_data:
-        from .metrics import evaluate_scores, pairwise_accuracy
+        from ..metrics import evaluate_scores, pairwise_accuracy
 
         test = EmbeddedData.load(opts.eval_data)
         scores = model.score(test.embeddings)
@@ -182,6 +183,7 @@ def fit_main(argv: list[str] | None = None) -> dict:
             atomic_save_npy(opts.scores_output, scores)
             result["scores_output"] = opts.scores_output
         if test.golden is not None:
+            test.require("prompt_ids", purpose="the Best-of-N gain of --eval-data")
             result.update({f"eval_{k}": v for k, v in evaluate_scores(scores, test.golden, test.prompt_ids).items()})
         if test.has_pairs:
             result["eval_pair_accuracy"] = pairwise_accuracy(

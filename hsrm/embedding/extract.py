@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..engine import DEFAULT_MAX_TOKENS
 from ..errors import InputError
 from ..files import atomic_save_npy, atomic_save_npz, read_arrays
 from ..modeling import DEFAULT_MAX_LENGTH
@@ -149,31 +150,23 @@ class Backbone:
 
 
 def load_backbone(name_or_path: str | None = None, *, device: str | None = None, dtype: str | None = None) -> Backbone:
-    """The base model (``AutoModel``) of any decoder or sequence-classifier folder, frozen, in eval
-    mode; bf16 on GPU and fp32 on CPU unless ``dtype`` says otherwise."""
+    """The body of any decoder or sequence-classifier folder, loaded by
+    :func:`hsrm.modeling.load_backbone_model`; bf16 on GPU and fp32 on CPU unless ``dtype`` says
+    otherwise, and on GPU hsrm's default attention path, which the engine's packed layout needs."""
     import torch
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
 
     from ..default_model import resolve_model_path
-    from ..modeling import check_model_folder, load_tokenizer, torch_dtype
+    from ..modeling import default_attention, load_backbone_model, pick_device, torch_dtype
 
     path = resolve_model_path(name_or_path)
-    check_model_folder(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    compute_dtype = torch_dtype(dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    where = pick_device(device)
+    compute_dtype = torch_dtype(dtype or ("bfloat16" if where.type == "cuda" else "float32"))
     if not isinstance(compute_dtype, torch.dtype):  # "auto": the dtype keys the cache, so it must be named
         raise InputError("dtype auto: name the compute dtype (bfloat16, float16 or float32); it keys the cache")
-    dtype_name = str(compute_dtype).replace("torch.", "")
-    # A sequence-classifier folder carries a score head that AutoModel does not use: expected, not news.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoModel.from_pretrained(path, dtype=compute_dtype, use_safetensors=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    model.to(device).eval().requires_grad_(False)
-    return Backbone(model, load_tokenizer(path), path, device, dtype_name)
+    model, tokenizer = load_backbone_model(
+        path, dtype=compute_dtype, device=where, attn_implementation=default_attention(where, compute_dtype)
+    )
+    return Backbone(model, tokenizer, path, str(where), str(compute_dtype).replace("torch.", ""))
 
 
 # ---------------------------------------------------------------- embedding
@@ -201,28 +194,50 @@ class EmbedReport:
         )
 
 
-def _last_token_states(backbone: Backbone, sequences: list[list[int]], layer_index: int):
-    """Hidden states at each sequence's last real token, read by the same helper as every reward."""
+def _body_layout(body, layout: str) -> str:
+    """:func:`hsrm.engine.choose_layout` for a body without a head: its explicit ``packed`` check
+    (:func:`hsrm.packing.check_packing_support`) asks for a score head, which an embedding backbone has
+    not; what packing needs of the body itself is an attention path that keeps packed sequences apart."""
+    from ..engine import choose_layout
+    from ..packing.attention import PACKING_ATTENTION, attention_implementation
+
+    if layout != "packed":
+        return choose_layout(body, layout)
+    name = attention_implementation(body)
+    if name not in PACKING_ATTENTION:
+        raise InputError(
+            f"--layout packed: attention {name!r} does not keep packed sequences apart; use padded "
+            f"(or auto), or a backbone running one of {', '.join(PACKING_ATTENTION)}"
+        )
+    return "packed"
+
+
+def embedding_batches(
+    backbone: Backbone,
+    sequences: list[list[int]],
+    layer_index: int,
+    *,
+    layout: str = "auto",
+    batch_size: int = 16,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+):
+    """Yield ``(indices, states)``: hidden states (k, d) float32 at the last real token of the
+    sequences at ``indices``, batched by the scoring engine (:func:`hsrm.engine.batches`: length-sorted
+    padded batches, or packed token-budget rows on CUDA with a varlen attention path) and read by
+    :func:`hsrm.modeling.last_token_states`, the helper every reward is read through."""
     import torch
 
     from ..engine import batches, to_device
     from ..modeling import last_token_states
 
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-    last_layer = layer_index == backbone.num_hidden_states - 1
+    # the final, normalised state is last_hidden_state; any other layer needs every hidden state
+    hidden_layer = None if layer_index == backbone.num_hidden_states - 1 else layer_index
+    chosen = _body_layout(backbone.model, layout)
     with torch.inference_mode():
-        ((indices, batch),) = batches(sequences, "padded", pad_id=pad_id, batch_size=len(sequences))  # one batch
-        states = (
-            last_token_states(
-                backbone.model, to_device(batch, backbone.device), hidden_layer=None if last_layer else layer_index
-            )
-            .float()
-            .cpu()
-            .numpy()
-        )
-    out = np.empty_like(states)
-    out[indices] = states
-    return out
+        for indices, batch in batches(sequences, chosen, pad_id=pad_id, batch_size=batch_size, max_tokens=max_tokens):
+            states = last_token_states(backbone.model, to_device(batch, backbone.device), hidden_layer=hidden_layer)
+            yield indices, states.float().cpu().numpy()
 
 
 def embed_conversations(
@@ -235,16 +250,20 @@ def embed_conversations(
     batch_size: int = 16,
     cache_dir: str | os.PathLike | None = None,
     flush_every: int = DEFAULT_FLUSH_EVERY,
+    layout: str = "auto",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> tuple[np.ndarray, EmbedReport]:
     """(n, d) float32 embeddings of prompt + response conversations, and a report.
 
     prompts: chat-message lists (or plain strings, taken as one user turn); responses: strings.
     Identical inputs are embedded once; with ``cache_dir`` only inputs missing from the cache are
-    embedded, in length-sorted batches (longest first, so memory problems show at once), and
-    flushed to the cache every ``flush_every`` texts. The missing inputs are cut into shards of
-    about equal token counts (:mod:`hsrm.shards`) and, under torchrun or accelerate launch, spread
-    over the processes, each of which returns every embedding; the shards (and so the batches) do
-    not depend on the number of processes, so neither do the embeddings.
+    embedded, in the engine's batches (:func:`embedding_batches`; ``layout``, ``batch_size`` and
+    ``max_tokens`` as in :func:`hsrm.engine.score_sequences`: length-sorted, longest first, so
+    memory problems show at once), and flushed to the cache every ``flush_every`` texts. The
+    missing inputs, longest first, are cut into shards of whole batches (:mod:`hsrm.shards`) and,
+    under torchrun or accelerate launch, spread over the processes, each of which returns every
+    embedding; the shards (and so the batches) do not depend on the number of processes, so
+    neither do the embeddings.
     """
     from tqdm.auto import tqdm
 
@@ -284,11 +303,6 @@ def embed_conversations(
     lengths = [len(token_ids[first_row[k]]) for k in missing]
     shards = contiguous_shards(lengths, multiple=batch_size)  # whole batches: the batches of one process
     mine = assign_shards([sum(lengths[i] for i in shard) for shard in shards], world)[rank]
-    batches = [
-        [missing[i] for i in shards[s][lo : lo + batch_size]]
-        for s in mine
-        for lo in range(0, len(shards[s]), batch_size)
-    ]
 
     pending_keys: list[str] = []
     pending_vectors: list[np.ndarray] = []
@@ -299,20 +313,37 @@ def embed_conversations(
         pending_keys.clear()
         pending_vectors.clear()
 
+    def record(batch_keys: list[str], states: np.ndarray):
+        report.forward_passes += 1
+        report.computed += len(batch_keys)
+        vectors.update(zip(batch_keys, states))
+        pending_keys.extend(batch_keys)
+        pending_vectors.append(states)
+        progress.update(len(batch_keys))
+        if len(pending_keys) >= flush_every:
+            flush()
+
+    progress = tqdm(
+        total=sum(len(shards[s]) for s in mine),
+        desc=f"embed (layer {layer_index})",
+        unit="text",
+        leave=False,
+        disable=None if rank == 0 else True,
+    )
     try:
-        for batch_keys in tqdm(
-            batches, desc=f"embed (layer {layer_index})", unit="batch", leave=False, disable=None if rank == 0 else True
-        ):
-            states = _last_token_states(backbone, [token_ids[first_row[k]] for k in batch_keys], layer_index)
-            report.forward_passes += 1
-            report.computed += len(batch_keys)
-            for key, vec in zip(batch_keys, states):
-                vectors[key] = vec
-            pending_keys.extend(batch_keys)
-            pending_vectors.append(states)
-            if len(pending_keys) >= flush_every:
-                flush()
+        for shard_keys in ([missing[i] for i in shards[s]] for s in mine):
+            for indices, states in embedding_batches(
+                backbone,
+                [token_ids[first_row[k]] for k in shard_keys],
+                layer_index,
+                layout=layout,
+                batch_size=batch_size,
+                max_tokens=max_tokens,
+            ):
+                batch_keys = [shard_keys[i] for i in indices]
+                record(batch_keys, states)
     finally:
+        progress.close()
         flush()  # what was computed survives an interruption (KeyboardInterrupt included)
     if world > 1:
         parts = gather_from_processes((vectors, report.computed, report.forward_passes))
@@ -337,23 +368,26 @@ def embed_conversations(
 
 @dataclass
 class EmbeddedData:
-    """What ``hsrm embed`` writes: one row per response, prompts grouped, pairs when the input had them."""
+    """What ``hsrm embed`` writes: one row per response, prompts grouped, pairs when the input had them.
+
+    :meth:`load` is the one reader of embedding files — ``hsrm fit``, ``hsrm study``, ``hsrm active``
+    pools and ``hsrm select`` all read through it, with one contract: ``embeddings`` (n, dim), finite,
+    is required; ``prompt_ids``, ``golden`` and the pairs are optional, and a verb that needs one asks
+    for it with :meth:`require`, which names the missing array and how to write it.
+    """
 
     embeddings: np.ndarray
-    prompt_ids: np.ndarray
+    prompt_ids: np.ndarray | None = None
     golden: np.ndarray | None = None
     pair_first: np.ndarray | None = None
     pair_second: np.ndarray | None = None
     pair_first_wins: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    path: str | None = field(default=None, repr=False, compare=False)  # the file it was read from, for messages
 
     def save(self, path: str | os.PathLike) -> None:
-        arrays = {
-            "embeddings": self.embeddings,
-            "prompt_ids": self.prompt_ids,
-            "meta": np.asarray(json.dumps(self.meta)),
-        }
-        for name in ("golden", "pair_first", "pair_second", "pair_first_wins"):
+        arrays = {"embeddings": self.embeddings, "meta": np.asarray(json.dumps(self.meta))}
+        for name in ("prompt_ids", "golden", "pair_first", "pair_second", "pair_first_wins"):
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
@@ -361,38 +395,58 @@ class EmbeddedData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddedData:
-        data = read_arrays(path, "embeddings file (write one with `hsrm embed`)")
-        if not isinstance(data, dict) or "embeddings" not in data or "prompt_ids" not in data:
-            raise InputError(f"{path}: not an embeddings file (needs arrays 'embeddings' and 'prompt_ids')")
-        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+        """An ``.npz`` as ``hsrm embed`` (or :meth:`ResponsePool.save`) writes it, or an ``.npy`` array
+        (n, dim) of embeddings alone, which is memory-mapped: a large pool is read as it is used."""
+        path = Path(path)
+        if path.suffix == ".npy":
+            data = {"embeddings": read_arrays(path, "embeddings array (.npy, shape (n, dim))", mmap=True)}
+        else:
+            data = read_arrays(path, "embeddings file (write one with `hsrm embed`)")
+            if not isinstance(data, dict) or "embeddings" not in data:
+                found = ", ".join(data) if isinstance(data, dict) else "one unnamed array"
+                raise InputError(
+                    f"{path}: not an embeddings file: no `embeddings` array (found {found or 'none'}); "
+                    "give an .npz from `hsrm embed` or an .npy of shape (n, dim)"
+                )
         embeddings = data["embeddings"]
-        broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1)) if embeddings.ndim == 2 else []
+        if embeddings.ndim != 2:
+            raise InputError(f"{path}: embeddings must be 2-D (n, dim), got shape {embeddings.shape}")
+        broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
         if len(broken):  # a model fitted on them scores NaN everywhere, and its accuracy reads 0.0
             shown = ", ".join(str(row + 1) for row in broken[:10]) + (", …" if len(broken) > 10 else "")
             raise InputError(
                 f"{path}: {len(broken)} of {len(embeddings)} embedding rows hold NaN or infinite values "
                 f"(rows {shown}, counting from 1); embed them again or drop them"
             )
-        return cls(
-            embeddings,
-            data["prompt_ids"],
-            data.get("golden"),
-            data.get("pair_first"),
-            data.get("pair_second"),
-            data.get("pair_first_wins"),
-            meta,
-        )
+        for name in ("prompt_ids", "golden"):
+            if name in data and len(data[name]) != len(embeddings):
+                raise InputError(f"{path}: {len(data[name])} `{name}` for {len(embeddings)} embeddings; one per row")
+        names = ("prompt_ids", "golden", "pair_first", "pair_second", "pair_first_wins")
+        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+        return cls(embeddings, *(data.get(name) for name in names), meta=meta, path=str(path))
+
+    def require(self, *names: str, purpose: str) -> None:
+        """Refuse, in one line, a file that lacks an array ``purpose`` needs."""
+        how = {
+            "prompt_ids": "embed it with `hsrm embed` (which groups responses by prompt)",
+            "golden": "embed with --golden-column or --golden-model",
+        }
+        for name in names:
+            if getattr(self, name) is None:
+                raise InputError(
+                    f"{self.path or 'these embeddings'}: no `{name}` array, which {purpose} needs; "
+                    f"{how.get(name, 'embed a pairwise file with `hsrm embed`')}"
+                )
 
     @property
     def has_pairs(self) -> bool:
         return self.pair_first is not None
 
     def pool(self):
-        """As a :class:`ResponsePool` (needs golden rewards)."""
+        """As a :class:`ResponsePool` (needs golden rewards and prompt ids)."""
         from .annotate import ResponsePool
 
-        if self.golden is None:
-            raise InputError("these embeddings carry no golden reward; embed with --golden-column or --golden-model")
+        self.require("golden", "prompt_ids", purpose="a pool of responses with a golden reward")
         return ResponsePool(self.embeddings, self.golden, self.prompt_ids)
 
 
@@ -414,12 +468,13 @@ def read_conversations(
     split: str | None = None,
 ):
     """Responses from a file of pairs (``chosen``/``rejected``, HH-RLHF transcripts included, or
-    another pairwise ``data_format``) or of single responses (``prompt``, ``response``[, golden
-    column]). ``auto`` tells the two apart by the first row; ``split`` keeps one split (of a Hub
-    dataset, or a file's ``split`` column; default: every row).
+        another pairwise ``data_format``) or of single responses (``prompt``, ``response``[, golden
+        column]). ``auto`` tells them apart by the first row (:func:`hsrm.data.auto.format_of_row`, which
+    also knows the pairwise formats by their fields); ``split`` keeps one split (of a Hub
+        dataset, or a file's ``split`` column; default: every row).
 
-    Returns (prompts, responses, prompt_ids, golden or None, pairs or None) where pairs is
-    (first, second, first_wins) indexing the responses (chosen first, so first_wins is all True).
+        Returns (prompts, responses, prompt_ids, golden or None, pairs or None) where pairs is
+        (first, second, first_wins) indexing the responses (chosen first, so first_wins is all True).
     """
     from ..data.io import DataError, in_split, is_local_source, read_rows
     from ..data.messages import response_text, to_messages
@@ -429,7 +484,9 @@ def read_conversations(
         raise DataError(source, None, None, "no rows" + (f" in split {split!r}" if split else ""))
     first = rows[0] if isinstance(rows[0], dict) else {}
     if data_format == "auto":
-        data_format = "pairs" if "chosen" in first and "rejected" in first else "responses"
+        from ..data.auto import format_of_row
+
+        data_format = format_of_row(first, source, responses=True)
     prompts, responses, golden = [], [], []
     prompt_index: dict[str, int] = {}
     prompt_ids = []

@@ -133,11 +133,11 @@ def load_active_study(path: str | Path | None, overrides: dict[str, Any] | None 
 
 def load_pools(config: ActiveStudyConfig, seed: int = 0):
     """(train, test) ``ResponsePool``s: the synthetic world's, or the .npz pool split by prompt."""
-    from .annotate import ResponsePool
+    from .extract import EmbeddedData
     from .synthetic import SyntheticWorld
 
     if config.pool is not None:
-        return ResponsePool.load(config.pool).split_by_prompt(config.test_fraction, rng=seed)
+        return EmbeddedData.load(config.pool).pool().split_by_prompt(config.test_fraction, rng=seed)
     world = SyntheticWorld(**config.synthetic)
     return world.train_test(
         config.train_prompts, config.test_prompts, config.responses_per_prompt, config.test_responses, seed=seed
@@ -165,7 +165,7 @@ class RunKey:
 
 def evaluate_model(model, test) -> dict:
     """1 − Spearman (per test prompt, averaged), Best-of-N reward and gain on the held-out pool."""
-    from .metrics import best_of_n_reward, evaluate_scores
+    from ..metrics import best_of_n_reward, evaluate_scores
 
     scores = model.score(test.embeddings)
     metrics = evaluate_scores(scores, test.golden, test.prompt_ids)
@@ -182,7 +182,8 @@ def run_active(key: RunKey, config: ActiveStudyConfig, train, test, threads: int
     """One run's online loop, with ``threads`` torch threads; returns one record per round."""
     import torch
 
-    from .annotate import AnnotatedPairs, group_by_prompt, pair_keys, round_candidates, simulate_annotations
+    from ..metrics import group_by_prompt
+    from .annotate import AnnotatedPairs, pair_keys, round_candidates, simulate_annotations
     from .models import fit_bt_mlp
 
     data_rng = np.random.default_rng([key.seed, 11])  # prompts and candidates: shared by all strategies
@@ -332,7 +333,7 @@ def summary_table(results) -> str:
 
 
 def _mean_sd(values) -> str:
-    from .metrics import mean_sd_text
+    from .study import mean_sd_text
 
     values = np.asarray(values, dtype=np.float64)
     return mean_sd_text(values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, len(values))

@@ -44,9 +44,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..files import atomic_write_json, claimed_run_folder, file_fingerprint
+from ..metrics import evaluate_scores
 from ..options import Options, OptionsError, option
 from .annotate import DESIGNS, PAIRINGS, ResponsePool, annotate_pairs
-from .metrics import evaluate_scores, mean_sd_text
+from .extract import EmbeddedData
 from .models import METHOD_NAMES, fit_reward_model
 from .runner import expand_grid, run_tasks, write_tables
 
@@ -177,7 +178,7 @@ def load_study_data(config: StudyConfig, base_dir: str | os.PathLike = ".") -> t
         return train, test, {"data": "synthetic", **world.to_dict(), **sizes}
     spec = {"path": spec} if isinstance(spec, str) else dict(spec)
     path = Path(base_dir) / spec["path"]  # an absolute path stays as it is
-    pool = ResponsePool.load(path)
+    pool = EmbeddedData.load(path).pool()
     train, test = pool.split_by_prompt(float(spec.get("test_fraction", 0.2)), rng=int(spec.get("split_seed", 0)))
     return train, test, {"data": str(path), "test_fraction": spec.get("test_fraction", 0.2)}
 
@@ -307,3 +308,12 @@ def summary_markdown(table, name: str) -> str:
             f"{mean_sd_text(row.spearman, row.spearman_std, row.seeds)} | {row.seeds} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def mean_sd_text(mean: float, sd: float, n: int) -> str:
+    """``mean ± sd`` over ``n`` seeds; the mean alone with one seed (a spread of one value says nothing).
+
+    >>> mean_sd_text(0.5, 0.1, 3), mean_sd_text(0.5, 0.0, 1)
+    ('0.500 ± 0.100', '0.500')
+    """
+    return f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import centering_loss, get_pairwise_loss
+from ..metrics import pairwise_metrics  # noqa: F401  (the trainer's compute_metrics, imported from here by train.py)
 from ..modeling import reward_inputs, scalar_reward
 from .base import RewardTrainerBase
 
@@ -72,18 +73,3 @@ class PairwiseRewardTrainer(RewardTrainerBase):
         if prediction_loss_only:
             return loss, None, None
         return loss, torch.stack([chosen, rejected], dim=-1).float(), inputs["margin"]
-
-
-def pairwise_metrics(eval_pred) -> dict[str, float]:
-    """Accuracy (chosen > rejected strictly; ties are wrong), mean margin, reward mean/std."""
-    import numpy as np
-
-    rewards = np.asarray(eval_pred.predictions, dtype=np.float64)
-    chosen, rejected = rewards[:, 0], rewards[:, 1]
-    both = rewards.reshape(-1)
-    return {
-        "accuracy": float((chosen > rejected).mean()),
-        "margin": float((chosen - rejected).mean()),
-        "reward_mean": float(both.mean()),
-        "reward_std": float(both.std()),
-    }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import regression_loss
+from ..metrics import regression_metrics  # noqa: F401  (the trainer's compute_metrics, imported from here by train.py)
 from ..modeling import reward_inputs, scalar_reward
 from .base import RewardTrainerBase
 
@@ -48,27 +49,3 @@ class PointwiseRewardTrainer(RewardTrainerBase):
         if prediction_loss_only:
             return loss, None, None
         return loss, predictions.float(), inputs["labels"].float()
-
-
-def regression_metrics(attributes, attribute_weights=None):
-    """MAE, RMSE and Pearson r per attribute; mean/std of the scalar reward (outputs · weights, or the first output)."""
-    import numpy as np
-
-    def compute(eval_pred) -> dict[str, float]:
-        predictions = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, len(attributes))
-        labels = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1, len(attributes))
-        metrics: dict[str, float] = {}
-        for k, name in enumerate(attributes):
-            error = predictions[:, k] - labels[:, k]
-            metrics[f"{name}_mae"] = float(np.abs(error).mean())
-            metrics[f"{name}_rmse"] = float(np.sqrt((error**2).mean()))
-            if predictions[:, k].std() > 0 and labels[:, k].std() > 0:
-                metrics[f"{name}_pearson"] = float(np.corrcoef(predictions[:, k], labels[:, k])[0, 1])
-        reward = (
-            predictions @ np.asarray(attribute_weights, dtype=np.float64) if attribute_weights else predictions[:, 0]
-        )
-        metrics["reward_mean"] = float(reward.mean())
-        metrics["reward_std"] = float(reward.std())
-        return metrics
-
-    return compute
