@@ -201,6 +201,18 @@ def shared_prefix_groups(
     return best[0][1]
 
 
+def transformer_body(model):
+    """The transformer body the engine runs: a sequence classifier's (under any wrapper), or the
+    model itself when it is a bare body (``AutoModel``, what ``hsrm embed`` reads hidden states
+    from); None for anything else (a causal LM, a classifier without a ``score`` head)."""
+    from .modeling import body_and_score_head
+
+    body, head = body_and_score_head(model)
+    if body is None and head is None and hasattr(model, "get_input_embeddings"):
+        return model
+    return body if head is not None else None
+
+
 def shared_prefix_fallback(model, longest: int) -> str | None:
     """Why this model cannot score a cached prefix exactly (so the engine scores unshared), or None.
 
@@ -212,10 +224,10 @@ def shared_prefix_fallback(model, longest: int) -> str | None:
     """
     import inspect
 
-    from .modeling import body_and_score_head, cache_argument
+    from .modeling import cache_argument
 
-    body, head = body_and_score_head(model)
-    if body is None or head is None:
+    body = transformer_body(model)
+    if body is None:
         return "no transformer body with a score head"
     attention = getattr(body.config, "_attn_implementation", None)
     if attention not in SHARED_ATTENTION:
@@ -285,9 +297,8 @@ def shared_prefix_batches(
     from transformers import DynamicCache
 
     from .data.render import pad_sequences
-    from .modeling import body_and_score_head
 
-    body, _ = body_and_score_head(model)
+    body = transformer_body(model)
     for passes in prefix_batches(groups, batch_size):
         taken, cached = [], []  # the groups of this batch, and each one's [(keys, values) per layer]
         for part in passes:
@@ -327,6 +338,76 @@ def shared_prefix_batches(
                     "cache": DynamicCache(ddp_cache_data=keys_values),
                 },
             )
+
+
+class PlannedBatches:
+    """The batches of one engine call, in order, as ``(indices, batch)``; ``len`` is their number
+    (for a progress bar) before any runs. Iterating fills ``stats["positions_computed"]``."""
+
+    def __init__(self, parts, total: int, positions: int, stats: dict | None):
+        self.parts, self.total, self.positions, self.stats = parts, total, positions, stats
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self):
+        for indices, batch in self.parts:
+            self.positions += batch["input_ids"].numel()
+            yield indices, batch
+        if self.stats is not None:
+            self.stats["positions_computed"] = self.positions
+
+
+def planned_batches(
+    model,
+    sequences: Sequence[Sequence[int]],
+    layout: str,
+    *,
+    pad_id: int,
+    batch_size: int,
+    max_tokens: int,
+    share_prompts: bool,
+    device: torch.device,
+    stats: dict | None = None,
+) -> PlannedBatches:
+    """Every batch of an engine call over ``sequences`` (the reward read of :func:`score_sequences`,
+    the hidden states of ``hsrm embed``), ``layout`` resolved (``padded`` or ``packed``): with
+    ``share_prompts`` and a model that allows it (:func:`shared_prefix_fallback`), the groups of
+    :func:`shared_prefix_groups` as continuation batches of their cached prefixes; every other
+    sequence in :func:`batches`. ``stats`` as :func:`score_sequences` documents it."""
+    groups, fallback = [], None
+    if share_prompts:
+        fallback = (
+            f"{layout} layout (sharing runs in the padded one)"
+            if layout != "padded"
+            else shared_prefix_fallback(model, max(map(len, sequences)))
+        )
+        groups = shared_prefix_groups(sequences) if fallback is None else []
+    in_group = {i for _, members in groups for i in members}
+    alone = [i for i in range(len(sequences)) if i not in in_group]
+    plan = [
+        ([alone[k] for k in indices], batch)
+        for indices, batch in (
+            batches([sequences[i] for i in alone], layout, pad_id=pad_id, batch_size=batch_size, max_tokens=max_tokens)
+            if alone
+            else ()
+        )
+    ]
+    shared = shared_prefix_batches(model, sequences, groups, pad_id=pad_id, batch_size=batch_size, device=device)
+    grouped = prefix_batches(groups, batch_size)
+    total = len(plan) + sum(-(-sum(len(m) for part in passes for _, m in part) // batch_size) for passes in grouped)
+    positions = sum(len(part) * part[0][0] for passes in grouped for part in passes)  # the prefix passes
+    if stats is not None:
+        tokens = sum(map(len, sequences))
+        stats.update(
+            sequences=len(sequences),
+            shared_sequences=len(in_group),
+            shared_groups=len(groups),
+            tokens=tokens,
+            tokens_computed=tokens - sum((len(members) - 1) * length for length, members in groups),
+            fallback=fallback,
+        )
+    return PlannedBatches(itertools.chain(plan, shared), total, positions, stats)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -379,50 +460,24 @@ def score_sequences(
     model.eval()
     width = num_labels if all_outputs else None
     results = torch.empty((len(sequences), width) if width else (len(sequences),), dtype=torch.float32)
-    groups, fallback = [], None
-    if share_prompts:
-        fallback = (
-            f"{chosen} layout (sharing runs in the padded one)"
-            if chosen != "padded"
-            else shared_prefix_fallback(model, max(map(len, sequences)))
-        )
-        groups = shared_prefix_groups(sequences) if fallback is None else []
-    in_group = {i for _, members in groups for i in members}
-    alone = [i for i in range(len(sequences)) if i not in in_group]
-    plan = [
-        ([alone[k] for k in indices], batch)
-        for indices, batch in (
-            batches([sequences[i] for i in alone], chosen, pad_id=pad_id, batch_size=batch_size, max_tokens=max_tokens)
-            if alone
-            else ()
-        )
-    ]
-    shared = shared_prefix_batches(model, sequences, groups, pad_id=pad_id, batch_size=batch_size, device=device)
-    grouped = prefix_batches(groups, batch_size)
-    total = len(plan) + sum(-(-sum(len(m) for part in passes for _, m in part) // batch_size) for passes in grouped)
-    positions = sum(len(part) * part[0][0] for passes in grouped for part in passes)  # the prefix passes
-    if stats is not None:
-        tokens = sum(map(len, sequences))
-        stats.update(
-            sequences=len(sequences),
-            shared_sequences=len(in_group),
-            shared_groups=len(groups),
-            tokens=tokens,
-            tokens_computed=tokens - sum((len(members) - 1) * length for length, members in groups),
-            fallback=fallback,
-        )
+    work = planned_batches(
+        model,
+        sequences,
+        chosen,
+        pad_id=pad_id,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        share_prompts=share_prompts,
+        device=device,
+        stats=stats,
+    )
     try:
-        for indices, batch in tqdm(
-            itertools.chain(plan, shared), total=total, desc=desc, unit="batch", disable=not progress, leave=False
-        ):
+        for indices, batch in tqdm(work, total=len(work), desc=desc, unit="batch", disable=not progress, leave=False):
             outputs = reward_outputs(model, to_device(batch, device)).float()
             values = outputs if all_outputs else scalar_reward(outputs, attribute_weights)
             results[torch.as_tensor(indices)] = values.cpu()
-            positions += batch["input_ids"].numel()
     finally:
         model.train(was_training)
-    if stats is not None:
-        stats["positions_computed"] = positions
     return results
 
 

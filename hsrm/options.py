@@ -565,6 +565,11 @@ class EmbedOptions(ResultFormat, Output, DataInput, Options):
         "with varlen attention, else padded",
     )
     max_tokens: int = option(16384, "tokens per packed row", positive=True)
+    share_prompts: bool = option(
+        True,
+        "compute a prompt (any common token-id prefix) once for all its responses, as hsrm score does "
+        "(the same embeddings within float rounding; docs/speed.md)",
+    )
     cache: str = option("~/.cache/hsrm/embeddings", "embedding cache folder; 'none' disables it")
     device: str | None = option(None, "cuda / cpu (default: cuda when available)")
     dtype: Dtype | None = option(None, "the backbone's precision (default: bfloat16 on GPU, float32 on CPU)")

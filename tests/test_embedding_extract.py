@@ -376,3 +376,30 @@ def test_auto_format_is_hsrm_data_auto_s(tmp_path):
     path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q?"}])
     with pytest.raises(DataError, match="cannot tell the format.*'responses'"):
         read_conversations(str(path))
+
+
+def test_a_shared_prompt_is_computed_once_and_gives_the_same_embeddings(backbone):
+    """Five responses to one long prompt (a Best-of-N group) and two other conversations: with
+    share_prompts the prompt runs once and its responses continue its cached keys and values, and
+    every layer's embeddings equal each conversation embedded alone (batch 1, unshared) within 1e-5."""
+    prompt = "Explain, step by step and with care, how to bake a loaf of bread at home " * 2
+    prompts = [prompt] * 5 + PROMPTS[:2]
+    responses = ["Mix flour and water.", "Knead it.", "yes", "Bake at 230 degrees for forty minutes.", "no"]
+    responses += RESPONSES[:2]
+    for layer in (-1, 1, 0):
+        alone, _ = embed_conversations(
+            backbone, prompts, responses, layer=layer, batch_size=1, share_prompts=False, max_length=None
+        )
+        calls = []  # a forward hook, not CountingForward: the engine shares only with a forward that takes a cache
+        hook = backbone.model.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            shared, report = embed_conversations(
+                backbone, prompts, responses, layer=layer, batch_size=8, max_length=None
+            )
+        finally:
+            hook.remove()
+        assert report.shared == 5 and report.computed == 7
+        assert len(calls) == 3  # the prompt once, its five continuations, the two others
+        np.testing.assert_allclose(shared, alone, atol=1e-5, rtol=1e-5)
+    _, unshared = embed_conversations(backbone, prompts, responses, batch_size=8, share_prompts=False)
+    assert unshared.shared == 0

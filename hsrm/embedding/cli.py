@@ -53,6 +53,7 @@ def embed_main(argv: list[str] | None = None) -> dict:
         cache_dir=cache,
         layout=opts.layout,
         max_tokens=opts.max_tokens,
+        share_prompts=opts.share_prompts,
     )
     if opts.golden_model:
         from .annotate import golden_from_reward_model

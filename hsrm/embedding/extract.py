@@ -180,6 +180,7 @@ class EmbedReport:
     distinct: int = 0
     from_cache: int = 0
     computed: int = 0
+    shared: int = 0  # of those computed, read against a prompt computed once (share_prompts)
     forward_passes: int = 0
     truncated: int = 0
     seconds: float = 0.0
@@ -189,7 +190,7 @@ class EmbedReport:
     def summary(self) -> str:
         return (
             f"{self.inputs} inputs ({self.distinct} distinct): {self.from_cache} from cache, {self.computed} "
-            f"embedded "
+            f"embedded ({self.shared} of them against a prompt computed once) "
             f"in {self.forward_passes} batches, {self.truncated} left-truncated, {self.seconds:.1f} s"
         )
 
@@ -220,14 +221,17 @@ def embedding_batches(
     layout: str = "auto",
     batch_size: int = 16,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    share_prompts: bool = True,
+    stats: dict | None = None,
 ):
     """Yield ``(indices, states)``: hidden states (k, d) float32 at the last real token of the
-    sequences at ``indices``, batched by the scoring engine (:func:`hsrm.engine.batches`: length-sorted
-    padded batches, or packed token-budget rows on CUDA with a varlen attention path) and read by
+    sequences at ``indices``, batched by the scoring engine (:func:`hsrm.engine.planned_batches`:
+    length-sorted padded batches, or packed token-budget rows on CUDA with a varlen attention path;
+    with ``share_prompts`` each common token-id prefix computed once, as in scoring) and read by
     :func:`hsrm.modeling.last_token_states`, the helper every reward is read through."""
     import torch
 
-    from ..engine import batches, to_device
+    from ..engine import planned_batches, to_device
     from ..modeling import last_token_states
 
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
@@ -235,7 +239,17 @@ def embedding_batches(
     hidden_layer = None if layer_index == backbone.num_hidden_states - 1 else layer_index
     chosen = _body_layout(backbone.model, layout)
     with torch.inference_mode():
-        for indices, batch in batches(sequences, chosen, pad_id=pad_id, batch_size=batch_size, max_tokens=max_tokens):
+        for indices, batch in planned_batches(
+            backbone.model,
+            sequences,
+            chosen,
+            pad_id=pad_id,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            share_prompts=share_prompts,
+            device=backbone.device,
+            stats=stats,
+        ):
             states = last_token_states(backbone.model, to_device(batch, backbone.device), hidden_layer=hidden_layer)
             yield indices, states.float().cpu().numpy()
 
@@ -252,15 +266,18 @@ def embed_conversations(
     flush_every: int = DEFAULT_FLUSH_EVERY,
     layout: str = "auto",
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    share_prompts: bool = True,
 ) -> tuple[np.ndarray, EmbedReport]:
     """(n, d) float32 embeddings of prompt + response conversations, and a report.
 
     prompts: chat-message lists (or plain strings, taken as one user turn); responses: strings.
     Identical inputs are embedded once; with ``cache_dir`` only inputs missing from the cache are
-    embedded, in the engine's batches (:func:`embedding_batches`; ``layout``, ``batch_size`` and
-    ``max_tokens`` as in :func:`hsrm.engine.score_sequences`: length-sorted, longest first, so
-    memory problems show at once), and flushed to the cache every ``flush_every`` texts. The
-    missing inputs, longest first, are cut into shards of whole batches (:mod:`hsrm.shards`) and,
+    embedded, in the engine's batches (:func:`embedding_batches`; ``layout``, ``batch_size``,
+    ``max_tokens`` and ``share_prompts`` as in :func:`hsrm.engine.score_sequences`: length-sorted,
+    longest first, so memory problems show at once; a prompt shared by several responses computed
+    once), and flushed to the cache every ``flush_every`` texts. The missing inputs, in token-id
+    order (a prompt's responses side by side, as ``hsrm score`` orders them), are cut into shards of
+    whole batches (:mod:`hsrm.shards`) and,
     under torchrun or accelerate launch, spread over the processes, each of which returns every
     embedding; the shards (and so the batches) do not depend on the number of processes, so
     neither do the embeddings.
@@ -294,7 +311,7 @@ def embed_conversations(
     vectors: dict[str, np.ndarray] = {}
     missing = [k for k in first_row if cache is None or k not in cache]
     report.from_cache = report.distinct - len(missing)
-    missing.sort(key=lambda k: -len(token_ids[first_row[k]]))
+    missing.sort(key=lambda k: token_ids[first_row[k]])
     rank, world = process_group()
     if world > 1:  # every process has read the cache before any writes to it: the same `missing` everywhere
         import torch.distributed as dist
@@ -332,6 +349,7 @@ def embed_conversations(
     )
     try:
         for shard_keys in ([missing[i] for i in shards[s]] for s in mine):
+            shard_stats: dict = {}
             for indices, states in embedding_batches(
                 backbone,
                 [token_ids[first_row[k]] for k in shard_keys],
@@ -339,16 +357,19 @@ def embed_conversations(
                 layout=layout,
                 batch_size=batch_size,
                 max_tokens=max_tokens,
+                share_prompts=share_prompts,
+                stats=shard_stats,
             ):
                 batch_keys = [shard_keys[i] for i in indices]
                 record(batch_keys, states)
+            report.shared += shard_stats.get("shared_sequences", 0)
     finally:
         progress.close()
         flush()  # what was computed survives an interruption (KeyboardInterrupt included)
     if world > 1:
-        parts = gather_from_processes((vectors, report.computed, report.forward_passes))
-        vectors = {key: vec for part, _, _ in parts for key, vec in part.items()}
-        report.computed, report.forward_passes = sum(p[1] for p in parts), sum(p[2] for p in parts)
+        parts = gather_from_processes((vectors, report.computed, report.forward_passes, report.shared))
+        vectors = {key: vec for part, *_ in parts for key, vec in part.items()}
+        report.computed, report.forward_passes, report.shared = (sum(p[k] for p in parts) for k in (1, 2, 3))
 
     cached_keys = [k for k in first_row if k not in vectors]
     if cached_keys:
