@@ -189,9 +189,11 @@ def load_scorer(options: ServeOptions) -> RewardScorer:
 
 
 # ------------------------------------------------------------------------------------ batching
-# What one more forward pass costs on the CPU, in padded positions: 3.5 ms against 0.13 ms per
-# position for bench/serve.py's model (one thread; 2.5 M parameters, 4 layers).
-CPU_FORWARD_TOKENS = 32
+# What one more forward pass costs on the CPU, in padded positions. Measured on bench/serve.py's
+# requests (2.5 M-parameter model, one thread, engine alone, best of 3 on a loaded machine): each
+# request's 8 sequences in one padded call ran at 0.41× the in-process engine's tokens/s; cut by
+# padding_runs with 16, 32, 64 and 128 here at 0.87, 0.78, 1.04 and 0.85×.
+CPU_FORWARD_TOKENS = 64
 
 
 def padding_runs(lengths: Sequence[int], batch_size: int, forward_tokens: int = CPU_FORWARD_TOKENS) -> list[list[int]]:
@@ -203,7 +205,7 @@ def padding_runs(lengths: Sequence[int], batch_size: int, forward_tokens: int = 
     client's 8 sequences of mixed length, padded to the longest, computed about twice their real
     tokens (``bench/serve.py``); cut where the lengths jump, they compute little more than their own.
 
-    >>> padding_runs([100, 10, 95, 12], 4)  # one batch: 4 × 100 + 32; these two: 2 × 100 + 2 × 12 + 64
+    >>> padding_runs([100, 10, 95, 12], 4)  # one batch: 4 × 100 + 64; these two: 2 × 100 + 2 × 12 + 2 × 64
     [[0, 2], [3, 1]]
     >>> padding_runs([50, 50, 50], 2)
     [[0, 1], [2]]

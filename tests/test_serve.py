@@ -598,6 +598,10 @@ def test_vllm_endpoints_answer_in_vllm_shapes_with_the_rewards_of_score(server, 
     )
     status, one = request(server.url, "/v1/classify", {"model": "rm", "input": texts[0]})  # one text, not a list
     assert status == 200 and len(one["data"]) == 1
+    # verl's reward loop, as it posts: one text, and use_activation (accepted, not used)
+    status, verl = request(server.url, "/classify", {"model": "rm", "input": texts[1], "use_activation": False})
+    assert status == 200 and len(verl["data"]) == 1
+    assert_close([verl["data"][-1]["probs"][-1]], expected[1:2])
     assert_close([one["data"][-1]["probs"][-1]], expected[:1])
     status, pooled = request(server.url, "/pooling", {"model": "rm", "input": texts})
     assert status == 200 and [d["object"] for d in pooled["data"]] == ["pooling"] * 3
@@ -756,9 +760,9 @@ def test_the_oldest_request_waits_for_one_that_is_being_read(scorer):
 
 
 def test_padding_runs_cut_where_the_lengths_jump():
-    # sorted longest first: 300, 290 | 150 | 25, 22, 20 costs 32 + 2·300, 32 + 150, 32 + 3·25 = 921
-    # positions; one batch would cost 32 + 6·300 = 1832, each alone 6·32 + 807 = 999, and
-    # 300, 290, 150 | 25, 22, 20 costs 932 + 107 = 1039.
+    # sorted longest first: 300, 290 | 150 | 25, 22, 20 costs 64 + 2·300, 64 + 150, 64 + 3·25 = 1017
+    # positions; one batch would cost 64 + 6·300 = 1864, each alone 6·64 + 807 = 1191, and
+    # 300, 290, 150 | 25, 22, 20 costs 964 + 139 = 1103.
     assert padding_runs([300, 20, 290, 25, 22, 150], 8) == [[0, 2], [5], [3, 4, 1]]
     assert padding_runs([10] * 5, 2) == [[0, 1], [2, 3], [4]]  # never more than batch_size
     assert padding_runs([10] * 5, 8) == [[0, 1, 2, 3, 4]]  # equal lengths: no padding to save, one pass
