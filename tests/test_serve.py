@@ -441,7 +441,7 @@ def test_options_take_both_spellings_and_refuse_nonsense():
 
 
 # ------------------------------------------------------------------------------------ the bench
-def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine():
+def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("serve_bench", REPO_ROOT / "bench" / "serve.py")
@@ -469,15 +469,24 @@ def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine()
             "4096",
             "--rounds",
             "1",
+            "--output",
+            str(tmp_path / "serve.json"),
         ]
     )
+    assert json.loads((tmp_path / "serve.json").read_text()) == json.loads(json.dumps(result))
     assert [row["concurrency"] for row in result["server"]] == [1, 3]
     for row in result["server"]:
         assert row["requests"] == 6 and row["tokens_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
         assert row["max_reward_difference"] <= 1e-5 and row["ratio_to_in_process"] > 0
         assert len(row["rounds"]) == 1 and row["in_process_tokens_per_s"] > 0 and 0 < row["engine_busy"] <= 1
     assert result["server_exit_code"] == 0
-    assert result["target"] is None  # no level at 16 clients in this run
+    one = result["server"][0]  # 1 client has a goal (0.7), 3 clients none
+    assert result["goals"] == [
+        {"concurrency": 1, "ratio": one["ratio_to_in_process"], "needed": 0.7, "met": one["met"]}
+    ]
+    assert result["server"][1]["goal"] is None and result["server"][1]["met"] is None
+    for round_ in one["rounds"]:  # real tokens per CPU second of each side (Linux /proc for the server's)
+        assert round_["in_process_tokens_per_cpu_s"] > 0 and round_["server_tokens_per_cpu_s"] > 0
 
 
 # ------------------------------------------------------------------------------------ round 2 (issue 33)
