@@ -51,9 +51,9 @@ must be split back per request: that loop is ours on either stack. On FastAPI it
 server's own process beside the model, with no serialisation between the HTTP side and the model,
 and FastAPI + uvicorn bring the rest (routing, a thread pool for tokenization, graceful shutdown).
 We did not build a LitServe variant to measure; the bar it would have to clear is
-``bench/serve.py``'s: on 2 loaded CPU cores this server delivered 0.66–0.73×, 0.69–0.89× and
-0.95–1.03× the in-process engine's real tokens/s at 1, 4 and 16 concurrent clients over three runs
-(docs/scoring.md has the figures).
+``bench/serve.py``'s: on 2 loaded CPU cores this server delivered 0.66–0.73×, 0.69–0.91× and
+0.95–1.03× the in-process engine's real tokens/s at 1, 4 and 16 concurrent clients over alternated
+runs (docs/scoring.md has the figures).
 """
 
 from __future__ import annotations
