@@ -3,8 +3,13 @@
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/serve.py [--requests 96] [--concurrency 1,4,16]
                                                                    [--rounds 2] [--output runs/bench/serve.json]
 
-Issue 20's target: at 16 concurrent clients the server reaches at least 80 % of the in-process
-engine's real tokens/s on 2 CPU cores.
+On a machine that other jobs load, ``OMP_NUM_THREADS=1`` (two torch threads that wait for each
+other's core collapsed to a tenth of the speed) and ``--requests 48`` (docs/scoring.md's run).
+
+Goals, as ratios of the server's real tokens/s to the in-process engine's on 2 CPU cores: at least
+0.7 with 1 client and 0.85 with 4 (issue 33), 0.88 with 16 (issue 20 asked for 0.8; 0.88 is what
+it reached, not to be lost). Each level prints its ratio and its goal; the JSON (printed last and
+written to ``--output``) holds them under ``goals``.
 
 Model: a random Llama reward model built by ``hsrm.tiny.build_tiny_llama`` with hidden size 256
 and 4 layers (2.5 M parameters; the test suite's 400-token BPE tokenizer and ChatML template),
@@ -23,13 +28,17 @@ across all of them — and the server (``hsrm serve`` in a subprocess with the s
 max_length, its other limits at their defaults). Each side keeps its best round (the one least
 disturbed by other load on a shared machine). Real tokens are the tokens of the answered sequences
 (no padding); latency is per request, send to answer; every reward the server returns is compared
-with the in-process one. Prints one line per level and a final JSON line.
+with the in-process one. Prints one line per level and a final JSON line. Wall time is what the
+ratios use; each round's real tokens per CPU second of each side are recorded beside them (the
+server process's, from /proc, and the in-process call's), because on a machine shared with other
+jobs a round's wall time also counts their load.
 
-Why the server trails the engine at low concurrency: a batch holds only what was waiting, so one
-client's 8 sequences are padded to their longest (about twice the real tokens here), whereas the
-in-process call sorts all 768 sequences by length before batching them (2 % padding). The more
-requests wait together, the closer the server gets: with 16 clients, half of them wait while the
-other half's batch is scored, so batches hold 8 requests (12 % padding).
+Why the server trailed the engine at low concurrency (issue 33): a batch holds only what was
+waiting, so one client's 8 sequences were padded to their longest (about twice their real tokens),
+whereas the in-process call sorts all 768 sequences by length before batching them (2 % padding);
+and with one client every request also waited the whole ``--max-wait-ms`` for company that could
+not come. The server now waits only while another request is being read, and on the CPU cuts a
+merge where the lengths jump (``hsrm.serve.padding_runs``).
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-TARGET_CONCURRENCY, TARGET_RATIO = 16, 0.8
+GOALS = {1: 0.7, 4: 0.85, 16: 0.88}  # clients → least ratio of server to in-process real tokens/s
 WORDS = (
     "the quick brown fox jumps over lazy dog a helpful assistant answers question clearly user asks how to bake "
     "bread flour water yeast salt kneading baking response one is better because it correct concise polite two "
@@ -71,11 +80,21 @@ def make_requests(count: int, pairs_per_request: int, seed: int, max_prompt_word
     ]
 
 
-def in_process_tokens_per_s(scorer, sequences) -> tuple[float, list[float]]:
-    """The engine on all sequences in one call (length-sorted across all of them): tokens/s and rewards."""
-    start = time.perf_counter()
+def in_process_tokens_per_s(scorer, sequences) -> tuple[float, list[float], float]:
+    """The engine on all sequences in one call (length-sorted across all of them): tokens/s, rewards
+    and the CPU seconds the call took."""
+    start, cpu = time.perf_counter(), time.process_time()
     rewards = scorer.score_ids(sequences).tolist()
-    return sum(len(s) for s in sequences) / (time.perf_counter() - start), rewards
+    return sum(len(s) for s in sequences) / (time.perf_counter() - start), rewards, time.process_time() - cpu
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def get_json(server, path: str) -> dict:
@@ -146,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--max-batch-tokens", type=int, default=None, help="the server's merge budget (default: the server's own)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None, help="also write the JSON here")
+    parser.add_argument("--output", default="runs/bench/serve.json", help="also write the JSON here ('' not at all)")
     args = parser.parse_args(argv)
 
     import torch
@@ -169,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         per_request = [[scorer.encode(p, r) for p, r in zip(req["prompts"], req["responses"])] for req in requests]
         tokens_of = [sum(len(s) for s in sequences) for sequences in per_request]
         sequences = [s for request_sequences in per_request for s in request_sequences]
-        first_tokens_per_s, expected = in_process_tokens_per_s(scorer, sequences)
+        first_tokens_per_s, expected, _ = in_process_tokens_per_s(scorer, sequences)
         expected_of, start = [], 0  # the in-process rewards, split per request
         for request_sequences in per_request:
             expected_of.append(expected[start : start + len(request_sequences)])
@@ -191,12 +210,17 @@ def main(argv: list[str] | None = None) -> dict:
                 # Rounds alternate the in-process engine and the server (which idles while the engine
                 # runs), and each side keeps its best round: the round least disturbed by other load
                 # on the machine, and past the first forward passes on new shapes, which allocate.
-                runs, references = [], []
+                runs, references, reference_cpu = [], [], []
                 for _ in range(args.rounds):
-                    references.append(in_process_tokens_per_s(scorer, sequences)[0])
+                    tokens_per_s, _, cpu = in_process_tokens_per_s(scorer, sequences)
+                    references.append(tokens_per_s)
+                    reference_cpu.append(cpu)
                     before = get_json(server, "/info")["counts"]
+                    cpu_before = cpu_seconds(server.process.pid)
                     level = run_level(server, bodies, concurrency, args.time_limit_s)
+                    cpu_after = cpu_seconds(server.process.pid)
                     after = get_json(server, "/info")["counts"]
+                    level["server_cpu_s"] = None if cpu_before is None else cpu_after - cpu_before
                     level["batches"] = after["batches"] - before["batches"]
                     level["engine_busy"] = (after["scoring_seconds"] - before["scoring_seconds"]) / level["seconds"]
                     if level["errors"]:
@@ -221,13 +245,22 @@ def main(argv: list[str] | None = None) -> dict:
                     ),  # share of the level's wall time the server spent in the engine
                     "in_process_tokens_per_s": round(reference, 1),
                     "ratio_to_in_process": round(best["tokens"] / best["seconds"] / reference, 3),
+                    "goal": GOALS.get(concurrency),
+                    "met": None
+                    if concurrency not in GOALS
+                    else best["tokens"] / best["seconds"] / reference >= GOALS[concurrency],
                     "max_reward_difference": max(run["max_reward_difference"] for run in runs),
                     "rounds": [
                         {
                             "server_tokens_per_s": round(run["tokens"] / run["seconds"], 1),
                             "in_process_tokens_per_s": round(ref, 1),
+                            # real tokens per CPU second, each side's own process (the server's, the bench's)
+                            "server_tokens_per_cpu_s": None
+                            if not run["server_cpu_s"]
+                            else round(run["tokens"] / run["server_cpu_s"], 1),
+                            "in_process_tokens_per_cpu_s": round(sum(tokens_of) / cpu, 1) if cpu else None,
                         }
-                        for run, ref in zip(runs, references)
+                        for run, ref, cpu in zip(runs, references, reference_cpu)
                     ],
                 }
                 results.append(row)
@@ -237,12 +270,16 @@ def main(argv: list[str] | None = None) -> dict:
                     f"p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  {row['requests_per_batch']:5.2f} "
                     "requests/batch  "
                     f"engine busy {100 * row['engine_busy']:3.0f} %  "
-                    f"in-process {reference:>9,.0f} tokens/s  {row['ratio_to_in_process']:.2f}×",
+                    f"in-process {reference:>9,.0f} tokens/s  {row['ratio_to_in_process']:.3f}×"
+                    + (
+                        ""
+                        if row["goal"] is None
+                        else f" (goal ≥ {row['goal']:.2f}: {'met' if row['met'] else 'NOT met'})"
+                    ),
                     flush=True,
                 )
         finally:
             exit_code = server.stop()
-    target = next((row for row in results if row["concurrency"] == TARGET_CONCURRENCY), None)
     result = {
         "setting": {
             "model": f"tiny Llama hidden {args.hidden}, {args.layers} layers, {parameters:,} parameters, fp32, CPU",
@@ -259,15 +296,22 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "server": results,
         "server_exit_code": exit_code,
-        "target": None
-        if target is None
-        else {
-            "concurrency": TARGET_CONCURRENCY,
-            "ratio": target["ratio_to_in_process"],
-            "needed": TARGET_RATIO,
-            "met": target["ratio_to_in_process"] >= TARGET_RATIO,
-        },
+        "goals": [
+            {
+                "concurrency": row["concurrency"],
+                "ratio": row["ratio_to_in_process"],
+                "needed": row["goal"],
+                "met": row["met"],
+            }
+            for row in results
+            if row["goal"] is not None
+        ],
     }
+    print(
+        "ratios of server to in-process tokens/s: "
+        + ", ".join(f"{row['concurrency']} client(s) {row['ratio_to_in_process']:.3f}×" for row in results),
+        flush=True,
+    )
     text = json.dumps(result)
     print(text)
     if args.output:

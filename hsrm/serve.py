@@ -25,13 +25,16 @@ Endpoints:
 How a request becomes rewards. The handler reads the body (at most ``--max-body-bytes``), checks
 it and tokenizes it with the scorer's own encoders in a worker thread, off the event loop. The
 token ids join one queue. One batching thread owns the model: it takes the oldest request, waits
-at most ``--max-wait-ms`` for company (not at all once ``--max-batch-tokens`` real tokens are
-queued), merges the queued requests up to that budget (a request larger than the budget goes
-alone and the engine splits it), scores the merge with one call of the engine
-(``RewardScorer.score_ids`` → :func:`hsrm.engine.score_sequences`, layout ``auto``: packed rows of
-``--max-batch-tokens`` on CUDA, length-sorted padded batches of ``--batch-size`` on CPU) and hands
-each request its own slice. The engine reads every reward at its own sequence's last real token,
-so a request's company changes its rewards by float rounding only (tested at 1e-5 in fp32).
+at most ``--max-wait-ms`` for company while another request is being read and tokenized (not at
+all when none is, nor once ``--max-batch-tokens`` real tokens are queued), merges the queued
+requests up to that budget (a request larger than the budget goes alone and the engine splits
+it), scores the merge through the engine (``RewardScorer.score_ids`` →
+:func:`hsrm.engine.score_sequences`, layout ``auto``: one call in packed rows of
+``--max-batch-tokens`` on CUDA; on the CPU's padded layout one call for the sequences whose
+prompts the engine shares and one per :func:`padding_runs` batch for the others, so that a few
+requests' sequences of mixed length are not padded to their longest) and hands each request its
+own slice. The engine reads every reward at its own sequence's last real token, so a request's
+company changes its rewards by float rounding only (tested at 1e-5 in fp32).
 
 Bad input gets an answer naming the field (400 malformed JSON; 422 wrong types, empty lists,
 prompts and responses that do not pair up; 413 a body or a sequence count over the limits; 504
@@ -48,9 +51,9 @@ must be split back per request: that loop is ours on either stack. On FastAPI it
 server's own process beside the model, with no serialisation between the HTTP side and the model,
 and FastAPI + uvicorn bring the rest (routing, a thread pool for tokenization, graceful shutdown).
 We did not build a LitServe variant to measure; the bar it would have to clear is
-``bench/serve.py``'s: at 16 concurrent clients on 2 CPU cores this server delivers 0.88× the
-in-process engine's real tokens/s, the model busy 100 % of the time, the rest being the padding of
-batches sorted over only what was waiting (docs/scoring.md has the figures).
+``bench/serve.py``'s: on 2 loaded CPU cores this server delivered 0.66–0.73×, 0.69–0.91× and
+0.95–1.03× the in-process engine's real tokens/s at 1, 4 and 16 concurrent clients over alternated
+runs (docs/scoring.md has the figures).
 """
 
 from __future__ import annotations
@@ -122,7 +125,9 @@ class ServeOptions(ResultFormat, EngineInput, ModelInput, Options):
         "on SIGTERM/SIGINT: seconds to answer what was accepted before the process exits (a typical kill grace)",
     )
     max_wait_ms: float = option(
-        10.0, "how long the oldest waiting request waits for others to batch with (milliseconds)"
+        10.0,
+        "how long the oldest waiting request waits for others to batch with (milliseconds), while another "
+        "request is being read; with none on its way it does not wait",
     )
     max_sequences: int = option(4096, "sequences per request; more are refused with 413", positive=True)
     max_body_bytes: int = option(32 * 2**20, "request body size; larger bodies are refused with 413", positive=True)
@@ -184,6 +189,43 @@ def load_scorer(options: ServeOptions) -> RewardScorer:
 
 
 # ------------------------------------------------------------------------------------ batching
+# What one more forward pass costs on the CPU, in padded positions. Measured on bench/serve.py's
+# requests (2.5 M-parameter model, one thread, engine alone, best of 3 on a loaded machine): each
+# request's 8 sequences in one padded call ran at 0.41× the in-process engine's tokens/s; cut by
+# padding_runs with 16, 32, 64 and 128 here at 0.87, 0.78, 1.04 and 0.85×.
+CPU_FORWARD_TOKENS = 64
+
+
+def padding_runs(lengths: Sequence[int], batch_size: int, forward_tokens: int = CPU_FORWARD_TOKENS) -> list[list[int]]:
+    """Indices cut into batches of at most ``batch_size`` sequences, longest first, that compute the
+    fewest positions: each batch costs its padded positions (members × longest) plus
+    ``forward_tokens``. The cheapest cut of the length-sorted order, by dynamic programming.
+
+    A CPU computes every padded position at full price and gains little from wide batches, so one
+    client's 8 sequences of mixed length, padded to the longest, computed about twice their real
+    tokens (``bench/serve.py``); cut where the lengths jump, they compute little more than their own.
+
+    >>> padding_runs([100, 10, 95, 12], 4)  # one batch: 4 × 100 + 64; these two: 2 × 100 + 2 × 12 + 2 × 64
+    [[0, 2], [3, 1]]
+    >>> padding_runs([50, 50, 50], 2)
+    [[0, 1], [2]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    cost, cut = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(max(0, end - batch_size), end):  # order[start] is the batch's longest
+            total = cost[start] + forward_tokens + (end - start) * lengths[order[start]]
+            if total <= cost[end]:  # ties: the later cut, fuller batches first
+                cost[end], cut[end] = total, start
+    runs, end = [], len(order)
+    while end:
+        runs.append(order[cut[end] : end])
+        end = cut[end]
+    return runs[::-1]
+
+
 class ServerStopping(RuntimeError):
     """A request arrived after the batcher was told to stop."""
 
@@ -194,6 +236,13 @@ class WaitingRequest:
     tokens: int  # real tokens, what the batch budget counts
     future: concurrent.futures.Future
     queued_at: float  # time.monotonic()
+
+
+class Arrival:
+    """A request being read and tokenized (:meth:`RewardBatcher.arriving`): company on its way, worth
+    waiting for, until it is submitted or fails."""
+
+    open = True
 
 
 class QueueFull(RuntimeError):
@@ -228,6 +277,8 @@ class RewardBatcher:
         self.load_error: BaseException | None = None
         self._waiting: deque[WaitingRequest] = deque()
         self._waiting_tokens = 0
+        self._arriving = 0  # requests being read and tokenized (open Arrivals)
+        self._split_padded = False  # set once loaded: the CPU padded layout, where padding_runs pays
         self._changed = threading.Condition()
         self._stopping = False
         # A daemon thread cannot keep a crashed process alive; a clean stop joins it.
@@ -252,9 +303,28 @@ class RewardBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, sequences: list[list[int]]) -> concurrent.futures.Future:
+    def arriving(self) -> Arrival:
+        """Count a request that is being read and tokenized until :meth:`submit` takes it or
+        :meth:`arrived` closes it: the oldest waiting request waits for company only while one is."""
+        with self._changed:
+            self._arriving += 1
+        return Arrival()
+
+    def arrived(self, arrival: Arrival | None) -> None:
+        """Close ``arrival`` (no request will follow from it); closing twice is harmless."""
+        with self._changed:
+            self._close(arrival)
+
+    def _close(self, arrival: Arrival | None) -> None:  # holding self._changed
+        if arrival is not None and arrival.open:
+            arrival.open = False
+            self._arriving -= 1
+            self._changed.notify_all()
+
+    def submit(self, sequences: list[list[int]], arrival: Arrival | None = None) -> concurrent.futures.Future:
         item = WaitingRequest(sequences, sum(len(s) for s in sequences), concurrent.futures.Future(), time.monotonic())
         with self._changed:
+            self._close(arrival)  # in the same lock as the append: the batcher never waits for this request itself
             if self._stopping:
                 raise ServerStopping("the server is shutting down")
             if self.max_queued is not None and len(self._waiting) >= self.max_queued:
@@ -274,6 +344,12 @@ class RewardBatcher:
                 self.on_load_failure(err)
             return
         logger.info("reward model loaded: %r", self.scorer)
+        from .engine import choose_layout
+
+        model = self.scorer.model
+        self._split_padded = (
+            choose_layout(model, self.scorer.layout) == "padded" and next(model.parameters()).device.type == "cpu"
+        )
         while (batch := self._next_batch()) is not None:
             if batch:
                 self._score(batch)
@@ -286,9 +362,11 @@ class RewardBatcher:
             if not self._waiting:
                 return None
             # Counted from the oldest request's arrival: one that queued while the model was busy has
-            # already waited, so under load batches form without any added delay. Draining waits for no one.
+            # already waited, so under load batches form without any added delay. It waits only while
+            # another request is being read and tokenized: with none on its way, waiting would only
+            # delay it (one client: the whole --max-wait-ms on every request). Draining waits for no one.
             deadline = self._waiting[0].queued_at + self.max_wait_s
-            while not self._stopping and self._waiting_tokens < self.max_batch_tokens:
+            while not self._stopping and self._waiting_tokens < self.max_batch_tokens and self._arriving:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -302,11 +380,31 @@ class RewardBatcher:
                     tokens += item.tokens
             return batch
 
+    def _parts(self, sequences: list[list[int]]) -> list[list[int]]:
+        """The merge's sequences (indices), one engine call per part. On the CPU's padded layout the
+        sequences whose prompts the engine shares stay in one call and the others are cut by
+        :func:`padding_runs`; elsewhere (packed rows, CUDA) the whole merge is one call."""
+        everything = [list(range(len(sequences)))]
+        if not self._split_padded or len(sequences) < 2:
+            return everything
+        from .engine import shared_prefix_fallback, shared_prefix_groups
+
+        scorer, shared = self.scorer, []
+        if scorer.share_prompts and shared_prefix_fallback(scorer.model, max(map(len, sequences))) is None:
+            shared = sorted(i for _, members in shared_prefix_groups(sequences) for i in members)
+        in_shared = set(shared)
+        alone = [i for i in range(len(sequences)) if i not in in_shared]
+        runs = padding_runs([len(sequences[i]) for i in alone], scorer.batch_size)
+        return ([shared] if shared else []) + [[alone[k] for k in run] for run in runs]
+
     def _score(self, batch: list[WaitingRequest]) -> None:
         sequences = [sequence for item in batch for sequence in item.sequences]
         started = time.perf_counter()
         try:
-            rewards = self.scorer.score_ids(sequences).tolist()
+            rewards = [0.0] * len(sequences)
+            for part in self._parts(sequences):
+                for index, reward in zip(part, self.scorer.score_ids([sequences[i] for i in part]).tolist()):
+                    rewards[index] = reward
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail these requests, keep serving
             logger.error(
                 "scoring %d requests (%d sequences) failed: %s: %s", len(batch), len(sequences), type(err).__name__, err
@@ -598,9 +696,11 @@ class RewardService:
         rate = counts["tokens"] / counts["scoring_seconds"] if counts["scoring_seconds"] > 0 else None
         return max(1, round(queued_tokens / rate)) if rate else 1
 
-    async def rewards(self, sequences: list[list[int]], request: Request | None = None) -> list[float]:
+    async def rewards(
+        self, sequences: list[list[int]], request: Request | None = None, arrival: Arrival | None = None
+    ) -> list[float]:
         try:
-            future = self.batcher.submit(sequences)
+            future = self.batcher.submit(sequences, arrival)
         except ServerStopping as err:
             raise RequestError(503, str(err)) from None
         except QueueFull as err:
@@ -651,9 +751,13 @@ class RewardService:
         shape: Callable[..., dict] = openrlhf_answer,
     ) -> JSONResponse:
         scorer = self.ready_scorer()
-        body = await read_json(request, self.options.max_body_bytes, self.options.body_timeout_s)
-        sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
-        rewards = await self.rewards(sequences, request) if sequences else []
+        arrival = self.batcher.arriving()  # the batcher may wait for this one while it is read and tokenized
+        try:
+            body = await read_json(request, self.options.max_body_bytes, self.options.body_timeout_s)
+            sequences = await run_in_threadpool(encode, scorer, body, self.options.max_sequences)
+            rewards = await self.rewards(sequences, request, arrival) if sequences else []
+        finally:
+            self.batcher.arrived(arrival)  # a no-op once submitted
         refusal = nonfinite_rewards_message(rewards, "of this request")
         if refusal:  # JSON has no NaN: say what happened rather than fail while encoding the answer
             raise RequestError(500, refusal)

@@ -25,7 +25,7 @@ from hsrm.client import RemoteRewardError, RemoteRewardScorer
 from hsrm.data.messages import to_messages
 from hsrm.data.render import render_text
 from hsrm.scoring import RewardScorer
-from hsrm.serve import ServeOptions, create_app, serve_options
+from hsrm.serve import RewardBatcher, ServeOptions, create_app, padding_runs, serve_options
 from hsrm.testing import ServeProcess
 
 MAX_LENGTH = 64
@@ -396,11 +396,11 @@ def test_a_non_finite_reward_is_a_500_naming_the_item_and_the_server_goes_on(tin
 
     def load_with_an_overflowing_second_item():
         scorer = RewardScorer(str(tiny_model_dir), max_length=MAX_LENGTH, device="cpu")
-        score_ids = scorer.score_ids
+        score_ids, overflowing = scorer.score_ids, scorer.encode(PROMPTS[1], RESPONSES[1])
 
-        def second_is_nan(sequences, **kwargs):
+        def second_is_nan(sequences, **kwargs):  # by content: the server may split a merge over several calls
             rewards = score_ids(sequences, **kwargs)
-            return torch.where(torch.arange(len(rewards)) == 1, torch.nan, rewards) if len(rewards) == 3 else rewards
+            return torch.where(torch.tensor([list(s) == overflowing for s in sequences]), torch.nan, rewards)
 
         scorer.score_ids = second_is_nan
         return scorer
@@ -409,7 +409,7 @@ def test_a_non_finite_reward_is_a_500_naming_the_item_and_the_server_goes_on(tin
         RemoteRewardScorer(url).wait_until_ready(30)
         status, body = request(url, "/score", {"prompts": PROMPTS[:3], "responses": RESPONSES[:3]})
         assert status == 500 and "non-finite reward (NaN or infinity) for item(s) [1]" in body["detail"]
-        status, body = request(url, "/score", {"prompts": PROMPTS[:2], "responses": RESPONSES[:2]})
+        status, body = request(url, "/score", {"prompts": PROMPTS[2:4], "responses": RESPONSES[2:4]})
         assert status == 200 and len(body["rewards"]) == 2
         assert request(url, "/health")[0] == 200
 
@@ -441,7 +441,7 @@ def test_options_take_both_spellings_and_refuse_nonsense():
 
 
 # ------------------------------------------------------------------------------------ the bench
-def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine():
+def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("serve_bench", REPO_ROOT / "bench" / "serve.py")
@@ -469,15 +469,24 @@ def test_bench_serve_runs_at_a_tiny_size_and_the_server_agrees_with_the_engine()
             "4096",
             "--rounds",
             "1",
+            "--output",
+            str(tmp_path / "serve.json"),
         ]
     )
+    assert json.loads((tmp_path / "serve.json").read_text()) == json.loads(json.dumps(result))
     assert [row["concurrency"] for row in result["server"]] == [1, 3]
     for row in result["server"]:
         assert row["requests"] == 6 and row["tokens_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
         assert row["max_reward_difference"] <= 1e-5 and row["ratio_to_in_process"] > 0
         assert len(row["rounds"]) == 1 and row["in_process_tokens_per_s"] > 0 and 0 < row["engine_busy"] <= 1
     assert result["server_exit_code"] == 0
-    assert result["target"] is None  # no level at 16 clients in this run
+    one = result["server"][0]  # 1 client has a goal (0.7), 3 clients none
+    assert result["goals"] == [
+        {"concurrency": 1, "ratio": one["ratio_to_in_process"], "needed": 0.7, "met": one["met"]}
+    ]
+    assert result["server"][1]["goal"] is None and result["server"][1]["met"] is None
+    for round_ in one["rounds"]:  # real tokens per CPU second of each side (Linux /proc for the server's)
+        assert round_["in_process_tokens_per_cpu_s"] > 0 and round_["server_tokens_per_cpu_s"] > 0
 
 
 # ------------------------------------------------------------------------------------ round 2 (issue 33)
@@ -598,6 +607,10 @@ def test_vllm_endpoints_answer_in_vllm_shapes_with_the_rewards_of_score(server, 
     )
     status, one = request(server.url, "/v1/classify", {"model": "rm", "input": texts[0]})  # one text, not a list
     assert status == 200 and len(one["data"]) == 1
+    # verl's reward loop, as it posts: one text, and use_activation (accepted, not used)
+    status, verl = request(server.url, "/classify", {"model": "rm", "input": texts[1], "use_activation": False})
+    assert status == 200 and len(verl["data"]) == 1
+    assert_close([verl["data"][-1]["probs"][-1]], expected[1:2])
     assert_close([one["data"][-1]["probs"][-1]], expected[:1])
     status, pooled = request(server.url, "/pooling", {"model": "rm", "input": texts})
     assert status == 200 and [d["object"] for d in pooled["data"]] == ["pooling"] * 3
@@ -716,3 +729,75 @@ def test_a_client_that_leaves_mid_body_is_one_info_line(tiny_model_dir, caplog):
         assert request(url, "/health")[0] == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("disconnected before its request was read" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------ low concurrency (issue 33, item 6)
+def test_a_lone_request_does_not_wait_for_company(tiny_model_dir):
+    """Before: with nothing else on its way a request still waited the whole --max-wait-ms (one
+    client: on every request)."""
+    options = ServeOptions(model=str(tiny_model_dir), max_length=MAX_LENGTH, max_wait_ms=5000)
+    with in_process_server(options, None) as (url, _):
+        wait_until(lambda: request(url, "/health")[0] == 200)
+        for _ in range(2):  # the first forward passes allocate; time the second request
+            started = time.monotonic()
+            status, body = request(url, "/score", {"prompts": PROMPTS[:2], "responses": RESPONSES[:2]})
+            took = time.monotonic() - started
+        assert status == 200 and len(body["rewards"]) == 2
+        assert took < 2.5, took  # the old server: at least 5 s
+
+
+def test_the_oldest_request_waits_for_one_that_is_being_read(scorer):
+    batcher = RewardBatcher(lambda: scorer, max_batch_tokens=10**6, max_wait_s=5.0)
+    batcher.start()
+    try:
+        wait_until(lambda: batcher.scorer is not None)
+        ids = scorer.encode_many(PROMPTS[:2], RESPONSES[:2])
+        arrival = batcher.arriving()  # a second request is being read
+        first = batcher.submit([ids[0]])
+        time.sleep(0.3)
+        assert not first.done()  # it waits for the one on its way
+        second = batcher.submit([ids[1]], arrival)  # submitting closes the arrival
+        assert_close(first.result(10) + second.result(10), scorer.score_ids(ids).tolist())
+        assert (batcher.counts["batches"], batcher.counts["most_requests_in_a_batch"]) == (1, 2)
+        gone = batcher.arriving()  # one that fails while being read (a 4xx) no longer holds anyone
+        batcher.arrived(gone)
+        batcher.arrived(gone)  # closing twice is harmless
+        started = time.monotonic()
+        assert len(batcher.submit([ids[0]]).result(10)) == 1 and time.monotonic() - started < 2.5
+    finally:
+        batcher.stop(30)
+
+
+def test_padding_runs_cut_where_the_lengths_jump():
+    # sorted longest first: 300, 290 | 150 | 25, 22, 20 costs 64 + 2·300, 64 + 150, 64 + 3·25 = 1017
+    # positions; one batch would cost 64 + 6·300 = 1864, each alone 6·64 + 807 = 1191, and
+    # 300, 290, 150 | 25, 22, 20 costs 964 + 139 = 1103.
+    assert padding_runs([300, 20, 290, 25, 22, 150], 8) == [[0, 2], [5], [3, 4, 1]]
+    assert padding_runs([10] * 5, 2) == [[0, 1], [2, 3], [4]]  # never more than batch_size
+    assert padding_runs([10] * 5, 8) == [[0, 1, 2, 3, 4]]  # equal lengths: no padding to save, one pass
+    assert padding_runs([], 8) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        padding_runs([1], 0)
+
+
+def test_a_merge_is_cut_by_length_and_shared_prompts_stay_together(scorer):
+    """On the CPU the batcher scores a merge in parts: the sequences whose prompt the engine shares
+    in one call (the sharing needs them together), the others cut by padding_runs."""
+    batcher = RewardBatcher(lambda: scorer, max_batch_tokens=10**6, max_wait_s=0.0)
+    batcher.start()
+    try:
+        wait_until(lambda: batcher.scorer is not None)
+        prompt = "How do I bake bread with flour, water, yeast and salt?"
+        group = scorer.encode_many([prompt] * 3, ["Knead it.", "Bake it at 220 degrees.", "Salt."])
+        assert max(map(len, group)) < MAX_LENGTH  # not cut: the prompt (40 tokens) is long enough to share
+        others = scorer.encode_many(["a", "b", "c"], ["yes", "no " * 10, "maybe " * 12])
+        sequences = [others[0], group[0], others[1], group[1], group[2], others[2]]
+        parts = batcher._parts(sequences)
+        assert parts[0] == [1, 3, 4]  # the group, whole
+        assert sorted(i for part in parts[1:] for i in part) == [0, 2, 5]
+        expected = padding_runs([len(sequences[i]) for i in (0, 2, 5)], scorer.batch_size)
+        assert parts[1:] == [[(0, 2, 5)[k] for k in run] for run in expected]
+        future = batcher.submit(sequences)
+        assert_close(future.result(30), scorer.score_ids(sequences).tolist())
+    finally:
+        batcher.stop(30)
