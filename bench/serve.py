@@ -38,7 +38,7 @@ waiting, so one client's 8 sequences were padded to their longest (about twice t
 whereas the in-process call sorts all 768 sequences by length before batching them (2 % padding);
 and with one client every request also waited the whole ``--max-wait-ms`` for company that could
 not come. The server now waits only while another request is being read, and on the CPU cuts a
-merge where the lengths jump (``hsrm.serve.padding_runs``).
+merge where the lengths jump (``hsrm.engine.padding_runs``, which every CPU engine call now uses).
 """
 
 from __future__ import annotations

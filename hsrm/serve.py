@@ -30,11 +30,11 @@ all when none is, nor once ``--max-batch-tokens`` real tokens are queued), merge
 requests up to that budget (a request larger than the budget goes alone and the engine splits
 it), scores the merge through the engine (``RewardScorer.score_ids`` →
 :func:`hsrm.engine.score_sequences`, layout ``auto``: one call in packed rows of
-``--max-batch-tokens`` on CUDA; on the CPU's padded layout one call for the sequences whose
-prompts the engine shares and one per :func:`padding_runs` batch for the others, so that a few
-requests' sequences of mixed length are not padded to their longest) and hands each request its
-own slice. The engine reads every reward at its own sequence's last real token, so a request's
-company changes its rewards by float rounding only (tested at 1e-5 in fp32).
+``--max-batch-tokens`` on CUDA; on the CPU's padded layout the prompts shared and the other
+sequences cut by :func:`hsrm.engine.padding_runs`, so that a few requests' sequences of mixed
+length are not padded to their longest) and hands each request its own slice. The engine reads
+every reward at its own sequence's last real token, so a request's company changes its rewards by
+float rounding only (tested at 1e-5 in fp32).
 
 Bad input gets an answer naming the field (400 malformed JSON; 422 wrong types, empty lists,
 prompts and responses that do not pair up; 413 a body or a sequence count over the limits; 504
@@ -189,43 +189,6 @@ def load_scorer(options: ServeOptions) -> RewardScorer:
 
 
 # ------------------------------------------------------------------------------------ batching
-# What one more forward pass costs on the CPU, in padded positions. Measured on bench/serve.py's
-# requests (2.5 M-parameter model, one thread, engine alone, best of 3 on a loaded machine): each
-# request's 8 sequences in one padded call ran at 0.41× the in-process engine's tokens/s; cut by
-# padding_runs with 16, 32, 64 and 128 here at 0.87, 0.78, 1.04 and 0.85×.
-CPU_FORWARD_TOKENS = 64
-
-
-def padding_runs(lengths: Sequence[int], batch_size: int, forward_tokens: int = CPU_FORWARD_TOKENS) -> list[list[int]]:
-    """Indices cut into batches of at most ``batch_size`` sequences, longest first, that compute the
-    fewest positions: each batch costs its padded positions (members × longest) plus
-    ``forward_tokens``. The cheapest cut of the length-sorted order, by dynamic programming.
-
-    A CPU computes every padded position at full price and gains little from wide batches, so one
-    client's 8 sequences of mixed length, padded to the longest, computed about twice their real
-    tokens (``bench/serve.py``); cut where the lengths jump, they compute little more than their own.
-
-    >>> padding_runs([100, 10, 95, 12], 4)  # one batch: 4 × 100 + 64; these two: 2 × 100 + 2 × 12 + 2 × 64
-    [[0, 2], [3, 1]]
-    >>> padding_runs([50, 50, 50], 2)
-    [[0, 1], [2]]
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    cost, cut = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        for start in range(max(0, end - batch_size), end):  # order[start] is the batch's longest
-            total = cost[start] + forward_tokens + (end - start) * lengths[order[start]]
-            if total <= cost[end]:  # ties: the later cut, fuller batches first
-                cost[end], cut[end] = total, start
-    runs, end = [], len(order)
-    while end:
-        runs.append(order[cut[end] : end])
-        end = cut[end]
-    return runs[::-1]
-
-
 class ServerStopping(RuntimeError):
     """A request arrived after the batcher was told to stop."""
 
@@ -278,7 +241,6 @@ class RewardBatcher:
         self._waiting: deque[WaitingRequest] = deque()
         self._waiting_tokens = 0
         self._arriving = 0  # requests being read and tokenized (open Arrivals)
-        self._split_padded = False  # set once loaded: the CPU padded layout, where padding_runs pays
         self._changed = threading.Condition()
         self._stopping = False
         # A daemon thread cannot keep a crashed process alive; a clean stop joins it.
@@ -344,12 +306,6 @@ class RewardBatcher:
                 self.on_load_failure(err)
             return
         logger.info("reward model loaded: %r", self.scorer)
-        from .engine import choose_layout
-
-        model = self.scorer.model
-        self._split_padded = (
-            choose_layout(model, self.scorer.layout) == "padded" and next(model.parameters()).device.type == "cpu"
-        )
         while (batch := self._next_batch()) is not None:
             if batch:
                 self._score(batch)
@@ -380,31 +336,11 @@ class RewardBatcher:
                     tokens += item.tokens
             return batch
 
-    def _parts(self, sequences: list[list[int]]) -> list[list[int]]:
-        """The merge's sequences (indices), one engine call per part. On the CPU's padded layout the
-        sequences whose prompts the engine shares stay in one call and the others are cut by
-        :func:`padding_runs`; elsewhere (packed rows, CUDA) the whole merge is one call."""
-        everything = [list(range(len(sequences)))]
-        if not self._split_padded or len(sequences) < 2:
-            return everything
-        from .engine import shared_prefix_fallback, shared_prefix_groups
-
-        scorer, shared = self.scorer, []
-        if scorer.share_prompts and shared_prefix_fallback(scorer.model, max(map(len, sequences))) is None:
-            shared = sorted(i for _, members in shared_prefix_groups(sequences) for i in members)
-        in_shared = set(shared)
-        alone = [i for i in range(len(sequences)) if i not in in_shared]
-        runs = padding_runs([len(sequences[i]) for i in alone], scorer.batch_size)
-        return ([shared] if shared else []) + [[alone[k] for k in run] for run in runs]
-
     def _score(self, batch: list[WaitingRequest]) -> None:
         sequences = [sequence for item in batch for sequence in item.sequences]
         started = time.perf_counter()
         try:
-            rewards = [0.0] * len(sequences)
-            for part in self._parts(sequences):
-                for index, reward in zip(part, self.scorer.score_ids([sequences[i] for i in part]).tolist()):
-                    rewards[index] = reward
+            rewards = self.scorer.score_ids(sequences).tolist()
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail these requests, keep serving
             logger.error(
                 "scoring %d requests (%d sequences) failed: %s: %s", len(batch), len(sequences), type(err).__name__, err

@@ -24,8 +24,9 @@ from conftest import REPO_ROOT
 from hsrm.client import RemoteRewardError, RemoteRewardScorer
 from hsrm.data.messages import to_messages
 from hsrm.data.render import render_text
+from hsrm.engine import padding_runs
 from hsrm.scoring import RewardScorer
-from hsrm.serve import RewardBatcher, ServeOptions, create_app, padding_runs, serve_options
+from hsrm.serve import RewardBatcher, ServeOptions, create_app, serve_options
 from hsrm.testing import ServeProcess
 
 MAX_LENGTH = 64
@@ -781,8 +782,12 @@ def test_padding_runs_cut_where_the_lengths_jump():
 
 
 def test_a_merge_is_cut_by_length_and_shared_prompts_stay_together(scorer):
-    """On the CPU the batcher scores a merge in parts: the sequences whose prompt the engine shares
-    in one call (the sharing needs them together), the others cut by padding_runs."""
+    """On the CPU the engine scores a merge in one call: the sequences whose prompt it shares as
+    continuations of one cached pass, the others cut by padding_runs, not padded to the merge's longest."""
+    import torch
+
+    from hsrm.engine import planned_batches
+
     batcher = RewardBatcher(lambda: scorer, max_batch_tokens=10**6, max_wait_s=0.0)
     batcher.start()
     try:
@@ -792,11 +797,21 @@ def test_a_merge_is_cut_by_length_and_shared_prompts_stay_together(scorer):
         assert max(map(len, group)) < MAX_LENGTH  # not cut: the prompt (40 tokens) is long enough to share
         others = scorer.encode_many(["a", "b", "c"], ["yes", "no " * 10, "maybe " * 12])
         sequences = [others[0], group[0], others[1], group[1], group[2], others[2]]
-        parts = batcher._parts(sequences)
-        assert parts[0] == [1, 3, 4]  # the group, whole
-        assert sorted(i for part in parts[1:] for i in part) == [0, 2, 5]
+        plan = planned_batches(
+            scorer.model,
+            sequences,
+            "padded",
+            pad_id=0,
+            batch_size=scorer.batch_size,
+            max_tokens=10**6,
+            share_prompts=True,
+            device=torch.device("cpu"),
+        )
+        with torch.inference_mode():
+            parts = [indices for indices, _ in plan]
         expected = padding_runs([len(sequences[i]) for i in (0, 2, 5)], scorer.batch_size)
-        assert parts[1:] == [[(0, 2, 5)[k] for k in run] for run in expected]
+        assert parts[: len(expected)] == [[(0, 2, 5)[k] for k in run] for run in expected]
+        assert sorted(i for part in parts[len(expected) :] for i in part) == [1, 3, 4]  # the group, continued
         future = batcher.submit(sequences)
         assert_close(future.result(30), scorer.score_ids(sequences).tolist())
     finally:
