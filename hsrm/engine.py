@@ -317,6 +317,18 @@ def prefix_batches(groups: Sequence[tuple[int, Sequence[int]]], batch_size: int)
     return batches
 
 
+def continuation_runs(lengths: Sequence[int], batch_size: int, forward_tokens: int | None) -> list:
+    """The continuation batches of one batch of groups, as positions in ``lengths`` (sorted longest
+    first): :func:`padding_runs` of ``forward_tokens`` on the CPU, else ``batch_size`` at a time.
+
+    >>> continuation_runs([90, 80, 8, 7], 4, 64), continuation_runs([90, 80, 8, 7], 4, None)
+    ([[0, 1], [2, 3]], [range(0, 4)])
+    """
+    if forward_tokens:
+        return padding_runs(lengths, batch_size, forward_tokens)
+    return [range(start, min(start + batch_size, len(lengths))) for start in range(0, len(lengths), batch_size)]
+
+
 def shared_prefix_batches(
     model,
     sequences: Sequence[Sequence[int]],
@@ -325,13 +337,15 @@ def shared_prefix_batches(
     pad_id: int,
     batch_size: int,
     device: torch.device,
+    forward_tokens: int | None = None,
 ):
     """Yield ``(indices, batch)`` for the members of ``groups`` (see :func:`shared_prefix_groups`):
     continuation batches that :func:`hsrm.modeling.reward_outputs` reads like padded ones.
 
     Each prefix pass of :func:`prefix_batches` runs right-padded in one forward call that keeps its
     KV cache; each group keeps its own rows of it, cut to its length. The members' continuations
-    then run, longest first, ``batch_size`` rows at a time, against their prefix's keys and values
+    then run, longest first, ``batch_size`` rows at a time (or the :func:`padding_runs` of
+    ``forward_tokens``, on the CPU), against their prefix's keys and values
     (copied per row into one tensor per layer, right-padded to the chunk's longest prefix:
     attention takes one key row per query row), with the mask [prefix mask | continuation mask]
     and positions continuing from each prefix's length.
@@ -353,8 +367,8 @@ def shared_prefix_batches(
                 cached.append([(layer.keys[row, :, :length], layer.values[row, :, :length]) for layer in layers])
         rows = [(i, g) for g, (_, members) in enumerate(taken) for i in members]
         rows.sort(key=lambda row: -(len(sequences[row[0]]) - taken[row[1]][0]))
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
+        for run in continuation_runs([len(sequences[i]) - taken[g][0] for i, g in rows], batch_size, forward_tokens):
+            chunk = [rows[k] for k in run]
             lengths = [taken[g][0] for _, g in chunk]
             width = max(lengths)
             prefix_mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
@@ -417,6 +431,7 @@ def planned_batches(
     ``share_prompts`` and a model that allows it (:func:`shared_prefix_fallback`), the groups of
     :func:`shared_prefix_groups` as continuation batches of their cached prefixes; every other
     sequence in :func:`batches`. ``stats`` as :func:`score_sequences` documents it."""
+    forward_tokens = CPU_FORWARD_TOKENS if torch.device(device).type == "cpu" else None
     groups, fallback = [], None
     if share_prompts:
         fallback = (
@@ -436,15 +451,29 @@ def planned_batches(
                 pad_id=pad_id,
                 batch_size=batch_size,
                 max_tokens=max_tokens,
-                forward_tokens=CPU_FORWARD_TOKENS if torch.device(device).type == "cpu" else None,
+                forward_tokens=forward_tokens,
             )
             if alone
             else ()
         )
     ]
-    shared = shared_prefix_batches(model, sequences, groups, pad_id=pad_id, batch_size=batch_size, device=device)
+    shared = shared_prefix_batches(
+        model, sequences, groups, pad_id=pad_id, batch_size=batch_size, device=device, forward_tokens=forward_tokens
+    )
     grouped = prefix_batches(groups, batch_size)
-    total = len(plan) + sum(-(-sum(len(m) for part in passes for _, m in part) // batch_size) for passes in grouped)
+    total = len(plan) + sum(
+        len(
+            continuation_runs(
+                sorted(
+                    (len(sequences[i]) - length for part in passes for length, members in part for i in members),
+                    reverse=True,
+                ),
+                batch_size,
+                forward_tokens,
+            )
+        )
+        for passes in grouped
+    )
     positions = sum(len(part) * part[0][0] for passes in grouped for part in passes)  # the prefix passes
     if stats is not None:
         tokens = sum(map(len, sequences))

@@ -384,7 +384,8 @@ def test_a_shared_prompt_is_computed_once_and_gives_the_same_embeddings(backbone
     every layer's embeddings equal each conversation embedded alone (batch 1, unshared) within 1e-5."""
     prompt = "Explain, step by step and with care, how to bake a loaf of bread at home " * 2
     prompts = [prompt] * 5 + PROMPTS[:2]
-    responses = ["Mix flour and water.", "Knead it.", "yes", "Bake at 230 degrees for forty minutes.", "no"]
+    # Responses of similar lengths: padding_runs keeps their continuations in one batch.
+    responses = ["Mix flour and water.", "Knead it well.", "Bake it hot.", "Let it rise.", "Cool it down."]
     responses += RESPONSES[:2]
     for layer in (-1, 1, 0):
         alone, _ = embed_conversations(
