@@ -144,16 +144,14 @@ def make_trainer(cfg: RewardConfig, model, tokenizer, train_ds, eval_ds):
         )
     if cfg.padding_free:  # one packed row per micro-batch (issue 8); refuses attention paths that would mix sequences
         check_packing_support(model, device=args.device, dtype=compute_dtype(cfg))
-    pointwise_collator = PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id)
-    pairwise_collator = pair_collator(cfg, model, pad_id)
     if cfg.objective == "regression":
         trainer_cls, collator, metrics = (
             PointwiseRewardTrainer,
-            pointwise_collator,
+            PackedPointwiseCollator(pad_id) if cfg.padding_free else PointwiseCollator(pad_id),
             regression_metrics(cfg.attributes, cfg.attribute_weights),
         )
     elif cfg.objective in PAIRWISE_OBJECTIVES:
-        trainer_cls, collator, metrics = PairwiseRewardTrainer, pairwise_collator, pairwise_metrics
+        trainer_cls, collator, metrics = PairwiseRewardTrainer, pair_collator(cfg, model, pad_id), pairwise_metrics
     else:
         raise InputError(f"unknown objective {cfg.objective!r}")
     return trainer_cls(
@@ -179,7 +177,10 @@ def pair_collator(cfg: RewardConfig, model, pad_id: int):
         why = "padding_free packs each side (sharing runs in the padded layout)" if cfg.padding_free else None
         why = why or shared_prefix_fallback(model, cfg.max_length)
         if why is None:
-            logger.info("share_prompts: each pair is one row [prompt | chosen | rejected], the prompt computed once")
+            logger.info(
+                "share_prompts: a pair whose sides share a prompt (16 tokens or more) is one row "
+                "[prompt | chosen | rejected], the prompt computed once"
+            )
             return SharedPromptPairCollator(pad_id)
         logger.info("share_prompts: each side of a pair computed whole: %s", why)
     return PackedPairwiseCollator(pad_id) if cfg.padding_free else PairwiseCollator(pad_id)
