@@ -146,7 +146,7 @@ def compare_training(model, pair_ids, *, max_tokens: int, repeats: int, layers: 
 
     import datasets
 
-    from hsrm.data.collators import PairwiseCollator, SharedPromptPairCollator
+    from hsrm.data.collators import PAD_SEGMENT, PairwiseCollator, SharedPromptPairCollator
     from hsrm.losses import get_pairwise_loss
     from hsrm.modeling import body_and_score_head, read_rewards_in_forward
     from hsrm.packing.sampler import dataset_item_lengths, token_budget_batches
@@ -193,7 +193,7 @@ def compare_training(model, pair_ids, *, max_tokens: int, repeats: int, layers: 
         "micro_batches_unshared": len(batches[False]),
         "micro_batches_shared": len(batches[True]),
         "tokens": tokens,
-        "tokens_computed_shared": sum(int((b["segment_ids"] != 3).sum()) for b in batches[True]),
+        "tokens_computed_shared": sum(int((b["segment_ids"] != PAD_SEGMENT).sum()) for b in batches[True]),
         "positions_computed_unshared": positions[False],
         "positions_computed_shared": positions[True],
         **timings,
