@@ -33,12 +33,16 @@ ratios use; each round's real tokens per CPU second of each side are recorded be
 server process's, from /proc, and the in-process call's), because on a machine shared with other
 jobs a round's wall time also counts their load.
 
-Why the server trailed the engine at low concurrency (issue 33): a batch holds only what was
+Why the server trailed the engine at low concurrency (issue 33): each answer's body waited 40 ms
+for the client's delayed ACK of its headers (the listening socket was made with protocol 0, so
+asyncio never set TCP_NODELAY on its connections; now IPPROTO_TCP); a batch holds only what was
 waiting, so one client's 8 sequences were padded to their longest (about twice their real tokens),
-whereas the in-process call sorts all 768 sequences by length before batching them (2 % padding);
+whereas the in-process call sorts all the sequences by length before batching them (2 % padding);
 and with one client every request also waited the whole ``--max-wait-ms`` for company that could
 not come. The server now waits only while another request is being read, and on the CPU cuts a
 merge where the lengths jump (``hsrm.engine.padding_runs``, which every CPU engine call now uses).
+The client threads here use ``http.client`` with Nagle on (its default), the harder case; requests
+(urllib3) and aiohttp, which OpenRLHF and verl use, set TCP_NODELAY on their side.
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ must be split back per request: that loop is ours on either stack. On FastAPI it
 server's own process beside the model, with no serialisation between the HTTP side and the model,
 and FastAPI + uvicorn bring the rest (routing, a thread pool for tokenization, graceful shutdown).
 We did not build a LitServe variant to measure; the bar it would have to clear is
-``bench/serve.py``'s: on 2 loaded CPU cores this server delivered 0.66–0.73×, 0.69–0.91× and
-0.95–1.03× the in-process engine's real tokens/s at 1, 4 and 16 concurrent clients over alternated
-runs (docs/scoring.md has the figures).
+``bench/serve.py``'s: on 2 idle CPU cores this server delivered 0.83–0.92×, 0.82–0.94× and
+0.91–1.09× the in-process engine's real tokens/s at 1, 4 and 16 concurrent clients over four runs
+(docs/scoring.md has the figures).
 """
 
 from __future__ import annotations
@@ -870,7 +870,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port), or one line saying why not. uvicorn's own ``bind_socket``
     logs the error and exits the process (rc 1, or 3 from its supervisor) with no word on what to do."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on connections whose protocol
+    # says TCP. Without it Nagle held each answer's body until the client acknowledged the headers,
+    # which a keep-alive client delays by 40 ms on Linux (42 ms of a 1-client request of ~240 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -5,6 +5,7 @@ while loading, 504 on a request that waits too long)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -26,7 +27,7 @@ from hsrm.data.messages import to_messages
 from hsrm.data.render import render_text
 from hsrm.engine import padding_runs
 from hsrm.scoring import RewardScorer
-from hsrm.serve import RewardBatcher, ServeOptions, create_app, serve_options
+from hsrm.serve import RewardBatcher, ServeOptions, create_app, listening_socket, serve_options
 from hsrm.testing import ServeProcess
 
 MAX_LENGTH = 64
@@ -745,6 +746,35 @@ def test_a_lone_request_does_not_wait_for_company(tiny_model_dir):
             took = time.monotonic() - started
         assert status == 200 and len(body["rewards"]) == 2
         assert took < 2.5, took  # the old server: at least 5 s
+
+
+def test_answers_leave_without_waiting_for_the_clients_delayed_ack():
+    """Before: the listening socket was made with protocol 0, and asyncio sets TCP_NODELAY only on
+    sockets whose protocol is IPPROTO_TCP, so Nagle's algorithm held each answer's body until the
+    client acknowledged its headers, which a keep-alive client delays by 40 ms on Linux: 42 ms of
+    every 1-client request in bench/serve.py (~15 % of its wall time). uvicorn serves on this socket
+    through ``loop.create_server(sock=...)``, as here."""
+    sock = listening_socket("127.0.0.1", 0)
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        loop = asyncio.get_running_loop()
+        accepted = loop.create_future()
+
+        class Record(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(
+                    transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                )
+
+        server = await loop.create_server(Record, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            try:
+                return await asyncio.wait_for(accepted, 10)
+            finally:
+                writer.close()
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) == 1
 
 
 def test_the_oldest_request_waits_for_one_that_is_being_read(scorer):
